@@ -1,0 +1,224 @@
+"""Notebook 01: get the model directory for the active profile.
+
+* ``full``     downloads Qwen/Qwen3-8B from ModelScope (after a free-disk check).
+* ``tiny``     builds a tiny random Qwen3 with the real, offline Qwen3 tokenizer.
+* ``random8b`` writes the real Qwen3-8B config (weights are drawn when loaded).
+
+It also shows the real Qwen3-8B architecture on the ``meta`` device (no memory,
+no weights) and the LoRA parameter count of the course's LoRA config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .models import (
+    MODEL_DIR_ENV,
+    MODEL_ID,
+    QWEN3_8B_CONFIG,
+    QWEN3_GENERATION_CONFIG,
+    model_dir,
+    offline_tokenizer_dir,
+    verify_tokenizer_files,
+)
+from .profiles import Profile, resolve_profile
+from .workspace import workspace_dir, workspace_path
+
+#: Size of Qwen3-8B's bf16 safetensors (8.19 B parameters x 2 bytes), in GB.
+QWEN3_8B_DOWNLOAD_GB = 16.4
+#: Extra room we ask for on top of the download (checkpoints, merged export).
+DISK_HEADROOM_GB = 4.0
+
+#: The tiny model: Qwen3 with the real vocabulary but a very small body.
+TINY_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "max_position_embeddings": 2048,
+}
+#: std of the tiny model's output layer (``lm_head``). With the usual 0.02 a
+#: 128-wide model cannot produce confident logits, so its loss would stay near
+#: ln(151936) = 11.9 even after it has memorised its answers; 0.2 lets LoRA
+#: drive the loss towards zero, so the curve tells the truth.
+TINY_LM_HEAD_STD = 0.2
+TINY_SEED = 1234
+
+#: The course's LoRA settings (notebook 04 trains with exactly these).
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_SETTINGS = {"r": 8, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": LORA_TARGET_MODULES}
+
+
+class NotEnoughDiskError(RuntimeError):
+    """The disk cannot hold the download."""
+
+
+class DownloadError(RuntimeError):
+    """The download failed (usually: no network to ModelScope)."""
+
+
+def free_disk_gb(path: str | Path | None = None) -> float:
+    """Free space, in GB (10^9 bytes), on the disk holding ``path`` (default: workspace)."""
+    return shutil.disk_usage(path or workspace_dir()).free / 1e9
+
+
+def check_disk_space(need_gb: float, path: str | Path | None = None) -> float:
+    """Raise :class:`NotEnoughDiskError` with a fix when less than ``need_gb`` is free."""
+    free = free_disk_gb(path)
+    if free < need_gb:
+        raise NotEnoughDiskError(
+            f"Only {free:.1f} GB free where the workspace lives, but {need_gb:.1f} GB are needed. "
+            "On AutoDL put the workspace on the data disk: "
+            "export QWEN3_TUTORIAL_WORKSPACE=/root/autodl-tmp/qwen3-workspace, then re-run."
+        )
+    return free
+
+
+def copy_tokenizer_files(target: Path) -> None:
+    """Copy the verified offline Qwen3 tokenizer files into ``target``."""
+    source = offline_tokenizer_dir()
+    verify_tokenizer_files(source)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        shutil.copyfile(source / name, target / name)
+
+
+def tiny_qwen3_config():
+    from transformers import Qwen3Config
+
+    base = {k: v for k, v in QWEN3_8B_CONFIG.items() if k not in ("architectures", "model_type")}
+    base.update(TINY_CONFIG)
+    base["pad_token_id"] = 151643
+    return Qwen3Config(**base)
+
+
+def build_tiny_model(target: Path | None = None, seed: int = TINY_SEED, overwrite: bool = False) -> Path:
+    """Build the tiny random Qwen3 and save it, with the real tokenizer, as a model directory."""
+    import torch
+    from transformers import GenerationConfig, Qwen3ForCausalLM
+
+    target = Path(target) if target else workspace_path("models", resolve_profile("tiny").model_dirname)
+    if (target / "model.safetensors").is_file() and not overwrite:
+        return target
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(tiny_qwen3_config())
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, TINY_LM_HEAD_STD)
+    model.generation_config = GenerationConfig(**QWEN3_GENERATION_CONFIG)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    copy_tokenizer_files(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)  # appears complete or not at all
+    return target
+
+
+def write_random8b_dir(target: Path | None = None) -> Path:
+    """Write Qwen3-8B's config, generation config and tokenizer (no weights)."""
+    target = Path(target) if target else workspace_path("models", resolve_profile("random8b").model_dirname)
+    target.mkdir(parents=True, exist_ok=True)
+    config = dict(QWEN3_8B_CONFIG, torch_dtype="bfloat16")
+    (target / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (target / "generation_config.json").write_text(json.dumps(QWEN3_GENERATION_CONFIG, indent=2), encoding="utf-8")
+    copy_tokenizer_files(target)
+    return target
+
+
+def download_qwen3_8b(cache_dir: Path | None = None, revision: str = "master") -> Path:
+    """Download Qwen/Qwen3-8B from ModelScope into the workspace, after a disk check."""
+    cache_dir = Path(cache_dir) if cache_dir else workspace_path("models", "modelscope")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    check_disk_space(QWEN3_8B_DOWNLOAD_GB + DISK_HEADROOM_GB, cache_dir)
+    from modelscope import snapshot_download
+
+    try:
+        path = snapshot_download(MODEL_ID, cache_dir=str(cache_dir), revision=revision)
+    except Exception as err:  # network errors come in many types
+        raise DownloadError(
+            f"Could not download {MODEL_ID} from ModelScope ({type(err).__name__}: {err}). "
+            "Check the network (on AutoDL: `source /etc/network_turbo` may help), or download "
+            "the model elsewhere and set QWEN3_TUTORIAL_MODEL_DIR to that folder. "
+            "Without a GPU or network, use QWEN3_TUTORIAL_PROFILE=tiny."
+        ) from err
+    pointer = workspace_path("models", f"{resolve_profile('full').model_dirname}.json")
+    pointer.write_text(json.dumps({"model_id": MODEL_ID, "model_dir": str(path)}), encoding="utf-8")
+    return Path(path)
+
+
+def prepare_model(profile: Profile | str | None = None) -> Path:
+    """Make the active profile's model directory exist; return its path."""
+    profile = resolve_profile(profile) if not isinstance(profile, Profile) else profile
+    if profile.source == "modelscope":
+        if os.environ.get(MODEL_DIR_ENV):
+            return model_dir(profile)
+        return download_qwen3_8b()
+    if profile.source == "tiny":
+        return build_tiny_model()
+    if profile.source == "config-only":
+        return write_random8b_dir()
+    raise ValueError(f"Profile {profile.name!r} has unknown source {profile.source!r}")
+
+
+def describe_model_dir(path: Path) -> list[tuple[str, str]]:
+    """(file name, size) for the files in a model directory."""
+    rows = []
+    for item in sorted(Path(path).iterdir()):
+        if item.is_file():
+            size = item.stat().st_size
+            rows.append((item.name, f"{size / 1e6:,.1f} MB" if size >= 1e5 else f"{size / 1e3:,.1f} kB"))
+    return rows
+
+
+def qwen3_8b_on_meta():
+    """The real Qwen3-8B architecture on the ``meta`` device: real shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    config = Qwen3Config(**{k: v for k, v in QWEN3_8B_CONFIG.items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
+def course_lora_config():
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, **LORA_SETTINGS)
+
+
+def lora_parameter_line(model=None) -> str:
+    """PEFT's own ``print_trainable_parameters`` line for the course's LoRA config."""
+    import contextlib
+    import io
+
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model if model is not None else qwen3_8b_on_meta(), course_lora_config())
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        peft_model.print_trainable_parameters()
+    return buffer.getvalue().strip()
+
+
+def parameter_table(model) -> list[tuple[str, str, int]]:
+    """(module kind, shape, count) for one decoder layer plus embeddings and head."""
+    rows = [("embed_tokens", tuple(model.model.embed_tokens.weight.shape))]
+    layer = model.model.layers[0]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        rows.append((f"layers[0].self_attn.{name}", tuple(getattr(layer.self_attn, name).weight.shape)))
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        rows.append((f"layers[0].mlp.{name}", tuple(getattr(layer.mlp, name).weight.shape)))
+    rows.append(("lm_head", tuple(model.lm_head.weight.shape)))
+    return [(name, "x".join(map(str, shape)), _prod(shape)) for name, shape in rows]
+
+
+def _prod(shape) -> int:
+    out = 1
+    for dim in shape:
+        out *= dim
+    return out

@@ -1,0 +1,91 @@
+import shutil
+
+import pytest
+import torch
+
+from helpers import download, models
+
+
+def test_offline_tokenizer_files_match_pinned_sha256():
+    digests = models.verify_tokenizer_files()
+    assert digests == models.TOKENIZER_SHA256
+
+
+def test_a_changed_tokenizer_file_is_caught(tmp_path):
+    for name in models.TOKENIZER_SHA256:
+        shutil.copyfile(models.offline_tokenizer_dir() / name, tmp_path / name)
+    with open(tmp_path / "tokenizer_config.json", "a", encoding="utf-8") as handle:
+        handle.write(" ")
+    with pytest.raises(models.TokenizerFilesError, match="tokenizer_config.json has sha256"):
+        models.verify_tokenizer_files(tmp_path)
+
+
+def test_tiny_model_dir_loads_like_a_real_one(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config.vocab_size == 151936
+    assert model.config.num_hidden_layers == download.TINY_CONFIG["num_hidden_layers"]
+    assert model.generation_config.eos_token_id == [151645, 151643]
+    assert len(tokenizer) == 151669
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
+    ids = tokenizer("你是谁？", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], 151936)
+    assert torch.isfinite(logits).all()
+
+
+def test_tiny_model_build_is_deterministic(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    again = download.build_tiny_model(tmp_path / "tiny", overwrite=True)
+    a = load_file(tiny_model_dir / "model.safetensors")
+    b = load_file(again / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "tiny.partial").exists()
+
+
+def test_qwen3_8b_lora_parameter_line_is_exact():
+    line = download.lora_parameter_line()
+    assert line == "trainable params: 21,823,488 || all params: 8,212,558,848 || trainable%: 0.2657"
+
+
+def test_meta_model_uses_no_memory_and_has_real_shapes():
+    model = download.qwen3_8b_on_meta()
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == 8_190_735_360
+    table = {name: shape for name, shape, _ in download.parameter_table(model)}
+    assert table["layers[0].self_attn.k_proj"] == "1024x4096"
+    assert table["layers[0].mlp.down_proj"] == "4096x12288"
+
+
+def test_disk_check_refuses_with_a_fix(tmp_path):
+    with pytest.raises(download.NotEnoughDiskError, match="QWEN3_TUTORIAL_WORKSPACE"):
+        download.check_disk_space(10**9, tmp_path)
+
+
+def test_offline_download_fails_with_actionable_message(monkeypatch, tmp_path):
+    import modelscope
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'www.modelscope.cn'")
+
+    monkeypatch.setattr(modelscope, "snapshot_download", no_network)
+    monkeypatch.setattr(download, "check_disk_space", lambda *a, **k: 100.0)
+    with pytest.raises(download.DownloadError, match="QWEN3_TUTORIAL_MODEL_DIR"):
+        download.download_qwen3_8b(cache_dir=tmp_path)
+
+
+def test_random8b_dir_has_the_real_config(tmp_path):
+    from transformers import AutoConfig
+
+    path = download.write_random8b_dir(tmp_path / "r8b")
+    config = AutoConfig.from_pretrained(path)
+    assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (4096, 36, 12288)
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 8_190_735_360
