@@ -18,7 +18,7 @@ so later notebooks load it the same way.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PROFILE_ENV = "QWEN3_TUTORIAL_PROFILE"
 
@@ -40,26 +40,13 @@ class Profile:
     device_map: str | None
     #: ``"huanhuan"`` (the real 3,729-row set, downloaded) or ``"sample"`` (shipped)
     dataset: str
-    #: numbers that change between profiles, read by the training code
-    training: dict = field(default_factory=dict)
+    #: the training config (``configs/train/<name>.yaml``) whose numbers this profile uses
+    train_config: str = "qwen3-8b"
 
     @property
     def needs_gpu(self) -> bool:
         return self.source == "modelscope"
 
-
-#: The recipe of the original tutorial (Qwen3-8B, huanhuan, one GPU).
-FULL_TRAINING = {
-    "per_device_train_batch_size": 4,
-    "gradient_accumulation_steps": 4,
-    "num_train_epochs": 3,
-    "learning_rate": 1e-4,
-    "logging_steps": 10,
-    "save_steps": 100,
-    "gradient_checkpointing": True,
-    "bf16": True,
-    "max_length": 1024,
-}
 
 PROFILES: dict[str, Profile] = {
     "full": Profile(
@@ -71,7 +58,7 @@ PROFILES: dict[str, Profile] = {
         dtype="bfloat16",
         device_map="auto",
         dataset="huanhuan",
-        training=FULL_TRAINING,
+        train_config="qwen3-8b",
     ),
     "tiny": Profile(
         name="tiny",
@@ -82,17 +69,7 @@ PROFILES: dict[str, Profile] = {
         dtype="float32",
         device_map=None,
         dataset="sample",
-        training={
-            "per_device_train_batch_size": 4,
-            "gradient_accumulation_steps": 1,
-            "num_train_epochs": 30,
-            "learning_rate": 5e-3,
-            "logging_steps": 5,
-            "save_steps": 20,
-            "gradient_checkpointing": False,
-            "bf16": False,
-            "max_length": 1024,
-        },
+        train_config="tiny",
     ),
     "random8b": Profile(
         name="random8b",
@@ -103,7 +80,7 @@ PROFILES: dict[str, Profile] = {
         dtype="bfloat16",
         device_map=None,
         dataset="huanhuan",
-        training=FULL_TRAINING,
+        train_config="qwen3-8b",
     ),
 }
 
