@@ -34,9 +34,29 @@ class SwanLabSetupError(RuntimeError):
     """The environment would make swanlab fail or prompt."""
 
 
+#: Force a mode: offline | online | local (needs ``swanlab[dashboard]``, for ``swanlab watch``) | disabled.
+MODE_ENV = "QWEN3_TUTORIAL_SWANLAB_MODE"
+MODES = ("offline", "online", "local", "disabled")
+
+
 def swanlab_mode() -> str:
-    """``online`` when an API key is in the environment, else ``offline``."""
+    """``online`` when an API key is in the environment, else ``offline`` (or what MODE_ENV says)."""
+    forced = os.environ.get(MODE_ENV, "").strip().lower()
+    if forced:
+        if forced not in MODES:
+            raise SwanLabSetupError(f"{MODE_ENV}={forced!r}: choose one of {', '.join(MODES)}")
+        if forced == "online" and not os.environ.get("SWANLAB_API_KEY"):
+            raise SwanLabSetupError(
+                "online mode needs SWANLAB_API_KEY in the environment (export it in the terminal "
+                "before starting Jupyter; never type the key into a cell)."
+            )
+        return forced
     return "online" if os.environ.get("SWANLAB_API_KEY") else "offline"
+
+
+def dashboard_command(port: int = 5092) -> str:
+    """The local dashboard for runs recorded in ``local`` mode (needs ``swanlab[dashboard]``)."""
+    return f"swanlab watch {display_path(swanlog_dir())} --host 127.0.0.1 --port {port}"
 
 
 def swanlog_dir() -> Path:
