@@ -1,0 +1,1 @@
+"""Benchmarks (run by hand, not timed tests): ``python -m bench.<name>``."""

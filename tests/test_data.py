@@ -1,0 +1,398 @@
+"""helpers.data on the real 3,729-row dataset: encoding, validation, CLI, download, padding."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from helpers import data
+from helpers.workspace import REPO_ROOT, MissingArtifactError
+
+BROKEN = REPO_ROOT / "tests" / "fixtures" / "broken.jsonl"
+#: What tests/fixtures/broken.jsonl holds, line by line: (field, severity) of each problem.
+BROKEN_PROBLEMS = {
+    2: ("(json)", "error"),        # invalid JSON
+    3: ("output", "error"),        # missing field
+    4: ("output", "error"),        # non-string value
+    5: ("output", "error"),        # empty output
+    6: ("(row)", "warning"),       # duplicate of line 1
+    7: ("(tokens)", "warning"),    # longer than max_length 128
+    9: ("instruction", "error"),   # empty instruction
+    10: ("messages", "error"),     # conversation format
+    11: ("(row)", "error"),        # not an object
+    12: ("input", "error"),        # null input
+}
+BROKEN_VALID_LINES = [1, 6, 7, 13]
+NEWLINE_ID = 198
+
+
+@pytest.fixture(scope="module")
+def real(huanhuan_path, tokenizer):
+    """The real records, our encoding, and an independent reference tokenization of each conversation."""
+    records = data.load_records(huanhuan_path).records
+    samples, report = data.encode_records(records, tokenizer)
+    texts = [data.render_conversation(tokenizer, r) for r in records]
+    reference = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return records, samples, report, texts, reference
+
+
+def test_ids_equal_the_rendered_conversation_minus_its_final_newline(real, tokenizer):
+    """Our ids == the template's full conversation, tokenized, without the trailing "\\n".
+
+    The template closes the assistant turn with ``<|im_end|>`` and then writes "\\n"
+    (token 198) as the separator before a next turn. The model never generates that
+    "\\n": generation stops at ``<|im_end|>``, the eos token. So a sample ends at
+    ``<|im_end|>`` and the "\\n" is not trained.
+    """
+    records, samples, report, texts, reference = real
+    end_id = tokenizer.convert_tokens_to_ids(data.END_TOKEN)
+    assert len(records) == 3729 and report.rows_out == 3729 and not report.too_long
+    assert all(t.endswith("<|im_end|>\n") for t in texts)
+    for sample, ref in zip(samples, reference, strict=True):
+        assert ref[-2:] == [end_id, NEWLINE_ID]
+        assert sample["input_ids"] == ref[:-1]
+        assert sample["attention_mask"] == [1] * len(ref[:-1])
+
+
+def test_trained_labels_decode_to_the_answer_and_its_end_token(real, tokenizer):
+    records, samples, *_ = real
+    trained = [[t for t in s["labels"] if t != data.IGNORE_INDEX] for s in samples]
+    decoded = tokenizer.batch_decode(trained)
+    assert decoded == [r["output"] + "<|im_end|>" for r in records]
+
+
+def test_label_is_minus_100_exactly_on_the_prompt(real, tokenizer):
+    records, samples, *_ = real
+    prompts = [data.render_prompt(tokenizer, data.build_messages(r["instruction"], r["input"])) for r in records]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    for sample, ids in zip(samples, prompt_ids, strict=True):
+        n = len(ids)
+        assert sample["input_ids"][:n] == ids
+        assert sample["labels"][:n] == [data.IGNORE_INDEX] * n
+        assert sample["labels"][n:] == sample["input_ids"][n:]
+        assert data.IGNORE_INDEX not in sample["labels"][n:]
+
+
+def test_prompt_frame_reproduces_render_prompt_on_every_row(real, tokenizer):
+    records = real[0]
+    head, tail = data.prompt_frame(tokenizer)
+    for r in records:
+        expected = data.render_prompt(tokenizer, data.build_messages(r["instruction"], r["input"]))
+        assert head + data._user_text(r) + tail == expected
+
+
+def test_tokenize_batch_equals_the_tokenizer(real, tokenizer):
+    records = real[0]
+    texts = [r["instruction"] for r in records] + [r["output"] for r in records]
+    assert data.tokenize_batch(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_truncation_drops_and_counts_every_row_over_max_length(real, tokenizer):
+    records, _, _, _, reference = real
+    max_length = 100
+    full_lengths = [len(ref) - 1 for ref in reference]
+    expected = [i for i, n in enumerate(full_lengths) if n > max_length]
+    assert 0 < len(expected) < len(records)  # the limit really cuts into the real data
+    samples, report = data.encode_records(records, tokenizer, max_length=max_length)
+    assert [i for i, _ in report.too_long] == expected
+    assert [n for _, n in report.too_long] == [full_lengths[i] for i in expected]
+    assert report.rows_out == len(samples) == len(records) - len(expected)
+    end_id = tokenizer.convert_tokens_to_ids(data.END_TOKEN)
+    assert all(len(s["input_ids"]) <= max_length and s["labels"][-1] == end_id for s in samples)
+    assert f"dropped {len(expected)} rows longer than max_length" in report.summary()
+
+
+def test_real_dataset_loads_with_only_duplicate_warnings(huanhuan_path, real):
+    report = data.load_records(huanhuan_path).report
+    records = real[0]
+    unique = len({(r["instruction"], r["input"], r["output"]) for r in records})
+    assert report.ok and report.rows_read == 3729 and not report.skipped
+    assert {p.reason.split(" of ")[0] for p in report.warnings} == {"duplicate"}
+    assert len(report.warnings) == len(records) - unique > 0
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_broken_file_is_refused_with_every_problem_named(tokenizer):
+    with pytest.raises(data.DataValidationError) as caught:
+        data.load_records(BROKEN, tokenizer=tokenizer, max_length=128)
+    report = caught.value.report
+    found = {p.row: (p.field, p.severity) for p in report.problems}
+    assert found == BROKEN_PROBLEMS
+    message = str(caught.value)
+    for line in BROKEN_PROBLEMS:
+        assert f"line {line} " in message
+    assert "--skip-invalid" in message
+
+
+def test_skip_invalid_keeps_valid_rows_and_reports_the_skipped_ones(tokenizer):
+    result = data.load_records(BROKEN, skip_invalid=True, tokenizer=tokenizer, max_length=128)
+    errors = sorted(line for line, (_, severity) in BROKEN_PROBLEMS.items() if severity == "error")
+    assert result.report.skipped == errors
+    assert result.rows == BROKEN_VALID_LINES
+    assert result.report.rows_read == len(errors) + len(BROKEN_VALID_LINES)
+    assert f"skipped {len(errors)} invalid rows (lines {', '.join(map(str, errors))})" in result.report.summary()
+    # the over-long row is loaded with a warning, and encode_records drops and counts it
+    samples, report = data.encode_records(result.records, tokenizer, max_length=128)
+    assert [result.rows[i] for i, _ in report.too_long] == [7] and len(samples) == 3
+
+
+def test_a_json_array_with_a_syntax_error_is_refused_whole(tmp_path, huanhuan_path):
+    text = huanhuan_path.read_text(encoding="utf-8")
+    cut = text.index('"output"', len(text) // 2)
+    bad = tmp_path / "bad.json"
+    bad.write_text(text[:cut] + text[cut + 1:], encoding="utf-8")  # drop one quote
+    line = text[:cut].count("\n") + 1
+    for skip in (False, True):
+        with pytest.raises(data.DataValidationError, match=f"invalid JSON at line {line} "):
+            data.load_records(bad, skip_invalid=skip)
+
+
+def test_json_array_rows_are_numbered_from_one(tmp_path):
+    rows = [{"instruction": "问", "input": "", "output": "答"}, {"instruction": "问", "output": ""}, "x"]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    report = data.load_records(path, skip_invalid=True).report
+    assert report.file_format == "json" and report.skipped == [2, 3]
+    assert [(p.row, p.field) for p in report.errors] == [(2, "output"), (3, "(row)")]
+
+
+def test_sample_file_is_clean_and_short(tokenizer):
+    result = data.load_records(data.SAMPLE_PATH, tokenizer=tokenizer)
+    assert len(result.records) == 48 and not result.report.problems
+    memorise = result.records[:8]
+    assert len({r["instruction"] for r in memorise}) == 8
+    assert all(10 <= len(r["output"]) <= 30 for r in memorise)
+    assert max(result.lengths) < data.DEFAULT_MAX_LENGTH
+
+
+# --------------------------------------------------------------------------- encoded files and CLI
+
+
+def test_encoded_file_round_trip_and_errors(tmp_path, tokenizer):
+    records = data.load_records(data.SAMPLE_PATH).records
+    samples, _ = data.encode_records(records, tokenizer)
+    path = data.save_encoded(samples, tmp_path / "train.jsonl")
+    loaded = data.load_encoded(path)
+    assert loaded == [{k: s[k] for k in data.ENCODED_KEYS} for s in samples]
+    dataset = data.to_dataset(loaded)
+    assert dataset.column_names == list(data.ENCODED_KEYS) and dataset[5]["labels"] == samples[5]["labels"]
+    with pytest.raises(MissingArtifactError, match="03-data.ipynb"):
+        data.load_encoded(tmp_path / "missing.jsonl")
+    path.write_text('{"input_ids": [1, 2], "attention_mask": [1], "labels": [1, 2]}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 1"):
+        data.load_encoded(path)
+
+
+def test_encoded_path_is_per_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(tmp_path))
+    assert data.encoded_path("tiny") == tmp_path.resolve() / "data" / "train-tiny.jsonl"
+    assert data.encoded_path("full").name == "train-full.jsonl"
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "helpers.data", *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO_ROOT, env={**os.environ, "QWEN3_TUTORIAL_PROFILE": "tiny", **(env or {})})
+
+
+def test_cli_check_names_every_bad_row_and_fails(tmp_path):
+    # an empty workspace: no model directory yet, so the CLI falls back to the offline tokenizer
+    done = _cli("check", BROKEN, "--max-length", "128", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path)})
+    assert done.returncode == 1
+    assert "offline Qwen3 tokenizer" in done.stderr
+    for line, (field_name, severity) in BROKEN_PROBLEMS.items():
+        assert f"{severity:<7} line {line:<5} {field_name}" in done.stdout
+    assert "rows over max_length 128: 1" in done.stdout
+
+
+def test_cli_check_passes_a_clean_file_and_prints_statistics(capsys):
+    assert data.main(["check", str(data.SAMPLE_PATH)]) == 0
+    out = capsys.readouterr().out
+    assert "48 rows read, 48 valid; 0 errors, 0 warnings" in out
+    for word in ("p50", "p90", "p99", "max", "rows over max_length 1024: 0", "recommended: padding-free"):
+        assert word in out
+
+
+def test_cli_check_skip_invalid_exits_zero(capsys):
+    assert data.main(["check", str(BROKEN), "--skip-invalid"]) == 0
+    assert "skipped 8 invalid rows" in capsys.readouterr().out
+    assert data.main(["check", str(BROKEN)]) == 1
+
+
+def test_cli_encode_equals_encode_records(tmp_path, huanhuan_path, real):
+    out = tmp_path / "encoded.jsonl"
+    done = _cli("encode", huanhuan_path, out)
+    assert done.returncode == 0, done.stderr
+    assert "encoded 3729 of 3729 rows" in done.stdout
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [{k: s[k] for k in data.ENCODED_KEYS} for s in real[1]]
+
+
+def test_cli_encode_refuses_a_broken_file(tmp_path, capsys):
+    assert data.main(["encode", str(BROKEN), str(tmp_path / "x.jsonl")]) == 1
+    assert "line 12" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- download
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve a folder on 127.0.0.1 (a free port) for one test; stopped afterwards."""
+    servers = []
+
+    def start(folder):
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *a: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_verifies_and_caches(serve, huanhuan_path, tmp_path):
+    url = serve(huanhuan_path.parent) + "/" + huanhuan_path.name
+    dest = tmp_path / "ws" / "huanhuan.json"
+    assert data.download_huanhuan(url, dest=dest, progress=False) == dest
+    assert data.sha256_file(dest) == data.HUANHUAN_SHA256
+    assert not dest.with_name("huanhuan.json.partial").exists()
+    # cached and verified: reused without touching the network (this URL cannot answer)
+    assert data.download_huanhuan("http://127.0.0.1:9/none", dest=dest, progress=False) == dest
+
+
+def test_download_refuses_a_corrupted_file(serve, huanhuan_path, tmp_path):
+    corrupt = tmp_path / "srv" / "huanhuan.json"
+    corrupt.parent.mkdir()
+    raw = bytearray(huanhuan_path.read_bytes())
+    raw[1000] ^= 1
+    corrupt.write_bytes(bytes(raw))
+    dest = tmp_path / "ws" / "huanhuan.json"
+    with pytest.raises(data.DatasetDownloadError, match="upstream file may have changed") as caught:
+        data.download_huanhuan(serve(corrupt.parent) + "/huanhuan.json", dest=dest, progress=False)
+    assert data.HUANHUAN_PINNED_URL in str(caught.value)
+    assert not dest.exists() and not dest.with_name("huanhuan.json.partial").exists()
+
+
+def test_download_fails_clearly_when_the_server_is_unreachable(tmp_path):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dest = tmp_path / "huanhuan.json"
+    with pytest.raises(data.DatasetDownloadError, match="offline") as caught:
+        data.download_huanhuan(f"http://127.0.0.1:{port}/huanhuan.json", dest=dest, timeout=5, progress=False)
+    assert "huanhuan.json" in str(caught.value) and data.HUANHUAN_SHA256 in str(caught.value)
+    assert not dest.exists()
+
+
+def test_course_dataset_path_per_profile(monkeypatch, tmp_path, huanhuan_path):
+    assert data.course_dataset_path("tiny") == data.SAMPLE_PATH
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(tmp_path))
+    (tmp_path / "data").mkdir()
+    shutil.copyfile(huanhuan_path, tmp_path / "data" / "huanhuan.json")  # a verified cache: no network
+    assert data.course_dataset_path("full") == tmp_path.resolve() / "data" / "huanhuan.json"
+
+
+# --------------------------------------------------------------------------- padding and the original
+
+
+@pytest.fixture(scope="module")
+def original(real, tokenizer):
+    return [data.original_process_func(r, tokenizer) for r in real[0]]
+
+
+def test_original_padding_reproduces_the_published_numbers(original):
+    """The shared README: 269,343 real tokens; random batches of 4 compute 379,557 (29.0% padding).
+
+    379,557 is the epoch order of Python's ``random.Random(0)``; the exact average over
+    all orders is within 0.5% of it, so the seed is representative, not picked.
+    """
+    lengths = [len(s["input_ids"]) for s in original]
+    rows = {r.strategy: r for r in data.padding_table(lengths, batch_size=4, seed=0)}
+    assert rows["random"].real == sum(lengths) == 269_343
+    assert rows["random"].computed == 379_557
+    assert f"{rows['random'].padding_share:.1%}" == "29.0%"
+    assert abs(data.expected_padded_tokens(lengths) / 379_557 - 1) < 0.005
+    assert rows["packing"].computed == rows["packing"].real and rows["packing"].padding == 0
+    assert rows["group_by_length"].computed < rows["random"].computed
+
+
+def test_padding_strategies_match_transformers(real):
+    import torch
+    from transformers import DataCollatorWithFlattening
+
+    samples = real[1]
+    lengths = [len(s["input_ids"]) for s in samples]
+    order = data.length_grouped_order(lengths, group_size=16, seed=0)
+    assert sorted(order) == list(range(len(lengths)))
+    rows = {r.strategy: r for r in data.padding_table(lengths, gradient_accumulation_steps=4)}
+    assert rows["group_by_length"].padding < rows["random"].padding / 10
+    assert rows["random"].padding_share > 0.25
+    # packing: the collator flattens a batch into one row of exactly its real tokens
+    collator = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    batch = collator([{k: samples[i][k] for k in ("input_ids", "labels")} for i in range(4)])
+    total = sum(lengths[:4])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape == (1, total)
+    assert torch.equal(batch["position_ids"][0, :lengths[0]], torch.arange(lengths[0]))
+
+
+def test_original_differs_from_ours_only_by_its_pitfalls(real, original, tokenizer):
+    """Pitfalls 1-3: the f-string equals the template except a literal <s> and the wrong end token."""
+    records, samples, *_ = real
+    junk = tokenizer("<s>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(junk) == ["<s", ">"]  # Qwen has no <s> token
+    pad_id, end_id = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids(data.END_TOKEN)
+    assert tokenizer.pad_token == "<|endoftext|>" and pad_id != end_id
+    for ours, theirs in zip(samples, original, strict=True):
+        assert theirs["input_ids"][:2] == junk
+        assert theirs["input_ids"][2:-1] == ours["input_ids"][:-1]
+        assert theirs["labels"][-1] == pad_id and ours["labels"][-1] == end_id
+    differences = data.token_differences(
+        tokenizer, data.original_prompt_text(records[0]) + records[0]["output"] + "<|endoftext|>",
+        data.render_conversation(tokenizer, records[0]))
+    assert [(a, b) for _, a, b in differences] == [("<s>", ""), ("<|endoftext|>", "<|im_end|>\n")]
+
+
+def test_original_inference_sends_the_role_as_a_user_turn(tokenizer):
+    theirs = data.render_prompt(tokenizer, data.original_inference_messages("你是谁？"))
+    ours = data.render_prompt(tokenizer, data.build_messages("你是谁？"))
+    assert "<|im_start|>system" not in theirs and theirs.count("<|im_start|>user") == 2
+    assert ours.startswith(f"<|im_start|>system\n{data.DEFAULT_SYSTEM_PROMPT}<|im_end|>")
+
+
+def test_trained_tokens_view_marks_the_answer(tokenizer):
+    record = data.load_records(data.SAMPLE_PATH).records[0]
+    sample = data.encode_records([record], tokenizer)[0][0]
+    view = data.trained_tokens_view(sample, tokenizer)
+    untrained, trained = view.split("\nTRAINED")
+    assert untrained.startswith("not trained (label = -100)")
+    assert record["instruction"] in untrained.replace(data.TOKEN_SEPARATOR, "")
+    assert trained.rstrip().endswith(data.TOKEN_SEPARATOR + "<|im_end|>")
+    assert trained.split(":\n  ", 1)[1].replace(data.TOKEN_SEPARATOR, "") == record["output"] + "<|im_end|>"
+
+
+def test_notebook_03_states_the_real_padding_numbers(real, original):
+    """Notebook 03 quotes the real-data padding table in its prose; it must match the computation."""
+    nb = json.loads((REPO_ROOT / "notebooks" / "03-data.ipynb").read_text(encoding="utf-8"))
+    prose = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    tables = [data.padding_table([len(s["input_ids"]) for s in samples], batch_size=4, seed=0)
+              for samples in (original, real[1])]
+    for theirs, ours in zip(*tables, strict=True):
+        assert (f"| {theirs.computed:,} | {theirs.padding_share:.1%} | "
+                f"{ours.computed:,} | {ours.padding_share:.1%} |") in prose
+    full_recipe = data.padding_table([len(s["input_ids"]) for s in real[1]], gradient_accumulation_steps=4)
+    assert f"填充占比是 {full_recipe[1].padding_share:.1%}" in prose
