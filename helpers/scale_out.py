@@ -1,0 +1,251 @@
+"""Notebook 06: the same training on several processes with ``accelerate launch``.
+
+* :data:`STRATEGIES` and :func:`launch_command` - the shipped ``configs/accelerate/*.yaml`` and the
+  exact command for each;
+* :func:`per_gpu_memory_gb` / :func:`memory_table` - how much GPU memory each strategy needs per GPU
+  for LoRA (an ESTIMATE built on :func:`helpers.train.estimate_lora_memory_gb`, not a measurement);
+* :func:`read_sample_log` / :func:`shards_per_step` - which dataset rows each rank trained on, read
+  back from a run's ``sample_log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .train import SAMPLE_LOG, estimate_lora_memory_gb
+from .workspace import REPO_ROOT
+
+ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    config: str
+    #: what gets divided by the number of GPUs: "" (nothing), "optimizer" (LoRA grads + Adam) or "all"
+    shards: str
+    summary: str
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "single-gpu": Strategy("one GPU", "single-gpu.yaml", "", "one process, one GPU"),
+    "ddp": Strategy("DDP", "ddp.yaml", "", "a whole copy per GPU; each GPU its own data shard"),
+    "zero2": Strategy("DeepSpeed ZeRO-2", "zero2.yaml", "optimizer", "LoRA grads + Adam sharded"),
+    "fsdp": Strategy("FSDP2", "fsdp.yaml", "all", "weights, grads and Adam sharded"),
+    "zero3": Strategy("DeepSpeed ZeRO-3", "zero3.yaml", "all", "weights, grads and Adam sharded"),
+}
+
+
+# --------------------------------------------------------------------------- model sizes
+
+#: Published architecture numbers of the Qwen3 dense models the course talks about.
+QWEN3_SIZES = {
+    "Qwen3-8B": {"hidden": 4096, "intermediate": 12288, "layers": 36, "heads": 32, "kv_heads": 8},
+    "Qwen3-14B": {"hidden": 5120, "intermediate": 17408, "layers": 40, "heads": 40, "kv_heads": 8},
+    "Qwen3-32B": {"hidden": 5120, "intermediate": 25600, "layers": 64, "heads": 64, "kv_heads": 8},
+}
+HEAD_DIM = 128
+VOCAB = 151936
+
+
+def qwen3_counts(name: str, r: int = 8) -> dict[str, int]:
+    """Parameter count and LoRA (all 7 projections, rank ``r``) parameter count of a Qwen3 size."""
+    a = QWEN3_SIZES[name]
+    h, inter, q, kv = a["hidden"], a["intermediate"], a["heads"] * HEAD_DIM, a["kv_heads"] * HEAD_DIM
+    shapes = {  # (in, out) of each projection
+        "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+        "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h),
+    }
+    per_layer = sum(i * o for i, o in shapes.values()) + 2 * h + 2 * HEAD_DIM  # + 2 RMSNorms, q/k norms
+    params = a["layers"] * per_layer + 2 * VOCAB * h + h  # + embeddings, lm_head (untied), final norm
+    lora = a["layers"] * sum(r * (i + o) for i, o in shapes.values())
+    return {"params": params, "lora_params": lora, "hidden": h, "layers": a["layers"]}
+
+
+# --------------------------------------------------------------------------- memory per GPU
+
+def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estimate) -> dict[str, float]:
+    """ESTIMATED memory per GPU (GB) for LoRA training with one strategy on ``gpus`` GPUs.
+
+    Starts from :func:`helpers.train.estimate_lora_memory_gb` (one GPU) and divides what the
+    strategy shards: DDP nothing; ZeRO-2 the LoRA gradients and Adam states (12 of the 16 bytes
+    per trainable parameter); FSDP / ZeRO-3 the weights and all LoRA states, plus one decoder
+    layer gathered in full at a time (two with prefetching). Activations and logits belong to
+    each GPU's own micro-batch and are never divided.
+    """
+    kind = STRATEGIES[strategy].shards
+    gpus = 1 if strategy == "single-gpu" else gpus
+    counts = qwen3_counts(model)
+    one = estimate_lora_memory_gb(
+        params=counts["params"], lora_params=counts["lora_params"],
+        hidden=counts["hidden"], layers=counts["layers"], **estimate,
+    )
+    weights, lora = one["weights (bf16)"], one["LoRA weights + grads + Adam (fp32)"]
+    out = dict(one)
+    if kind == "optimizer":
+        out["LoRA weights + grads + Adam (fp32)"] = lora * 4 / 16 + lora * 12 / 16 / gpus
+    elif kind == "all":
+        gathered = 2 * (weights - 2 * VOCAB * counts["hidden"] * 2 / 1e9) / counts["layers"]
+        out["weights (bf16)"] = weights / gpus + (gathered if gpus > 1 else 0.0)
+        out["LoRA weights + grads + Adam (fp32)"] = lora / gpus
+    out["total"] = sum(v for k, v in out.items() if k != "total")
+    return out
+
+
+def memory_table(model: str = "Qwen3-8B", gpu_counts: tuple[int, ...] = (2, 4, 8), **estimate) -> str:
+    """A text table: estimated GB per GPU for each strategy and number of GPUs."""
+    head = f"{'strategy':<18}" + "".join(f"{f'{n} GPU' + ('s' if n > 1 else ''):>10}" for n in gpu_counts)
+    lines = [f"{model} LoRA, ESTIMATED GB per GPU (not measured)", head]
+    for key, strategy in STRATEGIES.items():
+        if key == "single-gpu":
+            total = per_gpu_memory_gb(key, 1, model, **estimate)["total"]
+            lines.append(f"{strategy.name:<18}{total:>10.1f}  (1 GPU)")
+            continue
+        cells = "".join(f"{per_gpu_memory_gb(key, n, model, **estimate)['total']:>10.1f}" for n in gpu_counts)
+        lines.append(f"{strategy.name:<18}{cells}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- commands
+
+def launch_command(strategy: str, train_config: str = "configs/train/qwen3-8b.yaml", gpus: int | None = None) -> str:
+    """The exact shell command for one strategy (relative paths: run it in the repository root)."""
+    config = f"configs/accelerate/{STRATEGIES[strategy].config}"
+    procs = f" --num_processes {gpus}" if gpus and strategy != "single-gpu" else ""
+    return f"accelerate launch --config_file {config}{procs} -m helpers.train --config {train_config}"
+
+
+def effective_batch(per_device: int, accumulation: int, processes: int) -> int:
+    """Samples per optimizer step: per device x accumulation x processes."""
+    return per_device * accumulation * processes
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for ``--main_process_port``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_launch(output_dir: str | os.PathLike, *overrides: str, processes: int = 2, resume: bool = False,
+               env: dict | None = None, **popen) -> subprocess.Popen:
+    """Start ``accelerate launch`` with ``configs/accelerate/cpu-2proc.yaml`` on the tiny config (CPU, gloo)."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(accelerate) if accelerate.is_file() else "accelerate",
+        "launch", "--config_file", str(ACCELERATE_CONFIG_DIR / "cpu-2proc.yaml"),
+        "--num_processes", str(processes), "--main_process_port", str(free_port()),
+        "-m", "helpers.train", "--config", str(REPO_ROOT / "configs" / "train" / "tiny.yaml"),
+        "--output-dir", str(output_dir),
+    ]
+    if not resume:
+        cmd.append("--no-resume")
+    for item in overrides:
+        cmd += ["--set", item]
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("QWEN3_TUTORIAL_PROFILE", "tiny")
+    full_env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU proof even on a GPU box (two ranks cannot share one GPU)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    full_env["OMP_NUM_THREADS"] = full_env.get("OMP_NUM_THREADS", "1")
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **popen)
+
+
+def demo_workspace() -> Path:
+    """``workspace/scale-out-demo``: a workspace of its own for notebook 06's demo run (its plot,
+    checkpoints and logs stay apart from notebook 04's), sharing the tiny model directory."""
+    from .download import build_tiny_model
+    from .workspace import workspace_path
+
+    model = build_tiny_model()
+    root = workspace_path("scale-out-demo")
+    link = root / "models" / model.name
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(model, target_is_directory=True)
+    return root
+
+
+def run_cpu_demo(*overrides: str, processes: int = 2, timeout: int = 600) -> tuple[Path, str]:
+    """Train the tiny profile with ``processes`` CPU processes in :func:`demo_workspace`; return
+    (checkpoint folder, the launch's console output). Raises with the output's tail on failure."""
+    root = demo_workspace()
+    out = root / "checkpoints" / "tiny-2proc"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    proc = cpu_launch(out, *overrides, processes=processes,
+                      env={"QWEN3_TUTORIAL_WORKSPACE": str(root), "QWEN3_TUTORIAL_PROFILE": "tiny"})
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"accelerate launch failed (exit {proc.returncode}):\n{log[-3000:]}")
+    return out, log
+
+
+# --------------------------------------------------------------------------- sample log
+
+def read_sample_log(output_dir: str | os.PathLike) -> list[dict]:
+    """Every line of a run's ``sample_log.jsonl``."""
+    path = Path(output_dir) / SAMPLE_LOG
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def shards_per_step(entries: list[dict], pids: set[int] | None = None) -> list[dict[int, list[int]]]:
+    """``[{rank: rows}, ...]`` per micro-batch index (``call``), one process per rank.
+
+    ``pids`` picks the processes of one launch (a resumed run appends to the same log).
+    """
+    by_call: dict[int, dict[int, list[int]]] = defaultdict(dict)
+    for entry in entries:
+        if pids is not None and entry["pid"] not in pids:
+            continue
+        if entry["rank"] in by_call[entry["call"]]:
+            raise ValueError(f"rank {entry['rank']} logged call {entry['call']} twice: pass the pids of one launch")
+        by_call[entry["call"]][entry["rank"]] = entry["rows"]
+    return [by_call[call] for call in sorted(by_call)]
+
+
+def launch_pids(entries: list[dict]) -> list[set[int]]:
+    """The process ids of each launch in the log, in order (a launch = one pid per rank)."""
+    launches: list[set[int]] = []
+    seen: dict[int, int] = {}
+    for entry in entries:
+        if entry["pid"] in seen:
+            continue
+        if not launches or any(seen[p] == entry["rank"] for p in launches[-1]):
+            launches.append(set())
+        launches[-1].add(entry["pid"])
+        seen[entry["pid"]] = entry["rank"]
+    return launches
+
+
+def format_shards(steps: list[dict[int, list[int]]]) -> str:
+    """One line per micro-batch (of one epoch): each rank's rows, whether the ranks overlap in that
+    micro-batch, and rows that an earlier micro-batch already trained."""
+    lines, seen = [], set()
+    for call, ranks in enumerate(steps):
+        cells = "   ".join(f"rank {r}: {sorted(rows)!s:<10}" for r, rows in sorted(ranks.items()))
+        sets = [set(rows) for rows in ranks.values()]
+        overlap = set.intersection(*sets) if len(sets) > 1 else set()
+        note = f"overlap {sorted(overlap)}" if overlap else "disjoint"
+        repeated = set().union(*sets) & seen
+        if repeated:
+            note += f", repeats {sorted(repeated)} from an earlier micro-batch"
+        seen |= set().union(*sets)
+        lines.append(f"micro-batch {call}:  {cells}  {note}")
+    return "\n".join(lines)

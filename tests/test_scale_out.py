@@ -1,0 +1,306 @@
+"""Scale-out: the training CLI under `accelerate launch` with two processes on CPU (gloo), and the
+shipped accelerate configs for DDP / FSDP / DeepSpeed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from helpers import scale_out, train
+from helpers.workspace import REPO_ROOT
+
+ROWS, PER_DEVICE, EPOCHS, RANKS = 16, 2, 2, 2
+STEPS_PER_EPOCH = ROWS // (PER_DEVICE * RANKS)
+FINAL_STEP = STEPS_PER_EPOCH * EPOCHS
+RUN = (f"data.max_rows={ROWS}", f"training.per_device_train_batch_size={PER_DEVICE}",
+       f"training.num_train_epochs={EPOCHS}", "training.save_steps=2", "training.logging_steps=1",
+       "training.disable_tqdm=true")
+SUMMARY_LINE = f"effective batch    {PER_DEVICE * RANKS} (per device x accumulation x {RANKS} process(es))"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_model_dir) -> Path:
+    """A workspace of its own (so the SwanLab runs can be counted), sharing the tiny model."""
+    path = tmp_path_factory.mktemp("scale-out-workspace")
+    (path / "models").mkdir()
+    (path / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    return path
+
+
+def _launch(workspace: Path, out: Path, *overrides: str, resume: bool = False):
+    return scale_out.cpu_launch(out, *overrides, resume=resume,
+                                env={"QWEN3_TUTORIAL_WORKSPACE": str(workspace), "QWEN3_TUTORIAL_PROFILE": "tiny"})
+
+
+def _finish(proc, timeout: int = 240) -> str:
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    assert proc.returncode == 0, log[-4000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def reference(workspace, tmp_path_factory):
+    """Two processes, the tiny profile, SwanLab on (offline): trains to the end."""
+    out = tmp_path_factory.mktemp("ddp-run")
+    log = _finish(_launch(workspace, out, *RUN))
+    return out, log
+
+
+def _rows_by_rank(steps: list[dict[int, list[int]]]) -> dict[int, list[list[int]]]:
+    return {rank: [step[rank] for step in steps] for rank in range(RANKS)}
+
+
+def test_two_processes_train_to_the_end(reference):
+    out, log = reference
+    final = train.find_latest_checkpoint(out)
+    assert final is not None and train.checkpoint_step(final) == FINAL_STEP
+    entries = scale_out.read_sample_log(out)
+    assert {e["rank"] for e in entries} == {0, 1}
+    assert len({e["pid"] for e in entries}) == RANKS, "one process per rank"
+
+
+def test_ranks_train_disjoint_shards_that_cover_each_epoch(reference):
+    out, _ = reference
+    steps = scale_out.shards_per_step(scale_out.read_sample_log(out))
+    assert len(steps) == FINAL_STEP
+    for call, ranks in enumerate(steps):
+        assert sorted(ranks) == [0, 1], f"micro-batch {call}: both ranks must train"
+        assert all(len(rows) == PER_DEVICE for rows in ranks.values())
+        assert not set(ranks[0]) & set(ranks[1]), f"micro-batch {call}: ranks share rows {ranks}"
+    for epoch in range(EPOCHS):
+        seen = [row for step in steps[epoch * STEPS_PER_EPOCH:(epoch + 1) * STEPS_PER_EPOCH]
+                for rows in step.values() for row in rows]
+        assert sorted(seen) == list(range(ROWS)), f"epoch {epoch} must see every row exactly once"
+    first, second = steps[:STEPS_PER_EPOCH], steps[STEPS_PER_EPOCH:]
+    assert first != second, "each epoch is shuffled anew"
+
+
+def test_only_rank_0_prints_tracks_and_reports_the_effective_batch(reference, workspace):
+    out, log = reference
+    assert log.count(SUMMARY_LINE) == 1, log[-3000:]
+    assert log.count("global step        ") == 1
+    assert log.count("encoded ") == 1, "the data report is printed once, by rank 0"
+    runs = [p for p in (workspace / "swanlog").iterdir() if p.is_dir() and p.name.startswith("run-")]
+    assert len(runs) == 1, f"exactly one SwanLab run, found {[p.name for p in runs]}"
+    from helpers.tracking import read_scalars
+
+    state = __import__("json").loads((out / f"checkpoint-{FINAL_STEP}" / "trainer_state.json").read_text())
+    history = [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+    logged = read_scalars(runs[0])["train/loss"]
+    assert [s for s, _ in logged] == [s for s, _ in history] == list(range(1, FINAL_STEP + 1))
+    assert [v for _, v in logged] == pytest.approx([v for _, v in history], rel=1e-6)
+    assert state["train_batch_size"] == PER_DEVICE
+    assert (workspace / "plots" / "train-tiny.png").is_file()
+
+
+def test_saved_adapter_loads_and_was_trained(reference, workspace):
+    from peft import PeftModel
+
+    from helpers.models import load_base_model
+
+    out, _ = reference
+    with mock.patch.dict(os.environ, {"QWEN3_TUTORIAL_WORKSPACE": str(workspace)}):
+        base = load_base_model("tiny")
+    model = PeftModel.from_pretrained(base, train.find_latest_checkpoint(out)).eval()
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "lora_B starts at zero: trained weights are not"
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[151644, 872, 198]])).logits
+    assert logits.shape[-1] == 151936 and torch.isfinite(logits).all()
+
+
+def test_two_process_run_killed_resumes_to_the_same_end(reference, workspace, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "crashed"
+    victim = _launch(workspace, out, *RUN, "swanlab=null")
+    deadline = time.time() + 240
+    try:
+        while train.find_latest_checkpoint(out) is None:
+            assert victim.poll() is None, victim.stdout.read()[-4000:]
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.1)
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both ranks, no clean-up
+        victim.wait()
+    victim.stdout.close()
+    step = train.checkpoint_step(train.find_latest_checkpoint(out))
+    assert step < FINAL_STEP, "the kill must interrupt the run"
+    killed_pids = {e["pid"] for e in scale_out.read_sample_log(out)}
+
+    log = _finish(_launch(workspace, out, *RUN, "swanlab=null", resume=True))
+    assert log.count("Resuming from ") == 1 and f"checkpoint-{step}" in log
+    assert train.checkpoint_step(train.find_latest_checkpoint(out)) == FINAL_STEP
+
+    entries = scale_out.read_sample_log(out)
+    resumed_pids = {e["pid"] for e in entries} - killed_pids
+    resumed = _rows_by_rank(scale_out.shards_per_step(entries, resumed_pids))
+    expected = _rows_by_rank(scale_out.shards_per_step(scale_out.read_sample_log(ref_out)))
+    for rank in range(RANKS):
+        assert resumed[rank] == expected[rank][step:], f"rank {rank} must continue the reference's data order"
+
+    from safetensors.torch import load_file
+
+    a = load_file(out / f"checkpoint-{FINAL_STEP}" / "adapter_model.safetensors")
+    b = load_file(ref_out / f"checkpoint-{FINAL_STEP}" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_uneven_last_batch_is_filled_from_the_start_of_the_epoch(workspace, tmp_path):
+    """6 rows, 2 per rank, 2 ranks: 3 batches for 2 steps. accelerate's even_batches (default) gives
+    rank 1 the epoch's first batch again so both ranks take the same number of steps (DDP needs that)."""
+    out = tmp_path / "uneven"
+    _finish(_launch(workspace, out, "data.max_rows=6", "training.per_device_train_batch_size=2",
+                    "training.num_train_epochs=1", "training.save_steps=100", "swanlab=null",
+                    "training.disable_tqdm=true"))
+    steps = scale_out.shards_per_step(scale_out.read_sample_log(out))
+    assert len(steps) == 2
+    assert not set(steps[0][0]) & set(steps[0][1])
+    assert steps[1][1] == steps[0][0], "the missing batch is the epoch's first one, repeated"
+    assert sorted(steps[0][0] + steps[0][1] + steps[1][0]) == list(range(6))
+
+
+# --------------------------------------------------------------------------- configs
+
+CONFIGS = {
+    "single-gpu.yaml": "NO", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
+    "zero2.yaml": "DEEPSPEED", "zero3.yaml": "DEEPSPEED", "cpu-2proc.yaml": "MULTI_GPU",
+}
+
+
+def _launch_env(name: str) -> dict[str, str]:
+    """What `accelerate launch --config_file <name>` would put in each process's environment."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    path = str(scale_out.ACCELERATE_CONFIG_DIR / name)
+    args = launch_command_parser().parse_args(["--config_file", path, "-m", "helpers.train"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        return prepare_deepspeed_cmd_env(args)[1]
+    return prepare_multi_gpu_env(args)
+
+
+def test_every_shipped_config_is_one_we_know():
+    shipped = sorted(p.name for p in scale_out.ACCELERATE_CONFIG_DIR.glob("*.yaml"))
+    assert shipped == sorted(CONFIGS)
+    assert {s.config for s in scale_out.STRATEGIES.values()} <= set(shipped)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_config_parses_and_documents_itself(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = scale_out.ACCELERATE_CONFIG_DIR / name
+    config = load_config_from_file(str(path))
+    assert config.distributed_type.value == CONFIGS[name]
+    assert config.compute_environment.value == "LOCAL_MACHINE" and config.num_machines == 1
+    text = path.read_text(encoding="utf-8")
+    assert f"accelerate launch --config_file configs/accelerate/{name} -m helpers.train --config" in text
+    if name == "cpu-2proc.yaml":
+        assert config.mixed_precision == "no" and config.num_processes == 2
+        return
+    assert config.mixed_precision == "bf16", "the course trains Qwen3-8B in bf16"
+    assert "Suits:" in text
+    key = next(k for k, s in scale_out.STRATEGIES.items() if s.config == name)
+    claims = re.findall(r"(\d+) GPUs? ([\d.]+) GB", text)
+    assert claims and "ESTIMATE" in text
+    for gpus, gb in claims:
+        assert float(gb) == pytest.approx(scale_out.per_gpu_memory_gb(key, int(gpus))["total"], abs=0.06)
+
+
+def test_fsdp_config_has_the_lora_settings():
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from transformers.models.qwen3 import modeling_qwen3
+
+    env = _launch_env("fsdp.yaml")
+    with mock.patch.dict(os.environ, env, clear=True):
+        plugin = FullyShardedDataParallelPlugin()
+    assert env["ACCELERATE_USE_FSDP"] == "true"
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FULL_SHARD in FSDP2 terms
+    assert plugin.transformer_cls_names_to_wrap == ["Qwen3DecoderLayer"]
+    assert hasattr(modeling_qwen3, "Qwen3DecoderLayer")
+    assert plugin.state_dict_type.name == "FULL_STATE_DICT" and plugin.cpu_ram_efficient_loading
+    assert plugin.activation_checkpointing is False, "the Trainer refuses FSDP + its own checkpointing at once"
+
+
+@pytest.mark.parametrize(("name", "stage"), [("zero2.yaml", 2), ("zero3.yaml", 3)])
+def test_deepspeed_configs_build_a_plugin_without_deepspeed(name, stage):
+    from accelerate.utils import DeepSpeedPlugin
+
+    env = _launch_env(name)
+    with mock.patch.dict(os.environ, env, clear=True):
+        plugin = DeepSpeedPlugin()
+    ds = plugin.deepspeed_config
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
+    assert ds["zero_optimization"]["stage"] == stage
+    # the Trainer fills these from configs/train/*.yaml: one source of truth for the batch maths
+    assert ds["gradient_accumulation_steps"] == "auto" and ds["train_micro_batch_size_per_gpu"] == "auto"
+    assert "gradient_accumulation_steps" not in env["ACCELERATE_CONFIG_DS_FIELDS"]
+    if stage == 3:
+        assert plugin.zero3_init_flag is True
+        assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+# --------------------------------------------------------------------------- memory estimates
+
+@pytest.mark.parametrize("size", sorted(scale_out.QWEN3_SIZES))
+def test_parameter_counts_match_the_real_architectures(size):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from helpers.download import course_lora_config
+    from helpers.models import QWEN3_8B_CONFIG
+
+    arch = scale_out.QWEN3_SIZES[size]
+    config = Qwen3Config(**{**QWEN3_8B_CONFIG, "hidden_size": arch["hidden"], "intermediate_size": arch["intermediate"],
+                            "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
+                            "num_key_value_heads": arch["kv_heads"], "max_window_layers": arch["layers"]})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    counts = scale_out.qwen3_counts(size)
+    assert sum(p.numel() for p in model.parameters()) == counts["params"]
+    lora = get_peft_model(model, course_lora_config())
+    assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == counts["lora_params"]
+    if size == "Qwen3-8B":
+        assert counts["lora_params"] == 21_823_488
+
+
+def test_per_gpu_memory_follows_what_each_strategy_shards():
+    one = scale_out.per_gpu_memory_gb("single-gpu", 1)
+    assert one == pytest.approx(train.estimate_lora_memory_gb(params=scale_out.qwen3_counts("Qwen3-8B")["params"]))
+    assert one["total"] == pytest.approx(train.estimate_lora_memory_gb()["total"], abs=0.01)
+    for gpus in (2, 4, 8):
+        ddp, zero2 = (scale_out.per_gpu_memory_gb(k, gpus) for k in ("ddp", "zero2"))
+        fsdp, zero3 = (scale_out.per_gpu_memory_gb(k, gpus) for k in ("fsdp", "zero3"))
+        assert ddp == pytest.approx(one), "DDP keeps a whole copy per GPU"
+        assert ddp["total"] - 0.35 < zero2["total"] < ddp["total"], "ZeRO-2 only shards the small LoRA states"
+        assert fsdp == zero3
+        assert fsdp["weights (bf16)"] < one["weights (bf16)"] / gpus + 1.0
+        assert fsdp["activations"] == one["activations"], "activations belong to each GPU's own micro-batch"
+    assert scale_out.per_gpu_memory_gb("fsdp", 8)["total"] < scale_out.per_gpu_memory_gb("fsdp", 2)["total"]
+    table = scale_out.memory_table()
+    assert "ESTIMATED" in table and "FSDP2" in table and "DeepSpeed ZeRO-3" in table
+
+
+def test_effective_batch_and_commands():
+    assert scale_out.effective_batch(4, 4, 8) == 128
+    assert scale_out.launch_command("ddp", gpus=4) == (
+        "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 4 "
+        "-m helpers.train --config configs/train/qwen3-8b.yaml")
+    for strategy in scale_out.STRATEGIES.values():
+        assert (REPO_ROOT / "configs" / "accelerate" / strategy.config).is_file()
