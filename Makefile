@@ -37,7 +37,7 @@ run: $(STAMP)
 
 # The whole suite: unit tests, then every notebook under nbval (tiny profile, CPU).
 test: $(STAMP)
-	$(PY) -m ruff check helpers tests notebooks
+	$(PY) -m ruff check helpers tests notebooks bench
 	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax
 
 # Re-execute the committed notebooks in place with the tiny profile (refreshes stored outputs).
@@ -49,7 +49,11 @@ notebooks: $(STAMP)
 	done
 
 lint: $(STAMP)
-	$(PY) -m ruff check helpers tests notebooks
+	$(PY) -m ruff check helpers tests notebooks bench
+
+# Original tutorial vs this course on CPU, every figure a ratio taken in the same run (bench/RESULTS.md).
+bench: $(STAMP)
+	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m helpers.bench
 
 clean-workspace:
 	rm -rf workspace

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -130,7 +131,8 @@ def training_samples(config: dict, tokenizer, from_notebook_03: bool = False) ->
             system_prompt=data.DEFAULT_SYSTEM_PROMPT if system_prompt == "default" else system_prompt,
             max_length=data_cfg.get("max_length", data.DEFAULT_MAX_LENGTH),
         )
-        print(report.summary())
+        if is_main_process():
+            print(report.summary())
     max_rows = data_cfg.get("max_rows")
     if max_rows:
         samples = samples[:max_rows]
@@ -192,14 +194,60 @@ def lora_config(config: dict):
 
 
 def build_lora_model(config: dict):
-    """The profile's base model wrapped with the config's LoRA adapters."""
+    """The profile's base model wrapped with the config's LoRA adapters.
+
+    The seed is set first, so the LoRA matrices start the same way on every run.
+    """
     from peft import get_peft_model
+    from transformers import set_seed
 
     from .models import load_base_model
 
+    set_seed(config["training"].get("seed", 42))
     profile = _profile(config["profile"])
-    model = load_base_model(profile)
+    if launched_processes() > 1:
+        model = _load_base_model_for_this_process(profile)
+    else:
+        model = load_base_model(profile)
     return get_peft_model(model, lora_config(config))
+
+
+# --------------------------------------------------------------------------- several processes
+
+def launched_processes() -> int:
+    """How many processes ``accelerate launch`` / ``torchrun`` started (``WORLD_SIZE``); 1 for a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launch (or a plain run): the one process that prints, plots and tracks."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _launched_with(*flags: str) -> bool:
+    """Whether ``accelerate launch`` set one of these flags (e.g. ``ACCELERATE_USE_FSDP``) from its config."""
+    return any(os.environ.get(flag, "").lower() in ("1", "true") for flag in flags)
+
+
+def _load_base_model_for_this_process(profile: Profile):
+    """The base model under a multi-process launch.
+
+    ``device_map="auto"`` (the ``full`` profile) would spread EVERY process's copy over all GPUs;
+    instead DDP gives each process a whole copy on its own GPU (``LOCAL_RANK``), and FSDP /
+    DeepSpeed get the model on the CPU, untouched, and place (shard) it themselves.
+    """
+    from .models import load_base_model, require_model_dir, torch_dtype
+
+    profile = dataclasses.replace(profile, device_map=None)
+    if _launched_with("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        if profile.weights == "random":
+            return load_base_model(profile, device="cpu")
+        from transformers import AutoModelForCausalLM
+
+        # no .to(): with fsdp_cpu_ram_efficient_loading only rank 0 holds real weights (the rest are on "meta")
+        return AutoModelForCausalLM.from_pretrained(require_model_dir(profile), dtype=torch_dtype(profile))
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if _cuda() else "cpu"
+    return load_base_model(profile, device=device)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -219,10 +267,25 @@ def training_arguments(config: dict, **extra):
     settings.setdefault("dataloader_pin_memory", _cuda())
     if settings.get("activation_checkpointing"):
         settings.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
+    processes = launched_processes()
+    if processes > 1:
+        # LoRA uses every trainable parameter in every forward: DDP need not search for unused ones
+        settings.setdefault("ddp_find_unused_parameters", False)
+        if not _cuda():
+            # CPU-only machine: without use_cpu the processes do not join one gloo group and each
+            # one would train alone as "rank 0" on the whole dataset
+            settings.setdefault("use_cpu", True)
     settings.update(extra)
     # the collator needs each sample's "row" to log it
     settings["remove_unused_columns"] = False
-    return TrainingArguments(output_dir=str(output_dir(config)), **settings)
+    args = TrainingArguments(output_dir=str(output_dir(config)), **settings)
+    if processes > 1 and args.world_size != processes:
+        raise RuntimeError(
+            f"{processes} processes were launched (WORLD_SIZE) but the Trainer sees world_size={args.world_size}: "
+            "every process would train the whole dataset on its own. Launch with "
+            "`accelerate launch --config_file configs/accelerate/<name>.yaml -m helpers.train ...`."
+        )
+    return args
 
 
 class CheckpointCompleteCallback:
@@ -378,7 +441,11 @@ def train(config: dict, resume: bool | str | None = True, from_notebook_03: bool
     set_seed(config["training"].get("seed", 42))
     tokenizer = load_tokenizer(profile)
     dataset = to_train_dataset(training_samples(config, tokenizer, from_notebook_03))
+    # DeepSpeed ZeRO-3 (zero3_init_flag) partitions the weights while from_pretrained loads them only
+    # if TrainingArguments exist already: keep them alive while the model is built
+    early_args = training_arguments(config) if _launched_with("ACCELERATE_USE_DEEPSPEED") else None
     model = build_lora_model(config)
+    del early_args
     trainer = build_trainer(config, model, tokenizer, dataset)
     is_main = trainer.args.process_index == 0
     run = None
@@ -438,13 +505,23 @@ def describe_summary(summary: dict) -> str:
 
 
 def train_memorisation_adapter() -> Path:
-    """Train the tiny profile's memorisation run once (cached); return its final checkpoint."""
+    """The tiny profile's memorisation adapter, trained fresh once and cached.
+
+    It lives in its own folder (``workspace/checkpoints/tiny-memorisation``) and is
+    reused only when it finished with exactly the current ``configs/train/tiny.yaml``;
+    otherwise the old folder is moved aside and a fresh run trains.
+    """
     config = load_config("tiny")
+    config["output_dir"] = str(workspace_path("checkpoints", "tiny-memorisation"))
     out = output_dir(config)
     latest = find_latest_checkpoint(out)
-    if latest is not None and _final_step(latest):
+    stamp = out / "course_config.json"
+    wanted = json.dumps(config, sort_keys=True, default=str)
+    if latest is not None and _final_step(latest) and stamp.is_file() and stamp.read_text(encoding="utf-8") == wanted:
         return latest
-    train(config, resume=True)
+    fresh_run_dir(config)
+    train(config, resume=False)
+    stamp.write_text(wanted, encoding="utf-8")
     return find_latest_checkpoint(out)
 
 
