@@ -74,7 +74,7 @@ def check_disk_space(need_gb: float, path: str | Path | None = None) -> float:
         raise NotEnoughDiskError(
             f"Only {free:.1f} GB free where the workspace lives, but {need_gb:.1f} GB are needed. "
             "On AutoDL put the workspace on the data disk: "
-            "export QWEN3_TUTORIAL_WORKSPACE=/root/autodl-tmp/qwen3-workspace, then re-run."
+            "export QWEN3_TUTORIAL_WORKSPACE=~/autodl-tmp/qwen3-workspace, then re-run."
         )
     return free
 

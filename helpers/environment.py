@@ -20,8 +20,8 @@ KEY_PACKAGES = [
 MIRROR_COMMANDS = {
     "pip": "pip config set global.index-url https://mirrors.aliyun.com/pypi/simple/",
     "AutoDL academic network acceleration (GitHub, Hugging Face)": "source /etc/network_turbo",
-    "ModelScope cache on the data disk": "export MODELSCOPE_CACHE=/root/autodl-tmp/modelscope",
-    "course workspace on the data disk": f"export {WORKSPACE_ENV}=/root/autodl-tmp/qwen3-workspace",
+    "ModelScope cache on the data disk": "export MODELSCOPE_CACHE=~/autodl-tmp/modelscope",
+    "course workspace on the data disk": f"export {WORKSPACE_ENV}=~/autodl-tmp/qwen3-workspace",
 }
 
 

@@ -15,7 +15,7 @@ KEY_LIKE = re.compile(
     r"|(?i:api[_-]?key|secret|token)\s*[=:]\s*['\"]?[A-Za-z0-9_\-]{20,})"
 )
 # Documentation strings a learner is told to type on AutoDL are allowed.
-ALLOWED_PATHS = ("/root/autodl-tmp", "/etc/network_turbo")
+ALLOWED_PATHS = ("/etc/network_turbo",)
 
 
 def output_texts(nb):
