@@ -23,13 +23,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers import data  # noqa: E402
-from helpers.workspace import REPO_ROOT, display_path  # noqa: E402
+from helpers.workspace import display_path  # noqa: E402
 
 TARGET_RATIO = 10.0
-
-
-def default_data_path() -> Path:
-    return Path(os.environ.get("HUANHUAN_JSON", REPO_ROOT.parent / "shared" / "data" / "huanhuan.json"))
 
 
 def interleaved_best(repeats: int, **functions):
@@ -118,10 +114,14 @@ def report(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=default_data_path(), help="huanhuan.json (JSON array)")
+    parser.add_argument("--data", type=Path, help="huanhuan.json (default: $HUANHUAN_JSON or ../shared/data)")
     parser.add_argument("--repeats", type=int, default=5, help="best of N runs of each encoder (default 5)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    try:
+        args.data = args.data or data.real_dataset_path()
+    except FileNotFoundError as err:
+        parser.error(str(err))
     if not args.data.is_file():
         parser.error(f"{args.data} not found: pass --data PATH or set HUANHUAN_JSON")
     result = run(args.data, args.repeats)

@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from helpers import bench  # noqa: E402
+from helpers import bench, data  # noqa: E402
 
 #: The original tutorial's reported throughput and the issue's targets.
 ORIGINAL_SAMPLES_PER_S = bench.ORIGINAL_REPORTED["train_samples_per_second"]
@@ -285,7 +285,7 @@ def flops_only() -> str:
     config, lora = check["config"], train.load_config("random8b")["lora"]
     build_tiny_model()
     tokenizer = load_tokenizer("tiny")  # the same Qwen3 tokenizer files
-    records = data.load_records(bench.huanhuan_json_path()).records
+    records = data.load_records(data.real_dataset_path()).records
     original, ours = bench.encoded_lengths(records, tokenizer)
     useful = bench.lora_training_flops(config, ours, lora)
     padded_original = sum(r.computed for r in data.padding_table(original)[:1])
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.data = Path(args.data) if args.data else bench.huanhuan_json_path()
+    args.data = Path(args.data) if args.data else data.real_dataset_path()
     if args.worker:
         result = run_worker(args)
         Path(args.result).write_text(json.dumps(result, default=str), encoding="utf-8")

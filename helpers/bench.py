@@ -41,26 +41,9 @@ from .workspace import REPO_ROOT, display_path, workspace_path
 
 #: The original tutorial's own report (Qwen3-8B, huanhuan, 3 epochs, 699 steps; GPU not stated).
 ORIGINAL_REPORTED = {"train_runtime_s": 880.0, "train_samples_per_second": 12.713, "steps": 699, "epochs": 3}
-#: Where the real 3,729-row dataset is read from unless ``HUANHUAN_JSON`` says otherwise.
-HUANHUAN_ENV = "HUANHUAN_JSON"
 
 
 # --------------------------------------------------------------------------- data
-
-
-def huanhuan_json_path() -> Path:
-    """The real dataset: ``$HUANHUAN_JSON``, else ``../shared/data/huanhuan.json``, else the course download."""
-    candidates = []
-    if os.environ.get(HUANHUAN_ENV):
-        candidates.append(Path(os.environ[HUANHUAN_ENV]).expanduser())
-    candidates += [REPO_ROOT.parent / "shared" / "data" / "huanhuan.json", workspace_path("data", "huanhuan.json")]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        "The real huanhuan.json (3,729 rows) is needed for the benchmark. Set HUANHUAN_JSON to its path, "
-        "or run notebook 03 with the full profile (it downloads it to workspace/data/)."
-    )
 
 
 def original_samples(records: list[dict], tokenizer) -> list[dict]:
@@ -119,13 +102,7 @@ def tokens_per_epoch_table(tokenizer, records: list[dict], batch_size: int = 4, 
 
 def format_tokens_table(rows: list[data.PaddingRow]) -> str:
     """The tokens-per-epoch table with each row's computed tokens relative to the first (the original)."""
-    base = rows[0].computed
-    width = max(len(r.description) for r in rows)
-    lines = [f"{'batching':<{width}}  {'computed':>9}  {'real':>9}  {'padding':>8}  {'share':>6}  {'vs original':>11}"]
-    for r in rows:
-        lines.append(f"{r.description:<{width}}  {r.computed:>9,}  {r.real:>9,}  {r.padding:>8,}  "
-                     f"{r.padding_share:>6.1%}  {r.computed / base:>10.3f}x")
-    return "\n".join(lines)
+    return data.format_padding_table(rows, relative_to_first=True)
 
 
 # --------------------------------------------------------------------------- 1 + 2. encode speed, padding
@@ -546,7 +523,7 @@ def run_cpu_benchmark(quick: bool = False, train_rows: int | None = None, repeat
     hf_logging.disable_progress_bar()
     build_tiny_model()
     tokenizer = load_tokenizer("tiny")
-    path = huanhuan_json_path()
+    path = data.real_dataset_path()
     records = data.load_records(path).records
     started = time.perf_counter()
     result = {

@@ -72,10 +72,10 @@ def build_messages(instruction: str, input: str = "", system_prompt: str | None 
     return messages
 
 
-def render_prompt(tokenizer, messages: list[dict]) -> str:
-    """The generation prompt for ``messages``, thinking off (empty think block)."""
+def render_prompt(tokenizer, messages: list[dict], enable_thinking: bool = False) -> str:
+    """The generation prompt for ``messages``; thinking off by default (the empty think block training uses)."""
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
     )
 
 
@@ -446,6 +446,27 @@ class DatasetDownloadError(RuntimeError):
     """The real dataset could not be downloaded, or it is not the file the course pins."""
 
 
+#: Points tests and benchmarks at a copy of the real huanhuan.json.
+HUANHUAN_ENV = "HUANHUAN_JSON"
+
+
+def real_dataset_path() -> Path:
+    """The real 3,729-row set for tests and benchmarks.
+
+    ``$HUANHUAN_JSON``, else ``../shared/data/huanhuan.json`` beside the repository,
+    else the copy the full profile downloaded into ``workspace/data/``.
+    """
+    candidates = [Path(os.environ[HUANHUAN_ENV]).expanduser()] if os.environ.get(HUANHUAN_ENV) else []
+    candidates += [REPO_ROOT.parent / "shared" / "data" / "huanhuan.json", workspace_path("data", "huanhuan.json")]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "The real huanhuan.json (3,729 rows) is needed here. Set HUANHUAN_JSON to its path, "
+        "or run notebook 03 with the full profile (it downloads it to workspace/data/)."
+    )
+
+
 def download_huanhuan(
     url: str = HUANHUAN_URL,
     dest: str | os.PathLike | None = None,
@@ -655,13 +676,16 @@ def padding_table(
     ]
 
 
-def format_padding_table(rows: list[PaddingRow]) -> str:
+def format_padding_table(rows: list[PaddingRow], relative_to_first: bool = False) -> str:
+    """The padding table as text; ``relative_to_first`` adds each row's computed tokens / the first row's."""
     width = max(len(r.description) for r in rows)
-    lines = [f"{'batching':<{width}}  {'computed':>9}  {'real':>9}  {'padding':>8}  {'share':>6}"]
+    extra = f"  {'vs first':>9}" if relative_to_first else ""
+    lines = [f"{'batching':<{width}}  {'computed':>9}  {'real':>9}  {'padding':>8}  {'share':>6}{extra}"]
     for r in rows:
+        ratio = f"  {r.computed / rows[0].computed:>8.3f}x" if relative_to_first else ""
         mark = "  <- recommended" if r.strategy == RECOMMENDED_BATCHING else ""
         lines.append(f"{r.description:<{width}}  {r.computed:>9,}  {r.real:>9,}  {r.padding:>8,}  "
-                     f"{r.padding_share:>6.1%}{mark}")
+                     f"{r.padding_share:>6.1%}{ratio}{mark}")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from .data import DEFAULT_SYSTEM_PROMPT
+from .data import DEFAULT_SYSTEM_PROMPT, render_prompt
 from .models import load_base_model, load_tokenizer, require_model_dir, torch_dtype
 from .profiles import Profile, resolve_profile
 from .train import find_latest_checkpoint, is_complete_checkpoint, run_dir
@@ -174,9 +174,8 @@ def chat_messages(history: list[dict], user_message: str,
 
 
 def render_chat(tokenizer, messages: list[dict], enable_thinking: bool = False) -> str:
-    """The generation prompt for ``messages`` (the tokenizer's chat template)."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                         enable_thinking=enable_thinking)
+    """The generation prompt for ``messages``: the same renderer training uses (``data.render_prompt``)."""
+    return render_prompt(tokenizer, messages, enable_thinking=enable_thinking)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from .workspace import REPO_ROOT, display_path, require_artifact, workspace_path
 COMPLETE_MARKER = "checkpoint_complete"
 #: One JSON line per micro-batch: which dataset rows each process trained on.
 SAMPLE_LOG = "sample_log.jsonl"
+#: Written by rank 0 next to the checkpoints when a run ends: where everything went.
+RUN_SUMMARY = "run_summary.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CONFIG_DIR = REPO_ROOT / "configs" / "train"
 
@@ -140,14 +142,10 @@ def training_samples(config: dict, tokenizer, from_notebook_03: bool = False) ->
 
 
 def to_train_dataset(samples: list[dict]):
-    """A ``datasets.Dataset`` with ids, labels and each sample's row number."""
-    from datasets import Dataset
+    """``data.to_dataset`` plus each sample's row number, which the sample log records."""
+    from . import data
 
-    return Dataset.from_dict({
-        "input_ids": [s["input_ids"] for s in samples],
-        "labels": [s["labels"] for s in samples],
-        "row": [s.get("row", i) for i, s in enumerate(samples)],
-    })
+    return data.to_dataset(samples).add_column("row", [s.get("row", i) for i, s in enumerate(samples)])
 
 
 class SampleLogCollator:
@@ -481,6 +479,9 @@ def train(config: dict, resume: bool | str | None = True, from_notebook_03: bool
         plot = workspace_path("plots", f"train-{profile.name}.png")
         plot_history(trainer.state.log_history, plot, title=f"{profile.name}: train/loss")
         summary["plot"] = plot
+        saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items()
+                 if k not in ("trainer", "log_history")}
+        (out / RUN_SUMMARY).write_text(json.dumps(saved, indent=2), encoding="utf-8")
     return summary
 
 
@@ -507,7 +508,7 @@ def describe_summary(summary: dict) -> str:
 def train_memorisation_adapter() -> Path:
     """The tiny profile's memorisation adapter, trained fresh once and cached.
 
-    It lives in its own folder (``workspace/checkpoints/tiny-memorisation``) and is
+    Its run summary (:func:`load_run_summary`) holds the loss history and SwanLab run. It lives in its own folder (``workspace/checkpoints/tiny-memorisation``) and is
     reused only when it finished with exactly the current ``configs/train/tiny.yaml``;
     otherwise the old folder is moved aside and a fresh run trains.
     """
@@ -517,12 +518,26 @@ def train_memorisation_adapter() -> Path:
     latest = find_latest_checkpoint(out)
     stamp = out / "course_config.json"
     wanted = json.dumps(config, sort_keys=True, default=str)
-    if latest is not None and _final_step(latest) and stamp.is_file() and stamp.read_text(encoding="utf-8") == wanted:
-        return latest
+    finished = (out / RUN_SUMMARY).is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == wanted
+    if finished and latest is not None and _final_step(latest):
+        swanlab_run = load_run_summary(out).get("swanlab_run")
+        if swanlab_run is None or swanlab_run.is_dir():
+            return latest
     fresh_run_dir(config)
     train(config, resume=False)
     stamp.write_text(wanted, encoding="utf-8")
     return find_latest_checkpoint(out)
+
+
+def load_run_summary(folder: Path) -> dict:
+    """A finished run's summary read back from disk, with the Trainer's log history of its last checkpoint."""
+    summary = json.loads((Path(folder) / RUN_SUMMARY).read_text(encoding="utf-8"))
+    for key in ("checkpoint", "output_dir", "swanlab_run", "plot"):
+        if summary.get(key):
+            summary[key] = Path(summary[key])
+    state = json.loads((summary["checkpoint"] / "trainer_state.json").read_text(encoding="utf-8"))
+    summary["log_history"] = state["log_history"]
+    return summary
 
 
 def _final_step(checkpoint: Path) -> bool:

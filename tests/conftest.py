@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from helpers.workspace import REPO_ROOT
-
-#: The real 3,729-row huanhuan.json (never committed): ../shared/data, or HUANHUAN_JSON.
-HUANHUAN_JSON = Path(os.environ.get("HUANHUAN_JSON", REPO_ROOT.parent / "shared" / "data" / "huanhuan.json"))
-
 
 @pytest.fixture(scope="session")
 def huanhuan_path() -> Path:
-    if not HUANHUAN_JSON.is_file():
-        pytest.fail(
-            f"The real dataset is required for the test suite: {HUANHUAN_JSON} is missing "
-            "(set HUANHUAN_JSON to its path)."
-        )
-    return HUANHUAN_JSON
+    """The real 3,729-row huanhuan.json (never committed): $HUANHUAN_JSON or ../shared/data."""
+    from helpers.data import real_dataset_path
+
+    try:
+        return real_dataset_path()
+    except FileNotFoundError as err:
+        pytest.fail(f"The real dataset is required for the test suite. {err}")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model_dir) -> Path:
+    """The tiny profile's memorisation adapter (trained fresh once, cached in the workspace)."""
+    from helpers.train import train_memorisation_adapter
+
+    return train_memorisation_adapter()
 
 
 @pytest.fixture(scope="session")

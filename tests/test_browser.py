@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,9 +32,9 @@ import nbformat
 import pytest
 
 from helpers import inference as inf
+from helpers.scale_out import free_port
 from helpers.workspace import REPO_ROOT, WORKSPACE_ENV
-from tests.tiny_checkpoint import MEMORISED_ANSWER, MEMORISED_QUESTION
-from tests.tiny_checkpoint import tiny_checkpoint as get_tiny_checkpoint
+from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 NOTEBOOK = REPO_ROOT / "notebooks" / "05-inference.ipynb"
@@ -52,12 +51,6 @@ WATCH_JS = """() => {
   };
   new MutationObserver(record).observe(log, {subtree: true, childList: true, characterData: true});
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_server(port: int, token: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -107,24 +100,18 @@ def prepare_folder(tmp_path: Path, checkpoint: Path, model_dir: Path) -> tuple[P
     return notebooks, workspace
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_model_dir, tmp_path_factory):
-    return get_tiny_checkpoint(tmp_path_factory.mktemp("lora"))
-
-
 def test_chat_app_streams_a_reply_in_chromium(tmp_path, tiny_model_dir, tiny_checkpoint):
     if not CHROMIUM.is_file():
         pytest.fail(f"Chromium is missing at {CHROMIUM}. Install Debian's package: "
                     "apt-get update && apt-get install -y chromium (or set CHROMIUM=/path/to/chromium).")
     from playwright.sync_api import expect, sync_playwright
 
-    notebooks, workspace = prepare_folder(tmp_path, tiny_checkpoint.path, tiny_model_dir)
+    notebooks, workspace = prepare_folder(tmp_path, tiny_checkpoint, tiny_model_dir)
     # What the app must show: the same greedy reply computed here, without a browser.
-    loaded = inf.load_finetuned("tiny", checkpoint=tiny_checkpoint.path)
+    loaded = inf.load_finetuned("tiny", checkpoint=tiny_checkpoint)
     greedy = replace(inf.GenerationSettings(), do_sample=False)
     expected = inf.generate(loaded.model, loaded.tokenizer, inf.chat_messages([], MEMORISED_QUESTION), greedy)
-    if tiny_checkpoint.trained:
-        assert expected.content == MEMORISED_ANSWER
+    assert expected.content == MEMORISED_ANSWER
     del loaded
 
     port, token = free_port(), secrets.token_hex(16)
@@ -180,8 +167,7 @@ def test_chat_app_streams_a_reply_in_chromium(tmp_path, tiny_model_dir, tiny_che
                 states = page.evaluate("window.__replies")
                 assert question == MEMORISED_QUESTION
                 assert reply == expected.content, f"browser shows {reply!r}, expected {expected.content!r}"
-                if tiny_checkpoint.trained:
-                    assert reply == MEMORISED_ANSWER
+                assert reply == MEMORISED_ANSWER
                 partial = [s for s in states if s and s != reply]
                 assert partial and all(reply.startswith(s.rstrip()) for s in partial), \
                     f"the reply did not stream in piece by piece: {states}"

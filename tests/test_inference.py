@@ -15,20 +15,14 @@ from helpers.chat_app import ChatApp
 from helpers.data import DEFAULT_SYSTEM_PROMPT, build_messages, render_prompt
 from helpers.train import COMPLETE_MARKER
 from helpers.workspace import WORKSPACE_ENV, MissingArtifactError
-from tests.tiny_checkpoint import MEMORISED_ANSWER, MEMORISED_QUESTION
-from tests.tiny_checkpoint import tiny_checkpoint as get_tiny_checkpoint
+from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
 GREEDY = inf.greedy_settings(max_new_tokens=24)
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_model_dir, tmp_path_factory):
-    return get_tiny_checkpoint(tmp_path_factory.mktemp("lora"))
-
-
 @pytest.fixture(scope="module")
 def loaded(tiny_checkpoint):
-    return inf.load_finetuned("tiny", checkpoint=tiny_checkpoint.path)
+    return inf.load_finetuned("tiny", checkpoint=tiny_checkpoint)
 
 
 def greedy_ids(model, tokenizer, question, adapter=True, max_new_tokens=24):
@@ -105,8 +99,8 @@ def test_latest_complete_checkpoint_is_found_and_half_written_ones_refused(tmp_p
 
     monkeypatch.setenv(WORKSPACE_ENV, str(tmp_path))
     run = tmp_path / "checkpoints" / "tiny"
-    shutil.copytree(tiny_checkpoint.path, run / "checkpoint-4")
-    shutil.copytree(tiny_checkpoint.path, run / "checkpoint-9")
+    shutil.copytree(tiny_checkpoint, run / "checkpoint-4")
+    shutil.copytree(tiny_checkpoint, run / "checkpoint-9")
     (run / "checkpoint-9" / COMPLETE_MARKER).unlink()  # training died while saving step 9
     assert inf.resolve_checkpoint("tiny") == run / "checkpoint-4"
     with pytest.raises(MissingArtifactError, match="not completely saved"):
@@ -118,10 +112,10 @@ def test_load_finetuned_puts_the_saved_adapter_on_the_profiles_device_and_dtype(
     from safetensors.torch import load_file
 
     assert isinstance(loaded.model, PeftModel) and not loaded.model.training
-    assert loaded.checkpoint == tiny_checkpoint.path
+    assert loaded.checkpoint == tiny_checkpoint
     info = inf.describe_model(loaded)
     assert (info["device"], info["dtype"]) == ("cpu", "float32")
-    saved = load_file(tiny_checkpoint.path / "adapter_model.safetensors")
+    saved = load_file(tiny_checkpoint / "adapter_model.safetensors")
     state = loaded.model.state_dict()
     key = next(k for k in saved if "lora_B" in k)
     live = next(v for k, v in state.items() if k.replace(".default", "") == key)
@@ -145,7 +139,6 @@ def test_adapter_off_is_exactly_the_base_model_and_on_differs(loaded):
 
 
 def test_memorised_answer_with_adapter_and_not_without(loaded, tiny_checkpoint):
-    tiny_checkpoint.require_trained()
     messages = inf.chat_messages([], MEMORISED_QUESTION)
     on = inf.generate(loaded.model, loaded.tokenizer, messages, inf.greedy_settings(max_new_tokens=64))
     off = inf.generate(loaded.model, loaded.tokenizer, messages, inf.greedy_settings(max_new_tokens=64),
@@ -200,7 +193,7 @@ def test_errors_in_the_generate_thread_reach_the_caller(loaded, monkeypatch):
 def test_merged_export_reloads_with_plain_transformers_and_decodes_identically(loaded, tiny_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = inf.export_merged("tiny", checkpoint=tiny_checkpoint.path, target=tmp_path / "tiny-merged")
+    target = inf.export_merged("tiny", checkpoint=tiny_checkpoint, target=tmp_path / "tiny-merged")
     names = {p.name for p in target.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
     assert not {"adapter_config.json", "adapter_model.safetensors"} & names
@@ -278,8 +271,7 @@ def test_send_streams_the_reply_into_the_transcript(app, loaded, tiny_checkpoint
     assert all(expected.content.startswith(t.rstrip()) for t in growing)
     assert not app.send_button.disabled and app.stop_button.disabled
     assert "完成" in app.status.value
-    if tiny_checkpoint.trained:
-        assert expected.content == MEMORISED_ANSWER
+    assert expected.content == MEMORISED_ANSWER
 
 
 def test_second_turn_is_generated_with_the_first_in_its_history(app, loaded):

@@ -15,16 +15,13 @@ import torch
 
 from helpers import train
 from helpers.workspace import REPO_ROOT
-
-MEMORISED = "我是甄嬛，家父是大理寺少卿甄远道。"
+from tests.memorised import MEMORISED_ANSWER as MEMORISED
 
 
 @pytest.fixture(scope="module")
-def memorisation_run(tmp_path_factory):
-    """One real tiny-profile training run on the memorisation subset (about 30 s on 2 cores)."""
-    config = train.load_config("tiny")
-    config["output_dir"] = str(tmp_path_factory.mktemp("tiny-run"))
-    return config, train.train(config, resume=False)
+def memorisation_run(tiny_checkpoint):
+    """The real tiny-profile training run on the memorisation subset (trained once per test session)."""
+    return train.load_config("tiny"), train.load_run_summary(tiny_checkpoint.parent)
 
 
 def test_loss_falls_clearly(memorisation_run):
