@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import ipywidgets as widgets
 
-from .data import DEFAULT_SYSTEM_PROMPT
+from .spec import DEFAULT_SYSTEM_PROMPT
 from .inference import (
     QWEN3_SAMPLING,
     GenerationSettings,

@@ -11,26 +11,38 @@ no weights) and the LoRA parameter count of the course's LoRA config.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from .models import (
-    MODEL_DIR_ENV,
     MODEL_ID,
     QWEN3_8B_CONFIG,
     QWEN3_GENERATION_CONFIG,
-    model_dir,
     offline_tokenizer_dir,
     verify_tokenizer_files,
 )
-from .profiles import Profile, resolve_profile
-from .workspace import workspace_dir, workspace_path
+from .workspace import display_path
 
 #: Size of Qwen3-8B's bf16 safetensors (8.19 B parameters x 2 bytes), in GB.
 QWEN3_8B_DOWNLOAD_GB = 16.4
-#: Extra room we ask for on top of the download (checkpoints, merged export).
-DISK_HEADROOM_GB = 4.0
+#: What else a full run writes, in GB: checkpoints (adapter + optimizer, ~0.26 GB each, at most
+#: ``save_total_limit`` of them, 3 by default, for the last few runs kept) and the merged export
+#: (16.4 GB, written next to the old one before that is replaced), plus 2 GB of slack.
+CHECKPOINTS_GB = 3 * 0.26 * 3
+MERGED_EXPORT_GB = 16.4
+SLACK_GB = 2.0
+
+
+def disk_budget_gb(model_present: bool = False) -> dict[str, float]:
+    """Disk the full course needs on the workspace's disk, part by part."""
+    parts = {
+        "Qwen3-8B (bf16 safetensors)": 0.0 if model_present else QWEN3_8B_DOWNLOAD_GB,
+        "checkpoints (3 kept x up to 3 runs)": CHECKPOINTS_GB,
+        "merged export": MERGED_EXPORT_GB,
+        "slack": SLACK_GB,
+    }
+    parts["total"] = round(sum(parts.values()), 1)
+    return parts
 
 #: The tiny model: Qwen3 with the real vocabulary but a very small body.
 TINY_CONFIG = {
@@ -62,19 +74,22 @@ class DownloadError(RuntimeError):
     """The download failed (usually: no network to ModelScope)."""
 
 
-def free_disk_gb(path: str | Path | None = None) -> float:
-    """Free space, in GB (10^9 bytes), on the disk holding ``path`` (default: workspace)."""
-    return shutil.disk_usage(path or workspace_dir()).free / 1e9
+def free_disk_gb(path: str | Path) -> float:
+    """Free space, in GB (10^9 bytes), on the disk holding ``path`` (its nearest existing parent)."""
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free / 1e9
 
 
-def check_disk_space(need_gb: float, path: str | Path | None = None) -> float:
+def check_disk_space(need_gb: float, path: str | Path) -> float:
     """Raise :class:`NotEnoughDiskError` with a fix when less than ``need_gb`` is free."""
     free = free_disk_gb(path)
     if free < need_gb:
         raise NotEnoughDiskError(
-            f"Only {free:.1f} GB free where the workspace lives, but {need_gb:.1f} GB are needed. "
-            "On AutoDL put the workspace on the data disk: "
-            "export QWEN3_TUTORIAL_WORKSPACE=~/autodl-tmp/qwen3-workspace, then re-run."
+            f"Only {free:.1f} GB free where the workspace lives ({display_path(path)}), but {need_gb:.1f} GB "
+            "are needed (model, checkpoints and the merged export). On AutoDL put the workspace on the data "
+            "disk: python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace"
         )
     return free
 
@@ -97,12 +112,12 @@ def tiny_qwen3_config():
     return Qwen3Config(**base)
 
 
-def build_tiny_model(target: Path | None = None, seed: int = TINY_SEED, overwrite: bool = False) -> Path:
+def build_tiny_model(target: Path, seed: int = TINY_SEED, overwrite: bool = False) -> Path:
     """Build the tiny random Qwen3 and save it, with the real tokenizer, as a model directory."""
     import torch
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
-    target = Path(target) if target else workspace_path("models", resolve_profile("tiny").model_dirname)
+    target = Path(target)
     if (target / "model.safetensors").is_file() and not overwrite:
         return target
     torch.manual_seed(seed)
@@ -119,9 +134,9 @@ def build_tiny_model(target: Path | None = None, seed: int = TINY_SEED, overwrit
     return target
 
 
-def write_random8b_dir(target: Path | None = None) -> Path:
+def write_random8b_dir(target: Path) -> Path:
     """Write Qwen3-8B's config, generation config and tokenizer (no weights)."""
-    target = Path(target) if target else workspace_path("models", resolve_profile("random8b").model_dirname)
+    target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     config = dict(QWEN3_8B_CONFIG, torch_dtype="bfloat16")
     (target / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -130,39 +145,42 @@ def write_random8b_dir(target: Path | None = None) -> Path:
     return target
 
 
-def download_qwen3_8b(cache_dir: Path | None = None, revision: str = "master") -> Path:
-    """Download Qwen/Qwen3-8B from ModelScope into the workspace, after a disk check."""
-    cache_dir = Path(cache_dir) if cache_dir else workspace_path("models", "modelscope")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    check_disk_space(QWEN3_8B_DOWNLOAD_GB + DISK_HEADROOM_GB, cache_dir)
+def download_qwen3_8b(target: Path, workspace: Path, revision: str = "master") -> Path:
+    """Download Qwen/Qwen3-8B from ModelScope into ``target`` (with ModelScope's progress bars)."""
+    target = Path(target)
+    present = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
+    check_disk_space(disk_budget_gb(model_present=present)["total"], workspace)
     from modelscope import snapshot_download
 
     try:
-        path = snapshot_download(MODEL_ID, cache_dir=str(cache_dir), revision=revision)
+        path = snapshot_download(MODEL_ID, local_dir=str(target), revision=revision)
     except Exception as err:  # network errors come in many types
         raise DownloadError(
             f"Could not download {MODEL_ID} from ModelScope ({type(err).__name__}: {err}). "
             "Check the network (on AutoDL: `source /etc/network_turbo` may help), or download "
             "the model elsewhere and set QWEN3_TUTORIAL_MODEL_DIR to that folder. "
-            "Without a GPU or network, use QWEN3_TUTORIAL_PROFILE=tiny."
+            "Without a GPU or network, use the tiny profile (QWEN3_TUTORIAL_PROFILE=tiny)."
         ) from err
-    pointer = workspace_path("models", f"{resolve_profile('full').model_dirname}.json")
-    pointer.write_text(json.dumps({"model_id": MODEL_ID, "model_dir": str(path)}), encoding="utf-8")
     return Path(path)
 
 
-def prepare_model(profile: Profile | str | None = None) -> Path:
-    """Make the active profile's model directory exist; return its path."""
-    profile = resolve_profile(profile) if not isinstance(profile, Profile) else profile
-    if profile.source == "modelscope":
-        if os.environ.get(MODEL_DIR_ENV):
-            return model_dir(profile)
-        return download_qwen3_8b()
-    if profile.source == "tiny":
-        return build_tiny_model()
-    if profile.source == "config-only":
-        return write_random8b_dir()
-    raise ValueError(f"Profile {profile.name!r} has unknown source {profile.source!r}")
+def prepare_model(spec) -> Path:
+    """Make the spec's model directory exist (build, write or download it); return its path."""
+    target = spec.paths.model_dir
+    source = spec.profile.source
+    if source == "modelscope":
+        if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+            return target
+        if spec.origin.get("model_dir"):
+            from .models import require_model_dir
+
+            return require_model_dir(spec)  # the user's own folder: never download over it
+        return download_qwen3_8b(target, spec.paths.workspace)
+    if source == "tiny":
+        return build_tiny_model(target)
+    if source == "config-only":
+        return write_random8b_dir(target)
+    raise ValueError(f"Profile {spec.profile.name!r} has unknown source {source!r}")
 
 
 def describe_model_dir(path: Path) -> list[tuple[str, str]]:
@@ -222,3 +240,34 @@ def _prod(shape) -> int:
     for dim in shape:
         out *= dim
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.download``: make the profile's model directory (notebook 01's job)."""
+    import argparse
+
+    from .cli import run_cli
+    from .spec import build_spec
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.download",
+                                     description="Build (tiny), write (random8b) or download (full) the model.")
+    parser.add_argument("--profile", help="full | tiny | random8b | auto (default: the settings / environment)")
+    parser.add_argument("--config", help="a training config whose profile to prepare")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    def work() -> int:
+        spec = build_spec(args.config, profile=args.profile)
+        print(spec.describe())
+        budget = disk_budget_gb((spec.paths.model_dir / "config.json").is_file())
+        if spec.profile.source == "modelscope":
+            print("disk budget (GB): " + ", ".join(f"{k} {v}" for k, v in budget.items()))
+        path = prepare_model(spec)
+        print(f"model directory ready: {display_path(path)}")
+        return 0
+
+    return run_cli(work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,27 +1,43 @@
-"""Notebook 00: what this machine has, and what the course will do on it."""
+"""Notebook 00: what this machine has, the course's settings, and the pre-flight check.
+
+* :func:`hardware_summary` / :func:`package_versions`: what notebook 00 prints;
+* ``python -m helpers.environment setup --workspace ~/autodl-tmp/...``: writes the git-ignored
+  settings file ``course-settings.yaml`` that every kernel reads (JupyterLab on AutoDL is started
+  by the platform, so variables exported in a terminal never reach it);
+* ``python -m helpers.environment check [--json]`` (``make preflight``): a pass/fail checklist
+  with a fix line for each failure, for one learner or a whole room.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from .profiles import PROFILE_ENV, explain_profile, resolve_profile
-from .workspace import WORKSPACE_ENV, display_path, workspace_dir
+from .spec import SETTINGS_FILE, SETTINGS_KEYS, SpecError, read_settings_file
+from .workspace import REPO_ROOT, display_path
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
 KEY_PACKAGES = [
     "torch", "transformers", "peft", "accelerate", "datasets", "modelscope",
-    "swanlab", "jupyterlab", "ipywidgets", "nbval",
+    "swanlab", "jupyterlab", "ipywidgets", "nbval", "bitsandbytes",
 ]
+#: The Jupyter kernel ``make kernel`` registers for the course's .venv.
+KERNEL_NAME = "qwen3-lora-course"
+KERNEL_DISPLAY = "Qwen3 LoRA course (.venv)"
 
 #: Mirror settings for AutoDL / mainland-China machines (printed, never applied silently).
 MIRROR_COMMANDS = {
     "pip": "pip config set global.index-url https://mirrors.aliyun.com/pypi/simple/",
     "AutoDL academic network acceleration (GitHub, Hugging Face)": "source /etc/network_turbo",
     "ModelScope cache on the data disk": "export MODELSCOPE_CACHE=~/autodl-tmp/modelscope",
-    "course workspace on the data disk": f"export {WORKSPACE_ENV}=~/autodl-tmp/qwen3-workspace",
+    "course workspace on the data disk": "python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace",
 }
 
 
@@ -36,6 +52,19 @@ def package_versions(names=None) -> dict[str, str]:
     return out
 
 
+def pinned_versions() -> dict[str, str]:
+    """``name: version`` from requirements.txt (and torch from requirements-cpu.txt)."""
+    pins = {}
+    for name in ("requirements.txt", "requirements-cpu.txt"):
+        path = REPO_ROOT / name
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if "==" in line and not line.startswith("#"):
+                    package, version = line.split("==", 1)
+                    pins[package.strip().lower()] = version.split(";")[0].strip()
+    return pins
+
+
 def memory_gb() -> tuple[float, float]:
     """(total, available) system memory in GB."""
     import psutil
@@ -45,55 +74,234 @@ def memory_gb() -> tuple[float, float]:
 
 
 def gpus() -> list[dict]:
-    """Name, memory (GB) and bf16 support of each CUDA GPU."""
+    """Name, memory (GB), free memory and bf16 support of each CUDA GPU."""
     import torch
 
     found = []
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
+            free, total = torch.cuda.mem_get_info(index)
             found.append({
                 "index": index,
                 "name": props.name,
                 "memory_gb": round(props.total_memory / 1e9, 1),
+                "free_gb": round(free / 1e9, 1),
                 "capability": f"{props.major}.{props.minor}",
                 "bf16": props.major >= 8,
             })
     return found
 
 
-def hardware_summary() -> dict:
+def gpu_memory_held_by_others() -> float | None:
+    """GB of GPU 0 held by other processes (e.g. a previous notebook's kernel), or None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info(0)
+    mine = torch.cuda.memory_reserved(0)
+    return max(0.0, (total - free - mine) / 1e9)
+
+
+def hardware_summary(spec) -> dict:
     total, available = memory_gb()
-    found = gpus()
     return {
         "platform": f"{platform.system()} {platform.machine()}",
         "cpu_cores": os.cpu_count(),
         "memory_total_gb": round(total, 1),
         "memory_available_gb": round(available, 1),
-        "gpus": found,
-        "workspace": display_path(workspace_dir()),
-        "workspace_free_gb": round(shutil.disk_usage(workspace_dir()).free / 1e9, 1),
+        "gpus": gpus(),
+        "workspace": display_path(spec.paths.workspace),
+        "workspace_free_gb": round(_free_gb(spec.paths.workspace), 1),
     }
 
 
-def swanlab_plan() -> str:
-    """How notebook 04 will run SwanLab here: never an interactive prompt."""
-    if os.environ.get("SWANLAB_API_KEY"):
-        return "online: SWANLAB_API_KEY is set, runs upload to swanlab.cn (no prompt)"
-    return (
-        "offline: no SWANLAB_API_KEY, runs are written to workspace/swanlog and can be "
-        "uploaded later with `swanlab sync` (no prompt, no account needed)"
-    )
-
-
-def profile_report() -> str:
-    profile = resolve_profile()
-    lines = [explain_profile(), f"  switch with: export {PROFILE_ENV}=full|tiny|random8b|auto"]
-    if profile.needs_gpu and not gpus():
-        lines.append("  WARNING: the full profile needs a CUDA GPU, and none was found.")
-    return "\n".join(lines)
+def _free_gb(path: Path) -> float:
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free / 1e9
 
 
 def report_table(rows: dict) -> str:
     width = max(len(str(k)) for k in rows)
     return "\n".join(f"{str(k):<{width}}  {v}" for k, v in rows.items())
+
+
+# --------------------------------------------------------------------------- the settings file
+
+
+def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
+    """Merge ``values`` into the settings file (None removes a key); never holds an API key."""
+    unknown = sorted(set(values) - set(SETTINGS_KEYS))
+    if unknown:
+        raise SpecError(f"unknown setting {unknown[0]!r}; known: {', '.join(SETTINGS_KEYS)}")
+    current = read_settings_file(path)
+    for key, value in values.items():
+        if value is None or value == "":
+            current.pop(key, None)
+        else:
+            current[key] = str(value)
+    lines = ["# Course settings for every kernel and command (git-ignored). Environment variables win over it.",
+             "# Written by `python -m helpers.environment setup` or notebook 00."]
+    lines += [f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in current.items()]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def kernel_registered(name: str = KERNEL_NAME) -> bool:
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        return name in KernelSpecManager().find_kernel_specs()
+    except Exception:  # noqa: BLE001 - no jupyter_client: not registered
+        return False
+
+
+# --------------------------------------------------------------------------- the pre-flight check
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, kernel=None,
+              dataset_reachable=None) -> list[Check]:
+    """Every check of ``make preflight``; the keyword arguments let tests fake each failure."""
+    from .download import disk_budget_gb
+
+    checks = []
+    versions = package_versions() if versions is None else versions
+    pins = pinned_versions() if pins is None else pins
+    python_ok = sys.version_info >= (3, 10) if "python" not in versions else \
+        tuple(int(x) for x in versions["python"].split(".")[:2]) >= (3, 10)
+    checks.append(Check("python", python_ok, versions.get("python", platform.python_version()),
+                        "" if python_ok else "install Python 3.10 or newer"))
+    wrong = [f"{name} {versions.get(name)} (pinned {pin})" for name, pin in pins.items()
+             if name in versions and name != "torch" and versions[name] != pin]
+    missing = [name for name in KEY_PACKAGES if versions.get(name) == "not installed" and name in pins]
+    checks.append(Check("packages", not wrong and not missing,
+                        "all pinned versions installed" if not wrong and not missing else
+                        "; ".join(wrong + [f"{m} missing" for m in missing]),
+                        "make venv   (or: pip install -r requirements.txt)"))
+    gpu_list = gpus() if gpu_list is None else gpu_list
+    if spec.profile.needs_gpu or spec.profile.name == "random8b":
+        if not gpu_list:
+            checks.append(Check("gpu", False, "no CUDA GPU found",
+                                "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny"))
+        else:
+            from .recipes import choose_recipe
+
+            gpu = gpu_list[0]
+            recipe, why = choose_recipe(gpu["memory_gb"])
+            held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
+            ok = recipe is not None and held < 2
+            detail = f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'yes' if gpu['bf16'] else 'no (fp16 is used)'}; {why}"
+            fix = "" if ok else ("a previous kernel holds GPU memory: shut it down (nvidia-smi shows it)"
+                                 if recipe is not None else "rent a card with more memory")
+            checks.append(Check("gpu", ok, detail + (f"; {held:.1f} GB already in use" if held >= 2 else ""), fix))
+    else:
+        checks.append(Check("gpu", True, f"not needed by the {spec.profile.name} profile"
+                            + (f" ({len(gpu_list)} found)" if gpu_list else "")))
+    free = _free_gb(spec.paths.workspace) if free_gb is None else free_gb
+    model_present = (spec.paths.model_dir / "config.json").is_file()
+    need = disk_budget_gb(model_present)["total"] if spec.profile.source == "modelscope" else 1.0
+    checks.append(Check("disk", free >= need, f"{free:.1f} GB free at {display_path(spec.paths.workspace)}, "
+                        f"{need:.1f} GB needed",
+                        "put the workspace on the data disk: python -m helpers.environment setup "
+                        "--workspace ~/autodl-tmp/qwen3-workspace"))
+    if model_present:
+        checks.append(Check("model", True, f"present at {display_path(spec.paths.model_dir)}"))
+    elif spec.profile.source == "modelscope":
+        checks.append(Check("model", False, f"not downloaded yet ({display_path(spec.paths.model_dir)})",
+                            f"python -m helpers.download --profile {spec.profile.name}   (16.4 GB, before class)"))
+    else:
+        checks.append(Check("model", True, "built locally on first use (no download)"))
+    dataset = spec.paths.dataset
+    if dataset.is_file():
+        checks.append(Check("dataset", True, f"present at {display_path(dataset)}"))
+    else:
+        reachable = dataset_reachable() if dataset_reachable is not None else _dataset_reachable()
+        checks.append(Check("dataset", reachable, f"not downloaded yet; download {'possible' if reachable else 'blocked'}",
+                            "" if reachable else "copy huanhuan.json onto the machine and set "
+                            "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json"))
+    checks.append(Check("swanlab", True, f"mode {spec.swanlab.mode}"
+                        + ("" if spec.swanlab.mode == "online" else " (records stay local; `swanlab sync` later)")))
+    kernel = kernel_registered() if kernel is None else kernel
+    checks.append(Check("kernel", kernel, f"Jupyter kernel {KERNEL_NAME!r} " + ("registered" if kernel else "missing"),
+                        "make kernel   (then pick “Qwen3 LoRA course (.venv)” in JupyterLab)"))
+    return checks
+
+
+def _dataset_reachable() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("raw.githubusercontent.com", 443), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def format_checks(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"[{'PASS' if check.ok else 'FAIL'}] {check.name:<9} {check.detail}")
+        if not check.ok and check.fix:
+            lines.append(f"       fix: {check.fix}")
+    failed = sum(not c.ok for c in checks)
+    lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import run_cli
+    from .spec import build_spec
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.environment",
+                                     description="Course settings and the pre-flight check.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    setup = commands.add_parser("setup", help="write course-settings.yaml (read by every kernel and command)")
+    for key in SETTINGS_KEYS:
+        setup.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"{key} (empty string removes it)")
+    check = commands.add_parser("check", help="pass/fail checklist with a fix for each failure")
+    check.add_argument("--json", action="store_true", help="print JSON (collect a whole room's results)")
+    check.add_argument("--profile", help="check for this profile instead of the configured one")
+    args = parser.parse_args(argv)
+
+    def work() -> int:
+        if args.command == "setup":
+            values = {k: getattr(args, k) for k in SETTINGS_KEYS if getattr(args, k) is not None}
+            for key in ("workspace", "model_dir", "dataset", "adapter_dir"):
+                if values.get(key) and not values[key].startswith("~"):
+                    values[key] = str(Path(values[key]).resolve())  # relative to where the command ran
+            path = write_settings(values)
+            print(f"wrote {display_path(path)}:")
+            print(path.read_text(encoding="utf-8"))
+            return 0
+        spec = build_spec(profile=args.profile)
+        checks = preflight(spec)
+        if args.json:
+            print(json.dumps({"profile": spec.profile.name, "ok": all(c.ok for c in checks),
+                              "checks": [asdict(c) for c in checks]}, ensure_ascii=False, indent=1))
+        else:
+            print(spec.describe())
+            print(format_checks(checks))
+        return 0 if all(c.ok for c in checks) else 1
+
+    return run_cli(work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

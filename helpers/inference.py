@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -28,11 +29,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from .data import DEFAULT_SYSTEM_PROMPT, render_prompt
-from .models import load_base_model, load_tokenizer, require_model_dir, torch_dtype
-from .profiles import Profile, resolve_profile
-from .train import find_latest_checkpoint, is_complete_checkpoint, run_dir
-from .workspace import MissingArtifactError, display_path, require_artifact, workspace_path
+from . import checkpoints
+from .data import prompt_ids_as_text, render_prompt
+from .models import load_base_model, load_tokenizer, require_model_dir
+from .spec import DEFAULT_SYSTEM_PROMPT
+from .workspace import MissingArtifactError, display_path, how_to_make
 
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
 QWEN3_SAMPLING = {
@@ -41,10 +42,6 @@ QWEN3_SAMPLING = {
 }
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 DEFAULT_MAX_NEW_TOKENS = 512
-
-
-def _profile(profile: Profile | str | None) -> Profile:
-    return profile if isinstance(profile, Profile) else resolve_profile(profile)
 
 
 # --------------------------------------------------------------------------- settings
@@ -109,43 +106,98 @@ class Loaded(NamedTuple):
     model: object
     tokenizer: object
     checkpoint: Path
+    recipe: dict          # what the adapter was trained with (system prompt, max_length, profile, ...)
+    notes: list           # what loading had to say (a damaged checkpoint skipped, 4-bit or bf16 base, ...)
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self.recipe.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
 
 
-def resolve_checkpoint(profile: Profile | str | None = None, checkpoint: str | Path | None = None) -> Path:
-    """The checkpoint to load: ``checkpoint`` if given, else the latest complete one of notebook 04's run."""
-    if checkpoint is not None:
-        path = require_artifact(Path(checkpoint), made_by="04-train.ipynb", what="The LoRA checkpoint")
-        if not (path / "adapter_config.json").is_file():
+class AdapterMismatchError(ValueError):
+    """The adapter was trained on another base model than the one loaded."""
+
+
+def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path, list[str]]:
+    """The adapter to load and any notes: ``checkpoint``, else the spec's adapter folder, else the run's latest.
+
+    A given folder may be a ``checkpoint-N`` or a run folder holding several (its latest good one is
+    used). A damaged checkpoint is named with its damaged file and the previous complete one is used.
+    """
+    chosen = Path(checkpoint) if checkpoint is not None else spec.paths.adapter_dir
+    folder = chosen if chosen is not None else spec.paths.run_dir
+    if chosen is not None:
+        if not chosen.exists():
+            raise MissingArtifactError(f"The adapter folder {display_path(chosen)} does not exist.")
+        if (chosen / "adapter_config.json").is_file():
+            problem = checkpoints.damaged_file(chosen) if (chosen / checkpoints.COMPLETE_MARKER).is_file() else None
+            if problem is None:
+                return chosen, []
+            folder = chosen.parent
+            note = f"skipped {display_path(chosen)}: {problem}"
+            found = checkpoints.latest_good_checkpoint(folder)
+            if found.checkpoint is None or checkpoints.checkpoint_step(found.checkpoint) >= \
+                    checkpoints.checkpoint_step(chosen):
+                raise checkpoints.CheckpointError(f"{display_path(chosen)} is damaged: {problem}.")
+            return found.checkpoint, [note, f"using {display_path(found.checkpoint)} instead"]
+    found = checkpoints.latest_good_checkpoint(folder)
+    if found.checkpoint is None:
+        if chosen is not None:
             raise MissingArtifactError(
-                f"{display_path(path)} holds no adapter_config.json, so it is not a LoRA checkpoint. "
-                "Pass a checkpoint-N folder written by notebooks/04-train.ipynb."
-            )
-        if not is_complete_checkpoint(path):
-            raise MissingArtifactError(
-                f"{display_path(path)} was not completely saved (no completion marker): training stopped "
-                "while writing it. Pass an earlier checkpoint, or re-run notebooks/04-train.ipynb."
-            )
-        return path
-    folder = run_dir(profile)
-    latest = find_latest_checkpoint(folder)
-    if latest is None:
-        # require_artifact words the error: what is missing and which notebook makes it.
-        require_artifact(folder / "checkpoint-N", made_by="04-train.ipynb",
-                         what="A complete LoRA checkpoint")
-    return latest
+                f"{display_path(chosen)} holds no adapter_config.json and no complete checkpoint-N: it is not a "
+                "LoRA adapter folder.")
+        raise MissingArtifactError(
+            f"No complete LoRA checkpoint in {display_path(folder)}. "
+            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {display_path(spec.config_file)}"))
+    notes = found.notes()
+    if notes:
+        notes.append(f"using {display_path(found.checkpoint)} instead")
+    return found.checkpoint, notes
 
 
-def load_finetuned(profile: Profile | str | None = None, checkpoint: str | Path | None = None) -> Loaded:
-    """The profile's base model with the LoRA adapter of ``checkpoint`` (default: the latest) on top."""
+def read_recipe(checkpoint: Path) -> dict:
+    path = Path(checkpoint) / checkpoints.RECIPE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def check_adapter_fits(model, adapter: Path) -> None:
+    """Refuse an adapter whose LoRA shapes do not fit the loaded base model, naming both."""
+    from safetensors import safe_open
+
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    base = model.config
+    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in handle.keys():
+            if key.endswith("lora_A.weight") and ".q_proj." in key:
+                in_features = handle.get_slice(key).get_shape()[1]
+                if in_features != base.hidden_size:
+                    raise AdapterMismatchError(
+                        f"The adapter {display_path(adapter)} was trained on a model with hidden size "
+                        f"{in_features} (base {config.get('base_model_name_or_path')!r}), but the loaded base "
+                        f"model has hidden size {base.hidden_size}. Use an adapter trained on this profile's "
+                        "model, or switch the profile.")
+                break
+
+
+def load_finetuned(spec, checkpoint: str | Path | None = None) -> Loaded:
+    """The spec's base model with a LoRA adapter on top (default: the latest good checkpoint of the run).
+
+    A QLoRA adapter loads on the 4-bit base when the spec asks for it (``quantization: nf4``).
+    """
     from peft import PeftModel
 
-    profile = _profile(profile)
-    path = resolve_checkpoint(profile, checkpoint)
-    tokenizer = load_tokenizer(profile)
-    base = load_base_model(profile)
+    path, notes = resolve_checkpoint(spec, checkpoint)
+    recipe = read_recipe(path)
+    tokenizer = load_tokenizer(spec)
+    base = load_base_model(spec)
+    check_adapter_fits(base, path)
     model = PeftModel.from_pretrained(base, path, is_trainable=False)
     model.eval()
-    return Loaded(model, tokenizer, path)
+    if spec.quantization:
+        notes.append("the adapter runs on the 4-bit NF4 base (as trained)")
+    elif recipe.get("quantization"):
+        notes.append("a QLoRA adapter on the bf16 base: more memory, slightly different numbers than training")
+    return Loaded(model, tokenizer, path, recipe, notes)
 
 
 def describe_model(loaded: Loaded) -> dict[str, str]:
@@ -224,10 +276,33 @@ def adapter_switch(model, adapter: bool):
     return model.disable_adapter()
 
 
+class PromptTooLongError(ValueError):
+    """The prompt leaves no room for the reply in the model's context."""
+
+
 def _inputs(model, tokenizer, messages, settings):
-    prompt = render_chat(tokenizer, messages, settings.enable_thinking)
-    encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    return {k: v.to(model.device) for k, v in encoded.items()}
+    """Prompt ids with user text kept as text; over-long chats drop their oldest turns (with a warning)."""
+    import warnings
+
+    import torch
+
+    limit = getattr(model.config, "max_position_embeddings", None) or 40960
+    budget = limit - settings.max_new_tokens
+    ids = prompt_ids_as_text(tokenizer, messages, settings.enable_thinking)
+    trimmed = list(messages)
+    while len(ids) > budget:
+        first_turn = next((i for i, m in enumerate(trimmed) if m["role"] != "system"), None)
+        if first_turn is None or first_turn == len(trimmed) - 1:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens; with max_new_tokens={settings.max_new_tokens} the model's "
+                f"context of {limit} tokens is exceeded. Shorten the message or lower max_new_tokens.")
+        del trimmed[first_turn]
+        ids = prompt_ids_as_text(tokenizer, trimmed, settings.enable_thinking)
+    if len(trimmed) < len(messages):
+        warnings.warn(f"the chat was longer than the context ({limit} tokens): the oldest "
+                      f"{len(messages) - len(trimmed)} message(s) were left out", stacklevel=3)
+    input_ids = torch.tensor([ids], device=model.device)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
 def generate(model, tokenizer, messages: list[dict], settings: GenerationSettings | None = None,
@@ -300,39 +375,72 @@ def compare_adapter(model, tokenizer, questions: list[str], settings: Generation
 # --------------------------------------------------------------------------- merge and export
 
 
-def export_dir(profile: Profile | str | None = None) -> Path:
-    """``workspace/export/<profile>-merged``."""
-    return workspace_path("export", f"{_profile(profile).name}-merged")
+EXPORT_MARKER = "course_export.json"
 
 
-def _base_for_merge(profile: Profile):
-    """A fresh base model for merging. Multi-GPU/auto-placed profiles merge on the CPU, so the
-    chat model that is already on the GPU does not have to share it with a second copy."""
-    if profile.device_map:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(require_model_dir(profile), dtype=torch_dtype(profile))
-    return load_base_model(profile, device="cpu")
+class ExportTargetError(ValueError):
+    """The export folder holds something this course did not write."""
 
 
-def export_merged(profile: Profile | str | None = None, checkpoint: str | Path | None = None,
-                  target: str | Path | None = None) -> Path:
+def check_export_target(target: Path, protected: list[Path]) -> None:
+    """Refuse a target that is not empty and not a previous export of this course, or that holds our inputs."""
+    target = Path(target).resolve()
+    for path in protected:
+        path = Path(path).resolve()
+        if target == path or target in path.parents or path in target.parents:
+            raise ExportTargetError(f"cannot export into {display_path(target)}: it overlaps {display_path(path)}, "
+                                    "which the export reads (the checkpoints or the base model).")
+    if target.exists():
+        if not target.is_dir():
+            raise ExportTargetError(f"{display_path(target)} is a file, not a folder")
+        if any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
+            raise ExportTargetError(
+                f"{display_path(target)} is not empty and was not written by this course's export (no "
+                f"{EXPORT_MARKER}): nothing was changed. Choose an empty or new folder.")
+
+
+def _base_for_merge(spec):
+    """A fresh bf16 base model on the CPU for merging.
+
+    Also for a QLoRA adapter: merging into 4-bit weights would round the LoRA update away and
+    leave a 4-bit model, so PEFT's advice is to merge into a full-precision copy of the base.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .models import compute_dtype, ensure_random_weights
+
+    plain = spec.replace(quantization=None)
+    if spec.profile.weights == "random":
+        if spec.quantization:
+            ensure_random_weights(spec)
+        else:
+            return load_base_model(plain, device="cpu")
+    return AutoModelForCausalLM.from_pretrained(require_model_dir(spec), dtype=compute_dtype(plain))
+
+
+def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path | None = None) -> Path:
     """Merge the LoRA checkpoint into a fresh copy of the base model and save a plain model directory.
 
-    Writes safetensors weights, ``config.json``, ``generation_config.json`` and the
-    tokenizer into ``target`` (default :func:`export_dir`). The folder appears complete
-    or not at all (written as ``<target>.partial`` first).
+    Writes safetensors weights, ``config.json``, ``generation_config.json``, the tokenizer and a marker
+    into ``target`` (default ``spec.paths.export_dir``). The new export is written beside the old one and
+    An older course export in ``target`` is removed first (it can always be made again), so
+    re-exporting never needs room for two 16 GB copies; a folder the course did not write is refused.
     """
     from peft import PeftModel
 
-    profile = _profile(profile)
-    path = resolve_checkpoint(profile, checkpoint)
-    target = Path(target) if target else export_dir(profile)
-    merged = PeftModel.from_pretrained(_base_for_merge(profile), path).merge_and_unload()
+    path, notes = resolve_checkpoint(spec, checkpoint)
+    for note in notes:
+        print(note)
+    target = Path(target) if target else spec.paths.export_dir
+    check_export_target(target, [spec.paths.run_dir, path, spec.paths.model_dir])
     partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    for stale in (partial, target):
+        if stale.exists() and (stale == partial or (stale / EXPORT_MARKER).is_file()):
+            shutil.rmtree(stale)  # a previous course export: made again below, so never two copies on disk
+    merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
     merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
-    load_tokenizer(profile).save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
+    load_tokenizer(spec).save_pretrained(partial)
+    (partial / EXPORT_MARKER).write_text(json.dumps({"adapter": path.name, **read_recipe(path)},
+                                                    ensure_ascii=False, indent=1), encoding="utf-8")
     partial.rename(target)
     return target

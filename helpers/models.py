@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 from pathlib import Path
 
-from .profiles import Profile, resolve_profile
-from .workspace import MissingArtifactError, display_path, require_artifact, workspace_path
-
-#: Set this to use a model directory you already have (skips notebook 01's download).
-MODEL_DIR_ENV = "QWEN3_TUTORIAL_MODEL_DIR"
+from .workspace import MissingArtifactError, display_path, how_to_make
 
 MODEL_ID = "Qwen/Qwen3-8B"
 
@@ -115,41 +110,149 @@ def verify_tokenizer_files(folder: str | os.PathLike | None = None) -> dict[str,
     return found
 
 
-def model_dir(profile: Profile | str | None = None) -> Path:
-    """Where the profile's model directory lives (it may not exist yet)."""
-    profile = resolve_profile(profile) if not isinstance(profile, Profile) else profile
-    override = os.environ.get(MODEL_DIR_ENV)
-    if override and profile.source == "modelscope":
-        return Path(override).expanduser()
-    if profile.source == "modelscope":
-        pointer = workspace_path("models", f"{profile.model_dirname}.json")
-        if pointer.is_file():
-            return Path(json.loads(pointer.read_text(encoding="utf-8"))["model_dir"])
-    return workspace_path("models", profile.model_dirname)
+def require_model_dir(spec) -> Path:
+    """The spec's model directory, or a clear error naming what is missing and the fix."""
+    path = spec.paths.model_dir
+    if (path / "config.json").is_file():
+        return path
+    if spec.origin.get("model_dir"):
+        where = spec.origin["model_dir"]
+        contents = "is empty" if path.is_dir() and not any(path.iterdir()) else (
+            "does not exist" if not path.exists() else "holds no config.json")
+        raise MissingArtifactError(
+            f"The model directory {display_path(path)} (from {where}) {contents}. Point it at a folder "
+            "holding Qwen3-8B's config.json, tokenizer and *.safetensors, or unset it to download the model.")
+    raise MissingArtifactError(
+        f"The model directory {display_path(path)} is missing. "
+        + how_to_make("01-download.ipynb", f"python -m helpers.download --profile {spec.profile.name}"))
 
 
-def require_model_dir(profile: Profile | str | None = None) -> Path:
-    """The model directory, or a clear error telling the learner to run notebook 01."""
-    path = model_dir(profile)
-    try:
-        require_artifact(path / "config.json", made_by="01-download.ipynb", what="The model directory")
-    except MissingArtifactError as err:
-        raise MissingArtifactError(str(err).replace(
-            display_path(path / "config.json"), display_path(path))) from None
-    return path
+def check_model_files(path: Path) -> None:
+    """Refuse a model folder that lacks the tokenizer or the weights, naming what is missing."""
+    missing = [name for name in ("tokenizer.json", "tokenizer_config.json") if not (path / name).is_file()]
+    if missing:
+        raise MissingArtifactError(
+            f"{display_path(path)} has config.json but no {', '.join(missing)}: it is not a complete model "
+            "folder. Download it again (python -m helpers.download) or point the model directory elsewhere.")
 
 
-def load_tokenizer(profile: Profile | str | None = None):
-    """The profile's tokenizer, read from its model directory."""
+def load_tokenizer(spec):
+    """The spec's tokenizer, read from its model directory."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(require_model_dir(profile))
+    path = require_model_dir(spec)
+    check_model_files(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
-def torch_dtype(profile: Profile):
+class GpuPlacementError(RuntimeError):
+    """Part of the model landed on the CPU or disk: training would crawl or fail."""
+
+
+class PrecisionError(RuntimeError):
+    """The requested precision is not available on this GPU."""
+
+
+def bf16_supported(torch_module=None) -> bool:
     import torch
 
-    return getattr(torch, profile.dtype)
+    torch = torch_module or torch
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
+    """The dtype to load (and compute) in: the profile's, with fp16 where a GPU has no bf16 (V100, T4)."""
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    wanted = getattr(torch, spec.profile.dtype)
+    if wanted is torch.bfloat16 and cuda and not (bf16_supported() if bf16 is None else bf16):
+        return torch.float16
+    return wanted
+
+
+def attention_implementation() -> str:
+    """``flash_attention_2`` when the package imports (and CUDA is there), else PyTorch's ``sdpa``."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def quantization_config(spec, dtype=None):
+    """4-bit NF4 with double quantisation (QLoRA) when the spec asks for it, else None."""
+    if spec.quantization != "nf4":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,                      # frozen base weights stored in 4 bits
+        bnb_4bit_quant_type="nf4",              # NormalFloat4: made for normally distributed weights
+        bnb_4bit_use_double_quant=True,         # also quantise the quantisation constants (~0.4 GB less)
+        bnb_4bit_compute_dtype=dtype or compute_dtype(spec),  # matmuls run in bf16 (fp16 without bf16)
+        bnb_4bit_quant_storage=dtype or compute_dtype(spec),
+    )
+
+
+def load_kwargs(spec, device: str | None = None, for_training: bool = True) -> dict:
+    """The keyword arguments for ``AutoModelForCausalLM.from_pretrained`` on this machine.
+
+    * ``dtype``: the profile's (bf16 on a GPU that has it, fp16 otherwise, fp32 for tiny);
+    * ``device_map``: one GPU holds the whole model (``{"": 0}``); never ``"auto"``, which
+      quietly moves layers to the CPU when another kernel still holds GPU memory;
+    * ``attn_implementation``: flash-attention 2 when installed, else sdpa;
+    * ``quantization_config``: NF4 for QLoRA.
+    """
+    import torch
+
+    dtype = compute_dtype(spec)
+    kwargs = {"dtype": dtype}
+    if torch.cuda.is_available() and spec.profile.name != "tiny":
+        kwargs["attn_implementation"] = attention_implementation()
+    quant = quantization_config(spec, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device or (0 if torch.cuda.is_available() else "cpu")}
+    elif spec.profile.device_map and torch.cuda.is_available() and device is None:
+        kwargs["device_map"] = {"": 0}
+    return kwargs
+
+
+def check_placement(model, free_gb: float | None = None) -> None:
+    """Stop when a layer was offloaded to the CPU or disk (``hf_device_map``)."""
+    placement = getattr(model, "hf_device_map", None) or {}
+    offloaded = sorted({str(where) for where in placement.values() if str(where) in ("cpu", "disk")})
+    if offloaded:
+        layers = [name for name, where in placement.items() if str(where) in offloaded]
+        free = f"{free_gb:.1f} GB" if free_gb is not None else "too little"
+        raise GpuPlacementError(
+            f"{len(layers)} part(s) of the model were placed on {'/'.join(offloaded)} (e.g. {layers[0]}): the GPU "
+            f"had {free} free. Another process (often a previous notebook's kernel) still holds GPU memory: "
+            "shut down the other kernel (Kernel > Shut Down Kernel, or `nvidia-smi` to find it), then load again.")
+
+
+def gpu_free_gb() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info()
+    return free / 1e9
+
+
+def describe_load(kwargs: dict) -> str:
+    """One line saying how the model is loaded, for the notebook and CLI."""
+    parts = [f"dtype={str(kwargs['dtype']).replace('torch.', '')}"]
+    if "device_map" in kwargs:
+        parts.append(f"device_map={kwargs['device_map']}")
+    if "attn_implementation" in kwargs:
+        parts.append(f"attn_implementation={kwargs['attn_implementation']}")
+    if "quantization_config" in kwargs:
+        parts.append("4-bit NF4 (QLoRA)")
+    return ", ".join(parts)
 
 
 def default_device() -> str:
@@ -162,25 +265,44 @@ def default_device() -> str:
     return "cpu"
 
 
-def load_base_model(profile: Profile | str | None = None, device: str | None = None, seed: int = 0):
-    """Load the profile's base model in its dtype, on the right device.
+def load_base_model(spec, device: str | None = None, seed: int = 0, for_training: bool = False):
+    """Load the spec's base model in its dtype, on the right device (see :func:`load_kwargs`).
 
-    ``full`` uses ``device_map="auto"``; ``tiny`` loads on CPU (or ``device``);
     ``random8b`` draws random weights for the real architecture directly on the device.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    profile = resolve_profile(profile) if not isinstance(profile, Profile) else profile
-    path = require_model_dir(profile)
-    dtype = torch_dtype(profile)
-    if profile.weights == "random":
+    path = require_model_dir(spec)
+    kwargs = load_kwargs(spec, device=device, for_training=for_training)
+    if spec.profile.weights == "random" and spec.quantization is None:
         torch.manual_seed(seed)
         config = AutoConfig.from_pretrained(path)
         with torch.device(device or default_device()):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return model
-    if profile.device_map:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=profile.device_map)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model.to(device or ("cpu" if profile.name == "tiny" else default_device()))
+            model = AutoModelForCausalLM.from_config(config, dtype=kwargs["dtype"])
+    else:
+        if spec.profile.weights == "random":
+            ensure_random_weights(spec, seed)
+        free = gpu_free_gb()
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        check_placement(model, free)
+        if "device_map" not in kwargs:
+            model = model.to(device or ("cpu" if spec.profile.name == "tiny" else default_device()))
+    if for_training:
+        model.config.use_cache = False  # the KV cache is for generation; training (and packing) needs it off
+    return model
+
+
+def ensure_random_weights(spec, seed: int = 0) -> None:
+    """random8b + QLoRA: bitsandbytes quantises while loading, so write random bf16 shards once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = spec.paths.model_dir
+    if any(path.glob("*.safetensors")):
+        return
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(path, max_shard_size="5GB")

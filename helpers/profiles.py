@@ -1,6 +1,6 @@
 """Course profiles: which model the very same notebook code drives.
 
-``QWEN3_TUTORIAL_PROFILE`` selects one of:
+The run spec (:mod:`helpers.spec`) picks one of:
 
 * ``full``     - the real Qwen/Qwen3-8B from ModelScope, bf16, ``device_map="auto"`` (GPU).
 * ``tiny``     - the real Qwen3 tokenizer and chat template (offline) plus a tiny,
@@ -17,11 +17,7 @@ so later notebooks load it the same way.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-
-PROFILE_ENV = "QWEN3_TUTORIAL_PROFILE"
-
 
 @dataclass(frozen=True)
 class Profile:
@@ -42,6 +38,12 @@ class Profile:
     dataset: str
     #: the training config (``configs/train/<name>.yaml``) whose numbers this profile uses
     train_config: str = "qwen3-8b"
+    #: the profile whose training configs this one may run (``random8b`` runs the ``full`` recipe)
+    recipe_of: str = ""
+
+    @property
+    def recipe(self) -> str:
+        return self.recipe_of or self.name
 
     @property
     def needs_gpu(self) -> bool:
@@ -81,47 +83,6 @@ PROFILES: dict[str, Profile] = {
         device_map=None,
         dataset="huanhuan",
         train_config="qwen3-8b",
+        recipe_of="full",
     ),
 }
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a course requirement
-        return False
-    return torch.cuda.is_available()
-
-
-def resolve_profile(name: str | None = None) -> Profile:
-    """Return the profile named by ``name`` or by ``QWEN3_TUTORIAL_PROFILE``."""
-    requested = (name or os.environ.get(PROFILE_ENV) or "auto").strip().lower()
-    if requested == "auto":
-        return PROFILES["full" if cuda_available() else "tiny"]
-    try:
-        return PROFILES[requested]
-    except KeyError:
-        choices = ", ".join([*PROFILES, "auto"])
-        raise ValueError(
-            f"Unknown profile {requested!r} in {PROFILE_ENV}. Choose one of: {choices}."
-        ) from None
-
-
-def explain_profile(name: str | None = None) -> str:
-    """One banner line saying which profile is active and why."""
-    requested = (name or os.environ.get(PROFILE_ENV) or "auto").strip().lower()
-    profile = resolve_profile(requested)
-    if requested == "auto":
-        why = (
-            "auto: CUDA GPU found" if profile.name == "full"
-            else "auto: no CUDA GPU found, so the tiny CPU profile runs the same code"
-        )
-    else:
-        why = f"set by {PROFILE_ENV}={requested}"
-    banner = f"[profile: {profile.name}] {profile.description} ({why})"
-    if profile.name == "tiny":
-        banner += (
-            "\n  Answers from the tiny model are NOT Qwen3-8B quality: it only proves the "
-            "pipeline. Set QWEN3_TUTORIAL_PROFILE=full on a GPU box for the real model."
-        )
-    return banner

@@ -20,7 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .train import SAMPLE_LOG, estimate_lora_memory_gb
+from .recipes import estimate_lora_memory_gb
+from .train import SAMPLE_LOG
 from .workspace import REPO_ROOT
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
@@ -160,14 +161,13 @@ def cpu_launch(output_dir: str | os.PathLike, *overrides: str, processes: int = 
                             text=True, start_new_session=True, **popen)
 
 
-def demo_workspace() -> Path:
-    """``workspace/scale-out-demo``: a workspace of its own for notebook 06's demo run (its plot,
+def demo_workspace(spec) -> Path:
+    """``<workspace>/scale-out-demo``: a workspace of its own for notebook 06's demo run (its plot,
     checkpoints and logs stay apart from notebook 04's), sharing the tiny model directory."""
     from .download import build_tiny_model
-    from .workspace import workspace_path
 
-    model = build_tiny_model()
-    root = workspace_path("scale-out-demo")
+    model = build_tiny_model(spec.paths.model_dir)
+    root = spec.paths.workspace / "scale-out-demo"
     link = root / "models" / model.name
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -175,10 +175,10 @@ def demo_workspace() -> Path:
     return root
 
 
-def run_cpu_demo(*overrides: str, processes: int = 2, timeout: int = 600) -> tuple[Path, str]:
+def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) -> tuple[Path, str]:
     """Train the tiny profile with ``processes`` CPU processes in :func:`demo_workspace`; return
     (checkpoint folder, the launch's console output). Raises with the output's tail on failure."""
-    root = demo_workspace()
+    root = demo_workspace(spec)
     out = root / "checkpoints" / "tiny-2proc"
     if out.exists():
         import shutil

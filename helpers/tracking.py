@@ -1,9 +1,10 @@
 """SwanLab without traps: never a prompt, offline by default, records readable from disk.
 
-* No ``SWANLAB_API_KEY`` in the environment -> ``mode="offline"``: the run is written
+* The mode is resolved once by the run spec (``spec.swanlab.mode``):
+  no API key -> ``mode="offline"``: the run is written
   to ``workspace/swanlog`` and can be uploaded later with ``swanlab sync <run dir>``.
-* ``SWANLAB_API_KEY`` set -> ``mode="online"`` (swanlab reads the key itself; it is never
-  typed into a cell or printed).
+* ``SWANLAB_API_KEY`` set, or a key saved by ``swanlab login`` -> ``mode="online"``
+  (swanlab reads the key itself; it is never typed into a cell or printed).
 * ``SWANLAB_INTERACTIVE=false`` is always set, so swanlab 0.10 can never call
   ``input()`` (which would block a Jupyter notebook and fail under nbval).
 
@@ -24,7 +25,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from .workspace import display_path, workspace_path
+from .workspace import display_path
 
 #: Environment variables swanlab cannot parse (nested settings groups).
 BROKEN_SWANLAB_VARS = ("SWANLAB_PROJECT", "SWANLAB_RUN", "SWANLAB_EXPERIMENT")
@@ -34,39 +35,25 @@ class SwanLabSetupError(RuntimeError):
     """The environment would make swanlab fail or prompt."""
 
 
-#: Force a mode: offline | online | local (needs ``swanlab[dashboard]``, for ``swanlab watch``) | disabled.
-MODE_ENV = "QWEN3_TUTORIAL_SWANLAB_MODE"
-MODES = ("offline", "online", "local", "disabled")
-
-
-def swanlab_mode() -> str:
-    """``online`` when an API key is in the environment, else ``offline`` (or what MODE_ENV says)."""
-    forced = os.environ.get(MODE_ENV, "").strip().lower()
-    if forced:
-        if forced not in MODES:
-            raise SwanLabSetupError(f"{MODE_ENV}={forced!r}: choose one of {', '.join(MODES)}")
-        if forced == "online" and not os.environ.get("SWANLAB_API_KEY"):
-            raise SwanLabSetupError(
-                "online mode needs SWANLAB_API_KEY in the environment (export it in the terminal "
-                "before starting Jupyter; never type the key into a cell)."
-            )
-        return forced
-    return "online" if os.environ.get("SWANLAB_API_KEY") else "offline"
-
-
-def dashboard_command(port: int = 5092) -> str:
+def dashboard_command(swanlog: Path, port: int = 5092) -> str:
     """The local dashboard for runs recorded in ``local`` mode (needs ``swanlab[dashboard]``)."""
-    return f"swanlab watch {display_path(swanlog_dir())} --host 127.0.0.1 --port {port}"
+    return f"swanlab watch {display_path(swanlog)} --host 127.0.0.1 --port {port}"
 
 
-def swanlog_dir() -> Path:
-    return workspace_path("swanlog")
+def describe_mode(mode: str) -> str:
+    """One line (Chinese) on what the mode means for the learner."""
+    return {
+        "online": "online: 已有 API key（SWANLAB_API_KEY 或 `swanlab login` 保存的），记录会上传到 swanlab.cn",
+        "offline": "offline: 没有 API key，记录写到工作目录的 swanlog/，之后可以用 `swanlab sync` 上传",
+        "local": "local: 记录写到工作目录的 swanlog/，用 `swanlab watch` 在本机看",
+        "disabled": "disabled: 不记录",
+    }[mode]
 
 
-def check_swanlab_environment(cwd: str | os.PathLike | None = None) -> list[str]:
+def check_swanlab_environment(env, cwd: str | os.PathLike | None = None) -> list[str]:
     """Raise on settings swanlab cannot parse; return warnings about files that override env vars."""
     for name in BROKEN_SWANLAB_VARS:
-        if name in os.environ:
+        if name in env:
             fix = "SWANLAB_PROJECT_NAME" if name == "SWANLAB_PROJECT" else f"{name}_NAME"
             raise SwanLabSetupError(
                 f"{name} is set in the environment; swanlab 0.10 cannot parse it and fails in init. "
@@ -84,22 +71,48 @@ def check_swanlab_environment(cwd: str | os.PathLike | None = None) -> list[str]
     return warnings
 
 
-def start_run(project: str, experiment_name: str, config: dict | None = None, logdir: Path | None = None):
-    """Start a SwanLab run that can never prompt; returns the run."""
+#: where swanlab online mode sends records
+SWANLAB_HOST = ("api.swanlab.cn", 443)
+
+
+def swanlab_reachable(host: tuple[str, int] = SWANLAB_HOST, timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
+    """Start a SwanLab run that can never prompt; returns the run (None when disabled).
+
+    Online mode without a route to swanlab.cn falls back to offline, says so in one line and
+    prints the ``swanlab sync`` command for later. A wrong key with network stays an error.
+    """
     import swanlab
 
     os.environ["SWANLAB_INTERACTIVE"] = "false"
-    for warning in check_swanlab_environment():
+    for warning in check_swanlab_environment(os.environ):
         print("SwanLab:", warning)
-    logdir = Path(logdir) if logdir else swanlog_dir()
+    mode = spec.swanlab.mode
+    if mode == "online" and not reachable():
+        print(f"SwanLab: {SWANLAB_HOST[0]} 无法连接（没有网络？），本次改为 offline 记录；有网络后用 "
+              "`swanlab sync <run 目录>` 上传（训练结束时会打印这个命令）。")
+        mode = "offline"
+    logdir = spec.paths.swanlog
     logdir.mkdir(parents=True, exist_ok=True)
     # A relative logdir keeps swanlab's own console messages free of absolute paths.
-    relative = os.path.relpath(logdir)
+    try:
+        relative = os.path.relpath(logdir)
+    except ValueError:
+        relative = str(logdir)
     return swanlab.init(
-        project=project,
-        experiment_name=experiment_name,
-        config=config or {},
-        mode=swanlab_mode(),
+        project=spec.swanlab.project,
+        experiment_name=spec.swanlab.experiment_name,
+        config=config if config is not None else spec.to_dict(),
+        mode=mode,
         logdir=relative,
     )
 
@@ -111,6 +124,8 @@ def finish_run(run=None) -> Path | None:
     try:
         run = run or swanlab.get_run()
     except RuntimeError:
+        return None
+    if run is None:
         return None
     folder = Path(run.dir).resolve()
     swanlab.finish()

@@ -1,151 +1,104 @@
 """Notebook 04: LoRA training with the Trainer, tracked by SwanLab, crash-safe.
 
-The notebook walks through the steps one cell at a time; ``python -m helpers.train
+Notebook 04 shows each step as a cell (``from_pretrained``, ``LoraConfig`` +
+``get_peft_model``, ``TrainingArguments``, ``Trainer``); ``python -m helpers.train
 --config configs/train/<name>.yaml`` runs the very same steps from a shell (and under
-``accelerate launch`` for several GPUs).
+``accelerate launch`` for several GPUs), through :func:`train`. This module holds the
+step functions both use and the plumbing around them (sample log, memory log).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
-import re
 import sys
-import time
 from pathlib import Path
 
-from .profiles import PROFILE_ENV, Profile, resolve_profile
-from .workspace import REPO_ROOT, display_path, require_artifact, workspace_path
+from . import checkpoints
+from .checkpoints import COMPLETE_MARKER, RECIPE_FILE, find_latest_checkpoint
+from .workspace import display_path
 
-#: Written into a checkpoint folder once the Trainer has finished saving it.
-COMPLETE_MARKER = "checkpoint_complete"
 #: One JSON line per micro-batch: which dataset rows each process trained on.
 SAMPLE_LOG = "sample_log.jsonl"
 #: Written by rank 0 next to the checkpoints when a run ends: where everything went.
 RUN_SUMMARY = "run_summary.json"
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-CONFIG_DIR = REPO_ROOT / "configs" / "train"
-
-
-# --------------------------------------------------------------------------- config
-
-def config_path(profile: Profile | str | None = None) -> Path:
-    profile = _profile(profile)
-    return CONFIG_DIR / f"{profile.train_config}.yaml"
-
-
-def load_config(path_or_profile: str | os.PathLike | Profile | None = None, overrides: list[str] | None = None) -> dict:
-    """Read a training config (YAML); by default the active profile's.
-
-    ``overrides`` are ``dotted.key=value`` strings (values parsed as YAML), e.g.
-    ``training.max_steps=20``.
-    """
-    import yaml
-
-    if isinstance(path_or_profile, (str, os.PathLike)) and str(path_or_profile).endswith((".yaml", ".yml")):
-        path = Path(path_or_profile)
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-        requested = os.environ.get(PROFILE_ENV, "").strip().lower()
-        if requested and requested != "auto":
-            config["profile"] = requested
-    else:
-        profile = _profile(path_or_profile)
-        path = config_path(profile)
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-        config["profile"] = profile.name
-    config["config_file"] = display_path(path)
-    for item in overrides or []:
-        key, _, value = item.partition("=")
-        if not _:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        target = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(value)
-    return config
-
-
-def _profile(profile) -> Profile:
-    return profile if isinstance(profile, Profile) else resolve_profile(profile)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def run_dir(profile: Profile | str | None = None) -> Path:
-    """Where a profile's training run writes its checkpoints: ``workspace/checkpoints/<profile>``."""
-    return workspace_path("checkpoints", _profile(profile).name)
-
-
-def output_dir(config: dict) -> Path:
-    return Path(config["output_dir"]) if config.get("output_dir") else run_dir(config["profile"])
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint counts only once the marker written after saving is there."""
-    path = Path(path)
-    return (path / COMPLETE_MARKER).is_file() and (path / "adapter_model.safetensors").is_file()
-
-
-def find_latest_checkpoint(folder: Path) -> Path | None:
-    """The highest-step COMPLETE ``checkpoint-N`` in ``folder`` (half-written ones are skipped)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    found = []
-    for child in folder.iterdir():
-        match = _CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir() and is_complete_checkpoint(child):
-            found.append((int(match.group(1)), child))
-    return max(found)[1] if found else None
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(_CHECKPOINT_RE.match(Path(path).name).group(1))
+#: Hub id written into a shared adapter instead of a machine path.
+BASE_MODEL_IDS = {"full": "Qwen/Qwen3-8B", "random8b": "Qwen/Qwen3-8B"}
 
 
 # --------------------------------------------------------------------------- data
 
-def training_samples(config: dict, tokenizer, from_notebook_03: bool = False) -> list[dict]:
-    """The encoded samples to train on.
 
-    ``from_notebook_03=True`` reads what notebook 03 saved (and says so if it is
-    missing); otherwise the records are loaded, validated and encoded here.
+def split_records(spec, records: list[dict]):
+    """(train records, held-out records, split) for this spec.
+
+    With ``data.max_rows`` the first ``max_rows`` rows are the training set (the tiny profile's
+    memorisation subset) and the held-out rows come from the rest; otherwise the whole file is
+    split. Either way whole groups of rows sharing a normalised prompt or answer go to one side.
     """
-    from . import data
+    from .data_files import grouped_split
 
-    profile = _profile(config["profile"])
-    data_cfg = config.get("data", {})
-    if from_notebook_03:
-        path = require_artifact(data.encoded_path(profile), made_by="03-data.ipynb", what="The encoded dataset")
-        samples = data.load_encoded(path)
-    else:
-        source = data_cfg.get("source", "course")
-        path = data.course_dataset_path(profile) if source == "course" else Path(source)
-        records = data.load_records(path).records
-        system_prompt = data_cfg.get("system_prompt", "default")
-        samples, report = data.encode_records(
-            records,
-            tokenizer,
-            system_prompt=data.DEFAULT_SYSTEM_PROMPT if system_prompt == "default" else system_prompt,
-            max_length=data_cfg.get("max_length", data.DEFAULT_MAX_LENGTH),
-        )
-        if is_main_process():
+    if spec.data.eval_fraction <= 0:
+        return records[: spec.data.max_rows], [], None
+    if spec.data.max_rows:
+        head = records[: spec.data.max_rows]
+        split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed, keep_in_train=len(head))
+        return head, split.eval, split
+    split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed)
+    return split.train, split.eval, split
+
+
+def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], list[dict]]:
+    """The encoded (train, held-out) samples of this spec, made here when needed.
+
+    The encoded training set is read from ``spec.paths.encoded`` only when its stamp
+    (max_length, system prompt, tokenizer, source data, rows, split) equals this spec's;
+    otherwise it is encoded again and saved, and the reason is printed.
+    """
+    from . import data_files, validation
+    from .data import encode_records
+
+    source = data_files.course_dataset_path(spec, progress=verbose)
+    stamp = {**data_files.spec_stamp(spec, source), "eval_fraction": spec.data.eval_fraction,
+             "split_seed": spec.data.split_seed}
+    records = validation.load_records(source).records
+    train_records, eval_records, split = split_records(spec, records)
+    if split is not None:
+        data_files.save_split(split, spec.paths.split_dir, source=source)
+    encoded = spec.paths.encoded
+    samples = None
+    if encoded.is_file():
+        differences = data_files.stamp_differences(data_files.read_stamp(encoded), stamp)
+        if not differences:
+            samples = data_files.load_encoded(encoded)
+            if verbose:
+                print(f"使用已编码的训练集 {display_path(encoded)}（与本次配置一致）")
+        elif verbose:
+            print(f"重新编码：{display_path(encoded)} 与本次配置不同（{'; '.join(differences)}）")
+    if samples is None:
+        samples, report = encode_records(train_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
+        if not samples:
+            raise data_files.EncodedFileError(
+                f"no usable training rows: all {report.rows_in} rows are longer than "
+                f"data.max_length={spec.data.max_length} tokens. Raise data.max_length.")
+        data_files.save_encoded(samples, encoded, stamp)
+        if verbose and is_main_process():
             print(report.summary())
-    max_rows = data_cfg.get("max_rows")
-    if max_rows:
-        samples = samples[:max_rows]
-    return samples
+    eval_samples = []
+    if eval_records:
+        eval_samples, _ = encode_records(eval_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
+    if verbose and is_main_process() and split is not None:
+        print(split.summary())
+    return samples, eval_samples
 
 
 def to_train_dataset(samples: list[dict]):
-    """``data.to_dataset`` plus each sample's row number, which the sample log records."""
-    from . import data
+    """``data_files.to_dataset`` plus each sample's row number, which the sample log records."""
+    from .data_files import to_dataset
 
-    return data.to_dataset(samples).add_column("row", [s.get("row", i) for i, s in enumerate(samples)])
+    return to_dataset(samples).add_column("row", [s.get("row", i) for i, s in enumerate(samples)])
 
 
 class SampleLogCollator:
@@ -162,8 +115,8 @@ class SampleLogCollator:
         self.calls = 0
 
     def __call__(self, features):
-        rows = [int(f["row"]) for f in features]
-        if self.log_path is not None:
+        rows = [int(f["row"]) for f in features if "row" in f]
+        if self.log_path is not None and rows:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"pid": os.getpid(), "rank": self.rank, "call": self.calls, "rows": rows}) + "\n")
@@ -185,32 +138,59 @@ def make_collator(batching: str, tokenizer):
 
 # --------------------------------------------------------------------------- model
 
-def lora_config(config: dict):
+
+def lora_config(spec):
+    """The spec's ``LoraConfig`` (notebook 04 builds the same one in a cell; a test compares them)."""
     from peft import LoraConfig, TaskType
 
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, **config["lora"])
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        inference_mode=False,
+        r=spec.lora.r,
+        lora_alpha=spec.lora.lora_alpha,
+        lora_dropout=spec.lora.lora_dropout,
+        target_modules=list(spec.lora.target_modules),
+    )
 
 
-def build_lora_model(config: dict):
-    """The profile's base model wrapped with the config's LoRA adapters.
+def base_model_name(spec) -> str:
+    """What a shared adapter names as its base: the hub id, or the model folder relative to the workspace."""
+    if spec.profile.name in BASE_MODEL_IDS:
+        return BASE_MODEL_IDS[spec.profile.name]
+    try:
+        return spec.paths.model_dir.relative_to(spec.paths.workspace).as_posix()
+    except ValueError:
+        return spec.paths.model_dir.name
 
-    The seed is set first, so the LoRA matrices start the same way on every run.
-    """
+
+def load_model_for_training(spec):
+    """The base model, ready for LoRA: on this process's device, ``use_cache`` off, k-bit prepared for QLoRA."""
+    from .models import load_base_model
+
+    if launched_processes() > 1:
+        model = _load_base_model_for_this_process(spec)
+    else:
+        model = load_base_model(spec, for_training=True)
+    if spec.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(spec.training.get("activation_checkpointing")))
+    model.config.use_cache = False
+    return model
+
+
+def add_lora(spec, model):
+    """``get_peft_model`` with the spec's LoRA config; seeded, so the adapters start the same way every run."""
     from peft import get_peft_model
     from transformers import set_seed
 
-    from .models import load_base_model
-
-    set_seed(config["training"].get("seed", 42))
-    profile = _profile(config["profile"])
-    if launched_processes() > 1:
-        model = _load_base_model_for_this_process(profile)
-    else:
-        model = load_base_model(profile)
-    return get_peft_model(model, lora_config(config))
+    set_seed(spec.training.get("seed", 42))
+    return get_peft_model(model, lora_config(spec))
 
 
 # --------------------------------------------------------------------------- several processes
+
 
 def launched_processes() -> int:
     """How many processes ``accelerate launch`` / ``torchrun`` started (``WORLD_SIZE``); 1 for a plain run."""
@@ -227,42 +207,58 @@ def _launched_with(*flags: str) -> bool:
     return any(os.environ.get(flag, "").lower() in ("1", "true") for flag in flags)
 
 
-def _load_base_model_for_this_process(profile: Profile):
+def _load_base_model_for_this_process(spec):
     """The base model under a multi-process launch.
 
-    ``device_map="auto"`` (the ``full`` profile) would spread EVERY process's copy over all GPUs;
-    instead DDP gives each process a whole copy on its own GPU (``LOCAL_RANK``), and FSDP /
-    DeepSpeed get the model on the CPU, untouched, and place (shard) it themselves.
+    DDP gives each process a whole copy on its own GPU (``LOCAL_RANK``); FSDP / DeepSpeed
+    get the model on the CPU, untouched, and place (shard) it themselves.
     """
-    from .models import load_base_model, require_model_dir, torch_dtype
+    from .models import compute_dtype, load_base_model, require_model_dir
 
-    profile = dataclasses.replace(profile, device_map=None)
+    single = spec.replace(profile=dataclasses.replace(spec.profile, device_map=None))
     if _launched_with("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
-        if profile.weights == "random":
-            return load_base_model(profile, device="cpu")
+        if spec.profile.weights == "random":
+            return load_base_model(single, device="cpu", for_training=True)
         from transformers import AutoModelForCausalLM
 
         # no .to(): with fsdp_cpu_ram_efficient_loading only rank 0 holds real weights (the rest are on "meta")
-        return AutoModelForCausalLM.from_pretrained(require_model_dir(profile), dtype=torch_dtype(profile))
+        return AutoModelForCausalLM.from_pretrained(require_model_dir(spec), dtype=compute_dtype(spec))
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if _cuda() else "cpu"
-    return load_base_model(profile, device=device)
+    return load_base_model(single, device=device, for_training=True)
 
 
 # --------------------------------------------------------------------------- trainer
 
-def training_arguments(config: dict, **extra):
-    """``TrainingArguments`` from the config's ``training`` section."""
+
+def training_arguments(spec, **extra):
+    """``TrainingArguments`` from the spec's ``training`` section plus the course's fixed choices.
+
+    Notebook 04 writes the same call out argument by argument; a cell asserts the two are equal.
+    """
     from transformers import TrainingArguments
 
-    settings = dict(config["training"])
-    if config.get("batching") == "grouped":
+    from .models import compute_dtype
+
+    settings = {k: v for k, v in spec.training.items() if k != "eval_every_epoch"}
+    if spec.batching == "grouped":
         settings["train_sampling_strategy"] = "group_by_length"
-    settings.setdefault("report_to", ["swanlab"] if config.get("swanlab") else "none")
+    settings.setdefault("report_to", ["swanlab"] if spec.swanlab.enabled and spec.swanlab.mode != "disabled"
+                        else "none")
     settings.setdefault("save_strategy", "steps")
+    settings.setdefault("save_total_limit", 3)
     settings.setdefault("logging_first_step", True)
     settings.setdefault("dataloader_num_workers", 0)
     settings.setdefault("disable_tqdm", False)
     settings.setdefault("dataloader_pin_memory", _cuda())
+    if spec.data.eval_fraction > 0:
+        settings.setdefault("eval_strategy", "epoch")
+        settings.setdefault("per_device_eval_batch_size", settings.get("per_device_train_batch_size", 8))
+    if settings.get("bf16") and _cuda():
+        import torch
+
+        if compute_dtype(spec) is torch.float16:  # no bf16 on this GPU (V100, T4): fp16 with loss scaling
+            settings["bf16"] = False
+            settings["fp16"] = True
     if settings.get("activation_checkpointing"):
         settings.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
     processes = launched_processes()
@@ -270,13 +266,12 @@ def training_arguments(config: dict, **extra):
         # LoRA uses every trainable parameter in every forward: DDP need not search for unused ones
         settings.setdefault("ddp_find_unused_parameters", False)
         if not _cuda():
-            # CPU-only machine: without use_cpu the processes do not join one gloo group and each
-            # one would train alone as "rank 0" on the whole dataset
+            # CPU-only machine: without use_cpu the processes do not join one gloo group
             settings.setdefault("use_cpu", True)
     settings.update(extra)
     # the collator needs each sample's "row" to log it
     settings["remove_unused_columns"] = False
-    args = TrainingArguments(output_dir=str(output_dir(config)), **settings)
+    args = TrainingArguments(output_dir=str(spec.paths.run_dir), **settings)
     if processes > 1 and args.world_size != processes:
         raise RuntimeError(
             f"{processes} processes were launched (WORLD_SIZE) but the Trainer sees world_size={args.world_size}: "
@@ -286,42 +281,85 @@ def training_arguments(config: dict, **extra):
     return args
 
 
-class CheckpointCompleteCallback:
-    """Marks a checkpoint complete only after the Trainer finished writing all of it."""
-
-    def __new__(cls):
-        from transformers import TrainerCallback
-
-        class _Callback(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.is_world_process_zero:
-                    folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                    if folder.is_dir():
-                        (folder / COMPLETE_MARKER).write_text(
-                            json.dumps({"global_step": state.global_step, "time": time.time()}), encoding="utf-8"
-                        )
-                return control
-
-        return _Callback()
+def adapter_recipe(spec) -> dict:
+    """What the adapter was trained with; inference and the chat widget default to it."""
+    return {
+        "profile": spec.profile.name,
+        "base_model": base_model_name(spec),
+        "system_prompt": spec.data.system_prompt,
+        "max_length": spec.data.max_length,
+        "quantization": spec.quantization,
+        "lora": {"r": spec.lora.r, "lora_alpha": spec.lora.lora_alpha, "target_modules": list(spec.lora.target_modules)},
+    }
 
 
-def build_trainer(config: dict, model, tokenizer, dataset, **extra_args):
-    """A ``Trainer`` with the padding-free collator, sample log and checkpoint marker."""
+def share_safe_adapter_config(folder: Path, base_model: str) -> None:
+    """Replace the machine path PEFT wrote as ``base_model_name_or_path`` with the hub id or a workspace path."""
+    path = Path(folder) / "adapter_config.json"
+    if path.is_file():
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = base_model
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def course_callbacks(spec) -> list:
+    """The checkpoint proof (recipe + marker with sha256) and the memory log, as Trainer callbacks."""
+    from transformers import TrainerCallback
+
+    recipe = adapter_recipe(spec)
+
+    class CheckpointComplete(TrainerCallback):
+        """Marks a checkpoint complete only after the Trainer finished writing all of it."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    share_safe_adapter_config(folder, recipe["base_model"])
+                    (folder / RECIPE_FILE).write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")
+                    checkpoints.write_marker(folder, state.global_step)
+            return control
+
+    class MemoryLog(TrainerCallback):
+        """Adds peak GPU memory (GiB; on CPU the process RSS) to every log line, like ms-swift's memory(GiB)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs is not None and "loss" in logs:
+                logs["memory_gib"] = round(peak_memory_gib(), 3)
+            return control
+
+    return [CheckpointComplete(), MemoryLog()]
+
+
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated by PyTorch so far (GiB), or this process's resident memory on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args=None):
+    """A ``Trainer`` with the padding-free collator, sample log, checkpoint proof and memory log."""
     from transformers import Trainer
 
-    args = training_arguments(config, **extra_args)
+    args = args or training_arguments(spec)
     collator = SampleLogCollator(
-        make_collator(config.get("batching", "packed"), tokenizer),
+        make_collator(spec.batching, tokenizer),
         log_path=Path(args.output_dir) / SAMPLE_LOG,
         rank=args.process_index,
     )
     return Trainer(
         model=model,
         args=args,
-        train_dataset=dataset,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[CheckpointCompleteCallback()],
+        callbacks=course_callbacks(spec),
     )
 
 
@@ -331,30 +369,31 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def fresh_run_dir(config: dict) -> Path | None:
-    """Move an earlier run's folder aside (``<name>-previous-<time>``) so a new run starts clean.
-
-    Nothing is deleted; returns where the old run went, or None.
-    """
-    out = output_dir(config)
-    if not out.exists() or not any(out.iterdir()):
-        return None
-    target = out.with_name(f"{out.name}-previous-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.rename(target)
-    return target
+def start_fresh(spec) -> Path | None:
+    """Move an earlier run aside so a new run starts clean (notebook 04 and ``--no-resume``); print where."""
+    moved, removed = checkpoints.move_aside(spec.paths.run_dir)
+    if moved is not None and is_main_process():
+        print(f"上一次的训练结果已移到 {display_path(moved)}（只保留最近 {checkpoints.KEEP_PREVIOUS_RUNS} 次）")
+        for old in removed:
+            print(f"  删除了更早的 {display_path(old)}")
+    return moved
 
 
-def resume_point(config: dict, resume: bool | str | None = True) -> Path | None:
-    """The checkpoint to resume from: given, or the latest complete one (or none)."""
+def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path | None:
+    """The checkpoint to resume from: the given one (verified), or the latest that proves itself."""
     if resume in (None, False):
         return None
-    if isinstance(resume, (str, os.PathLike)) and resume is not True:
-        return Path(resume)
-    return find_latest_checkpoint(output_dir(config))
+    if isinstance(resume, (str, os.PathLike)):
+        return checkpoints.verified_checkpoint(Path(resume))
+    found = checkpoints.latest_good_checkpoint(spec.paths.run_dir)
+    if is_main_process():
+        for note in found.notes():
+            print(note)
+    return found.checkpoint
 
 
 def plot_history(log_history: list[dict], path: Path | None = None, title: str = ""):
-    """Loss and learning rate per step from the Trainer's own log; saved as PNG."""
+    """Train loss, eval loss (when there is a held-out set) and learning rate per step; saved as PNG."""
     import matplotlib
 
     if path is not None and "ipykernel" not in sys.modules:
@@ -363,10 +402,14 @@ def plot_history(log_history: list[dict], path: Path | None = None, title: str =
 
     steps = [e["step"] for e in log_history if "loss" in e]
     losses = [e["loss"] for e in log_history if "loss" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
     lrs = [e["learning_rate"] for e in log_history if "loss" in e and "learning_rate" in e]
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot(steps, losses, marker="o", markersize=3)
-    ax_loss.set(xlabel="step", ylabel="train/loss", title=title or "training loss")
+    ax_loss.plot(steps, losses, marker="o", markersize=3, label="train/loss")
+    if evals:
+        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], marker="s", color="tab:red", label="eval/loss")
+        ax_loss.legend()
+    ax_loss.set(xlabel="step", ylabel="loss", title=title or "loss")
     ax_loss.grid(alpha=0.3)
     ax_lr.plot(steps[: len(lrs)], lrs, color="tab:orange")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
@@ -384,108 +427,156 @@ def loss_summary(log_history: list[dict]) -> tuple[float, float]:
     return losses[0], losses[-1]
 
 
+def best_eval(log_history: list[dict]) -> tuple[int, float] | None:
+    """(step, eval loss) of the lowest held-out loss, or None without evaluation."""
+    evals = [(e["eval_loss"], e["step"]) for e in log_history if "eval_loss" in e]
+    if not evals:
+        return None
+    loss, step = min(evals)
+    return step, loss
+
+
 def effective_batch_size(args) -> int:
     """Samples per optimizer step: per device x accumulation x processes."""
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
 
 
-# --------------------------------------------------------------------------- memory
-
-def estimate_lora_memory_gb(
-    params: float = 8.19e9,
-    lora_params: float = 21_823_488,
-    hidden: int = 4096,
-    layers: int = 36,
-    vocab: int = 151936,
-    tokens_per_micro_batch: int = 4 * 254,
-    gradient_checkpointing: bool = True,
-) -> dict[str, float]:
-    """Rough GPU memory (GB) for bf16 LoRA training; an estimate, not a measurement.
-
-    * weights: 2 bytes per frozen parameter;
-    * LoRA: fp32 weights + gradients + two Adam moments = 16 bytes per trainable parameter;
-    * activations: with checkpointing only each layer's input is kept (2 bytes x hidden per token
-      per layer) plus one layer being recomputed; without it about 34 x hidden bytes per token per layer
-      (the usual estimate for a transformer block with a fused attention kernel);
-    * logits: the fp32 logits and their gradient (8 bytes x vocab per token).
-    """
-    tokens = tokens_per_micro_batch
-    per_layer_full = 34 * hidden * tokens
-    if gradient_checkpointing:
-        activations = 2 * hidden * tokens * layers + per_layer_full
-    else:
-        activations = per_layer_full * layers
-    out = {
-        "weights (bf16)": params * 2,
-        "LoRA weights + grads + Adam (fp32)": lora_params * 16,
-        "activations": activations,
-        "logits + grad (fp32)": 8 * vocab * tokens,
-    }
-    out = {k: v / 1e9 for k, v in out.items()}
-    out["total"] = sum(out.values())
-    return out
-
-
 # --------------------------------------------------------------------------- the whole run
 
-def train(config: dict, resume: bool | str | None = True, from_notebook_03: bool = False) -> dict:
-    """Run the whole recipe; return where everything went and the final numbers."""
-    from transformers import set_seed
 
+def train(spec, resume: bool | str | None = True) -> dict:
+    """Run the whole recipe with the same steps as notebook 04; return where everything went."""
     from . import tracking
+    from .download import prepare_model
     from .models import load_tokenizer
 
-    profile = _profile(config["profile"])
-    set_seed(config["training"].get("seed", 42))
-    tokenizer = load_tokenizer(profile)
-    dataset = to_train_dataset(training_samples(config, tokenizer, from_notebook_03))
-    # DeepSpeed ZeRO-3 (zero3_init_flag) partitions the weights while from_pretrained loads them only
-    # if TrainingArguments exist already: keep them alive while the model is built
-    early_args = training_arguments(config) if _launched_with("ACCELERATE_USE_DEEPSPEED") else None
-    model = build_lora_model(config)
-    del early_args
-    trainer = build_trainer(config, model, tokenizer, dataset)
-    is_main = trainer.args.process_index == 0
-    run = None
-    if config.get("swanlab") and is_main:
-        run = tracking.start_run(
-            config["swanlab"]["project"],
-            config["swanlab"]["experiment_name"],
-            config={"course_config": config},
-        )
-    checkpoint = resume_point(config, resume)
-    if checkpoint is not None and is_main:
-        print(f"Resuming from {display_path(checkpoint)}")
-    try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        swanlab_folder = tracking.finish_run(run) if run is not None else None
-    out = output_dir(config)
-    summary = {
-        "profile": profile.name,
+    if is_main_process():
+        prepare_model(spec)  # a terminal user never needs a notebook first
+    elif not (spec.paths.model_dir / "config.json").is_file():
+        _wait_for(spec.paths.model_dir / "config.json")
+    with _maybe_lock(spec):
+        if resume is False:
+            start_fresh(spec)
+        tokenizer = load_tokenizer(spec)
+        samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
+        dataset = to_train_dataset(samples)
+        eval_dataset = to_train_dataset(eval_samples) if eval_samples else None
+        # DeepSpeed ZeRO-3 partitions the weights while from_pretrained loads them only if
+        # TrainingArguments exist already: keep them alive while the model is built
+        early_args = training_arguments(spec) if _launched_with("ACCELERATE_USE_DEEPSPEED") else None
+        model = add_lora(spec, load_model_for_training(spec))
+        del early_args
+        trainer = build_trainer(spec, model, tokenizer, dataset, eval_dataset)
+        is_main = trainer.args.process_index == 0
+        run = None
+        if is_main and "swanlab" in (trainer.args.report_to or []):
+            run = tracking.start_run(spec)
+        checkpoint = resume_point(spec, resume if resume is not False else None)
+        if checkpoint is not None and is_main:
+            print(f"从 {display_path(checkpoint)} 继续训练")
+        try:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            swanlab_folder = tracking.finish_run(run) if run is not None else None
+        summary = run_summary(spec, trainer, result.metrics, swanlab_folder)
+        if is_main:
+            plot = spec.paths.plots / f"train-{spec.profile.name}.png"
+            plot_history(trainer.state.log_history, plot, title=f"{spec.profile.name}: loss")
+            summary["plot"] = plot
+            save_run_summary(spec, summary)
+    summary["trainer"] = trainer
+    return summary
+
+
+def _wait_for(path: Path, timeout: float = 600) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not path.is_file():
+        if time.time() > deadline:
+            raise TimeoutError(f"rank 0 did not prepare {display_path(path)} in {timeout:.0f} s")
+        time.sleep(1)
+
+
+class _maybe_lock:
+    """The run lock for a plain run or rank 0; the other ranks of a launch share rank 0's lock."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.lock = None
+
+    def __enter__(self):
+        if is_main_process():
+            self.lock = checkpoints.lock_run(self.spec.paths.run_dir)
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
+        return False
+
+
+def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> dict:
+    best = best_eval(trainer.state.log_history)
+    return {
+        "profile": spec.profile.name,
         "global_step": trainer.state.global_step,
-        "train_runtime": result.metrics.get("train_runtime"),
-        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-        "train_loss": result.metrics.get("train_loss"),
+        "train_runtime": metrics.get("train_runtime"),
+        "train_samples_per_second": metrics.get("train_samples_per_second"),
+        "train_loss": metrics.get("train_loss"),
         "effective_batch_size": effective_batch_size(trainer.args),
         "world_size": trainer.args.world_size,
-        "checkpoint": find_latest_checkpoint(out),
-        "output_dir": out,
+        "checkpoint": find_latest_checkpoint(spec.paths.run_dir),
+        "best_eval": {"step": best[0], "eval_loss": best[1],
+                      "checkpoint": f"checkpoint-{best[0]}"} if best else None,
+        "output_dir": spec.paths.run_dir,
         "swanlab_run": swanlab_folder,
+        "swanlab_mode": spec.swanlab.mode,
         "log_history": trainer.state.log_history,
-        "trainer": trainer,
     }
-    if is_main:
-        plot = workspace_path("plots", f"train-{profile.name}.png")
-        plot_history(trainer.state.log_history, plot, title=f"{profile.name}: train/loss")
-        summary["plot"] = plot
-        saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items()
-                 if k not in ("trainer", "log_history")}
-        (out / RUN_SUMMARY).write_text(json.dumps(saved, indent=2), encoding="utf-8")
+
+
+def _relative(path: Path | None, spec) -> str | None:
+    """A path in a shared file: relative to the workspace (or the run folder), never a machine path."""
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    for base in (spec.paths.run_dir, spec.paths.workspace):
+        try:
+            return path.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return path.name
+
+
+def save_run_summary(spec, summary: dict) -> Path:
+    """``run_summary.json`` in the run folder; its paths are relative to the run folder or the workspace."""
+    saved = {k: v for k, v in summary.items() if k not in ("trainer", "log_history")}
+    for key in ("checkpoint", "output_dir", "swanlab_run", "plot"):
+        saved[key] = _relative(summary.get(key), spec)
+    saved["spec"] = spec.to_dict()
+    path = spec.paths.run_dir / RUN_SUMMARY
+    path.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def load_run_summary(spec) -> dict:
+    """A finished run's summary read back, paths resolved, with the log history of its last checkpoint."""
+    summary = json.loads((spec.paths.run_dir / RUN_SUMMARY).read_text(encoding="utf-8"))
+    summary["checkpoint"] = spec.paths.run_dir / summary["checkpoint"] if summary.get("checkpoint") else None
+    summary["output_dir"] = spec.paths.run_dir
+    if summary.get("swanlab_run"):
+        summary["swanlab_run"] = spec.paths.workspace / summary["swanlab_run"]
+    if summary.get("plot"):
+        summary["plot"] = spec.paths.workspace / summary["plot"]
+    state = json.loads((summary["checkpoint"] / "trainer_state.json").read_text(encoding="utf-8"))
+    summary["log_history"] = state["log_history"]
     return summary
 
 
 def describe_summary(summary: dict) -> str:
+    from .tracking import sync_command
+
     lines = [
         f"profile            {summary['profile']}",
         f"global step        {summary['global_step']}",
@@ -494,78 +585,48 @@ def describe_summary(summary: dict) -> str:
         f"adapter            {display_path(summary['checkpoint']) if summary['checkpoint'] else '-'}",
         f"checkpoints        {display_path(summary['output_dir'])}",
     ]
+    if summary.get("best_eval"):
+        best = summary["best_eval"]
+        lines.append(f"best eval loss     {best['eval_loss']:.4f} at step {best['step']} ({best['checkpoint']})")
     if summary.get("plot"):
         lines.append(f"loss plot          {display_path(summary['plot'])}")
     if summary.get("swanlab_run"):
-        from .tracking import swanlab_mode, sync_command
-
-        lines.append(f"SwanLab run        {display_path(summary['swanlab_run'])} ({swanlab_mode()})")
-        if swanlab_mode() == "offline":
+        lines.append(f"SwanLab run        {display_path(summary['swanlab_run'])} ({summary.get('swanlab_mode')})")
+        if summary.get("swanlab_mode") != "online":
             lines.append(f"upload it later    {sync_command(summary['swanlab_run'])}")
     return "\n".join(line for line in lines if line)
 
 
-def train_memorisation_adapter() -> Path:
-    """The tiny profile's memorisation adapter, trained fresh once and cached.
-
-    Its run summary (:func:`load_run_summary`) holds the loss history and SwanLab run. It lives in its own folder (``workspace/checkpoints/tiny-memorisation``) and is
-    reused only when it finished with exactly the current ``configs/train/tiny.yaml``;
-    otherwise the old folder is moved aside and a fresh run trains.
-    """
-    config = load_config("tiny")
-    config["output_dir"] = str(workspace_path("checkpoints", "tiny-memorisation"))
-    out = output_dir(config)
-    latest = find_latest_checkpoint(out)
-    stamp = out / "course_config.json"
-    wanted = json.dumps(config, sort_keys=True, default=str)
-    finished = (out / RUN_SUMMARY).is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == wanted
-    if finished and latest is not None and _final_step(latest):
-        swanlab_run = load_run_summary(out).get("swanlab_run")
-        if swanlab_run is None or swanlab_run.is_dir():
-            return latest
-    fresh_run_dir(config)
-    train(config, resume=False)
-    stamp.write_text(wanted, encoding="utf-8")
-    return find_latest_checkpoint(out)
-
-
-def load_run_summary(folder: Path) -> dict:
-    """A finished run's summary read back from disk, with the Trainer's log history of its last checkpoint."""
-    summary = json.loads((Path(folder) / RUN_SUMMARY).read_text(encoding="utf-8"))
-    for key in ("checkpoint", "output_dir", "swanlab_run", "plot"):
-        if summary.get(key):
-            summary[key] = Path(summary[key])
-    state = json.loads((summary["checkpoint"] / "trainer_state.json").read_text(encoding="utf-8"))
-    summary["log_history"] = state["log_history"]
-    return summary
-
-
-def _final_step(checkpoint: Path) -> bool:
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    return state["global_step"] >= state["max_steps"]
-
-
 # --------------------------------------------------------------------------- CLI
 
+
 def main(argv: list[str] | None = None) -> int:
+    from .cli import run_cli
+    from .spec import build_spec
+
     parser = argparse.ArgumentParser(
         prog="python -m helpers.train",
         description="Train the course's LoRA adapter (the same steps as notebook 04).",
     )
-    parser.add_argument("--config", required=True, help="configs/train/tiny.yaml or configs/train/qwen3-8b.yaml")
+    parser.add_argument("--config", help="configs/train/tiny.yaml, qwen3-8b.yaml, ... (default: the profile's own)")
     parser.add_argument("--output-dir", help="where checkpoints go (default workspace/checkpoints/<profile>)")
-    parser.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start fresh: the previous run is moved aside (not deleted) and its path printed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set training.max_steps=20 (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
-    if args.output_dir:
-        config["output_dir"] = args.output_dir
-    config = copy.deepcopy(config)
-    summary = train(config, resume=not args.no_resume)
-    if summary["trainer"].args.process_index == 0:
-        print(describe_summary(summary))
-    return 0
+
+    def work() -> int:
+        spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
+        if is_main_process():
+            print(spec.describe())
+        summary = train(spec, resume=False if args.no_resume else True)
+        if summary["trainer"].args.process_index == 0:
+            print(describe_summary(summary))
+        return 0
+
+    return run_cli(work, debug=args.debug)
 
 
 if __name__ == "__main__":

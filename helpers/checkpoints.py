@@ -1,0 +1,191 @@
+"""Crash-safe checkpoints: the completion marker, its proof, the run lock and moving runs aside.
+
+Plumbing behind notebook 04 and ``python -m helpers.train``:
+
+* after the Trainer saved ``checkpoint-N``, a marker file records the size and sha256 of
+  every file it vouches for. Resume, inference and export verify it; a damaged checkpoint is
+  named with its damaged file and skipped, and the previous complete one is used;
+* a run directory is locked while training (``filelock``), so two trainings never write
+  into one folder; a lock left by a killed process does not block the next run;
+* starting fresh moves the previous run aside (never deletes it) and keeps the last few.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models import sha256_file
+from .workspace import display_path
+
+COMPLETE_MARKER = "checkpoint_complete"
+#: What the trained adapter was trained with (system prompt, max_length, profile, base model).
+RECIPE_FILE = "course_recipe.json"
+LOCK_FILE = ".run.lock"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+#: how many earlier runs ``move_aside`` keeps next to the current one
+KEEP_PREVIOUS_RUNS = 2
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint (missing or damaged), with the reason."""
+
+
+class RunLockedError(RuntimeError):
+    """Another training process is writing into this run directory."""
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(_CHECKPOINT_RE.match(Path(path).name).group(1))
+
+
+def vouched_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != COMPLETE_MARKER)
+
+
+def write_marker(folder: Path, global_step: int) -> Path:
+    """Record size and sha256 of every file in the finished checkpoint, then the marker (atomically)."""
+    folder = Path(folder)
+    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in vouched_files(folder)}
+    marker = folder / COMPLETE_MARKER
+    partial = folder / (COMPLETE_MARKER + ".partial")
+    partial.write_text(json.dumps({"global_step": global_step, "time": time.time(), "files": files}, indent=1),
+                       encoding="utf-8")
+    os.replace(partial, marker)
+    return marker
+
+
+def damaged_file(folder: Path, full: bool = True) -> str | None:
+    """The first problem with a checkpoint folder (None: it proves itself).
+
+    ``full=False`` checks sizes only (fast); ``full=True`` also the sha256 of each file.
+    """
+    folder = Path(folder)
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return "no completion marker (saving was interrupted)"
+    if not (folder / "adapter_model.safetensors").is_file():
+        return "adapter_model.safetensors is missing"
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{COMPLETE_MARKER} is unreadable"
+    files = record.get("files")
+    if files is None:
+        return None  # a marker of the older format: nothing to verify against
+    for name, facts in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != facts["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {facts['size']} were saved (truncated?)"
+        if full and sha256_file(path) != facts["sha256"]:
+            return f"{name} does not match the sha256 recorded when it was saved"
+    return None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return damaged_file(path, full=False) is None
+
+
+@dataclass
+class Found:
+    checkpoint: Path | None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        return [f"skipped {display_path(path)}: {why}" for path, why in self.skipped]
+
+
+def checkpoints_in(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(checkpoint_step(c), c) for c in folder.iterdir() if c.is_dir() and _CHECKPOINT_RE.match(c.name)]
+    return [c for _, c in sorted(found)]
+
+
+def latest_good_checkpoint(folder: Path, full: bool = True) -> Found:
+    """The highest-step checkpoint that proves itself; the damaged ones above it are listed."""
+    result = Found(None)
+    for candidate in reversed(checkpoints_in(folder)):
+        problem = damaged_file(candidate, full=full)
+        if problem is None:
+            result.checkpoint = candidate
+            return result
+        if (candidate / COMPLETE_MARKER).is_file():  # half-written ones are expected after a kill: not news
+            result.skipped.append((candidate, problem))
+    return result
+
+
+def find_latest_checkpoint(folder: Path) -> Path | None:
+    """The highest-step complete ``checkpoint-N`` in ``folder`` (damaged ones are skipped)."""
+    return latest_good_checkpoint(folder, full=False).checkpoint
+
+
+def verified_checkpoint(path: Path) -> Path:
+    """``path`` itself if it proves itself, else a :class:`CheckpointError` naming the damaged file."""
+    problem = damaged_file(path)
+    if problem:
+        raise CheckpointError(f"{display_path(path)} is damaged: {problem}. Use an earlier checkpoint.")
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- the run lock
+
+
+def lock_run(run_dir: Path):
+    """An acquired lock on ``run_dir`` (use as a context manager), or :class:`RunLockedError` at once.
+
+    ``filelock`` uses the operating system's lock, so a killed process leaves no stale lock.
+    """
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir.with_name(run_dir.name + LOCK_FILE)   # beside the run: moving the run aside keeps it
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = lock_path.with_name(lock_path.name + ".pid")
+        who = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "another process"
+        raise RunLockedError(
+            f"{display_path(run_dir)} is being trained into by {who}. Wait for it to finish, stop it, or "
+            "train into another folder (--output-dir).") from None
+    lock_path.with_name(lock_path.name + ".pid").write_text(f"process {os.getpid()}", encoding="utf-8")
+    return lock
+
+
+# --------------------------------------------------------------------------- starting fresh
+
+
+def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | None, list[Path]]:
+    """Move an earlier run to ``<name>-previous-<time>`` (nothing is deleted at first).
+
+    Of those earlier runs the newest ``keep`` stay; older ones are removed (each holds
+    checkpoints of about 0.8 GB for Qwen3-8B). Returns (where the run went, removed runs).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None, []
+    target = run_dir.with_name(f"{run_dir.name}-previous-{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = 1
+    while target.exists():
+        target = run_dir.with_name(f"{run_dir.name}-previous-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+        suffix += 1
+    run_dir.rename(target)
+    previous = sorted(run_dir.parent.glob(f"{run_dir.name}-previous-*"), key=lambda p: p.stat().st_mtime)
+    removed = previous[:-keep] if keep and len(previous) > keep else []
+    for old in removed:
+        shutil.rmtree(old, ignore_errors=True)
+    return target, removed
+
+
+def folder_size_gb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e9

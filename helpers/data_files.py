@@ -1,0 +1,379 @@
+"""Dataset files: the real dataset's download, the encoded training set (with its stamp),
+the held-out split, and the ``datasets.Dataset`` the Trainer reads.
+
+Every file is written to a temporary name in the same folder and renamed on success,
+so a failure (a full disk included) never leaves a half-written file or replaces a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+import unicodedata
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .models import sha256_file
+from .workspace import REPO_ROOT, display_path
+
+#: The team-written 48-row sample (tiny profile). Its first 8 rows are the memorisation subset.
+SAMPLE_PATH = REPO_ROOT / "data" / "huanhuan_sample.json"
+HUANHUAN_SHA256 = "1bbe8b09857274adc58186919622554df7f71dcee8655537f6a8b80993d6e6f3"
+#: The upstream commit whose huanhuan.json has HUANHUAN_SHA256 (the download is pinned to it).
+HUANHUAN_COMMIT = "42c1bff4334f4c21c33e5791f29e9cdca5d47c61"
+HUANHUAN_PINNED_URL = (f"https://raw.githubusercontent.com/datawhalechina/self-llm/{HUANHUAN_COMMIT}/"
+                       "dataset/huanhuan.json")
+
+
+class DatasetDownloadError(RuntimeError):
+    """The real dataset could not be downloaded, or it is not the file the course pins."""
+
+
+class EncodedFileError(ValueError):
+    """An encoded file is unreadable, or it was made with other settings than this run's."""
+
+
+class UnsafeWriteError(ValueError):
+    """A write would destroy a file the command does not own (e.g. OUT is IN)."""
+
+
+# --------------------------------------------------------------------------- safe writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success, remove it on failure."""
+    path = Path(path)
+    if path.is_dir():
+        raise UnsafeWriteError(f"{display_path(path)} is a folder: give a file name to write to.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def refuse_same_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Stop when writing ``target`` would overwrite ``source`` (the same file, links included)."""
+    source, target = Path(source), Path(target)
+    same = source.exists() and target.exists() and os.path.samefile(source, target)
+    if same or source.resolve() == target.resolve():
+        raise UnsafeWriteError(f"the output {target} is the input file itself: it would be overwritten. "
+                               "Write to another file, e.g. workspace/data/train.jsonl.")
+
+
+# --------------------------------------------------------------------------- data sources
+
+
+def real_dataset_path(env: Mapping[str, str]) -> Path:
+    """The real 3,729-row set for tests and benchmarks (their edges pass ``os.environ``).
+
+    ``$HUANHUAN_JSON``, else ``../shared/data/huanhuan.json`` beside the repository.
+    """
+    candidates = [Path(env["HUANHUAN_JSON"]).expanduser()] if env.get("HUANHUAN_JSON") else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "huanhuan.json")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError("The real huanhuan.json (3,729 rows) is needed here. Set HUANHUAN_JSON to its path.")
+
+
+def download_huanhuan(
+    dest: str | os.PathLike,
+    url: str = HUANHUAN_PINNED_URL,
+    sha256: str = HUANHUAN_SHA256,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Download huanhuan.json to ``dest`` (once), verified against ``sha256``.
+
+    The URL is pinned to the upstream commit whose file has that hash, so a later change
+    upstream cannot break the download.
+
+    A cached file with the right hash is reused without any network access. The
+    download goes to a ``.partial`` file that is renamed only after its hash
+    matches, so a failed or corrupted download never replaces a good file.
+    """
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() and sha256_file(dest) == sha256:
+        return dest
+    partial = dest.with_name(dest.name + ".partial")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                while block := response.read(1 << 16):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, OSError) as err:
+        partial.unlink(missing_ok=True)
+        reason = getattr(err, "reason", None) or err
+        raise DatasetDownloadError(
+            f"Could not download {url}: {reason}. Are you offline, or is the host blocked? "
+            f"Either run this where the URL is reachable, or copy huanhuan.json (sha256 {sha256}) "
+            f"to {display_path(dest)} yourself: a file with that hash is used without any download."
+        ) from err
+    actual = digest.hexdigest()
+    if actual != sha256:
+        partial.unlink(missing_ok=True)
+        raise DatasetDownloadError(
+            f"The file downloaded from {url} has sha256 {actual}, but the course pins {sha256}. "
+            "The upstream file may have changed since the course was written (or the download was "
+            f"altered). Use the pinned version ({HUANHUAN_PINNED_URL}), or a local copy with "
+            "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json."
+        )
+    os.replace(partial, dest)
+    return dest
+
+
+def course_dataset_path(spec, progress: bool = True) -> Path:
+    """The spec's training data: the shipped sample, a local file, or the real set (downloaded once)."""
+    path = spec.paths.dataset
+    if path.is_file():
+        return path
+    if spec.origin.get("dataset"):
+        raise DatasetDownloadError(f"The dataset {display_path(path)} (from {spec.origin['dataset']}) does not exist.")
+    if path.name == "huanhuan.json":
+        return download_huanhuan(path, progress=progress)
+    raise DatasetDownloadError(f"The dataset {display_path(path)} does not exist.")
+
+
+# --------------------------------------------------------------------------- encoded files and their stamp
+
+ENCODED_KEYS = ("input_ids", "attention_mask", "labels")
+STAMP_KEY = "__stamp__"
+
+
+def tokenizer_sha256(folder: str | os.PathLike) -> str:
+    """One digest over the tokenizer files that decide the ids (tokenizer.json + tokenizer_config.json)."""
+    digest = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        digest.update(sha256_file(Path(folder) / name).encode())
+    return digest.hexdigest()
+
+
+def encoding_stamp(tokenizer_dir, max_length: int, system_prompt: str | None, source: Path,
+                   max_rows: int | None = None) -> dict:
+    """What an encoded file was made from: settings, tokenizer and source data (by sha256)."""
+    return {
+        "max_length": max_length,
+        "system_prompt": system_prompt,
+        "tokenizer_sha256": tokenizer_sha256(tokenizer_dir),
+        "source_sha256": sha256_file(source),
+        "max_rows": max_rows,
+    }
+
+
+def spec_stamp(spec, source: Path) -> dict:
+    return encoding_stamp(spec.paths.model_dir, spec.data.max_length, spec.data.system_prompt, source,
+                          spec.data.max_rows)
+
+
+def save_encoded(samples: list[dict], path: str | os.PathLike, stamp: dict | None = None) -> Path:
+    """Write the stamp line, then one JSON object per sample (input_ids, attention_mask, labels, row); atomic."""
+    path = Path(path)
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as out:
+        if stamp is not None:
+            out.write(json.dumps({STAMP_KEY: stamp}, ensure_ascii=False) + "\n")
+        for sample in samples:
+            row = {k: sample[k] for k in ENCODED_KEYS}
+            if "row" in sample:
+                row["row"] = sample["row"]
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+    return path
+
+
+def read_stamp(path: str | os.PathLike) -> dict | None:
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        value = json.loads(first)
+    except json.JSONDecodeError:
+        return None
+    return value.get(STAMP_KEY) if isinstance(value, dict) else None
+
+
+def stamp_differences(found: dict | None, wanted: dict) -> list[str]:
+    """Which settings differ between an encoded file's stamp and this run's (empty: the file fits)."""
+    if found is None:
+        return ["the file has no stamp (made by an older version)"]
+    return [f"{key}: file {found.get(key)!r} vs this run {value!r}" for key, value in wanted.items()
+            if found.get(key) != value]
+
+
+def load_encoded(path: str | os.PathLike, expected_stamp: dict | None = None) -> list[dict]:
+    """Read a file written by ``save_encoded``, checking each line (and the stamp, when one is expected)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EncodedFileError(f"the encoded file {display_path(path)} does not exist")
+    if expected_stamp is not None:
+        differences = stamp_differences(read_stamp(path), expected_stamp)
+        if differences:
+            raise EncodedFileError(f"{display_path(path)} was encoded with other settings: {'; '.join(differences)}")
+    samples = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise EncodedFileError(f"{display_path(path)} line {number}: not JSON ({err.msg}). Re-create the "
+                                       "file with `python -m helpers.data encode`.") from None
+            if isinstance(sample, dict) and STAMP_KEY in sample:
+                continue
+            keys = set(sample) - {"row"} if isinstance(sample, dict) else set()
+            lengths = {len(sample.get(k) or []) for k in ENCODED_KEYS} if keys else {0}
+            if keys != set(ENCODED_KEYS) or len(lengths) != 1 or 0 in lengths:
+                raise EncodedFileError(
+                    f"{display_path(path)} line {number}: expected {', '.join(ENCODED_KEYS)} of equal, "
+                    "non-zero length. Re-create the file with `python -m helpers.data encode`.")
+            sample.setdefault("row", len(samples))
+            samples.append(sample)
+    if not samples:
+        raise EncodedFileError(f"{display_path(path)} holds no samples")
+    return samples
+
+
+# --------------------------------------------------------------------------- the held-out split
+
+_PUNCTUATION = re.compile(r"[\s\W_]+", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    """Whitespace-, punctuation- and width-insensitive form of a text (the key that groups duplicates)."""
+    return _PUNCTUATION.sub("", unicodedata.normalize("NFKC", text)).lower()
+
+
+def duplicate_groups(records: list[dict]) -> list[list[int]]:
+    """Rows linked by a shared normalised prompt OR a shared normalised answer (union-find)."""
+    parent = list(range(len(records)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for index, record in enumerate(records):
+        prompt = normalise(record["instruction"] + record.get("input", ""))
+        for key in (("prompt", prompt), ("answer", normalise(record["output"]))):
+            if key[1] == "":
+                continue
+            if key in first:
+                parent[find(index)] = find(first[key])
+            else:
+                first[key] = index
+    groups: dict[int, list[int]] = {}
+    for index in range(len(records)):
+        groups.setdefault(find(index), []).append(index)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[dict]
+    eval: list[dict]
+    train_rows: list[int]       # 0-based indices into the source records
+    eval_rows: list[int]
+    groups: int                 # groups of linked rows in the source
+    eval_groups: int
+    seed: int
+    eval_fraction: float
+
+    def summary(self) -> str:
+        return (f"split (seed {self.seed}, eval_fraction {self.eval_fraction}): {len(self.train)} train rows, "
+                f"{len(self.eval)} held-out rows; {self.groups} groups of rows linked by a shared prompt or "
+                f"answer, {self.eval_groups} of them held out; no group is on both sides")
+
+
+def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, keep_in_train: int = 0) -> Split:
+    """Hold out about ``eval_fraction`` of the rows, whole groups at a time (leak-free), seeded.
+
+    ``keep_in_train``: the first N rows must train (e.g. a memorisation subset); their groups never
+    go to the held-out side, and the training side is then exactly those N rows.
+    """
+    groups = duplicate_groups(records)
+    if keep_in_train:
+        groups = [g for g in groups if min(g) >= keep_in_train]
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    target = round(eval_fraction * len(records))
+    held: list[int] = []
+    held_groups = 0
+    for g in order:
+        if len(held) >= target:
+            break
+        if len(held) + len(groups[g]) > max(target * 1.5, target + 1):
+            continue  # a very large group (e.g. 50 copies of one answer) would overshoot: keep it in train
+        held += groups[g]
+        held_groups += 1
+    held_set = set(held)
+    train_rows = [i for i in range(len(records)) if i not in held_set]
+    if keep_in_train:
+        train_rows = list(range(keep_in_train))
+    eval_rows = sorted(held_set)
+    total_groups = len(duplicate_groups(records))
+    return Split([records[i] for i in train_rows], [records[i] for i in eval_rows], train_rows, eval_rows,
+                 total_groups, held_groups, seed, eval_fraction)
+
+
+def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = None) -> list[Path]:
+    """``train.json`` and ``eval.json`` (the input's record format) plus ``split.json`` (seed, source sha256)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UnsafeWriteError(f"{display_path(out_dir)} is a file, not a folder")
+    if source is not None:
+        for name in ("train.json", "eval.json"):
+            if (out_dir / name).exists() and Path(source).exists() and os.path.samefile(source, out_dir / name):
+                raise UnsafeWriteError(f"{display_path(out_dir / name)} is the input file itself")
+    written = []
+    meta = {"seed": split.seed, "eval_fraction": split.eval_fraction, "train_rows": len(split.train),
+            "eval_rows": len(split.eval), "groups": split.groups, "eval_groups": split.eval_groups,
+            "source_sha256": sha256_file(source) if source else None,
+            "eval_row_numbers": [i + 1 for i in split.eval_rows]}
+    for name, value in (("train.json", split.train), ("eval.json", split.eval), ("split.json", meta)):
+        with atomic_path(out_dir / name) as temporary:
+            temporary.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
+        written.append(out_dir / name)
+    return written
+
+
+def to_dataset(samples: list[dict]):
+    """A ``datasets.Dataset`` with the columns the Trainer needs (input_ids, attention_mask, labels).
+
+    Built as Arrow columns directly (int64 lists; the all-ones attention mask shares the
+    offsets of ``input_ids``), about twice as fast as ``Dataset.from_dict``.
+    """
+    import numpy as np
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    int_lists = pa.list_(pa.int64())
+    input_ids = pa.array([s["input_ids"] for s in samples], type=int_lists)
+    labels = pa.array([s["labels"] for s in samples], type=int_lists)
+    if any(sum(s["attention_mask"]) != len(s["attention_mask"]) for s in samples):
+        mask = pa.array([s["attention_mask"] for s in samples], type=int_lists)
+    else:
+        mask = pa.ListArray.from_arrays(input_ids.offsets, pa.array(np.ones(len(input_ids.values), np.int64)))
+    table = pa.table({"input_ids": input_ids, "attention_mask": mask, "labels": labels})
+    return Dataset(InMemoryTable(table))
+
+

@@ -1,0 +1,118 @@
+"""How much of a padded batch is padding: random vs length-grouped batches vs packing.
+
+Notebook 03 shows the table on the course data; notebook 04 explains why the course trains
+padding-free (``DataCollatorWithFlattening``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: The batching notebook 04 trains with: padding-free packing (DataCollatorWithFlattening).
+RECOMMENDED_BATCHING = "packing"
+
+# --------------------------------------------------------------------------- lengths and padding
+
+
+def length_stats(lengths: Sequence[int]) -> dict[str, float]:
+    """rows, mean and nearest-rank percentiles p50/p90/p99 and max of token lengths."""
+    ordered = sorted(lengths)
+    rank = lambda q: ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]  # noqa: E731
+    return {"rows": len(ordered), "mean": sum(ordered) / len(ordered),
+            "p50": rank(50), "p90": rank(90), "p99": rank(99), "max": ordered[-1]}
+
+
+@dataclass(frozen=True)
+class PaddingRow:
+    """Tokens one epoch computes with one batching strategy."""
+
+    strategy: str
+    description: str
+    computed: int
+    real: int
+
+    @property
+    def padding(self) -> int:
+        return self.computed - self.real
+
+    @property
+    def padding_share(self) -> float:
+        return self.padding / self.computed
+
+
+def _padded_tokens(order: Sequence[int], lengths: Sequence[int], batch_size: int) -> int:
+    total = 0
+    for start in range(0, len(order), batch_size):
+        batch = [lengths[i] for i in order[start:start + batch_size]]
+        total += max(batch) * len(batch)
+    return total
+
+
+def random_order(n: int, seed: int = 0) -> list[int]:
+    """A shuffled epoch order (Python's ``random.Random(seed)``).
+
+    With seed 0 this is the order behind the shared README's figure for the original
+    encoding (379,557 tokens per epoch); ``expected_padded_tokens`` gives the average
+    over all orders, so the seed is not cherry-picked.
+    """
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def expected_padded_tokens(lengths: Sequence[int], batch_size: int = 4) -> float:
+    """Exact mean, over all random orders, of the tokens computed when each batch is padded to its longest."""
+    ordered, n = sorted(lengths), len(lengths)
+
+    def mean_max(k: int) -> float:  # element i is the max of a k-subset in C(i, k-1) of C(n, k) cases
+        return sum(x * math.comb(i, k - 1) for i, x in enumerate(ordered)) / math.comb(n, k)
+
+    full, rest = divmod(n, batch_size)
+    return full * batch_size * mean_max(batch_size) + (rest * mean_max(rest) if rest else 0.0)
+
+
+def length_grouped_order(lengths: Sequence[int], group_size: int, seed: int = 0) -> list[int]:
+    """The epoch order of transformers' own ``LengthGroupedSampler`` (``group_by_length``).
+
+    The Trainer passes ``per_device_train_batch_size * gradient_accumulation_steps``
+    as its batch size: rows are sorted by length inside random mega-batches of 50 of those.
+    """
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    generator = torch.Generator().manual_seed(seed)
+    return list(LengthGroupedSampler(group_size, lengths=list(lengths), generator=generator))
+
+
+def padding_table(
+    lengths: Sequence[int], batch_size: int = 4, seed: int = 0, gradient_accumulation_steps: int = 1
+) -> list[PaddingRow]:
+    """Tokens computed per epoch: random batches, length-grouped batches, padding-free packing."""
+    real = sum(lengths)
+    grouped = length_grouped_order(lengths, batch_size * gradient_accumulation_steps, seed)
+    return [
+        PaddingRow("random", f"random batches of {batch_size}, padded to the longest",
+                   _padded_tokens(random_order(len(lengths), seed), lengths, batch_size), real),
+        PaddingRow("group_by_length", "length-grouped batches (LengthGroupedSampler)",
+                   _padded_tokens(grouped, lengths, batch_size), real),
+        # DataCollatorWithFlattening concatenates a batch into one row: no padding at all.
+        PaddingRow("packing", "padding-free packing (DataCollatorWithFlattening)", real, real),
+    ]
+
+
+def format_padding_table(rows: list[PaddingRow], relative_to_first: bool = False) -> str:
+    """The padding table as text; ``relative_to_first`` adds each row's computed tokens / the first row's."""
+    width = max(len(r.description) for r in rows)
+    extra = f"  {'vs first':>9}" if relative_to_first else ""
+    lines = [f"{'batching':<{width}}  {'computed':>9}  {'real':>9}  {'padding':>8}  {'share':>6}{extra}"]
+    for r in rows:
+        ratio = f"  {r.computed / rows[0].computed:>8.3f}x" if relative_to_first else ""
+        mark = "  <- recommended" if r.strategy == RECOMMENDED_BATCHING else ""
+        lines.append(f"{r.description:<{width}}  {r.computed:>9,}  {r.real:>9,}  {r.padding:>8,}  "
+                     f"{r.padding_share:>6.1%}{ratio}{mark}")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,566 @@
+"""The run spec: every course setting, resolved once, at the edge.
+
+A notebook's first cell, each CLI's ``main`` and the test fixtures call
+:func:`build_spec`; everything below them receives the frozen :class:`RunSpec`
+and never reads the environment for course settings.
+
+Where a setting comes from (the precedence rule, written once here):
+
+1. ``--set section.key=value`` overrides on the command line (or ``overrides=``);
+2. the training config (YAML). Its ``profile:`` is authoritative for that file;
+3. environment variables (``QWEN3_TUTORIAL_*``), which beat
+4. the git-ignored settings file ``course-settings.yaml`` at the repository root
+   (written by notebook 00 or ``python -m helpers.environment setup``), so a
+   JupyterLab kernel started without your shell's variables still sees them;
+5. the course defaults.
+
+The profile variable (or settings file) chooses WHICH config is used when none is
+given. When a config is given and the variable names a different profile, the spec
+is refused with a message naming both and the fix (``random8b`` may use the ``full``
+recipe: same numbers, random weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from .profiles import PROFILES, Profile
+from .workspace import REPO_ROOT, display_path
+
+# --------------------------------------------------------------------------- names of the settings
+
+PROFILE_ENV = "QWEN3_TUTORIAL_PROFILE"
+WORKSPACE_ENV = "QWEN3_TUTORIAL_WORKSPACE"
+MODEL_DIR_ENV = "QWEN3_TUTORIAL_MODEL_DIR"
+DATASET_ENV = "QWEN3_TUTORIAL_DATASET"
+ADAPTER_DIR_ENV = "QWEN3_TUTORIAL_ADAPTER_DIR"
+SWANLAB_MODE_ENV = "QWEN3_TUTORIAL_SWANLAB_MODE"
+
+#: The git-ignored settings file at the repository root (YAML, flat keys).
+SETTINGS_FILE = REPO_ROOT / "course-settings.yaml"
+#: settings-file key -> environment variable that beats it
+SETTINGS_KEYS = {
+    "profile": PROFILE_ENV,
+    "workspace": WORKSPACE_ENV,
+    "model_dir": MODEL_DIR_ENV,
+    "dataset": DATASET_ENV,
+    "adapter_dir": ADAPTER_DIR_ENV,
+    "swanlab_mode": SWANLAB_MODE_ENV,
+}
+
+CONFIG_DIR = REPO_ROOT / "configs" / "train"
+DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
+DEFAULT_MAX_LENGTH = 1024
+SWANLAB_MODES = ("offline", "online", "local", "disabled")
+BATCHINGS = ("packed", "padded", "grouped")
+QUANTIZATIONS = (None, "nf4")
+
+
+class SpecError(ValueError):
+    """A course setting is wrong; the message names the setting and the fix."""
+
+
+# --------------------------------------------------------------------------- typed sections
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "course"            # "course" (the profile's dataset) or a path to a JSON/JSONL file
+    max_rows: int | None = None       # train on the first N rows only (None: all)
+    max_length: int = DEFAULT_MAX_LENGTH  # longest sample in tokens; longer rows are dropped
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    eval_fraction: float = 0.0        # share of the rows held out for evaluation (grouped, leak-free)
+    split_seed: int = 42              # seed of the held-out split
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class SwanLabSpec:
+    project: str = "qwen3-8b-huanhuan-lora"
+    experiment_name: str = "qwen3-8b-lora"
+    mode: str = "offline"             # offline | online | local | disabled (resolved: see tracking)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Paths:
+    workspace: Path
+    model_dir: Path        # the base model directory (config.json, tokenizer, weights)
+    dataset: Path | None   # the data file to train on (None: downloaded on first use)
+    encoded: Path          # the encoded training set (notebook 03 / `helpers.data encode`)
+    split_dir: Path        # train.json / eval.json of the held-out split
+    run_dir: Path          # checkpoints, sample log, run summary
+    export_dir: Path       # the merged model
+    plots: Path
+    swanlog: Path
+    adapter_dir: Path | None  # an adapter chosen by the user (skip ahead); None: the run's latest
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    profile: Profile
+    config_file: Path
+    data: DataSpec
+    lora: LoraSpec
+    training: Mapping            # keyword arguments for transformers.TrainingArguments (read-only)
+    batching: str
+    quantization: str | None
+    swanlab: SwanLabSpec
+    paths: Paths
+    #: where each top-level choice came from, for the banner
+    origin: Mapping = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    def describe(self) -> str:
+        """A short report (Chinese) of what this run will use and why."""
+        lines = [
+            f"[配置] {self.profile.name}: {self.profile.description}",
+            f"  选择依据: {self.origin.get('profile', '-')}",
+            f"  训练配置: {display_path(self.config_file)}",
+            f"  工作目录: {display_path(self.paths.workspace)}",
+            f"  模型目录: {display_path(self.paths.model_dir)}",
+        ]
+        if self.quantization:
+            lines.append(f"  量化: {self.quantization} (QLoRA)")
+        if self.profile.name == "tiny":
+            lines.append("  注意: tiny 模型的回答没有 Qwen3-8B 的水平，它只证明整条流程是对的。"
+                         f"在 GPU 机器上设置 {PROFILE_ENV}=full 使用真正的模型。")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-ready values; paths relative to the workspace or repository (never machine paths)."""
+        return {
+            "profile": self.profile.name,
+            "config_file": display_path(self.config_file),
+            "data": dataclasses.asdict(self.data),
+            "lora": {**dataclasses.asdict(self.lora), "target_modules": list(self.lora.target_modules)},
+            "training": dict(self.training),
+            "batching": self.batching,
+            "quantization": self.quantization,
+            "swanlab": dataclasses.asdict(self.swanlab),
+        }
+
+    def replace(self, **changes) -> RunSpec:
+        return dataclasses.replace(self, **changes)
+
+    def with_run_dir(self, run_dir: str | os.PathLike) -> RunSpec:
+        return self.replace(paths=dataclasses.replace(self.paths, run_dir=Path(run_dir).expanduser().resolve()))
+
+
+# --------------------------------------------------------------------------- settings file and environment
+
+
+def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
+    """The settings file's values ({} when there is none)."""
+    import yaml
+
+    if not Path(path).is_file():
+        return {}
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{display_path(path)} is not valid YAML ({err}). Fix or delete it.") from None
+    if not isinstance(values, dict):
+        raise SpecError(f"{display_path(path)} must hold `key: value` lines.")
+    unknown = sorted(set(values) - set(SETTINGS_KEYS))
+    if unknown:
+        raise SpecError(f"{display_path(path)}: unknown setting {unknown[0]!r}{_suggest(unknown[0], SETTINGS_KEYS)}. "
+                        f"Known: {', '.join(SETTINGS_KEYS)}.")
+    return {k: str(v) for k, v in values.items() if v not in (None, "")}
+
+
+def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | None = SETTINGS_FILE) -> dict:
+    """Each setting's value and where it came from: {key: (value, origin)}; environment beats the file."""
+    env = os.environ if env is None else env
+    from_file = read_settings_file(settings_file) if settings_file else {}
+    out = {}
+    for key, variable in SETTINGS_KEYS.items():
+        if env.get(variable, "").strip():
+            out[key] = (env[variable].strip(), f"环境变量 {variable}")
+        elif key in from_file:
+            out[key] = (from_file[key], f"设置文件 {display_path(settings_file)}")
+    return out
+
+
+# --------------------------------------------------------------------------- the precedence rule
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return torch.cuda.is_available()
+
+
+def choose_profile(requested: str | None, file_profile: str | None, *, cuda: bool,
+                   requested_origin: str = PROFILE_ENV, config_file: Path | None = None) -> tuple[Profile, str]:
+    """The precedence rule for the profile. Returns (profile, why)."""
+    requested = (requested or "").strip().lower() or None
+    if requested is not None and requested != "auto" and requested not in PROFILES:
+        raise SpecError(f"{requested_origin}={requested!r} is not a profile. "
+                        f"Choose one of: {', '.join([*PROFILES, 'auto'])}.")
+    if file_profile is not None:
+        if file_profile not in PROFILES:
+            raise SpecError(f"{display_path(config_file)}: profile {file_profile!r} is not a profile. "
+                            f"Choose one of: {', '.join(PROFILES)}.")
+        if requested in (None, "auto") or requested == file_profile:
+            return PROFILES[file_profile], f"由训练配置 {display_path(config_file)} 指定"
+        if PROFILES[requested].recipe == file_profile:
+            return PROFILES[requested], (f"{requested_origin}={requested}（使用 {file_profile} 的训练配方 "
+                                         f"{display_path(config_file)}）")
+        raise SpecError(
+            f"{requested_origin}={requested} contradicts {display_path(config_file)}, which says profile: "
+            f"{file_profile}. Either use the config made for {requested} "
+            f"(configs/train/{PROFILES[requested].train_config}.yaml), or unset {requested_origin}."
+        )
+    if requested in (None, "auto"):
+        profile = PROFILES["full" if cuda else "tiny"]
+        why = "auto: 找到 CUDA GPU" if cuda else "auto: 没有 CUDA GPU，tiny 配置在 CPU 上运行同样的代码"
+        return profile, why
+    return PROFILES[requested], f"由 {requested_origin}={requested} 指定"
+
+
+# --------------------------------------------------------------------------- config validation
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+TOP_LEVEL_KEYS = ("profile", "data", "batching", "quantization", "lora", "training", "swanlab", "output_dir")
+
+
+def _training_fields() -> dict:
+    """TrainingArguments' own field names and types (the library is the schema)."""
+    from transformers import TrainingArguments
+
+    return {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _coerce(value, kind: type, dotted: str):
+    """Turn YAML's value into ``kind`` (YAML 1.1 reads ``1e-4`` as text)."""
+    if value is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        raise SpecError(f"{dotted} must be true or false, not {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise SpecError(f"{dotted} must be a whole number, not {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise SpecError(f"{dotted} must be a whole number, not {value!r}") from None
+        if number != int(number):
+            raise SpecError(f"{dotted} must be a whole number, not {value!r}")
+        return int(number)
+    if kind is float:
+        if isinstance(value, bool):
+            raise SpecError(f"{dotted} must be a number, not {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SpecError(f"{dotted} must be a number, not {value!r}") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{dotted} must be text, not {value!r}")
+        return value
+    return value
+
+
+def _annotation_kind(annotation) -> type | None:
+    text = str(annotation)
+    for name, kind in (("bool", bool), ("float", float), ("int", int)):
+        if text.startswith(name) or f"[{name}" in text or text.startswith(f"Optional[{name}"):
+            return kind
+    if text in ("str", "str | None", "Optional[str]"):
+        return str
+    return None
+
+
+#: course-only training keys that are not TrainingArguments fields
+COURSE_TRAINING_KEYS = {"eval_every_epoch": bool}
+
+#: (dotted key, predicate, what it must be)
+RANGES = (
+    ("data.max_length", lambda v: v >= 1, "at least 1"),
+    ("data.max_rows", lambda v: v is None or v >= 1, "at least 1, or null for all rows"),
+    ("data.eval_fraction", lambda v: 0 <= v < 1, "between 0 and 1 (0: no held-out split)"),
+    ("lora.r", lambda v: v >= 1, "at least 1"),
+    ("lora.lora_alpha", lambda v: v > 0, "positive"),
+    ("lora.lora_dropout", lambda v: 0 <= v < 1, "between 0 and 1"),
+    ("training.per_device_train_batch_size", lambda v: v >= 1, "at least 1"),
+    ("training.gradient_accumulation_steps", lambda v: v >= 1, "at least 1"),
+    ("training.learning_rate", lambda v: 0 < v < 1, "between 0 and 1 (e.g. 1e-4)"),
+    ("training.num_train_epochs", lambda v: v > 0, "positive"),
+    ("training.logging_steps", lambda v: v > 0, "positive"),
+    ("training.save_steps", lambda v: v > 0, "positive"),
+    ("training.save_total_limit", lambda v: v is None or v >= 1, "at least 1, or null to keep all"),
+)
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Check every key and type of a training config; return it with numbers as numbers.
+
+    Unknown keys (with a close-match suggestion), wrong types and out-of-range values stop
+    here, before any tokenizer or model loads, with the key's dotted name.
+    """
+    if not isinstance(config, dict):
+        raise SpecError(f"{source}: a training config is a YAML mapping (sections data, lora, training, ...)")
+    out = {}
+    for key, value in config.items():
+        if key not in TOP_LEVEL_KEYS:
+            raise SpecError(f"{source}: unknown key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}")
+        out[key] = value
+    sections = {
+        "data": {f.name: f.type for f in dataclasses.fields(DataSpec)},
+        "lora": {f.name: f.type for f in dataclasses.fields(LoraSpec)},
+        "swanlab": {"project": "str", "experiment_name": "str", "enabled": "bool"},
+    }
+    for section, schema in sections.items():
+        values = out.get(section) or {}
+        if not isinstance(values, dict):
+            raise SpecError(f"{source}: {section} must be a mapping of keys")
+        checked = {}
+        for key, value in values.items():
+            if key not in schema:
+                raise SpecError(f"{source}: unknown key {section}.{key}{_suggest(key, schema)}")
+            kind = _annotation_kind(schema[key])
+            if key == "target_modules":
+                if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+                    raise SpecError(f"{source}: lora.target_modules must be a list of module names")
+                value = tuple(value)
+            elif kind is not None:
+                value = _coerce(value, kind, f"{section}.{key}")
+            checked[key] = value
+        out[section] = checked
+    training = out.get("training") or {}
+    if not isinstance(training, dict):
+        raise SpecError(f"{source}: training must be a mapping of TrainingArguments keys")
+    fields = _training_fields()
+    checked = {}
+    for key, value in training.items():
+        if key in COURSE_TRAINING_KEYS:
+            checked[key] = _coerce(value, COURSE_TRAINING_KEYS[key], f"training.{key}")
+            continue
+        if key not in fields:
+            raise SpecError(f"{source}: unknown key training.{key}{_suggest(key, fields)} "
+                            "(training takes transformers.TrainingArguments keys)")
+        kind = _annotation_kind(fields[key])
+        checked[key] = _coerce(value, kind, f"training.{key}") if kind else value
+    out["training"] = checked
+    batching = out.get("batching", "packed")
+    if batching not in BATCHINGS:
+        raise SpecError(f"{source}: batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
+    if out.get("quantization") not in QUANTIZATIONS:
+        raise SpecError(f"{source}: quantization must be null or nf4, not {out.get('quantization')!r}")
+    for dotted, ok, must in RANGES:
+        section, key = dotted.split(".")
+        if key in (out.get(section) or {}):
+            value = out[section][key]
+            if (value is None and "null" not in must) or (value is not None and not ok(value)):
+                raise SpecError(f"{source}: {dotted}={value!r} must be {must}")
+    return out
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], object]]:
+    """``section.key=value`` strings into (path, value); values are read as YAML."""
+    import yaml
+
+    parsed = []
+    for item in overrides or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item!r} must look like section.key=value (e.g. training.max_steps=20)")
+        try:
+            parsed.append((key.strip().split("."), yaml.safe_load(value)))
+        except yaml.YAMLError:
+            parsed.append((key.strip().split("."), value))
+    return parsed
+
+
+def read_config(path: Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"--config {display_path(path)} is a folder; pass a YAML file such as configs/train/tiny.yaml")
+    if not path.is_file():
+        known = ", ".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml")))
+        raise SpecError(f"--config {path}: no such file. The course's configs: {known} (in configs/train/)")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SpecError(f"--config {display_path(path)} is not valid YAML: {err}") from None
+    return config or {}
+
+
+# --------------------------------------------------------------------------- building the spec
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    return path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def build_spec(
+    config: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    profile: str | None = None,
+    env: Mapping[str, str] | None = None,
+    settings_file: Path | None = SETTINGS_FILE,
+    output_dir: str | os.PathLike | None = None,
+    cuda: bool | None = None,
+) -> RunSpec:
+    """Resolve every course setting into one frozen :class:`RunSpec` (see the module docstring).
+
+    ``config``: a YAML path (absolute, or relative to the working directory or the repository);
+    None: the chosen profile's own config. ``profile``: a profile chosen by the caller (a CLI flag),
+    taking the variable's place in the precedence rule.
+    """
+    env = os.environ if env is None else env
+    settings = course_settings(env, settings_file)
+    cuda = cuda_available() if cuda is None else cuda
+    requested, requested_origin = (profile, "--profile") if profile else settings.get("profile", (None, PROFILE_ENV))
+    if requested_origin.startswith("环境变量 ") or requested_origin.startswith("设置文件 "):
+        requested_origin = PROFILE_ENV if requested_origin.startswith("环境变量 ") else \
+            f"profile in {display_path(settings_file)}"
+
+    if config is not None:
+        path = Path(config).expanduser()
+        if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+            path = REPO_ROOT / path
+        path = path.resolve()
+        raw = read_config(path)
+        if not isinstance(raw, dict):
+            raise SpecError(f"{display_path(path)}: a training config is a YAML mapping")
+        file_profile = raw.get("profile")
+        chosen, why = choose_profile(requested, file_profile, cuda=cuda, requested_origin=requested_origin,
+                                     config_file=path)
+    else:
+        chosen, why = choose_profile(requested, None, cuda=cuda, requested_origin=requested_origin)
+        path = CONFIG_DIR / f"{chosen.train_config}.yaml"
+        raw = read_config(path)
+    raw = dict(raw)
+    for keys, value in parse_overrides(overrides):
+        target = raw
+        for part in keys[:-1]:
+            nxt = target.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {} if nxt is None else nxt
+                target[part] = dict(nxt) if isinstance(nxt, dict) else nxt
+            target[part] = dict(target[part]) if isinstance(target[part], dict) else target[part]
+            target = target[part]
+            if not isinstance(target, dict):
+                raise SpecError(f"--set {'.'.join(keys)}: {part} is not a section")
+        target[keys[-1]] = value
+    checked = validate_config(raw, source=display_path(path))
+    if checked.get("profile") not in (None, chosen.name, chosen.recipe):
+        # an override changed profile: after the file was read; apply the rule again
+        chosen, why = choose_profile(requested, checked["profile"], cuda=cuda, requested_origin=requested_origin,
+                                     config_file=path)
+
+    swanlab_raw = checked.get("swanlab") or {}
+    swanlab = SwanLabSpec(
+        project=swanlab_raw.get("project", SwanLabSpec.project),
+        experiment_name=swanlab_raw.get("experiment_name", SwanLabSpec.experiment_name),
+        mode=resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env),
+        enabled=swanlab_raw.get("enabled", True) and bool(checked.get("swanlab")),
+    )
+    paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"))
+    return RunSpec(
+        profile=chosen,
+        config_file=path,
+        data=DataSpec(**checked.get("data", {})),
+        lora=LoraSpec(**checked.get("lora", {})),
+        training=MappingProxyType(dict(checked.get("training", {}))),
+        batching=checked.get("batching", "packed"),
+        quantization=checked.get("quantization"),
+        swanlab=swanlab,
+        paths=paths,
+        origin=MappingProxyType({"profile": why, **{k: v[1] for k, v in settings.items()}}),
+    )
+
+
+def resolve_swanlab_mode(forced: str | None, env: Mapping[str, str]) -> str:
+    """offline | online | local | disabled: a forced mode, else online when a key is known."""
+    forced = (forced or "").strip().lower()
+    has_key = bool(env.get("SWANLAB_API_KEY")) or saved_swanlab_login()
+    if forced:
+        if forced not in SWANLAB_MODES:
+            raise SpecError(f"{SWANLAB_MODE_ENV}={forced!r}: choose one of {', '.join(SWANLAB_MODES)}")
+        if forced == "online" and not has_key:
+            raise SpecError(
+                "SwanLab online mode needs an API key: run `swanlab login` in a terminal once (it is saved "
+                f"for every kernel), or set SWANLAB_API_KEY. Or choose {SWANLAB_MODE_ENV}=offline."
+            )
+        return forced
+    return "online" if has_key else "offline"
+
+
+def saved_swanlab_login() -> bool:
+    """Whether `swanlab login` saved a key on this machine (swanlab's own netrc)."""
+    try:
+        from swanlab.core_python.auth import get_key  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        from swanlab.env import get_save_dir
+
+        folder = Path(get_save_dir())
+    except Exception:  # noqa: BLE001 - an old or odd swanlab: no saved key
+        return False
+    netrc = folder / ".netrc"
+    return netrc.is_file() and "password" in netrc.read_text(encoding="utf-8", errors="ignore")
+
+
+def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None) -> Paths:
+    workspace = _absolute(settings["workspace"][0]) if "workspace" in settings else REPO_ROOT / "workspace"
+    models = workspace / "models"
+    if "model_dir" in settings and profile.source == "modelscope":
+        model_dir = _absolute(settings["model_dir"][0])
+    elif profile.source == "modelscope":
+        model_dir = models / "modelscope" / "Qwen" / "Qwen3-8B"
+    else:
+        model_dir = models / profile.model_dirname
+    if "dataset" in settings:
+        dataset = _absolute(settings["dataset"][0])
+    elif profile.dataset == "sample":
+        dataset = REPO_ROOT / "data" / "huanhuan_sample.json"
+    else:
+        dataset = workspace / "data" / "huanhuan.json"
+    run_dir = _absolute(output_dir) if output_dir else workspace / "checkpoints" / profile.name
+    return Paths(
+        workspace=workspace,
+        model_dir=model_dir,
+        dataset=dataset,
+        encoded=workspace / "data" / f"train-{profile.name}.jsonl",
+        split_dir=workspace / "data" / f"split-{profile.name}",
+        run_dir=run_dir,
+        export_dir=workspace / "export" / f"{profile.name}-merged",
+        plots=workspace / "plots",
+        swanlog=workspace / "swanlog",
+        adapter_dir=_absolute(settings["adapter_dir"][0]) if "adapter_dir" in settings else None,
+    )
