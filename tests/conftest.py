@@ -1,36 +1,51 @@
-"""Shared fixtures: the real dataset from ../shared and the tiny model directory."""
+"""Shared fixtures: the run spec of the tiny profile, its model, the real dataset and the
+memorisation adapter.
+
+The spec is built here, at the edge, from an empty environment and no settings file, so a
+developer's own settings never change what the tests see.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
+
+from helpers.workspace import REPO_ROOT
+
+
+def tiny_spec_for(run_dir: Path | None = None, config: str | None = None, overrides=(), **env):
+    """A tiny-profile spec from an explicit environment (``env`` may relocate the workspace)."""
+    from helpers.spec import build_spec
+
+    return build_spec(config, overrides, profile=None if config else "tiny", env=env, settings_file=None,
+                      output_dir=run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    return tiny_spec_for()
 
 
 @pytest.fixture(scope="session")
 def huanhuan_path() -> Path:
     """The real 3,729-row huanhuan.json (never committed): $HUANHUAN_JSON or ../shared/data."""
-    from helpers.data import real_dataset_path
+    from helpers.data_files import real_dataset_path
 
     try:
-        return real_dataset_path()
+        return real_dataset_path(os.environ)
     except FileNotFoundError as err:
         pytest.fail(f"The real dataset is required for the test suite. {err}")
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_model_dir) -> Path:
-    """The tiny profile's memorisation adapter (trained fresh once, cached in the workspace)."""
-    from helpers.train import train_memorisation_adapter
+def tiny_model_dir(tiny_spec) -> Path:
+    from helpers.download import prepare_model
 
-    return train_memorisation_adapter()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir() -> Path:
-    from helpers.download import build_tiny_model
-
-    return build_tiny_model()
+    return prepare_model(tiny_spec)
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +53,37 @@ def tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def code_fingerprint(spec) -> str:
+    """The spec plus every file of code and config that a training run depends on."""
+    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True, default=str).encode())
+    files = sorted((REPO_ROOT / "helpers").glob("*.py")) + [spec.config_file, REPO_ROOT / "data" / "huanhuan_sample.json"]
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def memorised_run(tiny_model_dir):
+    """The tiny profile's memorisation run: (spec, summary).
+
+    Reused only when it was made by exactly this code, config and data (a fingerprint of all of
+    them is stored beside it); otherwise it is trained again from scratch.
+    """
+    from helpers import train
+
+    spec = tiny_spec_for(REPO_ROOT / "workspace" / "checkpoints" / "tiny-memorisation")
+    stamp = spec.paths.run_dir / "code_fingerprint.txt"
+    wanted = code_fingerprint(spec)
+    if not (stamp.is_file() and stamp.read_text() == wanted and (spec.paths.run_dir / train.RUN_SUMMARY).is_file()):
+        train.train(spec, resume=False)
+        stamp.write_text(wanted)
+    return spec, train.load_run_summary(spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(memorised_run) -> Path:
+    """The memorisation adapter: the final checkpoint of :func:`memorised_run`."""
+    return memorised_run[1]["checkpoint"]
