@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import ipywidgets as widgets
 
-from .spec import DEFAULT_SYSTEM_PROMPT
 from .inference import (
     QWEN3_SAMPLING,
     GenerationSettings,
@@ -33,6 +32,7 @@ from .inference import (
     split_thinking,
     stream_generate,
 )
+from .spec import DEFAULT_SYSTEM_PROMPT
 
 #: CSS classes on the parts of the app (the browser test finds them by these).
 CSS = {

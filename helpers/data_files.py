@@ -377,3 +377,12 @@ def to_dataset(samples: list[dict]):
     return Dataset(InMemoryTable(table))
 
 
+
+
+def load_split(spec) -> tuple[list[dict], list[dict]]:
+    """The (training, held-out) records of the spec's split, as training saved them."""
+    folder = spec.paths.split_dir
+    if not (folder / "train.json").is_file():
+        raise EncodedFileError(f"no split in {display_path(folder)} yet: training (or `train.training_data`) "
+                               "writes it")
+    return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in ("train.json", "eval.json"))

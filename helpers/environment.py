@@ -305,3 +305,25 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def gpu_memory_report() -> str:
+    """How much GPU memory this kernel holds (Chinese), and how to give it back."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "没有 GPU：这个内核不占显存。"
+    held = torch.cuda.memory_reserved() / 1e9
+    return (f"这个内核占着 {held:.1f} GB 显存。进入下一课之前请关闭它：Kernel → Shut Down Kernel"
+            "（否则下一课加载模型时显存不够）。")
+
+
+def warn_if_gpu_busy(threshold_gb: float = 2.0) -> str | None:
+    """For a notebook's first cell: warn when another process holds GPU memory; returns the warning."""
+    held = gpu_memory_held_by_others()
+    if held is None or held < threshold_gb:
+        return None
+    message = (f"注意：另一个进程（多半是上一课还没关闭的内核）占着 {held:.1f} GB 显存。"
+               "请先在那个笔记本里 Kernel → Shut Down Kernel，或用 nvidia-smi 找到它，再运行本课。")
+    print(message)
+    return message

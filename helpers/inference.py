@@ -444,3 +444,9 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
                                                     ensure_ascii=False, indent=1), encoding="utf-8")
     partial.rename(target)
     return target
+
+
+def vllm_command(export_dir: Path) -> str:
+    """The command that serves an exported model with vLLM (printed, not run here)."""
+    return (f"vllm serve {display_path(export_dir)} --served-model-name huanhuan "
+            "--max-model-len 8192 --reasoning-parser qwen3 --host 127.0.0.1")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class Profile:
     """What one profile uses: model source, precision, data and training sizes."""
@@ -53,7 +54,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "full": Profile(
         name="full",
-        description="Qwen/Qwen3-8B from ModelScope, bf16, device_map='auto' (needs a GPU with ~24 GB)",
+        description="从 ModelScope 下载的 Qwen/Qwen3-8B，bf16（需要约 24 GB 显存的 GPU；16 GB 用 QLoRA）",
         model_dirname="Qwen3-8B",
         source="modelscope",
         weights="pretrained",
@@ -64,7 +65,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "tiny": Profile(
         name="tiny",
-        description="real Qwen3 tokenizer + tiny random Qwen3 (CPU, offline, minutes)",
+        description="真实的 Qwen3 分词器 + 随机初始化的迷你 Qwen3（CPU、离线、几分钟）",
         model_dirname="tiny-qwen3",
         source="tiny",
         weights="pretrained",
@@ -75,7 +76,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "random8b": Profile(
         name="random8b",
-        description="real Qwen3-8B architecture, random bf16 weights (GPU smoke tests and benchmarks)",
+        description="真实的 Qwen3-8B 结构 + 随机 bf16 权重（GPU 冒烟测试与性能基准）",
         model_dirname="Qwen3-8B-random",
         source="config-only",
         weights="random",

@@ -299,9 +299,6 @@ def _annotation_kind(annotation) -> type | None:
     return None
 
 
-#: course-only training keys that are not TrainingArguments fields
-COURSE_TRAINING_KEYS = {"eval_every_epoch": bool}
-
 #: (dotted key, predicate, what it must be)
 RANGES = (
     ("data.max_length", lambda v: v >= 1, "at least 1"),
@@ -361,9 +358,6 @@ def validate_config(config: dict, source: str = "config") -> dict:
     fields = _training_fields()
     checked = {}
     for key, value in training.items():
-        if key in COURSE_TRAINING_KEYS:
-            checked[key] = _coerce(value, COURSE_TRAINING_KEYS[key], f"training.{key}")
-            continue
         if key not in fields:
             raise SpecError(f"{source}: unknown key training.{key}{_suggest(key, fields)} "
                             "(training takes transformers.TrainingArguments keys)")
@@ -500,7 +494,7 @@ def build_spec(
         quantization=checked.get("quantization"),
         swanlab=swanlab,
         paths=paths,
-        origin=MappingProxyType({"profile": why, **{k: v[1] for k, v in settings.items()}}),
+        origin=MappingProxyType({**{k: v[1] for k, v in settings.items()}, "profile": why}),
     )
 
 

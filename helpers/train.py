@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import checkpoints
-from .checkpoints import COMPLETE_MARKER, RECIPE_FILE, find_latest_checkpoint
+from .checkpoints import RECIPE_FILE, find_latest_checkpoint
 from .workspace import display_path
 
 #: One JSON line per micro-batch: which dataset rows each process trained on.
@@ -230,37 +230,63 @@ def _load_base_model_for_this_process(spec):
 # --------------------------------------------------------------------------- trainer
 
 
-def training_arguments(spec, **extra):
-    """``TrainingArguments`` from the spec's ``training`` section plus the course's fixed choices.
+#: the training keys notebook 04 writes out one by one; any other key of the config is passed on as it is
+SHOWN_TRAINING_KEYS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "learning_rate",
+    "lr_scheduler_type", "logging_steps", "save_steps", "save_total_limit", "eval_strategy", "eval_steps",
+    "per_device_eval_batch_size", "activation_checkpointing", "bf16", "fp16", "seed",
+)
 
-    Notebook 04 writes the same call out argument by argument; a cell asserts the two are equal.
-    """
-    from transformers import TrainingArguments
+
+def mixed_precision(spec) -> tuple[bool, bool]:
+    """(bf16, fp16): the config's bf16, or fp16 with loss scaling on a GPU without bf16 (V100, T4)."""
+    import torch
 
     from .models import compute_dtype
 
-    settings = {k: v for k, v in spec.training.items() if k != "eval_every_epoch"}
-    if spec.batching == "grouped":
-        settings["train_sampling_strategy"] = "group_by_length"
-    settings.setdefault("report_to", ["swanlab"] if spec.swanlab.enabled and spec.swanlab.mode != "disabled"
-                        else "none")
-    settings.setdefault("save_strategy", "steps")
-    settings.setdefault("save_total_limit", 3)
-    settings.setdefault("logging_first_step", True)
-    settings.setdefault("dataloader_num_workers", 0)
-    settings.setdefault("disable_tqdm", False)
-    settings.setdefault("dataloader_pin_memory", _cuda())
-    if spec.data.eval_fraction > 0:
-        settings.setdefault("eval_strategy", "epoch")
-        settings.setdefault("per_device_eval_batch_size", settings.get("per_device_train_batch_size", 8))
-    if settings.get("bf16") and _cuda():
-        import torch
+    wanted = bool(spec.training.get("bf16", False))
+    use_bf16 = wanted and compute_dtype(spec) is torch.bfloat16
+    use_fp16 = (wanted and not use_bf16 and torch.cuda.is_available()) or bool(spec.training.get("fp16", False))
+    return use_bf16, use_fp16
 
-        if compute_dtype(spec) is torch.float16:  # no bf16 on this GPU (V100, T4): fp16 with loss scaling
-            settings["bf16"] = False
-            settings["fp16"] = True
-    if settings.get("activation_checkpointing"):
-        settings.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
+
+def training_arguments(spec, **extra):
+    """``TrainingArguments`` from the spec: the config's ``training`` section plus the course's fixed choices.
+
+    Notebook 04 writes the same call out argument by argument and asserts the two are equal.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    t = spec.training
+    use_bf16, use_fp16 = mixed_precision(spec)
+    settings = dict(
+        per_device_train_batch_size=t["per_device_train_batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        num_train_epochs=t["num_train_epochs"],
+        learning_rate=t["learning_rate"],
+        lr_scheduler_type=t["lr_scheduler_type"],
+        logging_steps=t["logging_steps"],
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t["save_steps"],
+        save_total_limit=t.get("save_total_limit", 3),
+        eval_strategy=t.get("eval_strategy", "epoch") if spec.data.eval_fraction > 0 else "no",
+        eval_steps=t.get("eval_steps"),
+        per_device_eval_batch_size=t.get("per_device_eval_batch_size", t["per_device_train_batch_size"]),
+        activation_checkpointing=t["activation_checkpointing"],
+        activation_checkpointing_kwargs={"use_reentrant": False} if t["activation_checkpointing"] else None,
+        bf16=use_bf16,
+        fp16=use_fp16,
+        seed=t["seed"],
+        train_sampling_strategy="group_by_length" if spec.batching == "grouped" else "random",
+        report_to=["swanlab"] if spec.swanlab.enabled and spec.swanlab.mode != "disabled" else "none",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+        remove_unused_columns=False,
+        **{k: v for k, v in t.items() if k not in SHOWN_TRAINING_KEYS},
+    )
     processes = launched_processes()
     if processes > 1:
         # LoRA uses every trainable parameter in every forward: DDP need not search for unused ones
@@ -269,8 +295,6 @@ def training_arguments(spec, **extra):
             # CPU-only machine: without use_cpu the processes do not join one gloo group
             settings.setdefault("use_cpu", True)
     settings.update(extra)
-    # the collator needs each sample's "row" to log it
-    settings["remove_unused_columns"] = False
     args = TrainingArguments(output_dir=str(spec.paths.run_dir), **settings)
     if processes > 1 and args.world_size != processes:
         raise RuntimeError(
@@ -321,14 +345,35 @@ def course_callbacks(spec) -> list:
             return control
 
     class MemoryLog(TrainerCallback):
-        """Adds peak GPU memory (GiB; on CPU the process RSS) to every log line, like ms-swift's memory(GiB)."""
+        """Peak GPU memory (GiB; on CPU the process RSS) next to every logged loss, like ms-swift's memory(GiB).
+
+        The Trainer's own SwanLab callback has already sent ``logs`` when this runs, so the value is logged to
+        the active SwanLab run directly, as ``train/memory_gib`` at the same step.
+        """
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs is not None and "loss" in logs:
-                logs["memory_gib"] = round(peak_memory_gib(), 3)
+            if logs is not None and "loss" in logs and state.is_world_process_zero:
+                memory = round(peak_memory_gib(), 3)
+                logs["memory_gib"] = memory
+                run = _active_swanlab_run()
+                if run is not None:
+                    import swanlab
+
+                    swanlab.log({"train/memory_gib": memory}, step=state.global_step)
             return control
 
     return [CheckpointComplete(), MemoryLog()]
+
+
+def _active_swanlab_run():
+    if "swanlab" not in sys.modules:
+        return None
+    import swanlab
+
+    try:
+        return swanlab.get_run()
+    except Exception:  # noqa: BLE001 - no active run
+        return None
 
 
 def peak_memory_gib() -> float:

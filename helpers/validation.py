@@ -16,7 +16,6 @@ from pathlib import Path
 from .spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
 from .workspace import display_path
 
-
 REQUIRED_FIELDS = ("instruction", "output")
 #: ``input`` may be missing (read as ""), as in many Alpaca-style files.
 FIELDS = ("instruction", "input", "output")

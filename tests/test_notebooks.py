@@ -79,3 +79,78 @@ def test_notebook_01_prints_the_exact_lora_line():
     nb = json.loads((REPO_ROOT / "notebooks" / "01-download.ipynb").read_text(encoding="utf-8"))
     stdout = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "trainable params: 21,823,488 || all params: 8,212,558,848 || trainable%: 0.2657\n" in stdout
+
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_widget_state_is_committed(path):
+    """nbstripout (make notebooks) removes the saved ipywidgets state; it must not come back."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    assert "widgets" not in nb.get("metadata", {}), "saved widget state: run make notebooks (nbstripout)"
+    assert WIDGET_STATE not in path.read_text(encoding="utf-8")
+
+
+def test_widget_state_check_catches_saved_state(tmp_path):
+    import subprocess
+    import sys
+
+    nb = json.loads((REPO_ROOT / "notebooks" / "00-environment.ipynb").read_text(encoding="utf-8"))
+    nb["metadata"]["widgets"] = {WIDGET_STATE: {"state": {}, "version_major": 2, "version_minor": 0}}
+    path = tmp_path / "00-environment.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    with pytest.raises(AssertionError):
+        test_no_widget_state_is_committed(path)
+    subprocess.run([sys.executable, "-m", "nbstripout", "--keep-output", "--keep-count", str(path)], check=True)
+    test_no_widget_state_is_committed(path)
+    stripped = json.loads(path.read_text(encoding="utf-8"))
+    assert [c.get("outputs") for c in stripped["cells"]] == [c.get("outputs") for c in nb["cells"]]
+
+
+PLUMBING = {
+    "tests/": "a cell reads the test suite's files",
+    "json.load": "a cell parses data files by hand (use the helpers that validate them)",
+    "os.chdir": "a cell depends on the working directory",
+    "\"../": "a cell uses a path relative to the working directory",
+    "'../": "a cell uses a path relative to the working directory",
+    "import bench": "a notebook imports the benchmarks",
+    "from bench": "a notebook imports the benchmarks",
+    "os.environ": "settings come from the spec, not from the environment",
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_hold_lessons_not_plumbing(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        for needle, why in PLUMBING.items():
+            assert needle not in source, f"{path.name}: {why}: {source[:120]!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_cell_builds_the_spec(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    first = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "build_spec(" in first, f"{path.name}: the first code cell must resolve the settings (build_spec)"
+
+
+LESSON_CALLS = {
+    "03-data.ipynb": ["apply_chat_template(", "AutoTokenizer.from_pretrained("],
+    "04-train.ipynb": ["AutoModelForCausalLM.from_pretrained(", "LoraConfig(", "get_peft_model(", "TrainingArguments(",
+                       "Trainer(", "assert args.to_dict() == train.training_arguments(spec).to_dict()",
+                       "assert lora_config == train.lora_config(spec)"],
+    "05-inference.ipynb": ["AutoModelForCausalLM.from_pretrained(", "PeftModel.from_pretrained(", "model.generate(",
+                           "TextIteratorStreamer("],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LESSON_CALLS))
+def test_lessons_are_visible_in_cells(name):
+    nb = json.loads((REPO_ROOT / "notebooks" / name).read_text(encoding="utf-8"))
+    sources = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    missing = [call for call in LESSON_CALLS[name] if call not in sources]
+    assert not missing, f"{name} does not show {missing}"
