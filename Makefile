@@ -53,7 +53,7 @@ lint: $(STAMP)
 
 # Original tutorial vs this course on CPU, every figure a ratio taken in the same run (bench/RESULTS.md).
 bench: $(STAMP)
-	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m helpers.bench
+	$(PY) -m bench.cpu
 
 clean-workspace:
 	rm -rf workspace

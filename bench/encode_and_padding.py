@@ -1,8 +1,7 @@
 """Benchmark: our batched encoding vs the original tutorial's per-example ``Dataset.map``,
 then the padding table of both encodings, on the real 3,729-row dataset.
 
-    python bench/encode_and_padding.py [--data PATH] [--repeats N] [--json OUT.json]
-    python -m bench.encode_and_padding ...
+    python -m bench.encode_and_padding [--data PATH] [--repeats N] [--json OUT.json]
 
 Both encoders run in the same process, best of N repeats each, so the ratio compares
 like with like on whatever machine runs it. The data defaults to ``$HUANHUAN_JSON`` or
@@ -19,11 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from helpers import data  # noqa: E402
-from helpers.workspace import display_path  # noqa: E402
+from helpers.data import course_tokenizer, encode_records
+from helpers.data_files import real_dataset_path, to_dataset
+from helpers.original import original_process_func
+from helpers.padding import (
+    PaddingRow,
+    expected_padded_tokens,
+    format_padding_table,
+    length_stats,
+    padding_table,
+)
+from helpers.validation import load_records
+from helpers.workspace import display_path
 
 TARGET_RATIO = 10.0
 
@@ -49,19 +55,19 @@ def run(path: Path, repeats: int) -> dict:
     import datasets
 
     datasets.disable_progress_bars()
-    tokenizer, note = data.course_tokenizer()
+    tokenizer, note = course_tokenizer()
     if note:
         print(note, file=sys.stderr)
-    records = data.load_records(path).records
+    records = load_records(path).records
     raw = datasets.Dataset.from_list(records)
 
     def original():
-        return raw.map(lambda ex: data.original_process_func(ex, tokenizer),
+        return raw.map(lambda ex: original_process_func(ex, tokenizer),
                        remove_columns=raw.column_names, load_from_cache_file=False)
 
     def ours():
-        samples, _ = data.encode_records(records, tokenizer)
-        return data.to_dataset(samples)
+        samples, _ = encode_records(records, tokenizer)
+        return to_dataset(samples)
 
     ours()  # warm-up: the tokenizer's first batched call pays one-off set-up costs
     best, cpu, results = interleaved_best(repeats, original=original, ours=ours)
@@ -75,12 +81,12 @@ def run(path: Path, repeats: int) -> dict:
         "target_ratio": TARGET_RATIO, "original_map_cpu_s": cpu["original"], "ours_cpu_s": cpu["ours"],
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "lengths": {name: data.length_stats(values) for name, values in lengths.items()},
+        "lengths": {name: length_stats(values) for name, values in lengths.items()},
         "padding": {name: [{"strategy": r.strategy, "description": r.description, "computed": r.computed,
                             "real": r.real, "padding": r.padding, "padding_share": round(r.padding_share, 4)}
-                           for r in data.padding_table(values, batch_size=4, seed=0)]
+                           for r in padding_table(values, batch_size=4, seed=0)]
                     for name, values in lengths.items()},
-        "expected_random_padded": {name: data.expected_padded_tokens(values) for name, values in lengths.items()},
+        "expected_random_padded": {name: expected_padded_tokens(values) for name, values in lengths.items()},
     }
 
 
@@ -100,12 +106,12 @@ def report(result: dict) -> str:
     for name, title in (("original", "the original's encoding (<s> ... <|endoftext|>)"),
                         ("ours", "our encoding (chat template, <|im_end|>)")):
         stats = result["lengths"][name]
-        rows = [data.PaddingRow(r["strategy"], r["description"], r["computed"], r["real"])
+        rows = [PaddingRow(r["strategy"], r["description"], r["computed"], r["real"])
                 for r in result["padding"][name]]
         lines += [
             "",
             f"padding per epoch, batches of 4, {title}: mean {stats['mean']:.1f} tokens, max {stats['max']}",
-            data.format_padding_table(rows),
+            format_padding_table(rows),
             f"(random batches: seed 0; the average over all random orders is "
             f"{result['expected_random_padded'][name]:,.0f} tokens)",
         ]
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     try:
-        args.data = args.data or data.real_dataset_path()
+        args.data = args.data or real_dataset_path(os.environ)
     except FileNotFoundError as err:
         parser.error(str(err))
     if not args.data.is_file():

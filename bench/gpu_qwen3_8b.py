@@ -6,17 +6,18 @@ the issue's targets (>= 8 x the original's reported 12.713 samples/s, MFU >= 40 
 peak memory no higher than the original recipe's).
 
     # one H100, one command, fits a 10-minute limit (recipes share --budget-s):
-    python bench/gpu_qwen3_8b.py --budget-s 480 --out workspace/bench/gpu.json
+    python -m bench.gpu_qwen3_8b --budget-s 480 --out workspace/bench/gpu.json
     # validate the whole code path on the CPU with the tiny model:
-    python bench/gpu_qwen3_8b.py --profile tiny --device cpu --warmup 1 --steps 2 --out workspace/bench/gpu-cpu.json
+    python -m bench.gpu_qwen3_8b --profile tiny --device cpu --warmup 1 --steps 2 --out workspace/bench/gpu-cpu.json
     # check the FLOP formula against the real architecture on the meta device (no memory):
-    python bench/gpu_qwen3_8b.py --flops-only
+    python -m bench.gpu_qwen3_8b --flops-only
 
 Random weights: throughput does not depend on weight values, and no download is
 possible on the benchmark machine. MFU counts model FLOPs of LoRA training on real
-tokens only (``helpers.bench.lora_training_flops``: 4 x frozen matmul weights + 6 x
+tokens only (``bench.common.lora_training_flops``: 4 x frozen matmul weights + 6 x
 LoRA weights per token, plus causal attention; padding and recomputation excluded)
-against the device's dense bf16 peak (``helpers.bench.BF16_PEAK_TFLOPS``).
+against the device's dense bf16 peak (``bench.common.BF16_PEAK_TFLOPS``). ``bench/gpu_check.py``
+runs a few of these recipes as its last stage.
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from helpers.data_files import real_dataset_path
+from helpers.workspace import REPO_ROOT, display_path
 
-from helpers import bench, data  # noqa: E402
+from . import common as bench
 
 #: The original tutorial's reported throughput and the issue's targets.
 ORIGINAL_SAMPLES_PER_S = bench.ORIGINAL_REPORTED["train_samples_per_second"]
@@ -50,8 +50,17 @@ def best_attention(device: str) -> str:
     return "sdpa"
 
 
-def gpu_recipes(device: str) -> list[bench.Recipe]:
-    """The recipes in priority order (the budget may run out before the last ones)."""
+def gpu_recipes(device: str, quick: bool = False) -> list[bench.Recipe]:
+    """The recipes in priority order (the budget may run out before the last ones).
+
+    ``quick``: a quarter of each micro-batch (at least 2, so padded batches still pad) and of each
+    accumulation (at least 1), for validating the code path on the CPU with the tiny model.
+    """
+    if quick:
+        return [replace(r, per_device_train_batch_size=max(2, r.per_device_train_batch_size // 4),
+                        gradient_accumulation_steps=max(1, r.gradient_accumulation_steps // 4),
+                        description=r.description + " (quick: a quarter of the batch)")
+                for r in gpu_recipes(device)]
     attn = best_attention(device)
     ours = replace(bench.COURSE_RECIPE, attn_implementation=attn,
                    description=f"{bench.COURSE_RECIPE.description}, {attn}")
@@ -83,13 +92,6 @@ def environment(device: str) -> dict:
     import torch
 
     env = bench.environment()
-    for name in ("liger_kernel", "flash_attn", "triton"):
-        try:
-            from importlib.metadata import version
-
-            env[name] = version(name.replace("_", "-")) if importlib.util.find_spec(name) else None
-        except Exception:  # noqa: BLE001 - a version we cannot read is simply not reported
-            env[name] = "installed" if importlib.util.find_spec(name) else None
     env["device"] = device
     if device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -102,33 +104,40 @@ def environment(device: str) -> dict:
 # --------------------------------------------------------------------------- one recipe (subprocess)
 
 
+def worker_spec(profile: str):
+    """The course's spec for ``profile`` (its own training config), built at this process's edge."""
+    from helpers.spec import build_spec
+
+    return build_spec(None, profile=profile, env=os.environ)
+
+
 def run_worker(args) -> dict:
     import resource
 
     import torch
 
-    from helpers import data
-    from helpers.download import build_tiny_model, write_random8b_dir
-    from helpers.models import load_base_model, load_tokenizer, model_dir
+    from helpers.download import prepare_model
+    from helpers.models import load_base_model, load_tokenizer
+    from helpers.validation import load_records
 
     started = time.perf_counter()
-    recipe = next(r for r in gpu_recipes(args.device) if r.name == args.worker)
-    if not (model_dir(args.profile) / "config.json").is_file():
-        (build_tiny_model if args.profile == "tiny" else write_random8b_dir)()
-    tokenizer = load_tokenizer(args.profile)
-    records = data.load_records(args.data).records
+    recipe = next(r for r in gpu_recipes(args.device, args.quick) if r.name == args.worker)
+    spec = worker_spec(args.profile)
+    prepare_model(spec)
+    tokenizer = load_tokenizer(spec)
+    records = load_records(args.data).records
     if args.rows:
         records = records[: args.rows]
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = load_base_model(args.profile, device=args.device)
+    model = load_base_model(spec, device=args.device, for_training=True)
     weights_gib = torch.cuda.memory_allocated() / 2**30 if cuda else None
     setup_s = time.perf_counter() - started
     deadline = time.perf_counter() + args.train_seconds
     result = {"name": recipe.name, "setup_s": setup_s}
     try:
-        measured = bench.measure_training(recipe, records, tokenizer, profile=args.profile, device=args.device,
+        measured = bench.measure_training(recipe, records, tokenizer, spec, device=args.device,
                                           warmup=args.warmup, steps=args.steps, deadline=deadline, model=model)
         result.update(measured, status="ok")
     except torch.cuda.OutOfMemoryError as err:
@@ -140,10 +149,8 @@ def run_worker(args) -> dict:
                       peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30, weights_gib=weights_gib)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if result["status"] == "ok":
-        from helpers import train
-
         config = model.config if not hasattr(model, "base_model") else model.base_model.config
-        per_token, per_pair = bench.lora_flop_coefficients(config, train.load_config(args.profile)["lora"])
+        per_token, per_pair = bench.lora_flop_coefficients(config, spec.lora)
         flops = per_token * result["real_tokens"] + per_pair * result["attention_pairs"]
         result["model_flops"] = flops
         result["model_tflops_per_s"] = flops / result["seconds"] / 1e12
@@ -162,7 +169,7 @@ def run_worker(args) -> dict:
 
 
 def run_all(args) -> dict:
-    recipes = [r for r in gpu_recipes(args.device) if not args.recipes or r.name in args.recipes]
+    recipes = [r for r in gpu_recipes(args.device, args.quick) if not args.recipes or r.name in args.recipes]
     started = time.perf_counter()
     results: dict[str, dict] = {}
     startup_guess = 40.0 if args.device.startswith("cuda") else 20.0
@@ -181,11 +188,13 @@ def run_all(args) -> dict:
                                     "status": "skipped: time budget spent"}
             continue
         with_out = Path(args.out).with_name(f".{Path(args.out).stem}-{recipe.name}.json")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", recipe.name, "--result", str(with_out),
+        cmd = [sys.executable, "-m", "bench.gpu_qwen3_8b", "--worker", recipe.name, "--result", str(with_out),
                "--profile", args.profile, "--device", args.device, "--data", str(args.data),
                "--warmup", str(args.warmup), "--steps", str(args.steps), "--train-seconds", f"{train_seconds:.0f}"]
         if args.rows:
             cmd += ["--rows", str(args.rows)]
+        if args.quick:
+            cmd.append("--quick")
         if args.peak_tflops:
             cmd += ["--peak-tflops", str(args.peak_tflops)]
         print(f"== {recipe.name}: {recipe.description} (up to {train_seconds:.0f} s of training)", flush=True)
@@ -205,8 +214,8 @@ def run_all(args) -> dict:
         row = results[recipe.name]
         print(f"   {row['status']}" + (f": {row.get('error', '')[:300]}" if row["status"] != "ok" else
                                       f": {row['samples_per_s']:.2f} samples/s"), flush=True)
-    return {"benchmark": "bench/gpu_qwen3_8b.py", "profile": args.profile, "environment": environment(args.device),
-            "dataset": {"path": bench.display_path(args.data)}, "budget_s": args.budget_s,
+    return {"benchmark": "bench.gpu_qwen3_8b", "profile": args.profile, "environment": environment(args.device),
+            "dataset": {"path": display_path(args.data)}, "budget_s": args.budget_s,
             "wall_s": time.perf_counter() - started, "recipes": results,
             "targets": judge(results), "flop_formula": FLOP_FORMULA}
 
@@ -274,24 +283,37 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def flops_only() -> str:
-    """The FLOP formula checked against the real architecture on ``meta``, and one epoch's FLOPs."""
-    from helpers import data, train
-    from helpers.download import build_tiny_model
-    from helpers.models import load_tokenizer
+def linear_weights_on_meta() -> dict:
+    """Qwen3-8B's linear weights counted on the ``meta`` device (no memory), and its config."""
+    from torch import nn
 
-    check = bench.verify_matmul_parameters_on_meta()
-    assert check["linear_weights_counted"] == check["formula"], check
-    config, lora = check["config"], train.load_config("random8b")["lora"]
-    build_tiny_model()
-    tokenizer = load_tokenizer("tiny")  # the same Qwen3 tokenizer files
-    records = data.load_records(data.real_dataset_path()).records
-    original, ours = bench.encoded_lengths(records, tokenizer)
+    from helpers.download import qwen3_8b_on_meta
+
+    model = qwen3_8b_on_meta()
+    return {"linear_weights": sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)),
+            "all_parameters": sum(p.numel() for p in model.parameters()), "config": model.config}
+
+
+def flops_only(data_path: Path) -> str:
+    """The FLOP formula checked against the real architecture on ``meta``, and one epoch's FLOPs."""
+    from helpers.data import course_tokenizer
+    from helpers.padding import encoded_lengths, padding_table
+    from helpers.validation import load_records
+
+    counted = linear_weights_on_meta()
+    config, lora = counted["config"], worker_spec("random8b").lora
+    params = bench.matmul_parameters(config)
+    if counted["linear_weights"] != params["layers"] + params["lm_head"]:
+        raise AssertionError(f"the formula counts {params['layers'] + params['lm_head']:,} matmul weights, the "
+                             f"model has {counted['linear_weights']:,}")
+    tokenizer, _ = course_tokenizer()  # the offline Qwen3 tokenizer files
+    records = load_records(data_path).records
+    original, ours = encoded_lengths(records, tokenizer)
     useful = bench.lora_training_flops(config, ours, lora)
-    padded_original = sum(r.computed for r in data.padding_table(original)[:1])
+    padded_original = padding_table(original)[0].computed
     per_token, _ = bench.lora_flop_coefficients(config, lora)
     lines = [
-        f"Qwen3-8B on meta: {check['all_parameters']:,} parameters, {check['linear_weights_counted']:,} in linear "
+        f"Qwen3-8B on meta: {counted['all_parameters']:,} parameters, {counted['linear_weights']:,} in linear "
         "layers (= the formula's N_frozen_matmul)",
         f"LoRA parameters (formula): {bench.lora_parameters(config, lora):,}",
         f"FLOPs per real token: {per_token / 1e9:.2f} GFLOP (+ attention)",
@@ -318,28 +340,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="*", help="run only these recipes (default: all, in priority order)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the device's dense bf16 peak")
     parser.add_argument("--out", default=None, help="JSON result (default workspace/bench/gpu.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a quarter of each recipe's batch: validates the code path on the CPU")
     parser.add_argument("--flops-only", action="store_true", help="check the FLOP formula on meta and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--train-seconds", type=float, default=60, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.data = Path(args.data) if args.data else real_dataset_path(os.environ)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     if args.flops_only:
-        print(flops_only())
+        print(flops_only(args.data))
         return 0
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.data = Path(args.data) if args.data else data.real_dataset_path()
     if args.worker:
         result = run_worker(args)
         Path(args.result).write_text(json.dumps(result, default=str), encoding="utf-8")
         return 0
-    args.out = str(Path(args.out) if args.out else bench.workspace_path("bench", "gpu.json"))
+    args.out = str(Path(args.out) if args.out else worker_spec(args.profile).paths.workspace / "bench" / "gpu.json")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     result = run_all(args)
-    out = bench.write_result(result, args.out, "gpu.json")
+    out = bench.write_result(result, args.out)
     print(format_report(result))
-    print(f"JSON: {out}")
+    print(f"JSON: {display_path(out)}")
     return 0
 
 

@@ -1,10 +1,14 @@
-"""The benchmark harness: it runs, and every ratio comes from two sides measured in the same run.
+"""The benchmarks count what they claim to count.
 
-Smoke tests with tiny settings; nothing here is timed or asserts a speed.
+Each test compares a benchmark's figure with the same quantity obtained another way: the shared
+README's facts about the real dataset, an encoding done here, the linear layers of the real
+architecture counted on the ``meta`` device, PyTorch's own FLOP counter, PEFT's parameter count.
+Nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -12,99 +16,178 @@ import sys
 
 import pytest
 
-from helpers import bench, data, train
+from bench import common
 from helpers.workspace import REPO_ROOT
 
+#: The shared README's facts about the real 3,729-row dataset and the original tutorial's encoding:
+#: 269,343 real tokens per epoch; random batches of 4 padded to their longest row compute 379,557,
+#: so 29.0% of the work is padding.
+ROWS, ORIGINAL_REAL, ORIGINAL_COMPUTED, ORIGINAL_PADDING_SHARE = 3729, 269_343, 379_557, 0.290
+#: ``--quick --train-rows 4``: the quick recipes train 4 rows per optimizer step (2 x 2 and 4 x 1),
+#: so with 4 rows every measured step trains exactly these 4 rows once.
+TRAIN_ROWS = 4
 
-def _run(cmd: list[str], huanhuan_path, timeout: int = 300) -> str:
-    env = dict(os.environ, QWEN3_TUTORIAL_PROFILE="tiny", HUANHUAN_JSON=str(huanhuan_path), PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, huanhuan_path, tiny_model_dir):
+    """``python -m bench.cpu --quick`` on the real dataset, as a user runs it: (JSON, printed report)."""
+    out = tmp_path_factory.mktemp("bench") / "cpu.json"
+    env = dict(os.environ, HUANHUAN_JSON=str(huanhuan_path), PYTHONUNBUFFERED="1")
+    env.pop("QWEN3_TUTORIAL_PROFILE", None)
+    proc = subprocess.run([sys.executable, "-m", "bench.cpu", "--quick", "--train-rows", str(TRAIN_ROWS),
+                           "--out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return json.loads(out.read_text(encoding="utf-8")), proc.stdout
 
 
-def test_cpu_benchmark_quick_writes_ratios_of_both_sides(tmp_path, huanhuan_path, tiny_model_dir):
-    out = tmp_path / "cpu.json"
-    printed = _run([sys.executable, "-m", "helpers.bench", "--quick", "--out", str(out)], huanhuan_path)
-    result = json.loads(out.read_text(encoding="utf-8"))
-    assert "speed-up" in printed and "ratios:" in printed
+@pytest.fixture(scope="module")
+def real_records(huanhuan_path):
+    from helpers.validation import load_records
 
-    enc = result["encode"]
-    assert enc["original_s"] > 0 and enc["ours_s"] > 0
-    assert enc["speedup"] == pytest.approx(enc["original_s"] / enc["ours_s"])
+    return load_records(huanhuan_path).records
 
-    pad = result["padding"]
-    assert pad["rows"] == 3729
-    table = {row["strategy"]: row for row in pad["table"]}
-    assert table["original"]["computed"] == 379_557 and table["original"]["real"] == 269_343  # the issue's count
-    assert table["ours_packed"]["padding"] == 0
-    assert pad["computed_tokens_ratio"] == pytest.approx(
-        table["original"]["computed"] / table["ours_packed"]["computed"])
 
+def test_padding_table_of_the_benchmark_equals_the_readme_facts(quick_run, real_records, tokenizer):
+    from helpers.data import encode_records
+
+    result, printed = quick_run
+    table = {row["strategy"]: row for row in result["padding"]["table"]}
+    assert result["padding"]["rows"] == len(real_records) == ROWS
+    assert (table["original"]["real"], table["original"]["computed"]) == (ORIGINAL_REAL, ORIGINAL_COMPUTED)
+    assert round(table["original"]["padding_share"], 3) == ORIGINAL_PADDING_SHARE
+    # the course's side, against an encoding made here: packed computes exactly the real tokens
+    ours_real = sum(len(s["input_ids"]) for s in encode_records(real_records, tokenizer)[0])
+    assert table["ours_packed"]["real"] == table["ours_packed"]["computed"] == ours_real
+    assert table["ours_random"]["real"] == table["ours_grouped"]["real"] == ours_real
+    assert ours_real < table["ours_grouped"]["computed"] < table["ours_random"]["computed"]
+    assert f"{ORIGINAL_COMPUTED:,}" in printed and f"{ours_real:,}" in printed
+
+
+def test_quick_training_counts_the_tokens_of_the_rows_it_trained(quick_run, real_records, tokenizer):
+    from helpers.data import encode_records
+    from helpers.original import original_process_func
+
+    result, _ = quick_run
+    rows = real_records[:TRAIN_ROWS]
+    ours = encode_records(rows, tokenizer)[0]
+    original = [original_process_func(r, tokenizer) for r in rows]
     recipes = result["train"]["recipes"]
-    original, ours = recipes["original"], recipes["ours"]
-    for side in (original, ours):
-        assert side["measured_steps"] >= 1 and side["seconds"] > 0 and side["real_tokens"] > 0
-    assert original["recipe"]["activation_checkpointing"] and original["recipe"]["batching"] == "padded"
-    assert ours["recipe"]["batching"] == "packed" and not ours["recipe"]["activation_checkpointing"]
-    assert original["recipe"]["per_device_train_batch_size"] * original["recipe"]["gradient_accumulation_steps"] \
-        == ours["recipe"]["per_device_train_batch_size"] * ours["recipe"]["gradient_accumulation_steps"]
-    assert ours["padding_share"] == 0 and original["padding_share"] > 0
-    assert ours["speedup_real_tokens_per_s"] == pytest.approx(
-        ours["real_tokens_per_s"] / original["real_tokens_per_s"])
-    assert result["ratios"]["train_samples_per_s_speedup"] == pytest.approx(
-        ours["samples_per_s"] / original["samples_per_s"])
-    assert result["loss_equivalence"]["abs_diff"] < 1e-4
+    assert result["train"]["rows"] == TRAIN_ROWS and set(recipes) == {"original", "ours"}
+
+    packed = recipes["ours"]
+    steps = packed["measured_steps"]
+    assert steps == result["train"]["measured_steps"] >= 1
+    lengths = [len(s["input_ids"]) for s in ours]
+    assert packed["samples"] == TRAIN_ROWS * steps
+    assert packed["real_tokens"] == packed["computed_tokens"] == steps * sum(lengths)
+    assert packed["trained_tokens"] == steps * sum(sum(label != -100 for label in s["labels"]) for s in ours)
+    assert packed["attention_pairs"] == steps * sum(n * (n + 1) for n in lengths)
+    assert packed["padding_share"] == 0
+
+    padded = recipes["original"]
+    o_lengths = [len(s["input_ids"]) for s in original]
+    assert padded["measured_steps"] == steps
+    assert padded["samples"] == TRAIN_ROWS * steps
+    assert padded["real_tokens"] == steps * sum(o_lengths)
+    # each step: the 4 rows in two micro-batches of 2, each padded to its longer row; which rows pair up
+    # depends on the sampler's order, so the total is one of the sums of these per-step options
+    a, b, c, d = o_lengths
+    options = {2 * max(a, b) + 2 * max(c, d), 2 * max(a, c) + 2 * max(b, d), 2 * max(a, d) + 2 * max(b, c)}
+    assert padded["computed_tokens"] in {sum(combo) for combo in itertools.product(options, repeat=steps)}
 
 
-def test_gpu_script_runs_its_whole_path_on_cpu(tmp_path, huanhuan_path, tiny_model_dir):
-    out = tmp_path / "gpu.json"
-    printed = _run([sys.executable, "bench/gpu_qwen3_8b.py", "--profile", "tiny", "--device", "cpu",
-                    "--rows", "24", "--warmup", "1", "--steps", "1", "--recipes", "original", "packed_4x4",
-                    "--peak-tflops", "1", "--budget-s", "400", "--out", str(out)], huanhuan_path)
-    result = json.loads(out.read_text(encoding="utf-8"))
-    assert "targets:" in printed
-    original, packed = result["recipes"]["original"], result["recipes"]["packed_4x4"]
-    assert original["status"] == "ok" and packed["status"] == "ok", result["recipes"]
-    assert packed["speedup_samples_per_s"] == pytest.approx(packed["samples_per_s"] / original["samples_per_s"])
-    for side in (original, packed):
-        assert side["model_flops"] > 0 and side["mfu"] == pytest.approx(side["model_tflops_per_s"] / 1.0)
-    assert result["targets"]["best"] == "packed_4x4"
+def test_padded_and_packed_batches_give_the_same_loss(quick_run):
+    eq = quick_run[0]["loss_equivalence"]
+    assert eq["rows"] == TRAIN_ROWS
+    assert eq["loss_padded"] > 1 and eq["abs_diff"] < 1e-4
 
 
 def test_flop_formula_matches_the_real_architecture_on_meta():
-    check = bench.verify_matmul_parameters_on_meta()
-    assert check["linear_weights_counted"] == check["formula"] == 7_568_097_280
-    lora = train.load_config("random8b")["lora"]
-    assert bench.lora_parameters(check["config"], lora) == 21_823_488  # PEFT's count for the course's LoRA
-    per_token, per_pair = bench.lora_flop_coefficients(check["config"], lora)
-    assert per_token == 4 * 7_568_097_280 + 6 * 21_823_488
-    assert bench.lora_training_flops(check["config"], [10], lora) == per_token * 10 + per_pair * 110
+    from peft import get_peft_model
+
+    from bench.gpu_qwen3_8b import linear_weights_on_meta, worker_spec
+    from helpers.download import qwen3_8b_on_meta
+    from helpers.train import lora_config
+
+    counted = linear_weights_on_meta()
+    config, lora = counted["config"], worker_spec("random8b").lora
+    params = common.matmul_parameters(config)
+    assert params["layers"] + params["lm_head"] == counted["linear_weights"]
+    peft_model = get_peft_model(qwen3_8b_on_meta(), lora_config(worker_spec("random8b")))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert common.lora_parameters(config, lora) == trainable
+
+
+def test_flop_formula_matches_pytorchs_flop_counter():
+    """Forward + backward of a small Qwen3 with the course's LoRA, counted by ``FlopCounterMode``.
+
+    Eager attention computes the full L x L square, the formula counts the causal half
+    (L(L+1)/2 pairs), so the counter sees the formula's per-token FLOPs plus twice its
+    attention term without the diagonal: 2 x per_pair x L^2.
+    """
+    import torch
+    from peft import get_peft_model
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from bench.gpu_qwen3_8b import worker_spec
+    from helpers.train import lora_config
+
+    spec = worker_spec("random8b")
+    config = Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                         attn_implementation="eager")
+    torch.manual_seed(0)
+    model = get_peft_model(Qwen3ForCausalLM(config), lora_config(spec))
+    length = 37
+    ids = torch.randint(0, config.vocab_size, (1, length))
+    # inputs that need a gradient, as every layer but the first has: the first layer's frozen
+    # weights then also compute input gradients (4 FLOPs per weight per token, as the formula says)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        model(inputs_embeds=embeds, labels=ids, use_cache=False).loss.backward()
+    per_token, per_pair = common.lora_flop_coefficients(config, spec.lora)
+    assert counter.get_total_flops() == per_token * length + 2 * per_pair * length**2
+    assert common.lora_training_flops(config, [length], spec.lora) == per_token * length + per_pair * length * (length + 1)
 
 
 def test_batch_counter_counts_real_tokens_and_samples(tokenizer):
+    from helpers.train import make_collator
+
     features = [{"input_ids": [1] * n, "labels": [-100] * (n - 2) + [5, 6]} for n in (3, 7, 5)]
     for batching in ("padded", "packed"):
-        counter = bench.BatchCounter()
-        counter(None, (), dict(train.make_collator(batching, tokenizer)(features)))
+        counter = common.BatchCounter()
+        counter(None, (), dict(make_collator(batching, tokenizer)(features)))
         snap = counter.snapshot()
-        assert snap["samples"] == 3 and snap["real"] == 15 and snap["pairs"] == 3 * 4 + 7 * 8 + 5 * 6
+        assert snap["samples"] == 3 and snap["real"] == 15 and snap["trained"] == 6
+        assert snap["pairs"] == 3 * 4 + 7 * 8 + 5 * 6
         assert snap["computed"] == (21 if batching == "padded" else 15)
 
 
-def test_peak_table():
-    assert bench.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
-    assert bench.peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert bench.peak_tflops("NVIDIA H200") == 989.4
-    assert bench.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
-    assert bench.peak_tflops("NVIDIA GeForce RTX 4090") == 165.2
-    assert bench.peak_tflops("Some Future GPU") is None
+def test_peak_table_matches_the_most_specific_name_first():
+    assert common.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert common.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert common.peak_tflops("NVIDIA H200") == 989.4
+    assert common.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert common.peak_tflops("NVIDIA GeForce RTX 4090") == 165.2
+    assert common.peak_tflops("Some Future GPU") is None
 
 
-def test_tokens_per_epoch_table_for_notebook_04(tokenizer):
-    records = data.load_records(data.SAMPLE_PATH).records
-    rows = bench.tokens_per_epoch_table(tokenizer, records)
+def test_notebook_04_table_on_the_real_dataset(real_records, tokenizer):
+    from helpers.padding import format_tokens_table, tokens_per_epoch_table
+
+    rows = tokens_per_epoch_table(tokenizer, real_records)
     assert [r.strategy for r in rows] == ["original", "ours_random", "ours_grouped", "ours_packed"]
-    assert rows[-1].padding == 0 and rows[0].computed > rows[-1].computed
-    text = bench.format_tokens_table(rows)
-    assert "1.000x" in text and "course default" in text
+    assert (rows[0].real, rows[0].computed) == (ORIGINAL_REAL, ORIGINAL_COMPUTED)
+    assert rows[-1].padding == 0
+    text = format_tokens_table(rows)
+    assert f"{ORIGINAL_COMPUTED:,}" in text and f"{rows[-1].computed / ORIGINAL_COMPUTED:.1%}" in text
+
+
+def test_helpers_never_import_bench():
+    for path in sorted((REPO_ROOT / "helpers").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "import bench" not in text and "from bench" not in text, path.name
+        assert "sys.path" not in text, path.name
+    for path in sorted((REPO_ROOT / "bench").glob("*.py")):
+        assert "sys.path" not in path.read_text(encoding="utf-8"), path.name
