@@ -234,7 +234,9 @@ def _load_base_model_for_this_process(spec):
 SHOWN_TRAINING_KEYS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "learning_rate",
     "lr_scheduler_type", "logging_steps", "save_steps", "save_total_limit", "eval_strategy", "eval_steps",
-    "per_device_eval_batch_size", "activation_checkpointing", "bf16", "fp16", "seed",
+    "per_device_eval_batch_size", "activation_checkpointing", "activation_checkpointing_kwargs", "bf16", "fp16",
+    "seed", "logging_first_step", "save_strategy", "train_sampling_strategy", "report_to", "dataloader_num_workers",
+    "dataloader_pin_memory", "disable_tqdm", "remove_unused_columns",
 )
 
 
@@ -267,24 +269,26 @@ def training_arguments(spec, **extra):
         learning_rate=t["learning_rate"],
         lr_scheduler_type=t["lr_scheduler_type"],
         logging_steps=t["logging_steps"],
-        logging_first_step=True,
-        save_strategy="steps",
+        logging_first_step=t.get("logging_first_step", True),
+        save_strategy=t.get("save_strategy", "steps"),
         save_steps=t["save_steps"],
         save_total_limit=t.get("save_total_limit", 3),
         eval_strategy=t.get("eval_strategy", "epoch") if spec.data.eval_fraction > 0 else "no",
         eval_steps=t.get("eval_steps"),
         per_device_eval_batch_size=t.get("per_device_eval_batch_size", t["per_device_train_batch_size"]),
         activation_checkpointing=t["activation_checkpointing"],
-        activation_checkpointing_kwargs={"use_reentrant": False} if t["activation_checkpointing"] else None,
+        activation_checkpointing_kwargs=t.get("activation_checkpointing_kwargs",
+                                              {"use_reentrant": False} if t["activation_checkpointing"] else None),
         bf16=use_bf16,
         fp16=use_fp16,
         seed=t["seed"],
-        train_sampling_strategy="group_by_length" if spec.batching == "grouped" else "random",
-        report_to=["swanlab"] if spec.swanlab.enabled and spec.swanlab.mode != "disabled" else "none",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
-        remove_unused_columns=False,
+        train_sampling_strategy=t.get("train_sampling_strategy",
+                                      "group_by_length" if spec.batching == "grouped" else "random"),
+        report_to=t.get("report_to", ["swanlab"] if spec.swanlab.enabled and spec.swanlab.mode != "disabled" else "none"),
+        dataloader_num_workers=t.get("dataloader_num_workers", 0),
+        dataloader_pin_memory=t.get("dataloader_pin_memory", torch.cuda.is_available()),
+        disable_tqdm=t.get("disable_tqdm", False),
+        remove_unused_columns=False,  # the collator needs each sample's "row" (a config value is ignored)
         **{k: v for k, v in t.items() if k not in SHOWN_TRAINING_KEYS},
     )
     processes = launched_processes()
