@@ -278,6 +278,8 @@ def _coerce(value, kind: type, dotted: str):
     if kind is float:
         if isinstance(value, bool):
             raise SpecError(f"{dotted} must be a number, not {value!r}")
+        if isinstance(value, int):  # a whole number is a number: keep it as written (logging_steps: 10)
+            return value
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -290,6 +292,8 @@ def _coerce(value, kind: type, dotted: str):
 
 
 def _annotation_kind(annotation) -> type | None:
+    if annotation in (bool, float, int, str):  # a plain class (TrainingArguments' learning_rate: float)
+        return annotation
     text = str(annotation)
     for name, kind in (("bool", bool), ("float", float), ("int", int)):
         if text.startswith(name) or f"[{name}" in text or text.startswith(f"Optional[{name}"):

@@ -401,7 +401,7 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
         log_path=Path(args.output_dir) / SAMPLE_LOG,
         rank=args.process_index,
     )
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -410,6 +410,22 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
         processing_class=tokenizer,
         callbacks=course_callbacks(spec),
     )
+    report_after_course_callbacks(trainer)
+    return trainer
+
+
+def report_after_course_callbacks(trainer) -> None:
+    """Move the ``report_to`` callbacks (SwanLab) behind ours, so they log what MemoryLog adds (memory_gib).
+
+    The Trainer puts the reporting integrations before the ``callbacks=`` it is given and calls
+    ``on_log`` in that order; popping and re-adding the same instances keeps their state.
+    """
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    for kind in get_reporting_integration_callbacks(trainer.args.report_to):
+        callback = trainer.pop_callback(kind)
+        if callback is not None:
+            trainer.add_callback(callback)
 
 
 def _cuda() -> bool:
@@ -663,11 +679,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="start fresh: the previous run is moved aside (not deleted) and its path printed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set training.max_steps=20 (repeatable)")
+    parser.add_argument("--recipe", choices=["auto"],
+                        help="auto: the fastest recipe (bf16 LoRA or 4-bit QLoRA, checkpointing, micro-batch) whose "
+                             "memory estimate fits this GPU's free memory; prints what it picked and why. "
+                             "Without a GPU the given config is kept")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
     def work() -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
+        if args.recipe == "auto":
+            from .recipes import auto_recipe, detect_gpu
+
+            config, overrides, why = auto_recipe(args.config, args.overrides, spec.profile.name, detect_gpu())
+            if is_main_process():
+                print(why)
+            spec = build_spec(config, overrides, output_dir=args.output_dir)
         if is_main_process():
             print(spec.describe())
         summary = train(spec, resume=False if args.no_resume else True)
