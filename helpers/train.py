@@ -410,22 +410,7 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
         processing_class=tokenizer,
         callbacks=course_callbacks(spec),
     )
-    report_after_course_callbacks(trainer)
     return trainer
-
-
-def report_after_course_callbacks(trainer) -> None:
-    """Move the ``report_to`` callbacks (SwanLab) behind ours, so they log what MemoryLog adds (memory_gib).
-
-    The Trainer puts the reporting integrations before the ``callbacks=`` it is given and calls
-    ``on_log`` in that order; popping and re-adding the same instances keeps their state.
-    """
-    from transformers.integrations import get_reporting_integration_callbacks
-
-    for kind in get_reporting_integration_callbacks(trainer.args.report_to):
-        callback = trainer.pop_callback(kind)
-        if callback is not None:
-            trainer.add_callback(callback)
 
 
 def _cuda() -> bool:
