@@ -112,8 +112,7 @@ CPU_RECIPES = (
 )
 
 #: course-config keys a timed run replaces (it trains a fixed number of steps, saves and evaluates nothing)
-_DROPPED_TRAINING_KEYS = ("num_train_epochs", "save_steps", "save_total_limit", "eval_strategy", "eval_steps",
-                          "eval_every_epoch", "logging_steps", "warmup_ratio")
+_DROPPED_TRAINING_KEYS = ("save_total_limit", "eval_strategy", "eval_steps", "warmup_ratio")
 
 
 def recipe_spec(spec, recipe: Recipe, steps: int, output_dir: str | os.PathLike, bf16: bool, seed: int = 42):

@@ -303,6 +303,11 @@ def _annotation_kind(annotation) -> type | None:
     return None
 
 
+#: the training keys every config must set (notebook 04 shows each of them)
+REQUIRED_TRAINING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+                          "learning_rate", "lr_scheduler_type", "logging_steps", "save_steps",
+                          "activation_checkpointing", "seed")
+
 #: (dotted key, predicate, what it must be)
 RANGES = (
     ("data.max_length", lambda v: v >= 1, "at least 1"),
@@ -367,6 +372,10 @@ def validate_config(config: dict, source: str = "config") -> dict:
                             "(training takes transformers.TrainingArguments keys)")
         kind = _annotation_kind(fields[key])
         checked[key] = _coerce(value, kind, f"training.{key}") if kind else value
+    missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked]
+    if missing:
+        raise SpecError(f"{source}: training.{missing[0]} is missing (every training config sets "
+                        f"{', '.join(REQUIRED_TRAINING_KEYS)})")
     out["training"] = checked
     batching = out.get("batching", "packed")
     if batching not in BATCHINGS:
