@@ -57,13 +57,17 @@ notebooks: $(STAMP)
 chromium: $(STAMP)
 	$(PY) -m tests.chromium
 
+# kernel and preflight only need a .venv, whichever REQS built it (a GPU box's venv is not reinstalled):
+$(PY):
+	$(MAKE) venv
+
 # Register the .venv as the Jupyter kernel "Qwen3 LoRA course (.venv)" (pick it in JupyterLab).
-kernel: $(STAMP)
+kernel: | $(PY)
 	$(PY) -m helpers.environment kernel
 
 # Pass/fail checklist with a fix line per failure; non-zero exit on any failure.
 #   make preflight PROFILE=tiny    make preflight JSON=1   (one JSON object, to collect a room's results)
-preflight: $(STAMP)
+preflight: | $(PY)
 	$(PY) -m helpers.environment check $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter 1,$(JSON)),--json)
 
 # Remove runs, checkpoints, exports, plots, SwanLab records, encoded data, the scale-out demo and the

@@ -153,15 +153,16 @@ def run_module(*args, jupyter_data: Path, **extra) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=300)
 
 
-def test_check_fails_without_the_kernel_then_make_kernel_registers_it(tmp_path):
+def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(tmp_path):
     jupyter_data = tmp_path / "jupyter"
-    before = run_module("check", "--profile", "tiny", jupyter_data=jupyter_data)
-    assert before.returncode == 1, before.stdout + before.stderr
+    before = subprocess.run(["make", "--no-print-directory", "preflight", "PROFILE=tiny", f"PY={sys.executable}"],
+                            cwd=REPO_ROOT, env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data)), capture_output=True,
+                            text=True, timeout=300)
+    assert before.returncode != 0 and "Error 1" in before.stderr, before.stdout + before.stderr
     assert "[FAIL] kernel" in before.stdout and "fix: make kernel" in before.stdout
     assert before.stdout.strip().splitlines()[-1] == "1 check(s) failed"
 
-    made = subprocess.run(["make", "-o", ".venv/.installed-requirements-cpu.txt", "kernel", f"PY={sys.executable}",
-                           "STAMP=.venv/.installed-requirements-cpu.txt"], cwd=REPO_ROOT,
+    made = subprocess.run(["make", "kernel", f"PY={sys.executable}"], cwd=REPO_ROOT,
                           env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data)), capture_output=True, text=True,
                           timeout=300)
     assert made.returncode == 0, made.stdout + made.stderr
