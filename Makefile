@@ -1,5 +1,6 @@
-# Two commands: `make run` (execute the course) and `make test` (the whole test suite).
-# Each one creates/updates the virtualenv in .venv from the repo's own files first.
+# `make run` (execute the course) and `make test` (the whole test suite) create/update the virtualenv
+# in .venv from the repo's own files first. Before class: `make kernel` and `make preflight`;
+# between classes: `make reset` (keeps the downloaded model and dataset) or `make reset-all`.
 #
 # GPU box that already has a CUDA torch (e.g. AutoDL's image):
 #   make run REQS=requirements.txt VENV_ARGS=--system-site-packages
@@ -13,8 +14,10 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed-$(notdir $(REQS))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]-*.ipynb))
 EXECUTED  ?= workspace/executed
+# the Python that runs the reset (no venv build just to delete files)
+RESET_PY  := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: venv run test notebooks lint bench clean-workspace
+.PHONY: venv run test chromium notebooks lint bench kernel preflight reset reset-all
 
 venv: $(STAMP)
 
@@ -36,7 +39,10 @@ run: $(STAMP)
 	@echo "Executed notebooks are in $(EXECUTED)/"
 
 # The whole suite: unit tests, then every notebook under nbval (tiny profile, CPU).
-test: $(STAMP)
+# tests/test_browser.py needs Chromium: `make chromium` installs Debian's package when this user can
+# install system packages (root or passwordless sudo), else Playwright's own; if neither works it
+# stops with what to install.
+test: $(STAMP) chromium
 	$(PY) -m ruff check helpers tests notebooks bench
 	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax
 
@@ -47,6 +53,33 @@ notebooks: $(STAMP)
 	  (cd notebooks && QWEN3_TUTORIAL_PROFILE=tiny ../$(PY) -m jupyter nbconvert --to notebook --execute \
 	    --inplace --ExecutePreprocessor.timeout=1200 $$(basename $$nb)) || exit 1; \
 	done
+	$(PY) -m nbstripout --keep-output --keep-count $(NOTEBOOKS)  # drop saved widget state, keep outputs
+
+chromium: $(STAMP)
+	$(PY) -m tests.chromium
+
+# kernel and preflight only need a .venv, whichever REQS built it (a GPU box's venv is not reinstalled):
+$(PY):
+	$(MAKE) venv
+
+# Register the .venv as the Jupyter kernel "Qwen3 LoRA course (.venv)" (pick it in JupyterLab).
+kernel: | $(PY)
+	$(PY) -m helpers.environment kernel
+
+# Pass/fail checklist with a fix line per failure; non-zero exit on any failure.
+#   make preflight PROFILE=tiny    make preflight JSON=1   (one JSON object, to collect a room's results)
+preflight: | $(PY)
+	$(PY) -m helpers.environment check $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter 1,$(JSON)),--json)
+
+# Remove runs, checkpoints, exports, plots, SwanLab records, encoded data, the scale-out demo and the
+# executed notebooks; keep the downloaded model and dataset. `make reset DRY_RUN=1` only lists them.
+reset:
+	$(RESET_PY) -m helpers.reset --executed $(EXECUTED) $(if $(filter 1,$(DRY_RUN)),--dry-run)
+
+# Also remove the models and the dataset: asks first; FORCE=1 for scripts (without a terminal it stops).
+reset-all:
+	$(RESET_PY) -m helpers.reset --all --executed $(EXECUTED) $(if $(filter 1,$(FORCE)),--force) \
+	  $(if $(filter 1,$(DRY_RUN)),--dry-run)
 
 lint: $(STAMP)
 	$(PY) -m ruff check helpers tests notebooks bench
@@ -54,6 +87,3 @@ lint: $(STAMP)
 # Original tutorial vs this course on CPU, every figure a ratio taken in the same run (bench/RESULTS.md).
 bench: $(STAMP)
 	$(PY) -m bench.cpu
-
-clean-workspace:
-	rm -rf workspace

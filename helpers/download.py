@@ -243,14 +243,15 @@ def _prod(shape) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.download``: make the profile's model directory (notebook 01's job)."""
+    """``python -m helpers.download``: the profile's dataset and model directory (notebook 01's job)."""
     import argparse
 
     from .cli import run_cli
     from .spec import build_spec
 
     parser = argparse.ArgumentParser(prog="python -m helpers.download",
-                                     description="Build (tiny), write (random8b) or download (full) the model.")
+                                     description="Download the dataset (full, random8b) and build (tiny), write (random8b) "
+                                                 "or download (full) the model.")
     parser.add_argument("--profile", help="full | tiny | random8b | auto (default: the settings / environment)")
     parser.add_argument("--config", help="a training config whose profile to prepare")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -262,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = disk_budget_gb((spec.paths.model_dir / "config.json").is_file())
         if spec.profile.source == "modelscope":
             print("disk budget (GB): " + ", ".join(f"{k} {v}" for k, v in budget.items()))
+        from .data_files import course_dataset_path
+
+        print(f"dataset ready: {display_path(course_dataset_path(spec))}")   # 0.9 MB, before the 16.4 GB
         path = prepare_model(spec)
         print(f"model directory ready: {display_path(path)}")
         return 0

@@ -5,7 +5,11 @@
   settings file ``course-settings.yaml`` that every kernel reads (JupyterLab on AutoDL is started
   by the platform, so variables exported in a terminal never reach it);
 * ``python -m helpers.environment check [--json]`` (``make preflight``): a pass/fail checklist
-  with a fix line for each failure, for one learner or a whole room.
+  with a fix line for each failure, for one learner or a whole room;
+* ``python -m helpers.environment kernel`` (``make kernel``): registers the course's Python as a
+  named Jupyter kernel;
+* :func:`warn_if_gpu_busy` / :func:`gpu_memory_report`: the first and last cell of a GPU notebook
+  (another kernel still holding GPU memory is the most common failure in class).
 """
 
 from __future__ import annotations
@@ -104,6 +108,38 @@ def gpu_memory_held_by_others() -> float | None:
     return max(0.0, (total - free - mine) / 1e9)
 
 
+#: GB held by other processes above which a notebook's first cell warns (this kernel's own CUDA
+#: context, ~0.5 GB, counts as "other" for torch, so the threshold sits above it)
+BUSY_GPU_GB = 1.0
+SHUT_DOWN_HOW = ("JupyterLab 菜单 Kernel → Shut Down Kernel，或左侧边栏“运行中的终端和内核”"
+                 "（Running Terminals and Kernels）面板里点 Shut Down")
+
+
+def gpu_memory_report() -> str:
+    """One Chinese line for a GPU notebook's last cell: the GPU memory this kernel holds, and how to free it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "本机没有 CUDA GPU，本内核不占显存。进入下一个 notebook 前仍建议关闭本内核（释放内存）：" + SHUT_DOWN_HOW + "。"
+    reserved = sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count())) / 1e9
+    allocated = sum(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())) / 1e9
+    return (f"本内核占用 GPU 显存 {reserved:.1f} GB（其中张量 {allocated:.1f} GB，另有约 0.5 GB CUDA 上下文）。"
+            f"下一个 notebook 需要这些显存：请先关闭本内核——{SHUT_DOWN_HOW}。")
+
+
+def warn_if_gpu_busy(threshold_gb: float = BUSY_GPU_GB) -> None:
+    """For a GPU notebook's first cell: print a Chinese warning when another process holds GPU memory."""
+    held = gpu_memory_held_by_others()
+    if held is None:
+        print("本机没有 CUDA GPU：跳过显存检查。")
+    elif held > threshold_gb:
+        print(f"⚠ 警告：另有进程占用 GPU 显存 {held:.1f} GB，多半是上一个 notebook 的内核还开着。"
+              f"请先关闭它（{SHUT_DOWN_HOW}；终端里 `nvidia-smi` 可看到占用显存的进程），"
+              "再重启本内核，否则模型可能放不下或被部分放到 CPU 上。")
+    else:
+        print(f"GPU 显存空闲：其他进程只占 {held:.1f} GB。")
+
+
 def hardware_summary(spec) -> dict:
     total, available = memory_gb()
     return {
@@ -152,6 +188,17 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     return path
 
 
+def install_kernel(user: bool = True) -> str:
+    """Register this Python (the course's .venv) as the Jupyter kernel :data:`KERNEL_NAME`; returns its folder.
+
+    ``user=True`` writes to the user's Jupyter folder (``~/.local/share/jupyter/kernels``), where a
+    JupyterLab started by the platform (AutoDL) finds it too.
+    """
+    from ipykernel.kernelspec import install
+
+    return install(user=user, kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY)
+
+
 def kernel_registered(name: str = KERNEL_NAME) -> bool:
     try:
         from jupyter_client.kernelspec import KernelSpecManager
@@ -172,9 +219,23 @@ class Check:
     fix: str = ""
 
 
+#: available system memory (GB) each kind of profile needs: loading Qwen3-8B goes shard by shard
+#: (safetensors are memory-mapped), the tiny profile trains on the CPU
+MEMORY_NEEDED_GB = {"gpu": 8.0, "cpu": 2.0}
+
+
 def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, kernel=None,
-              dataset_reachable=None) -> list[Check]:
-    """Every check of ``make preflight``; the keyword arguments let tests fake each failure."""
+              dataset_reachable=None, memory=None) -> list[Check]:
+    """Every check of ``make preflight``; the keyword arguments let tests fake each failure.
+
+    ``memory``: (total, available) system memory in GB.
+    """
+    checks = _preflight(spec, gpu_list=gpu_list, free_gb=free_gb, versions=versions, pins=pins, kernel=kernel,
+                        dataset_reachable=dataset_reachable, memory=memory)
+    return [check if not check.ok else Check(check.name, True, check.detail) for check in checks]
+
+
+def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reachable, memory) -> list[Check]:
     from .download import disk_budget_gb
 
     checks = []
@@ -192,7 +253,8 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         "; ".join(wrong + [f"{m} missing" for m in missing]),
                         "make venv   (or: pip install -r requirements.txt)"))
     gpu_list = gpus() if gpu_list is None else gpu_list
-    if spec.profile.needs_gpu or spec.profile.name == "random8b":
+    gpu_profile = spec.profile.needs_gpu or spec.profile.name == "random8b"
+    if gpu_profile:
         if not gpu_list:
             checks.append(Check("gpu", False, "no CUDA GPU found",
                                 "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny"))
@@ -210,6 +272,11 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     else:
         checks.append(Check("gpu", True, f"not needed by the {spec.profile.name} profile"
                             + (f" ({len(gpu_list)} found)" if gpu_list else "")))
+    total, available = memory_gb() if memory is None else memory
+    need_memory = MEMORY_NEEDED_GB["gpu" if gpu_profile else "cpu"]
+    checks.append(Check("memory", available >= need_memory,
+                        f"{available:.1f} GB of {total:.1f} GB available, {need_memory:.0f} GB needed",
+                        "close other programs and notebooks' kernels, or rent a machine with more memory"))
     free = _free_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
     need = disk_budget_gb(model_present)["total"] if spec.profile.source == "modelscope" else 1.0
@@ -227,16 +294,19 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     dataset = spec.paths.dataset
     if dataset.is_file():
         checks.append(Check("dataset", True, f"present at {display_path(dataset)}"))
+    elif "dataset" in spec.origin:  # a file the user named: a download would not put it there
+        checks.append(Check("dataset", False, f"not found at {display_path(dataset)} ({spec.origin['dataset']})",
+                            "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
     else:
         reachable = dataset_reachable() if dataset_reachable is not None else _dataset_reachable()
         checks.append(Check("dataset", reachable, f"not downloaded yet; download {'possible' if reachable else 'blocked'}",
-                            "" if reachable else "copy huanhuan.json onto the machine and set "
-                            "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json"))
+                            "copy huanhuan.json (0.9 MB) onto the machine, then: python -m helpers.environment "
+                            "setup --dataset /path/to/huanhuan.json"))
     checks.append(Check("swanlab", True, f"mode {spec.swanlab.mode}"
                         + ("" if spec.swanlab.mode == "online" else " (records stay local; `swanlab sync` later)")))
     kernel = kernel_registered() if kernel is None else kernel
     checks.append(Check("kernel", kernel, f"Jupyter kernel {KERNEL_NAME!r} " + ("registered" if kernel else "missing"),
-                        "make kernel   (then pick “Qwen3 LoRA course (.venv)” in JupyterLab)"))
+                        f"make kernel   (then pick “{KERNEL_DISPLAY}” in JupyterLab: Kernel → Change Kernel)"))
     return checks
 
 
@@ -275,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = commands.add_parser("setup", help="write course-settings.yaml (read by every kernel and command)")
     for key in SETTINGS_KEYS:
         setup.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"{key} (empty string removes it)")
+    commands.add_parser("kernel", help=f"register this Python as the Jupyter kernel {KERNEL_NAME!r} (make kernel)")
     check = commands.add_parser("check", help="pass/fail checklist with a fix for each failure")
     check.add_argument("--json", action="store_true", help="print JSON (collect a whole room's results)")
     check.add_argument("--profile", help="check for this profile instead of the configured one")
@@ -290,10 +361,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {display_path(path)}:")
             print(path.read_text(encoding="utf-8"))
             return 0
+        if args.command == "kernel":
+            folder = install_kernel()
+            print(f"registered the Jupyter kernel {KERNEL_NAME!r} ({sys.executable}) in {display_path(folder)}")
+            print(f"In JupyterLab pick “{KERNEL_DISPLAY}”: Kernel → Change Kernel (reload the page if it is not listed).")
+            return 0
         spec = build_spec(profile=args.profile)
         checks = preflight(spec)
         if args.json:
-            print(json.dumps({"profile": spec.profile.name, "ok": all(c.ok for c in checks),
+            print(json.dumps({"host": platform.node(), "profile": spec.profile.name,
+                              "ok": all(c.ok for c in checks),
                               "checks": [asdict(c) for c in checks]}, ensure_ascii=False, indent=1))
         else:
             print(spec.describe())
@@ -305,25 +382,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def gpu_memory_report() -> str:
-    """How much GPU memory this kernel holds (Chinese), and how to give it back."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "没有 GPU：这个内核不占显存。"
-    held = torch.cuda.memory_reserved() / 1e9
-    return (f"这个内核占着 {held:.1f} GB 显存。进入下一课之前请关闭它：Kernel → Shut Down Kernel"
-            "（否则下一课加载模型时显存不够）。")
-
-
-def warn_if_gpu_busy(threshold_gb: float = 2.0) -> str | None:
-    """For a notebook's first cell: warn when another process holds GPU memory; returns the warning."""
-    held = gpu_memory_held_by_others()
-    if held is None or held < threshold_gb:
-        return None
-    message = (f"注意：另一个进程（多半是上一课还没关闭的内核）占着 {held:.1f} GB 显存。"
-               "请先在那个笔记本里 Kernel → Shut Down Kernel，或用 nvidia-smi 找到它，再运行本课。")
-    print(message)
-    return message

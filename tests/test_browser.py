@@ -1,4 +1,4 @@
-"""Notebook 05's chat app in a real browser: JupyterLab + Debian's Chromium, driven by Playwright.
+"""Notebook 05's chat app in a real browser: JupyterLab + Chromium, driven by Playwright.
 
 The test copies notebooks/05-inference.ipynb (outputs cleared) into a temporary
 folder, with a temporary workspace that holds the tiny model (linked) and the tiny
@@ -7,8 +7,9 @@ notebook in headless Chromium, runs all cells, types "你是谁？", unticks sam
 (greedy, so the reply is reproducible), clicks Send and checks the reply that
 streams into the page. The server is stopped by its process group id.
 
-Needs Chromium: ``apt-get install -y chromium`` (Playwright's own browser download
-is not used). Deselect locally with ``-k "not browser"``.
+Needs Chromium: ``$CHROMIUM``, else Debian's ``chromium`` package, else Playwright's own
+(``python -m playwright install chromium``); ``make test`` installs one (tests/chromium.py).
+Deselect locally with ``-k "not browser"``.
 ``UPDATE_SCREENSHOTS=1`` also writes images/05-chat.png for the README
 (needs a CJK font, e.g. ``apt-get install -y fonts-wqy-zenhei``).
 """
@@ -34,9 +35,9 @@ import pytest
 from helpers import inference as inf
 from helpers.scale_out import free_port
 from helpers.workspace import REPO_ROOT, WORKSPACE_ENV
+from tests.chromium import HOW_TO_INSTALL, find_chromium
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 NOTEBOOK = REPO_ROOT / "notebooks" / "05-inference.ipynb"
 SCREENSHOT = REPO_ROOT / "images" / "05-chat.png"
 
@@ -101,9 +102,9 @@ def prepare_folder(tmp_path: Path, checkpoint: Path, model_dir: Path) -> tuple[P
 
 
 def test_chat_app_streams_a_reply_in_chromium(tmp_path, tiny_model_dir, tiny_checkpoint):
-    if not CHROMIUM.is_file():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}. Install Debian's package: "
-                    "apt-get update && apt-get install -y chromium (or set CHROMIUM=/path/to/chromium).")
+    chromium, origin = find_chromium()
+    if chromium is None:
+        pytest.fail(f"{origin}. {HOW_TO_INSTALL} (`make test` does this)")
     from playwright.sync_api import expect, sync_playwright
 
     notebooks, workspace = prepare_folder(tmp_path, tiny_checkpoint, tiny_model_dir)
@@ -137,7 +138,7 @@ def test_chat_app_streams_a_reply_in_chromium(tmp_path, tiny_model_dir, tiny_che
     try:
         wait_for_server(port, token, proc, log)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+            browser = playwright.chromium.launch(executable_path=str(chromium), headless=True,
                                                  args=["--no-sandbox", "--disable-dev-shm-usage"])
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1100})

@@ -1,0 +1,305 @@
+"""The pre-flight check, the settings file, the course kernel and the GPU notes between notebooks.
+
+* ``preflight`` passes on this CPU machine in the tiny profile (with the kernel registered), and
+  each faked failure fails exactly its own check, with a fix line;
+* ``python -m helpers.environment check [--json]`` / ``kernel`` as ``make preflight`` and
+  ``make kernel`` run them, against a temporary Jupyter data folder;
+* the settings file reaches a kernel started with none of the course's variables (nbval in a
+  subprocess with a clean environment); environment variables win over it;
+* ``warn_if_gpu_busy`` / ``gpu_memory_report`` with ``torch.cuda`` faked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from helpers import environment as env
+from helpers.spec import SETTINGS_FILE, WORKSPACE_ENV, SpecError, build_spec
+from helpers.workspace import REPO_ROOT
+
+GOOD_GPU = {"index": 0, "name": "NVIDIA GeForce RTX 4090", "memory_gb": 24.0, "free_gb": 23.5,
+            "capability": "8.9", "bf16": True}
+
+
+def clean_env(**extra) -> dict:
+    """This process's environment without any course or SwanLab setting; helpers from this checkout."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN3_TUTORIAL_", "SWANLAB"))}
+    return {**kept, "PYTHONPATH": str(REPO_ROOT), **extra}
+
+
+def by_name(checks) -> dict:
+    return {check.name: check for check in checks}
+
+
+# --------------------------------------------------------------------------- preflight, in process
+
+
+def test_preflight_passes_in_the_tiny_profile_on_this_machine(tiny_spec):
+    checks = env.preflight(tiny_spec, kernel=True)  # real versions, pins, memory, disk, dataset
+    assert [c.name for c in checks] == ["python", "packages", "gpu", "memory", "disk", "model", "dataset",
+                                        "swanlab", "kernel"]
+    failed = [c for c in checks if not c.ok]
+    assert not failed, env.format_checks(checks)
+    assert all(c.fix == "" for c in checks)
+    assert env.format_checks(checks).splitlines()[-1] == "all checks passed"
+    assert "not needed by the tiny profile" in by_name(checks)["gpu"].detail
+
+
+@pytest.fixture
+def full_spec(tmp_path):
+    """A full-profile spec in a temporary workspace that holds a (stand-in) model and the dataset."""
+    workspace = tmp_path / "workspace"
+    spec = build_spec(profile="full", env={WORKSPACE_ENV: str(workspace)}, settings_file=None, cuda=False)
+    spec.paths.model_dir.mkdir(parents=True)
+    (spec.paths.model_dir / "config.json").write_text("{}", encoding="utf-8")
+    spec.paths.dataset.parent.mkdir(parents=True)
+    spec.paths.dataset.write_text("[]", encoding="utf-8")
+    return spec
+
+
+def full_fakes(**changes) -> dict:
+    """Everything a full-profile machine ready for class reports; ``changes`` breaks one thing."""
+    fakes = {"gpu_list": [GOOD_GPU], "free_gb": 200.0, "memory": (64.0, 60.0), "kernel": True,
+             "dataset_reachable": lambda: True}
+    fakes.update(changes)
+    return fakes
+
+
+def test_a_full_machine_ready_for_class_passes(full_spec):
+    checks = env.preflight(full_spec, **full_fakes())
+    assert all(c.ok for c in checks), env.format_checks(checks)
+    assert "RTX 4090" in by_name(checks)["gpu"].detail and "bf16 yes" in by_name(checks)["gpu"].detail
+
+
+def _wrong_version():
+    versions = env.package_versions()
+    versions["transformers"] = "4.0.0"
+    return versions
+
+
+def _remove_model(spec):
+    (spec.paths.model_dir / "config.json").unlink()
+
+
+def _remove_dataset(spec):
+    spec.paths.dataset.unlink()
+
+
+FAILURES = {
+    # name: (fakes, change to the workspace, the failing check, words in its fix)
+    "no GPU": ({"gpu_list": []}, None, "gpu", "--profile tiny"),
+    "GPU held by a previous kernel": (
+        {"gpu_list": [{**GOOD_GPU, "free_gb": 6.0}]}, None, "gpu", "shut it down"),
+    "card too small": ({"gpu_list": [{**GOOD_GPU, "memory_gb": 8.0, "free_gb": 8.0}]}, None, "gpu",
+                       "more memory"),
+    "low disk": ({"free_gb": 3.0}, None, "disk", "setup --workspace"),
+    "low memory": ({"memory": (16.0, 1.5)}, None, "memory", "close other programs"),
+    "model missing": ({}, _remove_model, "model", "python -m helpers.download --profile full"),
+    "dataset unreachable": ({"dataset_reachable": lambda: False}, _remove_dataset, "dataset",
+                            "setup --dataset"),
+    "wrong package version": ({"versions": _wrong_version()}, None, "packages", "make venv"),
+    "kernel missing": ({"kernel": False}, None, "kernel", "make kernel"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_each_faked_failure_fails_its_own_check_with_a_fix(full_spec, case):
+    fakes, change, name, fix = FAILURES[case]
+    if change is not None:
+        change(full_spec)
+    checks = env.preflight(full_spec, **full_fakes(**fakes))
+    failed = [c.name for c in checks if not c.ok]
+    assert failed == [name], env.format_checks(checks)
+    assert fix in by_name(checks)[name].fix
+    text = env.format_checks(checks)
+    assert f"[FAIL] {name}" in text and f"fix: {by_name(checks)[name].fix}" in text
+    assert text.splitlines()[-1] == "1 check(s) failed"
+
+
+def test_wrong_version_names_the_package_and_its_pin(full_spec):
+    checks = env.preflight(full_spec, **full_fakes(versions=_wrong_version()))
+    pin = env.pinned_versions()["transformers"]
+    assert f"transformers 4.0.0 (pinned {pin})" in by_name(checks)["packages"].detail
+
+
+def test_the_dataset_is_downloadable_when_reachable(full_spec):
+    _remove_dataset(full_spec)
+    checks = env.preflight(full_spec, **full_fakes())
+    assert by_name(checks)["dataset"].ok and "download possible" in by_name(checks)["dataset"].detail
+
+
+def test_a_dataset_path_the_user_named_must_exist(tmp_path):
+    spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_DATASET": str(tmp_path / "nowhere.json")},
+                      settings_file=None, cuda=False)
+    checks = env.preflight(spec, kernel=True, dataset_reachable=lambda: True)
+    assert [c.name for c in checks if not c.ok] == ["dataset"]
+    assert "QWEN3_TUTORIAL_DATASET" in by_name(checks)["dataset"].detail
+
+
+# --------------------------------------------------------------------------- the CLI: make preflight / make kernel
+
+
+def run_module(*args, jupyter_data: Path, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "helpers.environment", *args], cwd=REPO_ROOT,
+                          env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data), **extra),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(tmp_path):
+    jupyter_data = tmp_path / "jupyter"
+    before = subprocess.run(["make", "--no-print-directory", "preflight", "PROFILE=tiny", f"PY={sys.executable}"],
+                            cwd=REPO_ROOT, env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data)), capture_output=True,
+                            text=True, timeout=300)
+    assert before.returncode != 0 and "Error 1" in before.stderr, before.stdout + before.stderr
+    assert "[FAIL] kernel" in before.stdout and "fix: make kernel" in before.stdout
+    assert before.stdout.strip().splitlines()[-1] == "1 check(s) failed"
+
+    made = subprocess.run(["make", "kernel", f"PY={sys.executable}"], cwd=REPO_ROOT,
+                          env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data)), capture_output=True, text=True,
+                          timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    spec_file = jupyter_data / "kernels" / env.KERNEL_NAME / "kernel.json"
+    kernel = json.loads(spec_file.read_text(encoding="utf-8"))
+    assert kernel["display_name"] == env.KERNEL_DISPLAY
+    assert Path(kernel["argv"][0]).resolve() == Path(sys.executable).resolve()
+
+    after = run_module("check", "--json", "--profile", "tiny", jupyter_data=jupyter_data)
+    assert after.returncode == 0, after.stdout + after.stderr
+    report = json.loads(after.stdout)
+    assert report["ok"] is True and report["profile"] == "tiny" and report["host"]
+    assert {c["name"]: c["ok"] for c in report["checks"]}["kernel"] is True
+    assert all(set(c) == {"name", "ok", "detail", "fix"} for c in report["checks"])
+
+
+def test_check_json_reports_failures_with_their_fix(tmp_path):
+    result = run_module("check", "--json", "--profile", "full", jupyter_data=tmp_path / "jupyter",
+                        **{WORKSPACE_ENV: str(tmp_path / "workspace")})
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    failed = {c["name"]: c["fix"] for c in report["checks"] if not c["ok"]}
+    assert report["ok"] is False
+    assert "python -m helpers.download" in failed["model"]    # a fresh workspace has no model
+    assert "make kernel" in failed["kernel"]                   # an empty Jupyter folder has no kernel
+    if not torch.cuda.is_available():
+        assert "--profile tiny" in failed["gpu"]
+
+
+# --------------------------------------------------------------------------- the settings file
+
+
+def test_settings_file_is_read_and_the_environment_wins(tmp_path):
+    settings = tmp_path / "course-settings.yaml"
+    workspace, other = tmp_path / "data-disk" / "ws", tmp_path / "elsewhere"
+    env.write_settings({"profile": "tiny", "workspace": str(workspace), "swanlab_mode": "disabled"}, path=settings)
+    spec = build_spec(settings_file=settings, env={}, cuda=False)
+    assert spec.profile.name == "tiny"
+    assert spec.paths.workspace == workspace
+    assert spec.swanlab.mode == "disabled"
+    assert spec.origin["workspace"].startswith("设置文件")
+
+    spec = build_spec(settings_file=settings, env={WORKSPACE_ENV: str(other)}, cuda=False)
+    assert spec.paths.workspace == other and spec.origin["workspace"] == f"环境变量 {WORKSPACE_ENV}"
+
+    env.write_settings({"workspace": None}, path=settings)        # None removes a key, the rest stays
+    spec = build_spec(settings_file=settings, env={}, cuda=False)
+    assert spec.paths.workspace == REPO_ROOT / "workspace" and spec.swanlab.mode == "disabled"
+
+
+def test_settings_file_never_takes_an_api_key(tmp_path):
+    settings = tmp_path / "course-settings.yaml"
+    with pytest.raises(SpecError, match="unknown setting"):
+        env.write_settings({"swanlab_api_key": "secret-key-123"}, path=settings)
+    assert not settings.exists()
+
+
+@pytest.fixture
+def settings_at_repo_root():
+    """Put a settings file at the real path for one test; the one there before (if any) comes back."""
+    saved = SETTINGS_FILE.read_bytes() if SETTINGS_FILE.exists() else None
+    try:
+        yield SETTINGS_FILE
+    finally:
+        if saved is None:
+            SETTINGS_FILE.unlink(missing_ok=True)
+        else:
+            SETTINGS_FILE.write_bytes(saved)
+
+
+def test_the_settings_file_reaches_a_kernel_started_without_the_variables(tmp_path, settings_at_repo_root):
+    workspace = tmp_path / "data-disk" / "qwen3-workspace"
+    setup = subprocess.run([sys.executable, "-m", "helpers.environment", "setup", "--profile", "tiny",
+                            "--workspace", str(workspace), "--swanlab-mode", "disabled"],
+                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert "course-settings.yaml" in setup.stdout
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os\n"
+        "from pathlib import Path\n"
+        "from helpers.spec import build_spec\n"
+        "assert not [k for k in os.environ if k.startswith('QWEN3_TUTORIAL_')]\n"
+        "spec = build_spec()\n"
+        f"assert spec.paths.workspace == Path({str(workspace)!r}), spec.paths.workspace\n"
+        "assert spec.profile.name == 'tiny' and spec.swanlab.mode == 'disabled'\n"
+        "print(spec.origin['workspace'].split()[0])")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "settings-check.ipynb"
+    nbformat.write(nb, path)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                             str(path)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 passed" in result.stdout
+
+
+# --------------------------------------------------------------------------- between notebooks (torch.cuda faked)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """One 24 GB GPU; set ``state['free']`` / ``state['reserved']`` (bytes) to shape what it reports."""
+    state = {"total": 24e9, "free": 23e9, "reserved": 0, "allocated": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=0: (state["free"], state["total"]))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=0: state["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=0: state["allocated"])
+    return state
+
+
+def test_warns_when_another_process_holds_gpu_memory(fake_gpu, capsys):
+    fake_gpu["free"] = 24e9 - 17.5e9            # a previous notebook's kernel still holds Qwen3-8B
+    assert env.gpu_memory_held_by_others() == pytest.approx(17.5)
+    env.warn_if_gpu_busy()
+    out = capsys.readouterr().out
+    assert "警告" in out and "17.5 GB" in out and "Shut Down" in out and "nvidia-smi" in out
+
+
+def test_no_warning_when_only_this_kernel_holds_memory(fake_gpu, capsys):
+    fake_gpu["free"], fake_gpu["reserved"] = 24e9 - 16.8e9, 16.5e9   # ours, plus 0.3 GB of CUDA context
+    env.warn_if_gpu_busy()
+    out = capsys.readouterr().out
+    assert "警告" not in out and "空闲" in out and "0.3 GB" in out
+
+
+def test_without_a_gpu_the_first_cell_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    env.warn_if_gpu_busy()
+    assert "没有 CUDA GPU" in capsys.readouterr().out
+    assert "不占显存" in env.gpu_memory_report()
+
+
+def test_last_cell_reports_what_this_kernel_holds(fake_gpu):
+    fake_gpu["reserved"], fake_gpu["allocated"] = 18.24e9, 16.41e9
+    line = env.gpu_memory_report()
+    assert "18.2 GB" in line and "16.4 GB" in line
+    assert "关闭本内核" in line and "Shut Down Kernel" in line

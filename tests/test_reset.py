@@ -1,0 +1,151 @@
+"""``make reset`` keeps the downloaded model and dataset; ``make reset-all`` removes them only when told to.
+
+A fake workspace holds what the course makes (models, the dataset, encoded data and its split,
+checkpoints, an export, plots, SwanLab records, the scale-out demo, executed notebooks) plus a
+file the course did not make. The reset runs as a learner runs it: through the CLI and through
+``make``, with ``QWEN3_TUTORIAL_WORKSPACE`` pointing at the fake workspace and stdin not a terminal.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import reset
+from helpers.checkpoints import lock_run
+from helpers.spec import WORKSPACE_ENV
+from helpers.workspace import REPO_ROOT, display_path
+
+MODEL_BYTES = 3_000_000
+DERIVED = ["checkpoints/tiny/checkpoint-10/adapter_model.safetensors", "checkpoints/tiny-previous-1/run_summary.json",
+           "export/tiny-merged/model.safetensors", "plots/loss.png", "swanlog/run-1/logs.txt",
+           "data/train-tiny.jsonl", "data/split-tiny/train.json", "scale-out-demo/checkpoints/x.bin",
+           "executed/04-train.ipynb"]
+KEPT = ["models/modelscope/Qwen/Qwen3-8B/model-00001-of-00005.safetensors", "models/tiny-qwen3/config.json",
+        "data/huanhuan.json", "my-notes.txt"]
+
+
+def make_workspace(root: Path) -> Path:
+    workspace = root / "workspace"
+    for name in DERIVED + KEPT:
+        path = workspace / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * (MODEL_BYTES if name.endswith("safetensors") and "models" in name else 1000))
+    return workspace
+
+
+def present(workspace: Path) -> set[str]:
+    return {p.relative_to(workspace).as_posix() for p in workspace.rglob("*") if p.is_file()}
+
+
+def run_reset(workspace: Path, *args: str, make: bool = False, **make_vars: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TUTORIAL_")}
+    env[WORKSPACE_ENV] = str(workspace)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    if make:
+        command = ["make", "--no-print-directory", *args, f"PY={sys.executable}",
+                   f"EXECUTED={workspace.parent / 'executed-elsewhere'}", *(f"{k}={v}" for k, v in make_vars.items())]
+    else:
+        command = [sys.executable, "-m", "helpers.reset", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_reset_keeps_the_model_and_the_dataset(tmp_path):
+    workspace = make_workspace(tmp_path)
+    result = run_reset(workspace)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert present(workspace) == set(KEPT)
+    for derived in ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "executed", "data/train-tiny.jsonl",
+                    "data/split-tiny"):
+        assert f"  {display_path(workspace / derived)} " in result.stdout
+    assert "freed 9.0 kB." in result.stdout      # nine derived files of 1,000 bytes
+    assert "kept:" in result.stdout and "models" in result.stdout
+
+
+def test_make_reset_keeps_the_model_and_the_dataset(tmp_path):
+    workspace = make_workspace(tmp_path)
+    elsewhere = tmp_path / "executed-elsewhere"      # make run's EXECUTED folder outside the workspace
+    elsewhere.mkdir()
+    (elsewhere / "00-environment.ipynb").write_text("{}", encoding="utf-8")
+    (elsewhere / "not-a-notebook.txt").write_text("keep", encoding="utf-8")
+    result = run_reset(workspace, "reset", make=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert present(workspace) == set(KEPT)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["not-a-notebook.txt"]
+
+
+def test_dry_run_lists_and_removes_nothing(tmp_path):
+    workspace = make_workspace(tmp_path)
+    before = present(workspace)
+    result = run_reset(workspace, "reset", make=True, DRY_RUN="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert present(workspace) == before
+    listed = result.stdout.split("to remove (")[1].splitlines()[1:-1]
+    assert len(listed) == 8, result.stdout      # 6 folders, the encoded file and the split
+    assert "nothing was removed" in result.stdout
+
+
+def test_reset_all_without_force_and_without_a_terminal_stops(tmp_path):
+    workspace = make_workspace(tmp_path)
+    before = present(workspace)
+    result = run_reset(workspace, "reset-all", make=True)
+    assert result.returncode != 0
+    assert "FORCE=1" in result.stderr and "Nothing was removed" in result.stderr
+    assert present(workspace) == before
+
+
+def test_reset_all_with_force_removes_the_models(tmp_path):
+    workspace = make_workspace(tmp_path)
+    result = run_reset(workspace, "reset-all", make=True, FORCE="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert present(workspace) == {"my-notes.txt"}      # only what the course did not make
+    assert not (workspace / "models").exists()
+    freed = MODEL_BYTES + 9 * 1000 + 2 * 1000       # the 8B shard, the derived files, tiny config, dataset
+    assert f"freed {reset.human(freed)}." in result.stdout
+
+
+def test_reset_all_asks_on_a_terminal(tmp_path, monkeypatch):
+    workspace = make_workspace(tmp_path)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    out = io.StringIO()
+    assert reset.reset(workspace, everything=True, out=out) == 0
+    assert "not confirmed" in out.getvalue()
+    assert "models/modelscope/Qwen/Qwen3-8B/model-00001-of-00005.safetensors" in present(workspace)
+    assert "checkpoints/tiny/checkpoint-10/adapter_model.safetensors" in present(workspace)
+
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    reset.reset(workspace, everything=True, out=out)
+    assert present(workspace) == {"my-notes.txt"}
+
+
+def test_a_training_in_progress_stops_the_reset(tmp_path):
+    workspace = make_workspace(tmp_path)
+    before = present(workspace)
+    with lock_run(workspace / "checkpoints" / "tiny"):
+        with pytest.raises(reset.ResetRefused, match="training run is in progress"):
+            reset.reset(workspace, out=io.StringIO())
+    assert present(workspace) - {"checkpoints/tiny.run.lock", "checkpoints/tiny.run.lock.pid"} == before
+    reset.reset(workspace, out=io.StringIO())   # the lock released: the reset goes ahead
+    assert present(workspace) == set(KEPT)
+
+
+def test_links_are_removed_not_followed(tmp_path):
+    workspace = make_workspace(tmp_path)
+    outside = tmp_path / "shared-model"
+    outside.mkdir()
+    (outside / "weights.bin").write_bytes(b"w" * 100)
+    (workspace / "export" / "linked").symlink_to(outside, target_is_directory=True)
+    reset.reset(workspace, out=io.StringIO())
+    assert (outside / "weights.bin").is_file()

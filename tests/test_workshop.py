@@ -1,0 +1,111 @@
+"""Workshop tooling: the class-length recipe and skipping ahead with someone else's adapter.
+
+* configs/train/qwen3-8b-workshop.yaml is the full recipe, shortened. The time it takes on a 24 GB
+  card is an estimate written in its comments; what can be checked without a GPU is that it is valid
+  for the ``full`` profile, stays within one pass over the real training rows, keeps the 24 GB memory
+  recipe, and that its comments' arithmetic matches its numbers.
+* A learner whose training failed continues with a classmate's adapter, named in the settings file
+  or ``QWEN3_TUTORIAL_ADAPTER_DIR``; an adapter made for another base model is refused, naming both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import inference as inf
+from helpers.checkpoints import COMPLETE_MARKER
+from helpers.data_files import grouped_split
+from helpers.environment import write_settings
+from helpers.recipes import choose_recipe
+from helpers.spec import ADAPTER_DIR_ENV, CONFIG_DIR, build_spec
+from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
+
+WORKSHOP = CONFIG_DIR / "qwen3-8b-workshop.yaml"
+ORIGINAL_SAMPLES_PER_S = 12.713
+PACKED_TOKEN_SAVING = 1.45
+
+
+def test_workshop_recipe_is_one_capped_pass_of_the_full_recipe(huanhuan_path):
+    workshop = build_spec(WORKSHOP, env={}, settings_file=None, cuda=False)
+    records = json.loads(huanhuan_path.read_text(encoding="utf-8"))
+    train_rows = grouped_split(records, workshop.data.eval_fraction, workshop.data.split_seed).train
+    full = build_spec(CONFIG_DIR / "qwen3-8b.yaml", env={}, settings_file=None, cuda=False)
+    assert workshop.profile.name == "full"
+    assert (workshop.data, workshop.lora, workshop.batching) == (full.data, full.lora, full.batching)
+    t, f = workshop.training, full.training
+    rows_per_step = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
+    assert rows_per_step == f["per_device_train_batch_size"] * f["gradient_accumulation_steps"] == 16
+    assert t["num_train_epochs"] == 1 and t["max_steps"] <= math.ceil(len(train_rows) / rows_per_step)
+    assert t["learning_rate"] > f["learning_rate"]
+    # the 24 GB card's recipe from helpers/recipes.py: checkpointing, micro-batch 4
+    recipe, _ = choose_recipe(24)
+    assert t["activation_checkpointing"] is recipe.activation_checkpointing is True
+    assert t["per_device_train_batch_size"] == recipe.micro_batch
+    assert t["eval_steps"] <= t["max_steps"] and t["logging_steps"] <= 10
+
+
+def test_workshop_estimate_in_the_comments_matches_the_numbers():
+    spec = build_spec(WORKSHOP, env={}, settings_file=None, cuda=False)
+    rows = spec.training["max_steps"] * 16
+    seconds_at_original_speed = rows / ORIGINAL_SAMPLES_PER_S / PACKED_TOKEN_SAVING
+    text = WORKSHOP.read_text(encoding="utf-8")
+    assert "ESTIMATE" in text and "12.7 samples/s" in text
+    assert f"{rows:,} / 12.7 / 1.45 = {seconds_at_original_speed:.0f} s" in text
+    # 1-3x that on a 24 GB card, plus loading: inside a 15-minute slot
+    assert 3 * (seconds_at_original_speed + 20) + 120 <= 15 * 60
+
+
+# --------------------------------------------------------------------------- skip ahead with a classmate's adapter
+
+
+def classmates_adapter(tiny_checkpoint, tmp_path) -> Path:
+    """The memorisation adapter, copied as a learner gets it from a classmate (outside their workspace)."""
+    target = tmp_path / "from-a-classmate" / "checkpoint-final"
+    shutil.copytree(tiny_checkpoint, target)
+    return target
+
+
+def test_a_classmates_adapter_from_the_settings_file_is_loaded(tiny_checkpoint, tiny_model_dir, tmp_path):
+    adapter = classmates_adapter(tiny_checkpoint, tmp_path)
+    workspace = tmp_path / "workspace"           # the model is there, no run of this learner's own
+    (workspace / "models").mkdir(parents=True)
+    (workspace / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    settings = tmp_path / "course-settings.yaml"
+    write_settings({"profile": "tiny", "workspace": str(workspace), "adapter_dir": str(adapter)}, path=settings)
+    spec = build_spec(settings_file=settings, env={}, cuda=False)
+    assert spec.paths.adapter_dir == adapter
+    assert not spec.paths.run_dir.exists()        # this learner's own training never ran
+    loaded = inf.load_finetuned(spec)
+    assert loaded.checkpoint == adapter
+    reply = inf.generate(loaded.model, loaded.tokenizer, inf.chat_messages([], MEMORISED_QUESTION),
+                         inf.greedy_settings())
+    assert reply.content == MEMORISED_ANSWER
+
+
+def test_the_variable_beats_the_settings_file_for_the_adapter(tiny_checkpoint, tmp_path):
+    adapter = classmates_adapter(tiny_checkpoint, tmp_path)
+    settings = tmp_path / "course-settings.yaml"
+    write_settings({"adapter_dir": str(tmp_path / "stale")}, path=settings)
+    spec = build_spec(settings_file=settings, env={ADAPTER_DIR_ENV: str(adapter)}, profile="tiny", cuda=False)
+    assert spec.paths.adapter_dir == adapter
+    assert inf.resolve_checkpoint(spec) == (adapter, [])
+
+
+def test_an_adapter_for_another_base_model_is_refused_with_both_sizes(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    adapter = classmates_adapter(tiny_checkpoint, tmp_path)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    # what an adapter trained on Qwen3-8B looks like: LoRA A matrices read 4,096 inputs
+    wrong = {k: (torch.zeros(v.shape[0], 4096) if "lora_A" in k else v) for k, v in weights.items()}
+    save_file(wrong, adapter / "adapter_model.safetensors")
+    (adapter / COMPLETE_MARKER).unlink(missing_ok=True)   # a hand-copied folder: no completion proof
+    spec = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: str(adapter)}, settings_file=None, cuda=False)
+    with pytest.raises(inf.AdapterMismatchError, match="hidden size 4096.*hidden size 128"):
+        inf.load_finetuned(spec)
