@@ -137,6 +137,21 @@ def scrubbed(result: dict) -> dict:
 # --------------------------------------------------------------------------- the course's steps
 
 
+class _MemorySeen:
+    """Collects the ``memory_gib`` the course's MemoryLog callback adds to each log line."""
+
+    def __new__(cls, seen: list):
+        from transformers import TrainerCallback
+
+        class Seen(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "memory_gib" in logs:
+                    seen.append(logs["memory_gib"])
+                return control
+
+        return Seen()
+
+
 def train_steps(spec, resume_from: Path | None = None) -> tuple[object, dict]:
     """The course's training steps (as ``helpers.train.train`` runs them, without tracking and plotting)."""
     from helpers import train
@@ -151,11 +166,13 @@ def train_steps(spec, resume_from: Path | None = None) -> tuple[object, dict]:
     load_s = time.perf_counter() - began
     trainer = train.build_trainer(spec, model, tokenizer, as_train_dataset(samples),
                                   as_train_dataset(eval_samples) if eval_samples else None)
+    logged_memory: list[float] = []
+    trainer.add_callback(_MemorySeen(logged_memory))  # runs after the course's MemoryLog, which fills memory_gib
     began = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_s = time.perf_counter() - began
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
-    memory_log = [e["memory_gib"] for e in trainer.state.log_history if "memory_gib" in e]
+    memory_log = logged_memory
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainer, {
         "rows_encoded": len(samples),
@@ -164,7 +181,7 @@ def train_steps(spec, resume_from: Path | None = None) -> tuple[object, dict]:
         "train_s": round(train_s, 2),
         "train_samples_per_second": output.metrics.get("train_samples_per_second"),
         "losses": losses,
-        "memory_gib_logged": memory_log[-1] if memory_log else None,
+        "memory_gib_logged": max(memory_log) if memory_log else None,
         "trainable_parameters": trainable,
         "effective_batch_size": train.effective_batch_size(trainer.args),
         "activation_checkpointing": bool(spec.training.get("activation_checkpointing")),
@@ -172,9 +189,14 @@ def train_steps(spec, resume_from: Path | None = None) -> tuple[object, dict]:
 
 
 def _drop(state: dict, *keys: str) -> None:
+    """Free a stage's models; the peak counter stays, so the stage's record still holds its peak."""
+    import torch
+
     for key in keys:
         state.pop(key, None)
-    reset_memory()
+    gc.collect()
+    if _cuda():
+        torch.cuda.empty_cache()
 
 
 def stage_train(check: Check, spec, steps: int) -> dict:

@@ -134,9 +134,21 @@ def choose_recipe(gpu_gb: float | None) -> tuple[Recipe | None, str]:
                   "请换一张更大的显卡。")
 
 
+#: Peak ``torch.cuda.max_memory_allocated`` (GB = 1e9 bytes) measured on one NVIDIA H200 with the random8b
+#: profile (the real Qwen3-8B architecture) on rows of the real dataset: bench/results/gpu_check.log
+#: (the course recipe's MemoryLog lines: 16.43 GiB) and bench/results/gpu_check_recipes.json (18.4 and
+#: 31.0 GiB). Tensors only: the CUDA context and the allocator's slack (~1-2 GB) come on top. QLoRA was
+#: not measured (the check's time guard skipped it).
+MEASURED_GB = {
+    "bf16 LoRA, checkpointing, micro-batch 4": 17.6,
+    "bf16 LoRA, checkpointing, micro-batch 16": 19.8,
+    "bf16 LoRA, no checkpointing, micro-batch 16": 33.3,
+}
+
+
 def fit_table(sizes=GPU_SIZES_GB, measured: dict[str, float] | None = None) -> str:
     """Markdown table: which recipe fits which card (estimates; measured peaks where known)."""
-    measured = measured or {}
+    measured = MEASURED_GB if measured is None else measured
     head = "| 配方 | 估计峰值 GB | 实测峰值 GB | 相对速度（估计） | " + " | ".join(f"{g} GB" for g in sizes) + " |"
     lines = [head, "|" + "---|" * (4 + len(sizes))]
     for recipe in RECIPES:
