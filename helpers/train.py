@@ -253,6 +253,8 @@ def training_arguments(spec, **extra):
     if spec.data.eval_fraction > 0:
         settings.setdefault("eval_strategy", "epoch")
         settings.setdefault("per_device_eval_batch_size", settings.get("per_device_train_batch_size", 8))
+        # the Trainer then tracks the best checkpoint by held-out loss and never rotates it away
+        settings.setdefault("metric_for_best_model", "eval_loss")
     if settings.get("bf16") and _cuda():
         import torch
 
@@ -328,7 +330,18 @@ def course_callbacks(spec) -> list:
                 logs["memory_gib"] = round(peak_memory_gib(), 3)
             return control
 
-    return [CheckpointComplete(), MemoryLog()]
+    class SaveBestEval(TrainerCallback):
+        """Saves a checkpoint whenever the held-out loss reaches a new low (e.g. at an epoch's end that is
+        not a save step), so the best checkpoint named in the run summary exists."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get("eval_loss")
+            if value is not None and args.metric_for_best_model in ("eval_loss", "loss") and \
+                    (state.best_metric is None or value < state.best_metric):
+                control.should_save = True
+            return control
+
+    return [CheckpointComplete(), MemoryLog(), SaveBestEval()]
 
 
 def peak_memory_gib() -> float:
@@ -518,6 +531,7 @@ class _maybe_lock:
 
 def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> dict:
     best = best_eval(trainer.state.log_history)
+    best_folder = spec.paths.run_dir / f"checkpoint-{best[0]}" if best else None
     return {
         "profile": spec.profile.name,
         "global_step": trainer.state.global_step,
@@ -528,7 +542,7 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
         "world_size": trainer.args.world_size,
         "checkpoint": find_latest_checkpoint(spec.paths.run_dir),
         "best_eval": {"step": best[0], "eval_loss": best[1],
-                      "checkpoint": f"checkpoint-{best[0]}"} if best else None,
+                      "checkpoint": best_folder.name if best_folder.is_dir() else None} if best else None,
         "output_dir": spec.paths.run_dir,
         "swanlab_run": swanlab_folder,
         "swanlab_mode": spec.swanlab.mode,
@@ -587,7 +601,8 @@ def describe_summary(summary: dict) -> str:
     ]
     if summary.get("best_eval"):
         best = summary["best_eval"]
-        lines.append(f"best eval loss     {best['eval_loss']:.4f} at step {best['step']} ({best['checkpoint']})")
+        lines.append(f"best eval loss     {best['eval_loss']:.4f} at step {best['step']} "
+                     f"({best['checkpoint'] or 'no checkpoint saved at that step'})")
     if summary.get("plot"):
         lines.append(f"loss plot          {display_path(summary['plot'])}")
     if summary.get("swanlab_run"):
