@@ -234,7 +234,7 @@ def _load_base_model_for_this_process(spec):
 SHOWN_TRAINING_KEYS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "learning_rate",
     "lr_scheduler_type", "logging_steps", "save_steps", "save_total_limit", "eval_strategy", "eval_steps",
-    "per_device_eval_batch_size", "activation_checkpointing", "activation_checkpointing_kwargs", "bf16", "fp16",
+    "per_device_eval_batch_size", "metric_for_best_model", "activation_checkpointing", "activation_checkpointing_kwargs", "bf16", "fp16",
     "seed", "logging_first_step", "save_strategy", "train_sampling_strategy", "report_to", "dataloader_num_workers",
     "dataloader_pin_memory", "disable_tqdm", "remove_unused_columns",
 )
@@ -276,6 +276,7 @@ def training_arguments(spec, **extra):
         eval_strategy=t.get("eval_strategy", "epoch") if spec.data.eval_fraction > 0 else "no",
         eval_steps=t.get("eval_steps"),
         per_device_eval_batch_size=t.get("per_device_eval_batch_size", t["per_device_train_batch_size"]),
+        metric_for_best_model=t.get("metric_for_best_model", "eval_loss" if spec.data.eval_fraction > 0 else None),
         activation_checkpointing=t["activation_checkpointing"],
         activation_checkpointing_kwargs=t.get("activation_checkpointing_kwargs",
                                               {"use_reentrant": False} if t["activation_checkpointing"] else None),
@@ -366,7 +367,18 @@ def course_callbacks(spec) -> list:
                     swanlab.log({"train/memory_gib": memory}, step=state.global_step)
             return control
 
-    return [CheckpointComplete(), MemoryLog()]
+    class SaveBestEval(TrainerCallback):
+        """Saves a checkpoint whenever the held-out loss reaches a new low (e.g. at an epoch's end that is
+        not a save step), so the best checkpoint named in the run summary exists."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get("eval_loss")
+            if value is not None and args.metric_for_best_model in ("eval_loss", "loss") and \
+                    (state.best_metric is None or value < state.best_metric):
+                control.should_save = True
+            return control
+
+    return [CheckpointComplete(), MemoryLog(), SaveBestEval()]
 
 
 def _active_swanlab_run():
@@ -568,6 +580,7 @@ class _maybe_lock:
 
 def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> dict:
     best = best_eval(trainer.state.log_history)
+    best_folder = spec.paths.run_dir / f"checkpoint-{best[0]}" if best else None
     return {
         "profile": spec.profile.name,
         "global_step": trainer.state.global_step,
@@ -578,7 +591,7 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
         "world_size": trainer.args.world_size,
         "checkpoint": find_latest_checkpoint(spec.paths.run_dir),
         "best_eval": {"step": best[0], "eval_loss": best[1],
-                      "checkpoint": f"checkpoint-{best[0]}"} if best else None,
+                      "checkpoint": best_folder.name if best_folder.is_dir() else None} if best else None,
         "output_dir": spec.paths.run_dir,
         "swanlab_run": swanlab_folder,
         "swanlab_mode": spec.swanlab.mode,
@@ -637,7 +650,8 @@ def describe_summary(summary: dict) -> str:
     ]
     if summary.get("best_eval"):
         best = summary["best_eval"]
-        lines.append(f"best eval loss     {best['eval_loss']:.4f} at step {best['step']} ({best['checkpoint']})")
+        lines.append(f"best eval loss     {best['eval_loss']:.4f} at step {best['step']} "
+                     f"({best['checkpoint'] or 'no checkpoint saved at that step'})")
     if summary.get("plot"):
         lines.append(f"loss plot          {display_path(summary['plot'])}")
     if summary.get("swanlab_run"):

@@ -1,0 +1,848 @@
+"""Notebook 07: did the fine-tune work? Base model vs LoRA on held-out prompts.
+
+One model is loaded (the base with the LoRA adapter on top); every comparison switches the
+adapter off for the base answers (PEFT's ``disable_adapter``), so both sides share weights,
+prompt format and decoding. What is measured, each by a small pure function below:
+
+* held-out loss and perplexity on the answer tokens only (the encoded labels, one forward per batch);
+* character-level ROUGE-L against the reference answers (Google's ``rouge-score`` with a character
+  tokenizer), reported as the change from base to LoRA;
+* persona markers: the share of replies holding a role word (臣妾, 皇上, ...; the list is derived
+  from the training answers, see :func:`derive_role_words`) vs the reference answers' share, and the
+  share holding assistant boilerplate ("作为AI", "语言模型", ...);
+* identity: paraphrased "who are you" probes that are not in the training data;
+* degeneration: replies that hit ``max_new_tokens`` without ``<|im_end|>``, the repeated n-gram
+  ratio, distinct-1/2;
+* thinking: with ``enable_thinking=True``, the share of replies that open ``<think>`` with non-empty
+  content and close it;
+* a decoding study (greedy vs Qwen3's recommended sampling vs a repetition penalty) on the
+  degeneration metrics, and a side-by-side table.
+
+``python -m helpers.evaluate --config configs/train/tiny.yaml`` runs it all, logs every metric to
+SwanLab and writes ``eval_report.json`` into the run folder. On the tiny profile the numbers only
+prove the code path; on Qwen3-8B they mean something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .workspace import MissingArtifactError, display_path
+
+#: The report written next to the checkpoints.
+REPORT_FILE = "eval_report.json"
+#: Label of the tokens that are not trained (the prompt), as in the encoded samples.
+IGNORE_INDEX = -100
+
+#: Words of address and self-reference at the Qing court: the candidates for persona markers.
+ROLE_WORD_CANDIDATES = (
+    "臣妾", "嫔妾", "本宫", "哀家", "奴婢", "奴才", "微臣", "朕",
+    "皇上", "陛下", "圣上", "万岁", "娘娘", "小主", "主子", "公公",
+    "皇后", "太后", "王爷", "姐姐", "妹妹", "四郎", "嬛嬛", "夫君",
+)
+#: Everyday modern words (a chat assistant's vocabulary). A candidate must be more frequent in
+#: the training answers than every one of these to count as a persona marker.
+NEUTRAL_WORDS = ("用户", "您好", "帮助", "助手", "问题", "朋友", "老师", "同学", "公司", "手机", "网络", "信息")
+#: A candidate is kept when at least this share of the training answers holds it (and at least one does).
+ROLE_WORD_MIN_SHARE = 0.0025
+
+#: What a general assistant says about itself and a court lady never does.
+BOILERPLATE = ("作为AI", "作为一个AI", "作为人工智能", "作为一个人工智能", "人工智能", "语言模型", "大模型",
+               "我是通义千问", "通义千问", "AI助手", "智能助手", "虚拟助手", "阿里云", "Qwen", "OpenAI")
+#: Paraphrases of "who are you" that the training data does not hold (checked against the
+#: training prompts' normalised forms before use).
+IDENTITY_PROBES = ("请问你是哪位？", "能介绍一下你自己吗？", "你到底是什么人？", "报上名来。", "你是何人？",
+                   "自我介绍一下吧。", "你的名字是什么？", "请问姑娘芳名？")
+#: A correct identity answer names the persona (and no assistant boilerplate).
+IDENTITY_NAMES = ("甄嬛", "嬛嬛")
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+#: The LoRA model keeps thinking when its rate is at most this much below the base model's.
+THINKING_TOLERANCE = 0.1
+
+
+# =========================================================================== metrics (pure functions)
+
+
+class CharTokenizer:
+    """A ``rouge-score`` tokenizer that makes every non-space character a token (Chinese has no spaces)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return chars(text)
+
+
+def chars(text: str) -> list[str]:
+    """The characters of ``text`` without whitespace: the unit of every text metric here."""
+    return [c for c in text if not c.isspace()]
+
+
+_SCORER = None
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """Character-level ROUGE-L F1 of one reply against its reference (``rouge-score``'s implementation)."""
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rougeL"], tokenizer=CharTokenizer())
+    return _SCORER.score(reference, prediction)["rougeL"].fmeasure
+
+
+def mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def mean_rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    return mean(rouge_l(p, r) for p, r in zip(predictions, references, strict=True))
+
+
+def contains_any(text: str, words: Iterable[str]) -> bool:
+    lowered = text.lower()
+    return any(word.lower() in lowered for word in words)
+
+
+def marker_rate(texts: Sequence[str], words: Iterable[str]) -> float:
+    """Share of ``texts`` that hold at least one of ``words``."""
+    words = tuple(words)
+    if not words:
+        return 0.0
+    return mean(1.0 if contains_any(t, words) else 0.0 for t in texts)
+
+
+def boilerplate_rate(texts: Sequence[str], phrases: Iterable[str] = BOILERPLATE) -> float:
+    """Share of ``texts`` holding assistant boilerplate (case-insensitive for Latin letters)."""
+    return marker_rate(texts, phrases)
+
+
+@dataclass(frozen=True)
+class RoleWords:
+    """The persona markers and how they were chosen."""
+
+    words: tuple[str, ...]
+    neutral_share: float    # the most frequent neutral word's share: a kept candidate is more frequent
+    min_share: float        # ... and at least this frequent
+    answers: int            # training answers counted
+    table: list[dict] = field(default_factory=list)   # one row per candidate and neutral word
+
+    def describe(self) -> str:
+        lines = [f"{self.answers} 条训练回答。候选词要算作角色词，出现它的回答占比须高于最常见的中性词"
+                 f"（{self.neutral_share:.2%}），并且至少为 {self.min_share:.2%}（至少 1 条）："]
+        for row in self.table:
+            if row["answers"]:
+                mark = "✓" if row["kept"] else "·"
+                kind = "候选" if row["kind"] == "candidate" else "中性"
+                lines.append(f"  {mark} {row['word']}\t{kind}\t{row['answers']:>5} 条\t{row['share']:.2%}")
+        for kind, name in (("candidate", "候选词"), ("neutral", "中性词")):
+            absent = [row["word"] for row in self.table if row["kind"] == kind and not row["answers"]]
+            if absent:
+                lines.append(f"  一次也没出现的{name}: {'、'.join(absent)}")
+        return "\n".join(lines)
+
+
+def derive_role_words(answers: Sequence[str], candidates: Sequence[str] = ROLE_WORD_CANDIDATES,
+                      neutral: Sequence[str] = NEUTRAL_WORDS,
+                      min_share: float = ROLE_WORD_MIN_SHARE) -> RoleWords:
+    """The persona markers of these training answers, and the table that shows why.
+
+    For each candidate (a word of address at court) and each neutral word, count the answers that
+    hold it. A candidate is kept when more answers hold it than hold any neutral word, and at least
+    ``min_share`` of them (and at least one). Rows are sorted by frequency.
+    """
+    total = len(answers)
+
+    def row(word: str, kind: str) -> dict:
+        count = sum(1 for a in answers if word in a)
+        return {"word": word, "kind": kind, "answers": count, "share": count / total if total else 0.0,
+                "kept": False}
+
+    neutral_rows = sorted((row(w, "neutral") for w in neutral), key=lambda r: (-r["answers"], r["word"]))
+    neutral_share = max((r["share"] for r in neutral_rows), default=0.0)
+    rows = sorted((row(w, "candidate") for w in candidates), key=lambda r: (-r["answers"], r["word"]))
+    for r in rows:
+        r["kept"] = r["answers"] >= 1 and r["share"] > neutral_share and r["share"] >= min_share
+    words = tuple(r["word"] for r in rows if r["kept"])
+    return RoleWords(words, neutral_share, min_share, total, rows + neutral_rows)
+
+
+def unseen_probes(probes: Sequence[str], train_prompts: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(probes whose normalised form is not a training prompt, probes that are)."""
+    from .data_files import normalise
+
+    seen = {normalise(p) for p in train_prompts}
+    kept = [p for p in probes if normalise(p) not in seen]
+    return kept, [p for p in probes if normalise(p) in seen]
+
+
+def identity_correct(reply: str, names: Sequence[str] = IDENTITY_NAMES) -> bool:
+    """The reply names the persona and holds no assistant boilerplate."""
+    return contains_any(reply, names) and not contains_any(reply, BOILERPLATE)
+
+
+def identity_accuracy(replies: Sequence[str]) -> float:
+    return mean(1.0 if identity_correct(r) else 0.0 for r in replies)
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def repeated_ngram_ratio(text: str, n: int = 3) -> float:
+    """Share of the reply's character n-grams that repeat an earlier one (0: no repeats; near 1: a loop)."""
+    grams = ngrams(chars(text), n)
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n over all replies: distinct character n-grams / all n-grams (Li et al., 2016)."""
+    grams = [g for t in texts for g in ngrams(chars(t), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def truncation_rate(finished: Sequence[bool]) -> float:
+    """Share of replies that stopped at ``max_new_tokens`` without their end token."""
+    return mean(0.0 if f else 1.0 for f in finished)
+
+
+def thinking_complete(text: str) -> bool:
+    """The reply opens ``<think>``, writes something, and closes it."""
+    stripped = text.lstrip()
+    if not stripped.startswith(THINK_OPEN) or THINK_CLOSE not in stripped:
+        return False
+    inside = stripped[len(THINK_OPEN):].split(THINK_CLOSE, 1)[0]
+    return bool(inside.strip())
+
+
+def thinking_rate(texts: Sequence[str]) -> float:
+    return mean(1.0 if thinking_complete(t) else 0.0 for t in texts)
+
+
+def thinking_conclusion(base: float, lora: float, tolerance: float = THINKING_TOLERANCE) -> str:
+    """The thinking-mode result in one plain sentence (Chinese)."""
+    if base == 0:
+        return (f"无法判断：基座模型开启思考后也没有写出完整的 <think> 块（基座 {base:.0%}，LoRA {lora:.0%}）。"
+                "tiny 随机模型本来就不会思考；在 Qwen3-8B 上这个比较才有意义。")
+    if lora >= base - tolerance:
+        return (f"思考模式保住了：开启 enable_thinking 后，LoRA 模型 {lora:.0%} 的回答有完整、非空的 "
+                f"<think> 块，基座模型是 {base:.0%}。")
+    return (f"思考模式受损：开启 enable_thinking 后，只有 {lora:.0%} 的 LoRA 回答有完整、非空的 <think> 块"
+            f"（基座模型 {base:.0%}）。训练数据里的回答都不带思考过程；需要思考时，混入带思考的数据再训练，"
+            "或者对这个适配器关闭思考模式。")
+
+
+def degeneration(texts: Sequence[str], finished: Sequence[bool], n: int = 3) -> dict:
+    """The degeneration metrics of a set of replies."""
+    return {
+        "truncated": truncation_rate(finished),
+        f"repeated_{n}gram": mean(repeated_ngram_ratio(t, n) for t in texts),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+    }
+
+
+def masked_nll(logits, labels) -> tuple[float, int]:
+    """(summed negative log-likelihood, counted tokens) of the labelled tokens.
+
+    ``logits[:, t]`` predicts ``labels[:, t + 1]`` (the shift the model's own loss uses); labels of
+    ``IGNORE_INDEX`` (the prompt and padding) are not counted.
+    """
+    import torch.nn.functional as F
+
+    shifted_logits = logits[:, :-1, :].float()
+    shifted_labels = labels[:, 1:]
+    total = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return float(total), int((shifted_labels != IGNORE_INDEX).sum())
+
+
+def perplexity(mean_nll: float) -> float:
+    return math.exp(mean_nll)
+
+
+def change(base: float, lora: float) -> dict:
+    return {"base": base, "lora": lora, "change": lora - base}
+
+
+# =========================================================================== running the model
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One generated reply and whether it ended with the end token."""
+
+    text: str          # everything generated up to the end token (special tokens removed; <think> kept)
+    content: str       # the answer without its <think> block
+    finished: bool     # an end token (<|im_end|>) was generated before max_new_tokens
+    new_tokens: int
+
+
+def _eos_ids(generation_config) -> set[int]:
+    eos = generation_config.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+
+def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], settings, adapter: bool = True,
+                     batch_size: int = 8, extra: dict | None = None, seed: int = 0) -> list[Generated]:
+    """Replies to many conversations, batched with left padding; each says whether it finished.
+
+    ``settings``: an ``inference.GenerationSettings``; ``extra``: more generation options (e.g.
+    ``repetition_penalty``). Sampling is seeded per batch, so a run repeats.
+    """
+    import torch
+
+    from .data import prompt_ids_as_text
+    from .inference import adapter_switch, split_thinking
+
+    config = settings.generation_config(model.generation_config)
+    if extra:
+        config.update(**extra)
+    eos = _eos_ids(config)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    out: list[Generated] = []
+    for start in range(0, len(conversations), batch_size):
+        batch = [prompt_ids_as_text(tokenizer, messages, settings.enable_thinking)
+                 for messages in conversations[start:start + batch_size]]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=model.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
+        torch.manual_seed(seed + start)
+        with adapter_switch(model, adapter), torch.inference_mode():
+            generated = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        for row in generated[:, width:].tolist():
+            end = next((i for i, token in enumerate(row) if token in eos), None)
+            tokens = row if end is None else row[:end]
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            reply = split_thinking(text)
+            out.append(Generated(text, reply.content, end is not None, len(tokens)))
+    return out
+
+
+def answer_loss(model, tokenizer, samples: Sequence[dict], adapter: bool = True, batch_size: int = 8) -> dict:
+    """Mean loss and perplexity over the answer tokens (labels != -100) of encoded samples."""
+    import torch
+
+    from .inference import adapter_switch
+
+    pad_id = tokenizer.pad_token_id or 0
+    total, count = 0.0, 0
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        width = max(len(s["input_ids"]) for s in batch)
+
+        def padded(key, value, batch=batch, width=width):
+            rows = [s[key] + [value] * (width - len(s[key])) for s in batch]
+            return torch.tensor(rows, device=model.device)
+
+        with adapter_switch(model, adapter), torch.inference_mode():
+            logits = model(input_ids=padded("input_ids", pad_id),
+                           attention_mask=padded("attention_mask", 0)).logits
+        nll, tokens = masked_nll(logits, padded("labels", IGNORE_INDEX))
+        total += nll
+        count += tokens
+    loss = total / count if count else float("nan")
+    return {"loss": loss, "perplexity": perplexity(loss) if count else float("nan"), "tokens": count}
+
+
+# =========================================================================== the evaluation
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    limit: int | None = 16               # prompts generated per set (None: all)
+    max_new_tokens: int = 24
+    thinking_prompts: int = 8
+    thinking_max_new_tokens: int = 24
+    batch_size: int = 8
+    table_rows: int = 20
+    repetition_penalty: float = 1.1
+    seed: int = 42
+
+    @classmethod
+    def for_spec(cls, spec, limit: int | None = None, max_new_tokens: int | None = None) -> EvalOptions:
+        """Small numbers for the tiny profile (CPU seconds), real ones for Qwen3-8B."""
+        if spec.profile.name == "tiny":
+            options = cls()
+        else:
+            options = cls(limit=None, max_new_tokens=256, thinking_prompts=16, thinking_max_new_tokens=1024,
+                          batch_size=16)
+        if limit is not None:
+            options = dataclasses.replace(options, limit=limit)
+        if max_new_tokens is not None:
+            options = dataclasses.replace(options, max_new_tokens=max_new_tokens)
+        return options
+
+
+def has_adapter(spec, checkpoint: str | Path | None = None) -> bool:
+    from . import checkpoints
+
+    if checkpoint is not None or spec.paths.adapter_dir is not None:
+        return True
+    return checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is not None
+
+
+def prepare(spec, checkpoint: str | Path | None = None, say: Callable[[str], None] = print) -> None:
+    """Everything the evaluation needs: the model folder, and an adapter (trained here when there is none)."""
+    from .download import prepare_model
+
+    prepare_model(spec)
+    if not has_adapter(spec, checkpoint):
+        if spec.data.eval_fraction <= 0:
+            raise MissingArtifactError(
+                f"{display_path(spec.config_file)} holds out no rows (data.eval_fraction is 0): set it, e.g. "
+                "--set data.eval_fraction=0.05, so there is something to evaluate on.")
+        say(f"{display_path(spec.paths.run_dir)} 里还没有训练好的 LoRA 适配器：先训练（helpers.train）……")
+        from .train import train
+
+        train(spec)
+
+
+def held_out_split(spec, say: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
+    """(training records, held-out records) from ``spec.paths.split_dir``, re-made when missing or stale.
+
+    Training writes the split; it is re-made here with the same code when its seed, fraction or
+    source file differ from this spec's.
+    """
+    from . import data_files, validation
+    from .models import sha256_file
+    from .train import split_records
+
+    if spec.data.eval_fraction <= 0:
+        raise MissingArtifactError(
+            f"{display_path(spec.config_file)}: data.eval_fraction is 0, so no rows are held out. "
+            "Set it (e.g. --set data.eval_fraction=0.05) and train again.")
+    source = data_files.course_dataset_path(spec, progress=False)
+    folder = spec.paths.split_dir
+    meta_path = folder / "split.json"
+    if meta_path.is_file() and (folder / "eval.json").is_file() and (folder / "train.json").is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if (meta.get("seed"), meta.get("eval_fraction"), meta.get("source_sha256")) == \
+                (spec.data.split_seed, spec.data.eval_fraction, sha256_file(source)):
+            return (json.loads((folder / "train.json").read_text(encoding="utf-8")),
+                    json.loads((folder / "eval.json").read_text(encoding="utf-8")))
+    records = validation.load_records(source).records
+    train_records, eval_records, split = split_records(spec, records)
+    data_files.save_split(split, folder, source=source)
+    say(f"重新生成了留出集 {display_path(folder)}：{split.summary()}")
+    return train_records, eval_records
+
+
+def _messages(prompt: str, system_prompt: str | None) -> list[dict]:
+    from .inference import chat_messages
+
+    return chat_messages([], prompt, system_prompt)
+
+
+def _user_text(record: dict) -> str:
+    return f"{record['instruction']}\n{record['input']}" if record.get("input") else record["instruction"]
+
+
+def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: Sequence[str],
+                 system_prompt: str | None, max_length: int) -> tuple[dict, dict]:
+    """Loss, ROUGE-L, persona, boilerplate and degeneration of base vs LoRA on ``records``.
+
+    Returns (metrics, generations) where generations holds the prompts, references and both replies.
+    """
+    from .data import encode_records
+    from .inference import greedy_settings
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    samples, _ = encode_records(records, tokenizer, system_prompt, max_length)
+    loss = {side: answer_loss(model, tokenizer, samples, adapter=side == "lora",
+                              batch_size=options.batch_size) for side in ("base", "lora")}
+    chosen = records[: options.limit] if options.limit else records
+    prompts = [_user_text(r) for r in chosen]
+    references = [r["output"] for r in chosen]
+    conversations = [_messages(p, system_prompt) for p in prompts]
+    settings = greedy_settings(False, options.max_new_tokens)
+    replies = {side: generate_replies(model, tokenizer, conversations, settings, adapter=side == "lora",
+                                      batch_size=options.batch_size)
+               for side in ("base", "lora")}
+    texts = {side: [g.content for g in replies[side]] for side in replies}
+    metrics = {
+        "rows": len(records),
+        "prompts": len(chosen),
+        "answer_tokens": loss["lora"]["tokens"],
+        "loss": {side: loss[side]["loss"] for side in loss},
+        "perplexity": {side: loss[side]["perplexity"] for side in loss},
+        "rouge_l": change(mean_rouge_l(texts["base"], references), mean_rouge_l(texts["lora"], references)),
+        "persona": {"reference": marker_rate(references, role_words),
+                    **{side: marker_rate(texts[side], role_words) for side in texts}},
+        "boilerplate": {"reference": boilerplate_rate(references),
+                        **{side: boilerplate_rate(texts[side]) for side in texts}},
+        "degeneration": {side: degeneration(texts[side], [g.finished for g in replies[side]])
+                         for side in texts},
+    }
+    generations = {"prompts": prompts, "references": references, "conversations": conversations,
+                   "base": replies["base"], "lora": replies["lora"]}
+    return metrics, generations
+
+
+def decoding_study(loaded, conversations: list[list[dict]], references: list[str], greedy: list[Generated],
+                   options: EvalOptions) -> list[dict]:
+    """The LoRA model's degeneration under greedy, Qwen3's non-thinking sampling and a repetition penalty."""
+    from .inference import greedy_settings, recommended_settings
+
+    plain = greedy_settings(False, options.max_new_tokens)
+    sampling = recommended_settings(False, options.max_new_tokens)
+    penalty = {"repetition_penalty": options.repetition_penalty}
+
+    def run(settings, extra=None):
+        return generate_replies(loaded.model, loaded.tokenizer, conversations, settings,
+                                batch_size=options.batch_size, extra=extra, seed=options.seed)
+
+    runs = [
+        ("greedy", plain.describe(), greedy),
+        ("sampling", sampling.describe(), run(sampling)),
+        (f"greedy+repetition_penalty={options.repetition_penalty}",
+         f"{plain.describe()}, repetition_penalty={options.repetition_penalty}", run(plain, penalty)),
+    ]
+    rows = []
+    for name, described, replies in runs:
+        texts = [g.content for g in replies]
+        rows.append({"decoding": name, "settings": described,
+                     **degeneration(texts, [g.finished for g in replies]),
+                     "rouge_l": mean_rouge_l(texts, references)})
+    return rows
+
+
+def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | None = None,
+             say: Callable[[str], None] = print) -> dict:
+    """The whole evaluation of the spec's adapter; returns the report (also saved and logged)."""
+    from .inference import greedy_settings, load_finetuned, recommended_settings
+
+    options = options or EvalOptions.for_spec(spec)
+    prepare(spec, checkpoint, say)
+    train_records, eval_records = held_out_split(spec, say)
+    loaded = load_finetuned(spec, checkpoint)
+    for note in loaded.notes:
+        say(note)
+    system_prompt = loaded.recipe.get("system_prompt", spec.data.system_prompt)
+    role = derive_role_words([r["output"] for r in train_records])
+    notes = _adapter_data_notes(spec, loaded.checkpoint)
+
+    sets = {"held_out": eval_records}
+    if spec.data.max_rows:  # the training set is a memorisation subset: also show that it was learnt
+        sets["memorised"] = train_records
+    metrics, generations = {}, {}
+    for name, records in sets.items():
+        say(f"评估 {name}：{len(records)} 条（生成 {min(len(records), options.limit or len(records))} 条）……")
+        metrics[name], generations[name] = evaluate_set(loaded, records, options, role.words, system_prompt,
+                                                        spec.data.max_length)
+
+    probes, seen = unseen_probes(IDENTITY_PROBES, [_user_text(r) for r in train_records])
+    if seen:
+        notes.append(f"identity probes left out because the training data holds them: {', '.join(seen)}")
+
+    def both(conversations, settings, seed=0) -> dict[str, list[Generated]]:
+        return {side: generate_replies(loaded.model, loaded.tokenizer, conversations, settings,
+                                       adapter=side == "lora", batch_size=options.batch_size, seed=seed)
+                for side in ("base", "lora")}
+
+    identity_replies = both([_messages(p, system_prompt) for p in probes],
+                            greedy_settings(False, max(options.max_new_tokens, 32)))
+    identity = {
+        "probes": probes,
+        "accuracy": {side: identity_accuracy([g.content for g in replies])
+                     for side, replies in identity_replies.items()},
+        "replies": [{"probe": p, "base": b.content, "lora": lo.content}
+                    for p, b, lo in zip(probes, *identity_replies.values(), strict=True)],
+    }
+
+    held = generations["held_out"]
+    thinking_settings = recommended_settings(True, options.thinking_max_new_tokens)
+    thinking_replies = both(held["conversations"][: options.thinking_prompts], thinking_settings,
+                            options.seed)
+    thinking = {"prompts": len(thinking_replies["lora"]), "settings": thinking_settings.describe(),
+                **{side: thinking_rate([g.text for g in replies])
+                   for side, replies in thinking_replies.items()}}
+    thinking["conclusion"] = thinking_conclusion(thinking["base"], thinking["lora"])
+
+    decoding = decoding_study(loaded, held["conversations"], held["references"], held["lora"], options)
+    table = side_by_side(generations, options.table_rows)
+    report = {
+        "profile": spec.profile.name,
+        "config_file": display_path(spec.config_file),
+        "checkpoint": _relative(loaded.checkpoint, spec),
+        "options": dataclasses.asdict(options),
+        "system_prompt": system_prompt,
+        "split": {"train_rows": len(train_records), "held_out_rows": len(eval_records),
+                  "eval_fraction": spec.data.eval_fraction, "seed": spec.data.split_seed},
+        "role_words": {"words": list(role.words), "neutral_share": role.neutral_share,
+                       "min_share": role.min_share, "answers": role.answers, "table": role.table},
+        "sets": metrics,
+        "identity": identity,
+        "thinking": thinking,
+        "decoding": decoding,
+        "table": table,
+        "notes": notes,
+    }
+    report["swanlab_run"] = _relative(log_to_swanlab(spec, report), spec)
+    save_report(spec, report)
+    return report
+
+
+def _adapter_data_notes(spec, checkpoint: Path) -> list[str]:
+    """A warning when the run that made the adapter used other data settings than this spec."""
+    summary = Path(checkpoint).parent / "run_summary.json"
+    if not summary.is_file():
+        return []
+    data = json.loads(summary.read_text(encoding="utf-8")).get("spec", {}).get("data", {})
+    wanted = dataclasses.asdict(spec.data)
+    keys = ("source", "max_rows", "eval_fraction", "split_seed")
+    differing = [f"{k}={data[k]!r}" for k in keys if k in data and data[k] != wanted[k]]
+    if not differing:
+        return []
+    return [f"the adapter's run used other data settings ({', '.join(differing)}): "
+            "some held-out rows may have been trained on"]
+
+
+def side_by_side(generations: dict, rows: int = 20) -> list[dict]:
+    """Up to ``rows`` (set, prompt, reference, base, LoRA) rows; the memorised set first when there is one."""
+    table = []
+    for name in sorted(generations, key=lambda n: n != "memorised"):
+        g = generations[name]
+        for prompt, reference, base, lora in zip(g["prompts"], g["references"], g["base"], g["lora"],
+                                                 strict=True):
+            table.append({"set": name, "prompt": prompt, "reference": reference, "base": base.content,
+                          "lora": lora.content})
+    if len(table) <= rows:
+        return table
+    memorised = [r for r in table if r["set"] == "memorised"][: rows // 2]
+    return memorised + [r for r in table if r["set"] != "memorised"][: rows - len(memorised)]
+
+
+def _relative(path: Path | None, spec) -> str | None:
+    """A path in the report: relative to the run folder or the workspace, never a machine path."""
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    for base in (spec.paths.run_dir, spec.paths.workspace):
+        try:
+            return path.relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return path.name
+
+
+# =========================================================================== output
+
+
+def scalars(report: dict) -> dict[str, float]:
+    """Every number of the report as a flat ``eval/...`` key (what SwanLab charts)."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[prefix] = float(value)
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}/{key}", inner)
+
+    walk("eval", report["sets"])
+    walk("eval/identity", report["identity"]["accuracy"])
+    walk("eval/thinking", {k: report["thinking"][k] for k in ("base", "lora")})
+    for row in report["decoding"]:
+        numbers = {k: v for k, v in row.items() if k not in ("decoding", "settings")}
+        walk(f"eval/decoding/{row['decoding']}", numbers)
+    return out
+
+
+TABLE_COLUMNS = ("set", "prompt", "reference", "base", "lora")
+
+
+def log_to_swanlab(spec, report: dict) -> Path | None:
+    """Each metric as a scalar, the side-by-side table as SwanLab's table and as text.
+
+    Returns the run folder (None when tracking is off).
+    """
+    if not spec.swanlab.enabled or spec.swanlab.mode == "disabled":
+        return None
+    import swanlab
+
+    from . import tracking
+
+    name = f"{spec.swanlab.experiment_name}-eval"
+    eval_spec = spec.replace(swanlab=dataclasses.replace(spec.swanlab, experiment_name=name))
+    config = {"report": {k: report[k] for k in ("profile", "checkpoint", "options")}, "spec": spec.to_dict()}
+    run = tracking.start_run(eval_spec, config=config)
+    try:
+        swanlab.log(scalars(report), step=0)
+        table = swanlab.echarts.Table()
+        table.add(list(TABLE_COLUMNS), [[row[c] for c in TABLE_COLUMNS] for row in report["table"]])
+        swanlab.log({"eval/samples": table}, step=0)
+        swanlab.log({"eval/samples_text": [swanlab.Text(_row_markdown(row), caption=f"{row['set']} {i + 1}")
+                                           for i, row in enumerate(report["table"])]}, step=0)
+        swanlab.log({"eval/thinking_conclusion": swanlab.Text(report["thinking"]["conclusion"])}, step=0)
+    finally:
+        folder = tracking.finish_run(run)
+    return folder
+
+
+def _row_markdown(row: dict) -> str:
+    return "\n".join(f"**{name}**: {row[name]}" for name in TABLE_COLUMNS)
+
+
+def save_report(spec, report: dict) -> Path:
+    from .data_files import atomic_path
+
+    path = spec.paths.run_dir / REPORT_FILE
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split()).replace("|", "/")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table(rows: Sequence[dict], width: int = 28) -> str:
+    """The side-by-side table as Markdown (each cell clipped to ``width`` characters)."""
+    lines = ["| 集合 | 提示 | 参考答案 | 基座 | LoRA |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_clip(row[c], width) for c in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def metrics_rows(report: dict, set_name: str = "held_out") -> list[tuple[str, float, float]]:
+    """(metric, base, LoRA) rows of one set plus identity and thinking: the bar chart's data."""
+    metrics = report["sets"][set_name]
+    rows = [
+        ("ROUGE-L", metrics["rouge_l"]["base"], metrics["rouge_l"]["lora"]),
+        ("persona", metrics["persona"]["base"], metrics["persona"]["lora"]),
+        ("boilerplate", metrics["boilerplate"]["base"], metrics["boilerplate"]["lora"]),
+        ("identity", report["identity"]["accuracy"]["base"], report["identity"]["accuracy"]["lora"]),
+        ("thinking", report["thinking"]["base"], report["thinking"]["lora"]),
+    ]
+    for key in ("truncated", "repeated_3gram", "distinct_1", "distinct_2"):
+        rows.append((key, metrics["degeneration"]["base"][key], metrics["degeneration"]["lora"][key]))
+    return rows
+
+
+def describe_report(report: dict) -> str:
+    """The report's numbers in a few lines (Chinese)."""
+    lines = [f"检查点 {report['checkpoint']}，留出集 {report['split']['held_out_rows']} 条"]
+    for name, m in report["sets"].items():
+        lines.append(
+            f"[{name}] loss 基座 {m['loss']['base']:.3f} → LoRA {m['loss']['lora']:.3f}；"
+            f"困惑度 {m['perplexity']['base']:.1f} → {m['perplexity']['lora']:.1f}；"
+            f"ROUGE-L {m['rouge_l']['base']:.3f} → {m['rouge_l']['lora']:.3f}（{m['rouge_l']['change']:+.3f}）；"
+            f"角色词 参考 {m['persona']['reference']:.0%} / 基座 {m['persona']['base']:.0%} / "
+            f"LoRA {m['persona']['lora']:.0%}；套话 基座 {m['boilerplate']['base']:.0%} / "
+            f"LoRA {m['boilerplate']['lora']:.0%}")
+    identity = report["identity"]
+    lines.append(f"身份问答准确率 基座 {identity['accuracy']['base']:.0%} → "
+                 f"LoRA {identity['accuracy']['lora']:.0%}（{len(identity['probes'])} 个改写的问题）")
+    lines.append(f"思考模式：{report['thinking']['conclusion']}")
+    if report.get("notes"):
+        lines += [f"注意: {note}" for note in report["notes"]]
+    return "\n".join(lines)
+
+
+def plot_comparison(report: dict, set_name: str = "held_out", path: Path | None = None):
+    """Bar chart: base vs LoRA on every share-type metric (0..1)."""
+    import matplotlib
+
+    if path is not None and "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = metrics_rows(report, set_name)
+    positions = range(len(rows))
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.bar([p - 0.2 for p in positions], [r[1] for r in rows], width=0.4, label="base")
+    ax.bar([p + 0.2 for p in positions], [r[2] for r in rows], width=0.4, label="LoRA")
+    ax.set_xticks(list(positions), [r[0] for r in rows], rotation=20)
+    ax.set(ylim=(0, 1.05), ylabel="share / score", title=f"{report['profile']}: base vs LoRA ({set_name})")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def epoch_boundaries(log_history: Sequence[dict]) -> list[int]:
+    """The logged steps at which a new epoch began (where a staircase loss curve drops)."""
+    steps, last = [], 0
+    for entry in log_history:
+        if "loss" in entry and "epoch" in entry:
+            epoch = math.floor(entry["epoch"] + 1e-9)
+            if epoch > last:
+                steps.append(entry["step"])
+                last = epoch
+    return steps
+
+
+def frequent(texts: Iterable[str], top: int = 10) -> list[tuple[str, int]]:
+    """The most frequent replies (a collapsed model repeats one answer)."""
+    return Counter(texts).most_common(top)
+
+
+# =========================================================================== CLI
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import run_cli
+    from .spec import build_spec
+
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.evaluate",
+        description="Evaluate the LoRA adapter against its base model on held-out prompts (notebook 07).")
+    parser.add_argument("--config",
+                        help="configs/train/tiny.yaml, qwen3-8b.yaml, ... (default: the profile's own)")
+    parser.add_argument("--checkpoint", help="the adapter folder (default: the run's latest good checkpoint; "
+                        "trained first when there is none)")
+    parser.add_argument("--output-dir", help="the run folder (default workspace/checkpoints/<profile>)")
+    parser.add_argument("--limit", type=_positive_int, help="prompts generated per set (tiny: 16; full: all)")
+    parser.add_argument("--max-new-tokens", type=_positive_int,
+                        help="reply length limit (tiny: 24; full: 256)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.eval_fraction=0.1 (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    def work() -> int:
+        spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
+        print(spec.describe())
+        options = EvalOptions.for_spec(spec, args.limit, args.max_new_tokens)
+        report = evaluate(spec, args.checkpoint, options)
+        print(format_table(report["table"]))
+        print()
+        print("解码方式对比（LoRA，留出集）:")
+        for row in report["decoding"]:
+            print(f"  {row['decoding']:<32} 截断 {row['truncated']:.0%}  "
+                  f"重复3-gram {row['repeated_3gram']:.3f}  distinct-1 {row['distinct_1']:.3f}  "
+                  f"distinct-2 {row['distinct_2']:.3f}  ROUGE-L {row['rouge_l']:.3f}")
+        print(describe_report(report))
+        print(f"报告: {display_path(spec.paths.run_dir / REPORT_FILE)}")
+        if report.get("swanlab_run"):
+            print(f"SwanLab: {display_path(spec.paths.workspace / report['swanlab_run'])}")
+        return 0
+
+    return run_cli(work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
