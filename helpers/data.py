@@ -243,6 +243,8 @@ def plot_token_lengths(lengths: Sequence[int], max_length: int = DEFAULT_MAX_LEN
     """A histogram of encoded lengths with the p50/p90/p99 lines; returns the figure."""
     import matplotlib.pyplot as plt
 
+    from .padding import length_stats
+
     stats = length_stats(lengths)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.hist(lengths, bins=min(50, max(10, len(set(lengths)))), color="#4c72b0")

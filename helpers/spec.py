@@ -290,6 +290,8 @@ def _coerce(value, kind: type, dotted: str):
 
 
 def _annotation_kind(annotation) -> type | None:
+    if annotation in (bool, float, int, str):  # a plain class (TrainingArguments' learning_rate: float)
+        return annotation
     text = str(annotation)
     for name, kind in (("bool", bool), ("float", float), ("int", int)):
         if text.startswith(name) or f"[{name}" in text or text.startswith(f"Optional[{name}"):
@@ -500,7 +502,7 @@ def build_spec(
         quantization=checked.get("quantization"),
         swanlab=swanlab,
         paths=paths,
-        origin=MappingProxyType({"profile": why, **{k: v[1] for k, v in settings.items()}}),
+        origin=MappingProxyType({**{k: v[1] for k, v in settings.items()}, "profile": why}),
     )
 
 
