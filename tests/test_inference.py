@@ -20,6 +20,8 @@ from tests.conftest import tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
 GREEDY = inf.greedy_settings(max_new_tokens=24)
+#: a long reply that still fits the tiny model's 2,048-token context
+LONG = 1536
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +191,12 @@ def test_stream_stops_when_the_event_is_set(loaded):
     assert time.perf_counter() - started < 30
 
 
+def test_a_reply_longer_than_the_context_is_refused_with_the_numbers(loaded):
+    too_long = inf.greedy_settings(max_new_tokens=4096)
+    with pytest.raises(inf.PromptTooLongError, match=r"with max_new_tokens=4096 the model's context of 2048 tokens"):
+        inf.generate(loaded.model, loaded.tokenizer, inf.chat_messages([], MEMORISED_QUESTION), too_long)
+
+
 def test_errors_in_the_generate_thread_reach_the_caller(loaded, monkeypatch):
     def fails_midway(*args, streamer, **kwargs):
         streamer.put(kwargs["input_ids"])  # generate hands the prompt to the streamer first (skipped)
@@ -341,7 +349,9 @@ def test_an_error_is_shown_and_the_app_keeps_working(app, loaded, monkeypatch):
 
 
 def test_stop_ends_a_long_reply_early_and_keeps_what_was_said(app):
-    app.max_new_tokens.value = 4096
+    # the base model (adapter off) never says <|im_end|>: a reply as long as the tiny model's context allows
+    app.adapter.value = False
+    app.max_new_tokens.value = LONG
     speaking = threading.Event()
 
     def watch(change):
@@ -358,7 +368,7 @@ def test_stop_ends_a_long_reply_early_and_keeps_what_was_said(app):
     assert time.perf_counter() - started < 30
     assert "已停止" in app.status.value
     reply = app.history[-1]["content"]
-    assert len(app.tokenizer(reply)["input_ids"]) < 4096
+    assert 0 < len(app.tokenizer(reply)["input_ids"]) < LONG
     assert not app.send_button.disabled
 
 
@@ -372,7 +382,8 @@ def test_clear_forgets_the_conversation(app):
 
 def test_empty_message_and_double_send_are_refused_politely(app):
     assert app.send("   ") is False and "先在输入框" in app.status.value
-    app.max_new_tokens.value = 4096
+    app.adapter.value = False
+    app.max_new_tokens.value = LONG
     assert app.send("讲一个很长的故事") is True
     assert app.send("再来一个") is False and "还在生成" in app.status.value
     app.stop()

@@ -254,11 +254,9 @@ def test_a_printed_command_works_in_a_fresh_relocated_workspace(tmp_path):
     out = done.stdout
     assert (workspace / "models" / "tiny-qwen3" / "model.safetensors").is_file(), "the model was built"
     assert "工作目录: ~/autodl-tmp/ws" in out
-    course_lines = "\n".join(line for line in out.splitlines() if not line.startswith("swanlab:"))
+    # the course's own lines: the spec banner (before swanlab starts talking) and the run summary
+    course_lines = out.split("swanlab:")[0] + out[out.index("\nprofile "):]
     assert str(tmp_path) not in course_lines, "the course prints paths through ~, never the machine path"
-    # swanlab's own hint names the run relative to the working directory: it works from the repo root too
-    for path in re.findall(r"`swanlab sync ([^`]+)`", out):
-        assert (REPO_ROOT / path).resolve().is_dir(), f"swanlab's hint points nowhere: {path}"
 
     [sync] = re.findall(r"^upload it later +(swanlab sync .+)$", out, flags=re.M)
     target = sync.split("swanlab sync ", 1)[1].strip()
