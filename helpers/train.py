@@ -65,7 +65,7 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
              "split_seed": spec.data.split_seed}
     records = validation.load_records(source).records
     train_records, eval_records, split = split_records(spec, records)
-    if split is not None:
+    if split is not None and is_main_process():  # one writer per launch
         data_files.save_split(split, spec.paths.split_dir, source=source)
     encoded = spec.paths.encoded
     samples = None
@@ -83,7 +83,8 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
             raise data_files.EncodedFileError(
                 f"no usable training rows: all {report.rows_in} rows are longer than "
                 f"data.max_length={spec.data.max_length} tokens. Raise data.max_length.")
-        data_files.save_encoded(samples, encoded, stamp)
+        if is_main_process():  # one writer per launch; the other ranks use what they encoded
+            data_files.save_encoded(samples, encoded, stamp)
         if verbose and is_main_process():
             print(report.summary())
     eval_samples = []
@@ -508,7 +509,7 @@ def effective_batch_size(args) -> int:
 
 def train(spec, resume: bool | str | None = True) -> dict:
     """Run the whole recipe with the same steps as notebook 04; return where everything went."""
-    from . import tracking
+    from . import data_files, tracking
     from .download import prepare_model
     from .models import load_tokenizer
 
@@ -522,7 +523,8 @@ def train(spec, resume: bool | str | None = True) -> dict:
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
         dataset = to_train_dataset(samples)
-        eval_dataset = to_train_dataset(eval_samples) if eval_samples else None
+        # no "row" column: the sample log records training batches only, never evaluation ones
+        eval_dataset = data_files.to_dataset(eval_samples) if eval_samples else None
         # DeepSpeed ZeRO-3 partitions the weights while from_pretrained loads them only if
         # TrainingArguments exist already: keep them alive while the model is built
         early_args = training_arguments(spec) if _launched_with("ACCELERATE_USE_DEEPSPEED") else None

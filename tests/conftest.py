@@ -19,8 +19,9 @@ from helpers.workspace import REPO_ROOT
 
 def tiny_spec_for(run_dir: Path | None = None, config: str | None = None, overrides=(), **env):
     """A tiny-profile spec from an explicit environment (``env`` may relocate the workspace)."""
-    from helpers.spec import build_spec
+    from helpers.spec import SWANLAB_MODE_ENV, build_spec
 
+    env.setdefault(SWANLAB_MODE_ENV, "offline")  # a key saved by `swanlab login` on this machine: still offline
     return build_spec(config, overrides, profile=None if config else "tiny", env=env, settings_file=None,
                       output_dir=run_dir)
 
@@ -55,9 +56,16 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+#: the libraries whose versions change what a training run produces
+TRAINING_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "swanlab")
+
+
 def code_fingerprint(spec) -> str:
-    """The spec plus every file of code and config that a training run depends on."""
+    """The spec, the training libraries' versions and every file of code and config a training run depends on."""
+    from importlib.metadata import version
+
     digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(json.dumps({name: version(name) for name in TRAINING_LIBRARIES}, sort_keys=True).encode())
     files = sorted((REPO_ROOT / "helpers").glob("*.py")) + [spec.config_file, REPO_ROOT / "data" / "huanhuan_sample.json"]
     for path in files:
         digest.update(path.name.encode())

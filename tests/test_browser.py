@@ -34,7 +34,8 @@ import pytest
 
 from helpers import inference as inf
 from helpers.scale_out import free_port
-from helpers.workspace import REPO_ROOT, WORKSPACE_ENV
+from helpers.spec import WORKSPACE_ENV
+from helpers.workspace import REPO_ROOT
 from tests.chromium import HOW_TO_INSTALL, find_chromium
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
@@ -101,7 +102,7 @@ def prepare_folder(tmp_path: Path, checkpoint: Path, model_dir: Path) -> tuple[P
     return notebooks, workspace
 
 
-def test_chat_app_streams_a_reply_in_chromium(tmp_path, tiny_model_dir, tiny_checkpoint):
+def test_chat_app_streams_a_reply_in_chromium(tmp_path, tiny_spec, tiny_model_dir, tiny_checkpoint):
     chromium, origin = find_chromium()
     if chromium is None:
         pytest.fail(f"{origin}. {HOW_TO_INSTALL} (`make test` does this)")
@@ -109,7 +110,7 @@ def test_chat_app_streams_a_reply_in_chromium(tmp_path, tiny_model_dir, tiny_che
 
     notebooks, workspace = prepare_folder(tmp_path, tiny_checkpoint, tiny_model_dir)
     # What the app must show: the same greedy reply computed here, without a browser.
-    loaded = inf.load_finetuned("tiny", checkpoint=tiny_checkpoint)
+    loaded = inf.load_finetuned(tiny_spec, checkpoint=tiny_checkpoint)
     greedy = replace(inf.GenerationSettings(), do_sample=False)
     expected = inf.generate(loaded.model, loaded.tokenizer, inf.chat_messages([], MEMORISED_QUESTION), greedy)
     assert expected.content == MEMORISED_ANSWER

@@ -1,4 +1,5 @@
-"""helpers.data on the real 3,729-row dataset: encoding, validation, CLI, download, padding."""
+"""The data pipeline on the real 3,729-row dataset: encoding, validation, the encoded file and its
+stamp, the CLI, the download, padding and the original tutorial's encoding."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import threading
 
 import pytest
 
-from helpers import data
-from helpers.workspace import REPO_ROOT, MissingArtifactError
+from helpers import data, data_files, models, padding, validation
+from helpers import original as tutorial
+from helpers.spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
+from helpers.workspace import REPO_ROOT
+from tests.conftest import tiny_spec_for
 
 BROKEN = REPO_ROOT / "tests" / "fixtures" / "broken.jsonl"
 #: What tests/fixtures/broken.jsonl holds, line by line: (field, severity) of each problem.
@@ -38,7 +42,7 @@ NEWLINE_ID = 198
 @pytest.fixture(scope="module")
 def real(huanhuan_path, tokenizer):
     """The real records, our encoding, and an independent reference tokenization of each conversation."""
-    records = data.load_records(huanhuan_path).records
+    records = validation.load_records(huanhuan_path).records
     samples, report = data.encode_records(records, tokenizer)
     texts = [data.render_conversation(tokenizer, r) for r in records]
     reference = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -90,6 +94,49 @@ def test_prompt_frame_reproduces_render_prompt_on_every_row(real, tokenizer):
         assert head + data._user_text(r) + tail == expected
 
 
+NOTEBOOK_03 = REPO_ROOT / "notebooks" / "03-data.ipynb"
+
+
+def reference_encoder(notebook=NOTEBOOK_03):
+    """``encode_one`` as notebook 03's code cell defines it (the cell's imports and that function only)."""
+    import ast
+
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
+             and "def encode_one(" in "".join(c["source"])]
+    assert len(cells) == 1, f"{notebook.name} must hold one code cell defining encode_one, found {len(cells)}"
+    source = "\n".join(line for line in cells[0].splitlines() if not line.lstrip().startswith(("%", "!")))
+    tree = ast.parse(source)
+    keep = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+            or (isinstance(node, ast.FunctionDef) and node.name == "encode_one")]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), f"{notebook.name}: encode_one", "exec"), namespace)
+    return namespace["encode_one"]
+
+
+def assert_agrees_with_encode_records(encode_one, records, tokenizer, max_length, ours=None):
+    if ours is None:
+        ours, report = data.encode_records(records, tokenizer, DEFAULT_SYSTEM_PROMPT, max_length)
+        dropped = [i for i, _ in report.too_long]
+    else:
+        dropped = []
+    theirs = [encode_one(r, tokenizer, DEFAULT_SYSTEM_PROMPT, max_length) for r in records]
+    assert [i for i, sample in enumerate(theirs) if sample is None] == dropped
+    kept = [sample for sample in theirs if sample is not None]
+    assert len(kept) == len(ours)
+    for one, batched in zip(kept, ours, strict=True):
+        assert one == {k: batched[k] for k in data_files.ENCODED_KEYS}, f"record {batched['row'] + 1} differs"
+
+
+def test_the_notebooks_reference_encoder_agrees_with_encode_records_on_every_row(real, tokenizer):
+    """Notebook 03's readable ``encode_one`` (built on apply_chat_template) and the batched fast
+    encoder produce the same samples for all 3,729 rows, and drop the same rows when too long."""
+    encode_one = reference_encoder()
+    records, samples, *_ = real
+    assert_agrees_with_encode_records(encode_one, records, tokenizer, DEFAULT_MAX_LENGTH, ours=samples)
+    assert_agrees_with_encode_records(encode_one, records, tokenizer, 100)
+
+
 def test_tokenize_batch_equals_the_tokenizer(real, tokenizer):
     records = real[0]
     texts = [r["instruction"] for r in records] + [r["output"] for r in records]
@@ -112,7 +159,7 @@ def test_truncation_drops_and_counts_every_row_over_max_length(real, tokenizer):
 
 
 def test_real_dataset_loads_with_only_duplicate_warnings(huanhuan_path, real):
-    report = data.load_records(huanhuan_path).report
+    report = validation.load_records(huanhuan_path).report
     records = real[0]
     unique = len({(r["instruction"], r["input"], r["output"]) for r in records})
     assert report.ok and report.rows_read == 3729 and not report.skipped
@@ -124,8 +171,8 @@ def test_real_dataset_loads_with_only_duplicate_warnings(huanhuan_path, real):
 
 
 def test_broken_file_is_refused_with_every_problem_named(tokenizer):
-    with pytest.raises(data.DataValidationError) as caught:
-        data.load_records(BROKEN, tokenizer=tokenizer, max_length=128)
+    with pytest.raises(validation.DataValidationError) as caught:
+        validation.load_records(BROKEN, tokenizer=tokenizer, max_length=128)
     report = caught.value.report
     found = {p.row: (p.field, p.severity) for p in report.problems}
     assert found == BROKEN_PROBLEMS
@@ -136,7 +183,7 @@ def test_broken_file_is_refused_with_every_problem_named(tokenizer):
 
 
 def test_skip_invalid_keeps_valid_rows_and_reports_the_skipped_ones(tokenizer):
-    result = data.load_records(BROKEN, skip_invalid=True, tokenizer=tokenizer, max_length=128)
+    result = validation.load_records(BROKEN, skip_invalid=True, tokenizer=tokenizer, max_length=128)
     errors = sorted(line for line, (_, severity) in BROKEN_PROBLEMS.items() if severity == "error")
     assert result.report.skipped == errors
     assert result.rows == BROKEN_VALID_LINES
@@ -154,50 +201,152 @@ def test_a_json_array_with_a_syntax_error_is_refused_whole(tmp_path, huanhuan_pa
     bad.write_text(text[:cut] + text[cut + 1:], encoding="utf-8")  # drop one quote
     line = text[:cut].count("\n") + 1
     for skip in (False, True):
-        with pytest.raises(data.DataValidationError, match=f"invalid JSON at line {line} "):
-            data.load_records(bad, skip_invalid=skip)
+        with pytest.raises(validation.DataValidationError, match=f"invalid JSON at line {line} "):
+            validation.load_records(bad, skip_invalid=skip)
 
 
 def test_json_array_rows_are_numbered_from_one(tmp_path):
     rows = [{"instruction": "问", "input": "", "output": "答"}, {"instruction": "问", "output": ""}, "x"]
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    report = data.load_records(path, skip_invalid=True).report
+    report = validation.load_records(path, skip_invalid=True).report
     assert report.file_format == "json" and report.skipped == [2, 3]
     assert [(p.row, p.field) for p in report.errors] == [(2, "output"), (3, "(row)")]
 
 
 def test_sample_file_is_clean_and_short(tokenizer):
-    result = data.load_records(data.SAMPLE_PATH, tokenizer=tokenizer)
+    result = validation.load_records(data_files.SAMPLE_PATH, tokenizer=tokenizer)
     assert len(result.records) == 48 and not result.report.problems
     memorise = result.records[:8]
     assert len({r["instruction"] for r in memorise}) == 8
     assert all(10 <= len(r["output"]) <= 30 for r in memorise)
-    assert max(result.lengths) < data.DEFAULT_MAX_LENGTH
+    assert max(result.lengths) < DEFAULT_MAX_LENGTH
 
 
 # --------------------------------------------------------------------------- encoded files and CLI
 
 
 def test_encoded_file_round_trip_and_errors(tmp_path, tokenizer):
-    records = data.load_records(data.SAMPLE_PATH).records
+    records = validation.load_records(data_files.SAMPLE_PATH).records
     samples, _ = data.encode_records(records, tokenizer)
-    path = data.save_encoded(samples, tmp_path / "train.jsonl")
-    loaded = data.load_encoded(path)
-    assert loaded == [{k: s[k] for k in data.ENCODED_KEYS} for s in samples]
-    dataset = data.to_dataset(loaded)
-    assert dataset.column_names == list(data.ENCODED_KEYS) and dataset[5]["labels"] == samples[5]["labels"]
-    with pytest.raises(MissingArtifactError, match="03-data.ipynb"):
-        data.load_encoded(tmp_path / "missing.jsonl")
+    stamp = {"max_length": DEFAULT_MAX_LENGTH, "system_prompt": DEFAULT_SYSTEM_PROMPT}
+    path = data_files.save_encoded(samples, tmp_path / "train.jsonl", stamp)
+    assert data_files.read_stamp(path) == stamp
+    loaded = data_files.load_encoded(path, expected_stamp=stamp)
+    assert loaded == samples  # with each sample's row number
+    dataset = data_files.to_dataset(loaded)
+    assert dataset.column_names == list(data_files.ENCODED_KEYS) and dataset[5]["labels"] == samples[5]["labels"]
+    with pytest.raises(data_files.EncodedFileError, match="was encoded with other settings: max_length: "
+                       "file 1024 vs this run 512"):
+        data_files.load_encoded(path, expected_stamp={**stamp, "max_length": 512})
+    with pytest.raises(data_files.EncodedFileError, match="does not exist"):
+        data_files.load_encoded(tmp_path / "missing.jsonl")
     path.write_text('{"input_ids": [1, 2], "attention_mask": [1], "labels": [1, 2]}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="line 1"):
-        data.load_encoded(path)
+    with pytest.raises(data_files.EncodedFileError, match="line 1"):
+        data_files.load_encoded(path)
+    with pytest.raises(data_files.EncodedFileError, match="has no stamp"):
+        data_files.load_encoded(path, expected_stamp=stamp)
 
 
-def test_encoded_path_is_per_profile(monkeypatch, tmp_path):
-    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(tmp_path))
-    assert data.encoded_path("tiny") == tmp_path.resolve() / "data" / "train-tiny.jsonl"
-    assert data.encoded_path("full").name == "train-full.jsonl"
+def test_encoded_path_is_per_profile_and_in_the_workspace(tmp_path):
+    assert tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path)).paths.encoded == \
+        tmp_path.resolve() / "data" / "train-tiny.jsonl"
+    full = tiny_spec_for(config="configs/train/qwen3-8b.yaml", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
+    assert full.paths.encoded == tmp_path.resolve() / "data" / "train-full.jsonl"
+
+
+# --------------------------------------------------------------------------- the stamp: reuse or re-encode
+
+
+@pytest.fixture
+def stamped_workspace(tmp_path, tiny_model_dir):
+    """An empty workspace holding only a link to the tiny model, and a spec maker for it."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+
+    def spec(*overrides, **env):
+        return tiny_spec_for(config="configs/train/tiny.yaml", overrides=overrides,
+                             QWEN3_TUTORIAL_WORKSPACE=str(tmp_path), **env)
+
+    return tmp_path, spec
+
+
+def _train_rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[1:]]
+
+
+def test_training_data_reuses_the_encoded_file_only_when_its_stamp_matches(stamped_workspace, tokenizer, capsys):
+    from helpers import train
+
+    workspace, make = stamped_workspace
+    spec = make()
+    encoded = spec.paths.encoded
+    assert not encoded.exists()
+    samples, held_out = train.training_data(spec, tokenizer)
+    out = capsys.readouterr().out
+    assert "encoded 8 of 8 rows (max_length=1024)" in out and "重新编码" not in out
+    stamp = data_files.read_stamp(encoded)
+    assert stamp["max_length"] == 1024 and stamp["system_prompt"] == DEFAULT_SYSTEM_PROMPT
+    assert stamp["source_sha256"] == data_files.sha256_file(data_files.SAMPLE_PATH)
+    assert stamp["tokenizer_sha256"] == data_files.tokenizer_sha256(spec.paths.model_dir)
+    assert _train_rows(encoded) == samples and len(samples) == 8 and held_out
+
+    # the same spec: the file is read back, not made again (a marked sample proves it)
+    rows = _train_rows(encoded)
+    rows[0]["labels"][-2] = 7
+    encoded.write_text("\n".join(json.dumps(r) for r in [{"__stamp__": stamp}, *rows]) + "\n", encoding="utf-8")
+    again, _ = train.training_data(spec, tokenizer)
+    out = capsys.readouterr().out
+    assert "使用已编码的训练集 " in out and "与本次配置一致" in out and "encoded 8 of 8" not in out
+    assert again[0]["labels"][-2] == 7 and again[1:] == samples[1:]
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ("max_length", "max_length: file 1024 vs this run 47"),
+    ("system_prompt", "system_prompt: file '现在你要扮演皇帝身边的女人--甄嬛' vs this run '你是甄嬛'"),
+    ("source", "source_sha256: file '"),
+])
+def test_training_data_re_encodes_and_says_why(stamped_workspace, tokenizer, capsys, change, reason):
+    from helpers import train
+
+    workspace, make = stamped_workspace
+    first, _ = train.training_data(make(), tokenizer)
+    capsys.readouterr()
+    if change == "max_length":
+        spec = make("data.max_length=47")  # the 8 rows have 42-50 tokens: 3 are dropped
+    elif change == "system_prompt":
+        spec = make("data.system_prompt=你是甄嬛")
+    else:
+        rows = json.loads(data_files.SAMPLE_PATH.read_text(encoding="utf-8"))
+        rows[0]["output"] = "臣妾做不到啊。"
+        changed = workspace / "my-data.json"
+        changed.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        spec = make(QWEN3_TUTORIAL_DATASET=str(changed))
+    samples, _ = train.training_data(spec, tokenizer)
+    out = capsys.readouterr().out
+    assert f"重新编码：{data.display_path(spec.paths.encoded)} 与本次配置不同（" in out and reason in out
+    assert f"encoded {5 if change == 'max_length' else 8} of 8 rows (max_length={spec.data.max_length})" in out
+    stamp = data_files.read_stamp(spec.paths.encoded)
+    records = validation.load_records(data_files.course_dataset_path(spec)).records[:8]
+    expected, _ = data.encode_records(records, tokenizer, spec.data.system_prompt, spec.data.max_length)
+    assert _train_rows(spec.paths.encoded) == samples == expected != first
+    if change == "max_length":
+        assert stamp["max_length"] == 47 and [s["row"] for s in samples] == [0, 1, 3, 6, 7]
+    elif change == "system_prompt":
+        assert stamp["system_prompt"] == "你是甄嬛"
+        assert tokenizer.decode(samples[0]["input_ids"]).startswith("<|im_start|>system\n你是甄嬛<|im_end|>")
+    else:
+        assert stamp["source_sha256"] == data_files.sha256_file(changed)
+        trained = [t for t in samples[0]["labels"] if t != data.IGNORE_INDEX]
+        assert tokenizer.decode(trained) == "臣妾做不到啊。<|im_end|>"
+
+
+def test_training_data_refuses_when_every_row_is_too_long(stamped_workspace, tokenizer):
+    from helpers import train
+
+    _, make = stamped_workspace
+    with pytest.raises(data_files.EncodedFileError, match="all 8 rows are longer than data.max_length=10"):
+        train.training_data(make("data.max_length=10"), tokenizer, verbose=False)
 
 
 def _cli(*args, env=None):
@@ -208,15 +357,15 @@ def _cli(*args, env=None):
 def test_cli_check_names_every_bad_row_and_fails(tmp_path):
     # an empty workspace: no model directory yet, so the CLI falls back to the offline tokenizer
     done = _cli("check", BROKEN, "--max-length", "128", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path)})
-    assert done.returncode == 1
-    assert "offline Qwen3 tokenizer" in done.stderr
+    assert done.returncode == 1, done.stderr
+    assert not any(tmp_path.iterdir()), "a check writes nothing into the workspace"
     for line, (field_name, severity) in BROKEN_PROBLEMS.items():
         assert f"{severity:<7} line {line:<5} {field_name}" in done.stdout
     assert "rows over max_length 128: 1" in done.stdout
 
 
 def test_cli_check_passes_a_clean_file_and_prints_statistics(capsys):
-    assert data.main(["check", str(data.SAMPLE_PATH)]) == 0
+    assert data.main(["check", str(data_files.SAMPLE_PATH)]) == 0
     out = capsys.readouterr().out
     assert "48 rows read, 48 valid; 0 errors, 0 warnings" in out
     for word in ("p50", "p90", "p99", "max", "rows over max_length 1024: 0", "recommended: padding-free"):
@@ -234,12 +383,13 @@ def test_cli_encode_equals_encode_records(tmp_path, huanhuan_path, real):
     done = _cli("encode", huanhuan_path, out)
     assert done.returncode == 0, done.stderr
     assert "encoded 3729 of 3729 rows" in done.stdout
-    lines = out.read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line) for line in lines] == [{k: s[k] for k in data.ENCODED_KEYS} for s in real[1]]
+    assert data_files.read_stamp(out) == data_files.encoding_stamp(
+        models.offline_tokenizer_dir(), DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT, huanhuan_path)
+    assert data_files.load_encoded(out) == real[1]
 
 
 def test_cli_encode_refuses_a_broken_file(tmp_path, capsys):
-    assert data.main(["encode", str(BROKEN), str(tmp_path / "x.jsonl")]) == 1
+    assert data.main(["encode", str(BROKEN), str(tmp_path / "x.jsonl")]) == 2  # a known error: one message
     assert "line 12" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
 
 
@@ -268,11 +418,11 @@ def serve(tmp_path):
 def test_download_verifies_and_caches(serve, huanhuan_path, tmp_path):
     url = serve(huanhuan_path.parent) + "/" + huanhuan_path.name
     dest = tmp_path / "ws" / "huanhuan.json"
-    assert data.download_huanhuan(url, dest=dest, progress=False) == dest
-    assert data.sha256_file(dest) == data.HUANHUAN_SHA256
+    assert data_files.download_huanhuan(dest, url, progress=False) == dest
+    assert data_files.sha256_file(dest) == data_files.HUANHUAN_SHA256
     assert not dest.with_name("huanhuan.json.partial").exists()
     # cached and verified: reused without touching the network (this URL cannot answer)
-    assert data.download_huanhuan("http://127.0.0.1:9/none", dest=dest, progress=False) == dest
+    assert data_files.download_huanhuan(dest, "http://127.0.0.1:9/none", progress=False) == dest
 
 
 def test_download_refuses_a_corrupted_file(serve, huanhuan_path, tmp_path):
@@ -282,9 +432,9 @@ def test_download_refuses_a_corrupted_file(serve, huanhuan_path, tmp_path):
     raw[1000] ^= 1
     corrupt.write_bytes(bytes(raw))
     dest = tmp_path / "ws" / "huanhuan.json"
-    with pytest.raises(data.DatasetDownloadError, match="upstream file may have changed") as caught:
-        data.download_huanhuan(serve(corrupt.parent) + "/huanhuan.json", dest=dest, progress=False)
-    assert data.HUANHUAN_PINNED_URL in str(caught.value)
+    with pytest.raises(data_files.DatasetDownloadError, match="upstream file may have changed") as caught:
+        data_files.download_huanhuan(dest, serve(corrupt.parent) + "/huanhuan.json", progress=False)
+    assert data_files.HUANHUAN_PINNED_URL in str(caught.value)
     assert not dest.exists() and not dest.with_name("huanhuan.json.partial").exists()
 
 
@@ -293,40 +443,50 @@ def test_download_fails_clearly_when_the_server_is_unreachable(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dest = tmp_path / "huanhuan.json"
-    with pytest.raises(data.DatasetDownloadError, match="offline") as caught:
-        data.download_huanhuan(f"http://127.0.0.1:{port}/huanhuan.json", dest=dest, timeout=5, progress=False)
-    assert "huanhuan.json" in str(caught.value) and data.HUANHUAN_SHA256 in str(caught.value)
+    with pytest.raises(data_files.DatasetDownloadError, match="offline") as caught:
+        data_files.download_huanhuan(dest, f"http://127.0.0.1:{port}/huanhuan.json", timeout=5, progress=False)
+    assert "huanhuan.json" in str(caught.value) and data_files.HUANHUAN_SHA256 in str(caught.value)
     assert not dest.exists()
 
 
-def test_course_dataset_path_per_profile(monkeypatch, tmp_path, huanhuan_path):
-    assert data.course_dataset_path("tiny") == data.SAMPLE_PATH
-    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(tmp_path))
+def test_course_dataset_path_per_profile(tmp_path, huanhuan_path):
+    assert data_files.course_dataset_path(tiny_spec_for()) == data_files.SAMPLE_PATH
     (tmp_path / "data").mkdir()
     shutil.copyfile(huanhuan_path, tmp_path / "data" / "huanhuan.json")  # a verified cache: no network
-    assert data.course_dataset_path("full") == tmp_path.resolve() / "data" / "huanhuan.json"
+    full = tiny_spec_for(config="configs/train/qwen3-8b.yaml", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
+    assert data_files.course_dataset_path(full) == tmp_path.resolve() / "data" / "huanhuan.json"
+
+
+def test_a_local_dataset_copy_is_used_and_a_missing_one_named(tmp_path, huanhuan_path):
+    full = tiny_spec_for(config="configs/train/qwen3-8b.yaml", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
+                         QWEN3_TUTORIAL_DATASET=str(huanhuan_path))
+    assert data_files.course_dataset_path(full) == huanhuan_path.resolve()
+    missing = tiny_spec_for(config="configs/train/qwen3-8b.yaml", QWEN3_TUTORIAL_DATASET=str(tmp_path / "no.json"))
+    with pytest.raises(data_files.DatasetDownloadError, match="from 环境变量 QWEN3_TUTORIAL_DATASET.*does not exist"):
+        data_files.course_dataset_path(missing)
+    assert not (tmp_path / "ws").exists(), "nothing was downloaded"
 
 
 # --------------------------------------------------------------------------- padding and the original
 
 
 @pytest.fixture(scope="module")
-def original(real, tokenizer):
-    return [data.original_process_func(r, tokenizer) for r in real[0]]
+def original_samples(real, tokenizer):
+    return [tutorial.original_process_func(r, tokenizer) for r in real[0]]
 
 
-def test_original_padding_reproduces_the_published_numbers(original):
+def test_original_padding_reproduces_the_published_numbers(original_samples):
     """The shared README: 269,343 real tokens; random batches of 4 compute 379,557 (29.0% padding).
 
     379,557 is the epoch order of Python's ``random.Random(0)``; the exact average over
     all orders is within 0.5% of it, so the seed is representative, not picked.
     """
-    lengths = [len(s["input_ids"]) for s in original]
-    rows = {r.strategy: r for r in data.padding_table(lengths, batch_size=4, seed=0)}
+    lengths = [len(s["input_ids"]) for s in original_samples]
+    rows = {r.strategy: r for r in padding.padding_table(lengths, batch_size=4, seed=0)}
     assert rows["random"].real == sum(lengths) == 269_343
     assert rows["random"].computed == 379_557
     assert f"{rows['random'].padding_share:.1%}" == "29.0%"
-    assert abs(data.expected_padded_tokens(lengths) / 379_557 - 1) < 0.005
+    assert abs(padding.expected_padded_tokens(lengths) / 379_557 - 1) < 0.005
     assert rows["packing"].computed == rows["packing"].real and rows["packing"].padding == 0
     assert rows["group_by_length"].computed < rows["random"].computed
 
@@ -337,9 +497,9 @@ def test_padding_strategies_match_transformers(real):
 
     samples = real[1]
     lengths = [len(s["input_ids"]) for s in samples]
-    order = data.length_grouped_order(lengths, group_size=16, seed=0)
+    order = padding.length_grouped_order(lengths, group_size=16, seed=0)
     assert sorted(order) == list(range(len(lengths)))
-    rows = {r.strategy: r for r in data.padding_table(lengths, gradient_accumulation_steps=4)}
+    rows = {r.strategy: r for r in padding.padding_table(lengths, gradient_accumulation_steps=4)}
     assert rows["group_by_length"].padding < rows["random"].padding / 10
     assert rows["random"].padding_share > 0.25
     # packing: the collator flattens a batch into one row of exactly its real tokens
@@ -350,32 +510,32 @@ def test_padding_strategies_match_transformers(real):
     assert torch.equal(batch["position_ids"][0, :lengths[0]], torch.arange(lengths[0]))
 
 
-def test_original_differs_from_ours_only_by_its_pitfalls(real, original, tokenizer):
+def test_original_differs_from_ours_only_by_its_pitfalls(real, original_samples, tokenizer):
     """Pitfalls 1-3: the f-string equals the template except a literal <s> and the wrong end token."""
     records, samples, *_ = real
     junk = tokenizer("<s>", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(junk) == ["<s", ">"]  # Qwen has no <s> token
     pad_id, end_id = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids(data.END_TOKEN)
     assert tokenizer.pad_token == "<|endoftext|>" and pad_id != end_id
-    for ours, theirs in zip(samples, original, strict=True):
+    for ours, theirs in zip(samples, original_samples, strict=True):
         assert theirs["input_ids"][:2] == junk
         assert theirs["input_ids"][2:-1] == ours["input_ids"][:-1]
         assert theirs["labels"][-1] == pad_id and ours["labels"][-1] == end_id
-    differences = data.token_differences(
-        tokenizer, data.original_prompt_text(records[0]) + records[0]["output"] + "<|endoftext|>",
+    differences = tutorial.token_differences(
+        tokenizer, tutorial.original_prompt_text(records[0]) + records[0]["output"] + "<|endoftext|>",
         data.render_conversation(tokenizer, records[0]))
     assert [(a, b) for _, a, b in differences] == [("<s>", ""), ("<|endoftext|>", "<|im_end|>\n")]
 
 
 def test_original_inference_sends_the_role_as_a_user_turn(tokenizer):
-    theirs = data.render_prompt(tokenizer, data.original_inference_messages("你是谁？"))
+    theirs = data.render_prompt(tokenizer, tutorial.original_inference_messages("你是谁？"))
     ours = data.render_prompt(tokenizer, data.build_messages("你是谁？"))
     assert "<|im_start|>system" not in theirs and theirs.count("<|im_start|>user") == 2
-    assert ours.startswith(f"<|im_start|>system\n{data.DEFAULT_SYSTEM_PROMPT}<|im_end|>")
+    assert ours.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>")
 
 
 def test_trained_tokens_view_marks_the_answer(tokenizer):
-    record = data.load_records(data.SAMPLE_PATH).records[0]
+    record = validation.load_records(data_files.SAMPLE_PATH).records[0]
     sample = data.encode_records([record], tokenizer)[0][0]
     view = data.trained_tokens_view(sample, tokenizer)
     untrained, trained = view.split("\nTRAINED")
@@ -385,14 +545,14 @@ def test_trained_tokens_view_marks_the_answer(tokenizer):
     assert trained.split(":\n  ", 1)[1].replace(data.TOKEN_SEPARATOR, "") == record["output"] + "<|im_end|>"
 
 
-def test_notebook_03_states_the_real_padding_numbers(real, original):
+def test_notebook_03_states_the_real_padding_numbers(real, original_samples):
     """Notebook 03 quotes the real-data padding table in its prose; it must match the computation."""
     nb = json.loads((REPO_ROOT / "notebooks" / "03-data.ipynb").read_text(encoding="utf-8"))
     prose = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    tables = [data.padding_table([len(s["input_ids"]) for s in samples], batch_size=4, seed=0)
-              for samples in (original, real[1])]
+    tables = [padding.padding_table([len(s["input_ids"]) for s in samples], batch_size=4, seed=0)
+              for samples in (original_samples, real[1])]
     for theirs, ours in zip(*tables, strict=True):
         assert (f"| {theirs.computed:,} | {theirs.padding_share:.1%} | "
                 f"{ours.computed:,} | {ours.padding_share:.1%} |") in prose
-    full_recipe = data.padding_table([len(s["input_ids"]) for s in real[1]], gradient_accumulation_steps=4)
+    full_recipe = padding.padding_table([len(s["input_ids"]) for s in real[1]], gradient_accumulation_steps=4)
     assert f"填充占比是 {full_recipe[1].padding_share:.1%}" in prose

@@ -62,8 +62,18 @@ def test_meta_model_uses_no_memory_and_has_real_shapes():
 
 
 def test_disk_check_refuses_with_a_fix(tmp_path):
-    with pytest.raises(download.NotEnoughDiskError, match="QWEN3_TUTORIAL_WORKSPACE"):
+    with pytest.raises(download.NotEnoughDiskError, match="helpers.environment setup --workspace ~/autodl-tmp/"):
         download.check_disk_space(10**9, tmp_path)
+
+
+def test_the_download_budgets_for_checkpoints_and_the_merged_export(tmp_path, monkeypatch):
+    budget = download.disk_budget_gb()
+    assert budget["merged export"] == budget["Qwen3-8B (bf16 safetensors)"] == 16.4
+    assert budget["total"] > 2 * 16.4 + budget["checkpoints (3 kept x up to 3 runs)"]
+    assert download.disk_budget_gb(model_present=True)["total"] == pytest.approx(budget["total"] - 16.4)
+    monkeypatch.setattr(download, "free_disk_gb", lambda path: 30.0)  # room for the model, not for its export
+    with pytest.raises(download.NotEnoughDiskError, match=f"Only 30.0 GB free .* {budget['total']:.1f} GB are needed"):
+        download.download_qwen3_8b(tmp_path / "Qwen3-8B", tmp_path)
 
 
 def test_offline_download_fails_with_actionable_message(monkeypatch, tmp_path):
@@ -75,7 +85,18 @@ def test_offline_download_fails_with_actionable_message(monkeypatch, tmp_path):
     monkeypatch.setattr(modelscope, "snapshot_download", no_network)
     monkeypatch.setattr(download, "check_disk_space", lambda *a, **k: 100.0)
     with pytest.raises(download.DownloadError, match="QWEN3_TUTORIAL_MODEL_DIR"):
-        download.download_qwen3_8b(cache_dir=tmp_path)
+        download.download_qwen3_8b(tmp_path / "Qwen3-8B", tmp_path)
+
+
+def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("QWEN3_TUTORIAL_PROFILE", raising=False)
+    assert download.main(["--profile", "random8b"]) == 0
+    out = capsys.readouterr().out
+    assert "[配置] random8b" in out and "model directory ready: " in out
+    assert (tmp_path / "models" / "Qwen3-8B-random" / "config.json").is_file()
+    assert download.main(["--profile", "huge"]) == 2
+    assert "'huge' is not a profile" in capsys.readouterr().err
 
 
 def test_random8b_dir_has_the_real_config(tmp_path):

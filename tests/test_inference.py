@@ -10,19 +10,23 @@ import time
 import pytest
 import torch
 
+from helpers import checkpoints
 from helpers import inference as inf
 from helpers.chat_app import ChatApp
-from helpers.data import DEFAULT_SYSTEM_PROMPT, build_messages, render_prompt
-from helpers.train import COMPLETE_MARKER
-from helpers.workspace import WORKSPACE_ENV, MissingArtifactError
+from helpers.data import build_messages, render_prompt
+from helpers.spec import DEFAULT_SYSTEM_PROMPT
+from helpers.workspace import MissingArtifactError
+from tests.conftest import tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
 GREEDY = inf.greedy_settings(max_new_tokens=24)
+#: a long reply that still fits the tiny model's 2,048-token context
+LONG = 1536
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_checkpoint):
-    return inf.load_finetuned("tiny", checkpoint=tiny_checkpoint)
+def loaded(tiny_spec, tiny_checkpoint):
+    return inf.load_finetuned(tiny_spec, checkpoint=tiny_checkpoint)
 
 
 def greedy_ids(model, tokenizer, question, adapter=True, max_new_tokens=24):
@@ -86,25 +90,39 @@ def test_split_thinking(text, thinking, content, finished):
 # ----------------------------------------------------------------------------- finding and loading checkpoints
 
 
-def test_missing_checkpoint_names_notebook_04(tmp_path, monkeypatch, tiny_model_dir):
-    monkeypatch.setenv(WORKSPACE_ENV, str(tmp_path))
-    with pytest.raises(MissingArtifactError, match=r"notebooks/04-train\.ipynb"):
-        inf.resolve_checkpoint("tiny")
-    with pytest.raises(MissingArtifactError, match=r"notebooks/04-train\.ipynb"):
-        inf.load_finetuned("tiny", checkpoint=tmp_path / "nowhere")
+def test_missing_checkpoint_names_notebook_04_and_the_command(tmp_path, tiny_model_dir):
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
+    with pytest.raises(MissingArtifactError, match=r"No complete LoRA checkpoint in .*notebooks/04-train\.ipynb") as caught:
+        inf.resolve_checkpoint(spec)
+    assert "python -m helpers.train --config configs/train/tiny.yaml" in str(caught.value)
+    with pytest.raises(MissingArtifactError, match="The adapter folder .*nowhere does not exist"):
+        inf.load_finetuned(spec, checkpoint=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingArtifactError, match="it is not a LoRA adapter folder"):
+        inf.resolve_checkpoint(spec, tmp_path / "empty")
 
 
-def test_latest_complete_checkpoint_is_found_and_half_written_ones_refused(tmp_path, monkeypatch, tiny_checkpoint):
+def test_latest_good_checkpoint_is_found_and_a_damaged_one_skipped_with_a_note(tmp_path, tiny_checkpoint):
     import shutil
 
-    monkeypatch.setenv(WORKSPACE_ENV, str(tmp_path))
-    run = tmp_path / "checkpoints" / "tiny"
-    shutil.copytree(tiny_checkpoint, run / "checkpoint-4")
-    shutil.copytree(tiny_checkpoint, run / "checkpoint-9")
-    (run / "checkpoint-9" / COMPLETE_MARKER).unlink()  # training died while saving step 9
-    assert inf.resolve_checkpoint("tiny") == run / "checkpoint-4"
-    with pytest.raises(MissingArtifactError, match="not completely saved"):
-        inf.resolve_checkpoint("tiny", run / "checkpoint-9")
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
+    run = spec.paths.run_dir
+    for step in (4, 9, 12):
+        shutil.copytree(tiny_checkpoint, run / f"checkpoint-{step}")
+    (run / "checkpoint-12" / checkpoints.COMPLETE_MARKER).unlink()  # training died while saving step 12
+    assert inf.resolve_checkpoint(spec) == (run / "checkpoint-9", [])
+    weights = run / "checkpoint-9" / "adapter_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-10] ^= 1
+    weights.write_bytes(bytes(raw))
+    for asked in (None, run / "checkpoint-9", run):
+        path, notes = inf.resolve_checkpoint(spec, asked)
+        assert path == run / "checkpoint-4"
+        assert notes[0].startswith("skipped ") and "checkpoint-9: adapter_model.safetensors does not match" in notes[0]
+        assert notes[-1].endswith("checkpoint-4 instead")
+    (run / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(checkpoints.CheckpointError, match="checkpoint-4 is damaged: adapter_model.safetensors has 0"):
+        inf.resolve_checkpoint(spec, run / "checkpoint-4")
 
 
 def test_load_finetuned_puts_the_saved_adapter_on_the_profiles_device_and_dtype(loaded, tiny_checkpoint):
@@ -112,7 +130,8 @@ def test_load_finetuned_puts_the_saved_adapter_on_the_profiles_device_and_dtype(
     from safetensors.torch import load_file
 
     assert isinstance(loaded.model, PeftModel) and not loaded.model.training
-    assert loaded.checkpoint == tiny_checkpoint
+    assert loaded.checkpoint == tiny_checkpoint and loaded.notes == []
+    assert loaded.system_prompt == DEFAULT_SYSTEM_PROMPT and loaded.recipe["profile"] == "tiny"
     info = inf.describe_model(loaded)
     assert (info["device"], info["dtype"]) == ("cpu", "float32")
     saved = load_file(tiny_checkpoint / "adapter_model.safetensors")
@@ -125,10 +144,10 @@ def test_load_finetuned_puts_the_saved_adapter_on_the_profiles_device_and_dtype(
 # ----------------------------------------------------------------------------- generation
 
 
-def test_adapter_off_is_exactly_the_base_model_and_on_differs(loaded):
+def test_adapter_off_is_exactly_the_base_model_and_on_differs(loaded, tiny_spec):
     from helpers.models import load_base_model
 
-    base = load_base_model("tiny")
+    base = load_base_model(tiny_spec)
     plain = greedy_ids(base, loaded.tokenizer, MEMORISED_QUESTION, adapter=True)  # no adapter to switch
     off = greedy_ids(loaded.model, loaded.tokenizer, MEMORISED_QUESTION, adapter=False)
     on = greedy_ids(loaded.model, loaded.tokenizer, MEMORISED_QUESTION, adapter=True)
@@ -172,6 +191,12 @@ def test_stream_stops_when_the_event_is_set(loaded):
     assert time.perf_counter() - started < 30
 
 
+def test_a_reply_longer_than_the_context_is_refused_with_the_numbers(loaded):
+    too_long = inf.greedy_settings(max_new_tokens=4096)
+    with pytest.raises(inf.PromptTooLongError, match=r"with max_new_tokens=4096 the model's context of 2048 tokens"):
+        inf.generate(loaded.model, loaded.tokenizer, inf.chat_messages([], MEMORISED_QUESTION), too_long)
+
+
 def test_errors_in_the_generate_thread_reach_the_caller(loaded, monkeypatch):
     def fails_midway(*args, streamer, **kwargs):
         streamer.put(kwargs["input_ids"])  # generate hands the prompt to the streamer first (skipped)
@@ -190,10 +215,11 @@ def test_errors_in_the_generate_thread_reach_the_caller(loaded, monkeypatch):
 # ----------------------------------------------------------------------------- merge and export
 
 
-def test_merged_export_reloads_with_plain_transformers_and_decodes_identically(loaded, tiny_checkpoint, tmp_path):
+def test_merged_export_reloads_with_plain_transformers_and_decodes_identically(loaded, tiny_spec, tiny_checkpoint,
+                                                                                 tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = inf.export_merged("tiny", checkpoint=tiny_checkpoint, target=tmp_path / "tiny-merged")
+    target = inf.export_merged(tiny_spec, checkpoint=tiny_checkpoint, target=tmp_path / "tiny-merged")
     names = {p.name for p in target.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
     assert not {"adapter_config.json", "adapter_model.safetensors"} & names
@@ -323,7 +349,9 @@ def test_an_error_is_shown_and_the_app_keeps_working(app, loaded, monkeypatch):
 
 
 def test_stop_ends_a_long_reply_early_and_keeps_what_was_said(app):
-    app.max_new_tokens.value = 4096
+    # the base model (adapter off) never says <|im_end|>: a reply as long as the tiny model's context allows
+    app.adapter.value = False
+    app.max_new_tokens.value = LONG
     speaking = threading.Event()
 
     def watch(change):
@@ -340,7 +368,7 @@ def test_stop_ends_a_long_reply_early_and_keeps_what_was_said(app):
     assert time.perf_counter() - started < 30
     assert "已停止" in app.status.value
     reply = app.history[-1]["content"]
-    assert len(app.tokenizer(reply)["input_ids"]) < 4096
+    assert 0 < len(app.tokenizer(reply)["input_ids"]) < LONG
     assert not app.send_button.disabled
 
 
@@ -354,7 +382,8 @@ def test_clear_forgets_the_conversation(app):
 
 def test_empty_message_and_double_send_are_refused_politely(app):
     assert app.send("   ") is False and "先在输入框" in app.status.value
-    app.max_new_tokens.value = 4096
+    app.adapter.value = False
+    app.max_new_tokens.value = LONG
     assert app.send("讲一个很长的故事") is True
     assert app.send("再来一个") is False and "还在生成" in app.status.value
     app.stop()

@@ -13,8 +13,10 @@ from unittest import mock
 import pytest
 import torch
 
-from helpers import scale_out, train
+from helpers import checkpoints, scale_out
+from helpers.recipes import estimate_lora_memory_gb
 from helpers.workspace import REPO_ROOT
+from tests.conftest import tiny_spec_for
 
 ROWS, PER_DEVICE, EPOCHS, RANKS = 16, 2, 2, 2
 STEPS_PER_EPOCH = ROWS // (PER_DEVICE * RANKS)
@@ -26,12 +28,10 @@ SUMMARY_LINE = f"effective batch    {PER_DEVICE * RANKS} (per device x accumulat
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_model_dir) -> Path:
-    """A workspace of its own (so the SwanLab runs can be counted), sharing the tiny model."""
-    path = tmp_path_factory.mktemp("scale-out-workspace")
-    (path / "models").mkdir()
-    (path / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
-    return path
+def workspace(tmp_path_factory) -> Path:
+    """An empty workspace of its own: the first launch must build the tiny model itself (no notebook,
+    no earlier run), and its SwanLab runs can be counted."""
+    return tmp_path_factory.mktemp("scale-out-workspace")
 
 
 def _launch(workspace: Path, out: Path, *overrides: str, resume: bool = False):
@@ -62,10 +62,11 @@ def _rows_by_rank(steps: list[dict[int, list[int]]]) -> dict[int, list[list[int]
     return {rank: [step[rank] for step in steps] for rank in range(RANKS)}
 
 
-def test_two_processes_train_to_the_end(reference):
+def test_two_processes_train_to_the_end_in_an_empty_workspace(reference, workspace):
     out, log = reference
-    final = train.find_latest_checkpoint(out)
-    assert final is not None and train.checkpoint_step(final) == FINAL_STEP
+    assert (workspace / "models" / "tiny-qwen3" / "model.safetensors").is_file(), "rank 0 built the model"
+    final = checkpoints.find_latest_checkpoint(out)
+    assert final is not None and checkpoints.checkpoint_step(final) == FINAL_STEP
     entries = scale_out.read_sample_log(out)
     assert {e["rank"] for e in entries} == {0, 1}
     assert len({e["pid"] for e in entries}) == RANKS, "one process per rank"
@@ -85,6 +86,9 @@ def test_ranks_train_disjoint_shards_that_cover_each_epoch(reference):
         assert sorted(seen) == list(range(ROWS)), f"epoch {epoch} must see every row exactly once"
     first, second = steps[:STEPS_PER_EPOCH], steps[STEPS_PER_EPOCH:]
     assert first != second, "each epoch is shuffled anew"
+    # the effective batch the course prints is what one optimizer step really consumed
+    per_step = {len([row for rows in step.values() for row in rows]) for step in steps}
+    assert per_step == {scale_out.effective_batch(PER_DEVICE, 1, RANKS)}
 
 
 def test_only_rank_0_prints_tracks_and_reports_the_effective_batch(reference, workspace):
@@ -111,9 +115,8 @@ def test_saved_adapter_loads_and_was_trained(reference, workspace):
     from helpers.models import load_base_model
 
     out, _ = reference
-    with mock.patch.dict(os.environ, {"QWEN3_TUTORIAL_WORKSPACE": str(workspace)}):
-        base = load_base_model("tiny")
-    model = PeftModel.from_pretrained(base, train.find_latest_checkpoint(out)).eval()
+    base = load_base_model(tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(workspace)))
+    model = PeftModel.from_pretrained(base, checkpoints.find_latest_checkpoint(out)).eval()
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "lora_B starts at zero: trained weights are not"
     with torch.no_grad():
@@ -127,7 +130,7 @@ def test_two_process_run_killed_resumes_to_the_same_end(reference, workspace, tm
     victim = _launch(workspace, out, *RUN, "swanlab=null")
     deadline = time.time() + 240
     try:
-        while train.find_latest_checkpoint(out) is None:
+        while checkpoints.find_latest_checkpoint(out) is None:
             assert victim.poll() is None, victim.stdout.read()[-4000:]
             assert time.time() < deadline, "no checkpoint appeared"
             time.sleep(0.1)
@@ -135,13 +138,13 @@ def test_two_process_run_killed_resumes_to_the_same_end(reference, workspace, tm
         os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both ranks, no clean-up
         victim.wait()
     victim.stdout.close()
-    step = train.checkpoint_step(train.find_latest_checkpoint(out))
+    step = checkpoints.checkpoint_step(checkpoints.find_latest_checkpoint(out))
     assert step < FINAL_STEP, "the kill must interrupt the run"
     killed_pids = {e["pid"] for e in scale_out.read_sample_log(out)}
 
     log = _finish(_launch(workspace, out, *RUN, "swanlab=null", resume=True))
-    assert log.count("Resuming from ") == 1 and f"checkpoint-{step}" in log
-    assert train.checkpoint_step(train.find_latest_checkpoint(out)) == FINAL_STEP
+    assert len(re.findall(rf"从 \S*checkpoint-{step} 继续训练", log)) == 1, "rank 0 says where it resumes, once"
+    assert checkpoints.checkpoint_step(checkpoints.find_latest_checkpoint(out)) == FINAL_STEP
 
     entries = scale_out.read_sample_log(out)
     resumed_pids = {e["pid"] for e in entries} - killed_pids
@@ -159,13 +162,17 @@ def test_two_process_run_killed_resumes_to_the_same_end(reference, workspace, tm
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
-def test_uneven_last_batch_is_filled_from_the_start_of_the_epoch(workspace, tmp_path):
+def test_uneven_last_batch_is_filled_from_the_start_of_the_epoch(reference, workspace):
     """6 rows, 2 per rank, 2 ranks: 3 batches for 2 steps. accelerate's even_batches (default) gives
-    rank 1 the epoch's first batch again so both ranks take the same number of steps (DDP needs that)."""
-    out = tmp_path / "uneven"
-    _finish(_launch(workspace, out, "data.max_rows=6", "training.per_device_train_batch_size=2",
-                    "training.num_train_epochs=1", "training.save_steps=100", "swanlab=null",
-                    "training.disable_tqdm=true"))
+    rank 1 the epoch's first batch again so both ranks take the same number of steps (DDP needs that).
+
+    Run through notebook 06's own entry point, :func:`helpers.scale_out.run_cpu_demo`."""
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(workspace))
+    out, log = scale_out.run_cpu_demo(spec, "data.max_rows=6", "training.per_device_train_batch_size=2",
+                                      "training.num_train_epochs=1", "training.save_steps=100", "swanlab=null",
+                                      "training.disable_tqdm=true", timeout=300)
+    assert out == workspace / "scale-out-demo" / "checkpoints" / "tiny-2proc"
+    assert "global step        2" in log
     steps = scale_out.shards_per_step(scale_out.read_sample_log(out))
     assert len(steps) == 2
     assert not set(steps[0][0]) & set(steps[0][1])
@@ -281,24 +288,30 @@ def test_parameter_counts_match_the_real_architectures(size):
 
 
 def test_per_gpu_memory_follows_what_each_strategy_shards():
+    from helpers.download import qwen3_8b_on_meta
+
     one = scale_out.per_gpu_memory_gb("single-gpu", 1)
-    assert one == pytest.approx(train.estimate_lora_memory_gb(params=scale_out.qwen3_counts("Qwen3-8B")["params"]))
-    assert one["total"] == pytest.approx(train.estimate_lora_memory_gb()["total"], abs=0.01)
+    assert one == pytest.approx(estimate_lora_memory_gb(params=scale_out.qwen3_counts("Qwen3-8B")["params"]))
+    assert one["total"] == pytest.approx(estimate_lora_memory_gb()["total"], abs=0.01)
+    # one decoder layer of the real architecture, in bf16: what FSDP / ZeRO-3 gather at a time
+    layer_gb = sum(p.numel() for p in qwen3_8b_on_meta().model.layers[0].parameters()) * 2 / 1e9
+    lora_gb = one["LoRA weights + grads + Adam (fp32)"]
     for gpus in (2, 4, 8):
-        ddp, zero2 = (scale_out.per_gpu_memory_gb(k, gpus) for k in ("ddp", "zero2"))
-        fsdp, zero3 = (scale_out.per_gpu_memory_gb(k, gpus) for k in ("fsdp", "zero3"))
-        assert ddp == pytest.approx(one), "DDP keeps a whole copy per GPU"
-        assert ddp["total"] - 0.35 < zero2["total"] < ddp["total"], "ZeRO-2 only shards the small LoRA states"
-        assert fsdp == zero3
-        assert fsdp["weights (bf16)"] < one["weights (bf16)"] / gpus + 1.0
+        zero2, fsdp = scale_out.per_gpu_memory_gb("zero2", gpus), scale_out.per_gpu_memory_gb("fsdp", gpus)
+        # ZeRO-2 keeps the fp32 LoRA weights (4 of 16 bytes) and shards grads + Adam (12 of 16)
+        assert zero2["LoRA weights + grads + Adam (fp32)"] == pytest.approx(lora_gb / 4 + lora_gb * 3 / 4 / gpus)
+        assert zero2["weights (bf16)"] == one["weights (bf16)"], "ZeRO-2 never shards the frozen weights"
+        # FSDP: 1/N of the weights plus the layer being gathered and the one prefetched
+        assert fsdp["weights (bf16)"] == pytest.approx(one["weights (bf16)"] / gpus + 2 * layer_gb, abs=0.01)
+        assert fsdp["LoRA weights + grads + Adam (fp32)"] == pytest.approx(lora_gb / gpus)
         assert fsdp["activations"] == one["activations"], "activations belong to each GPU's own micro-batch"
+        assert fsdp["total"] == pytest.approx(sum(v for k, v in fsdp.items() if k != "total"))
     assert scale_out.per_gpu_memory_gb("fsdp", 8)["total"] < scale_out.per_gpu_memory_gb("fsdp", 2)["total"]
     table = scale_out.memory_table()
     assert "ESTIMATED" in table and "FSDP2" in table and "DeepSpeed ZeRO-3" in table
 
 
-def test_effective_batch_and_commands():
-    assert scale_out.effective_batch(4, 4, 8) == 128
+def test_launch_commands_name_shipped_configs():
     assert scale_out.launch_command("ddp", gpus=4) == (
         "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 4 "
         "-m helpers.train --config configs/train/qwen3-8b.yaml")

@@ -1,9 +1,12 @@
-"""Training: it learns (tiny profile), SwanLab records match the Trainer, and it survives a kill."""
+"""Training: it learns (tiny profile), SwanLab records match the Trainer, it survives a kill, the
+CLI works in a fresh workspace, and the recipe's switches (grouped batching, resume) do what they say."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,36 +16,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import train
+from helpers import checkpoints, train
 from helpers.workspace import REPO_ROOT
+from tests.conftest import tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER as MEMORISED
 
 
-@pytest.fixture(scope="module")
-def memorisation_run(tiny_checkpoint):
-    """The real tiny-profile training run on the memorisation subset (trained once per test session)."""
-    return train.load_config("tiny"), train.load_run_summary(tiny_checkpoint.parent)
-
-
-def test_loss_falls_clearly(memorisation_run):
-    _, summary = memorisation_run
+def test_loss_falls_clearly(memorised_run):
+    _, summary = memorised_run
     first, last = train.loss_summary(summary["log_history"])
     print(f"tiny memorisation: loss {first:.3f} -> {last:.3f}")
     assert first > 10.0, "a random model starts near or above ln(151936) = 11.9"
     assert last < 1.0 and last < first / 10
 
 
-def test_greedy_decoding_reproduces_the_answers(memorisation_run):
+def test_greedy_decoding_reproduces_the_answers(memorised_run):
     from peft import PeftModel
 
-    from helpers import data
+    from helpers import data, data_files, validation
     from helpers.models import load_base_model, load_tokenizer
 
-    config, summary = memorisation_run
-    tokenizer = load_tokenizer("tiny")
-    model = PeftModel.from_pretrained(load_base_model("tiny"), summary["checkpoint"]).eval()
-    records = data.load_records(data.course_dataset_path("tiny")).records[: config["data"]["max_rows"]]
-    assert records[0]["output"] == MEMORISED
+    spec, summary = memorised_run
+    tokenizer = load_tokenizer(spec)
+    model = PeftModel.from_pretrained(load_base_model(spec), summary["checkpoint"]).eval()
+    records = validation.load_records(data_files.course_dataset_path(spec)).records[: spec.data.max_rows]
+    assert len(records) == 8 and records[0]["output"] == MEMORISED
     for record in records:
         prompt = data.render_prompt(tokenizer, data.build_messages(record["instruction"]))
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -53,34 +51,128 @@ def test_greedy_decoding_reproduces_the_answers(memorisation_run):
         assert tokenizer.decode(new[:-1]) == record["output"]
 
 
-def test_swanlab_loss_on_disk_equals_trainer_history(memorisation_run):
+def test_swanlab_loss_on_disk_equals_trainer_history(memorised_run):
     from helpers.tracking import read_scalars
 
-    _, summary = memorisation_run
-    assert summary["swanlab_run"] is not None
+    _, summary = memorised_run
+    assert summary["swanlab_run"] is not None and summary["swanlab_mode"] == "offline"
     logged = read_scalars(summary["swanlab_run"])["train/loss"]
     history = [(e["step"], e["loss"]) for e in summary["log_history"] if "loss" in e]
+    assert len(history) > 10
     assert [s for s, _ in logged] == [s for s, _ in history]
     assert [v for _, v in logged] == pytest.approx([v for _, v in history], rel=1e-6, abs=0)
 
 
-def test_final_checkpoint_is_complete_and_marked(memorisation_run):
-    _, summary = memorisation_run
+def test_final_checkpoint_is_complete_and_proves_itself(memorised_run):
+    spec, summary = memorised_run
     checkpoint = summary["checkpoint"]
-    assert train.checkpoint_step(checkpoint) == summary["global_step"]
-    assert (checkpoint / train.COMPLETE_MARKER).is_file()
-    assert summary["effective_batch_size"] == 4
+    assert checkpoints.checkpoint_step(checkpoint) == summary["global_step"]
+    assert checkpoints.damaged_file(checkpoint) is None
+    marker = json.loads((checkpoint / checkpoints.COMPLETE_MARKER).read_text())
+    assert {"adapter_model.safetensors", "adapter_config.json", checkpoints.RECIPE_FILE} <= set(marker["files"])
+    recipe = json.loads((checkpoint / checkpoints.RECIPE_FILE).read_text())
+    assert recipe["system_prompt"] == spec.data.system_prompt and recipe["max_length"] == spec.data.max_length
+    assert summary["effective_batch_size"] == \
+        spec.training["per_device_train_batch_size"] * spec.training["gradient_accumulation_steps"]
+    saved = json.loads((spec.paths.run_dir / train.RUN_SUMMARY).read_text())
+    assert str(REPO_ROOT) not in json.dumps(saved), "the shared run summary holds no machine path"
 
 
 def test_half_written_checkpoint_is_never_picked(tmp_path):
     good = tmp_path / "checkpoint-10"
     good.mkdir()
     (good / "adapter_model.safetensors").write_bytes(b"x")
-    (good / train.COMPLETE_MARKER).write_text("{}")
+    checkpoints.write_marker(good, 10)
     half = tmp_path / "checkpoint-20"
     half.mkdir()
     (half / "adapter_model.safetensors").write_bytes(b"x")  # no marker: the save was interrupted
-    assert train.find_latest_checkpoint(tmp_path) == good
+    assert checkpoints.find_latest_checkpoint(tmp_path) == good
+
+
+# --------------------------------------------------------------------------- resume_point
+
+
+@pytest.fixture
+def run_with_two_checkpoints(tmp_path, tiny_checkpoint):
+    run = tmp_path / "run"
+    for step in (4, 9):
+        shutil.copytree(tiny_checkpoint, run / f"checkpoint-{step}")
+    return run
+
+
+def test_resume_point_given_a_path_is_verified(run_with_two_checkpoints, capsys):
+    run = run_with_two_checkpoints
+    spec = tiny_spec_for(run)
+    assert train.resume_point(spec, run / "checkpoint-9") == run / "checkpoint-9"
+    assert train.resume_point(spec, str(run / "checkpoint-4")) == run / "checkpoint-4"
+    assert train.resume_point(spec, True) == run / "checkpoint-9"
+    assert train.resume_point(spec, None) is None and train.resume_point(spec, False) is None
+
+    weights = run / "checkpoint-9" / "adapter_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 1  # one flipped bit, same size
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"checkpoint-9 is damaged: adapter_model.safetensors does not match the sha256"):
+        train.resume_point(spec, run / "checkpoint-9")
+    # asked for no particular one: the damaged one is named and skipped, the previous one used
+    capsys.readouterr()
+    assert train.resume_point(spec, True) == run / "checkpoint-4"
+    assert "skipped" in capsys.readouterr().out and "adapter_model.safetensors does not match" in \
+        "".join(n for n in checkpoints.latest_good_checkpoint(run).notes())
+
+    weights.write_bytes(bytes(raw[:100]))
+    with pytest.raises(checkpoints.CheckpointError, match=r"adapter_model.safetensors has 100 bytes"):
+        train.resume_point(spec, run / "checkpoint-9")
+    (run / "checkpoint-4" / checkpoints.COMPLETE_MARKER).unlink()
+    with pytest.raises(checkpoints.CheckpointError, match="no completion marker"):
+        train.resume_point(spec, run / "checkpoint-4")
+
+
+# --------------------------------------------------------------------------- the recipe's switches
+
+
+def test_training_arguments_follow_the_spec(tmp_path):
+    spec = tiny_spec_for(tmp_path / "run")
+    args = train.training_arguments(spec)
+    for key in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "logging_steps", "seed"):
+        assert getattr(args, key) == spec.training[key], key
+    assert args.lr_scheduler_type.value == spec.training["lr_scheduler_type"] == "cosine"
+    assert Path(args.output_dir) == spec.paths.run_dir
+    assert args.report_to == ["swanlab"] and args.train_sampling_strategy != "group_by_length"
+    assert train.training_arguments(tiny_spec_for(tmp_path / "run", overrides=["swanlab=null"])).report_to == []
+    lora = train.lora_config(spec)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (spec.lora.r, spec.lora.lora_alpha, spec.lora.lora_dropout)
+    assert sorted(lora.target_modules) == sorted(spec.lora.target_modules)
+
+
+def test_grouped_batching_samples_by_length_and_trains(tmp_path, tiny_model_dir):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    spec = tiny_spec_for(tmp_path / "grouped", overrides=[
+        "batching=grouped", "swanlab=null", "training.max_steps=3", "training.save_steps=3",
+        "training.logging_steps=1", "training.disable_tqdm=true"])
+    assert train.training_arguments(spec).train_sampling_strategy == "group_by_length"
+    summary = train.train(spec, resume=False)
+    trainer = summary["trainer"]
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    assert summary["global_step"] == 3
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
+    # LengthGroupedSampler puts the longest sample in the first batch (an out-of-memory shows at once)
+    lengths = {i: len(s["input_ids"]) for i, s in enumerate(trainer.train_dataset)}
+    first = json.loads((spec.paths.run_dir / train.SAMPLE_LOG).read_text().splitlines()[0])["rows"]
+    assert max(lengths, key=lengths.get) in first and len(first) == 4
+    assert checkpoints.checkpoint_step(checkpoints.find_latest_checkpoint(spec.paths.run_dir)) == 3
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _clean_env(**extra) -> dict:
+    """A terminal with none of the course's variables: only what Python itself needs."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
+    return {**env, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **extra}
 
 
 def _train_cli(out: Path, *overrides: str) -> subprocess.Popen:
@@ -98,26 +190,27 @@ def _batches(out: Path, pid: int) -> list[list[int]]:
     return [entry["rows"] for entry in map(json.loads, lines) if entry["pid"] == pid]
 
 
-def test_killed_run_resumes_to_the_same_end_with_the_same_data_order(tmp_path):
+def test_killed_run_resumes_to_the_same_end_with_the_same_data_order(tmp_path, tiny_model_dir):
     # Reference: the same run, never interrupted.
     ref_out = tmp_path / "reference"
     ref = _train_cli(ref_out, "--no-resume")
     ref_log, _ = ref.communicate(timeout=300)
     assert ref.returncode == 0, ref_log
-    assert "Resuming" not in ref_log
+    assert "继续训练" not in ref_log
 
     # A run killed (SIGKILL, no clean-up) right after its first complete checkpoint.
     out = tmp_path / "crashed"
     victim = _train_cli(out, "--no-resume")
     deadline = time.time() + 240
-    while train.find_latest_checkpoint(out) is None:
+    while checkpoints.find_latest_checkpoint(out) is None:
         assert victim.poll() is None, victim.stdout.read()
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.2)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
-    resumed_from = train.find_latest_checkpoint(out)
-    step = train.checkpoint_step(resumed_from)
+    victim.stdout.close()
+    resumed_from = checkpoints.find_latest_checkpoint(out)
+    step = checkpoints.checkpoint_step(resumed_from)
     # A checkpoint whose save was interrupted (no marker) must be ignored.
     half = out / "checkpoint-9999"
     half.mkdir()
@@ -126,13 +219,13 @@ def test_killed_run_resumes_to_the_same_end_with_the_same_data_order(tmp_path):
     resumed = _train_cli(out)
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, log
-    assert "Resuming from " in log and f"checkpoint-{step}" in log
+    assert f"从 {out.name}/checkpoint-{step} 继续训练" in log or re.search(rf"从 \S*checkpoint-{step} 继续训练", log)
 
-    final = train.find_latest_checkpoint(out)
-    reference_final = train.find_latest_checkpoint(ref_out)
-    assert final.name != "checkpoint-9999"
-    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
-    assert state["global_step"] == 12 == train.checkpoint_step(reference_final)
+    final = checkpoints.find_latest_checkpoint(out)
+    reference_final = checkpoints.find_latest_checkpoint(ref_out)
+    assert final.name == reference_final.name == "checkpoint-12"
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
 
     # Same data order: the resumed process trained exactly the reference's remaining micro-batches.
     assert _batches(out, resumed.pid) == _batches(ref_out, ref.pid)[step:]
@@ -140,25 +233,71 @@ def test_killed_run_resumes_to_the_same_end_with_the_same_data_order(tmp_path):
     # And it ends with the same adapter (same data, same RNG state restored from the checkpoint).
     from safetensors.torch import load_file
 
-    a = load_file(out / "checkpoint-12" / "adapter_model.safetensors")
+    a = load_file(final / "adapter_model.safetensors")
     b = load_file(reference_final / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
-def test_memory_estimate_for_qwen3_8b():
-    with_ckpt = train.estimate_lora_memory_gb(gradient_checkpointing=True)
-    without = train.estimate_lora_memory_gb(gradient_checkpointing=False)
-    assert 16.3 < with_ckpt["weights (bf16)"] < 16.5
-    assert with_ckpt["activations"] < without["activations"]
-    assert with_ckpt["total"] < 24 < without["total"] + 24
+def test_a_printed_command_works_in_a_fresh_relocated_workspace(tmp_path):
+    """A terminal user on a fresh clone, workspace on a data disk under ~, no notebook run first:
+    the run prepares the tiny model itself, and the paths it prints exist when pasted at the repo root."""
+    home = tmp_path / "home"
+    workspace = home / "autodl-tmp" / "ws"
+    env = _clean_env(HOME=str(home), QWEN3_TUTORIAL_WORKSPACE=str(workspace))
+    done = subprocess.run(
+        [sys.executable, "-m", "helpers.train", "--config", "configs/train/tiny.yaml", "--set", "training.max_steps=2",
+         "--set", "training.save_steps=2", "--set", "training.eval_steps=2"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert (workspace / "models" / "tiny-qwen3" / "model.safetensors").is_file(), "the model was built"
+    assert "工作目录: ~/autodl-tmp/ws" in out
+    # the course's own lines: the spec banner (before swanlab starts talking) and the run summary
+    course_lines = out.split("swanlab:")[0] + out[out.index("\nprofile "):]
+    assert str(tmp_path) not in course_lines, "the course prints paths through ~, never the machine path"
+
+    [sync] = re.findall(r"^upload it later +(swanlab sync .+)$", out, flags=re.M)
+    target = sync.split("swanlab sync ", 1)[1].strip()
+    assert target.startswith("~/autodl-tmp/ws/swanlog/run-")
+    resolved = (REPO_ROOT / Path(target.replace("~", str(home), 1))).resolve()
+    assert resolved.is_dir() and list(resolved.glob("run-*.swanlab")), f"{sync} points nowhere"
+    for label in ("adapter", "checkpoints", "loss plot"):
+        [shown] = re.findall(rf"^{label} +(\S+)", out, flags=re.M)
+        assert (REPO_ROOT / shown.replace("~", str(home), 1)).exists(), f"{label}: {shown} does not exist"
+    assert checkpoints.find_latest_checkpoint(workspace / "checkpoints" / "tiny").name == "checkpoint-2"
 
 
-def test_config_overrides_and_profile_choice():
-    config = train.load_config(REPO_ROOT / "configs/train/qwen3-8b.yaml", ["training.max_steps=5", "batching=padded"])
-    assert config["training"]["max_steps"] == 5 and config["batching"] == "padded"
-    assert config["lora"] == {"r": 8, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-    with pytest.raises(ValueError, match="section.key=value"):
-        train.load_config("tiny", ["nonsense"])
+def test_cli_refuses_a_contradiction_and_a_typo_in_one_line(tmp_path):
+    common = [sys.executable, "-m", "helpers.train", "--config", "configs/train/tiny.yaml"]
+    env = _clean_env(HOME=str(tmp_path), QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
+    done = subprocess.run(common, cwd=REPO_ROOT, env={**env, "QWEN3_TUTORIAL_PROFILE": "full"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: QWEN3_TUTORIAL_PROFILE=full contradicts configs/train/tiny.yaml")
+    assert "Traceback" not in done.stderr and "--debug" in done.stderr
+    done = subprocess.run([*common, "--set", "training.learning_rat=1e-4"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "unknown key training.learning_rat (did you mean 'learning_rate'?)" in done.stderr
+    assert not (tmp_path / "ws").exists(), "a refused run writes nothing"
+
+
+# --------------------------------------------------------------------------- memory estimate
+
+
+def test_memory_estimate_for_qwen3_8b_rests_on_the_real_architecture():
+    from helpers.download import lora_parameter_line, qwen3_8b_on_meta
+    from helpers.recipes import estimate_lora_memory_gb
+
+    with_ckpt = estimate_lora_memory_gb(gradient_checkpointing=True)
+    without = estimate_lora_memory_gb(gradient_checkpointing=False)
+    params = sum(p.numel() for p in qwen3_8b_on_meta().parameters())
+    assert with_ckpt["weights (bf16)"] == pytest.approx(params * 2 / 1e9, abs=0.01)
+    trainable = int(lora_parameter_line().split("trainable params: ")[1].split(" ")[0].replace(",", ""))
+    assert with_ckpt["LoRA weights + grads + Adam (fp32)"] == pytest.approx(trainable * 16 / 1e9)
+    assert with_ckpt["total"] < 24, "the course recipe fits a 24 GB card"
+    assert without["activations"] - with_ckpt["activations"] > 4, "checkpointing saves several GB"
+    nf4 = estimate_lora_memory_gb(quantization="nf4")
+    assert nf4["total"] < with_ckpt["total"] - 10
