@@ -40,6 +40,11 @@ class RunLockedError(RuntimeError):
     """Another training process is writing into this run directory."""
 
 
+def is_checkpoint_name(path: Path) -> bool:
+    """Whether a folder is named like the Trainer's ``checkpoint-N``."""
+    return bool(_CHECKPOINT_RE.match(Path(path).name))
+
+
 def checkpoint_step(path: Path) -> int:
     return int(_CHECKPOINT_RE.match(Path(path).name).group(1))
 

@@ -130,16 +130,20 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
         if not chosen.exists():
             raise MissingArtifactError(f"The adapter folder {display_path(chosen)} does not exist.")
         if (chosen / "adapter_config.json").is_file():
-            problem = checkpoints.damaged_file(chosen) if (chosen / checkpoints.COMPLETE_MARKER).is_file() else None
+            marked = (chosen / checkpoints.COMPLETE_MARKER).is_file()
+            # a checkpoint-N written by training must prove itself; a plain adapter folder (shared, exported) need not
+            problem = checkpoints.damaged_file(chosen) if marked or checkpoints.is_checkpoint_name(chosen) else None
             if problem is None:
                 return chosen, []
-            folder = chosen.parent
             note = f"skipped {display_path(chosen)}: {problem}"
-            found = checkpoints.latest_good_checkpoint(folder)
-            if found.checkpoint is None or checkpoints.checkpoint_step(found.checkpoint) >= \
-                    checkpoints.checkpoint_step(chosen):
-                raise checkpoints.CheckpointError(f"{display_path(chosen)} is damaged: {problem}.")
-            return found.checkpoint, [note, f"using {display_path(found.checkpoint)} instead"]
+            earlier = [c for c in checkpoints.checkpoints_in(chosen.parent)
+                       if checkpoints.is_checkpoint_name(chosen) and
+                       checkpoints.checkpoint_step(c) < checkpoints.checkpoint_step(chosen)]
+            for candidate in reversed(earlier):
+                if checkpoints.damaged_file(candidate) is None:
+                    return candidate, [note, f"using the previous complete {display_path(candidate)} instead"]
+            raise checkpoints.CheckpointError(f"{display_path(chosen)} is damaged: {problem}; no earlier complete "
+                                              "checkpoint beside it to fall back to.")
     found = checkpoints.latest_good_checkpoint(folder)
     if found.checkpoint is None:
         if chosen is not None:

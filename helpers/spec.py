@@ -372,10 +372,6 @@ def validate_config(config: dict, source: str = "config") -> dict:
                             "(training takes transformers.TrainingArguments keys)")
         kind = _annotation_kind(fields[key])
         checked[key] = _coerce(value, kind, f"training.{key}") if kind else value
-    missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked]
-    if missing:
-        raise SpecError(f"{source}: training.{missing[0]} is missing (every training config sets "
-                        f"{', '.join(REQUIRED_TRAINING_KEYS)})")
     out["training"] = checked
     batching = out.get("batching", "packed")
     if batching not in BATCHINGS:
@@ -484,6 +480,10 @@ def build_spec(
                 raise SpecError(f"--set {'.'.join(keys)}: {part} is not a section")
         target[keys[-1]] = value
     checked = validate_config(raw, source=display_path(path))
+    missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked["training"]]
+    if missing:
+        raise SpecError(f"{display_path(path)}: training.{missing[0]} is missing (every training config sets "
+                        f"{', '.join(REQUIRED_TRAINING_KEYS)})")
     if checked.get("profile") not in (None, chosen.name, chosen.recipe):
         # an override changed profile: after the file was read; apply the rule again
         chosen, why = choose_profile(requested, checked["profile"], cuda=cuda, requested_origin=requested_origin,
@@ -528,19 +528,19 @@ def resolve_swanlab_mode(forced: str | None, env: Mapping[str, str]) -> str:
 
 
 def saved_swanlab_login() -> bool:
-    """Whether `swanlab login` saved a key on this machine (swanlab's own netrc)."""
+    """Whether `swanlab login` saved a key for this project or user (swanlab's own .netrc, read by swanlab)."""
     try:
-        from swanlab.core_python.auth import get_key  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        from swanlab.env import get_save_dir
-
-        folder = Path(get_save_dir())
-    except Exception:  # noqa: BLE001 - an old or odd swanlab: no saved key
+        from swanlab.sdk.internal.pkg import nrc
+        from swanlab.sdk.internal.settings import Settings
+    except ImportError:  # another swanlab version: no saved key is assumed
         return False
-    netrc = folder / ".netrc"
-    return netrc.is_file() and "password" in netrc.read_text(encoding="utf-8", errors="ignore")
+    for folder in (Settings.get_pwd_config_dir(), Settings.get_user_config_dir()):
+        try:
+            if (folder / ".netrc").is_file() and nrc.read(folder / ".netrc"):
+                return True
+        except Exception:  # noqa: BLE001 - an unreadable file is no key
+            continue
+    return False
 
 
 def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None) -> Paths:

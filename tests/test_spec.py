@@ -6,6 +6,7 @@ own), with ``cuda=`` fixed, so the rule is tested independently of the machine.
 
 from __future__ import annotations
 
+import json
 import dataclasses
 from pathlib import Path
 
@@ -179,10 +180,13 @@ def test_wrong_types_stop_with_the_dotted_name(override, expected):
 
 def test_numbers_written_as_yaml_text_become_numbers(tmp_path):
     # YAML 1.1 (PyYAML) reads 1e-4 without a dot as the string "1e-4"
-    path = write_config(tmp_path, "profile: tiny\ntraining:\n  learning_rate: 1e-4\n  max_steps: '20'\n"
-                                  "data:\n  max_length: 5e2\n")
     import yaml
 
+    config = yaml.safe_load((REPO_ROOT / TINY).read_text(encoding="utf-8"))
+    config["training"].update(learning_rate="1e-4", max_steps="20")
+    config["data"]["max_length"] = "5e2"
+    text = yaml.safe_dump(config, allow_unicode=True).replace("'1e-4'", "1e-4")
+    path = write_config(tmp_path, text)
     assert yaml.safe_load(path.read_text())["training"]["learning_rate"] == "1e-4"
     spec = spec_of(path)
     assert spec.training["learning_rate"] == 1e-4 and isinstance(spec.training["learning_rate"], float)
@@ -193,11 +197,11 @@ def test_numbers_written_as_yaml_text_become_numbers(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("training.learning_rate=5", "training.learning_rate=5.0 must be between 0 and 1"),
+    ("training.learning_rate=5", "training.learning_rate=5 must be between 0 and 1"),
     ("data.eval_fraction=1.5", "data.eval_fraction=1.5 must be between 0 and 1"),
     ("data.max_length=0", "data.max_length=0 must be at least 1"),
     ("lora.r=0", "lora.r=0 must be at least 1"),
-    ("lora.lora_dropout=1", "lora.lora_dropout=1.0 must be between 0 and 1"),
+    ("lora.lora_dropout=1", "lora.lora_dropout=1 must be between 0 and 1"),
     ("training.gradient_accumulation_steps=0", "training.gradient_accumulation_steps=0 must be at least 1"),
     ("data.max_rows=0", "data.max_rows=0 must be at least 1, or null"),
 ])
@@ -219,7 +223,7 @@ def test_overrides_change_only_what_they_name():
 
 
 def test_a_missing_or_odd_config_file_is_named(tmp_path):
-    with pytest.raises(SpecError, match="no such file. The course's configs: qwen3-8b.yaml, tiny.yaml"):
+    with pytest.raises(SpecError, match=r"no such file. The course's configs: .*qwen3-8b.yaml.*tiny.yaml"):
         spec_of(tmp_path / "nope.yaml")
     with pytest.raises(SpecError, match="is a folder"):
         spec_of(tmp_path)
@@ -340,3 +344,21 @@ def test_display_path_is_repo_relative_home_relative_or_absolute(tmp_path, monke
 def test_missing_artifact_names_the_notebook(tmp_path):
     with pytest.raises(MissingArtifactError, match=r"notebooks/03-data.ipynb"):
         require_artifact(tmp_path / "nothing.jsonl", made_by="03-data.ipynb")
+
+
+def test_a_saved_swanlab_login_counts_as_a_key(tmp_path, monkeypatch):
+    """`swanlab login` writes swanlab's .netrc; a kernel without SWANLAB_API_KEY then runs online."""
+    from swanlab.sdk.internal.pkg import nrc
+
+    from helpers.spec import build_spec
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWANLAB_ROOT", str(tmp_path / "swanlab-home"))
+    offline = build_spec(profile="tiny", env={}, settings_file=None)
+    assert offline.swanlab.mode == "offline"
+    (tmp_path / "swanlab-home").mkdir()
+    nrc.write(tmp_path / "swanlab-home" / ".netrc", "https://api.swanlab.cn", "https://swanlab.cn", "k" * 21)
+    online = build_spec(profile="tiny", env={}, settings_file=None)
+    assert online.swanlab.mode == "online"
+    # the key itself is never part of the spec that is printed, saved or sent to SwanLab as config
+    assert "k" * 21 not in json.dumps(online.to_dict(), default=str) + online.describe()
