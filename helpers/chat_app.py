@@ -31,8 +31,11 @@ from .inference import (
     chat_messages,
     split_thinking,
     stream_generate,
+    trained_system_prompt,
 )
-from .spec import DEFAULT_SYSTEM_PROMPT
+
+#: ``ChatApp``'s default system prompt: the one the loaded adapter was trained with
+TRAINED = object()
 
 #: CSS classes on the parts of the app (the browser test finds them by these).
 CSS = {
@@ -101,11 +104,12 @@ def render_transcript(turns: list[Turn], empty_hint: str = "（还没有对话�
 class ChatApp:
     """Chat with a (PEFT) causal LM in the notebook; see the module docstring."""
 
-    def __init__(self, model, tokenizer, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    def __init__(self, model, tokenizer, system_prompt: str | None = TRAINED,
                  settings: GenerationSettings | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.system_prompt = system_prompt
+        #: default: the system prompt the adapter was trained with (course_recipe.json beside it)
+        self.system_prompt = trained_system_prompt(model) if system_prompt is TRAINED else system_prompt
         settings = settings or GenerationSettings()
         #: the conversation in chat-template form (user / assistant final answers only)
         self.history: list[dict] = []

@@ -16,16 +16,17 @@ ERROR_EXIT = 2
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """The exception types whose message is already the whole story (imported lazily)."""
-    from .data_files import DatasetDownloadError, EncodedFileError, UnsafeWriteError
+    from .data_files import DatasetDownloadError, DiskFullError, EncodedFileError, UnsafeWriteError
     from .download import DownloadError, NotEnoughDiskError
+    from .inference import AdapterMismatchError, ExportTargetError, PromptTooLongError
     from .models import GpuPlacementError, PrecisionError, TokenizerFilesError
     from .spec import SpecError
     from .validation import DataValidationError
     from .workspace import MissingArtifactError
 
     found = [SpecError, MissingArtifactError, DataValidationError, DatasetDownloadError, EncodedFileError,
-             UnsafeWriteError, DownloadError, NotEnoughDiskError, GpuPlacementError, PrecisionError,
-             TokenizerFilesError]
+             UnsafeWriteError, DiskFullError, DownloadError, NotEnoughDiskError, GpuPlacementError,
+             PrecisionError, TokenizerFilesError, ExportTargetError, PromptTooLongError, AdapterMismatchError]
     try:
         from .checkpoints import CheckpointError, RunLockedError
 

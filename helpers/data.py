@@ -158,12 +158,14 @@ class EncodeReport:
     #: (row index, full length) of rows dropped because the answer would be cut off
     too_long: list[tuple[int, int]] = field(default_factory=list)
 
-    def summary(self) -> str:
+    def summary(self, rows: Sequence[int] | None = None, unit: str = "record") -> str:
+        """One line; dropped rows are numbered from 1, or as ``rows`` (the file's row of each record) says."""
         text = f"encoded {self.rows_out} of {self.rows_in} rows (max_length={self.max_length})"
         if self.too_long:
+            numbers = [rows[i] if rows is not None else i + 1 for i, _ in self.too_long]
             text += (
                 f"; dropped {len(self.too_long)} rows longer than max_length "
-                f"(their answers would lose <|im_end|>): records {_list_numbers([i + 1 for i, _ in self.too_long], 10)} (counted from 1)"
+                f"(their answers would lose <|im_end|>): {unit}s {_list_numbers(numbers, 10)} (counted from 1)"
             )
         return text
 
@@ -371,10 +373,14 @@ def _run(args) -> int:
             print(f"wrote {display_path(path)}")
         return 0
 
-    tokenizer, folder = course_tokenizer()
-    system_prompt = getattr(args, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None
+    validation.require_data_file(args.path)  # before the tokenizer loads: a wrong path fails at once
     if args.command == "encode":
         data_files.refuse_same_file(args.path, args.out)
+        if Path(args.out).is_dir():
+            raise data_files.UnsafeWriteError(f"OUT {display_path(args.out)} is a folder: give a file name, "
+                                              f"e.g. {display_path(Path(args.out) / 'train.jsonl')}")
+    tokenizer, folder = course_tokenizer()
+    system_prompt = getattr(args, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None
     # check always reads past invalid rows to report statistics, but still fails on them
     result = validation.load_records(args.path, skip_invalid=args.skip_invalid or args.command == "check",
                                      tokenizer=tokenizer, max_length=args.max_length, system_prompt=system_prompt)
@@ -389,11 +395,8 @@ def _run(args) -> int:
             "Raise --max-length.")
     stamp = data_files.encoding_stamp(folder, args.max_length, system_prompt, Path(args.path))
     data_files.save_encoded(samples, args.out, stamp)
-    print(report.summary())
-    if report.too_long:
-        unit = result.report.unit
-        print(f"  dropped as too long: {unit}s {_list_numbers([result.rows[i] for i, _ in report.too_long])}")
-    print(f"wrote {len(samples)} rows to {args.out}")
+    print(report.summary(rows=result.rows, unit=result.report.unit))
+    print(f"wrote {len(samples)} rows to {display_path(args.out)}")
     return 0
 
 

@@ -8,6 +8,7 @@ so a failure (a full disk included) never leaves a half-written file or replaces
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -45,6 +46,13 @@ class UnsafeWriteError(ValueError):
     """A write would destroy a file the command does not own (e.g. OUT is IN)."""
 
 
+class DiskFullError(OSError):
+    """The disk filled up during a write; nothing half-written was left behind."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 # --------------------------------------------------------------------------- safe writes
 
 
@@ -61,6 +69,13 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        temporary.unlink(missing_ok=True)
+        raise DiskFullError(err.errno, f"the disk is full: {display_path(path)} was not written (the partial "
+                            f"file was removed{', the old file is unchanged' if path.exists() else ''}). "
+                            "Free some space and run it again.") from err
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -172,9 +172,17 @@ def prepare_model(spec) -> Path:
         if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
             return target
         if spec.origin.get("model_dir"):
-            from .models import require_model_dir
+            from .models import check_model_files, require_model_dir
+            from .workspace import MissingArtifactError
 
-            return require_model_dir(spec)  # the user's own folder: never download over it
+            path = require_model_dir(spec)  # the user's own folder: never download over it
+            check_model_files(path, origin=spec.origin["model_dir"])
+            if not any(path.glob("*.safetensors")):
+                raise MissingArtifactError(
+                    f"The model directory {display_path(path)} (from {spec.origin['model_dir']}) holds no "
+                    "*.safetensors weights. Point it at a complete Qwen3-8B folder, or unset it to download "
+                    "the model.")
+            return path
         return download_qwen3_8b(target, spec.paths.workspace)
     if source == "tiny":
         return build_tiny_model(target)

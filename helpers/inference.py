@@ -19,10 +19,12 @@ The ipywidgets chat built on top of this lives in :mod:`helpers.chat_app`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import json
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -197,6 +199,7 @@ def load_finetuned(spec, checkpoint: str | Path | None = None) -> Loaded:
     check_adapter_fits(base, path)
     model = PeftModel.from_pretrained(base, path, is_trainable=False)
     model.eval()
+    model.course_recipe = recipe  # the chat widget defaults to the system prompt the adapter was trained with
     if spec.quantization:
         notes.append("the adapter runs on the 4-bit NF4 base (as trained)")
     elif recipe.get("quantization"):
@@ -454,3 +457,63 @@ def vllm_command(export_dir: Path) -> str:
     """The command that serves an exported model with vLLM (printed, not run here)."""
     return (f"vllm serve {display_path(export_dir)} --served-model-name huanhuan "
             "--max-model-len 8192 --reasoning-parser qwen3 --host 127.0.0.1")
+
+
+def trained_system_prompt(model) -> str | None:
+    """The system prompt the loaded adapter was trained with (its recipe), else the course's default."""
+    return (getattr(model, "course_recipe", None) or {}).get("system_prompt", DEFAULT_SYSTEM_PROMPT)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.inference ask "你是谁？"`` / ``python -m helpers.inference export`` (notebook 05)."""
+    from .cli import run_cli
+    from .spec import build_spec
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="the training config of the run (default: the profile's own)")
+    common.add_argument("--checkpoint", help="an adapter folder (checkpoint-N or a run folder; default: the run's "
+                        "latest complete checkpoint)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser = argparse.ArgumentParser(prog="python -m helpers.inference",
+                                     description="Ask the fine-tuned model a question, or export the merged model.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("ask", parents=[common], help="one answer from base model + LoRA adapter")
+    ask.add_argument("message", help="the user message (tokenized as plain text, control tokens included)")
+    ask.add_argument("--system-prompt", help="default: the one the adapter was trained with (course_recipe.json)")
+    ask.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens (default 128)")
+    ask.add_argument("--thinking", action="store_true", help="thinking mode (enable_thinking=True)")
+    ask.add_argument("--sample", action="store_true", help="Qwen3's recommended sampling instead of greedy decoding")
+    export = commands.add_parser("export", parents=[common], help="merge the adapter into the base model and save it")
+    export.add_argument("--target", help="an empty folder, or an earlier export of this course "
+                        "(default: workspace/export/<profile>-merged)")
+    args = parser.parse_args(argv)
+
+    def work() -> int:
+        spec = build_spec(args.config)
+        if args.command == "export":
+            target = export_merged(spec, args.checkpoint, args.target)
+            print(f"merged model written to {display_path(target)}")
+            return 0
+        loaded = load_finetuned(spec, args.checkpoint)
+        for note in loaded.notes:
+            print(note)
+        system_prompt = loaded.system_prompt if args.system_prompt is None else (args.system_prompt or None)
+        settings = (recommended_settings if args.sample else greedy_settings)(args.thinking, args.max_new_tokens)
+        print(f"adapter: {display_path(loaded.checkpoint)}; system prompt: {system_prompt!r}; {settings.describe()}")
+        reply = generate(loaded.model, loaded.tokenizer, chat_messages([], args.message, system_prompt), settings)
+        if reply.thinking:
+            print(f"<think>\n{reply.thinking}\n</think>")
+        print(reply.content)
+        return 0
+
+    return run_cli(work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    from .inference import main as package_main  # the package's own error classes, which the CLI knows
+
+    sys.exit(package_main())

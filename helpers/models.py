@@ -115,7 +115,7 @@ def require_model_dir(spec) -> Path:
     path = spec.paths.model_dir
     if (path / "config.json").is_file():
         return path
-    if spec.origin.get("model_dir"):
+    if spec.origin.get("model_dir") and spec.profile.source == "modelscope":
         where = spec.origin["model_dir"]
         contents = "is empty" if path.is_dir() and not any(path.iterdir()) else (
             "does not exist" if not path.exists() else "holds no config.json")
@@ -127,12 +127,13 @@ def require_model_dir(spec) -> Path:
         + how_to_make("01-download.ipynb", f"python -m helpers.download --profile {spec.profile.name}"))
 
 
-def check_model_files(path: Path) -> None:
-    """Refuse a model folder that lacks the tokenizer or the weights, naming what is missing."""
+def check_model_files(path: Path, origin: str | None = None) -> None:
+    """Refuse a model folder that lacks the tokenizer, naming what is missing (and the setting that chose it)."""
     missing = [name for name in ("tokenizer.json", "tokenizer_config.json") if not (path / name).is_file()]
     if missing:
+        where = f" (from {origin})" if origin else ""
         raise MissingArtifactError(
-            f"{display_path(path)} has config.json but no {', '.join(missing)}: it is not a complete model "
+            f"{display_path(path)}{where} has config.json but no {', '.join(missing)}: it is not a complete model "
             "folder. Download it again (python -m helpers.download) or point the model directory elsewhere.")
 
 
@@ -141,7 +142,7 @@ def load_tokenizer(spec):
     from transformers import AutoTokenizer
 
     path = require_model_dir(spec)
-    check_model_files(path)
+    check_model_files(path, spec.origin.get("model_dir") if spec.profile.source == "modelscope" else None)
     return AutoTokenizer.from_pretrained(path)
 
 

@@ -147,7 +147,7 @@ class RunSpec:
         """Plain, JSON-ready values; paths relative to the workspace or repository (never machine paths)."""
         return {
             "profile": self.profile.name,
-            "config_file": display_path(self.config_file),
+            "config_file": shareable_path(self.config_file, self.paths.workspace),
             "data": dataclasses.asdict(self.data),
             "lora": {**dataclasses.asdict(self.lora), "target_modules": list(self.lora.target_modules)},
             "training": dict(self.training),
@@ -161,6 +161,16 @@ class RunSpec:
 
     def with_run_dir(self, run_dir: str | os.PathLike) -> RunSpec:
         return self.replace(paths=dataclasses.replace(self.paths, run_dir=Path(run_dir).expanduser().resolve()))
+
+
+def shareable_path(path: Path, workspace: Path) -> str:
+    """A path for files that leave this machine: relative to the repository or workspace, else its name."""
+    for base in (REPO_ROOT, workspace):
+        try:
+            return Path(path).resolve().relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return Path(path).name
 
 
 # --------------------------------------------------------------------------- settings file and environment
@@ -278,7 +288,7 @@ def _coerce(value, kind: type, dotted: str):
     if kind is float:
         if isinstance(value, bool):
             raise SpecError(f"{dotted} must be a number, not {value!r}")
-        if isinstance(value, int):  # a whole number is a number: keep it as written (logging_steps: 10)
+        if isinstance(value, int):  # a whole number is a number too (save_steps: 10 stays 10)
             return value
         try:
             return float(value)
@@ -292,7 +302,7 @@ def _coerce(value, kind: type, dotted: str):
 
 
 def _annotation_kind(annotation) -> type | None:
-    if annotation in (bool, float, int, str):  # a plain class (TrainingArguments' learning_rate: float)
+    if annotation in (bool, float, int, str):  # a real type (TrainingArguments' plain fields)
         return annotation
     text = str(annotation)
     for name, kind in (("bool", bool), ("float", float), ("int", int)):
@@ -307,6 +317,28 @@ def _annotation_kind(annotation) -> type | None:
 REQUIRED_TRAINING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
                           "learning_rate", "lr_scheduler_type", "logging_steps", "save_steps",
                           "activation_checkpointing", "seed")
+
+
+def _enum_choices(annotation) -> list[str]:
+    """The allowed values of a TrainingArguments field typed ``SomeEnum | str`` (none for other fields)."""
+    import enum
+    import typing
+
+    for member in typing.get_args(annotation):
+        if isinstance(member, type) and issubclass(member, enum.Enum):
+            return [str(e.value) for e in member]
+    return []
+
+
+def _choice(value, choices: list[str], dotted: str) -> str:
+    """One of ``choices``; YAML 1.1 reads ``no`` (eval_strategy: no) as false, which means "no" here."""
+    if value is False and "no" in choices:
+        value = "no"
+    if not isinstance(value, str) or value not in choices:
+        raise SpecError(f"{dotted} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 
 #: (dotted key, predicate, what it must be)
 RANGES = (
@@ -370,6 +402,10 @@ def validate_config(config: dict, source: str = "config") -> dict:
         if key not in fields:
             raise SpecError(f"{source}: unknown key training.{key}{_suggest(key, fields)} "
                             "(training takes transformers.TrainingArguments keys)")
+        choices = _enum_choices(fields[key])
+        if choices:
+            checked[key] = _choice(value, choices, f"training.{key}")
+            continue
         kind = _annotation_kind(fields[key])
         checked[key] = _coerce(value, kind, f"training.{key}") if kind else value
     out["training"] = checked
@@ -479,7 +515,8 @@ def build_spec(
             if not isinstance(target, dict):
                 raise SpecError(f"--set {'.'.join(keys)}: {part} is not a section")
         target[keys[-1]] = value
-    checked = validate_config(raw, source=display_path(path))
+    source = display_path(path) + (" with --set " + " ".join(overrides) if overrides else "")
+    checked = validate_config(raw, source=source)
     missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked["training"]]
     if missing:
         raise SpecError(f"{display_path(path)}: training.{missing[0]} is missing (every training config sets "

@@ -114,7 +114,15 @@ def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
         config=config if config is not None else spec.to_dict(),
         mode=mode,
         logdir=relative,
+        settings=shareable_settings(swanlab),
     )
+
+
+def shareable_settings(swanlab):
+    """swanlab's settings for a run that may be shared: no runtime probe (hostname, working directory,
+    command line, Python path) and no swanlab probe (the run folder's absolute path) in
+    ``files/swanlab-metadata.json``, which ``swanlab sync`` uploads. Hardware, packages and git stay."""
+    return swanlab.Settings(probe=swanlab.Settings.Probe(runtime=False, swanlab=False))
 
 
 def finish_run(run=None) -> Path | None:

@@ -10,6 +10,7 @@ step functions both use and the plumbing around them (sample log, memory log).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -63,7 +64,9 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
     source = data_files.course_dataset_path(spec, progress=verbose)
     stamp = {**data_files.spec_stamp(spec, source), "eval_fraction": spec.data.eval_fraction,
              "split_seed": spec.data.split_seed}
-    records = validation.load_records(source).records
+    records = validation.load_records(source, fix_hint=(
+        f"Fix these rows in {display_path(source)} and train again (`python -m helpers.data check "
+        f"{display_path(source)}` lists them).")).records
     train_records, eval_records, split = split_records(spec, records)
     if split is not None and is_main_process():  # one writer per launch
         data_files.save_split(split, spec.paths.split_dir, source=source)
@@ -324,17 +327,39 @@ def adapter_recipe(spec) -> dict:
 
 
 def share_safe_adapter_config(folder: Path, base_model: str) -> None:
-    """Replace the machine path PEFT wrote as ``base_model_name_or_path`` with the hub id or a workspace path."""
+    """Replace the machine path PEFT wrote as ``base_model_name_or_path`` (in ``adapter_config.json`` and the
+    model card ``README.md``) with the hub id or a workspace path.
+
+    Done after saving, not by renaming the model before training: PEFT reads the base model's config
+    from that name at every save, and a name that is no local folder would send it to the Hub.
+    """
     path = Path(folder) / "adapter_config.json"
     if path.is_file():
         config = json.loads(path.read_text(encoding="utf-8"))
+        machine_path = config.get("base_model_name_or_path")
         config["base_model_name_or_path"] = base_model
         path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        card = Path(folder) / "README.md"
+        if machine_path and machine_path != base_model and card.is_file():
+            card.write_text(card.read_text(encoding="utf-8").replace(machine_path, base_model), encoding="utf-8")
+
+
+def shareable_args(args, spec):
+    """A copy of the ``TrainingArguments`` whose ``output_dir`` is no machine path (for files that get shared)."""
+    import copy
+
+    from .spec import shareable_path
+
+    shared = copy.copy(args)
+    shared.output_dir = shareable_path(spec.paths.run_dir, spec.paths.workspace)
+    return shared
 
 
 def course_callbacks(spec) -> list:
     """The checkpoint proof (recipe + marker with sha256) and the memory log, as Trainer callbacks."""
+    import torch
     from transformers import TrainerCallback
+    from transformers.trainer import TRAINING_ARGS_NAME
 
     recipe = adapter_recipe(spec)
 
@@ -346,6 +371,8 @@ def course_callbacks(spec) -> list:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if folder.is_dir():
                     share_safe_adapter_config(folder, recipe["base_model"])
+                    if (folder / TRAINING_ARGS_NAME).is_file():
+                        torch.save(shareable_args(args, spec), folder / TRAINING_ARGS_NAME)
                     (folder / RECIPE_FILE).write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")
                     checkpoints.write_marker(folder, state.global_step)
             return control
@@ -423,7 +450,45 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
         processing_class=tokenizer,
         callbacks=course_callbacks(spec),
     )
+    share_safe_swanlab(trainer, spec)
     return trainer
+
+
+@contextlib.contextmanager
+def _shareable_model_names(model, name: str):
+    """While SwanLab copies the model's config: the base model's name (hub id or workspace path), not its folder."""
+    config = getattr(model, "config", None)
+    peft_configs = list((getattr(model, "peft_config", None) or {}).values())
+    saved = (getattr(config, "_name_or_path", None), [c.base_model_name_or_path for c in peft_configs])
+    try:
+        if config is not None:
+            config._name_or_path = name
+        for peft_config in peft_configs:
+            peft_config.base_model_name_or_path = name
+        yield
+    finally:
+        if config is not None:
+            config._name_or_path = saved[0]
+        for peft_config, old in zip(peft_configs, saved[1], strict=True):
+            peft_config.base_model_name_or_path = old
+
+
+def share_safe_swanlab(trainer, spec) -> None:
+    """transformers' SwanLab callback logs ``args.to_dict()`` and the model's config into the run's config
+    (``output_dir`` and ``_name_or_path``: machine paths, uploaded by ``swanlab sync``); swap it for one that
+    logs :func:`shareable_args` and the base model's shareable name (its documented extension point is
+    ``setup``)."""
+    from transformers.integrations import SwanLabCallback
+
+    if trainer.pop_callback(SwanLabCallback) is None:
+        return
+
+    class ShareSafeSwanLabCallback(SwanLabCallback):
+        def setup(self, args, state, model, **kwargs):
+            with _shareable_model_names(model, base_model_name(spec)):
+                super().setup(shareable_args(args, spec), state, model, **kwargs)
+
+    trainer.add_callback(ShareSafeSwanLabCallback())
 
 
 def _cuda() -> bool:

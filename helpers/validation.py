@@ -194,6 +194,18 @@ def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
+def require_data_file(path: str | os.PathLike) -> ValidationReport:
+    """An empty report for ``path``, or :class:`DataValidationError` when it is a folder or does not exist."""
+    path = Path(path)
+    report = ValidationReport(source=display_path(path), file_format="jsonl" if path.suffix == ".jsonl" else "json")
+    if path.is_dir():
+        raise DataValidationError(report, f"{display_path(path)} is a folder, not a data file: pass the .json or "
+                                  ".jsonl file inside it.")
+    if not path.is_file():
+        raise DataValidationError(report, f"{display_path(path)} does not exist (check the path).")
+    return report
+
+
 def load_records(
     path: str | os.PathLike,
     *,
@@ -201,6 +213,7 @@ def load_records(
     tokenizer=None,
     max_length: int = DEFAULT_MAX_LENGTH,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    fix_hint: str | None = None,
 ) -> LoadResult:
     """Read and validate a JSON array or JSONL file of instruction/input/output records.
 
@@ -213,14 +226,10 @@ def load_records(
 
     By default any error raises :class:`DataValidationError` listing every problem;
     ``skip_invalid=True`` keeps the valid rows and the report names the skipped ones.
+    ``fix_hint``: what the caller's user can do about invalid rows (default: the data command's flag).
     """
     path = Path(path)
-    report = ValidationReport(source=display_path(path), file_format="jsonl" if path.suffix == ".jsonl" else "json")
-    if path.is_dir():
-        raise DataValidationError(report, f"{display_path(path)} is a folder, not a data file: pass the .json or "
-                                  ".jsonl file inside it.")
-    if not path.is_file():
-        raise DataValidationError(report, f"{display_path(path)} does not exist (check the path).")
+    report = require_data_file(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -260,7 +269,7 @@ def load_records(
 
     if not report.ok:
         if not skip_invalid:
-            raise DataValidationError(report, (
+            raise DataValidationError(report, fix_hint or (
                 f"Fix these rows, or pass skip_invalid=True (`python -m helpers.data check/encode --skip-invalid`) to use the "
                 f"{len(records)} valid rows; the skipped rows are then listed in the report."))
         report.skipped = report.invalid_rows

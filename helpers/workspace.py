@@ -39,8 +39,14 @@ def display_path(path: str | os.PathLike | None) -> str:
 
 
 def in_notebook() -> bool:
-    """Whether this code runs inside a Jupyter kernel (messages then speak of cells)."""
-    return "ipykernel" in sys.modules
+    """Whether this code runs inside a Jupyter kernel (messages then speak of cells).
+
+    IPython's own answer: the active shell is the kernel's ``ZMQInteractiveShell``. (A shell script
+    may import ``ipykernel`` through ipywidgets without being a kernel.)
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def how_to_make(notebook: str, command: str) -> str:

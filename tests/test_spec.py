@@ -6,8 +6,8 @@ own), with ``cuda=`` fixed, so the rule is tested independently of the machine.
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
