@@ -1,0 +1,145 @@
+"""What every solution script shares: the tiny-profile spec, a memorised adapter, and running exercises.
+
+A solution script is run from the repository root (``python solutions/05_inference.py``) and runs
+all of its exercises; ``python solutions/05_inference.py 2`` runs exercise 2 only. The scripts are
+edges, like a notebook's first cell: they build the spec once and hand it down.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python solutions/NN_x.py` puts solutions/, not the root, on the path
+    sys.path.insert(0, str(REPO_ROOT))
+
+#: the run folder (in the solutions' workspace) where a memorisation adapter is trained when none is found
+SOLUTIONS_RUN = "tiny-memorisation"
+
+_EXERCISES: list[tuple[int, str, Callable[[], None]]] = []
+
+
+def exercise(number: int, title: str):
+    """Register a function as the solution to exercise ``number``."""
+
+    def register(function: Callable[[], None]) -> Callable[[], None]:
+        _EXERCISES.append((number, title, function))
+        return function
+
+    return register
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Run the exercises named on the command line (numbers), or all of them."""
+    argv = sys.argv[1:] if argv is None else argv
+    known = {number for number, _, _ in _EXERCISES}
+    chosen = {int(a) for a in argv if a.isdigit()} or known
+    unknown = chosen - known
+    if unknown or any(not a.isdigit() for a in argv):
+        raise SystemExit(f"usage: python {Path(sys.argv[0]).name} [exercise number ...]; "
+                         f"this script has exercises {sorted(known)}")
+    for number, title, function in sorted(_EXERCISES, key=lambda item: item[0]):
+        if number not in chosen:
+            continue
+        print(f"\n=== 练习 {number}：{title} ===")
+        start = time.perf_counter()
+        function()
+        print(f"--- 练习 {number} 通过（{time.perf_counter() - start:.1f} 秒）")
+
+
+def tiny_spec(*overrides: str, run_dir: str | Path | None = None):
+    """The tiny profile's spec (its own config plus ``--set``-style overrides).
+
+    The workspace, the dataset and an adapter folder come from the usual settings
+    (``QWEN3_TUTORIAL_WORKSPACE`` etc. or ``course-settings.yaml``); the profile is always tiny.
+    """
+    from helpers.spec import build_spec
+
+    return build_spec(None, overrides, profile="tiny", output_dir=run_dir)
+
+
+def tiny_tokenizer(spec):
+    """The tiny profile's tokenizer (the real Qwen3 one), building the model folder if needed."""
+    from helpers.download import prepare_model
+    from helpers.models import load_tokenizer
+
+    prepare_model(spec)
+    return load_tokenizer(spec)
+
+
+def scratch_spec(run_name: str, *overrides: str):
+    """A tiny spec whose workspace is ``<workspace>/solutions`` and whose run folder is ``checkpoints/<run_name>``.
+
+    Runs trained by the solutions (their encoded data, plots and checkpoints) stay there, apart from
+    the notebooks' own; the tiny model folder is shared through a link, not copied.
+    """
+    import os
+
+    from helpers.download import prepare_model
+    from helpers.spec import WORKSPACE_ENV, build_spec
+
+    main = tiny_spec()
+    model = prepare_model(main)
+    root = main.paths.workspace / "solutions"
+    link = root / "models" / model.name
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(model, target_is_directory=True)
+    env = {**os.environ, WORKSPACE_ENV: str(root)}
+    return build_spec(None, overrides, profile="tiny", env=env, output_dir=root / "checkpoints" / run_name)
+
+
+def train_fresh(spec) -> dict:
+    """Train ``spec`` from scratch into its (emptied) run folder; return the run summary."""
+    import shutil
+
+    from helpers import train
+
+    shutil.rmtree(spec.paths.run_dir, ignore_errors=True)
+    return train.train(spec, resume=False)
+
+
+def memorised_adapter(spec) -> Path:
+    """A LoRA adapter of the tiny memorisation recipe (``configs/train/tiny.yaml``).
+
+    In this order: the adapter folder of the settings (``QWEN3_TUTORIAL_ADAPTER_DIR`` or ``adapter_dir``
+    in ``course-settings.yaml``); the latest complete checkpoint of notebook 04's tiny run; one trained
+    here once into ``<workspace>/solutions/checkpoints/tiny-memorisation`` (a minute or two on a CPU).
+    """
+    from helpers import checkpoints
+    from helpers.download import prepare_model
+    from helpers.inference import resolve_checkpoint
+    from helpers.workspace import display_path
+
+    prepare_model(spec)
+    if spec.paths.adapter_dir is not None:
+        adapter, notes = resolve_checkpoint(spec)
+        for note in notes:
+            print(note)
+        return adapter
+    fallback = scratch_spec(SOLUTIONS_RUN, "swanlab=null", "training.disable_tqdm=true")
+    for run_dir in (spec.paths.run_dir, fallback.paths.run_dir):
+        found = checkpoints.latest_good_checkpoint(run_dir).checkpoint if run_dir.is_dir() else None
+        if found is not None:
+            return found
+    print(f"没有找到 tiny 的 LoRA 适配器：现在训练一个（CPU 上一两分钟）→ {display_path(fallback.paths.run_dir)}")
+    return Path(train_fresh(fallback)["checkpoint"])
+
+
+def prompt_inputs(model, tokenizer, messages: list[dict]) -> dict:
+    """``generate`` inputs for a chat, rendered as training renders it (user text stays text)."""
+    import torch
+
+    from helpers.data import prompt_ids_as_text
+
+    ids = torch.tensor([prompt_ids_as_text(tokenizer, messages)], device=model.device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def distinct_n(tokens: list, n: int = 2) -> float:
+    """Distinct n-grams / all n-grams of one sequence (1.0: no n-gram repeats; low: it loops)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0

@@ -1,0 +1,187 @@
+"""The exercises: every notebook ends with them, and every solution script runs and passes its asserts.
+
+Each script runs in its own process with a clean environment: the tiny profile, a temporary
+workspace that shares the session's tiny model folder (a link), and the tiny memorisation
+adapter of ``tests/conftest.py`` as the ``adapter_dir`` setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.workspace import REPO_ROOT
+
+SOLUTIONS_DIR = REPO_ROOT / "solutions"
+SOLUTIONS = sorted(p for p in SOLUTIONS_DIR.glob("[0-9][0-9]_*.py"))
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+
+SECTION = "## 练习"
+EXERCISE = re.compile(r"^### 练习 (\d+)：\S", re.MULTILINE)
+SOLUTION_FILE = re.compile(r"solutions/(\d\d_[a-z0-9_]+\.py)")
+HINT = re.compile(r"<details><summary>提示</summary>\s*\n(.+?)\n\s*</details>", re.DOTALL)
+REGISTERED = re.compile(r"^@exercise\((\d+),", re.MULTILINE)
+PASSED = re.compile(r"^--- 练习 (\d+) 通过", re.MULTILINE)
+SCRIPT_TIMEOUT = 600  # seconds; an idle CPU needs well under a minute per script
+
+
+def registered(script: Path) -> list[int]:
+    return sorted(int(n) for n in REGISTERED.findall(script.read_text(encoding="utf-8")))
+
+
+# --------------------------------------------------------------------------- the exercise sections
+
+
+def notebook_section(path: Path) -> list[str]:
+    """The markdown cells from the notebook's "## 练习" cell to its end (the section must end the notebook)."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    starts = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith(SECTION + "\n")]
+    assert len(starts) == 1, f"{path.name}: one '{SECTION}' section"
+    section = cells[starts[0]:]
+    assert all(c.cell_type == "markdown" for c in section), f"{path.name}: the exercises end the notebook"
+    return [c.source for c in section]
+
+
+def exercises_in(sources: list[str]) -> list[tuple[int, str]]:
+    """(number, text) of every "### 练习 N：" exercise, one per cell after the section's own cell."""
+    found = []
+    for text in sources[1:]:
+        numbers = EXERCISE.findall(text)
+        assert len(numbers) == 1 and text.startswith("### 练习"), f"one exercise per cell: {text[:60]!r}"
+        found.append((int(numbers[0]), text))
+    assert not EXERCISE.search(sources[0]), "the section's first cell introduces; the exercises follow"
+    return found
+
+
+def check_exercises(label: str, number: str, sources: list[str]) -> set[str]:
+    """Every exercise: predict / change / observe, a non-empty collapsible hint, a solution that exists and
+    solves exactly that exercise. Returns the solution files named."""
+    exercises = exercises_in(sources)
+    assert 2 <= len(exercises) <= 3, f"{label}: 2-3 exercises, found {len(exercises)}"
+    assert [n for n, _ in exercises] == list(range(1, len(exercises) + 1)), f"{label}: numbered 1, 2, ..."
+    named = set()
+    for n, text in exercises:
+        where = f"{label} exercise {n}"
+        for part in ("**预测**", "**动手**", "**观察**"):
+            assert part in text, f"{where}: no {part}"
+        hint = HINT.search(text)
+        assert hint and hint.group(1).strip(), f"{where}: no collapsible hint (<details><summary>提示</summary>)"
+        files = set(SOLUTION_FILE.findall(text))
+        assert len(files) == 1, f"{where}: names one solutions/ file, found {sorted(files)}"
+        name = files.pop()
+        assert name.startswith(number + "_"), f"{where}: {name} is not this notebook's solution"
+        script = SOLUTIONS_DIR / name
+        assert script.is_file(), f"{where}: solutions/{name} does not exist"
+        assert n in registered(script), f"{where}: solutions/{name} has no @exercise({n}, ...)"
+        assert f"python solutions/{name} {n}" in text, f"{where}: says how to run just this exercise"
+        named.add(name)
+    return named
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_ends_with_exercises(path):
+    named = check_exercises(path.name, path.name[:2], notebook_section(path))
+    assert "solutions/" + sorted(named)[0] in notebook_section(path)[0], "the section says how to run the solution"
+
+
+def test_every_solution_belongs_to_an_exercise_and_the_readme():
+    assert len(NOTEBOOKS) == 8, [p.name for p in NOTEBOOKS]
+    named = set()
+    for path in NOTEBOOKS:
+        named |= check_exercises(path.name, path.name[:2], notebook_section(path))
+    assert named == {p.name for p in SOLUTIONS}, "a solution no exercise names, or an exercise without one"
+    readme = (SOLUTIONS_DIR / "README.md").read_text(encoding="utf-8")
+    assert all(p.name in readme for p in SOLUTIONS)
+
+
+def test_the_section_checks_catch_a_broken_exercise():
+    intro = SECTION + "\n\n`python solutions/02_chat_template.py`"
+    good = ("### 练习 1：空思考块\n\n**预测**：…\n\n**动手**：…\n\n**观察**：…\n\n<details><summary>提示</summary>\n\n"
+            "看最后一个单元格。\n\n</details>\n\n参考答案：`solutions/02_chat_template.py`（`python solutions/02_chat_template.py 1`）")
+    second = good.replace("练习 1", "练习 2").replace(".py 1`", ".py 2`")
+    assert check_exercises("fake", "02", [intro, good, second]) == {"02_chat_template.py"}
+    broken = {
+        "no hint": second.replace("<details>", "<div>"),
+        "empty hint": second.replace("看最后一个单元格。", " "),
+        "missing solution": second.replace("02_chat_template.py", "02_missing.py"),
+        "another notebook's solution": second.replace("02_chat_template.py", "03_data.py"),
+        "no way to run just this exercise": second.replace(".py 2`", ".py`"),
+    }
+    for why, cell in broken.items():
+        with pytest.raises(AssertionError):
+            check_exercises("fake", "02", [intro, good, cell])
+            pytest.fail(f"accepted: {why}")
+    # solutions/05_inference.py solves exercises 1 and 2 only: a third one in notebook 05 has no solution
+    in_05 = [cell.replace("02_chat_template", "05_inference") for cell in (intro, good, second)]
+    third = in_05[2].replace("练习 2", "练习 3").replace(".py 2`", ".py 3`")
+    assert check_exercises("fake", "05", in_05) == {"05_inference.py"}
+    with pytest.raises(AssertionError, match="no @exercise"):
+        check_exercises("fake", "05", [*in_05, third])
+    with pytest.raises(AssertionError):
+        check_exercises("fake", "02", [intro, good])  # one exercise is too few
+
+
+# --------------------------------------------------------------------------- the solution scripts
+
+
+@pytest.fixture(scope="module")
+def solutions_env(tmp_path_factory, tiny_model_dir, tiny_checkpoint) -> dict:
+    """A clean environment: tiny profile, a fresh workspace sharing the tiny model, the memorisation adapter."""
+    workspace = tmp_path_factory.mktemp("solutions-workspace")
+    link = workspace / "models" / tiny_model_dir.name
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tiny_model_dir, target_is_directory=True)
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if key in os.environ}
+    env.update({
+        "PYTHONPATH": str(REPO_ROOT),
+        "QWEN3_TUTORIAL_PROFILE": "tiny",
+        "QWEN3_TUTORIAL_WORKSPACE": str(workspace),
+        # pinned so that a developer's course-settings.yaml cannot change what the scripts see
+        "QWEN3_TUTORIAL_DATASET": str(REPO_ROOT / "data" / "huanhuan_sample.json"),
+        "QWEN3_TUTORIAL_ADAPTER_DIR": str(tiny_checkpoint),
+        "QWEN3_TUTORIAL_SWANLAB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",  # the tiny model generates faster on one thread than on two busy ones
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+@pytest.mark.parametrize("script", SOLUTIONS, ids=lambda p: p.name)
+def test_solution_runs_and_passes(script, solutions_env):
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, str(script.relative_to(REPO_ROOT))], cwd=REPO_ROOT, env=solutions_env,
+                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    seconds = time.perf_counter() - start
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{script.name} failed (exit {done.returncode}):\n{output[-4000:]}"
+    passed = sorted(int(n) for n in PASSED.findall(done.stdout))
+    assert passed == registered(script) and len(passed) >= 2, f"{script.name}: ran {passed}\n{done.stdout[-2000:]}"
+    assert "没有找到 tiny 的 LoRA 适配器" not in done.stdout, "the adapter of the test session was not used"
+    print(f"{script.name}: {seconds:.1f} s")
+
+
+def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("solutions_common", SOLUTIONS_DIR / "_common.py")
+    common = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(common)
+    ran = []
+    common.exercise(1, "one")(lambda: ran.append(1))
+    common.exercise(2, "two")(lambda: ran.append(2))
+    common.run(["2"])
+    assert ran == [2] and PASSED.findall(capsys.readouterr().out) == ["2"]
+    common.run([])
+    assert ran == [2, 1, 2]
+    for wrong in (["9"], ["two"]):
+        with pytest.raises(SystemExit, match=r"exercises \[1, 2\]"):
+            common.run(wrong)
