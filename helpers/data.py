@@ -158,14 +158,14 @@ class EncodeReport:
     #: (row index, full length) of rows dropped because the answer would be cut off
     too_long: list[tuple[int, int]] = field(default_factory=list)
 
-    def summary(self, rows: Sequence[int] | None = None, unit: str = "record") -> str:
+    def summary(self, rows: Sequence[int] | None = None, unit: str = "条") -> str:
         """One line; dropped rows are numbered from 1, or as ``rows`` (the file's row of each record) says."""
-        text = f"encoded {self.rows_out} of {self.rows_in} rows (max_length={self.max_length})"
+        text = f"编码了 {self.rows_in} 条中的 {self.rows_out} 条（max_length={self.max_length}）"
         if self.too_long:
             numbers = [rows[i] if rows is not None else i + 1 for i, _ in self.too_long]
             text += (
-                f"; dropped {len(self.too_long)} rows longer than max_length "
-                f"(their answers would lose <|im_end|>): {unit}s {_list_numbers(numbers, 10)} (counted from 1)"
+                f"；丢弃了 {len(self.too_long)} 条超过 max_length 的数据（截断会让回答丢掉 <|im_end|>）："
+                f"第 {_list_numbers(numbers, 10)} {unit}（从 1 数起）"
             )
         return text
 
@@ -234,9 +234,9 @@ def trained_tokens_view(sample: dict, tokenizer) -> str:
         end = start
         while end < len(labels) and (labels[end] != IGNORE_INDEX) == trained:
             end += 1
-        kind = "TRAINED (label = token id)" if trained else "not trained (label = -100)"
+        kind = "参与训练（label = token id）" if trained else "不参与训练（label = -100）"
         pieces = _readable_pieces(sample["input_ids"][start:end], tokenizer)
-        lines.append(f"{kind}, {end - start} tokens:\n  " + TOKEN_SEPARATOR.join(pieces))
+        lines.append(f"{kind}，{end - start} 个 token：\n  " + TOKEN_SEPARATOR.join(pieces))
         start = end
     return "\n".join(lines)
 

@@ -313,9 +313,9 @@ class Split:
     eval_fraction: float
 
     def summary(self) -> str:
-        return (f"split (seed {self.seed}, eval_fraction {self.eval_fraction}): {len(self.train)} train rows, "
-                f"{len(self.eval)} held-out rows; {self.groups} groups of rows linked by a shared prompt or "
-                f"answer, {self.eval_groups} of them held out; no group is on both sides")
+        return (f"切分（seed {self.seed}，eval_fraction {self.eval_fraction}）：训练 {len(self.train)} 条，"
+                f"留出 {len(self.eval)} 条；问题或回答相同的行连成 {self.groups} 组，其中 {self.eval_groups} 组留出；"
+                "没有任何一组同时出现在两边")
 
 
 def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, keep_in_train: int = 0) -> Split:

@@ -273,9 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             print("disk budget (GB): " + ", ".join(f"{k} {v}" for k, v in budget.items()))
         from .data_files import course_dataset_path
 
+        if spec.origin.get("model_dir"):  # the user's own model folder: check it before anything is fetched
+            print(f"model directory ready: {display_path(prepare_model(spec))}")
         print(f"dataset ready: {display_path(course_dataset_path(spec))}")   # 0.9 MB, before the 16.4 GB
-        path = prepare_model(spec)
-        print(f"model directory ready: {display_path(path)}")
+        if not spec.origin.get("model_dir"):
+            print(f"model directory ready: {display_path(prepare_model(spec))}")
         return 0
 
     return run_cli(work, debug=args.debug)

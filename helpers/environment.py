@@ -323,11 +323,11 @@ def _dataset_reachable() -> bool:
 def format_checks(checks: list[Check]) -> str:
     lines = []
     for check in checks:
-        lines.append(f"[{'PASS' if check.ok else 'FAIL'}] {check.name:<9} {check.detail}")
+        lines.append(f"[{'通过 PASS' if check.ok else '失败 FAIL'}] {check.name:<9} {check.detail}")
         if not check.ok and check.fix:
-            lines.append(f"       fix: {check.fix}")
+            lines.append(f"       修复 fix: {check.fix}")
     failed = sum(not c.ok for c in checks)
-    lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
+    lines.append("全部通过 (all checks passed)" if not failed else f"{failed} 项未通过 ({failed} check(s) failed)")
     return "\n".join(lines)
 
 

@@ -94,25 +94,30 @@ def padding_table(
     real = sum(lengths)
     grouped = length_grouped_order(lengths, batch_size * gradient_accumulation_steps, seed)
     return [
-        PaddingRow("random", f"random batches of {batch_size}, padded to the longest",
+        PaddingRow("random", f"随机批次，每批 {batch_size} 条，补齐到最长",
                    _padded_tokens(random_order(len(lengths), seed), lengths, batch_size), real),
-        PaddingRow("group_by_length", "length-grouped batches (LengthGroupedSampler)",
+        PaddingRow("group_by_length", "按长度分组（LengthGroupedSampler）",
                    _padded_tokens(grouped, lengths, batch_size), real),
         # DataCollatorWithFlattening concatenates a batch into one row: no padding at all.
-        PaddingRow("packing", "padding-free packing (DataCollatorWithFlattening)", real, real),
+        PaddingRow("packing", "无填充打包（DataCollatorWithFlattening）", real, real),
     ]
 
 
 def format_padding_table(rows: list[PaddingRow], relative_to_first: bool = False) -> str:
     """The padding table as text; ``relative_to_first`` adds each row's computed tokens / the first row's."""
-    width = max(len(r.description) for r in rows)
-    extra = f"  {'vs first':>9}" if relative_to_first else ""
-    lines = [f"{'batching':<{width}}  {'computed':>9}  {'real':>9}  {'padding':>8}  {'share':>6}{extra}"]
+    head = ("组批方式", "计算的 token", "真实 token", "填充", "占比") + (("相对第一行",) if relative_to_first else ())
+    body = []
     for r in rows:
-        ratio = f"  {r.computed / rows[0].computed:>8.3f}x" if relative_to_first else ""
-        mark = "  <- recommended" if r.strategy == RECOMMENDED_BATCHING else ""
-        lines.append(f"{r.description:<{width}}  {r.computed:>9,}  {r.real:>9,}  {r.padding:>8,}  "
-                     f"{r.padding_share:>6.1%}{ratio}{mark}")
+        cells = (r.description, f"{r.computed:,}", f"{r.real:,}", f"{r.padding:,}", f"{r.padding_share:.1%}")
+        if relative_to_first:
+            cells += (f"{r.computed / rows[0].computed:.3f}x",)
+        body.append(cells)
+    widths = [max(_display_width(row[i]) for row in (head, *body)) for i in range(len(head))]
+    lines = []
+    for row, r in zip((head, *body), (None, *rows), strict=True):
+        cells = [_pad(row[0], widths[0])] + [_pad(c, w, right=True) for c, w in zip(row[1:], widths[1:], strict=True)]
+        mark = "  ← 推荐" if r is not None and r.strategy == RECOMMENDED_BATCHING else ""
+        lines.append("  ".join(cells) + mark)
     return "\n".join(lines)
 
 

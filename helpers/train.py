@@ -708,23 +708,23 @@ def describe_summary(summary: dict) -> str:
     from .tracking import sync_command
 
     lines = [
-        f"profile            {summary['profile']}",
-        f"global step        {summary['global_step']}",
-        f"effective batch    {summary['effective_batch_size']} (per device x accumulation x {summary['world_size']} process(es))",
-        f"train loss         {summary['train_loss']:.4f}" if summary.get("train_loss") is not None else "",
-        f"adapter            {display_path(summary['checkpoint']) if summary['checkpoint'] else '-'}",
-        f"checkpoints        {display_path(summary['output_dir'])}",
+        f"profile / 配置                 {summary['profile']}",
+        f"global step / 全局步数         {summary['global_step']}",
+        f"effective batch / 有效批次     {summary['effective_batch_size']}（每卡批次 × 梯度累积 × {summary['world_size']} 个进程）",
+        f"train loss / 训练损失          {summary['train_loss']:.4f}" if summary.get("train_loss") is not None else "",
+        f"adapter / 适配器               {display_path(summary['checkpoint']) if summary['checkpoint'] else '-'}",
+        f"checkpoints / 检查点目录       {display_path(summary['output_dir'])}",
     ]
     if summary.get("best_eval"):
         best = summary["best_eval"]
-        lines.append(f"best eval loss     {best['eval_loss']:.4f} at step {best['step']} "
-                     f"({best['checkpoint'] or 'no checkpoint saved at that step'})")
+        lines.append(f"best eval loss / 最低留出损失  {best['eval_loss']:.4f}，第 {best['step']} 步 "
+                     f"（{best['checkpoint'] or '那一步没有保存检查点'}）")
     if summary.get("plot"):
-        lines.append(f"loss plot          {display_path(summary['plot'])}")
+        lines.append(f"loss plot / 损失曲线           {display_path(summary['plot'])}")
     if summary.get("swanlab_run"):
-        lines.append(f"SwanLab run        {display_path(summary['swanlab_run'])} ({summary.get('swanlab_mode')})")
+        lines.append(f"SwanLab run / SwanLab 记录     {display_path(summary['swanlab_run'])}（{summary.get('swanlab_mode')}）")
         if summary.get("swanlab_mode") != "online":
-            lines.append(f"upload it later    {sync_command(summary['swanlab_run'])}")
+            lines.append(f"upload it later / 之后上传     {sync_command(summary['swanlab_run'])}")
     return "\n".join(line for line in lines if line)
 
 

@@ -72,16 +72,16 @@ class ValidationReport:
 
     @property
     def unit(self) -> str:
-        return "line" if self.file_format == "jsonl" else "row"
+        return "行" if self.file_format == "jsonl" else "条"
 
     def summary(self) -> str:
         kept = self.rows_read - len(self.invalid_rows)
         text = (
-            f"{self.source} ({self.file_format}): {self.rows_read} rows read, {kept} valid; "
-            f"{len(self.errors)} errors, {len(self.warnings)} warnings"
+            f"{self.source}（{self.file_format}）：读到 {self.rows_read} 条，有效 {kept} 条；"
+            f"错误 {len(self.errors)} 个，警告 {len(self.warnings)} 个"
         )
         if self.skipped:
-            text += f"; skipped {len(self.skipped)} invalid rows ({self.unit}s {_list_numbers(self.skipped)})"
+            text += f"；跳过 {len(self.skipped)} 条无效数据（第 {_list_numbers(self.skipped)} {self.unit}）"
         return text
 
     def format(self, limit: int | None = None) -> str:
@@ -89,10 +89,11 @@ class ValidationReport:
         lines = [self.summary()]
         shown = self.problems if limit is None else self.problems[:limit]
         for p in shown:
-            where = f"{self.unit} {p.row}" if p.row is not None else "file"
-            lines.append(f"  {p.severity:<7} {where:<10} {p.field:<12} {p.reason}")
+            where = f"第 {p.row} {self.unit}" if p.row is not None else "整个文件"
+            label = "错误" if p.severity == "error" else "警告"
+            lines.append(f"  {label}  {where:<8} {p.field:<12} {p.reason}")
         if len(shown) < len(self.problems):
-            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+            lines.append(f"  ……还有 {len(self.problems) - len(shown)} 个")
         return "\n".join(lines)
 
 
@@ -134,13 +135,13 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            report.add(None, "(json)", f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}")
+            report.add(None, "(json)", f"JSON 格式错误（第 {err.lineno} 行第 {err.colno} 列：{err.msg}）")
             return []
         except RecursionError:
-            report.add(None, "(json)", "nested too deeply to be a data file (brackets inside brackets)")
+            report.add(None, "(json)", "嵌套太深，不是数据文件（括号套括号）")
             return []
         if not isinstance(data, list):
-            report.add(None, "(json)", f"expected a JSON array of records, got {_json_type(data)}")
+            report.add(None, "(json)", f"应当是记录组成的 JSON 数组，实际是 {_json_type(data)}")
             return []
         return list(enumerate(data, start=1))
     report.file_format = "jsonl"
@@ -151,40 +152,39 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
         try:
             items.append((number, json.loads(line)))
         except json.JSONDecodeError as err:
-            report.add(number, "(json)", f"invalid JSON at column {err.colno}: {err.msg}")
+            report.add(number, "(json)", f"JSON 格式错误（第 {err.colno} 列：{err.msg}）")
         except RecursionError:
-            report.add(number, "(json)", "nested too deeply (brackets inside brackets)")
+            report.add(number, "(json)", "嵌套太深（括号套括号）")
     return items
 
 
 def _check_row(value) -> tuple[dict | None, list[tuple[str, str, str]]]:
     """The normalised record (or None) and the (field, reason, severity) problems of one row."""
     if not isinstance(value, dict):
-        return None, [("(row)", f"expected an object with instruction/input/output, got {_json_type(value)}",
+        return None, [("(row)", f"应当是含 instruction/input/output 的对象，实际是 {_json_type(value)}",
                        "error")]
     if "messages" in value and "instruction" not in value:
-        return None, [("messages", "conversation ('messages') format is not supported: this course trains "
-                       "single-turn instruction/input/output rows with one system prompt; convert each "
-                       "conversation to {instruction, input, output}", "error")]
+        return None, [("messages", "不支持对话（messages）格式：本课程训练单轮的 instruction/input/output 数据，"
+                       "系统提示由配置统一给出；请把每段对话转换成 {instruction, input, output}", "error")]
     problems = []
     for name in FIELDS:
         if name not in value:
             if name in REQUIRED_FIELDS:
-                problems.append((name, "missing field", "error"))
+                problems.append((name, "缺少这个字段", "error"))
             continue
         item = value[name]
         if not isinstance(item, str):
-            problems.append((name, f"expected a string, got {_json_type(item)}: {json.dumps(item)[:40]}", "error"))
+            problems.append((name, f"应当是字符串，实际是 {_json_type(item)}：{json.dumps(item)[:40]}", "error"))
         elif name in REQUIRED_FIELDS and not item.strip():
-            problems.append((name, "empty", "error"))
+            problems.append((name, "是空的", "error"))
         elif found := special_tokens_in(item):
-            problems.append((name, f"contains the control token(s) {', '.join(found)}: the chat template would "
-                             "read them as turn markers; remove them from the text", "error"))
+            problems.append((name, f"含有控制符 {', '.join(found)}：对话模板会把它们当成回合标记，"
+                             "请从文本里删掉", "error"))
         elif _has_surrogate(item):
-            problems.append((name, "contains an unpaired UTF-16 surrogate (broken \\ud8xx escape)", "error"))
+            problems.append((name, "含有不成对的 UTF-16 代理字符（损坏的 \\ud8xx 转义）", "error"))
     unknown = sorted(set(value) - set(FIELDS))
     if unknown:
-        problems.append(("(row)", f"unknown fields ignored: {', '.join(unknown)}", "warning"))
+        problems.append(("(row)", f"忽略未知字段：{', '.join(unknown)}", "warning"))
     if any(s == "error" for _, _, s in problems):
         return None, problems
     return {name: value.get(name, "") for name in FIELDS}, problems
@@ -233,12 +233,12 @@ def load_records(
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        report.add(None, "(file)", f"not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8")
+        report.add(None, "(file)", f"不是 UTF-8 文本（第 {err.start} 个字节出错），请另存为 UTF-8")
         raise DataValidationError(report) from None
     items = _parse_items(text, report)
     report.rows_read = len(items) + sum(1 for p in report.errors if p.row is not None)
     if report.rows_read == 0 and report.ok:
-        report.add(None, "(file)", "no records in the file")
+        report.add(None, "(file)", "文件里没有任何记录")
     if any(p.row is None for p in report.errors):
         raise DataValidationError(report, "The whole file is unreadable: fix it first.")
 
@@ -251,7 +251,7 @@ def load_records(
             continue
         key = (record["instruction"], record["input"], record["output"])
         if key in first_seen:
-            report.add(row, "(row)", f"duplicate of {report.unit} {first_seen[key]} (kept)", "warning")
+            report.add(row, "(row)", f"与第 {first_seen[key]} {report.unit}完全相同（保留）", "warning")
         else:
             first_seen[key] = row
         records.append(record)
@@ -263,8 +263,8 @@ def load_records(
         lengths = token_lengths(records, tokenizer, system_prompt)
         for row, length in zip(rows, lengths, strict=True):
             if length > max_length:
-                report.add(row, "(tokens)", f"{length} tokens > max_length {max_length}: encode_records "
-                           "drops this row (raise max_length to keep it)", "warning")
+                report.add(row, "(tokens)", f"{length} 个 token > max_length {max_length}：编码时会丢弃这一条"
+                           "（想保留就调大 max_length）", "warning")
     report.problems.sort(key=lambda p: (p.row or 0))
 
     if not report.ok:
@@ -284,20 +284,18 @@ def statistics_text(result: LoadResult, max_length: int) -> str:
 
     lengths = result.lengths
     if not lengths:
-        return "no valid rows: no statistics"
+        return "没有有效数据，无法统计"
     stats = length_stats(lengths)
     over = sum(1 for n in lengths if n > max_length)
     table = padding_table(lengths)
     by_name = {r.strategy: r for r in table}
     return "\n".join([
-        f"statistics of the {stats['rows']} valid rows "
-        "(tokens per sample: system prompt + question + answer + <|im_end|>):",
-        f"  token length  mean {stats['mean']:.1f}  p50 {stats['p50']}  p90 {stats['p90']}  "
-        f"p99 {stats['p99']}  max {stats['max']}",
-        f"  rows over max_length {max_length}: {over} (encode drops them and reports them)",
-        "padding per epoch (batches of 4):",
+        f"{stats['rows']} 条有效数据的统计（每条样本的 token 数：系统提示 + 问题 + 回答 + <|im_end|>）：",
+        f"  token 长度  平均 {stats['mean']:.1f}  p50 {stats['p50']}  p90 {stats['p90']}  "
+        f"p99 {stats['p99']}  最长 {stats['max']}",
+        f"  超过 max_length {max_length} 的条数：{over}（encode 会丢弃并报告它们）",
+        "每个 epoch 的填充（每批 4 条）：",
         *("  " + line for line in format_padding_table(table).splitlines()),
-        f"recommended: {by_name[RECOMMENDED_BATCHING].description}: "
-        f"{by_name[RECOMMENDED_BATCHING].padding_share:.1%} padding vs {by_name['random'].padding_share:.1%} "
-        "for random batches",
+        f"推荐：{by_name[RECOMMENDED_BATCHING].description}：填充 {by_name[RECOMMENDED_BATCHING].padding_share:.1%}，"
+        f"随机批次是 {by_name['random'].padding_share:.1%}",
     ])

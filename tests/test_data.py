@@ -155,7 +155,7 @@ def test_truncation_drops_and_counts_every_row_over_max_length(real, tokenizer):
     assert report.rows_out == len(samples) == len(records) - len(expected)
     end_id = tokenizer.convert_tokens_to_ids(data.END_TOKEN)
     assert all(len(s["input_ids"]) <= max_length and s["labels"][-1] == end_id for s in samples)
-    assert f"dropped {len(expected)} rows longer than max_length" in report.summary()
+    assert f"丢弃了 {len(expected)} 条超过 max_length 的数据" in report.summary()
 
 
 def test_real_dataset_loads_with_only_duplicate_warnings(huanhuan_path, real):
@@ -163,7 +163,7 @@ def test_real_dataset_loads_with_only_duplicate_warnings(huanhuan_path, real):
     records = real[0]
     unique = len({(r["instruction"], r["input"], r["output"]) for r in records})
     assert report.ok and report.rows_read == 3729 and not report.skipped
-    assert {p.reason.split(" of ")[0] for p in report.warnings} == {"duplicate"}
+    assert all(p.reason.endswith("完全相同（保留）") for p in report.warnings)
     assert len(report.warnings) == len(records) - unique > 0
 
 
@@ -178,7 +178,7 @@ def test_broken_file_is_refused_with_every_problem_named(tokenizer):
     assert found == BROKEN_PROBLEMS
     message = str(caught.value)
     for line in BROKEN_PROBLEMS:
-        assert f"line {line} " in message
+        assert f"第 {line} 行 " in message
     assert "--skip-invalid" in message
 
 
@@ -188,7 +188,7 @@ def test_skip_invalid_keeps_valid_rows_and_reports_the_skipped_ones(tokenizer):
     assert result.report.skipped == errors
     assert result.rows == BROKEN_VALID_LINES
     assert result.report.rows_read == len(errors) + len(BROKEN_VALID_LINES)
-    assert f"skipped {len(errors)} invalid rows (lines {', '.join(map(str, errors))})" in result.report.summary()
+    assert f"跳过 {len(errors)} 条无效数据（第 {', '.join(map(str, errors))} 行）" in result.report.summary()
     # the over-long row is loaded with a warning, and encode_records drops and counts it
     samples, report = data.encode_records(result.records, tokenizer, max_length=128)
     assert [result.rows[i] for i, _ in report.too_long] == [7] and len(samples) == 3
@@ -201,7 +201,7 @@ def test_a_json_array_with_a_syntax_error_is_refused_whole(tmp_path, huanhuan_pa
     bad.write_text(text[:cut] + text[cut + 1:], encoding="utf-8")  # drop one quote
     line = text[:cut].count("\n") + 1
     for skip in (False, True):
-        with pytest.raises(validation.DataValidationError, match=f"invalid JSON at line {line} "):
+        with pytest.raises(validation.DataValidationError, match=f"JSON 格式错误（第 {line} 行"):
             validation.load_records(bad, skip_invalid=skip)
 
 
@@ -284,7 +284,7 @@ def test_training_data_reuses_the_encoded_file_only_when_its_stamp_matches(stamp
     assert not encoded.exists()
     samples, held_out = train.training_data(spec, tokenizer)
     out = capsys.readouterr().out
-    assert "encoded 8 of 8 rows (max_length=1024)" in out and "重新编码" not in out
+    assert "编码了 8 条中的 8 条（max_length=1024）" in out and "重新编码" not in out
     stamp = data_files.read_stamp(encoded)
     assert stamp["max_length"] == 1024 and stamp["system_prompt"] == DEFAULT_SYSTEM_PROMPT
     assert stamp["source_sha256"] == data_files.sha256_file(data_files.SAMPLE_PATH)
@@ -297,7 +297,7 @@ def test_training_data_reuses_the_encoded_file_only_when_its_stamp_matches(stamp
     encoded.write_text("\n".join(json.dumps(r) for r in [{"__stamp__": stamp}, *rows]) + "\n", encoding="utf-8")
     again, _ = train.training_data(spec, tokenizer)
     out = capsys.readouterr().out
-    assert "使用已编码的训练集 " in out and "与本次配置一致" in out and "encoded 8 of 8" not in out
+    assert "使用已编码的训练集 " in out and "与本次配置一致" in out and "编码了 8 条中的" not in out
     assert again[0]["labels"][-2] == 7 and again[1:] == samples[1:]
 
 
@@ -325,7 +325,7 @@ def test_training_data_re_encodes_and_says_why(stamped_workspace, tokenizer, cap
     samples, _ = train.training_data(spec, tokenizer)
     out = capsys.readouterr().out
     assert f"重新编码：{data.display_path(spec.paths.encoded)} 与本次配置不同（" in out and reason in out
-    assert f"encoded {5 if change == 'max_length' else 8} of 8 rows (max_length={spec.data.max_length})" in out
+    assert f"编码了 8 条中的 {5 if change == 'max_length' else 8} 条（max_length={spec.data.max_length}）" in out
     stamp = data_files.read_stamp(spec.paths.encoded)
     records = validation.load_records(data_files.course_dataset_path(spec)).records[:8]
     expected, _ = data.encode_records(records, tokenizer, spec.data.system_prompt, spec.data.max_length)
@@ -360,21 +360,22 @@ def test_cli_check_names_every_bad_row_and_fails(tmp_path):
     assert done.returncode == 1, done.stderr
     assert not any(tmp_path.iterdir()), "a check writes nothing into the workspace"
     for line, (field_name, severity) in BROKEN_PROBLEMS.items():
-        assert f"{severity:<7} line {line:<5} {field_name}" in done.stdout
-    assert "rows over max_length 128: 1" in done.stdout
+        label = "错误" if severity == "error" else "警告"
+        assert f"{label}  {'第 ' + str(line) + ' 行':<8} {field_name}" in done.stdout
+    assert "超过 max_length 128 的条数：1" in done.stdout
 
 
 def test_cli_check_passes_a_clean_file_and_prints_statistics(capsys):
     assert data.main(["check", str(data_files.SAMPLE_PATH)]) == 0
     out = capsys.readouterr().out
-    assert "48 rows read, 48 valid; 0 errors, 0 warnings" in out
-    for word in ("p50", "p90", "p99", "max", "rows over max_length 1024: 0", "recommended: padding-free"):
+    assert "读到 48 条，有效 48 条；错误 0 个，警告 0 个" in out
+    for word in ("p50", "p90", "p99", "最长", "超过 max_length 1024 的条数：0", "推荐：无填充打包"):
         assert word in out
 
 
 def test_cli_check_skip_invalid_exits_zero(capsys):
     assert data.main(["check", str(BROKEN), "--skip-invalid"]) == 0
-    assert "skipped 8 invalid rows" in capsys.readouterr().out
+    assert "跳过 8 条无效数据" in capsys.readouterr().out
     assert data.main(["check", str(BROKEN)]) == 1
 
 
@@ -382,7 +383,7 @@ def test_cli_encode_equals_encode_records(tmp_path, huanhuan_path, real):
     out = tmp_path / "encoded.jsonl"
     done = _cli("encode", huanhuan_path, out)
     assert done.returncode == 0, done.stderr
-    assert "encoded 3729 of 3729 rows" in done.stdout
+    assert "编码了 3729 条中的 3729 条" in done.stdout
     assert data_files.read_stamp(out) == data_files.encoding_stamp(
         models.offline_tokenizer_dir(), DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT, huanhuan_path)
     assert data_files.load_encoded(out) == real[1]
@@ -390,7 +391,7 @@ def test_cli_encode_equals_encode_records(tmp_path, huanhuan_path, real):
 
 def test_cli_encode_refuses_a_broken_file(tmp_path, capsys):
     assert data.main(["encode", str(BROKEN), str(tmp_path / "x.jsonl")]) == 2  # a known error: one message
-    assert "line 12" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+    assert "第 12 行" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
 
 
 # --------------------------------------------------------------------------- download
@@ -538,11 +539,11 @@ def test_trained_tokens_view_marks_the_answer(tokenizer):
     record = validation.load_records(data_files.SAMPLE_PATH).records[0]
     sample = data.encode_records([record], tokenizer)[0][0]
     view = data.trained_tokens_view(sample, tokenizer)
-    untrained, trained = view.split("\nTRAINED")
-    assert untrained.startswith("not trained (label = -100)")
+    untrained, trained = view.split("\n参与训练")
+    assert untrained.startswith("不参与训练（label = -100）")
     assert record["instruction"] in untrained.replace(data.TOKEN_SEPARATOR, "")
     assert trained.rstrip().endswith(data.TOKEN_SEPARATOR + "<|im_end|>")
-    assert trained.split(":\n  ", 1)[1].replace(data.TOKEN_SEPARATOR, "") == record["output"] + "<|im_end|>"
+    assert trained.split("：\n  ", 1)[1].replace(data.TOKEN_SEPARATOR, "") == record["output"] + "<|im_end|>"
 
 
 def test_notebook_03_states_the_real_padding_numbers(real, original_samples):

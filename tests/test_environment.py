@@ -49,7 +49,7 @@ def test_preflight_passes_in_the_tiny_profile_on_this_machine(tiny_spec):
     failed = [c for c in checks if not c.ok]
     assert not failed, env.format_checks(checks)
     assert all(c.fix == "" for c in checks)
-    assert env.format_checks(checks).splitlines()[-1] == "all checks passed"
+    assert env.format_checks(checks).splitlines()[-1] == "全部通过 (all checks passed)"
     assert "not needed by the tiny profile" in by_name(checks)["gpu"].detail
 
 
@@ -120,8 +120,8 @@ def test_each_faked_failure_fails_its_own_check_with_a_fix(full_spec, case):
     assert failed == [name], env.format_checks(checks)
     assert fix in by_name(checks)[name].fix
     text = env.format_checks(checks)
-    assert f"[FAIL] {name}" in text and f"fix: {by_name(checks)[name].fix}" in text
-    assert text.splitlines()[-1] == "1 check(s) failed"
+    assert f"失败 FAIL] {name}" in text and f"fix: {by_name(checks)[name].fix}" in text
+    assert text.splitlines()[-1] == "1 项未通过 (1 check(s) failed)"
 
 
 def test_wrong_version_names_the_package_and_its_pin(full_spec):
@@ -159,8 +159,8 @@ def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(t
                             cwd=REPO_ROOT, env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data)), capture_output=True,
                             text=True, timeout=300)
     assert before.returncode != 0 and "Error 1" in before.stderr, before.stdout + before.stderr
-    assert "[FAIL] kernel" in before.stdout and "fix: make kernel" in before.stdout
-    assert before.stdout.strip().splitlines()[-1] == "1 check(s) failed"
+    assert "失败 FAIL] kernel" in before.stdout and "fix: make kernel" in before.stdout
+    assert before.stdout.strip().splitlines()[-1] == "1 项未通过 (1 check(s) failed)"
 
     made = subprocess.run(["make", "kernel", f"PY={sys.executable}"], cwd=REPO_ROOT,
                           env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data)), capture_output=True, text=True,
