@@ -43,7 +43,7 @@ run: $(STAMP)
 # install system packages (root or passwordless sudo), else Playwright's own; if neither works it
 # stops with what to install.
 test: $(STAMP) chromium
-	$(PY) -m ruff check helpers tests notebooks bench
+	$(PY) -m ruff check helpers tests notebooks bench solutions
 	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax
 
 # Re-execute the committed notebooks in place with the tiny profile (refreshes stored outputs).
@@ -82,7 +82,7 @@ reset-all:
 	  $(if $(filter 1,$(DRY_RUN)),--dry-run)
 
 lint: $(STAMP)
-	$(PY) -m ruff check helpers tests notebooks bench
+	$(PY) -m ruff check helpers tests notebooks bench solutions
 
 # Original tutorial vs this course on CPU, every figure a ratio taken in the same run (bench/RESULTS.md).
 bench: $(STAMP)
