@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .train import shareable_path
 from .workspace import MissingArtifactError, display_path
 
 #: The report written next to the checkpoints.
@@ -573,7 +574,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
     report = {
         "profile": spec.profile.name,
         "config_file": display_path(spec.config_file),
-        "checkpoint": _relative(loaded.checkpoint, spec),
+        "checkpoint": shareable_path(loaded.checkpoint, spec),
         "options": dataclasses.asdict(options),
         "system_prompt": system_prompt,
         "split": {"train_rows": len(train_records), "held_out_rows": len(eval_records),
@@ -587,7 +588,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         "table": table,
         "notes": notes,
     }
-    report["swanlab_run"] = _relative(log_to_swanlab(spec, report), spec)
+    report["swanlab_run"] = shareable_path(log_to_swanlab(spec, report), spec)
     save_report(spec, report)
     return report
 
@@ -620,19 +621,6 @@ def side_by_side(generations: dict, rows: int = 20) -> list[dict]:
         return table
     memorised = [r for r in table if r["set"] == "memorised"][: rows // 2]
     return memorised + [r for r in table if r["set"] != "memorised"][: rows - len(memorised)]
-
-
-def _relative(path: Path | None, spec) -> str | None:
-    """A path in the report: relative to the run folder or the workspace, never a machine path."""
-    if path is None:
-        return None
-    path = Path(path).resolve()
-    for base in (spec.paths.run_dir, spec.paths.workspace):
-        try:
-            return path.relative_to(base.resolve()).as_posix()
-        except ValueError:
-            continue
-    return path.name
 
 
 # =========================================================================== output

@@ -666,14 +666,14 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
     }
 
 
-def _relative(path: Path | None, spec) -> str | None:
+def shareable_path(path: Path | None, spec) -> str | None:
     """A path in a shared file: relative to the workspace (or the run folder), never a machine path."""
     if path is None:
         return None
     path = Path(path).resolve()
     for base in (spec.paths.run_dir, spec.paths.workspace):
         try:
-            return path.relative_to(base).as_posix()
+            return path.relative_to(base.resolve()).as_posix()
         except ValueError:
             continue
     return path.name
@@ -683,7 +683,7 @@ def save_run_summary(spec, summary: dict) -> Path:
     """``run_summary.json`` in the run folder; its paths are relative to the run folder or the workspace."""
     saved = {k: v for k, v in summary.items() if k not in ("trainer", "log_history")}
     for key in ("checkpoint", "output_dir", "swanlab_run", "plot"):
-        saved[key] = _relative(summary.get(key), spec)
+        saved[key] = shareable_path(summary.get(key), spec)
     saved["spec"] = spec.to_dict()
     path = spec.paths.run_dir / RUN_SUMMARY
     path.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
