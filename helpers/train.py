@@ -355,6 +355,17 @@ def shareable_args(args, spec):
     return shared
 
 
+def share_safe_trainer_state(folder: Path) -> None:
+    """``trainer_state.json`` names the best checkpoint by its folder name, not by a machine path."""
+    path = Path(folder) / "trainer_state.json"
+    if path.is_file():
+        state = json.loads(path.read_text(encoding="utf-8"))
+        best = state.get("best_model_checkpoint")
+        if best and Path(best).is_absolute():
+            state["best_model_checkpoint"] = Path(best).name
+            path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def course_callbacks(spec) -> list:
     """The checkpoint proof (recipe + marker with sha256) and the memory log, as Trainer callbacks."""
     import torch
@@ -366,11 +377,20 @@ def course_callbacks(spec) -> list:
     class CheckpointComplete(TrainerCallback):
         """Marks a checkpoint complete only after the Trainer finished writing all of it."""
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            # a resumed state names its best checkpoint by folder name (see share_safe_trainer_state):
+            # the Trainer's rotation needs the full path again to keep it
+            best = state.best_model_checkpoint
+            if best and not Path(best).is_absolute():
+                state.best_model_checkpoint = str(Path(args.output_dir) / best)
+            return control
+
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if folder.is_dir():
                     share_safe_adapter_config(folder, recipe["base_model"])
+                    share_safe_trainer_state(folder)
                     if (folder / TRAINING_ARGS_NAME).is_file():
                         torch.save(shareable_args(args, spec), folder / TRAINING_ARGS_NAME)
                     (folder / RECIPE_FILE).write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")

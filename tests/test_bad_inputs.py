@@ -364,9 +364,12 @@ def test_truncated_checkpoint_files_are_named_and_skipped(arena, tmp_path, capsy
 
     truncate(run / "checkpoint-50" / "adapter_model.safetensors")
     loaded = load_finetuned(spec)
-    assert loaded.checkpoint == run / "checkpoint-40"
+    # the previous complete one: the rotation keeps the last checkpoints and the best one by eval loss
+    earlier = max((p for p in run.glob("checkpoint-*") if int(p.name.split("-")[1]) < 50),
+                  key=lambda p: int(p.name.split("-")[1]))
+    assert loaded.checkpoint == earlier
     notes = "\n".join(loaded.notes)
-    assert "checkpoint-50" in notes and "adapter_model.safetensors" in notes and "checkpoint-40" in notes
+    assert "checkpoint-50" in notes and "adapter_model.safetensors" in notes and earlier.name in notes
 
 
 def test_full_disk_during_encode_leaves_the_old_file_and_no_partial(tmp_path, monkeypatch, capsys):
@@ -474,7 +477,8 @@ def test_swanlab_online_without_network_falls_back_to_offline(tmp_path, monkeypa
 
     from helpers import tracking
 
-    spec = tiny_spec_for(tmp_path / "run", SWANLAB_API_KEY="dummy", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
+    spec = tiny_spec_for(tmp_path / "run", SWANLAB_API_KEY="dummy", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path),
+                         QWEN3_TUTORIAL_SWANLAB_MODE="online")
     assert spec.swanlab.mode == "online"
     calls = []
     monkeypatch.setattr(swanlab, "init", lambda **kwargs: calls.append(kwargs) or "run")
