@@ -392,12 +392,14 @@ def to_dataset(samples: list[dict]):
     return Dataset(InMemoryTable(table))
 
 
-
-
 def load_split(spec) -> tuple[list[dict], list[dict]]:
-    """The (training, held-out) records of the spec's split, as training saved them."""
+    """The (training, held-out) records of the spec's split: as training saved them, or made the same way
+    (a learner who skipped ahead with someone else's adapter has no split of their own yet)."""
     folder = spec.paths.split_dir
-    if not (folder / "train.json").is_file():
-        raise EncodedFileError(f"no split in {display_path(folder)} yet: training (or `train.training_data`) "
-                               "writes it")
-    return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in ("train.json", "eval.json"))
+    if (folder / "train.json").is_file() and (folder / "eval.json").is_file():
+        return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in ("train.json", "eval.json"))
+    from .train import split_records
+    from .validation import load_records
+
+    train, held, _ = split_records(spec, load_records(course_dataset_path(spec)).records)
+    return train, held
