@@ -63,7 +63,8 @@ def pinned_versions() -> dict[str, str]:
         path = REPO_ROOT / name
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
-                if "==" in line and not line.startswith("#"):
+                line = line.split("#", 1)[0]  # an inline comment is not part of the pin
+                if "==" in line:
                     package, version = line.split("==", 1)
                     pins[package.strip().lower()] = version.split(";")[0].strip()
     return pins

@@ -88,12 +88,13 @@ def test_offline_download_fails_with_actionable_message(monkeypatch, tmp_path):
         download.download_qwen3_8b(tmp_path / "Qwen3-8B", tmp_path)
 
 
-def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path, monkeypatch, capsys):
+def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path, monkeypatch, capsys, huanhuan_path):
     monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(tmp_path))
+    monkeypatch.setenv("QWEN3_TUTORIAL_DATASET", str(huanhuan_path))  # no network here: a local copy of the dataset
     monkeypatch.delenv("QWEN3_TUTORIAL_PROFILE", raising=False)
     assert download.main(["--profile", "random8b"]) == 0
     out = capsys.readouterr().out
-    assert "[配置] random8b" in out and "model directory ready: " in out
+    assert "[配置] random8b" in out and "model directory ready: " in out and "dataset ready: " in out
     assert (tmp_path / "models" / "Qwen3-8B-random" / "config.json").is_file()
     assert download.main(["--profile", "huge"]) == 2
     assert "'huge' is not a profile" in capsys.readouterr().err
