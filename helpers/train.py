@@ -430,9 +430,9 @@ def course_callbacks(spec) -> list:
 
 
 def _active_swanlab_run():
-    if "swanlab" not in sys.modules:
+    swanlab = sys.modules.get("swanlab")
+    if swanlab is None:  # never imported (or not installed): no run can be active
         return None
-    import swanlab
 
     try:
         return swanlab.get_run()
@@ -498,6 +498,8 @@ def share_safe_swanlab(trainer, spec) -> None:
     (``output_dir`` and ``_name_or_path``: machine paths, uploaded by ``swanlab sync``); swap it for one that
     logs :func:`shareable_args` and the base model's shareable name (its documented extension point is
     ``setup``)."""
+    if "swanlab" not in (trainer.args.report_to or []):
+        return  # nothing reports to SwanLab (and swanlab need not even be installed)
     from transformers.integrations import SwanLabCallback
 
     if trainer.pop_callback(SwanLabCallback) is None:

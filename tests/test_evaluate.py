@@ -177,7 +177,7 @@ def test_split_of_the_real_dataset_is_leak_free_and_stable(huanhuan_path):
     # sizes measured for seed 42; a change here means the split (and every eval number) changed
     assert (len(split.train), len(split.eval), split.groups, split.eval_groups) == (3542, 187, 3286, 143)
     assert sorted(split.train_rows + split.eval_rows) == list(range(len(records)))
-    assert "3286 groups" in split.summary()
+    assert "连成 3286 组" in split.summary()
     again = grouped_split(records, 0.05, seed=42)
     assert again.eval_rows == split.eval_rows
     other = grouped_split(records, 0.05, seed=7)
@@ -202,7 +202,7 @@ def test_split_cli_on_the_real_file(huanhuan_path, tmp_path):
     result = subprocess.run([sys.executable, "-m", "helpers.data", "split", str(huanhuan_path), str(out)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "3542 train rows, 187 held-out rows; 3286 groups" in result.stdout
+    assert "训练 3542 条，留出 187 条；问题或回答相同的行连成 3286 组" in result.stdout
     train = json.loads((out / "train.json").read_text(encoding="utf-8"))
     held = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     source = json.loads(huanhuan_path.read_text(encoding="utf-8"))
