@@ -24,7 +24,7 @@ FINAL_STEP = STEPS_PER_EPOCH * EPOCHS
 RUN = (f"data.max_rows={ROWS}", f"training.per_device_train_batch_size={PER_DEVICE}",
        f"training.num_train_epochs={EPOCHS}", "training.save_steps=2", "training.logging_steps=1",
        "training.disable_tqdm=true")
-SUMMARY_LINE = f"effective batch    {PER_DEVICE * RANKS} (per device x accumulation x {RANKS} process(es))"
+SUMMARY_LINE = f"effective batch / 有效批次     {PER_DEVICE * RANKS}（每卡批次 × 梯度累积 × {RANKS} 个进程）"
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_uneven_last_batch_is_filled_from_the_start_of_the_epoch(reference, work
                                       "training.num_train_epochs=1", "training.save_steps=100", "swanlab=null",
                                       "training.disable_tqdm=true", timeout=300)
     assert out == workspace / "scale-out-demo" / "checkpoints" / "tiny-2proc"
-    assert "global step        2" in log
+    assert "global step / 全局步数         2" in log
     steps = scale_out.shards_per_step(scale_out.read_sample_log(out))
     assert len(steps) == 2
     assert not set(steps[0][0]) & set(steps[0][1])
@@ -184,7 +184,7 @@ def test_uneven_last_batch_is_filled_from_the_start_of_the_epoch(reference, work
 
 CONFIGS = {
     "single-gpu.yaml": "NO", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
-    "zero2.yaml": "DEEPSPEED", "zero3.yaml": "DEEPSPEED", "cpu-2proc.yaml": "MULTI_GPU",
+    "zero2.yaml": "DEEPSPEED", "zero3.yaml": "DEEPSPEED", "cpu-2proc.yaml": "MULTI_GPU", "multi-node.yaml": "MULTI_GPU",
 }
 
 
@@ -215,11 +215,16 @@ def test_config_parses_and_documents_itself(name):
     path = scale_out.ACCELERATE_CONFIG_DIR / name
     config = load_config_from_file(str(path))
     assert config.distributed_type.value == CONFIGS[name]
-    assert config.compute_environment.value == "LOCAL_MACHINE" and config.num_machines == 1
+    assert config.compute_environment.value == "LOCAL_MACHINE"
+    assert config.num_machines == (2 if name == "multi-node.yaml" else 1)  # multi-node: 2 machines x 8 GPUs
     text = path.read_text(encoding="utf-8")
     assert f"accelerate launch --config_file configs/accelerate/{name} -m helpers.train --config" in text
     if name == "cpu-2proc.yaml":
         assert config.mixed_precision == "no" and config.num_processes == 2
+        return
+    if name == "multi-node.yaml":  # DDP across machines: the per-GPU memory is DDP's (ddp.yaml documents it)
+        assert config.mixed_precision == "bf16" and config.num_processes == 16 and config.main_process_ip
+        assert "--machine_rank 0" in text and "--machine_rank 1" in text
         return
     assert config.mixed_precision == "bf16", "the course trains Qwen3-8B in bf16"
     assert "Suits:" in text
