@@ -258,7 +258,7 @@ def test_a_printed_command_works_in_a_fresh_relocated_workspace(tmp_path):
     course_lines = out.split("swanlab:")[0] + out[out.index("\nprofile "):]
     assert str(tmp_path) not in course_lines, "the course prints paths through ~, never the machine path"
 
-    [sync] = re.findall(r"^upload it later +(swanlab sync .+)$", out, flags=re.M)
+    [sync] = re.findall(r"^upload it later / 之后上传 +(swanlab sync .+)$", out, flags=re.M)
     target = sync.split("swanlab sync ", 1)[1].strip()
     assert target.startswith("~/autodl-tmp/ws/swanlog/run-")
     resolved = (REPO_ROOT / Path(target.replace("~", str(home), 1))).resolve()
@@ -300,4 +300,5 @@ def test_memory_estimate_for_qwen3_8b_rests_on_the_real_architecture():
     assert with_ckpt["total"] < 24, "the course recipe fits a 24 GB card"
     assert without["activations"] - with_ckpt["activations"] > 4, "checkpointing saves several GB"
     nf4 = estimate_lora_memory_gb(quantization="nf4")
-    assert nf4["total"] < with_ckpt["total"] - 10
+    # 4-bit linear layers save ~10 GB; prepare_model_for_kbit_training's fp32 embeddings and lm_head give ~2.5 back
+    assert nf4["total"] < with_ckpt["total"] - 7
