@@ -94,8 +94,8 @@ def test_ranks_train_disjoint_shards_that_cover_each_epoch(reference):
 def test_only_rank_0_prints_tracks_and_reports_the_effective_batch(reference, workspace):
     out, log = reference
     assert log.count(SUMMARY_LINE) == 1, log[-3000:]
-    assert log.count("global step        ") == 1
-    assert log.count("encoded ") == 1, "the data report is printed once, by rank 0"
+    assert log.count("global step / 全局步数") == 1
+    assert log.count("编码了 ") == 1, "the data report is printed once, by rank 0"
     runs = [p for p in (workspace / "swanlog").iterdir() if p.is_dir() and p.name.startswith("run-")]
     assert len(runs) == 1, f"exactly one SwanLab run, found {[p.name for p in runs]}"
     from helpers.tracking import read_scalars
