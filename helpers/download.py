@@ -61,9 +61,6 @@ TINY_CONFIG = {
 TINY_LM_HEAD_STD = 0.2
 TINY_SEED = 1234
 
-#: The course's LoRA settings (notebook 04 trains with exactly these).
-LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA_SETTINGS = {"r": 8, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": LORA_TARGET_MODULES}
 
 
 class NotEnoughDiskError(RuntimeError):
@@ -212,9 +209,14 @@ def qwen3_8b_on_meta():
 
 
 def course_lora_config():
+    """The course's default LoRA settings (``spec.LoraSpec``'s defaults, the same as the configs')."""
     from peft import LoraConfig, TaskType
 
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, **LORA_SETTINGS)
+    from .spec import LoraSpec
+
+    lora = LoraSpec()
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, r=lora.r, lora_alpha=lora.lora_alpha,
+                      lora_dropout=lora.lora_dropout, target_modules=list(lora.target_modules))
 
 
 def lora_parameter_line(model=None) -> str:
