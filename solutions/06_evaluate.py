@@ -3,7 +3,7 @@
 Both use the tiny memorisation adapter (see solutions/_common.py: the ``adapter_dir`` setting,
 else notebook 04's tiny run, else one trained here once) and the tiny profile's held-out split.
 
-Run from the repository root:  python solutions/07_evaluate.py [exercise number]
+Run from the repository root:  python solutions/06_evaluate.py [exercise number]
 """
 
 import math

@@ -4,7 +4,7 @@ Exercise 1 trains a few steps of the tiny profile in the solutions' own workspac
 (``<workspace>/solutions``) and reads its sample log; exercise 2 asks accelerate's own batch
 sampler how it shards the data; exercise 3 reads the estimate table of notebook 06.
 
-Run from the repository root:  python solutions/06_scale_out.py [exercise number]
+Run from the repository root:  python solutions/07_scale_out.py [exercise number]
 """
 
 import math
