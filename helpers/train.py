@@ -345,13 +345,16 @@ def share_safe_adapter_config(folder: Path, base_model: str) -> None:
 
 
 def shareable_args(args, spec):
-    """A copy of the ``TrainingArguments`` whose ``output_dir`` is no machine path (for files that get shared)."""
+    """A copy of the ``TrainingArguments`` whose ``output_dir`` (and TRL's ``chat_template_path``) is no
+    machine path (for files that get shared)."""
     import copy
 
     from .spec import shareable_path
 
     shared = copy.copy(args)
     shared.output_dir = shareable_path(spec.paths.run_dir, spec.paths.workspace)
+    if getattr(shared, "chat_template_path", None):
+        shared.chat_template_path = shareable_path(Path(shared.chat_template_path), spec.paths.workspace)
     return shared
 
 

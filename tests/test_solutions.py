@@ -93,7 +93,7 @@ def test_notebook_ends_with_exercises(path):
 
 
 def test_every_solution_belongs_to_an_exercise_and_the_readme():
-    assert len(NOTEBOOKS) == 8, [p.name for p in NOTEBOOKS]
+    assert len(NOTEBOOKS) == 9, [p.name for p in NOTEBOOKS]
     named = set()
     for path in NOTEBOOKS:
         named |= check_exercises(path.name, path.name[:2], notebook_section(path))
