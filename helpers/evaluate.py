@@ -395,9 +395,8 @@ def has_adapter(spec, checkpoint: str | Path | None = None) -> bool:
 
 
 def prepare(spec, checkpoint: str | Path | None = None) -> None:
-    """Everything the evaluation needs: the model folder and an adapter. It never trains: without an
-    adapter it stops with the command that makes one."""
-    prepare_model(spec)
+    """Everything the evaluation needs: held-out rows, an adapter and the model folder. It never trains:
+    without an adapter it stops (before any download) with the command that makes one."""
     if spec.data.eval_fraction <= 0:
         raise MissingArtifactError(
             f"{display_path(spec.config_file)}: data.eval_fraction is 0, so no rows are held out. "
@@ -406,6 +405,7 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
         raise MissingArtifactError(
             f"{display_path(spec.paths.run_dir)} holds no trained LoRA adapter yet. Train one first: "
             f"python -m helpers.train --config {display_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
+    prepare_model(spec)
 
 
 def _messages(prompt: str, system_prompt: str | None) -> list[dict]:
