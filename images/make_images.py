@@ -334,7 +334,7 @@ def padding_vs_packing(out_dir: Path, dataset: Path | None = None, batch_size: i
     epoch = {r.strategy: r for r in padding_table(lengths, batch_size=batch_size, seed=seed)}
 
     fig = plt.figure(figsize=(13.5, 6.2))
-    ax = bare_axes(fig, (0.17, 0.14, 0.79, 0.68))
+    ax = bare_axes(fig, (0.17, 0.14, 0.79, 0.74))
     bar_h = 0.7
     for i, n in enumerate(real):
         y = -i
@@ -360,7 +360,7 @@ def padding_vs_packing(out_dir: Path, dataset: Path | None = None, batch_size: i
     ax.text(0, y + bar_h + 0.25, f"无填充打包（DataCollatorWithFlattening）：同样 {rows} 条首尾相接成 1 行 = "
             f"计算 {packed_len} 个 token，0 个填充", fontsize=12.5, weight="bold", va="bottom")
     ax.set_xlim(-2, packed_len + 2)
-    ax.set_ylim(y - 0.8, 1.6)
+    ax.set_ylim(y - 0.8, 1.4)
 
     fig.text(0.5, 0.95, f"同一个 micro-batch 的两种组批方式（真实 huanhuan.json 随机取的 {rows} 条，按 token 数等比例画）",
              ha="center", va="center", fontsize=15, weight="bold")
@@ -392,7 +392,7 @@ COURSE = (
     ("05-inference", "generate、流式输出、基座 vs LoRA、聊天小程序、合并导出",
      "export/<配置>-merged/（合并后的完整模型）", "vLLM 等推理服务"),
     ("06-evaluate", "留出集 loss、ROUGE-L、身份问答、思考模式，基座 vs LoRA",
-     "checkpoints/<配置>/eval_report.json、plots/", ""),
+     "checkpoints/<配置>/eval_report.json（评估报告）", ""),
     ("07-scale-out", "DDP / FSDP / ZeRO 的显存估算；CPU 上 2 个进程的现场训练",
      "scale-out-demo/（演示用的独立工作目录）", ""),
     ("08-trl-sfttrainer", "附录：用 TRL 的 SFTTrainer 做同样的训练",
