@@ -7,10 +7,11 @@ Run from the repository root (``make notebooks`` runs it after the notebooks)::
 
 ==========================  ===============================================================
 ``lora-shapes.png``         LoRA beside Qwen3-8B's seven linear layers, drawn to scale from the
-                            real architecture (``helpers.download.qwen3_8b_on_meta`` +
+                            real architecture (``helpers.models.qwen3_on_meta`` +
                             ``parameter_table``) and PEFT's own adapter shapes and counts (r = 8).
 ``label-mask.png``          The first row of ``data/huanhuan_sample.json`` encoded by the course
-                            (``helpers.data.encode_records``, the offline Qwen3 tokenizer): every
+                            (``helpers.data.encode_records``, the offline Qwen3 tokenizer
+                            ``helpers.models.course_tokenizer``): every
                             token, label -100 or trained, ``<|im_end|>`` marked.
 ``padding-vs-packing.png``  One random micro-batch of 4 real rows (``huanhuan.json``, seed 0) as the
                             course's two collators build it (``helpers.train.make_collator``):
@@ -42,6 +43,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from helpers.errors import CourseError, run_cli
 from helpers.workspace import REPO_ROOT
 
 IMAGES = REPO_ROOT / "images"
@@ -59,7 +61,7 @@ ROW_COLOURS = ("#6fa8dc", "#93c47d", "#f6b26b", "#c27ba0")
 END_TOKEN = "<|im_end|>"
 
 
-class MissingFontError(RuntimeError):
+class MissingFontError(CourseError, RuntimeError):
     """No font with Chinese glyphs is installed."""
 
 
@@ -130,9 +132,9 @@ def lora_shapes(out_dir: Path) -> Path:
     from matplotlib.patches import Patch, Rectangle
     from peft import get_peft_model
 
-    from helpers.download import course_lora_config, parameter_table, qwen3_8b_on_meta
+    from helpers.models import lora_config, parameter_table, qwen3_on_meta
 
-    model = qwen3_8b_on_meta()
+    model = qwen3_on_meta("Qwen3-8B")
     config = model.config
     base_total = sum(p.numel() for p in model.parameters())
     shapes = {}  # module -> (out, in), from the course's shape table
@@ -140,7 +142,7 @@ def lora_shapes(out_dir: Path) -> Path:
         if name.startswith("layers[0]."):
             out_features, in_features = map(int, shape.split("x"))
             shapes[name.rsplit(".", 1)[-1]] = (out_features, in_features)
-    lora = course_lora_config()
+    lora = lora_config()  # the course's LoraSpec defaults
     peft_model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     layer = peft_model.base_model.model.model.layers[0]
@@ -247,7 +249,8 @@ def label_mask(out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch, Patch
 
-    from helpers.data import IGNORE_INDEX, course_tokenizer
+    from helpers.data import IGNORE_INDEX
+    from helpers.models import course_tokenizer
 
     tokenizer, _ = course_tokenizer()
     record, sample = first_sample(tokenizer)
@@ -299,7 +302,8 @@ def label_mask(out_dir: Path) -> Path:
 
 def real_dataset() -> Path:
     """The real huanhuan.json: $HUANHUAN_JSON or ../shared/data, else the pinned download into workspace/data."""
-    from helpers.data_files import download_huanhuan, real_dataset_path
+    from bench.common import real_dataset_path
+    from helpers.data_files import download_huanhuan
 
     try:
         return real_dataset_path(os.environ)
@@ -312,7 +316,8 @@ def padding_vs_packing(out_dir: Path, dataset: Path | None = None, batch_size: i
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from helpers.data import course_tokenizer, encode_records
+    from helpers.data import encode_records
+    from helpers.models import course_tokenizer
     from helpers.padding import padding_table, random_order
     from helpers.train import make_collator
 
@@ -551,17 +556,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m images.make_images", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=IMAGES, help="folder to write into (default: images/)")
     parser.add_argument("--only", nargs="+", choices=sorted(PICTURES), help="draw only these pictures")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a known error")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         setup_matplotlib()
-    except MissingFontError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.only or PICTURES:
-        path = PICTURES[name](args.out)
-        print(f"{name}: {path} ({path.stat().st_size / 1024:.0f} KB)")
-    return 0
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in args.only or PICTURES:
+            path = PICTURES[name](args.out)
+            print(f"{name}: {path} ({path.stat().st_size / 1024:.0f} KB)")
+        return 0
+
+    return run_cli(work, args.debug)
 
 
 if __name__ == "__main__":

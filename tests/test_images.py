@@ -14,6 +14,7 @@ import urllib.parse
 import pytest
 from PIL import Image
 
+from helpers.errors import ERROR_EXIT
 from images import make_images
 from images.make_images import IMAGES, PICTURES
 
@@ -51,7 +52,8 @@ def test_the_committed_screenshots_are_small_pngs():
 
 
 def test_label_mask_pieces_are_the_encoded_sample():
-    from helpers.data import IGNORE_INDEX, course_tokenizer
+    from helpers.data import IGNORE_INDEX
+    from helpers.models import course_tokenizer
 
     tokenizer, _ = course_tokenizer()
     record, sample = make_images.first_sample(tokenizer)
@@ -66,7 +68,7 @@ def test_a_missing_cjk_font_is_named_with_the_fix(monkeypatch, capsys):
     monkeypatch.setattr(make_images, "CJK_FONTS", ("No Such Font SC",))
     with pytest.raises(make_images.MissingFontError, match="fonts-noto-cjk"):
         make_images.cjk_font()
-    assert make_images.main(["--out", "unused", "--only", "course-map"]) == 1
+    assert make_images.main(["--out", "unused", "--only", "course-map"]) == ERROR_EXIT
     assert "fonts-noto-cjk" in capsys.readouterr().err
 
 
