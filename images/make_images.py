@@ -380,28 +380,29 @@ def padding_vs_packing(out_dir: Path, dataset: Path | None = None, batch_size: i
 
 # --------------------------------------------------------------------------- (d) the course map
 
-#: (notebook, what you do there, what it leaves in the workspace, who uses it next)
+#: (notebook, what you do there, what it leaves in the workspace, who uses it next: notebook numbers, or a
+#: word in parentheses for a user outside the course)
 COURSE = (
     ("00-environment", "环境检查：版本、硬件、设置从哪里来、课前自检",
-     "course-settings.yaml（可选，在仓库根目录）", "每一课的 build_spec() 读它"),
+     "course-settings.yaml（可选，在仓库根目录）", ("01–08",)),
     ("01-download", "下载 Qwen3-8B（或构建 tiny 模型）；meta 设备上的真实结构",
-     "models/：模型权重 + 分词器", "02–08 加载它"),
+     "models/：模型权重 + 分词器", ("02–08",)),
     ("02-chat-template", "对话模板：enable_thinking 开 / 关，特殊 token",
-     "（只看不写：读 models/ 里的分词器）", ""),
+     "（只看不写：读 models/ 里的分词器）", ()),
     ("03-data", "校验、编码（label = -100）、填充分析、留出集",
      "data/train-<配置>.jsonl（带印章的编码文件）\ndata/split-<配置>/（train.json / eval.json）",
-     "04 训练、06 评估"),
+     ("04", "06", "08")),
     ("04-train", "LoRA + Trainer + SwanLab；检查点与续训",
      "checkpoints/<配置>/checkpoint-N（LoRA 适配器）\nswanlog/（SwanLab 记录）、plots/",
-     "05 推理、06 评估"),
+     ("05", "06")),
     ("05-inference", "generate、流式输出、基座 vs LoRA、聊天小程序、合并导出",
-     "export/<配置>-merged/（合并后的完整模型）", "vLLM 等推理服务"),
+     "export/<配置>-merged/（合并后的完整模型）", ("(vLLM 等推理服务)",)),
     ("06-evaluate", "留出集 loss、ROUGE-L、身份问答、思考模式，基座 vs LoRA",
-     "checkpoints/<配置>/eval_report.json（评估报告）", ""),
+     "checkpoints/<配置>/eval_report.json（评估报告）", ()),
     ("07-scale-out", "DDP / FSDP / ZeRO 的显存估算；CPU 上 2 个进程的现场训练",
-     "scale-out-demo/（演示用的独立工作目录）", ""),
+     "scale-out-demo/（演示用的独立工作目录）", ()),
     ("08-trl-sfttrainer", "附录：用 TRL 的 SFTTrainer 做同样的训练",
-     "（用 01 的 models/ 和 03 的数据，与 04 对照）", ""),
+     "（用 01 的 models/ 和 03 的数据）", ()),
 )
 
 
@@ -435,14 +436,25 @@ def course_map(out_dir: Path) -> Path:
             ax.text(art_x + 0.15, y, leaves, fontsize=10.5, va="center", color=TEXT, linespacing=1.5)
         elif leaves:
             ax.text(art_x + 0.15, y, leaves, fontsize=10.5, va="center", color="#888888")
+        chip_x = art_x + art_w + 0.45
         if used_by:
-            ax.text(art_x + art_w + 0.2, y, f"→ {used_by}", fontsize=10.5, va="center", color="#38761d",
-                    weight="bold")
+            ax.add_patch(FancyArrowPatch((art_x + art_w + 0.05, y), (chip_x - 0.05, y), arrowstyle="-|>",
+                                         mutation_scale=12, color="#3d6f9e", lw=1.2))
+        for reader in used_by:
+            outside = reader.startswith("(")
+            label = reader.strip("()")
+            width = 0.25 + 0.13 * text_width(label)
+            ax.add_patch(FancyBboxPatch((chip_x, y - 0.17), width, 0.34, boxstyle="round,pad=0.02,rounding_size=0.1",
+                                        facecolor="#f3f3f3" if outside else "#dbe9f7",
+                                        edgecolor="#999999" if outside else "#3d6f9e", lw=1.2))
+            ax.text(chip_x + width / 2, y, label, ha="center", va="center", fontsize=10.5,
+                    color="#555555" if outside else "#1c4587", weight="normal" if outside else "bold")
+            chip_x += width + 0.12
     ax.set_xlim(-0.2, art_x + art_w + 3.6)
     ax.set_ylim(-(n - 1) * step - 0.6, 0.6)
     fig.text(0.5, 0.965, "课程地图：每个笔记本在工作目录（workspace/）里留下什么，下一课用到什么",
              ha="center", va="center", fontsize=16, weight="bold")
-    fig.text(0.5, 0.925, "蓝框：笔记本（按顺序做）；橙框：它写进工作目录的文件（git 忽略）；绿字：谁接着用它。"
+    fig.text(0.5, 0.925, "蓝框：笔记本（按顺序做）；橙框：它写进工作目录的文件（git 忽略）；右边的小蓝框：接着用它的笔记本。"
              "<配置> 是 profile 名：full、tiny……", ha="center", va="center", fontsize=11, color="#555555")
     return save(fig, out_dir / "course-map.png")
 
