@@ -465,7 +465,8 @@ def course_map(out_dir: Path) -> Path:
 def record_local_run(workspace: Path, steps: int = 16, eval_steps: int = 4) -> dict:
     """Train the tiny profile for a few steps with SwanLab in ``local`` mode; the Trainer's summary."""
     from helpers import train
-    from helpers.spec import PROFILE_ENV, SWANLAB_MODE_ENV, WORKSPACE_ENV, build_spec
+    from helpers.settings import PROFILE_ENV, SWANLAB_MODE_ENV, WORKSPACE_ENV
+    from helpers.spec import build_spec
 
     env = {PROFILE_ENV: "tiny", WORKSPACE_ENV: str(workspace), SWANLAB_MODE_ENV: "local"}
     spec = build_spec(None, [f"training.max_steps={steps}", "training.logging_steps=1",
@@ -498,8 +499,7 @@ def wait_for_dashboard(port: int, proc: subprocess.Popen, timeout: float = 60) -
 def swanlab_dashboard_server(swanlog: Path, port: int | None = None):
     """``swanlab watch <swanlog>`` on 127.0.0.1; yields the port; stops the server by its process group."""
     port = port or free_port()
-    watch = Path(sys.executable).with_name("swanlab")
-    command = [str(watch), "watch", str(swanlog), "-h", "127.0.0.1", "-p", str(port)]
+    command = [sys.executable, "-m", "swanlab", "watch", str(swanlog), "-h", "127.0.0.1", "-p", str(port)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_dashboard(port, proc)
