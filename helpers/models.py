@@ -171,10 +171,6 @@ class GpuPlacementError(CourseError, RuntimeError):
     """Part of the model landed on the CPU or disk: training would crawl or fail."""
 
 
-class PrecisionError(CourseError, RuntimeError):
-    """The requested precision is not available on this GPU."""
-
-
 def bf16_supported() -> bool:
     import torch
 
