@@ -9,7 +9,7 @@ Run from the repository root:  python solutions/08_trl_sfttrainer.py [exercise n
 
 from _common import exercise, run, scratch_spec, tiny_tokenizer
 
-from helpers import data, data_files, models, train, validation
+from helpers import data, data_files, models, validation
 
 NEWLINE_ID = 198  # the template's "\n" after <|im_end|>
 
@@ -39,7 +39,7 @@ def setup():
     spec = scratch_spec("trl-exercises", "swanlab=null")
     tokenizer = tiny_tokenizer(spec)
     records = validation.load_records(data_files.course_dataset_path(spec)).records
-    train_records = train.split_records(spec, records)[0]
+    train_records = data_files.split_records(spec, records)[0]
     course, _ = data.encode_records(train_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
     return spec, tokenizer, train_records, course
 
