@@ -167,10 +167,25 @@ def base_model_name(spec) -> str:
         return spec.paths.model_dir.name
 
 
+def apply_kernels(spec) -> list[str]:
+    """``kernels: liger``: Liger Kernel's Qwen3 patch (RMSNorm, SwiGLU, RoPE and the fused linear
+    cross-entropy, which never holds the 151,936-wide logits), applied to the transformers classes
+    BEFORE the model is built. The spec was checked when it was built (CUDA and the package present)."""
+    if spec.kernels != "liger":
+        return []
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen3
+
+    apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=True)
+    return ["rope", "rms_norm", "swiglu", "fused_linear_cross_entropy"]
+
+
 def load_model_for_training(spec):
-    """The base model, ready for LoRA: on this process's device, ``use_cache`` off, k-bit prepared for QLoRA."""
+    """The base model, ready for LoRA: on this process's device, ``use_cache`` off, k-bit prepared for QLoRA
+    (and Liger's kernels patched in first when the spec asks for ``kernels: liger``)."""
     from .models import load_base_model
 
+    apply_kernels(spec)
     if launched_processes() > 1:
         model = _load_base_model_for_this_process(spec)
     else:
