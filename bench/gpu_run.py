@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from helpers import recipes as course_recipes
-from helpers.data_files import real_dataset_path
 from helpers.workspace import REPO_ROOT, display_path
 
 from . import common as bench
+from .common import real_dataset_path
 
 #: the issue's targets, judged on one H100/H200 in one run
 TARGET_DEFAULT_X = 3.0       # the course's 24 GB-class default, samples/s over the original recipe's

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .models import sha256_file
-from .workspace import display_path
+from .errors import CourseError
+from .workspace import atomic_path, display_path, sha256_file
 
 COMPLETE_MARKER = "checkpoint_complete"
 #: What the trained adapter was trained with (system prompt, max_length, profile, base model).
@@ -32,11 +32,11 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 KEEP_PREVIOUS_RUNS = 2
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CourseError, RuntimeError):
     """No usable checkpoint (missing or damaged), with the reason."""
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(CourseError, RuntimeError):
     """Another training process is writing into this run directory."""
 
 
@@ -58,10 +58,9 @@ def write_marker(folder: Path, global_step: int) -> Path:
     folder = Path(folder)
     files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in vouched_files(folder)}
     marker = folder / COMPLETE_MARKER
-    partial = folder / (COMPLETE_MARKER + ".partial")
-    partial.write_text(json.dumps({"global_step": global_step, "time": time.time(), "files": files}, indent=1),
-                       encoding="utf-8")
-    os.replace(partial, marker)
+    with atomic_path(marker) as partial:
+        partial.write_text(json.dumps({"global_step": global_step, "time": time.time(), "files": files}, indent=1),
+                           encoding="utf-8")
     return marker
 
 
@@ -192,5 +191,33 @@ def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | No
     return target, removed
 
 
-def folder_size_gb(path: Path) -> float:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e9
+# --------------------------------------------------------------------------- no machine paths in what is shared
+
+
+def share_safe_adapter_config(folder: Path, base_model: str) -> None:
+    """Replace the machine path PEFT wrote as ``base_model_name_or_path`` (in ``adapter_config.json`` and the
+    model card ``README.md``) with the hub id or a workspace path.
+
+    Done after saving, not by renaming the model before training: PEFT reads the base model's config
+    from that name at every save, and a name that is no local folder would send it to the Hub.
+    """
+    path = Path(folder) / "adapter_config.json"
+    if path.is_file():
+        config = json.loads(path.read_text(encoding="utf-8"))
+        machine_path = config.get("base_model_name_or_path")
+        config["base_model_name_or_path"] = base_model
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        card = Path(folder) / "README.md"
+        if machine_path and machine_path != base_model and card.is_file():
+            card.write_text(card.read_text(encoding="utf-8").replace(machine_path, base_model), encoding="utf-8")
+
+
+def share_safe_trainer_state(folder: Path) -> None:
+    """``trainer_state.json`` names the best checkpoint by its folder name, not by a machine path."""
+    path = Path(folder) / "trainer_state.json"
+    if path.is_file():
+        state = json.loads(path.read_text(encoding="utf-8"))
+        best = state.get("best_model_checkpoint")
+        if best and Path(best).is_absolute():
+            state["best_model_checkpoint"] = Path(best).name
+            path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")

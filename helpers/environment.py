@@ -19,13 +19,17 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .spec import SETTINGS_FILE, SETTINGS_KEYS, SpecError, read_settings_file
-from .workspace import REPO_ROOT, display_path
+from .download import disk_budget_gb
+from .errors import run_cli
+from .hardware import gpus, memory_gb
+from .recipes import choose_recipe
+from .settings import SETTINGS_FILE, SETTINGS_KEYS, SpecError, read_settings_file
+from .spec import build_spec
+from .workspace import REPO_ROOT, atomic_path, display_path, free_disk_gb
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
 KEY_PACKAGES = [
@@ -68,34 +72,6 @@ def pinned_versions() -> dict[str, str]:
                     package, version = line.split("==", 1)
                     pins[package.strip().lower()] = version.split(";")[0].strip()
     return pins
-
-
-def memory_gb() -> tuple[float, float]:
-    """(total, available) system memory in GB."""
-    import psutil
-
-    vm = psutil.virtual_memory()
-    return vm.total / 1e9, vm.available / 1e9
-
-
-def gpus() -> list[dict]:
-    """Name, memory (GB), free memory and bf16 support of each CUDA GPU."""
-    import torch
-
-    found = []
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(index)
-            free, total = torch.cuda.mem_get_info(index)
-            found.append({
-                "index": index,
-                "name": props.name,
-                "memory_gb": round(props.total_memory / 1e9, 1),
-                "free_gb": round(free / 1e9, 1),
-                "capability": f"{props.major}.{props.minor}",
-                "bf16": props.major >= 8,
-            })
-    return found
 
 
 def gpu_memory_held_by_others() -> float | None:
@@ -150,15 +126,8 @@ def hardware_summary(spec) -> dict:
         "memory_available_gb": round(available, 1),
         "gpus": gpus(),
         "workspace": display_path(spec.paths.workspace),
-        "workspace_free_gb": round(_free_gb(spec.paths.workspace), 1),
+        "workspace_free_gb": round(free_disk_gb(spec.paths.workspace), 1),
     }
-
-
-def _free_gb(path: Path) -> float:
-    path = Path(path)
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free / 1e9
 
 
 def report_table(rows: dict) -> str:
@@ -183,9 +152,8 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     lines = ["# Course settings for every kernel and command (git-ignored). Environment variables win over it.",
              "# Written by `python -m helpers.environment setup` or notebook 00."]
     lines += [f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in current.items()]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
@@ -237,8 +205,6 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
 
 
 def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reachable, memory) -> list[Check]:
-    from .download import disk_budget_gb
-
     checks = []
     versions = package_versions() if versions is None else versions
     pins = pinned_versions() if pins is None else pins
@@ -255,60 +221,66 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
                         "make venv   (or: pip install -r requirements.txt)"))
     gpu_list = gpus() if gpu_list is None else gpu_list
     gpu_profile = spec.profile.needs_gpu or spec.profile.name == "random8b"
-    if gpu_profile:
-        if not gpu_list:
-            checks.append(Check("gpu", False, "no CUDA GPU found",
-                                "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny"))
-        else:
-            from .recipes import choose_recipe
-
-            gpu = gpu_list[0]
-            recipe, why = choose_recipe(gpu["memory_gb"])
-            held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
-            ok = recipe is not None and held < 2
-            detail = f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'yes' if gpu['bf16'] else 'no (fp16 is used)'}; {why}"
-            fix = "" if ok else ("a previous kernel holds GPU memory: shut it down (nvidia-smi shows it)"
-                                 if recipe is not None else "rent a card with more memory")
-            checks.append(Check("gpu", ok, detail + (f"; {held:.1f} GB already in use" if held >= 2 else ""), fix))
-    else:
-        checks.append(Check("gpu", True, f"not needed by the {spec.profile.name} profile"
-                            + (f" ({len(gpu_list)} found)" if gpu_list else "")))
+    checks.append(_gpu_check(spec, gpu_list, gpu_profile))
     total, available = memory_gb() if memory is None else memory
     need_memory = MEMORY_NEEDED_GB["gpu" if gpu_profile else "cpu"]
     checks.append(Check("memory", available >= need_memory,
                         f"{available:.1f} GB of {total:.1f} GB available, {need_memory:.0f} GB needed",
                         "close other programs and notebooks' kernels, or rent a machine with more memory"))
-    free = _free_gb(spec.paths.workspace) if free_gb is None else free_gb
+    free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
     need = disk_budget_gb(model_present)["total"] if spec.profile.source == "modelscope" else 1.0
     checks.append(Check("disk", free >= need, f"{free:.1f} GB free at {display_path(spec.paths.workspace)}, "
                         f"{need:.1f} GB needed",
                         "put the workspace on the data disk: python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace"))
-    if model_present:
-        checks.append(Check("model", True, f"present at {display_path(spec.paths.model_dir)}"))
-    elif spec.profile.source == "modelscope":
-        checks.append(Check("model", False, f"not downloaded yet ({display_path(spec.paths.model_dir)})",
-                            f"python -m helpers.download --profile {spec.profile.name}   (16.4 GB, before class)"))
-    else:
-        checks.append(Check("model", True, "built locally on first use (no download)"))
-    dataset = spec.paths.dataset
-    if dataset.is_file():
-        checks.append(Check("dataset", True, f"present at {display_path(dataset)}"))
-    elif "dataset" in spec.origin:  # a file the user named: a download would not put it there
-        checks.append(Check("dataset", False, f"not found at {display_path(dataset)} ({spec.origin['dataset']})",
-                            "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
-    else:
-        reachable = dataset_reachable() if dataset_reachable is not None else _dataset_reachable()
-        checks.append(Check("dataset", reachable, f"not downloaded yet; download {'possible' if reachable else 'blocked'}",
-                            "copy huanhuan.json (0.9 MB) onto the machine, then: python -m helpers.environment "
-                            "setup --dataset /path/to/huanhuan.json"))
+    checks += _files_checks(spec, model_present, dataset_reachable)
     checks.append(Check("swanlab", True, f"mode {spec.swanlab.mode}"
                         + ("" if spec.swanlab.mode == "online" else " (records stay local; `swanlab sync` later)")))
     kernel = kernel_registered() if kernel is None else kernel
     checks.append(Check("kernel", kernel, f"Jupyter kernel {KERNEL_NAME!r} " + ("registered" if kernel else "missing"),
                         f"make kernel   (then pick “{KERNEL_DISPLAY}” in JupyterLab: Kernel → Change Kernel)"))
     return checks
+
+
+def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
+    if not gpu_profile:
+        return Check("gpu", True, f"not needed by the {spec.profile.name} profile"
+                     + (f" ({len(gpu_list)} found)" if gpu_list else ""))
+    if not gpu_list:
+        return Check("gpu", False, "no CUDA GPU found",
+                     "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny")
+    gpu = gpu_list[0]
+    recipe, why = choose_recipe(gpu["memory_gb"])
+    held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
+    ok = recipe is not None and held < 2
+    detail = f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'yes' if gpu['bf16'] else 'no (fp16 is used)'}; {why}"
+    fix = "" if ok else ("a previous kernel holds GPU memory: shut it down (nvidia-smi shows it)"
+                         if recipe is not None else "rent a card with more memory")
+    return Check("gpu", ok, detail + (f"; {held:.1f} GB already in use" if held >= 2 else ""), fix)
+
+
+def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
+    out = []
+    if model_present:
+        out.append(Check("model", True, f"present at {display_path(spec.paths.model_dir)}"))
+    elif spec.profile.source == "modelscope":
+        out.append(Check("model", False, f"not downloaded yet ({display_path(spec.paths.model_dir)})",
+                               f"python -m helpers.download --profile {spec.profile.name}   (16.4 GB, before class)"))
+    else:
+        out.append(Check("model", True, "built locally on first use (no download)"))
+    dataset = spec.paths.dataset
+    if dataset.is_file():
+        out.append(Check("dataset", True, f"present at {display_path(dataset)}"))
+    elif "dataset" in spec.origin:  # a file the user named: a download would not put it there
+        out.append(Check("dataset", False, f"not found at {display_path(dataset)} ({spec.origin['dataset']})",
+                               "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
+    else:
+        reachable = dataset_reachable() if dataset_reachable is not None else _dataset_reachable()
+        out.append(Check("dataset", reachable, f"not downloaded yet; download {'possible' if reachable else 'blocked'}",
+                               "copy huanhuan.json (0.9 MB) onto the machine, then: python -m helpers.environment "
+                               "setup --dataset /path/to/huanhuan.json"))
+    return out
 
 
 def _dataset_reachable() -> bool:
@@ -336,9 +308,6 @@ def format_checks(checks: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_cli
-    from .spec import build_spec
-
     parser = argparse.ArgumentParser(prog="python -m helpers.environment",
                                      description="Course settings and the pre-flight check.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -30,331 +30,36 @@ import dataclasses
 import json
 import math
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from .train import shareable_path
-from .workspace import MissingArtifactError, display_path
+from . import checkpoints, data_files, tracking
+from .data import encode_records
+from .download import prepare_model
+from .errors import positive_int, run_cli
+from .inference import chat_messages, greedy_settings, load_finetuned, recommended_settings
+from .metrics import (
+    IDENTITY_PROBES,
+    Generated,
+    answer_loss,
+    boilerplate_rate,
+    change,
+    degeneration,
+    derive_role_words,
+    generate_replies,
+    identity_accuracy,
+    marker_rate,
+    mean_rouge_l,
+    thinking_conclusion,
+    thinking_rate,
+    unseen_probes,
+)
+from .spec import build_spec
+from .workspace import MissingArtifactError, atomic_path, display_path, shareable_path
 
 #: The report written next to the checkpoints.
 REPORT_FILE = "eval_report.json"
-#: Label of the tokens that are not trained (the prompt), as in the encoded samples.
-IGNORE_INDEX = -100
-
-#: Words of address and self-reference at the Qing court: the candidates for persona markers.
-ROLE_WORD_CANDIDATES = (
-    "臣妾", "嫔妾", "本宫", "哀家", "奴婢", "奴才", "微臣", "朕",
-    "皇上", "陛下", "圣上", "万岁", "娘娘", "小主", "主子", "公公",
-    "皇后", "太后", "王爷", "姐姐", "妹妹", "四郎", "嬛嬛", "夫君",
-)
-#: Everyday modern words (a chat assistant's vocabulary). A candidate must be more frequent in
-#: the training answers than every one of these to count as a persona marker.
-NEUTRAL_WORDS = ("用户", "您好", "帮助", "助手", "问题", "朋友", "老师", "同学", "公司", "手机", "网络", "信息")
-#: A candidate is kept when at least this share of the training answers holds it (and at least one does).
-ROLE_WORD_MIN_SHARE = 0.0025
-
-#: What a general assistant says about itself and a court lady never does.
-BOILERPLATE = ("作为AI", "作为一个AI", "作为人工智能", "作为一个人工智能", "人工智能", "语言模型", "大模型",
-               "我是通义千问", "通义千问", "AI助手", "智能助手", "虚拟助手", "阿里云", "Qwen", "OpenAI")
-#: Paraphrases of "who are you" that the training data does not hold (checked against the
-#: training prompts' normalised forms before use).
-IDENTITY_PROBES = ("请问你是哪位？", "能介绍一下你自己吗？", "你到底是什么人？", "报上名来。", "你是何人？",
-                   "自我介绍一下吧。", "你的名字是什么？", "请问姑娘芳名？")
-#: A correct identity answer names the persona (and no assistant boilerplate).
-IDENTITY_NAMES = ("甄嬛", "嬛嬛")
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-#: The LoRA model keeps thinking when its rate is at most this much below the base model's.
-THINKING_TOLERANCE = 0.1
-
-
-# =========================================================================== metrics (pure functions)
-
-
-class CharTokenizer:
-    """A ``rouge-score`` tokenizer that makes every non-space character a token (Chinese has no spaces)."""
-
-    def tokenize(self, text: str) -> list[str]:
-        return chars(text)
-
-
-def chars(text: str) -> list[str]:
-    """The characters of ``text`` without whitespace: the unit of every text metric here."""
-    return [c for c in text if not c.isspace()]
-
-
-_SCORER = None
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """Character-level ROUGE-L F1 of one reply against its reference (``rouge-score``'s implementation)."""
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rougeL"], tokenizer=CharTokenizer())
-    return _SCORER.score(reference, prediction)["rougeL"].fmeasure
-
-
-def mean(values: Iterable[float]) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
-
-
-def mean_rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    return mean(rouge_l(p, r) for p, r in zip(predictions, references, strict=True))
-
-
-def contains_any(text: str, words: Iterable[str]) -> bool:
-    lowered = text.lower()
-    return any(word.lower() in lowered for word in words)
-
-
-def marker_rate(texts: Sequence[str], words: Iterable[str]) -> float:
-    """Share of ``texts`` that hold at least one of ``words``."""
-    words = tuple(words)
-    if not words:
-        return 0.0
-    return mean(1.0 if contains_any(t, words) else 0.0 for t in texts)
-
-
-def boilerplate_rate(texts: Sequence[str], phrases: Iterable[str] = BOILERPLATE) -> float:
-    """Share of ``texts`` holding assistant boilerplate (case-insensitive for Latin letters)."""
-    return marker_rate(texts, phrases)
-
-
-@dataclass(frozen=True)
-class RoleWords:
-    """The persona markers and how they were chosen."""
-
-    words: tuple[str, ...]
-    neutral_share: float    # the most frequent neutral word's share: a kept candidate is more frequent
-    min_share: float        # ... and at least this frequent
-    answers: int            # training answers counted
-    table: list[dict] = field(default_factory=list)   # one row per candidate and neutral word
-
-    def describe(self) -> str:
-        lines = [f"{self.answers} 条训练回答。候选词要算作角色词，出现它的回答占比须高于最常见的中性词"
-                 f"（{self.neutral_share:.2%}），并且至少为 {self.min_share:.2%}（至少 1 条）："]
-        for row in self.table:
-            if row["answers"]:
-                mark = "✓" if row["kept"] else "·"
-                kind = "候选" if row["kind"] == "candidate" else "中性"
-                lines.append(f"  {mark} {row['word']}\t{kind}\t{row['answers']:>5} 条\t{row['share']:.2%}")
-        for kind, name in (("candidate", "候选词"), ("neutral", "中性词")):
-            absent = [row["word"] for row in self.table if row["kind"] == kind and not row["answers"]]
-            if absent:
-                lines.append(f"  一次也没出现的{name}: {'、'.join(absent)}")
-        return "\n".join(lines)
-
-
-def derive_role_words(answers: Sequence[str], candidates: Sequence[str] = ROLE_WORD_CANDIDATES,
-                      neutral: Sequence[str] = NEUTRAL_WORDS,
-                      min_share: float = ROLE_WORD_MIN_SHARE) -> RoleWords:
-    """The persona markers of these training answers, and the table that shows why.
-
-    For each candidate (a word of address at court) and each neutral word, count the answers that
-    hold it. A candidate is kept when more answers hold it than hold any neutral word, and at least
-    ``min_share`` of them (and at least one). Rows are sorted by frequency.
-    """
-    total = len(answers)
-
-    def row(word: str, kind: str) -> dict:
-        count = sum(1 for a in answers if word in a)
-        return {"word": word, "kind": kind, "answers": count, "share": count / total if total else 0.0,
-                "kept": False}
-
-    neutral_rows = sorted((row(w, "neutral") for w in neutral), key=lambda r: (-r["answers"], r["word"]))
-    neutral_share = max((r["share"] for r in neutral_rows), default=0.0)
-    rows = sorted((row(w, "candidate") for w in candidates), key=lambda r: (-r["answers"], r["word"]))
-    for r in rows:
-        r["kept"] = r["answers"] >= 1 and r["share"] > neutral_share and r["share"] >= min_share
-    words = tuple(r["word"] for r in rows if r["kept"])
-    return RoleWords(words, neutral_share, min_share, total, rows + neutral_rows)
-
-
-def unseen_probes(probes: Sequence[str], train_prompts: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(probes whose normalised form is not a training prompt, probes that are)."""
-    from .data_files import normalise
-
-    seen = {normalise(p) for p in train_prompts}
-    kept = [p for p in probes if normalise(p) not in seen]
-    return kept, [p for p in probes if normalise(p) in seen]
-
-
-def identity_correct(reply: str, names: Sequence[str] = IDENTITY_NAMES) -> bool:
-    """The reply names the persona and holds no assistant boilerplate."""
-    return contains_any(reply, names) and not contains_any(reply, BOILERPLATE)
-
-
-def identity_accuracy(replies: Sequence[str]) -> float:
-    return mean(1.0 if identity_correct(r) else 0.0 for r in replies)
-
-
-def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def repeated_ngram_ratio(text: str, n: int = 3) -> float:
-    """Share of the reply's character n-grams that repeat an earlier one (0: no repeats; near 1: a loop)."""
-    grams = ngrams(chars(text), n)
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Distinct-n over all replies: distinct character n-grams / all n-grams (Li et al., 2016)."""
-    grams = [g for t in texts for g in ngrams(chars(t), n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def truncation_rate(finished: Sequence[bool]) -> float:
-    """Share of replies that stopped at ``max_new_tokens`` without their end token."""
-    return mean(0.0 if f else 1.0 for f in finished)
-
-
-def thinking_complete(text: str) -> bool:
-    """The reply opens ``<think>``, writes something, and closes it."""
-    stripped = text.lstrip()
-    if not stripped.startswith(THINK_OPEN) or THINK_CLOSE not in stripped:
-        return False
-    inside = stripped[len(THINK_OPEN):].split(THINK_CLOSE, 1)[0]
-    return bool(inside.strip())
-
-
-def thinking_rate(texts: Sequence[str]) -> float:
-    return mean(1.0 if thinking_complete(t) else 0.0 for t in texts)
-
-
-def thinking_conclusion(base: float, lora: float, tolerance: float = THINKING_TOLERANCE) -> str:
-    """The thinking-mode result in one plain sentence (Chinese)."""
-    if base == 0:
-        return (f"无法判断：基座模型开启思考后也没有写出完整的 <think> 块（基座 {base:.0%}，LoRA {lora:.0%}）。"
-                "tiny 随机模型本来就不会思考；在 Qwen3-8B 上这个比较才有意义。")
-    if lora >= base - tolerance:
-        return (f"思考模式保住了：开启 enable_thinking 后，LoRA 模型 {lora:.0%} 的回答有完整、非空的 "
-                f"<think> 块，基座模型是 {base:.0%}。")
-    return (f"思考模式受损：开启 enable_thinking 后，只有 {lora:.0%} 的 LoRA 回答有完整、非空的 <think> 块"
-            f"（基座模型 {base:.0%}）。训练数据里的回答都不带思考过程；需要思考时，混入带思考的数据再训练，"
-            "或者对这个适配器关闭思考模式。")
-
-
-def degeneration(texts: Sequence[str], finished: Sequence[bool], n: int = 3) -> dict:
-    """The degeneration metrics of a set of replies."""
-    return {
-        "truncated": truncation_rate(finished),
-        f"repeated_{n}gram": mean(repeated_ngram_ratio(t, n) for t in texts),
-        "distinct_1": distinct_n(texts, 1),
-        "distinct_2": distinct_n(texts, 2),
-    }
-
-
-def masked_nll(logits, labels) -> tuple[float, int]:
-    """(summed negative log-likelihood, counted tokens) of the labelled tokens.
-
-    ``logits[:, t]`` predicts ``labels[:, t + 1]`` (the shift the model's own loss uses); labels of
-    ``IGNORE_INDEX`` (the prompt and padding) are not counted.
-    """
-    import torch.nn.functional as F
-
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = labels[:, 1:]
-    total = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return float(total), int((shifted_labels != IGNORE_INDEX).sum())
-
-
-def perplexity(mean_nll: float) -> float:
-    return math.exp(mean_nll)
-
-
-def change(base: float, lora: float) -> dict:
-    return {"base": base, "lora": lora, "change": lora - base}
-
-
-# =========================================================================== running the model
-
-
-@dataclass(frozen=True)
-class Generated:
-    """One generated reply and whether it ended with the end token."""
-
-    text: str          # everything generated up to the end token (special tokens removed; <think> kept)
-    content: str       # the answer without its <think> block
-    finished: bool     # an end token (<|im_end|>) was generated before max_new_tokens
-    new_tokens: int
-
-
-def _eos_ids(generation_config) -> set[int]:
-    eos = generation_config.eos_token_id
-    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-
-
-def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], settings, adapter: bool = True,
-                     batch_size: int = 8, extra: dict | None = None, seed: int = 0) -> list[Generated]:
-    """Replies to many conversations, batched with left padding; each says whether it finished.
-
-    ``settings``: an ``inference.GenerationSettings``; ``extra``: more generation options (e.g.
-    ``repetition_penalty``). Sampling is seeded per batch, so a run repeats.
-    """
-    import torch
-
-    from .data import prompt_ids_as_text
-    from .inference import adapter_switch, split_thinking
-
-    config = settings.generation_config(model.generation_config)
-    if extra:
-        config.update(**extra)
-    eos = _eos_ids(config)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    out: list[Generated] = []
-    for start in range(0, len(conversations), batch_size):
-        batch = [prompt_ids_as_text(tokenizer, messages, settings.enable_thinking)
-                 for messages in conversations[start:start + batch_size]]
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=model.device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
-        torch.manual_seed(seed + start)
-        with adapter_switch(model, adapter), torch.inference_mode():
-            generated = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
-        for row in generated[:, width:].tolist():
-            end = next((i for i, token in enumerate(row) if token in eos), None)
-            tokens = row if end is None else row[:end]
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            reply = split_thinking(text)
-            out.append(Generated(text, reply.content, end is not None, len(tokens)))
-    return out
-
-
-def answer_loss(model, tokenizer, samples: Sequence[dict], adapter: bool = True, batch_size: int = 8) -> dict:
-    """Mean loss and perplexity over the answer tokens (labels != -100) of encoded samples."""
-    import torch
-
-    from .inference import adapter_switch
-
-    pad_id = tokenizer.pad_token_id or 0
-    total, count = 0.0, 0
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start:start + batch_size]
-        width = max(len(s["input_ids"]) for s in batch)
-
-        def padded(key, value, batch=batch, width=width):
-            rows = [s[key] + [value] * (width - len(s[key])) for s in batch]
-            return torch.tensor(rows, device=model.device)
-
-        with adapter_switch(model, adapter), torch.inference_mode():
-            logits = model(input_ids=padded("input_ids", pad_id),
-                           attention_mask=padded("attention_mask", 0)).logits
-        nll, tokens = masked_nll(logits, padded("labels", IGNORE_INDEX))
-        total += nll
-        count += tokens
-    loss = total / count if count else float("nan")
-    return {"loss": loss, "perplexity": perplexity(loss) if count else float("nan"), "tokens": count}
-
-
 # =========================================================================== the evaluation
 
 
@@ -385,61 +90,27 @@ class EvalOptions:
 
 
 def has_adapter(spec, checkpoint: str | Path | None = None) -> bool:
-    from . import checkpoints
 
     if checkpoint is not None or spec.paths.adapter_dir is not None:
         return True
     return checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is not None
 
 
-def prepare(spec, checkpoint: str | Path | None = None, say: Callable[[str], None] = print) -> None:
-    """Everything the evaluation needs: the model folder, and an adapter (trained here when there is none)."""
-    from .download import prepare_model
-
-    prepare_model(spec)
-    if not has_adapter(spec, checkpoint):
-        if spec.data.eval_fraction <= 0:
-            raise MissingArtifactError(
-                f"{display_path(spec.config_file)} holds out no rows (data.eval_fraction is 0): set it, e.g. "
-                "--set data.eval_fraction=0.05, so there is something to evaluate on.")
-        say(f"{display_path(spec.paths.run_dir)} 里还没有训练好的 LoRA 适配器：先训练（helpers.train）……")
-        from .train import train
-
-        train(spec)
-
-
-def held_out_split(spec, say: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
-    """(training records, held-out records) from ``spec.paths.split_dir``, re-made when missing or stale.
-
-    Training writes the split; it is re-made here with the same code when its seed, fraction or
-    source file differ from this spec's.
-    """
-    from . import data_files, validation
-    from .models import sha256_file
-    from .train import split_records
-
+def prepare(spec, checkpoint: str | Path | None = None) -> None:
+    """Everything the evaluation needs: held-out rows, an adapter and the model folder. It never trains:
+    without an adapter it stops (before any download) with the command that makes one."""
     if spec.data.eval_fraction <= 0:
         raise MissingArtifactError(
             f"{display_path(spec.config_file)}: data.eval_fraction is 0, so no rows are held out. "
             "Set it (e.g. --set data.eval_fraction=0.05) and train again.")
-    source = data_files.course_dataset_path(spec, progress=False)
-    folder = spec.paths.split_dir
-    meta_path = folder / "split.json"
-    if meta_path.is_file() and (folder / "eval.json").is_file() and (folder / "train.json").is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if (meta.get("seed"), meta.get("eval_fraction"), meta.get("source_sha256")) == \
-                (spec.data.split_seed, spec.data.eval_fraction, sha256_file(source)):
-            return (json.loads((folder / "train.json").read_text(encoding="utf-8")),
-                    json.loads((folder / "eval.json").read_text(encoding="utf-8")))
-    records = validation.load_records(source).records
-    train_records, eval_records, split = split_records(spec, records)
-    data_files.save_split(split, folder, source=source)
-    say(f"重新生成了留出集 {display_path(folder)}：{split.summary()}")
-    return train_records, eval_records
+    if not has_adapter(spec, checkpoint):
+        raise MissingArtifactError(
+            f"{display_path(spec.paths.run_dir)} holds no trained LoRA adapter yet. Train one first: "
+            f"python -m helpers.train --config {display_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
+    prepare_model(spec)
 
 
 def _messages(prompt: str, system_prompt: str | None) -> list[dict]:
-    from .inference import chat_messages
 
     return chat_messages([], prompt, system_prompt)
 
@@ -454,8 +125,6 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
 
     Returns (metrics, generations) where generations holds the prompts, references and both replies.
     """
-    from .data import encode_records
-    from .inference import greedy_settings
 
     model, tokenizer = loaded.model, loaded.tokenizer
     samples, _ = encode_records(records, tokenizer, system_prompt, max_length)
@@ -492,7 +161,6 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
 def decoding_study(loaded, conversations: list[list[dict]], references: list[str], greedy: list[Generated],
                    options: EvalOptions) -> list[dict]:
     """The LoRA model's degeneration under greedy, Qwen3's non-thinking sampling and a repetition penalty."""
-    from .inference import greedy_settings, recommended_settings
 
     plain = greedy_settings(False, options.max_new_tokens)
     sampling = recommended_settings(False, options.max_new_tokens)
@@ -517,14 +185,42 @@ def decoding_study(loaded, conversations: list[list[dict]], references: list[str
     return rows
 
 
+def _both(loaded, conversations, settings, options: EvalOptions, seed: int = 0) -> dict[str, list[Generated]]:
+    """The base model's and the LoRA model's replies to the same conversations."""
+    return {side: generate_replies(loaded.model, loaded.tokenizer, conversations, settings, adapter=side == "lora",
+                                   batch_size=options.batch_size, seed=seed)
+            for side in ("base", "lora")}
+
+
+def identity_check(loaded, probes: list[str], system_prompt: str | None, options: EvalOptions) -> dict:
+    """Who does each model say it is, on questions the training data does not hold."""
+    replies = _both(loaded, [_messages(p, system_prompt) for p in probes],
+                    greedy_settings(False, max(options.max_new_tokens, 32)), options)
+    return {
+        "probes": probes,
+        "accuracy": {side: identity_accuracy([g.content for g in got]) for side, got in replies.items()},
+        "replies": [{"probe": p, "base": b.content, "lora": lo.content}
+                    for p, b, lo in zip(probes, *replies.values(), strict=True)],
+    }
+
+
+def thinking_check(loaded, conversations: list[list[dict]], options: EvalOptions) -> dict:
+    """Does thinking mode still open and close its <think> block, base vs LoRA."""
+    settings = recommended_settings(True, options.thinking_max_new_tokens)
+    replies = _both(loaded, conversations, settings, options, options.seed)
+    thinking = {"prompts": len(replies["lora"]), "settings": settings.describe(),
+                **{side: thinking_rate([g.text for g in got]) for side, got in replies.items()}}
+    thinking["conclusion"] = thinking_conclusion(thinking["base"], thinking["lora"])
+    return thinking
+
+
 def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | None = None,
              say: Callable[[str], None] = print) -> dict:
     """The whole evaluation of the spec's adapter; returns the report (also saved and logged)."""
-    from .inference import greedy_settings, load_finetuned, recommended_settings
 
     options = options or EvalOptions.for_spec(spec)
-    prepare(spec, checkpoint, say)
-    train_records, eval_records = held_out_split(spec, say)
+    prepare(spec, checkpoint)
+    train_records, eval_records = data_files.load_split(spec, say)
     loaded = load_finetuned(spec, checkpoint)
     for note in loaded.notes:
         say(note)
@@ -544,37 +240,15 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
     probes, seen = unseen_probes(IDENTITY_PROBES, [_user_text(r) for r in train_records])
     if seen:
         notes.append(f"identity probes left out because the training data holds them: {', '.join(seen)}")
-
-    def both(conversations, settings, seed=0) -> dict[str, list[Generated]]:
-        return {side: generate_replies(loaded.model, loaded.tokenizer, conversations, settings,
-                                       adapter=side == "lora", batch_size=options.batch_size, seed=seed)
-                for side in ("base", "lora")}
-
-    identity_replies = both([_messages(p, system_prompt) for p in probes],
-                            greedy_settings(False, max(options.max_new_tokens, 32)))
-    identity = {
-        "probes": probes,
-        "accuracy": {side: identity_accuracy([g.content for g in replies])
-                     for side, replies in identity_replies.items()},
-        "replies": [{"probe": p, "base": b.content, "lora": lo.content}
-                    for p, b, lo in zip(probes, *identity_replies.values(), strict=True)],
-    }
-
+    identity = identity_check(loaded, probes, system_prompt, options)
     held = generations["held_out"]
-    thinking_settings = recommended_settings(True, options.thinking_max_new_tokens)
-    thinking_replies = both(held["conversations"][: options.thinking_prompts], thinking_settings,
-                            options.seed)
-    thinking = {"prompts": len(thinking_replies["lora"]), "settings": thinking_settings.describe(),
-                **{side: thinking_rate([g.text for g in replies])
-                   for side, replies in thinking_replies.items()}}
-    thinking["conclusion"] = thinking_conclusion(thinking["base"], thinking["lora"])
-
+    thinking = thinking_check(loaded, held["conversations"][: options.thinking_prompts], options)
     decoding = decoding_study(loaded, held["conversations"], held["references"], held["lora"], options)
     table = side_by_side(generations, options.table_rows)
     report = {
         "profile": spec.profile.name,
         "config_file": display_path(spec.config_file),
-        "checkpoint": shareable_path(loaded.checkpoint, spec),
+        "checkpoint": shareable_path(loaded.checkpoint, spec.paths.run_dir, spec.paths.workspace),
         "options": dataclasses.asdict(options),
         "system_prompt": system_prompt,
         "split": {"train_rows": len(train_records), "held_out_rows": len(eval_records),
@@ -588,7 +262,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         "table": table,
         "notes": notes,
     }
-    report["swanlab_run"] = shareable_path(log_to_swanlab(spec, report), spec)
+    report["swanlab_run"] = shareable_path(log_to_swanlab(spec, report), spec.paths.run_dir, spec.paths.workspace)
     save_report(spec, report)
     return report
 
@@ -660,7 +334,6 @@ def log_to_swanlab(spec, report: dict) -> Path | None:
         return None
     import swanlab
 
-    from . import tracking
 
     name = f"{spec.swanlab.experiment_name}-eval"
     eval_spec = spec.replace(swanlab=dataclasses.replace(spec.swanlab, experiment_name=name))
@@ -684,7 +357,6 @@ def _row_markdown(row: dict) -> str:
 
 
 def save_report(spec, report: dict) -> Path:
-    from .data_files import atomic_path
 
     path = spec.paths.run_dir / REPORT_FILE
     with atomic_path(path) as temporary:
@@ -776,24 +448,7 @@ def epoch_boundaries(log_history: Sequence[dict]) -> list[int]:
     return steps
 
 
-def frequent(texts: Iterable[str], top: int = 10) -> list[tuple[str, int]]:
-    """The most frequent replies (a collapsed model repeats one answer)."""
-    return Counter(texts).most_common(top)
-
-
-# =========================================================================== CLI
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_cli
-    from .spec import build_spec
 
     parser = argparse.ArgumentParser(
         prog="python -m helpers.evaluate",
@@ -803,8 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="the adapter folder (default: the run's latest good checkpoint; "
                         "trained first when there is none)")
     parser.add_argument("--output-dir", help="the run folder (default workspace/checkpoints/<profile>)")
-    parser.add_argument("--limit", type=_positive_int, help="prompts generated per set (tiny: 16; full: all)")
-    parser.add_argument("--max-new-tokens", type=_positive_int,
+    parser.add_argument("--limit", type=positive_int, help="prompts generated per set (tiny: 16; full: all)")
+    parser.add_argument("--max-new-tokens", type=positive_int,
                         help="reply length limit (tiny: 24; full: 256)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.eval_fraction=0.1 (repeatable)")

@@ -20,7 +20,6 @@ The ipywidgets chat built on top of this lives in :mod:`helpers.chat_app`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import shutil
@@ -32,9 +31,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import checkpoints
-from .data import prompt_ids_as_text, render_prompt
-from .models import load_base_model, load_tokenizer, require_model_dir
-from .spec import DEFAULT_SYSTEM_PROMPT
+from .data import Reply, prompt_ids_as_text, render_prompt, split_thinking
+from .errors import CourseError, run_cli
+from .models import (
+    adapter_switch,
+    compute_dtype,
+    ensure_random_weights,
+    load_base_model,
+    load_tokenizer,
+    require_model_dir,
+)
+from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
 from .workspace import MissingArtifactError, display_path, how_to_make
 
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
@@ -42,7 +49,6 @@ QWEN3_SAMPLING = {
     True: {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0},   # thinking on
     False: {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0},   # thinking off
 }
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 #: KV caches ``--cache`` accepts (besides the default dynamic one)
 CACHES = ("static",)
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -128,7 +134,7 @@ class Loaded(NamedTuple):
         return self.recipe.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(CourseError, ValueError):
     """The adapter was trained on another base model than the one loaded."""
 
 
@@ -273,28 +279,6 @@ def render_chat(tokenizer, messages: list[dict], enable_thinking: bool = False) 
     return render_prompt(tokenizer, messages, enable_thinking=enable_thinking)
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One generated answer, split into its reasoning and the answer proper."""
-
-    text: str          # everything generated (special tokens removed; <think> tags are ordinary text)
-    thinking: str      # inside <think>...</think> ("" without thinking)
-    content: str       # the answer; only this goes into the chat history
-    finished: bool     # False while streaming, or when <think> never closed
-
-
-def split_thinking(text: str) -> Reply:
-    """Split ``<think>...</think>`` off a (possibly partial) reply."""
-    stripped = text.lstrip()
-    if not stripped.startswith(THINK_OPEN) and THINK_CLOSE not in text:
-        return Reply(text, "", text.strip(), True)
-    body = stripped[len(THINK_OPEN):] if stripped.startswith(THINK_OPEN) else stripped
-    if THINK_CLOSE not in body:  # still thinking (or the reasoning never finished)
-        return Reply(text, body.strip(), "", False)
-    thinking, content = body.split(THINK_CLOSE, 1)
-    return Reply(text, thinking.strip(), content.strip(), True)
-
-
 # --------------------------------------------------------------------------- generation
 
 
@@ -310,16 +294,7 @@ class StopOnEvent:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def adapter_switch(model, adapter: bool):
-    """Context in which the LoRA adapter is on (``adapter=True``) or off (PEFT's ``disable_adapter``)."""
-    if adapter:
-        return contextlib.nullcontext()
-    if not hasattr(model, "disable_adapter"):
-        raise ValueError("adapter=False needs a PEFT model (load it with load_finetuned).")
-    return model.disable_adapter()
-
-
-class PromptTooLongError(ValueError):
+class PromptTooLongError(CourseError, ValueError):
     """The prompt leaves no room for the reply in the model's context."""
 
 
@@ -421,7 +396,7 @@ def compare_adapter(model, tokenizer, questions: list[str], settings: Generation
 EXPORT_MARKER = "course_export.json"
 
 
-class ExportTargetError(ValueError):
+class ExportTargetError(CourseError, ValueError):
     """The export folder holds something this course did not write."""
 
 
@@ -449,8 +424,6 @@ def _base_for_merge(spec):
     leave a 4-bit model, so PEFT's advice is to merge into a full-precision copy of the base.
     """
     from transformers import AutoModelForCausalLM
-
-    from .models import compute_dtype, ensure_random_weights
 
     plain = spec.replace(quantization=None)
     if spec.profile.weights == "random":
@@ -505,9 +478,6 @@ def trained_system_prompt(model) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.inference ask "你是谁？"`` / ``python -m helpers.inference export`` (notebook 05)."""
-    from .cli import run_cli
-    from .spec import build_spec
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="the training config of the run (default: the profile's own)")
     common.add_argument("--checkpoint", help="an adapter folder (checkpoint-N or a run folder; default: the run's "
@@ -555,6 +525,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .inference import main as package_main  # the package's own error classes, which the CLI knows
-
-    sys.exit(package_main())
+    sys.exit(main())

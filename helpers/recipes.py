@@ -17,9 +17,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Qwen3-8B's shape
-QWEN3_8B = {"params": 8.19e9, "lora_params": 21_823_488, "hidden": 4096, "layers": 36, "vocab": 151936,
-            "embedding_params": 2 * 151936 * 4096}
+from .models import qwen3_counts
+from .settings import SpecError
+
+#: Qwen3-8B's shape (params, lora_params, embedding_params, hidden, layers, vocab), from the course's shape table
+QWEN3_8B = qwen3_counts("Qwen3-8B")
 #: The 32 longest rows of the course data (huanhuan.json, 3,729 rows) in tokens, the course's encoding (system
 #: prompt, chat template, <|im_end|>), longest first; tests/test_recipes.py recomputes them from the real file.
 #: A micro-batch counts ROWS, so its worst case is the longest rows together: 4 rows -> 965 tokens,
@@ -334,17 +336,6 @@ def fit_table(sizes=GPU_SIZES_GB, measured: dict[str, Measurement] | None = None
 # --------------------------------------------------------------------------- python -m helpers.train --recipe auto
 
 
-def detect_gpu() -> dict | None:
-    """The first CUDA GPU: name, total and free memory in GB (1e9 bytes, like the estimates); None without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    props = torch.cuda.get_device_properties(0)
-    free, _ = torch.cuda.mem_get_info(0)
-    return {"name": props.name, "total_gb": props.total_memory / 1e9, "free_gb": free / 1e9}
-
-
 def auto_recipe(config: str | None, overrides: list[str], profile: str,
                 gpu: dict | None = None, liger: bool | None = None) -> tuple[str | None, list[str], str]:
     """``--recipe auto``: (config, ``--set`` overrides, what was picked and why) for this machine.
@@ -355,7 +346,7 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
     values, which win. Without a GPU, or for the tiny profile, the given config is kept unchanged.
     Nothing fits: a :class:`~helpers.spec.SpecError`.
     """
-    from .spec import SpecError, liger_installed
+    from .spec import liger_installed
 
     kept = config or f"（{profile} 的默认配置）"
     if gpu is None:
@@ -365,9 +356,9 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
         return config, list(overrides), (f"--recipe auto: tiny profile 的模型很小，配方表只适用于 Qwen3-8B，"
                                           f"保留给定的配置 {kept}。")
     choice = choose(gpu["free_gb"], liger=liger_installed() if liger is None else liger)
-    seen = f"--recipe auto: {gpu['name']}，总显存 {gpu['total_gb']:.1f} GB，空闲 {gpu['free_gb']:.1f} GB（按空闲显存选择）"
-    if gpu["total_gb"] - gpu["free_gb"] >= 2:
-        seen += (f"\n  另有 {gpu['total_gb'] - gpu['free_gb']:.1f} GB 被别的进程占用（常见的是上一个笔记本的内核，"
+    seen = f"--recipe auto: {gpu['name']}，总显存 {gpu['memory_gb']:.1f} GB，空闲 {gpu['free_gb']:.1f} GB（按空闲显存选择）"
+    if gpu["memory_gb"] - gpu["free_gb"] >= 2:
+        seen += (f"\n  另有 {gpu['memory_gb'] - gpu['free_gb']:.1f} GB 被别的进程占用（常见的是上一个笔记本的内核，"
                  "nvidia-smi 能看到）：释放后也许能用更快的配方。")
     if choice.recipe is None:
         raise SpecError(f"{seen}\n{choice.reason}")

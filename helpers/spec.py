@@ -22,52 +22,28 @@ recipe: same numbers, random weights).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from .hardware import cuda_available
 from .profiles import PROFILES, Profile
-from .workspace import REPO_ROOT, display_path
-
-# --------------------------------------------------------------------------- names of the settings
-
-PROFILE_ENV = "QWEN3_TUTORIAL_PROFILE"
-WORKSPACE_ENV = "QWEN3_TUTORIAL_WORKSPACE"
-MODEL_DIR_ENV = "QWEN3_TUTORIAL_MODEL_DIR"
-DATASET_ENV = "QWEN3_TUTORIAL_DATASET"
-ADAPTER_DIR_ENV = "QWEN3_TUTORIAL_ADAPTER_DIR"
-SWANLAB_MODE_ENV = "QWEN3_TUTORIAL_SWANLAB_MODE"
-
-#: The git-ignored settings file at the repository root (YAML, flat keys).
-SETTINGS_FILE = REPO_ROOT / "course-settings.yaml"
-#: settings-file key -> environment variable that beats it
-SETTINGS_KEYS = {
-    "profile": PROFILE_ENV,
-    "workspace": WORKSPACE_ENV,
-    "model_dir": MODEL_DIR_ENV,
-    "dataset": DATASET_ENV,
-    "adapter_dir": ADAPTER_DIR_ENV,
-    "swanlab_mode": SWANLAB_MODE_ENV,
-}
+from .settings import PROFILE_ENV, SETTINGS_FILE, SpecError, course_settings, resolve_swanlab_mode, suggest
+from .workspace import REPO_ROOT, display_path, shareable_path
 
 CONFIG_DIR = REPO_ROOT / "configs" / "train"
 DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
 DEFAULT_MAX_LENGTH = 1024
-SWANLAB_MODES = ("offline", "online", "local", "disabled")
 BATCHINGS = ("packed", "padded", "grouped")
 QUANTIZATIONS = (None, "nf4")
 #: ``kernels:`` in a training config: none (the model's own layers) or liger (Liger Kernel's Qwen3 patch)
 KERNELS = (None, "liger")
 #: the optional GPU package ``kernels: liger`` needs (pyproject's ``gpu`` extra; bench/RESULTS.md)
 LIGER_PACKAGE = "liger-kernel==0.8.5"
-
-
-class SpecError(ValueError):
-    """A course setting is wrong; the message names the setting and the fix."""
 
 
 # --------------------------------------------------------------------------- typed sections
@@ -155,7 +131,7 @@ class RunSpec:
         """Plain, JSON-ready values; paths relative to the workspace or repository (never machine paths)."""
         return {
             "profile": self.profile.name,
-            "config_file": shareable_path(self.config_file, self.paths.workspace),
+            "config_file": shareable_path(self.config_file, REPO_ROOT, self.paths.workspace),
             "data": dataclasses.asdict(self.data),
             "lora": {**dataclasses.asdict(self.lora), "target_modules": list(self.lora.target_modules)},
             "training": dict(self.training),
@@ -172,60 +148,7 @@ class RunSpec:
         return self.replace(paths=dataclasses.replace(self.paths, run_dir=Path(run_dir).expanduser().resolve()))
 
 
-def shareable_path(path: Path, workspace: Path) -> str:
-    """A path for files that leave this machine: relative to the repository or workspace, else its name."""
-    for base in (REPO_ROOT, workspace):
-        try:
-            return Path(path).resolve().relative_to(base).as_posix()
-        except ValueError:
-            continue
-    return Path(path).name
-
-
-# --------------------------------------------------------------------------- settings file and environment
-
-
-def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
-    """The settings file's values ({} when there is none)."""
-    import yaml
-
-    if not Path(path).is_file():
-        return {}
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise SpecError(f"{display_path(path)} is not valid YAML ({err}). Fix or delete it.") from None
-    if not isinstance(values, dict):
-        raise SpecError(f"{display_path(path)} must hold `key: value` lines.")
-    unknown = sorted(set(values) - set(SETTINGS_KEYS))
-    if unknown:
-        raise SpecError(f"{display_path(path)}: unknown setting {unknown[0]!r}{_suggest(unknown[0], SETTINGS_KEYS)}. "
-                        f"Known: {', '.join(SETTINGS_KEYS)}.")
-    return {k: str(v) for k, v in values.items() if v not in (None, "")}
-
-
-def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | None = SETTINGS_FILE) -> dict:
-    """Each setting's value and where it came from: {key: (value, origin)}; environment beats the file."""
-    env = os.environ if env is None else env
-    from_file = read_settings_file(settings_file) if settings_file else {}
-    out = {}
-    for key, variable in SETTINGS_KEYS.items():
-        if env.get(variable, "").strip():
-            out[key] = (env[variable].strip(), f"环境变量 {variable}")
-        elif key in from_file:
-            out[key] = (from_file[key], f"设置文件 {display_path(settings_file)}")
-    return out
-
-
 # --------------------------------------------------------------------------- the precedence rule
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return torch.cuda.is_available()
 
 
 def liger_installed() -> bool:
@@ -278,95 +201,53 @@ def choose_profile(requested: str | None, file_profile: str | None, *, cuda: boo
 # --------------------------------------------------------------------------- config validation
 
 
-def _suggest(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 TOP_LEVEL_KEYS = ("profile", "data", "batching", "quantization", "kernels", "lora", "training", "swanlab",
                   "output_dir")
 
 
-def _training_fields() -> dict:
-    """TrainingArguments' own field names and types (the library is the schema)."""
-    from transformers import TrainingArguments
+def _actions(schema: type) -> dict:
+    """The argparse actions ``transformers.HfArgumentParser`` makes for a dataclass: its type rules, reused."""
+    from transformers import HfArgumentParser
 
-    return {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+    return {a.dest: a for a in HfArgumentParser(schema)._actions if a.dest != "help"}
 
 
-def _coerce(value, kind: type, dotted: str):
-    """Turn YAML's value into ``kind`` (YAML 1.1 reads ``1e-4`` as text)."""
-    if value is None:
-        return None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.strip().lower() in ("true", "yes", "1")
-        raise SpecError(f"{dotted} must be true or false, not {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise SpecError(f"{dotted} must be a whole number, not {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise SpecError(f"{dotted} must be a whole number, not {value!r}") from None
-        if number != int(number):
-            raise SpecError(f"{dotted} must be a whole number, not {value!r}")
-        return int(number)
-    if kind is float:
-        if isinstance(value, bool):
-            raise SpecError(f"{dotted} must be a number, not {value!r}")
-        if isinstance(value, int):  # a whole number is a number too (save_steps: 10 stays 10)
-            return value
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise SpecError(f"{dotted} must be a number, not {value!r}") from None
-    if kind is str:
-        if not isinstance(value, str):
-            raise SpecError(f"{dotted} must be text, not {value!r}")
+def _coerce(value, action, dotted: str):
+    """``value`` read from YAML, made the field's type by HfArgumentParser's own rules for that field.
+
+    YAML 1.1 reads ``1e-4`` as text and ``no`` as false; a list or mapping (``report_to``,
+    ``*_kwargs``) is kept as YAML gave it.
+    """
+    from transformers.hf_argparser import string_to_bool
+
+    if value is None or isinstance(value, (list, dict)):
         return value
+    if action.choices:
+        value = "no" if value is False and "no" in action.choices else value
+        if not isinstance(value, str) or value not in action.choices:
+            raise SpecError(f"{dotted} must be one of {', '.join(map(str, action.choices))}, not {value!r}")
+        return value
+    kind = action.type if action.type is not None else string_to_bool  # store_true flags are booleans
+    try:
+        if kind is string_to_bool:
+            return string_to_bool(value)
+        if kind in (int, float):
+            number = float(value) if not isinstance(value, bool) else None
+            if number is None or (kind is int and not number.is_integer()):
+                raise ValueError
+            return value if isinstance(value, int) else kind(number)
+        if kind is str and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        what = {string_to_bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+        raise SpecError(f"{dotted} must be {what.get(kind, kind)}, not {value!r}") from None
     return value
-
-
-def _annotation_kind(annotation) -> type | None:
-    if annotation in (bool, float, int, str):  # a real type (TrainingArguments' plain fields)
-        return annotation
-    text = str(annotation)
-    for name, kind in (("bool", bool), ("float", float), ("int", int)):
-        if text.startswith(name) or f"[{name}" in text or text.startswith(f"Optional[{name}"):
-            return kind
-    if text in ("str", "str | None", "Optional[str]"):
-        return str
-    return None
 
 
 #: the training keys every config must set (notebook 04 shows each of them)
 REQUIRED_TRAINING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
                           "learning_rate", "lr_scheduler_type", "logging_steps", "save_steps",
                           "activation_checkpointing", "seed")
-
-
-def _enum_choices(annotation) -> list[str]:
-    """The allowed values of a TrainingArguments field typed ``SomeEnum | str`` (none for other fields)."""
-    import enum
-    import typing
-
-    for member in typing.get_args(annotation):
-        if isinstance(member, type) and issubclass(member, enum.Enum):
-            return [str(e.value) for e in member]
-    return []
-
-
-def _choice(value, choices: list[str], dotted: str) -> str:
-    """One of ``choices``; YAML 1.1 reads ``no`` (eval_strategy: no) as false, which means "no" here."""
-    if value is False and "no" in choices:
-        value = "no"
-    if not isinstance(value, str) or value not in choices:
-        raise SpecError(f"{dotted} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
 
 
 #: (dotted key, predicate, what it must be)
@@ -398,46 +279,31 @@ def validate_config(config: dict, source: str = "config") -> dict:
     out = {}
     for key, value in config.items():
         if key not in TOP_LEVEL_KEYS:
-            raise SpecError(f"{source}: unknown key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}")
+            raise SpecError(f"{source}: unknown key {key!r}{suggest(key, TOP_LEVEL_KEYS)}")
         out[key] = value
-    sections = {
-        "data": {f.name: f.type for f in dataclasses.fields(DataSpec)},
-        "lora": {f.name: f.type for f in dataclasses.fields(LoraSpec)},
-        "swanlab": {"project": "str", "experiment_name": "str", "enabled": "bool"},
-    }
-    for section, schema in sections.items():
+    from transformers import TrainingArguments
+
+    schemas = {"data": DataSpec, "lora": LoraSpec, "swanlab": SwanLabSpec, "training": TrainingArguments}
+    for section, schema in schemas.items():
         values = out.get(section) or {}
         if not isinstance(values, dict):
             raise SpecError(f"{source}: {section} must be a mapping of keys")
+        actions = _actions(schema)
+        if section == "swanlab":
+            actions.pop("mode")  # resolved from the settings, not the config
         checked = {}
         for key, value in values.items():
-            if key not in schema:
-                raise SpecError(f"{source}: unknown key {section}.{key}{_suggest(key, schema)}")
-            kind = _annotation_kind(schema[key])
+            if key not in actions:
+                known = " (training takes transformers.TrainingArguments keys)" if section == "training" else ""
+                raise SpecError(f"{source}: unknown key {section}.{key}{suggest(key, actions)}{known}")
             if key == "target_modules":
                 if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
                     raise SpecError(f"{source}: lora.target_modules must be a list of module names")
-                value = tuple(value)
-            elif kind is not None:
-                value = _coerce(value, kind, f"{section}.{key}")
-            checked[key] = value
+                checked[key] = tuple(value)
+            else:
+                checked[key] = _coerce(value, actions[key], f"{section}.{key}")
         out[section] = checked
-    training = out.get("training") or {}
-    if not isinstance(training, dict):
-        raise SpecError(f"{source}: training must be a mapping of TrainingArguments keys")
-    fields = _training_fields()
-    checked = {}
-    for key, value in training.items():
-        if key not in fields:
-            raise SpecError(f"{source}: unknown key training.{key}{_suggest(key, fields)} "
-                            "(training takes transformers.TrainingArguments keys)")
-        choices = _enum_choices(fields[key])
-        if choices:
-            checked[key] = _choice(value, choices, f"training.{key}")
-            continue
-        kind = _annotation_kind(fields[key])
-        checked[key] = _coerce(value, kind, f"training.{key}") if kind else value
-    out["training"] = checked
+
     batching = out.get("batching", "packed")
     if batching not in BATCHINGS:
         raise SpecError(f"{source}: batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
@@ -483,6 +349,8 @@ def read_config(path: Path) -> dict:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise SpecError(f"--config {display_path(path)} is not valid YAML: {err}") from None
+    if config is not None and not isinstance(config, dict):
+        raise SpecError(f"{display_path(path)}: a training config is a YAML mapping")
     return config or {}
 
 
@@ -492,6 +360,29 @@ def read_config(path: Path) -> dict:
 def _absolute(path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
     return path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def config_path(config: str | os.PathLike) -> Path:
+    """A config given on the command line: absolute, relative to the working directory, or to the repository."""
+    path = Path(config).expanduser()
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
+    return path.resolve()
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """A copy of the config with each ``--set section.key=value`` applied."""
+    raw = dict(raw)
+    for keys, value in parse_overrides(overrides):
+        target = raw
+        for part in keys[:-1]:
+            section = target.get(part)
+            target[part] = dict(section) if isinstance(section, dict) else ({} if section is None else section)
+            target = target[part]
+            if not isinstance(target, dict):
+                raise SpecError(f"--set {'.'.join(keys)}: {part} is not a section")
+        target[keys[-1]] = value
+    return raw
 
 
 def build_spec(
@@ -513,41 +404,23 @@ def build_spec(
     env = os.environ if env is None else env
     settings = course_settings(env, settings_file)
     cuda = cuda_available() if cuda is None else cuda
-    requested, requested_origin = (profile, "--profile") if profile else settings.get("profile", (None, PROFILE_ENV))
-    if requested_origin.startswith("环境变量 ") or requested_origin.startswith("设置文件 "):
-        requested_origin = PROFILE_ENV if requested_origin.startswith("环境变量 ") else \
-            f"profile in {display_path(settings_file)}"
+    requested, requested_origin = settings.get("profile", (None, None))[0], PROFILE_ENV
+    if profile:
+        requested, requested_origin = profile, "--profile"
+    elif requested is not None and not env.get(PROFILE_ENV, "").strip():
+        requested_origin = f"profile in {display_path(settings_file)}"
 
     if config is not None:
-        path = Path(config).expanduser()
-        if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-            path = REPO_ROOT / path
-        path = path.resolve()
+        path = config_path(config)
         raw = read_config(path)
-        if not isinstance(raw, dict):
-            raise SpecError(f"{display_path(path)}: a training config is a YAML mapping")
-        file_profile = raw.get("profile")
-        chosen, why = choose_profile(requested, file_profile, cuda=cuda, requested_origin=requested_origin,
+        chosen, why = choose_profile(requested, raw.get("profile"), cuda=cuda, requested_origin=requested_origin,
                                      config_file=path)
     else:
         chosen, why = choose_profile(requested, None, cuda=cuda, requested_origin=requested_origin)
         path = CONFIG_DIR / f"{chosen.train_config}.yaml"
         raw = read_config(path)
-    raw = dict(raw)
-    for keys, value in parse_overrides(overrides):
-        target = raw
-        for part in keys[:-1]:
-            nxt = target.get(part)
-            if not isinstance(nxt, dict):
-                nxt = {} if nxt is None else nxt
-                target[part] = dict(nxt) if isinstance(nxt, dict) else nxt
-            target[part] = dict(target[part]) if isinstance(target[part], dict) else target[part]
-            target = target[part]
-            if not isinstance(target, dict):
-                raise SpecError(f"--set {'.'.join(keys)}: {part} is not a section")
-        target[keys[-1]] = value
     source = display_path(path) + (" with --set " + " ".join(overrides) if overrides else "")
-    checked = validate_config(raw, source=source)
+    checked = validate_config(apply_overrides(raw, overrides), source=source)
     missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked["training"]]
     if missing:
         raise SpecError(f"{display_path(path)}: training.{missing[0]} is missing (every training config sets "
@@ -557,13 +430,8 @@ def build_spec(
         chosen, why = choose_profile(requested, checked["profile"], cuda=cuda, requested_origin=requested_origin,
                                      config_file=path)
 
-    swanlab_raw = checked.get("swanlab") or {}
-    swanlab = SwanLabSpec(
-        project=swanlab_raw.get("project", SwanLabSpec.project),
-        experiment_name=swanlab_raw.get("experiment_name", SwanLabSpec.experiment_name),
-        mode=resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env),
-        enabled=swanlab_raw.get("enabled", True) and bool(checked.get("swanlab")),
-    )
+    swanlab = SwanLabSpec(**{"enabled": bool(checked.get("swanlab")), **(checked.get("swanlab") or {}),
+                             "mode": resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env)})
     paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"))
     return RunSpec(
         profile=chosen,
@@ -578,38 +446,6 @@ def build_spec(
         paths=paths,
         origin=MappingProxyType({**{k: v[1] for k, v in settings.items()}, "profile": why}),
     )
-
-
-def resolve_swanlab_mode(forced: str | None, env: Mapping[str, str]) -> str:
-    """offline | online | local | disabled: a forced mode, else online when a key is known."""
-    forced = (forced or "").strip().lower()
-    has_key = bool(env.get("SWANLAB_API_KEY")) or saved_swanlab_login()
-    if forced:
-        if forced not in SWANLAB_MODES:
-            raise SpecError(f"{SWANLAB_MODE_ENV}={forced!r}: choose one of {', '.join(SWANLAB_MODES)}")
-        if forced == "online" and not has_key:
-            raise SpecError(
-                "SwanLab online mode needs an API key: run `swanlab login` in a terminal once (it is saved "
-                f"for every kernel), or set SWANLAB_API_KEY. Or choose {SWANLAB_MODE_ENV}=offline."
-            )
-        return forced
-    return "online" if has_key else "offline"
-
-
-def saved_swanlab_login() -> bool:
-    """Whether `swanlab login` saved a key for this project or user (swanlab's own .netrc, read by swanlab)."""
-    try:
-        from swanlab.sdk.internal.pkg import nrc
-        from swanlab.sdk.internal.settings import Settings
-    except ImportError:  # another swanlab version: no saved key is assumed
-        return False
-    for folder in (Settings.get_pwd_config_dir(), Settings.get_user_config_dir()):
-        try:
-            if (folder / ".netrc").is_file() and nrc.read(folder / ".netrc"):
-                return True
-        except Exception:  # noqa: BLE001 - an unreadable file is no key
-            continue
-    return False
 
 
 def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None) -> Paths:

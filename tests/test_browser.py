@@ -34,7 +34,7 @@ import pytest
 
 from helpers import inference as inf
 from helpers.scale_out import free_port
-from helpers.spec import WORKSPACE_ENV
+from helpers.settings import WORKSPACE_ENV
 from helpers.workspace import REPO_ROOT
 from tests.chromium import HOW_TO_INSTALL, find_chromium
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
