@@ -75,8 +75,8 @@ def parse_fit_table(text: str) -> tuple[list[int], dict[str, dict]]:
 
 def test_longest_rows_are_the_real_datas(huanhuan_path):
     """The worst micro-batch in the estimate comes from the real file: its longest rows, course encoding."""
-    from helpers.data import course_tokenizer
-    from helpers.padding import encoded_lengths
+    from bench.common import encoded_lengths
+    from helpers.models import course_tokenizer
     from helpers.validation import load_records
 
     tokenizer, _ = course_tokenizer()
