@@ -132,6 +132,8 @@ class Recipe:
     lora_dropout: float | None = None   # None: the config's (0.1); 0: PEFT skips the dropout copies
     #: False: never picked by ``--recipe auto`` (a trade-off the learner opts into)
     auto: bool = True
+    #: the Qwen3 size it trains (a key of ``models.QWEN3_SHAPES``)
+    model: str = "Qwen3-8B"
 
     @property
     def settings(self) -> list[str]:
@@ -155,7 +157,11 @@ class Recipe:
 
     def estimate_tensors_gb(self, tokens: int | None = None) -> float:
         """Estimated peak of the tensors for a micro-batch of ``tokens`` (default: the worst one)."""
-        return estimate_lora_memory_gb(tokens_per_micro_batch=self.worst_tokens if tokens is None else tokens,
+        counts = qwen3_counts(self.model)
+        return estimate_lora_memory_gb(params=counts["params"], lora_params=counts["lora_params"],
+                                       hidden=counts["hidden"], layers=counts["layers"], vocab=counts["vocab"],
+                                       embedding_params=counts["embedding_params"],
+                                       tokens_per_micro_batch=self.worst_tokens if tokens is None else tokens,
                                        gradient_checkpointing=self.activation_checkpointing,
                                        quantization=self.quantization, kernels=self.kernels,
                                        lora_dropout=self.lora_dropout != 0)["total"]
@@ -184,7 +190,10 @@ RECIPES = (
     Recipe("qlora_ckpt_mb4", "QLoRA 4-bit, checkpointing, micro-batch 4", "qwen3-8b-qlora", "nf4", True, 4, 0.7,
            "for 12-16 GB cards"),
 )
-BY_KEY = {r.key: r for r in RECIPES}
+#: the ``small`` profile's recipe (configs/train/qwen3-0.6b.yaml): real Qwen3-0.6B on a 6-8 GB card or a CPU
+SMALL = Recipe("small_ckpt_mb4", "Qwen3-0.6B (small) bf16 LoRA, checkpointing, micro-batch 4", "qwen3-0.6b", None,
+               True, 4, 1.0, "the small profile: real answers without a big GPU", auto=False, model="Qwen3-0.6B")
+BY_KEY = {r.key: r for r in (*RECIPES, SMALL)}
 #: the course default (configs/train/qwen3-8b.yaml) and the original tutorial's recipe (bench: ``original``)
 DEFAULT_KEY = "bf16_ckpt_mb4"
 
@@ -319,7 +328,7 @@ def fit_table(sizes=GPU_SIZES_GB, measured: dict[str, Measurement] | None = None
     head = ("| 配方 | 最坏批 token | 估计最坏峰值 GB（估算） | 实测峰值 GB | 实测 samples/s | 相对原始配方（同一次运行） | "
             + " | ".join(f"{g} GB" for g in sizes) + " |")
     lines = [head, "|" + "---|" * (6 + len(sizes))]
-    for recipe in RECIPES:
+    for recipe in (*RECIPES, SMALL):
         m = measured.get(recipe.key)
         peak = "未测" if m is None or m.peak_gb is None else \
             f"{m.peak_gb}（{'最坏批' if m.worst_case else '随机批'}，{m.gpu}）"
@@ -355,6 +364,15 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
     if profile == "tiny":
         return config, list(overrides), (f"--recipe auto: tiny profile 的模型很小，配方表只适用于 Qwen3-8B，"
                                           f"保留给定的配置 {kept}。")
+    if profile == "small":
+        need = SMALL.estimate_gb()
+        if need > gpu["free_gb"] * MARGIN:
+            raise SpecError(f"--recipe auto: {gpu['name']} 空闲 {gpu['free_gb']:.1f} GB，small 档位（Qwen3-0.6B）估计最坏"
+                            f"峰值 {need} GB（估算），超过空闲显存的 90%。关掉占显存的其他内核，或在 CPU 上训练"
+                            "（CUDA_VISIBLE_DEVICES= python -m helpers.train --config configs/train/qwen3-0.6b.yaml）。")
+        return config or SMALL.config_path, list(overrides), (
+            f"--recipe auto: {gpu['name']}，空闲 {gpu['free_gb']:.1f} GB；small 档位（Qwen3-0.6B）用它自己的配方 "
+            f"“{SMALL.name}”，估计最坏峰值 {need} GB（估算，≤ 空闲显存的 90%）。")
     choice = choose(gpu["free_gb"], liger=liger_installed() if liger is None else liger)
     seen = f"--recipe auto: {gpu['name']}，总显存 {gpu['memory_gb']:.1f} GB，空闲 {gpu['free_gb']:.1f} GB（按空闲显存选择）"
     if gpu["memory_gb"] - gpu["free_gb"] >= 2:
