@@ -166,6 +166,11 @@ def read_recipe(checkpoint: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def adapter_system_prompt(checkpoint: Path, default: str | None) -> str | None:
+    """The system prompt the adapter was trained with (saved beside it in ``course_recipe.json``), else ``default``."""
+    return read_recipe(checkpoint).get("system_prompt", default)
+
+
 def check_adapter_fits(model, adapter: Path) -> None:
     """Refuse an adapter whose LoRA shapes do not fit the loaded base model, naming both."""
     from safetensors import safe_open
