@@ -452,10 +452,16 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
     merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
     load_tokenizer(spec).save_pretrained(partial)
-    (partial / EXPORT_MARKER).write_text(json.dumps({"adapter": path.name, **read_recipe(path)},
-                                                    ensure_ascii=False, indent=1), encoding="utf-8")
+    write_export_marker(partial, path)
     partial.rename(target)
     return target
+
+
+def write_export_marker(folder: Path, checkpoint: Path) -> None:
+    """``course_export.json``: which adapter (and recipe) the merged model holds; marks the folder as the
+    course's own, so a later export may replace it."""
+    (Path(folder) / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
+                                                         ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 def vllm_command(export_dir: Path) -> str:
