@@ -65,11 +65,11 @@ def learning_rate_sweep():
         set_seed,
     )
 
-    from helpers import train
+    from helpers import data, train
 
     spec = scratch_spec("lr-sweep")
     tokenizer = tiny_tokenizer(spec)
-    train_samples, eval_samples = train.training_data(spec, tokenizer, verbose=False)
+    train_samples, eval_samples = data.training_data(spec, tokenizer, verbose=False)
     train_dataset, eval_dataset = train.to_train_dataset(train_samples), train.to_train_dataset(eval_samples)
     results = {}
     for lr in (5e-4, 5e-3, 5e-2):
