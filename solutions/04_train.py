@@ -77,8 +77,8 @@ def learning_rate_sweep():
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(spec.paths.model_dir),
                                LoraConfig(task_type=TaskType.CAUSAL_LM, r=spec.lora.r, lora_alpha=spec.lora.lora_alpha,
                                           target_modules=list(spec.lora.target_modules)))
-        args = TrainingArguments(output_dir=str(spec.paths.run_dir / f"lr-{lr:g}"), learning_rate=lr, max_steps=20,
-                                 per_device_train_batch_size=4, lr_scheduler_type="cosine", logging_steps=5,
+        args = TrainingArguments(output_dir=str(spec.paths.run_dir / f"lr-{lr:g}"), learning_rate=lr, max_steps=12,
+                                 per_device_train_batch_size=4, lr_scheduler_type="cosine", logging_steps=4,
                                  eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
                                  remove_unused_columns=False, seed=spec.training["seed"], use_cpu=True)
         trainer = Trainer(model=model, args=args, train_dataset=train_dataset,
