@@ -184,6 +184,11 @@ def read_recipe(checkpoint: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def adapter_system_prompt(checkpoint: Path, default: str | None) -> str | None:
+    """The system prompt the adapter was trained with (saved beside it in ``course_recipe.json``), else ``default``."""
+    return read_recipe(checkpoint).get("system_prompt", default)
+
+
 def check_adapter_fits(model, adapter: Path) -> None:
     """Refuse an adapter whose LoRA shapes do not fit the loaded base model, naming both."""
     from safetensors import safe_open
@@ -443,10 +448,16 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
     merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
     load_tokenizer(spec).save_pretrained(partial)
-    (partial / EXPORT_MARKER).write_text(json.dumps({"adapter": path.name, **read_recipe(path)},
-                                                    ensure_ascii=False, indent=1), encoding="utf-8")
+    write_export_marker(partial, path)
     partial.rename(target)
     return target
+
+
+def write_export_marker(folder: Path, checkpoint: Path) -> None:
+    """``course_export.json``: which adapter (and recipe) the merged model holds; marks the folder as the
+    course's own, so a later export may replace it."""
+    (Path(folder) / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
+                                                         ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 def vllm_command(export_dir: Path) -> str:

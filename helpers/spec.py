@@ -74,6 +74,11 @@ class SwanLabSpec:
     mode: str = "offline"             # offline | online | local | disabled (resolved: see tracking)
     enabled: bool = True
 
+    @property
+    def report_to(self) -> list[str] | str:
+        """``TrainingArguments(report_to=...)``: SwanLab, or ``"none"`` when tracking is off."""
+        return ["swanlab"] if self.enabled and self.mode != "disabled" else "none"
+
 
 @dataclass(frozen=True)
 class Paths:

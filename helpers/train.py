@@ -215,7 +215,7 @@ def training_arguments(spec, **extra):
         seed=t["seed"],
         train_sampling_strategy=t.get("train_sampling_strategy",
                                       "group_by_length" if spec.batching == "grouped" else "random"),
-        report_to=t.get("report_to", ["swanlab"] if spec.swanlab.enabled and spec.swanlab.mode != "disabled" else "none"),
+        report_to=t.get("report_to", spec.swanlab.report_to),
         dataloader_num_workers=t.get("dataloader_num_workers", 0),
         dataloader_pin_memory=t.get("dataloader_pin_memory", torch.cuda.is_available()),
         disable_tqdm=t.get("disable_tqdm", False),
@@ -338,6 +338,11 @@ def _active_swanlab_run():
         return None
 
 
+def share_safe_swanlab(trainer, spec) -> None:
+    """The trainer's SwanLab callback logs the run's config without machine paths (``tracking.share_safe_swanlab``)."""
+    tracking.share_safe_swanlab(trainer, base_model_name(spec), lambda args: shareable_args(args, spec))
+
+
 def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args=None):
     """A ``Trainer`` with the padding-free collator, sample log, checkpoint proof and memory log."""
     from transformers import Trainer
@@ -357,7 +362,7 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
         processing_class=tokenizer,
         callbacks=course_callbacks(spec),
     )
-    tracking.share_safe_swanlab(trainer, base_model_name(spec), lambda args: shareable_args(args, spec))
+    share_safe_swanlab(trainer, spec)
     return trainer
 
 
