@@ -47,16 +47,27 @@ def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path |
 
 #: fonts with Chinese glyphs, in order of preference (the plots' labels are Chinese)
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Serif CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei",
-             "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC")
+             "WenQuanYi Zen Hei", "PingFang SC", "Hiragino Sans GB", "Heiti SC", "Microsoft YaHei", "SimHei")
 
 
 def use_chinese_font() -> str | None:
     """Put the first installed font with Chinese glyphs first in matplotlib's list; return its name
-    (None: none installed, e.g. ``apt install fonts-noto-cjk`` is missing, and Chinese labels show boxes)."""
+    (None: none installed, e.g. ``apt install fonts-noto-cjk`` is missing, and Chinese labels show boxes).
+    A font installed after matplotlib cached its font list is found too."""
+    import contextlib
+
     from matplotlib import font_manager, rcParams
 
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    found = next((name for name in CJK_FONTS if name in installed), None)
+    def installed() -> set[str]:
+        return {f.name for f in font_manager.fontManager.ttflist}
+
+    names = installed()
+    if not any(name in names for name in CJK_FONTS):
+        for path in font_manager.findSystemFonts():
+            with contextlib.suppress(Exception):
+                font_manager.fontManager.addfont(path)
+        names = installed()
+    found = next((name for name in CJK_FONTS if name in names), None)
     if found is not None:
         rcParams["font.sans-serif"] = [found, *[n for n in rcParams["font.sans-serif"] if n != found]]
         rcParams["font.family"] = "sans-serif"
