@@ -11,7 +11,7 @@ from functools import cache
 
 from _common import exercise, run
 
-from helpers.download import qwen3_8b_on_meta
+from helpers.models import qwen3_on_meta
 
 # Qwen3-8B's shapes (notebook 01's table): (in, out) of each linear layer of one decoder layer.
 LAYERS = 36
@@ -34,7 +34,7 @@ def peft_count(r: int, alpha: int, modules=ALL_MODULES) -> tuple[int, int]:
 
     config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=0.1,
                         target_modules=list(modules))
-    model = get_peft_model(qwen3_8b_on_meta(), config)
+    model = get_peft_model(qwen3_on_meta(), config)
     return model.get_nb_trainable_parameters()
 
 
@@ -64,7 +64,7 @@ def attention_only():
 
 @exercise(3, "词表占了多少参数")
 def vocabulary_share():
-    model = qwen3_8b_on_meta()
+    model = qwen3_on_meta()
     total = sum(p.numel() for p in model.parameters())
     embeddings = model.model.embed_tokens.weight.numel()
     head = model.lm_head.weight.numel()

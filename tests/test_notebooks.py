@@ -142,7 +142,7 @@ LESSON_CALLS = {
     "03-data.ipynb": ["apply_chat_template(", "AutoTokenizer.from_pretrained("],
     "04-train.ipynb": ["AutoModelForCausalLM.from_pretrained(", "LoraConfig(", "get_peft_model(", "TrainingArguments(",
                        "Trainer(", "assert args.to_dict() == train.training_arguments(spec).to_dict()",
-                       "assert lora_config == train.lora_config(spec)"],
+                       "assert lora_config == models.lora_config(spec.lora)"],
     "05-inference.ipynb": ["AutoModelForCausalLM.from_pretrained(", "PeftModel.from_pretrained(", "model.generate(",
                            "TextIteratorStreamer("],
 }
