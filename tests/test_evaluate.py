@@ -293,22 +293,19 @@ def test_train_run_logs_eval_loss_to_swanlab_and_keeps_the_best_checkpoint(memor
     assert (spec.paths.run_dir / best["checkpoint"] / "adapter_model.safetensors").is_file()
 
 
-def test_prepare_trains_only_when_there_is_no_adapter(tmp_path, tiny_model_dir, tiny_checkpoint, monkeypatch):
-    from helpers import train
+def test_prepare_never_trains_and_names_the_command_without_an_adapter(tmp_path, tiny_model_dir, tiny_checkpoint):
+    from helpers.workspace import MissingArtifactError
     from tests.conftest import tiny_spec_for
 
-    trained = []
-    monkeypatch.setattr(train, "train", lambda spec, *args, **kwargs: trained.append(spec))
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
     spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
-    ev.prepare(spec, say=lambda _: None)
-    assert trained == [spec]                         # a fresh workspace: the adapter is trained first
+    with pytest.raises(MissingArtifactError, match="python -m helpers.train --config configs/train/tiny.yaml"):
+        ev.prepare(spec)
+    assert not spec.paths.run_dir.exists()           # nothing was trained
+    ev.prepare(spec, checkpoint=tiny_checkpoint)     # an adapter named: ready
     shutil.copytree(tiny_checkpoint, spec.paths.run_dir / tiny_checkpoint.name)
-    ev.prepare(spec, say=lambda _: None)
-    elsewhere = tiny_spec_for(tmp_path / "checkpoints" / "empty", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
-    ev.prepare(elsewhere, checkpoint=tiny_checkpoint, say=lambda _: None)
-    assert trained == [spec]                         # an adapter there, or one named: no training
+    ev.prepare(spec)                                 # an adapter in the run folder: ready
 
 
 def test_evaluate_cli_on_a_fresh_workspace(tmp_path, tiny_model_dir, memorised_run):
