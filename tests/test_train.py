@@ -235,7 +235,7 @@ def test_killed_run_resumes_to_the_same_end_with_the_same_data_order(tmp_path, t
     # Resumed at step, in the same data order: the resumed process trained exactly the reference's
     # remaining micro-batches (the reference ran in this process).
     reference_batches = _batches(ref_out, os.getpid())
-    assert len(reference_batches) == 12 and _batches(out, resumed.pid) == reference_batches[step:]
+    assert len(reference_batches) > step and _batches(out, resumed.pid) == reference_batches[step:]
 
     # And it ends with the same adapter (same data, same RNG state restored from the checkpoint).
     from safetensors.torch import load_file
@@ -258,7 +258,7 @@ def test_a_printed_command_works_in_a_fresh_relocated_workspace(tmp_path):
     assert done.code == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert (workspace / "models" / "tiny-qwen3" / "model.safetensors").is_file(), "the model was built"
-    assert "工作目录: ~/autodl-tmp/ws" in out
+    assert "~/autodl-tmp/ws\n" in out                 # the workspace, as it is pasted into a terminal
     # the course's own lines: the spec banner (before swanlab starts talking) and the run summary
     course_lines = out.split("swanlab:")[0] + out[out.index("\nprofile "):]
     assert str(tmp_path) not in course_lines, "the course prints paths through ~, never the machine path"
