@@ -7,6 +7,7 @@ plus weights for ``full`` and ``tiny``), so loading looks the same everywhere:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -195,8 +196,6 @@ def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
 
 def attention_implementation() -> str:
     """``flash_attention_2`` when the package imports (and CUDA is there), else PyTorch's ``sdpa``."""
-    import importlib.util
-
     import torch
 
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
@@ -378,3 +377,12 @@ def course_tokenizer(model_dir: Path | None = None):
     verify_tokenizer_files()
     folder = offline_tokenizer_dir()
     return AutoTokenizer.from_pretrained(folder), folder
+
+
+def adapter_switch(model, adapter: bool):
+    """Context in which the LoRA adapter is on (``adapter=True``) or off (PEFT's ``disable_adapter``)."""
+    if adapter:
+        return contextlib.nullcontext()
+    if not hasattr(model, "disable_adapter"):
+        raise ValueError("adapter=False needs a PEFT model (load it with inference.load_finetuned).")
+    return model.disable_adapter()

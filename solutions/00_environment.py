@@ -11,7 +11,8 @@ from pathlib import Path
 
 from _common import exercise, run
 
-from helpers.spec import PROFILE_ENV, WORKSPACE_ENV, SpecError, build_spec
+from helpers.settings import PROFILE_ENV, WORKSPACE_ENV, SpecError
+from helpers.spec import build_spec
 
 
 @exercise(1, "环境变量和训练配置互相矛盾")
