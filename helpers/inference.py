@@ -213,19 +213,6 @@ def load_finetuned(spec, checkpoint: str | Path | None = None) -> Loaded:
     return Loaded(model, tokenizer, path, recipe, notes)
 
 
-def describe_model(loaded: Loaded) -> dict[str, str]:
-    """Where the weights are and what they hold, for a printout."""
-    model = loaded.model
-    param = next(model.parameters())
-    adapters = getattr(model, "peft_config", {})
-    return {
-        "checkpoint": display_path(loaded.checkpoint),
-        "device": str(param.device),
-        "dtype": str(param.dtype).replace("torch.", ""),
-        "adapter": ", ".join(f"{name}: r={cfg.r}, alpha={cfg.lora_alpha}" for name, cfg in adapters.items()),
-    }
-
-
 # --------------------------------------------------------------------------- prompts
 
 

@@ -422,7 +422,7 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
     if "model_dir" in settings and profile.source == "modelscope":
         model_dir = _absolute(settings["model_dir"][0])
     elif profile.source == "modelscope":
-        model_dir = models / "modelscope" / "Qwen" / "Qwen3-8B"
+        model_dir = models / "modelscope" / "Qwen" / profile.model
     else:
         model_dir = models / profile.model_dirname
     if "dataset" in settings:

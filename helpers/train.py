@@ -38,10 +38,6 @@ from .runs import (
 from .spec import build_spec
 from .workspace import display_path, shareable_path
 
-#: Hub id written into a shared adapter instead of a machine path.
-BASE_MODEL_IDS = {"full": "Qwen/Qwen3-8B", "random8b": "Qwen/Qwen3-8B"}
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -90,8 +86,8 @@ def make_collator(batching: str, tokenizer):
 
 def base_model_name(spec) -> str:
     """What a shared adapter names as its base: the hub id, or the model folder relative to the workspace."""
-    if spec.profile.name in BASE_MODEL_IDS:
-        return BASE_MODEL_IDS[spec.profile.name]
+    if spec.profile.source in ("modelscope", "config-only"):  # the real model, or its architecture
+        return spec.profile.model_id
     try:
         return spec.paths.model_dir.relative_to(spec.paths.workspace).as_posix()
     except ValueError:
