@@ -25,6 +25,7 @@ from helpers import environment as env
 from helpers.settings import SETTINGS_FILE, WORKSPACE_ENV, SpecError
 from helpers.spec import build_spec
 from helpers.workspace import REPO_ROOT
+from tests.cli_runner import run_cli
 
 GOOD_GPU = {"index": 0, "name": "NVIDIA GeForce RTX 4090", "memory_gb": 24.0, "free_gb": 23.5,
             "capability": "8.9", "bf16": True}
@@ -148,10 +149,9 @@ def test_a_dataset_path_the_user_named_must_exist(tmp_path):
 # --------------------------------------------------------------------------- the CLI: make preflight / make kernel
 
 
-def run_module(*args, jupyter_data: Path, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "helpers.environment", *args], cwd=REPO_ROOT,
-                          env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data), **extra),
-                          capture_output=True, text=True, timeout=300)
+def run_module(*args, jupyter_data: Path, **extra):
+    """``python -m helpers.environment *args`` (in this process) from the repository root."""
+    return run_cli("environment", args, env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data), **extra), cwd=REPO_ROOT)
 
 
 def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(tmp_path):
@@ -173,7 +173,7 @@ def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(t
     assert Path(kernel["argv"][0]).resolve() == Path(sys.executable).resolve()
 
     after = run_module("check", "--json", "--profile", "tiny", jupyter_data=jupyter_data)
-    assert after.returncode == 0, after.stdout + after.stderr
+    assert after.code == 0, after.output
     report = json.loads(after.stdout)
     assert report["ok"] is True and report["profile"] == "tiny" and report["host"]
     assert {c["name"]: c["ok"] for c in report["checks"]}["kernel"] is True
@@ -183,7 +183,7 @@ def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(t
 def test_check_json_reports_failures_with_their_fix(tmp_path):
     result = run_module("check", "--json", "--profile", "full", jupyter_data=tmp_path / "jupyter",
                         **{WORKSPACE_ENV: str(tmp_path / "workspace")})
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.code == 1, result.output
     report = json.loads(result.stdout)
     failed = {c["name"]: c["fix"] for c in report["checks"] if not c["ok"]}
     assert report["ok"] is False
@@ -236,11 +236,10 @@ def settings_at_repo_root():
 
 def test_the_settings_file_reaches_a_kernel_started_without_the_variables(tmp_path, settings_at_repo_root):
     workspace = tmp_path / "data-disk" / "qwen3-workspace"
-    setup = subprocess.run([sys.executable, "-m", "helpers.environment", "setup", "--profile", "tiny",
-                            "--workspace", str(workspace), "--swanlab-mode", "disabled"],
-                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
-    assert setup.returncode == 0, setup.stdout + setup.stderr
-    assert "course-settings.yaml" in setup.stdout
+    setup = run_cli("environment", ["setup", "--profile", "tiny", "--workspace", workspace, "--swanlab-mode",
+                                    "disabled"], env=clean_env(), cwd=tmp_path)
+    assert setup.code == 0, setup.output
+    assert settings_at_repo_root.is_file()
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
