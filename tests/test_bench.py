@@ -102,7 +102,7 @@ def test_flop_formula_matches_the_real_architecture_on_meta():
     config, lora = counted["config"], worker_spec("random8b").lora
     params = common.matmul_parameters(config)
     assert params["layers"] + params["lm_head"] == counted["linear_weights"]
-    peft_model = get_peft_model(qwen3_on_meta(), lora_config(worker_spec("random8b")))
+    peft_model = get_peft_model(qwen3_on_meta(), lora_config(worker_spec("random8b").lora))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert common.lora_parameters(config, lora) == trainable
 
@@ -127,7 +127,7 @@ def test_flop_formula_matches_pytorchs_flop_counter():
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                          attn_implementation="eager")
     torch.manual_seed(0)
-    model = get_peft_model(Qwen3ForCausalLM(config), lora_config(spec))
+    model = get_peft_model(Qwen3ForCausalLM(config), lora_config(spec.lora))
     length = 37
     ids = torch.randint(0, config.vocab_size, (1, length))
     # inputs that need a gradient, as every layer but the first has: the first layer's frozen
