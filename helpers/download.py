@@ -31,17 +31,19 @@ QWEN3_8B_DOWNLOAD_GB = 16.4
 CHECKPOINTS_GB = 3 * 0.26 * 3
 MERGED_EXPORT_GB = 16.4
 SLACK_GB = 2.0
+#: the key of :func:`disk_budget_gb`'s sum
+BUDGET_TOTAL = "合计"
 
 
 def disk_budget_gb(model_present: bool = False) -> dict[str, float]:
     """Disk the full course needs on the workspace's disk, part by part."""
     parts = {
-        "Qwen3-8B (bf16 safetensors)": 0.0 if model_present else QWEN3_8B_DOWNLOAD_GB,
-        "checkpoints (3 kept x up to 3 runs)": CHECKPOINTS_GB,
-        "merged export": MERGED_EXPORT_GB,
-        "slack": SLACK_GB,
+        "Qwen3-8B 权重（bf16 safetensors）": 0.0 if model_present else QWEN3_8B_DOWNLOAD_GB,
+        "检查点（保留 3 个 × 最多 3 次运行）": CHECKPOINTS_GB,
+        "合并导出的模型": MERGED_EXPORT_GB,
+        "余量": SLACK_GB,
     }
-    parts["total"] = round(sum(parts.values()), 1)
+    parts[BUDGET_TOTAL] = round(sum(parts.values()), 1)
     return parts
 
 #: The tiny model: Qwen3 with the real vocabulary but a very small body.
@@ -146,7 +148,7 @@ def download_qwen3_8b(target: Path, workspace: Path, revision: str = "master") -
     """Download Qwen/Qwen3-8B from ModelScope into ``target`` (with ModelScope's progress bars)."""
     target = Path(target)
     present = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
-    check_disk_space(disk_budget_gb(model_present=present)["total"], workspace)
+    check_disk_space(disk_budget_gb(model_present=present)[BUDGET_TOTAL], workspace)
     from modelscope import snapshot_download
 
     try:
@@ -161,12 +163,23 @@ def download_qwen3_8b(target: Path, workspace: Path, revision: str = "master") -
     return Path(path)
 
 
+def weights_present(folder: Path) -> bool:
+    """Whether ``folder`` holds a model config and safetensors weights."""
+    return (Path(folder) / "config.json").is_file() and any(Path(folder).glob("*.safetensors"))
+
+
+def needs_download(spec) -> bool:
+    """True when the spec's model comes from ModelScope and its folder (the course's own) has no weights yet."""
+    return (spec.profile.source == "modelscope" and "model_dir" not in spec.origin
+            and not weights_present(spec.paths.model_dir))
+
+
 def prepare_model(spec) -> Path:
     """Make the spec's model directory exist (build, write or download it); return its path."""
     target = spec.paths.model_dir
     source = spec.profile.source
     if source == "modelscope":
-        if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        if weights_present(target):
             return target
         if spec.origin.get("model_dir"):
             from .models import check_model_files, require_model_dir
