@@ -19,12 +19,79 @@ from types import MappingProxyType
 
 from helpers.data import IGNORE_INDEX, encode_records
 from helpers.original import original_process_func
+from helpers.padding import PaddingRow, display_width, pad_text, padding_table
+from helpers.workspace import REPO_ROOT
 
 #: The original tutorial's own report (Qwen3-8B, huanhuan, 3 epochs, 699 steps; GPU not stated).
 ORIGINAL_REPORTED = {"train_runtime_s": 880.0, "train_samples_per_second": 12.713, "steps": 699, "epochs": 3}
 
 
 # --------------------------------------------------------------------------- data
+
+
+def real_dataset_path(env) -> Path:
+    """The real 3,729-row set for tests and benchmarks (their edges pass ``os.environ``).
+
+    ``$HUANHUAN_JSON``, else ``../shared/data/huanhuan.json`` beside the repository.
+    """
+    candidates = [Path(env["HUANHUAN_JSON"]).expanduser()] if env.get("HUANHUAN_JSON") else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "huanhuan.json")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError("The real huanhuan.json (3,729 rows) is needed here. Set HUANHUAN_JSON to its path.")
+
+
+# --------------------------------------------------------------------------- tokens per epoch: the original vs the course
+
+
+def encoded_lengths(records: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """Token lengths of every record: (the original tutorial's encoding, the course's encoding).
+
+    The original cuts rows at 1024 tokens (``original_process_func``); the course's encoder
+    (``encode_records`` with its defaults) drops rows longer than ``max_length`` instead.
+    """
+    original = [len(original_process_func(record, tokenizer)["input_ids"]) for record in records]
+    ours = [len(sample["input_ids"]) for sample in encode_records(records, tokenizer)[0]]
+    return original, ours
+
+
+def tokens_per_epoch_table(tokenizer, records: list[dict], batch_size: int = 4, seed: int = 0,
+                           lengths: tuple[list[int], list[int]] | None = None) -> list[PaddingRow]:
+    """Tokens one epoch computes: the original (its encoding, random padded batches) -> ours (packed).
+
+    Rows: the original; our encoding in the same random padded batches (what the encoding
+    alone saves); ours length-grouped; ours padding-free (the course's batching). Both sides
+    use :func:`padding_table` with the same seed, so the random orders are identical.
+    """
+    original, ours = lengths or encoded_lengths(records, tokenizer)
+    o_rows = {r.strategy: r for r in padding_table(original, batch_size=batch_size, seed=seed)}
+    c_rows = {r.strategy: r for r in padding_table(ours, batch_size=batch_size, seed=seed)}
+    return [
+        PaddingRow("original", f"原教程：它的编码，随机 {batch_size} 条一批，补齐到最长",
+                   o_rows["random"].computed, o_rows["random"].real),
+        PaddingRow("ours_random", f"本课程的编码，随机 {batch_size} 条一批，补齐",
+                   c_rows["random"].computed, c_rows["random"].real),
+        PaddingRow("ours_grouped", f"本课程的编码，按长度分组 {batch_size} 条一批，补齐",
+                   c_rows["group_by_length"].computed, c_rows["group_by_length"].real),
+        PaddingRow("ours_packed", "本课程的编码，无填充（packing） <- 课程默认",
+                   c_rows["packing"].computed, c_rows["packing"].real),
+    ]
+
+
+def format_tokens_table(rows: list[PaddingRow]) -> str:
+    """The tokens-per-epoch table (Chinese headers); the last column is each row's computed tokens / the first row's."""
+    head = ("批次方式", "计算的 token", "真实 token", "填充", "填充占比", "相对原教程")
+    body = [(r.description, f"{r.computed:,}", f"{r.real:,}", f"{r.padding:,}", f"{r.padding_share:.1%}",
+             f"{r.computed / rows[0].computed:.1%}") for r in rows]
+    widths = [max(display_width(row[i]) for row in (head, *body)) for i in range(len(head))]
+    lines = []
+    for row in (head, *body):
+        cells = [pad_text(row[0], widths[0])] + [pad_text(cell, width, right=True) for cell, width in zip(row[1:], widths[1:],
+                                                                                                   strict=True)]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
 
 
 def original_samples(records: list[dict], tokenizer) -> list[dict]:

@@ -32,8 +32,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from helpers.data_files import real_dataset_path
-from helpers.padding import PaddingRow, format_tokens_table
+from bench.common import format_tokens_table, real_dataset_path
+from helpers.padding import PaddingRow
 from helpers.validation import load_records
 from helpers.workspace import REPO_ROOT, display_path
 
@@ -215,7 +215,7 @@ def _row(entry: dict) -> PaddingRow:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from helpers.cli import run_cli
+    from helpers.errors import run_cli
     from helpers.spec import build_spec
 
     parser = argparse.ArgumentParser(

@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from helpers.data import course_tokenizer, encode_records
-from helpers.data_files import real_dataset_path, to_dataset
+from bench.common import real_dataset_path, to_dataset
+from helpers.data import encode_records
+from helpers.models import course_tokenizer
 from helpers.original import original_process_func
 from helpers.padding import (
     PaddingRow,

@@ -154,13 +154,13 @@ class _MemorySeen:
 
 def train_steps(spec, resume_from: Path | None = None) -> tuple[object, dict]:
     """The course's training steps (as ``helpers.train.train`` runs them, without tracking and plotting)."""
-    from helpers import train
+    from helpers import data, train
     from helpers.download import prepare_model
     from helpers.models import load_tokenizer
 
     prepare_model(spec)
     tokenizer = load_tokenizer(spec)
-    samples, eval_samples = train.training_data(spec, tokenizer, verbose=False)
+    samples, eval_samples = data.training_data(spec, tokenizer, verbose=False)
     began = time.perf_counter()
     model = train.add_lora(spec, train.load_model_for_training(spec))
     load_s = time.perf_counter() - began
@@ -183,7 +183,7 @@ def train_steps(spec, resume_from: Path | None = None) -> tuple[object, dict]:
         "losses": losses,
         "memory_gib_logged": max(memory_log) if memory_log else None,
         "trainable_parameters": trainable,
-        "effective_batch_size": train.effective_batch_size(trainer.args),
+        "effective_batch_size": train.effective_batch(trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps, trainer.args.world_size),
         "activation_checkpointing": bool(spec.training.get("activation_checkpointing")),
     }
 
@@ -433,7 +433,7 @@ def run_check(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=args.workdir))
     dataset = args.dataset
     if dataset is None and not args.tiny:
-        from helpers.data_files import real_dataset_path
+        from bench.common import real_dataset_path
 
         try:
             dataset = real_dataset_path(os.environ)

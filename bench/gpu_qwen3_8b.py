@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from helpers.data_files import real_dataset_path
+from bench.common import real_dataset_path
 from helpers.workspace import REPO_ROOT, display_path
 
 from . import common as bench
@@ -287,17 +287,18 @@ def linear_weights_on_meta() -> dict:
     """Qwen3-8B's linear weights counted on the ``meta`` device (no memory), and its config."""
     from torch import nn
 
-    from helpers.download import qwen3_8b_on_meta
+    from helpers.models import qwen3_on_meta
 
-    model = qwen3_8b_on_meta()
+    model = qwen3_on_meta()
     return {"linear_weights": sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)),
             "all_parameters": sum(p.numel() for p in model.parameters()), "config": model.config}
 
 
 def flops_only(data_path: Path) -> str:
     """The FLOP formula checked against the real architecture on ``meta``, and one epoch's FLOPs."""
-    from helpers.data import course_tokenizer
-    from helpers.padding import encoded_lengths, padding_table
+    from bench.common import encoded_lengths
+    from helpers.models import course_tokenizer
+    from helpers.padding import padding_table
     from helpers.validation import load_records
 
     counted = linear_weights_on_meta()

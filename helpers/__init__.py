@@ -1,7 +1,23 @@
 """Reusable code for the Qwen3-8B LoRA + SwanLab course.
 
-Each notebook ``notebooks/NN-topic.ipynb`` imports the module named after its
-topic (``helpers/topic.py``); the tests in ``tests/test_topic.py`` check it.
+Each notebook ``notebooks/NN-topic.ipynb`` imports the module named after its topic
+(``helpers/topic.py``); the tests in ``tests/test_topic.py`` check it. Every module can also be run
+as ``python -m helpers.<topic>`` where the notebook has a command-line twin.
+
+The modules form layers; an import only ever points down a layer or sideways without a circle
+(``tests/test_layers.py`` enforces it, function-level imports included):
+
+1. foundation - ``errors`` (``CourseError``, the CLI runner), ``workspace`` (paths, atomic writes,
+   sha256, free disk), ``hardware`` (GPUs, memory, launch ranks);
+2. config - ``profiles``, ``spec`` (every setting resolved once into a frozen ``RunSpec``);
+3. domain - ``validation``, ``data_files``, ``padding``, ``data`` (records, the held-out split, the
+   encoded files, encoding), ``original``, ``chat_template``, ``models`` (shapes, loading, LoRA
+   config), ``checkpoints``, ``tracking``, ``recipes``;
+4. workflows - ``download``, ``train``, ``inference`` (and export), ``evaluate``, ``scale_out``,
+   ``environment``, ``reset``;
+5. edge - ``chat_app`` (the widget).
+
+``bench/``, ``solutions/`` and ``tests/`` import ``helpers``; ``helpers`` never imports them.
 """
 
 __version__ = "0.1.0"

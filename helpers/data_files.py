@@ -7,23 +7,20 @@ so a failure (a full disk included) never leaves a half-written file or replaces
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
 import random
 import re
-import tempfile
 import unicodedata
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import sha256_file
-from .workspace import REPO_ROOT, display_path
+from . import validation
+from .errors import CourseError
+from .workspace import REPO_ROOT, UnsafeWriteError, atomic_path, display_path, sha256_file
 
 #: The team-written 48-row sample (tiny profile). Its first 8 rows are the memorisation subset.
 SAMPLE_PATH = REPO_ROOT / "data" / "huanhuan_sample.json"
@@ -34,75 +31,15 @@ HUANHUAN_PINNED_URL = (f"https://raw.githubusercontent.com/datawhalechina/self-l
                        "dataset/huanhuan.json")
 
 
-class DatasetDownloadError(RuntimeError):
+class DatasetDownloadError(CourseError, RuntimeError):
     """The real dataset could not be downloaded, or it is not the file the course pins."""
 
 
-class EncodedFileError(ValueError):
+class EncodedFileError(CourseError, ValueError):
     """An encoded file is unreadable, or it was made with other settings than this run's."""
 
 
-class UnsafeWriteError(ValueError):
-    """A write would destroy a file the command does not own (e.g. OUT is IN)."""
-
-
-class DiskFullError(OSError):
-    """The disk filled up during a write; nothing half-written was left behind."""
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-# --------------------------------------------------------------------------- safe writes
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it over ``path`` on success, remove it on failure."""
-    path = Path(path)
-    if path.is_dir():
-        raise UnsafeWriteError(f"{display_path(path)} is a folder: give a file name to write to.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    temporary = Path(temporary)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        temporary.unlink(missing_ok=True)
-        raise DiskFullError(err.errno, f"the disk is full: {display_path(path)} was not written (the partial "
-                            f"file was removed{', the old file is unchanged' if path.exists() else ''}). "
-                            "Free some space and run it again.") from err
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def refuse_same_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Stop when writing ``target`` would overwrite ``source`` (the same file, links included)."""
-    source, target = Path(source), Path(target)
-    same = source.exists() and target.exists() and os.path.samefile(source, target)
-    if same or source.resolve() == target.resolve():
-        raise UnsafeWriteError(f"the output {target} is the input file itself: it would be overwritten. "
-                               "Write to another file, e.g. workspace/data/train.jsonl.")
-
-
 # --------------------------------------------------------------------------- data sources
-
-
-def real_dataset_path(env: Mapping[str, str]) -> Path:
-    """The real 3,729-row set for tests and benchmarks (their edges pass ``os.environ``).
-
-    ``$HUANHUAN_JSON``, else ``../shared/data/huanhuan.json`` beside the repository.
-    """
-    candidates = [Path(env["HUANHUAN_JSON"]).expanduser()] if env.get("HUANHUAN_JSON") else []
-    candidates.append(REPO_ROOT.parent / "shared" / "data" / "huanhuan.json")
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError("The real huanhuan.json (3,729 rows) is needed here. Set HUANHUAN_JSON to its path.")
 
 
 def download_huanhuan(
@@ -115,46 +52,38 @@ def download_huanhuan(
     """Download huanhuan.json to ``dest`` (once), verified against ``sha256``.
 
     The URL is pinned to the upstream commit whose file has that hash, so a later change
-    upstream cannot break the download.
-
-    A cached file with the right hash is reused without any network access. The
-    download goes to a ``.partial`` file that is renamed only after its hash
-    matches, so a failed or corrupted download never replaces a good file.
+    upstream cannot break the download. A cached file with the right hash is reused without
+    any network access; the download is renamed into place only after its hash matches.
     """
     from tqdm import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and sha256_file(dest) == sha256:
         return dest
-    partial = dest.with_name(dest.name + ".partial")
     digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                while block := response.read(1 << 16):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError) as err:
-        partial.unlink(missing_ok=True)
-        reason = getattr(err, "reason", None) or err
-        raise DatasetDownloadError(
-            f"Could not download {url}: {reason}. Are you offline, or is the host blocked? "
-            f"Either run this where the URL is reachable, or copy huanhuan.json (sha256 {sha256}) "
-            f"to {display_path(dest)} yourself: a file with that hash is used without any download."
-        ) from err
-    actual = digest.hexdigest()
-    if actual != sha256:
-        partial.unlink(missing_ok=True)
-        raise DatasetDownloadError(
-            f"The file downloaded from {url} has sha256 {actual}, but the course pins {sha256}. "
-            "The upstream file may have changed since the course was written (or the download was "
-            f"altered). Use the pinned version ({HUANHUAN_PINNED_URL}), or a local copy with "
-            "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json."
-        )
-    os.replace(partial, dest)
+    with atomic_path(dest) as partial:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                    while block := response.read(1 << 16):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise DatasetDownloadError(
+                f"Could not download {url}: {reason}. Are you offline, or is the host blocked? "
+                f"Either run this where the URL is reachable, or copy huanhuan.json (sha256 {sha256}) "
+                f"to {display_path(dest)} yourself: a file with that hash is used without any download."
+            ) from err
+        if digest.hexdigest() != sha256:
+            raise DatasetDownloadError(
+                f"The file downloaded from {url} has sha256 {digest.hexdigest()}, but the course pins {sha256}. "
+                "The upstream file may have changed since the course was written (or the download was "
+                f"altered). Use the pinned version ({HUANHUAN_PINNED_URL}), or a local copy with "
+                "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json."
+            )
     return dest
 
 
@@ -197,8 +126,10 @@ def encoding_stamp(tokenizer_dir, max_length: int, system_prompt: str | None, so
 
 
 def spec_stamp(spec, source: Path) -> dict:
-    return encoding_stamp(spec.paths.model_dir, spec.data.max_length, spec.data.system_prompt, source,
-                          spec.data.max_rows)
+    """The stamp of this spec's encoded training set (the split's settings decide its rows too)."""
+    return {**encoding_stamp(spec.paths.model_dir, spec.data.max_length, spec.data.system_prompt, source,
+                             spec.data.max_rows),
+            "eval_fraction": spec.data.eval_fraction, "split_seed": spec.data.split_seed}
 
 
 def save_encoded(samples: list[dict], path: str | os.PathLike, stamp: dict | None = None) -> Path:
@@ -392,14 +323,39 @@ def to_dataset(samples: list[dict]):
     return Dataset(InMemoryTable(table))
 
 
-def load_split(spec) -> tuple[list[dict], list[dict]]:
-    """The (training, held-out) records of the spec's split: as training saved them, or made the same way
-    (a learner who skipped ahead with someone else's adapter has no split of their own yet)."""
-    folder = spec.paths.split_dir
-    if (folder / "train.json").is_file() and (folder / "eval.json").is_file():
-        return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in ("train.json", "eval.json"))
-    from .train import split_records
-    from .validation import load_records
+def split_records(spec, records: list[dict]) -> tuple[list[dict], list[dict], Split | None]:
+    """(train records, held-out records, split) for this spec.
 
-    train, held, _ = split_records(spec, load_records(course_dataset_path(spec)).records)
+    With ``data.max_rows`` the first ``max_rows`` rows are the training set (the tiny profile's
+    memorisation subset) and the held-out rows come from the rest; otherwise the whole file is
+    split. Either way whole groups of rows sharing a normalised prompt or answer go to one side.
+    """
+    if spec.data.eval_fraction <= 0:
+        return records[: spec.data.max_rows], [], None
+    if spec.data.max_rows:
+        head = records[: spec.data.max_rows]
+        split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed, keep_in_train=len(head))
+        return head, split.eval, split
+    split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed)
+    return split.train, split.eval, split
+
+
+def load_split(spec, say=print) -> tuple[list[dict], list[dict]]:
+    """The (training, held-out) records of the spec's split, as training saved them.
+
+    The saved split is used only when its seed, fraction and source file are this spec's; otherwise
+    (stale, or a learner who skipped ahead with someone else's adapter) it is made again the same way.
+    """
+    source = course_dataset_path(spec, progress=False)
+    folder = spec.paths.split_dir
+    names = ("train.json", "eval.json", "split.json")
+    if all((folder / name).is_file() for name in names):
+        meta = json.loads((folder / "split.json").read_text(encoding="utf-8"))
+        if (meta.get("seed"), meta.get("eval_fraction"), meta.get("source_sha256")) == \
+                (spec.data.split_seed, spec.data.eval_fraction, sha256_file(source)):
+            return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in names[:2])
+    train, held, split = split_records(spec, validation.load_records(source).records)
+    if split is not None:
+        save_split(split, folder, source=source)
+        say(f"重新生成了留出集 {display_path(folder)}：{split.summary()}")
     return train, held

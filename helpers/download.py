@@ -3,25 +3,28 @@
 * ``full``     downloads Qwen/Qwen3-8B from ModelScope (after a free-disk check).
 * ``tiny``     builds a tiny random Qwen3 with the real, offline Qwen3 tokenizer.
 * ``random8b`` writes the real Qwen3-8B config (weights are drawn when loaded).
-
-It also shows the real Qwen3-8B architecture on the ``meta`` device (no memory,
-no weights) and the LoRA parameter count of the course's LoRA config.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
 
+from .data_files import course_dataset_path
+from .errors import CourseError, run_cli
 from .models import (
     MODEL_ID,
-    QWEN3_8B_CONFIG,
     QWEN3_GENERATION_CONFIG,
+    check_model_files,
     offline_tokenizer_dir,
+    qwen3_config,
+    require_model_dir,
     verify_tokenizer_files,
 )
-from .workspace import display_path
+from .spec import build_spec
+from .workspace import MissingArtifactError, atomic_folder, check_disk_space, display_path
 
 #: Size of Qwen3-8B's bf16 safetensors (8.19 B parameters x 2 bytes), in GB.
 QWEN3_8B_DOWNLOAD_GB = 16.4
@@ -65,32 +68,8 @@ TINY_SEED = 1234
 
 
 
-class NotEnoughDiskError(RuntimeError):
-    """The disk cannot hold the download."""
-
-
-class DownloadError(RuntimeError):
+class DownloadError(CourseError, RuntimeError):
     """The download failed (usually: no network to ModelScope)."""
-
-
-def free_disk_gb(path: str | Path) -> float:
-    """Free space, in GB (10^9 bytes), on the disk holding ``path`` (its nearest existing parent)."""
-    path = Path(path)
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free / 1e9
-
-
-def check_disk_space(need_gb: float, path: str | Path) -> float:
-    """Raise :class:`NotEnoughDiskError` with a fix when less than ``need_gb`` is free."""
-    free = free_disk_gb(path)
-    if free < need_gb:
-        raise NotEnoughDiskError(
-            f"Only {free:.1f} GB free where the workspace lives ({display_path(path)}), but {need_gb:.1f} GB "
-            "are needed (model, checkpoints and the merged export). On AutoDL put the workspace on the data "
-            "disk: python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace"
-        )
-    return free
 
 
 def copy_tokenizer_files(target: Path) -> None:
@@ -105,7 +84,7 @@ def copy_tokenizer_files(target: Path) -> None:
 def tiny_qwen3_config():
     from transformers import Qwen3Config
 
-    base = {k: v for k, v in QWEN3_8B_CONFIG.items() if k not in ("architectures", "model_type")}
+    base = {k: v for k, v in qwen3_config().items() if k not in ("architectures", "model_type")}
     base.update(TINY_CONFIG)
     base["pad_token_id"] = 151643
     return Qwen3Config(**base)
@@ -124,12 +103,9 @@ def build_tiny_model(target: Path, seed: int = TINY_SEED, overwrite: bool = Fals
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, TINY_LM_HEAD_STD)
     model.generation_config = GenerationConfig(**QWEN3_GENERATION_CONFIG)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    copy_tokenizer_files(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)  # appears complete or not at all
+    with atomic_folder(target) as partial:
+        model.save_pretrained(partial)
+        copy_tokenizer_files(partial)
     return target
 
 
@@ -137,7 +113,7 @@ def write_random8b_dir(target: Path) -> Path:
     """Write Qwen3-8B's config, generation config and tokenizer (no weights)."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    config = dict(QWEN3_8B_CONFIG, torch_dtype="bfloat16")
+    config = dict(qwen3_config(), torch_dtype="bfloat16")
     (target / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (target / "generation_config.json").write_text(json.dumps(QWEN3_GENERATION_CONFIG, indent=2), encoding="utf-8")
     copy_tokenizer_files(target)
@@ -182,9 +158,6 @@ def prepare_model(spec) -> Path:
         if weights_present(target):
             return target
         if spec.origin.get("model_dir"):
-            from .models import check_model_files, require_model_dir
-            from .workspace import MissingArtifactError
-
             path = require_model_dir(spec)  # the user's own folder: never download over it
             check_model_files(path, origin=spec.origin["model_dir"])
             if not any(path.glob("*.safetensors")):
@@ -211,67 +184,8 @@ def describe_model_dir(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def qwen3_8b_on_meta():
-    """The real Qwen3-8B architecture on the ``meta`` device: real shapes, no memory."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    config = Qwen3Config(**{k: v for k, v in QWEN3_8B_CONFIG.items() if k not in ("architectures", "model_type")})
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-
-
-def course_lora_config():
-    """The course's default LoRA settings (``spec.LoraSpec``'s defaults, the same as the configs')."""
-    from peft import LoraConfig, TaskType
-
-    from .spec import LoraSpec
-
-    lora = LoraSpec()
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, r=lora.r, lora_alpha=lora.lora_alpha,
-                      lora_dropout=lora.lora_dropout, target_modules=list(lora.target_modules))
-
-
-def lora_parameter_line(model=None) -> str:
-    """PEFT's own ``print_trainable_parameters`` line for the course's LoRA config."""
-    import contextlib
-    import io
-
-    from peft import get_peft_model
-
-    peft_model = get_peft_model(model if model is not None else qwen3_8b_on_meta(), course_lora_config())
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        peft_model.print_trainable_parameters()
-    return buffer.getvalue().strip()
-
-
-def parameter_table(model) -> list[tuple[str, str, int]]:
-    """(module kind, shape, count) for one decoder layer plus embeddings and head."""
-    rows = [("embed_tokens", tuple(model.model.embed_tokens.weight.shape))]
-    layer = model.model.layers[0]
-    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        rows.append((f"layers[0].self_attn.{name}", tuple(getattr(layer.self_attn, name).weight.shape)))
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        rows.append((f"layers[0].mlp.{name}", tuple(getattr(layer.mlp, name).weight.shape)))
-    rows.append(("lm_head", tuple(model.lm_head.weight.shape)))
-    return [(name, "x".join(map(str, shape)), _prod(shape)) for name, shape in rows]
-
-
-def _prod(shape) -> int:
-    out = 1
-    for dim in shape:
-        out *= dim
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.download``: the profile's dataset and model directory (notebook 01's job)."""
-    import argparse
-
-    from .cli import run_cli
-    from .spec import build_spec
-
     parser = argparse.ArgumentParser(prog="python -m helpers.download",
                                      description="Download the dataset (full, random8b) and build (tiny), write (random8b) "
                                                  "or download (full) the model.")
@@ -286,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         budget = disk_budget_gb((spec.paths.model_dir / "config.json").is_file())
         if spec.profile.source == "modelscope":
             print("disk budget (GB): " + ", ".join(f"{k} {v}" for k, v in budget.items()))
-        from .data_files import course_dataset_path
-
         if spec.origin.get("model_dir"):  # the user's own model folder: check it before anything is fetched
             print(f"model directory ready: {display_path(prepare_model(spec))}")
         print(f"dataset ready: {display_path(course_dataset_path(spec))}")   # 0.9 MB, before the 16.4 GB

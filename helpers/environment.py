@@ -19,13 +19,16 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .spec import SETTINGS_FILE, SETTINGS_KEYS, SpecError, read_settings_file
-from .workspace import REPO_ROOT, display_path
+from .download import BUDGET_TOTAL, disk_budget_gb
+from .errors import run_cli
+from .hardware import gpus, memory_gb
+from .recipes import choose_recipe
+from .spec import SETTINGS_FILE, SETTINGS_KEYS, SpecError, build_spec, read_settings_file
+from .workspace import REPO_ROOT, atomic_path, display_path, free_disk_gb
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
 KEY_PACKAGES = [
@@ -68,34 +71,6 @@ def pinned_versions() -> dict[str, str]:
                     package, version = line.split("==", 1)
                     pins[package.strip().lower()] = version.split(";")[0].strip()
     return pins
-
-
-def memory_gb() -> tuple[float, float]:
-    """(total, available) system memory in GB."""
-    import psutil
-
-    vm = psutil.virtual_memory()
-    return vm.total / 1e9, vm.available / 1e9
-
-
-def gpus() -> list[dict]:
-    """Name, memory (GB), free memory and bf16 support of each CUDA GPU."""
-    import torch
-
-    found = []
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(index)
-            free, total = torch.cuda.mem_get_info(index)
-            found.append({
-                "index": index,
-                "name": props.name,
-                "memory_gb": round(props.total_memory / 1e9, 1),
-                "free_gb": round(free / 1e9, 1),
-                "capability": f"{props.major}.{props.minor}",
-                "bf16": props.major >= 8,
-            })
-    return found
 
 
 def gpu_memory_held_by_others() -> float | None:
@@ -150,15 +125,8 @@ def hardware_summary(spec) -> dict:
         "memory_available_gb": round(available, 1),
         "gpus": gpus(),
         "workspace": display_path(spec.paths.workspace),
-        "workspace_free_gb": round(_free_gb(spec.paths.workspace), 1),
+        "workspace_free_gb": round(free_disk_gb(spec.paths.workspace), 1),
     }
-
-
-def _free_gb(path: Path) -> float:
-    path = Path(path)
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free / 1e9
 
 
 def report_table(rows: dict) -> str:
@@ -183,9 +151,8 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     lines = ["# Course settings for every kernel and command (git-ignored). Environment variables win over it.",
              "# Written by `python -m helpers.environment setup` or notebook 00."]
     lines += [f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in current.items()]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
@@ -237,7 +204,6 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
 
 
 def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reachable, memory) -> list[Check]:
-    from .download import BUDGET_TOTAL, disk_budget_gb
 
     checks = []
     versions = package_versions() if versions is None else versions
@@ -260,7 +226,6 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
             checks.append(Check("gpu", False, "没有找到 CUDA GPU",
                                 "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny"))
         else:
-            from .recipes import choose_recipe
 
             gpu = gpu_list[0]
             recipe, why = choose_recipe(gpu["memory_gb"])
@@ -278,7 +243,7 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
     checks.append(Check("memory", available >= need_memory,
                         f"可用 {available:.1f} GB / 共 {total:.1f} GB，需要 {need_memory:.0f} GB",
                         "close other programs and notebooks' kernels, or rent a machine with more memory"))
-    free = _free_gb(spec.paths.workspace) if free_gb is None else free_gb
+    free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
     need = disk_budget_gb(model_present)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
     checks.append(Check("disk", free >= need, f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，"
@@ -336,9 +301,6 @@ def format_checks(checks: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_cli
-    from .spec import build_spec
-
     parser = argparse.ArgumentParser(prog="python -m helpers.environment",
                                      description="Course settings and the pre-flight check.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

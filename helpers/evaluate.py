@@ -30,18 +30,29 @@ import dataclasses
 import json
 import math
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .train import shareable_path
-from .workspace import MissingArtifactError, display_path
+from . import checkpoints, data_files, tracking
+from .data import IGNORE_INDEX, encode_records, prompt_ids_as_text
+from .download import prepare_model
+from .errors import positive_int, run_cli
+from .inference import (
+    THINK_OPEN,
+    adapter_switch,
+    chat_messages,
+    greedy_settings,
+    load_finetuned,
+    recommended_settings,
+    split_thinking,
+)
+from .spec import build_spec
+from .workspace import MissingArtifactError, atomic_path, display_path, shareable_path
 
 #: The report written next to the checkpoints.
 REPORT_FILE = "eval_report.json"
 #: Label of the tokens that are not trained (the prompt), as in the encoded samples.
-IGNORE_INDEX = -100
 
 #: Words of address and self-reference at the Qing court: the candidates for persona markers.
 ROLE_WORD_CANDIDATES = (
@@ -65,7 +76,6 @@ IDENTITY_PROBES = ("请问你是哪位？", "能介绍一下你自己吗？", "�
 #: A correct identity answer names the persona (and no assistant boilerplate).
 IDENTITY_NAMES = ("甄嬛", "嬛嬛")
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 #: The LoRA model keeps thinking when its rate is at most this much below the base model's.
 THINKING_TOLERANCE = 0.1
 
@@ -177,11 +187,10 @@ def derive_role_words(answers: Sequence[str], candidates: Sequence[str] = ROLE_W
 
 def unseen_probes(probes: Sequence[str], train_prompts: Iterable[str]) -> tuple[list[str], list[str]]:
     """(probes whose normalised form is not a training prompt, probes that are)."""
-    from .data_files import normalise
 
-    seen = {normalise(p) for p in train_prompts}
-    kept = [p for p in probes if normalise(p) not in seen]
-    return kept, [p for p in probes if normalise(p) in seen]
+    seen = {data_files.normalise(p) for p in train_prompts}
+    kept = [p for p in probes if data_files.normalise(p) not in seen]
+    return kept, [p for p in probes if data_files.normalise(p) in seen]
 
 
 def identity_correct(reply: str, names: Sequence[str] = IDENTITY_NAMES) -> bool:
@@ -217,12 +226,9 @@ def truncation_rate(finished: Sequence[bool]) -> float:
 
 
 def thinking_complete(text: str) -> bool:
-    """The reply opens ``<think>``, writes something, and closes it."""
-    stripped = text.lstrip()
-    if not stripped.startswith(THINK_OPEN) or THINK_CLOSE not in stripped:
-        return False
-    inside = stripped[len(THINK_OPEN):].split(THINK_CLOSE, 1)[0]
-    return bool(inside.strip())
+    """The reply opens ``<think>``, writes something, and closes it (read by ``inference.split_thinking``)."""
+    reply = split_thinking(text)
+    return text.lstrip().startswith(THINK_OPEN) and reply.finished and bool(reply.thinking)
 
 
 def thinking_rate(texts: Sequence[str]) -> float:
@@ -302,8 +308,6 @@ def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], sett
     """
     import torch
 
-    from .data import prompt_ids_as_text
-    from .inference import adapter_switch, split_thinking
 
     config = settings.generation_config(model.generation_config)
     if extra:
@@ -333,7 +337,6 @@ def answer_loss(model, tokenizer, samples: Sequence[dict], adapter: bool = True,
     """Mean loss and perplexity over the answer tokens (labels != -100) of encoded samples."""
     import torch
 
-    from .inference import adapter_switch
 
     pad_id = tokenizer.pad_token_id or 0
     total, count = 0.0, 0
@@ -385,61 +388,27 @@ class EvalOptions:
 
 
 def has_adapter(spec, checkpoint: str | Path | None = None) -> bool:
-    from . import checkpoints
 
     if checkpoint is not None or spec.paths.adapter_dir is not None:
         return True
     return checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is not None
 
 
-def prepare(spec, checkpoint: str | Path | None = None, say: Callable[[str], None] = print) -> None:
-    """Everything the evaluation needs: the model folder, and an adapter (trained here when there is none)."""
-    from .download import prepare_model
-
-    prepare_model(spec)
-    if not has_adapter(spec, checkpoint):
-        if spec.data.eval_fraction <= 0:
-            raise MissingArtifactError(
-                f"{display_path(spec.config_file)} holds out no rows (data.eval_fraction is 0): set it, e.g. "
-                "--set data.eval_fraction=0.05, so there is something to evaluate on.")
-        say(f"{display_path(spec.paths.run_dir)} 里还没有训练好的 LoRA 适配器：先训练（helpers.train）……")
-        from .train import train
-
-        train(spec)
-
-
-def held_out_split(spec, say: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
-    """(training records, held-out records) from ``spec.paths.split_dir``, re-made when missing or stale.
-
-    Training writes the split; it is re-made here with the same code when its seed, fraction or
-    source file differ from this spec's.
-    """
-    from . import data_files, validation
-    from .models import sha256_file
-    from .train import split_records
-
+def prepare(spec, checkpoint: str | Path | None = None) -> None:
+    """Everything the evaluation needs: held-out rows, an adapter and the model folder. It never trains:
+    without an adapter it stops (before any download) with the command that makes one."""
     if spec.data.eval_fraction <= 0:
         raise MissingArtifactError(
             f"{display_path(spec.config_file)}: data.eval_fraction is 0, so no rows are held out. "
             "Set it (e.g. --set data.eval_fraction=0.05) and train again.")
-    source = data_files.course_dataset_path(spec, progress=False)
-    folder = spec.paths.split_dir
-    meta_path = folder / "split.json"
-    if meta_path.is_file() and (folder / "eval.json").is_file() and (folder / "train.json").is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if (meta.get("seed"), meta.get("eval_fraction"), meta.get("source_sha256")) == \
-                (spec.data.split_seed, spec.data.eval_fraction, sha256_file(source)):
-            return (json.loads((folder / "train.json").read_text(encoding="utf-8")),
-                    json.loads((folder / "eval.json").read_text(encoding="utf-8")))
-    records = validation.load_records(source).records
-    train_records, eval_records, split = split_records(spec, records)
-    data_files.save_split(split, folder, source=source)
-    say(f"重新生成了留出集 {display_path(folder)}：{split.summary()}")
-    return train_records, eval_records
+    if not has_adapter(spec, checkpoint):
+        raise MissingArtifactError(
+            f"{display_path(spec.paths.run_dir)} holds no trained LoRA adapter yet. Train one first: "
+            f"python -m helpers.train --config {display_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
+    prepare_model(spec)
 
 
 def _messages(prompt: str, system_prompt: str | None) -> list[dict]:
-    from .inference import chat_messages
 
     return chat_messages([], prompt, system_prompt)
 
@@ -454,8 +423,6 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
 
     Returns (metrics, generations) where generations holds the prompts, references and both replies.
     """
-    from .data import encode_records
-    from .inference import greedy_settings
 
     model, tokenizer = loaded.model, loaded.tokenizer
     samples, _ = encode_records(records, tokenizer, system_prompt, max_length)
@@ -492,7 +459,6 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
 def decoding_study(loaded, conversations: list[list[dict]], references: list[str], greedy: list[Generated],
                    options: EvalOptions) -> list[dict]:
     """The LoRA model's degeneration under greedy, Qwen3's non-thinking sampling and a repetition penalty."""
-    from .inference import greedy_settings, recommended_settings
 
     plain = greedy_settings(False, options.max_new_tokens)
     sampling = recommended_settings(False, options.max_new_tokens)
@@ -520,11 +486,10 @@ def decoding_study(loaded, conversations: list[list[dict]], references: list[str
 def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | None = None,
              say: Callable[[str], None] = print) -> dict:
     """The whole evaluation of the spec's adapter; returns the report (also saved and logged)."""
-    from .inference import greedy_settings, load_finetuned, recommended_settings
 
     options = options or EvalOptions.for_spec(spec)
-    prepare(spec, checkpoint, say)
-    train_records, eval_records = held_out_split(spec, say)
+    prepare(spec, checkpoint)
+    train_records, eval_records = data_files.load_split(spec, say)
     loaded = load_finetuned(spec, checkpoint)
     for note in loaded.notes:
         say(note)
@@ -574,7 +539,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
     report = {
         "profile": spec.profile.name,
         "config_file": display_path(spec.config_file),
-        "checkpoint": shareable_path(loaded.checkpoint, spec),
+        "checkpoint": shareable_path(loaded.checkpoint, spec.paths.run_dir, spec.paths.workspace),
         "options": dataclasses.asdict(options),
         "system_prompt": system_prompt,
         "split": {"train_rows": len(train_records), "held_out_rows": len(eval_records),
@@ -588,7 +553,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         "table": table,
         "notes": notes,
     }
-    report["swanlab_run"] = shareable_path(log_to_swanlab(spec, report), spec)
+    report["swanlab_run"] = shareable_path(log_to_swanlab(spec, report), spec.paths.run_dir, spec.paths.workspace)
     save_report(spec, report)
     return report
 
@@ -660,7 +625,6 @@ def log_to_swanlab(spec, report: dict) -> Path | None:
         return None
     import swanlab
 
-    from . import tracking
 
     name = f"{spec.swanlab.experiment_name}-eval"
     eval_spec = spec.replace(swanlab=dataclasses.replace(spec.swanlab, experiment_name=name))
@@ -684,7 +648,6 @@ def _row_markdown(row: dict) -> str:
 
 
 def save_report(spec, report: dict) -> Path:
-    from .data_files import atomic_path
 
     path = spec.paths.run_dir / REPORT_FILE
     with atomic_path(path) as temporary:
@@ -776,24 +739,7 @@ def epoch_boundaries(log_history: Sequence[dict]) -> list[int]:
     return steps
 
 
-def frequent(texts: Iterable[str], top: int = 10) -> list[tuple[str, int]]:
-    """The most frequent replies (a collapsed model repeats one answer)."""
-    return Counter(texts).most_common(top)
-
-
-# =========================================================================== CLI
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_cli
-    from .spec import build_spec
 
     parser = argparse.ArgumentParser(
         prog="python -m helpers.evaluate",
@@ -803,8 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="the adapter folder (default: the run's latest good checkpoint; "
                         "trained first when there is none)")
     parser.add_argument("--output-dir", help="the run folder (default workspace/checkpoints/<profile>)")
-    parser.add_argument("--limit", type=_positive_int, help="prompts generated per set (tiny: 16; full: all)")
-    parser.add_argument("--max-new-tokens", type=_positive_int,
+    parser.add_argument("--limit", type=positive_int, help="prompts generated per set (tiny: 16; full: all)")
+    parser.add_argument("--max-new-tokens", type=positive_int,
                         help="reply length limit (tiny: 24; full: 256)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.eval_fraction=0.1 (repeatable)")

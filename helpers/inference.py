@@ -33,8 +33,9 @@ from typing import NamedTuple
 
 from . import checkpoints
 from .data import prompt_ids_as_text, render_prompt
-from .models import load_base_model, load_tokenizer, require_model_dir
-from .spec import DEFAULT_SYSTEM_PROMPT
+from .errors import CourseError, run_cli
+from .models import compute_dtype, ensure_random_weights, load_base_model, load_tokenizer, require_model_dir
+from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
 from .workspace import MissingArtifactError, display_path, how_to_make
 
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
@@ -116,7 +117,7 @@ class Loaded(NamedTuple):
         return self.recipe.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(CourseError, ValueError):
     """The adapter was trained on another base model than the one loaded."""
 
 
@@ -283,7 +284,7 @@ def adapter_switch(model, adapter: bool):
     return model.disable_adapter()
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(CourseError, ValueError):
     """The prompt leaves no room for the reply in the model's context."""
 
 
@@ -385,7 +386,7 @@ def compare_adapter(model, tokenizer, questions: list[str], settings: Generation
 EXPORT_MARKER = "course_export.json"
 
 
-class ExportTargetError(ValueError):
+class ExportTargetError(CourseError, ValueError):
     """The export folder holds something this course did not write."""
 
 
@@ -413,8 +414,6 @@ def _base_for_merge(spec):
     leave a 4-bit model, so PEFT's advice is to merge into a full-precision copy of the base.
     """
     from transformers import AutoModelForCausalLM
-
-    from .models import compute_dtype, ensure_random_weights
 
     plain = spec.replace(quantization=None)
     if spec.profile.weights == "random":
@@ -469,9 +468,6 @@ def trained_system_prompt(model) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.inference ask "你是谁？"`` / ``python -m helpers.inference export`` (notebook 05)."""
-    from .cli import run_cli
-    from .spec import build_spec
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="the training config of the run (default: the profile's own)")
     common.add_argument("--checkpoint", help="an adapter folder (checkpoint-N or a run folder; default: the run's "
@@ -514,6 +510,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .inference import main as package_main  # the package's own error classes, which the CLI knows
-
-    sys.exit(package_main())
+    sys.exit(main())

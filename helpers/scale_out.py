@@ -20,12 +20,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from .download import build_tiny_model
+from .models import qwen3_counts
 from .recipes import estimate_lora_memory_gb
 from .train import SAMPLE_LOG
 from .workspace import REPO_ROOT
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -47,30 +48,6 @@ STRATEGIES: dict[str, Strategy] = {
 
 
 # --------------------------------------------------------------------------- model sizes
-
-#: Published architecture numbers of the Qwen3 dense models the course talks about.
-QWEN3_SIZES = {
-    "Qwen3-8B": {"hidden": 4096, "intermediate": 12288, "layers": 36, "heads": 32, "kv_heads": 8},
-    "Qwen3-14B": {"hidden": 5120, "intermediate": 17408, "layers": 40, "heads": 40, "kv_heads": 8},
-    "Qwen3-32B": {"hidden": 5120, "intermediate": 25600, "layers": 64, "heads": 64, "kv_heads": 8},
-}
-HEAD_DIM = 128
-VOCAB = 151936
-
-
-def qwen3_counts(name: str, r: int = 8) -> dict[str, int]:
-    """Parameter count and LoRA (all 7 projections, rank ``r``) parameter count of a Qwen3 size."""
-    a = QWEN3_SIZES[name]
-    h, inter, q, kv = a["hidden"], a["intermediate"], a["heads"] * HEAD_DIM, a["kv_heads"] * HEAD_DIM
-    shapes = {  # (in, out) of each projection
-        "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-        "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h),
-    }
-    per_layer = sum(i * o for i, o in shapes.values()) + 2 * h + 2 * HEAD_DIM  # + 2 RMSNorms, q/k norms
-    params = a["layers"] * per_layer + 2 * VOCAB * h + h  # + embeddings, lm_head (untied), final norm
-    lora = a["layers"] * sum(r * (i + o) for i, o in shapes.values())
-    return {"params": params, "lora_params": lora, "hidden": h, "layers": a["layers"]}
-
 
 # --------------------------------------------------------------------------- memory per GPU
 
@@ -95,7 +72,7 @@ def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estim
     if kind == "optimizer":
         out["LoRA weights + grads + Adam (fp32)"] = lora * 4 / 16 + lora * 12 / 16 / gpus
     elif kind == "all":
-        gathered = 2 * (weights - 2 * VOCAB * counts["hidden"] * 2 / 1e9) / counts["layers"]
+        gathered = 2 * (weights - counts["embedding_params"] * 2 / 1e9) / counts["layers"]
         out["weights (bf16)"] = weights / gpus + (gathered if gpus > 1 else 0.0)
         out["LoRA weights + grads + Adam (fp32)"] = lora / gpus
     out["total"] = sum(v for k, v in out.items() if k != "total")
@@ -123,11 +100,6 @@ def launch_command(strategy: str, train_config: str = "configs/train/qwen3-8b.ya
     config = f"configs/accelerate/{STRATEGIES[strategy].config}"
     procs = f" --num_processes {gpus}" if gpus and strategy != "single-gpu" else ""
     return f"accelerate launch --config_file {config}{procs} -m helpers.train --config {train_config}"
-
-
-def effective_batch(per_device: int, accumulation: int, processes: int) -> int:
-    """Samples per optimizer step: per device x accumulation x processes."""
-    return per_device * accumulation * processes
 
 
 def free_port() -> int:
@@ -164,7 +136,6 @@ def cpu_launch(output_dir: str | os.PathLike, *overrides: str, processes: int = 
 def demo_workspace(spec) -> Path:
     """``<workspace>/scale-out-demo``: a workspace of its own for notebook 06's demo run (its plot,
     checkpoints and logs stay apart from notebook 04's), sharing the tiny model directory."""
-    from .download import build_tiny_model
 
     model = build_tiny_model(spec.paths.model_dir)
     root = spec.paths.workspace / "scale-out-demo"
@@ -218,20 +189,6 @@ def shards_per_step(entries: list[dict], pids: set[int] | None = None) -> list[d
             raise ValueError(f"rank {entry['rank']} logged call {entry['call']} twice: pass the pids of one launch")
         by_call[entry["call"]][entry["rank"]] = entry["rows"]
     return [by_call[call] for call in sorted(by_call)]
-
-
-def launch_pids(entries: list[dict]) -> list[set[int]]:
-    """The process ids of each launch in the log, in order (a launch = one pid per rank)."""
-    launches: list[set[int]] = []
-    seen: dict[int, int] = {}
-    for entry in entries:
-        if entry["pid"] in seen:
-            continue
-        if not launches or any(seen[p] == entry["rank"] for p in launches[-1]):
-            launches.append(set())
-        launches[-1].add(entry["pid"])
-        seen[entry["pid"]] = entry["rank"]
-    return launches
 
 
 def format_shards(steps: list[dict[int, list[int]]]) -> str:

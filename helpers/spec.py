@@ -22,6 +22,7 @@ recipe: same numbers, random weights).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
@@ -30,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from .errors import CourseError
+from .hardware import cuda_available
 from .profiles import PROFILES, Profile
-from .workspace import REPO_ROOT, display_path
+from .workspace import REPO_ROOT, display_path, shareable_path
 
 # --------------------------------------------------------------------------- names of the settings
 
@@ -62,7 +65,7 @@ BATCHINGS = ("packed", "padded", "grouped")
 QUANTIZATIONS = (None, "nf4")
 
 
-class SpecError(ValueError):
+class SpecError(CourseError, ValueError):
     """A course setting is wrong; the message names the setting and the fix."""
 
 
@@ -147,7 +150,7 @@ class RunSpec:
         """Plain, JSON-ready values; paths relative to the workspace or repository (never machine paths)."""
         return {
             "profile": self.profile.name,
-            "config_file": shareable_path(self.config_file, self.paths.workspace),
+            "config_file": shareable_path(self.config_file, REPO_ROOT, self.paths.workspace),
             "data": dataclasses.asdict(self.data),
             "lora": {**dataclasses.asdict(self.lora), "target_modules": list(self.lora.target_modules)},
             "training": dict(self.training),
@@ -161,16 +164,6 @@ class RunSpec:
 
     def with_run_dir(self, run_dir: str | os.PathLike) -> RunSpec:
         return self.replace(paths=dataclasses.replace(self.paths, run_dir=Path(run_dir).expanduser().resolve()))
-
-
-def shareable_path(path: Path, workspace: Path) -> str:
-    """A path for files that leave this machine: relative to the repository or workspace, else its name."""
-    for base in (REPO_ROOT, workspace):
-        try:
-            return Path(path).resolve().relative_to(base).as_posix()
-        except ValueError:
-            continue
-    return Path(path).name
 
 
 # --------------------------------------------------------------------------- settings file and environment
@@ -209,14 +202,6 @@ def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | 
 
 
 # --------------------------------------------------------------------------- the precedence rule
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return torch.cuda.is_available()
 
 
 def choose_profile(requested: str | None, file_profile: str | None, *, cuda: bool,
@@ -258,86 +243,49 @@ def _suggest(key: str, known) -> str:
 TOP_LEVEL_KEYS = ("profile", "data", "batching", "quantization", "lora", "training", "swanlab", "output_dir")
 
 
-def _training_fields() -> dict:
-    """TrainingArguments' own field names and types (the library is the schema)."""
-    from transformers import TrainingArguments
+def _actions(schema: type) -> dict:
+    """The argparse actions ``transformers.HfArgumentParser`` makes for a dataclass: its type rules, reused."""
+    from transformers import HfArgumentParser
 
-    return {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+    return {a.dest: a for a in HfArgumentParser(schema)._actions if a.dest != "help"}
 
 
-def _coerce(value, kind: type, dotted: str):
-    """Turn YAML's value into ``kind`` (YAML 1.1 reads ``1e-4`` as text)."""
-    if value is None:
-        return None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.strip().lower() in ("true", "yes", "1")
-        raise SpecError(f"{dotted} must be true or false, not {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise SpecError(f"{dotted} must be a whole number, not {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise SpecError(f"{dotted} must be a whole number, not {value!r}") from None
-        if number != int(number):
-            raise SpecError(f"{dotted} must be a whole number, not {value!r}")
-        return int(number)
-    if kind is float:
-        if isinstance(value, bool):
-            raise SpecError(f"{dotted} must be a number, not {value!r}")
-        if isinstance(value, int):  # a whole number is a number too (save_steps: 10 stays 10)
-            return value
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise SpecError(f"{dotted} must be a number, not {value!r}") from None
-    if kind is str:
-        if not isinstance(value, str):
-            raise SpecError(f"{dotted} must be text, not {value!r}")
+def _coerce(value, action, dotted: str):
+    """``value`` read from YAML, made the field's type by HfArgumentParser's own rules for that field.
+
+    YAML 1.1 reads ``1e-4`` as text and ``no`` as false; a list or mapping (``report_to``,
+    ``*_kwargs``) is kept as YAML gave it.
+    """
+    from transformers.hf_argparser import string_to_bool
+
+    if value is None or isinstance(value, (list, dict)):
         return value
+    if action.choices:
+        value = "no" if value is False and "no" in action.choices else value
+        if not isinstance(value, str) or value not in action.choices:
+            raise SpecError(f"{dotted} must be one of {', '.join(map(str, action.choices))}, not {value!r}")
+        return value
+    kind = action.type if action.type is not None else string_to_bool  # store_true flags are booleans
+    try:
+        if kind is string_to_bool:
+            return string_to_bool(value)
+        if kind in (int, float):
+            number = float(value) if not isinstance(value, bool) else None
+            if number is None or (kind is int and not number.is_integer()):
+                raise ValueError
+            return value if isinstance(value, int) else kind(number)
+        if kind is str and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        what = {string_to_bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+        raise SpecError(f"{dotted} must be {what.get(kind, kind)}, not {value!r}") from None
     return value
-
-
-def _annotation_kind(annotation) -> type | None:
-    if annotation in (bool, float, int, str):  # a real type (TrainingArguments' plain fields)
-        return annotation
-    text = str(annotation)
-    for name, kind in (("bool", bool), ("float", float), ("int", int)):
-        if text.startswith(name) or f"[{name}" in text or text.startswith(f"Optional[{name}"):
-            return kind
-    if text in ("str", "str | None", "Optional[str]"):
-        return str
-    return None
 
 
 #: the training keys every config must set (notebook 04 shows each of them)
 REQUIRED_TRAINING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
                           "learning_rate", "lr_scheduler_type", "logging_steps", "save_steps",
                           "activation_checkpointing", "seed")
-
-
-def _enum_choices(annotation) -> list[str]:
-    """The allowed values of a TrainingArguments field typed ``SomeEnum | str`` (none for other fields)."""
-    import enum
-    import typing
-
-    for member in typing.get_args(annotation):
-        if isinstance(member, type) and issubclass(member, enum.Enum):
-            return [str(e.value) for e in member]
-    return []
-
-
-def _choice(value, choices: list[str], dotted: str) -> str:
-    """One of ``choices``; YAML 1.1 reads ``no`` (eval_strategy: no) as false, which means "no" here."""
-    if value is False and "no" in choices:
-        value = "no"
-    if not isinstance(value, str) or value not in choices:
-        raise SpecError(f"{dotted} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
 
 
 #: (dotted key, predicate, what it must be)
@@ -371,44 +319,29 @@ def validate_config(config: dict, source: str = "config") -> dict:
         if key not in TOP_LEVEL_KEYS:
             raise SpecError(f"{source}: unknown key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}")
         out[key] = value
-    sections = {
-        "data": {f.name: f.type for f in dataclasses.fields(DataSpec)},
-        "lora": {f.name: f.type for f in dataclasses.fields(LoraSpec)},
-        "swanlab": {"project": "str", "experiment_name": "str", "enabled": "bool"},
-    }
-    for section, schema in sections.items():
+    from transformers import TrainingArguments
+
+    schemas = {"data": DataSpec, "lora": LoraSpec, "swanlab": SwanLabSpec, "training": TrainingArguments}
+    for section, schema in schemas.items():
         values = out.get(section) or {}
         if not isinstance(values, dict):
             raise SpecError(f"{source}: {section} must be a mapping of keys")
+        actions = _actions(schema)
+        if section == "swanlab":
+            actions.pop("mode")  # resolved from the settings, not the config
         checked = {}
         for key, value in values.items():
-            if key not in schema:
-                raise SpecError(f"{source}: unknown key {section}.{key}{_suggest(key, schema)}")
-            kind = _annotation_kind(schema[key])
+            if key not in actions:
+                known = " (training takes transformers.TrainingArguments keys)" if section == "training" else ""
+                raise SpecError(f"{source}: unknown key {section}.{key}{_suggest(key, actions)}{known}")
             if key == "target_modules":
                 if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
                     raise SpecError(f"{source}: lora.target_modules must be a list of module names")
-                value = tuple(value)
-            elif kind is not None:
-                value = _coerce(value, kind, f"{section}.{key}")
-            checked[key] = value
+                checked[key] = tuple(value)
+            else:
+                checked[key] = _coerce(value, actions[key], f"{section}.{key}")
         out[section] = checked
-    training = out.get("training") or {}
-    if not isinstance(training, dict):
-        raise SpecError(f"{source}: training must be a mapping of TrainingArguments keys")
-    fields = _training_fields()
-    checked = {}
-    for key, value in training.items():
-        if key not in fields:
-            raise SpecError(f"{source}: unknown key training.{key}{_suggest(key, fields)} "
-                            "(training takes transformers.TrainingArguments keys)")
-        choices = _enum_choices(fields[key])
-        if choices:
-            checked[key] = _choice(value, choices, f"training.{key}")
-            continue
-        kind = _annotation_kind(fields[key])
-        checked[key] = _coerce(value, kind, f"training.{key}") if kind else value
-    out["training"] = checked
+
     batching = out.get("batching", "packed")
     if batching not in BATCHINGS:
         raise SpecError(f"{source}: batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
@@ -482,10 +415,11 @@ def build_spec(
     env = os.environ if env is None else env
     settings = course_settings(env, settings_file)
     cuda = cuda_available() if cuda is None else cuda
-    requested, requested_origin = (profile, "--profile") if profile else settings.get("profile", (None, PROFILE_ENV))
-    if requested_origin.startswith("环境变量 ") or requested_origin.startswith("设置文件 "):
-        requested_origin = PROFILE_ENV if requested_origin.startswith("环境变量 ") else \
-            f"profile in {display_path(settings_file)}"
+    requested, requested_origin = settings.get("profile", (None, None))[0], PROFILE_ENV
+    if profile:
+        requested, requested_origin = profile, "--profile"
+    elif requested is not None and not env.get(PROFILE_ENV, "").strip():
+        requested_origin = f"profile in {display_path(settings_file)}"
 
     if config is not None:
         path = Path(config).expanduser()

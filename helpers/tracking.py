@@ -25,13 +25,14 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from .errors import CourseError
 from .workspace import display_path
 
 #: Environment variables swanlab cannot parse (nested settings groups).
 BROKEN_SWANLAB_VARS = ("SWANLAB_PROJECT", "SWANLAB_RUN", "SWANLAB_EXPERIMENT")
 
 
-class SwanLabSetupError(RuntimeError):
+class SwanLabSetupError(CourseError, RuntimeError):
     """The environment would make swanlab fail or prompt."""
 
 

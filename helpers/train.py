@@ -17,9 +17,16 @@ import os
 import sys
 from pathlib import Path
 
-from . import checkpoints
+from . import checkpoints, data_files, tracking
 from .checkpoints import RECIPE_FILE, find_latest_checkpoint
-from .workspace import display_path
+from .data import training_data
+from .download import prepare_model
+from .errors import CourseError, run_cli
+from .hardware import cuda_available, gpus, is_main_process, launched_processes, peak_memory_gib
+from .models import compute_dtype, load_base_model, load_tokenizer, lora_config, require_model_dir
+from .recipes import auto_recipe
+from .spec import build_spec
+from .workspace import atomic_path, display_path, shareable_path
 
 #: One JSON line per micro-batch: which dataset rows each process trained on.
 SAMPLE_LOG = "sample_log.jsonl"
@@ -32,77 +39,9 @@ BASE_MODEL_IDS = {"full": "Qwen/Qwen3-8B", "random8b": "Qwen/Qwen3-8B"}
 # --------------------------------------------------------------------------- data
 
 
-def split_records(spec, records: list[dict]):
-    """(train records, held-out records, split) for this spec.
-
-    With ``data.max_rows`` the first ``max_rows`` rows are the training set (the tiny profile's
-    memorisation subset) and the held-out rows come from the rest; otherwise the whole file is
-    split. Either way whole groups of rows sharing a normalised prompt or answer go to one side.
-    """
-    from .data_files import grouped_split
-
-    if spec.data.eval_fraction <= 0:
-        return records[: spec.data.max_rows], [], None
-    if spec.data.max_rows:
-        head = records[: spec.data.max_rows]
-        split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed, keep_in_train=len(head))
-        return head, split.eval, split
-    split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed)
-    return split.train, split.eval, split
-
-
-def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], list[dict]]:
-    """The encoded (train, held-out) samples of this spec, made here when needed.
-
-    The encoded training set is read from ``spec.paths.encoded`` only when its stamp
-    (max_length, system prompt, tokenizer, source data, rows, split) equals this spec's;
-    otherwise it is encoded again and saved, and the reason is printed.
-    """
-    from . import data_files, validation
-    from .data import encode_records
-
-    source = data_files.course_dataset_path(spec, progress=verbose)
-    stamp = {**data_files.spec_stamp(spec, source), "eval_fraction": spec.data.eval_fraction,
-             "split_seed": spec.data.split_seed}
-    records = validation.load_records(source, fix_hint=(
-        f"Fix these rows in {display_path(source)} and train again (`python -m helpers.data check "
-        f"{display_path(source)}` lists them).")).records
-    train_records, eval_records, split = split_records(spec, records)
-    if split is not None and is_main_process():  # one writer per launch
-        data_files.save_split(split, spec.paths.split_dir, source=source)
-    encoded = spec.paths.encoded
-    samples = None
-    if encoded.is_file():
-        differences = data_files.stamp_differences(data_files.read_stamp(encoded), stamp)
-        if not differences:
-            samples = data_files.load_encoded(encoded)
-            if verbose:
-                print(f"使用已编码的训练集 {display_path(encoded)}（与本次配置一致）")
-        elif verbose:
-            print(f"重新编码：{display_path(encoded)} 与本次配置不同（{'; '.join(differences)}）")
-    if samples is None:
-        samples, report = encode_records(train_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
-        if not samples:
-            raise data_files.EncodedFileError(
-                f"no usable training rows: all {report.rows_in} rows are longer than "
-                f"data.max_length={spec.data.max_length} tokens. Raise data.max_length.")
-        if is_main_process():  # one writer per launch; the other ranks use what they encoded
-            data_files.save_encoded(samples, encoded, stamp)
-        if verbose and is_main_process():
-            print(report.summary())
-    eval_samples = []
-    if eval_records:
-        eval_samples, _ = encode_records(eval_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
-    if verbose and is_main_process() and split is not None:
-        print(split.summary())
-    return samples, eval_samples
-
-
 def to_train_dataset(samples: list[dict]):
     """``data_files.to_dataset`` plus each sample's row number, which the sample log records."""
-    from .data_files import to_dataset
-
-    return to_dataset(samples).add_column("row", [s.get("row", i) for i, s in enumerate(samples)])
+    return data_files.to_dataset(samples).add_column("row", [s.get("row", i) for i, s in enumerate(samples)])
 
 
 class SampleLogCollator:
@@ -143,20 +82,6 @@ def make_collator(batching: str, tokenizer):
 # --------------------------------------------------------------------------- model
 
 
-def lora_config(spec):
-    """The spec's ``LoraConfig`` (notebook 04 builds the same one in a cell; a test compares them)."""
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        inference_mode=False,
-        r=spec.lora.r,
-        lora_alpha=spec.lora.lora_alpha,
-        lora_dropout=spec.lora.lora_dropout,
-        target_modules=list(spec.lora.target_modules),
-    )
-
-
 def base_model_name(spec) -> str:
     """What a shared adapter names as its base: the hub id, or the model folder relative to the workspace."""
     if spec.profile.name in BASE_MODEL_IDS:
@@ -169,8 +94,6 @@ def base_model_name(spec) -> str:
 
 def load_model_for_training(spec):
     """The base model, ready for LoRA: on this process's device, ``use_cache`` off, k-bit prepared for QLoRA."""
-    from .models import load_base_model
-
     if launched_processes() > 1:
         model = _load_base_model_for_this_process(spec)
     else:
@@ -190,20 +113,10 @@ def add_lora(spec, model):
     from transformers import set_seed
 
     set_seed(spec.training.get("seed", 42))
-    return get_peft_model(model, lora_config(spec))
+    return get_peft_model(model, lora_config(spec.lora))
 
 
 # --------------------------------------------------------------------------- several processes
-
-
-def launched_processes() -> int:
-    """How many processes ``accelerate launch`` / ``torchrun`` started (``WORLD_SIZE``); 1 for a plain run."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a launch (or a plain run): the one process that prints, plots and tracks."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _launched_with(*flags: str) -> bool:
@@ -217,8 +130,6 @@ def _load_base_model_for_this_process(spec):
     DDP gives each process a whole copy on its own GPU (``LOCAL_RANK``); FSDP / DeepSpeed
     get the model on the CPU, untouched, and place (shard) it themselves.
     """
-    from .models import compute_dtype, load_base_model, require_model_dir
-
     single = spec.replace(profile=dataclasses.replace(spec.profile, device_map=None))
     if _launched_with("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         if spec.profile.weights == "random":
@@ -227,7 +138,7 @@ def _load_base_model_for_this_process(spec):
 
         # no .to(): with fsdp_cpu_ram_efficient_loading only rank 0 holds real weights (the rest are on "meta")
         return AutoModelForCausalLM.from_pretrained(require_model_dir(spec), dtype=compute_dtype(spec))
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if _cuda() else "cpu"
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda_available() else "cpu"
     return load_base_model(single, device=device, for_training=True)
 
 
@@ -247,8 +158,6 @@ SHOWN_TRAINING_KEYS = (
 def mixed_precision(spec) -> tuple[bool, bool]:
     """(bf16, fp16): the config's bf16, or fp16 with loss scaling on a GPU without bf16 (V100, T4)."""
     import torch
-
-    from .models import compute_dtype
 
     wanted = bool(spec.training.get("bf16", False))
     use_bf16 = wanted and compute_dtype(spec) is torch.bfloat16
@@ -300,13 +209,13 @@ def training_arguments(spec, **extra):
     if processes > 1:
         # LoRA uses every trainable parameter in every forward: DDP need not search for unused ones
         settings.setdefault("ddp_find_unused_parameters", False)
-        if not _cuda():
+        if not cuda_available():
             # CPU-only machine: without use_cpu the processes do not join one gloo group
             settings.setdefault("use_cpu", True)
     settings.update(extra)
     args = TrainingArguments(output_dir=str(spec.paths.run_dir), **settings)
     if processes > 1 and args.world_size != processes:
-        raise RuntimeError(
+        raise CourseError(
             f"{processes} processes were launched (WORLD_SIZE) but the Trainer sees world_size={args.world_size}: "
             "every process would train the whole dataset on its own. Launch with "
             "`accelerate launch --config_file configs/accelerate/<name>.yaml -m helpers.train ...`."
@@ -347,8 +256,6 @@ def share_safe_adapter_config(folder: Path, base_model: str) -> None:
 def shareable_args(args, spec):
     """A copy of the ``TrainingArguments`` whose ``output_dir`` is no machine path (for files that get shared)."""
     import copy
-
-    from .spec import shareable_path
 
     shared = copy.copy(args)
     shared.output_dir = shareable_path(spec.paths.run_dir, spec.paths.workspace)
@@ -440,17 +347,6 @@ def _active_swanlab_run():
         return None
 
 
-def peak_memory_gib() -> float:
-    """Peak GPU memory allocated by PyTorch so far (GiB), or this process's resident memory on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**30
-
-
 def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args=None):
     """A ``Trainer`` with the padding-free collator, sample log, checkpoint proof and memory log."""
     from transformers import Trainer
@@ -511,12 +407,6 @@ def share_safe_swanlab(trainer, spec) -> None:
                 super().setup(shareable_args(args, spec), state, model, **kwargs)
 
     trainer.add_callback(ShareSafeSwanLabCallback())
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def start_fresh(spec) -> Path | None:
@@ -586,9 +476,9 @@ def best_eval(log_history: list[dict]) -> tuple[int, float] | None:
     return step, loss
 
 
-def effective_batch_size(args) -> int:
+def effective_batch(per_device: int, accumulation: int, processes: int) -> int:
     """Samples per optimizer step: per device x accumulation x processes."""
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return per_device * accumulation * processes
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -596,10 +486,6 @@ def effective_batch_size(args) -> int:
 
 def train(spec, resume: bool | str | None = True) -> dict:
     """Run the whole recipe with the same steps as notebook 04; return where everything went."""
-    from . import data_files, tracking
-    from .download import prepare_model
-    from .models import load_tokenizer
-
     if is_main_process():
         prepare_model(spec)  # a terminal user never needs a notebook first
     elif not (spec.paths.model_dir / "config.json").is_file():
@@ -676,7 +562,8 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
         "train_runtime": metrics.get("train_runtime"),
         "train_samples_per_second": metrics.get("train_samples_per_second"),
         "train_loss": metrics.get("train_loss"),
-        "effective_batch_size": effective_batch_size(trainer.args),
+        "effective_batch_size": effective_batch(trainer.args.per_device_train_batch_size,
+                                                trainer.args.gradient_accumulation_steps, trainer.args.world_size),
         "world_size": trainer.args.world_size,
         "checkpoint": find_latest_checkpoint(spec.paths.run_dir),
         "best_eval": {"step": best[0], "eval_loss": best[1],
@@ -688,27 +575,15 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
     }
 
 
-def shareable_path(path: Path | None, spec) -> str | None:
-    """A path in a shared file: relative to the workspace (or the run folder), never a machine path."""
-    if path is None:
-        return None
-    path = Path(path).resolve()
-    for base in (spec.paths.run_dir, spec.paths.workspace):
-        try:
-            return path.relative_to(base.resolve()).as_posix()
-        except ValueError:
-            continue
-    return path.name
-
-
 def save_run_summary(spec, summary: dict) -> Path:
     """``run_summary.json`` in the run folder; its paths are relative to the run folder or the workspace."""
     saved = {k: v for k, v in summary.items() if k not in ("trainer", "log_history")}
     for key in ("checkpoint", "output_dir", "swanlab_run", "plot"):
-        saved[key] = shareable_path(summary.get(key), spec)
+        saved[key] = shareable_path(summary.get(key), spec.paths.run_dir, spec.paths.workspace)
     saved["spec"] = spec.to_dict()
     path = spec.paths.run_dir / RUN_SUMMARY
-    path.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
     return path
 
 
@@ -727,8 +602,6 @@ def load_run_summary(spec) -> dict:
 
 
 def describe_summary(summary: dict) -> str:
-    from .tracking import sync_command
-
     lines = [
         f"profile / 配置                 {summary['profile']}",
         f"global step / 全局步数         {summary['global_step']}",
@@ -746,7 +619,7 @@ def describe_summary(summary: dict) -> str:
     if summary.get("swanlab_run"):
         lines.append(f"SwanLab run / SwanLab 记录     {display_path(summary['swanlab_run'])}（{summary.get('swanlab_mode')}）")
         if summary.get("swanlab_mode") != "online":
-            lines.append(f"upload it later / 之后上传     {sync_command(summary['swanlab_run'])}")
+            lines.append(f"upload it later / 之后上传     {tracking.sync_command(summary['swanlab_run'])}")
     return "\n".join(line for line in lines if line)
 
 
@@ -754,9 +627,6 @@ def describe_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_cli
-    from .spec import build_spec
-
     parser = argparse.ArgumentParser(
         prog="python -m helpers.train",
         description="Train the course's LoRA adapter (the same steps as notebook 04).",
@@ -777,9 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
         if args.recipe == "auto":
-            from .recipes import auto_recipe, detect_gpu
-
-            config, overrides, why = auto_recipe(args.config, args.overrides, spec.profile.name, detect_gpu())
+            found = gpus()
+            config, overrides, why = auto_recipe(args.config, args.overrides, spec.profile.name,
+                                                 found[0] if found else None)
             if is_main_process():
                 print(why)
             spec = build_spec(config, overrides, output_dir=args.output_dir)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
+from .errors import CourseError
 from .workspace import display_path
 
 REQUIRED_FIELDS = ("instruction", "output")
@@ -21,7 +21,7 @@ REQUIRED_FIELDS = ("instruction", "output")
 FIELDS = ("instruction", "input", "output")
 
 
-class DataValidationError(ValueError):
+class DataValidationError(CourseError, ValueError):
     """The data file has problems; ``.report`` lists every one of them."""
 
     def __init__(self, report: ValidationReport, hint: str = ""):
@@ -81,7 +81,7 @@ class ValidationReport:
             f"错误 {len(self.errors)} 个，警告 {len(self.warnings)} 个"
         )
         if self.skipped:
-            text += f"；跳过 {len(self.skipped)} 条无效数据（第 {_list_numbers(self.skipped)} {self.unit}）"
+            text += f"；跳过 {len(self.skipped)} 条无效数据（第 {list_numbers(self.skipped)} {self.unit}）"
         return text
 
     def format(self, limit: int | None = None) -> str:
@@ -99,13 +99,13 @@ class ValidationReport:
 
 @dataclass
 class LoadResult:
-    """The valid records of a file, its report, and (with a tokenizer) their encoded lengths."""
+    """The valid records of a file, its report, and (after ``data.check_lengths``) their encoded lengths."""
 
     records: list[dict]
     report: ValidationReport
     #: the 1-based row of each record in the file (``Problem.row`` numbering)
     rows: list[int] = field(default_factory=list)
-    #: encoded length of each record (prompt + answer + <|im_end|>), when a tokenizer was given
+    #: encoded length of each record (prompt + answer + <|im_end|>), once measured
     lengths: list[int] | None = None
 
 
@@ -118,7 +118,7 @@ def special_tokens_in(text: str) -> list[str]:
     return list(dict.fromkeys(SPECIAL_TOKEN_PATTERN.findall(text)))
 
 
-def _list_numbers(numbers: Sequence[int], limit: int = 30) -> str:
+def list_numbers(numbers: Sequence[int], limit: int = 30) -> str:
     text = ", ".join(str(n) for n in numbers[:limit])
     return text + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
 
@@ -210,19 +210,15 @@ def load_records(
     path: str | os.PathLike,
     *,
     skip_invalid: bool = False,
-    tokenizer=None,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     fix_hint: str | None = None,
 ) -> LoadResult:
     """Read and validate a JSON array or JSONL file of instruction/input/output records.
 
     Errors (the row is invalid): invalid JSON, not an object, missing ``instruction``
     or ``output``, a non-string value, an empty instruction or output. Warnings (the
-    row is kept): an exact duplicate of an earlier row, unknown fields, and, when a
-    ``tokenizer`` is given, a row longer than ``max_length`` tokens, which
-    ``encode_records`` will drop (a warning, not an error: the row is fine data, it
-    only does not fit this ``max_length``).
+    row is kept): an exact duplicate of an earlier row, unknown fields. Rows too long
+    for ``max_length`` are warned about by :func:`helpers.data.check_lengths`, which
+    needs the tokenizer.
 
     By default any error raises :class:`DataValidationError` listing every problem;
     ``skip_invalid=True`` keeps the valid rows and the report names the skipped ones.
@@ -256,46 +252,14 @@ def load_records(
             first_seen[key] = row
         records.append(record)
         rows.append(row)
-    lengths = None
-    if tokenizer is not None and records:
-        from .data import token_lengths
-
-        lengths = token_lengths(records, tokenizer, system_prompt)
-        for row, length in zip(rows, lengths, strict=True):
-            if length > max_length:
-                report.add(row, "(tokens)", f"{length} 个 token > max_length {max_length}：编码时会丢弃这一条"
-                           "（想保留就调大 max_length）", "warning")
     report.problems.sort(key=lambda p: (p.row or 0))
 
     if not report.ok:
         if not skip_invalid:
             raise DataValidationError(report, fix_hint or (
-                f"Fix these rows, or pass skip_invalid=True (`python -m helpers.data check/encode --skip-invalid`) to use the "
-                f"{len(records)} valid rows; the skipped rows are then listed in the report."))
+                f"请修正这些行；或者传入 skip_invalid=True（命令行 `python -m helpers.data check/encode --skip-invalid`），"
+                f"只用其中 {len(records)} 条有效数据，跳过的行会列在报告里。"))
         report.skipped = report.invalid_rows
         if not records:
             raise DataValidationError(report, "No valid row is left.")
-    return LoadResult(records=records, report=report, rows=rows, lengths=lengths)
-
-
-def statistics_text(result: LoadResult, max_length: int) -> str:
-    """Token-length statistics and the padding table of the valid rows (``helpers.data check``)."""
-    from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, padding_table
-
-    lengths = result.lengths
-    if not lengths:
-        return "没有有效数据，无法统计"
-    stats = length_stats(lengths)
-    over = sum(1 for n in lengths if n > max_length)
-    table = padding_table(lengths)
-    by_name = {r.strategy: r for r in table}
-    return "\n".join([
-        f"{stats['rows']} 条有效数据的统计（每条样本的 token 数：系统提示 + 问题 + 回答 + <|im_end|>）：",
-        f"  token 长度  平均 {stats['mean']:.1f}  p50 {stats['p50']}  p90 {stats['p90']}  "
-        f"p99 {stats['p99']}  最长 {stats['max']}",
-        f"  超过 max_length {max_length} 的条数：{over}（encode 会丢弃并报告它们）",
-        "每个 epoch 的填充（每批 4 条）：",
-        *("  " + line for line in format_padding_table(table).splitlines()),
-        f"推荐：{by_name[RECOMMENDED_BATCHING].description}：填充 {by_name[RECOMMENDED_BATCHING].padding_share:.1%}，"
-        f"随机批次是 {by_name['random'].padding_share:.1%}",
-    ])
+    return LoadResult(records=records, report=report, rows=rows)

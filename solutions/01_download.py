@@ -9,12 +9,12 @@ import torch
 from _common import exercise, run, tiny_spec, tiny_tokenizer
 from transformers import AutoModelForCausalLM, Qwen3Config
 
-from helpers.models import QWEN3_8B_CONFIG
+from helpers.models import qwen3_config
 
 
 def qwen3_8b_on_meta(**changes):
     """Qwen3-8B (its real config.json, with ``changes``) on the meta device."""
-    settings = {k: v for k, v in QWEN3_8B_CONFIG.items() if k not in ("architectures", "model_type")}
+    settings = {k: v for k, v in qwen3_config().items() if k not in ("architectures", "model_type")}
     config = Qwen3Config(**{**settings, **changes})
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)

@@ -11,7 +11,7 @@ from functools import cache
 
 from _common import distinct_n, exercise, memorised_adapter, prompt_inputs, run, tiny_spec
 
-from helpers import data, data_files, inference, original, train, validation
+from helpers import data, data_files, inference, original, validation
 
 #: a system prompt the adapter never saw
 OTHER_SYSTEM_PROMPT = "你是一个乐于助人的助手"
@@ -25,7 +25,7 @@ def setup():
     print("适配器:", loaded.checkpoint.parent.name + "/" + loaded.checkpoint.name,
           "| 训练时的系统提示:", loaded.system_prompt)
     records = validation.load_records(data_files.course_dataset_path(spec, progress=False)).records
-    memorised, _, _ = train.split_records(spec, records)
+    memorised, _, _ = data_files.split_records(spec, records)
     return loaded, memorised
 
 

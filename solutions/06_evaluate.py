@@ -11,7 +11,7 @@ from functools import cache
 
 from _common import distinct_n, exercise, memorised_adapter, prompt_inputs, run, tiny_spec
 
-from helpers import data, data_files, inference, train, validation
+from helpers import data, data_files, inference, validation
 
 
 @cache
@@ -20,7 +20,7 @@ def setup():
     spec = tiny_spec()
     loaded = inference.load_finetuned(spec, memorised_adapter(spec))
     records = validation.load_records(data_files.course_dataset_path(spec, progress=False)).records
-    trained, held_out, _ = train.split_records(spec, records)
+    trained, held_out, _ = data_files.split_records(spec, records)
     return loaded, trained, held_out
 
 

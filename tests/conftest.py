@@ -34,7 +34,7 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def huanhuan_path() -> Path:
     """The real 3,729-row huanhuan.json (never committed): $HUANHUAN_JSON or ../shared/data."""
-    from helpers.data_files import real_dataset_path
+    from bench.common import real_dataset_path
 
     try:
         return real_dataset_path(os.environ)

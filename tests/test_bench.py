@@ -106,14 +106,14 @@ def test_flop_formula_matches_the_real_architecture_on_meta():
     from peft import get_peft_model
 
     from bench.gpu_qwen3_8b import linear_weights_on_meta, worker_spec
-    from helpers.download import qwen3_8b_on_meta
+    from helpers.models import qwen3_on_meta
     from helpers.train import lora_config
 
     counted = linear_weights_on_meta()
     config, lora = counted["config"], worker_spec("random8b").lora
     params = common.matmul_parameters(config)
     assert params["layers"] + params["lm_head"] == counted["linear_weights"]
-    peft_model = get_peft_model(qwen3_8b_on_meta(), lora_config(worker_spec("random8b")))
+    peft_model = get_peft_model(qwen3_on_meta(), lora_config(worker_spec("random8b")))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert common.lora_parameters(config, lora) == trainable
 
@@ -174,7 +174,7 @@ def test_peak_table_matches_the_most_specific_name_first():
 
 
 def test_notebook_04_table_on_the_real_dataset(real_records, tokenizer):
-    from helpers.padding import format_tokens_table, tokens_per_epoch_table
+    from bench.common import format_tokens_table, tokens_per_epoch_table
 
     rows = tokens_per_epoch_table(tokenizer, real_records)
     assert [r.strategy for r in rows] == ["original", "ours_random", "ours_grouped", "ours_packed"]

@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import download, models
+from helpers import download, models, workspace
 
 
 def test_offline_tokenizer_files_match_pinned_sha256():
@@ -48,22 +48,22 @@ def test_tiny_model_build_is_deterministic(tmp_path, tiny_model_dir):
 
 
 def test_qwen3_8b_lora_parameter_line_is_exact():
-    line = download.lora_parameter_line()
+    line = models.lora_parameter_line()
     assert line == "trainable params: 21,823,488 || all params: 8,212,558,848 || trainable%: 0.2657"
 
 
 def test_meta_model_uses_no_memory_and_has_real_shapes():
-    model = download.qwen3_8b_on_meta()
+    model = models.qwen3_on_meta()
     assert all(p.device.type == "meta" for p in model.parameters())
     assert sum(p.numel() for p in model.parameters()) == 8_190_735_360
-    table = {name: shape for name, shape, _ in download.parameter_table(model)}
+    table = {name: shape for name, shape, _ in models.parameter_table(model)}
     assert table["layers[0].self_attn.k_proj"] == "1024x4096"
     assert table["layers[0].mlp.down_proj"] == "4096x12288"
 
 
 def test_disk_check_refuses_with_a_fix(tmp_path):
-    with pytest.raises(download.NotEnoughDiskError, match="helpers.environment setup --workspace ~/autodl-tmp/"):
-        download.check_disk_space(10**9, tmp_path)
+    with pytest.raises(workspace.NotEnoughDiskError, match="helpers.environment setup --workspace ~/autodl-tmp/"):
+        workspace.check_disk_space(10**9, tmp_path)
 
 
 def test_the_download_budgets_for_checkpoints_and_the_merged_export(tmp_path, monkeypatch):
@@ -72,8 +72,8 @@ def test_the_download_budgets_for_checkpoints_and_the_merged_export(tmp_path, mo
     assert budget["合并导出的模型"] == budget["Qwen3-8B 权重（bf16 safetensors）"] == 16.4
     assert budget[total] > 2 * 16.4 + budget["检查点（保留 3 个 × 最多 3 次运行）"]
     assert download.disk_budget_gb(model_present=True)[total] == pytest.approx(budget[total] - 16.4)
-    monkeypatch.setattr(download, "free_disk_gb", lambda path: 30.0)  # room for the model, not for its export
-    with pytest.raises(download.NotEnoughDiskError, match=f"Only 30.0 GB free .* {budget[total]:.1f} GB are needed"):
+    monkeypatch.setattr(workspace, "free_disk_gb", lambda path: 30.0)  # room for the model, not for its export
+    with pytest.raises(workspace.NotEnoughDiskError, match=f"Only 30.0 GB free .* {budget[total]:.1f} GB are needed"):
         download.download_qwen3_8b(tmp_path / "Qwen3-8B", tmp_path)
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 
+from helpers import data_files
 from helpers import evaluate as ev
 from helpers.data_files import grouped_split, normalise
 from helpers.validation import load_records
@@ -236,7 +237,7 @@ def memorised(memorised_run, tiny_checkpoint):
     from helpers.inference import load_finetuned
 
     spec, summary = memorised_run
-    train_records, eval_records = ev.held_out_split(spec, say=lambda _: None)
+    train_records, eval_records = data_files.load_split(spec, say=lambda _: None)
     return spec, summary, load_finetuned(spec, tiny_checkpoint), train_records, eval_records
 
 

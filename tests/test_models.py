@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import models
+from helpers import hardware, models
 from helpers.spec import build_spec
 
 
@@ -106,7 +106,7 @@ def test_a_single_gpu_holds_the_whole_model(tmp_path, fake_gpu, no_flash_attn):
 def _fake_model_dir(tmp_path):
     folder = tmp_path / "models" / "modelscope" / "Qwen" / "Qwen3-8B"
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(models.QWEN3_8B_CONFIG), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps(models.qwen3_config()), encoding="utf-8")
     return folder
 
 
@@ -142,12 +142,12 @@ def test_the_gpu_report_and_preflight_see_the_other_kernel(tmp_path, fake_gpu):
     from helpers import environment
 
     fake_gpu(free_gb=20.0, total_gb=80.0, name="NVIDIA A100-SXM4-80GB", major=8)
-    [gpu] = environment.gpus()
+    [gpu] = hardware.gpus()
     assert (gpu["name"], gpu["memory_gb"], gpu["free_gb"], gpu["bf16"]) == ("NVIDIA A100-SXM4-80GB", 80.0, 20.0, True)
     assert environment.gpu_memory_held_by_others() == pytest.approx(60.0)
     checks = {c.name: c for c in environment.preflight(full_spec(tmp_path), versions={}, pins={}, kernel=True,
                                                        free_gb=500.0, dataset_reachable=lambda: True)}
-    assert not checks["gpu"].ok and "60.0 GB already in use" in checks["gpu"].detail
+    assert not checks["gpu"].ok and "已有 60.0 GB 被占用" in checks["gpu"].detail
     assert "shut it down" in checks["gpu"].fix
 
 

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import recipes
-from helpers.models import QWEN3_8B_CONFIG
+from helpers.models import qwen3_config
 
 
 def qwen3_8b_counts() -> dict[str, int]:
     """Qwen3-8B's parameters counted from its published config.json (not from helpers.recipes)."""
-    c = QWEN3_8B_CONFIG
+    c = qwen3_config("Qwen3-8B")
     h, inter, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     q, kv = c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
     shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, inter), (h, inter), (inter, h)]  # q k v o gate up down
@@ -134,8 +134,9 @@ def fake_gpu(monkeypatch, total_gib: float, used_gib: float = 0.5, name: str = "
 
     total = int(total_gib * 2**30)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device=0: SimpleNamespace(name=name, total_memory=total))
+                        lambda device=0: SimpleNamespace(name=name, total_memory=total, major=8, minor=0))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=0: (total - int(used_gib * 2**30), total))
 
 

@@ -13,7 +13,7 @@ from unittest import mock
 import pytest
 import torch
 
-from helpers import checkpoints, scale_out
+from helpers import checkpoints, models, scale_out, train
 from helpers.recipes import estimate_lora_memory_gb
 from helpers.workspace import REPO_ROOT
 from tests.conftest import tiny_spec_for
@@ -88,7 +88,7 @@ def test_ranks_train_disjoint_shards_that_cover_each_epoch(reference):
     assert first != second, "each epoch is shuffled anew"
     # the effective batch the course prints is what one optimizer step really consumed
     per_step = {len([row for rows in step.values() for row in rows]) for step in steps}
-    assert per_step == {scale_out.effective_batch(PER_DEVICE, 1, RANKS)}
+    assert per_step == {train.effective_batch(PER_DEVICE, 1, RANKS)}
 
 
 def test_only_rank_0_prints_tracks_and_reports_the_effective_batch(reference, workspace):
@@ -270,36 +270,27 @@ def test_deepspeed_configs_build_a_plugin_without_deepspeed(name, stage):
 
 # --------------------------------------------------------------------------- memory estimates
 
-@pytest.mark.parametrize("size", sorted(scale_out.QWEN3_SIZES))
+@pytest.mark.parametrize("size", sorted(models.QWEN3_SHAPES))
 def test_parameter_counts_match_the_real_architectures(size):
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, Qwen3Config
 
-    from helpers.download import course_lora_config
-    from helpers.models import QWEN3_8B_CONFIG
-
-    arch = scale_out.QWEN3_SIZES[size]
-    config = Qwen3Config(**{**QWEN3_8B_CONFIG, "hidden_size": arch["hidden"], "intermediate_size": arch["intermediate"],
-                            "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
-                            "num_key_value_heads": arch["kv_heads"], "max_window_layers": arch["layers"]})
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    counts = scale_out.qwen3_counts(size)
+    model = models.qwen3_on_meta(size)
+    counts = models.qwen3_counts(size)
     assert sum(p.numel() for p in model.parameters()) == counts["params"]
-    lora = get_peft_model(model, course_lora_config())
+    lora = get_peft_model(model, models.lora_config())
     assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == counts["lora_params"]
     if size == "Qwen3-8B":
         assert counts["lora_params"] == 21_823_488
 
 
 def test_per_gpu_memory_follows_what_each_strategy_shards():
-    from helpers.download import qwen3_8b_on_meta
+    from helpers.models import qwen3_on_meta
 
     one = scale_out.per_gpu_memory_gb("single-gpu", 1)
-    assert one == pytest.approx(estimate_lora_memory_gb(params=scale_out.qwen3_counts("Qwen3-8B")["params"]))
+    assert one == pytest.approx(estimate_lora_memory_gb(params=models.qwen3_counts("Qwen3-8B")["params"]))
     assert one["total"] == pytest.approx(estimate_lora_memory_gb()["total"], abs=0.01)
     # one decoder layer of the real architecture, in bf16: what FSDP / ZeRO-3 gather at a time
-    layer_gb = sum(p.numel() for p in qwen3_8b_on_meta().model.layers[0].parameters()) * 2 / 1e9
+    layer_gb = sum(p.numel() for p in qwen3_on_meta().model.layers[0].parameters()) * 2 / 1e9
     lora_gb = one["LoRA weights + grads + Adam (fp32)"]
     for gpus in (2, 4, 8):
         zero2, fsdp = scale_out.per_gpu_memory_gb("zero2", gpus), scale_out.per_gpu_memory_gb("fsdp", gpus)

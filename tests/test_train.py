@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import checkpoints, train
+from helpers import checkpoints, models, train
 from helpers.workspace import REPO_ROOT
 from tests.conftest import tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER as MEMORISED
@@ -141,7 +141,7 @@ def test_training_arguments_follow_the_spec(tmp_path):
     assert Path(args.output_dir) == spec.paths.run_dir
     assert args.report_to == ["swanlab"] and args.train_sampling_strategy != "group_by_length"
     assert train.training_arguments(tiny_spec_for(tmp_path / "run", overrides=["swanlab=null"])).report_to == []
-    lora = train.lora_config(spec)
+    lora = models.lora_config(spec.lora)
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (spec.lora.r, spec.lora.lora_alpha, spec.lora.lora_dropout)
     assert sorted(lora.target_modules) == sorted(spec.lora.target_modules)
 
@@ -288,12 +288,12 @@ def test_cli_refuses_a_contradiction_and_a_typo_in_one_line(tmp_path):
 
 
 def test_memory_estimate_for_qwen3_8b_rests_on_the_real_architecture():
-    from helpers.download import lora_parameter_line, qwen3_8b_on_meta
+    from helpers.models import lora_parameter_line, qwen3_on_meta
     from helpers.recipes import estimate_lora_memory_gb
 
     with_ckpt = estimate_lora_memory_gb(gradient_checkpointing=True)
     without = estimate_lora_memory_gb(gradient_checkpointing=False)
-    params = sum(p.numel() for p in qwen3_8b_on_meta().parameters())
+    params = sum(p.numel() for p in qwen3_on_meta().parameters())
     assert with_ckpt["weights (bf16)"] == pytest.approx(params * 2 / 1e9, abs=0.01)
     trainable = int(lora_parameter_line().split("trainable params: ")[1].split(" ")[0].replace(",", ""))
     assert with_ckpt["LoRA weights + grads + Adam (fp32)"] == pytest.approx(trainable * 16 / 1e9)

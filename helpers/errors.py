@@ -1,0 +1,57 @@
+"""One error type for everything a learner can cause, and what every ``python -m helpers.<topic>`` does with it.
+
+A known course error (a wrong setting, a missing file, a damaged checkpoint, ...) derives from
+:class:`CourseError`. :func:`run_cli` prints it as one line that says what is wrong and the fix, and
+the command exits 2; a traceback appears only with ``--debug``. Because the check is one base class,
+it also holds when a module runs as ``__main__`` (its own classes are new there, the base is not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+#: exit code of a known course error
+ERROR_EXIT = 2
+
+
+class CourseError(Exception):
+    """Something the learner can fix; the message names it and the fix."""
+
+
+def run_cli(work: Callable[[], int], debug: bool = False) -> int:
+    """Run a CLI's body; course errors become one line on stderr and exit code 2."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CourseError as err:
+        if debug:
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print("(add --debug for the full traceback)", file=sys.stderr)
+        return ERROR_EXIT
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.05), not {value}")
+    return value

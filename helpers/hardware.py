@@ -1,0 +1,70 @@
+"""What this machine has: the one place that asks PyTorch about GPUs and memory."""
+
+from __future__ import annotations
+
+import os
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def gpus() -> list[dict]:
+    """Each CUDA GPU: index, name, total and free memory (GB = 1e9 bytes), capability, bf16 support."""
+    import torch
+
+    found = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            free, total = torch.cuda.mem_get_info(index)
+            found.append({
+                "index": index,
+                "name": props.name,
+                "memory_gb": round(total / 1e9, 1),
+                "free_gb": round(free / 1e9, 1),
+                "capability": f"{props.major}.{props.minor}",
+                "bf16": props.major >= 8,
+            })
+    return found
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated by PyTorch so far (GiB), or this process's resident memory on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def memory_gb() -> tuple[float, float]:
+    """(total, available) system memory in GB."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return vm.total / 1e9, vm.available / 1e9
+
+
+def launched_processes() -> int:
+    """How many processes ``accelerate launch`` / ``torchrun`` started (``WORLD_SIZE``); 1 for a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launch (or a plain run): the one process that prints, plots and tracks."""
+    return int(os.environ.get("RANK", "0")) == 0

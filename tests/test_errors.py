@@ -1,0 +1,147 @@
+"""Every ``python -m helpers.<module>`` turns a known mistake into one line and exit code 2.
+
+Each case runs the module the way ``python -m`` does (``runpy.run_module(name, run_name="__main__")``),
+so the module's own error classes are created anew as ``__main__``'s, the trap that once let
+``DownloadError`` through as a traceback. One case also runs in a fresh Python process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers.errors import ERROR_EXIT, CourseError, run_cli
+from helpers.workspace import REPO_ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
+
+
+def run_as_main(module: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``python -m helpers.<module> argv`` run in this process."""
+    monkeypatch.setattr(sys, "argv", [f"helpers/{module}.py", *argv])
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_module(f"helpers.{module}", run_name="__main__", alter_sys=True)
+    captured = capsys.readouterr()
+    return ended.value.code, captured.out, captured.err
+
+
+def assert_one_line(code: int, err: str, *words: str) -> None:
+    """Exit 2; the error is one line (then the --debug hint), the last thing printed; no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == ERROR_EXIT, err
+    assert "Traceback" not in err
+    assert [line for line in lines if line.startswith("error: ")] == lines[-2:-1], lines
+    assert lines[-1] == "(add --debug for the full traceback)"
+    for word in words:
+        assert word in lines[-2]
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """An empty relocated workspace; no course variable of the developer's shell leaks in."""
+    for name in list(os.environ):
+        if name.startswith("QWEN3_TUTORIAL_"):
+            monkeypatch.delenv(name)
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(folder))
+    monkeypatch.setenv("QWEN3_TUTORIAL_SWANLAB_MODE", "offline")
+    return folder
+
+
+def test_download_without_network_is_one_line(workspace, monkeypatch, capsys, huanhuan_path):
+    import modelscope
+
+    from helpers import workspace as files
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'modelscope.cn'")
+
+    monkeypatch.setattr(modelscope, "snapshot_download", offline)
+    monkeypatch.setattr(files, "free_disk_gb", lambda path: 500.0)
+    monkeypatch.setenv("QWEN3_TUTORIAL_DATASET", str(huanhuan_path))
+    code, out, err = run_as_main("download", ["--profile", "full"], monkeypatch, capsys)
+    assert_one_line(code, err, "Could not download Qwen/Qwen3-8B from ModelScope", "QWEN3_TUTORIAL_MODEL_DIR")
+    assert not (workspace / "models" / "modelscope" / "Qwen" / "Qwen3-8B" / "config.json").exists()
+
+
+def test_data_check_of_a_missing_file(workspace, monkeypatch, capsys):
+    code, _, err = run_as_main("data", ["check", str(workspace / "nope.json")], monkeypatch, capsys)
+    assert_one_line(code, err, "does not exist")
+
+
+def test_environment_check_with_an_unknown_profile(workspace, monkeypatch, capsys):
+    code, _, err = run_as_main("environment", ["check", "--profile", "bogus"], monkeypatch, capsys)
+    assert_one_line(code, err, "'bogus' is not a profile")
+
+
+def test_train_with_a_wrong_type(workspace, monkeypatch, capsys):
+    code, _, err = run_as_main("train", ["--config", "configs/train/tiny.yaml", "--set", "training.learning_rate=fast"],
+                               monkeypatch, capsys)
+    assert_one_line(code, err, "training.learning_rate")
+    assert not (workspace / "checkpoints").exists()
+
+
+def test_evaluate_without_an_adapter_never_trains(workspace, monkeypatch, capsys):
+    code, _, err = run_as_main("evaluate", ["--config", "configs/train/tiny.yaml"], monkeypatch, capsys)
+    assert_one_line(code, err, "python -m helpers.train --config configs/train/tiny.yaml")
+    assert not (workspace / "checkpoints").exists()
+
+
+def test_inference_export_onto_a_file(workspace, monkeypatch, capsys):
+    adapter = workspace / "shared-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}), encoding="utf-8")
+    target = workspace / "model.bin"
+    target.write_bytes(b"the learner's file")
+    code, _, err = run_as_main("inference", ["export", "--config", "configs/train/tiny.yaml", "--checkpoint",
+                                             str(adapter), "--target", str(target)], monkeypatch, capsys)
+    assert_one_line(code, err, "is a file, not a folder")
+    assert target.read_bytes() == b"the learner's file"
+
+
+def test_reset_all_without_a_terminal(workspace, monkeypatch, capsys):
+    model = workspace / "models" / "tiny-qwen3" / "config.json"
+    model.parent.mkdir(parents=True)
+    model.write_text("{}", encoding="utf-8")
+    code, _, err = run_as_main("reset", ["--all"], monkeypatch, capsys)
+    assert_one_line(code, err, "--force")
+    assert model.is_file()
+
+
+def test_run_cli_only_shortens_course_errors():
+    class Mine(CourseError):
+        pass
+
+    assert run_cli(lambda: (_ for _ in ()).throw(Mine("a\nb"))) == ERROR_EXIT
+    with pytest.raises(Mine):
+        run_cli(lambda: (_ for _ in ()).throw(Mine("x")), debug=True)
+    with pytest.raises(ZeroDivisionError):  # a bug stays a traceback
+        run_cli(lambda: 1 / 0)
+
+
+def test_download_in_a_fresh_process_is_one_line(tmp_path, huanhuan_path):
+    """``python -m helpers.download --profile full`` in its own process, ModelScope unreachable."""
+    bootstrap = (
+        "import runpy, sys, modelscope\n"
+        "def offline(*a, **k):\n"
+        "    raise ConnectionError(\"Failed to resolve 'modelscope.cn'\")\n"
+        "modelscope.snapshot_download = offline\n"
+        "sys.argv = ['helpers/download.py', '--profile', 'full']\n"
+        "runpy.run_module('helpers.download', run_name='__main__', alter_sys=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TUTORIAL_")}
+    env.update(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"), QWEN3_TUTORIAL_DATASET=str(huanhuan_path),
+               PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-c", bootstrap], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    free = shutil.disk_usage(tmp_path).free / 1e9
+    expected = "Could not download" if free > 40 else "GB free where the workspace lives"
+    assert_one_line(result.returncode, result.stderr, expected)
+    assert not (tmp_path / "ws" / "models" / "modelscope" / "Qwen" / "Qwen3-8B" / "config.json").exists()
