@@ -11,7 +11,7 @@ on the real dataset. Stages, each with its wall time and its own peak memory
 
 1. ``train_bf16`` - bf16 LoRA, N optimizer steps, through the course's step functions
    (``helpers.train``: training_data, load_model_for_training, add_lora, build_trainer), saving checkpoint-N;
-2. ``resume``     - a new process state resumes from checkpoint-N (``train.resume_point``) for R more steps;
+2. ``resume``     - a new process state resumes from checkpoint-N (``runs.resume_point``) for R more steps;
 3. ``generate``   - ``inference.load_finetuned`` + ``inference.stream_generate`` (greedy), checked against
    ``inference.generate``;
 4. ``merge``      - ``merge_and_unload`` on the loaded model; logits before and after must agree;
@@ -38,6 +38,7 @@ import time
 import traceback
 from pathlib import Path
 
+from helpers import data, runs
 from helpers.workspace import REPO_ROOT, display_path
 
 from .common import as_train_dataset, versions, write_result
@@ -183,7 +184,7 @@ def train_steps(spec, resume_from: Path | None = None) -> tuple[object, dict]:
         "losses": losses,
         "memory_gib_logged": max(memory_log) if memory_log else None,
         "trainable_parameters": trainable,
-        "effective_batch_size": train.effective_batch(trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps, trainer.args.world_size),
+        "effective_batch_size": runs.effective_batch(trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps, trainer.args.world_size),
         "activation_checkpointing": bool(spec.training.get("activation_checkpointing")),
     }
 
@@ -215,7 +216,7 @@ def stage_train(check: Check, spec, steps: int) -> dict:
 
 
 def _sample_log_rows(spec) -> list[list[int]]:
-    from helpers.train import SAMPLE_LOG
+    from helpers.runs import SAMPLE_LOG
 
     path = spec.paths.run_dir / SAMPLE_LOG
     if not path.is_file():
@@ -224,18 +225,17 @@ def _sample_log_rows(spec) -> list[list[int]]:
 
 
 def stage_resume(check: Check, spec, steps: int, more: int) -> dict:
-    from helpers import train
 
     if "checkpoint" not in check.state:
         raise RuntimeError("needs the checkpoint of train_bf16, which failed")
     calls_before = len(_sample_log_rows(spec))
-    point = train.resume_point(spec, True)
+    point = runs.resume_point(spec, True)
     if point is None or point.name != f"checkpoint-{steps}":
         raise RuntimeError(f"resume_point found {point}, expected checkpoint-{steps}")
     trainer, info = train_steps(spec, resume_from=point)
     after = [step for step, _ in info["losses"] if step > steps]
     rows = _sample_log_rows(spec)[calls_before:]
-    latest = train.resume_point(spec, True)
+    latest = runs.resume_point(spec, True)
     check.state["checkpoint"] = latest
     del trainer
     _drop(check.state)
@@ -269,7 +269,7 @@ def stage_generate(check: Check, spec, max_new_tokens: int) -> dict:
     return {"adapter": loaded.checkpoint.name, "notes": loaded.notes, "load_s": round(load_s, 2),
             "pieces": len(pieces), "new_tokens": new_tokens, "first_piece_s": round(first or 0.0, 3),
             "stream_s": round(stream_s, 3), "tokens_per_s": round(new_tokens / stream_s, 2) if stream_s else None,
-            "same_as_generate": inference.split_thinking(text) == whole,
+            "same_as_generate": data.split_thinking(text) == whole,
             "text": text[:200]}
 
 
@@ -417,7 +417,8 @@ def spec_for(args, workdir: Path, dataset: Path | None, run: str, extra: tuple[s
     A scratch workspace keeps the check's model folder, encoded data, checkpoints and export out of the
     learner's workspace; no settings file and no SwanLab.
     """
-    from helpers.spec import DATASET_ENV, WORKSPACE_ENV, build_spec
+    from helpers.settings import DATASET_ENV, WORKSPACE_ENV
+    from helpers.spec import build_spec
 
     env = {WORKSPACE_ENV: str(workdir / "workspace")}
     if dataset is not None:

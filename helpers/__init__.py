@@ -9,7 +9,8 @@ The modules form layers; an import only ever points down a layer or sideways wit
 
 1. foundation - ``errors`` (``CourseError``, the CLI runner), ``workspace`` (paths, atomic writes,
    sha256, free disk), ``hardware`` (GPUs, memory, launch ranks);
-2. config - ``profiles``, ``spec`` (every setting resolved once into a frozen ``RunSpec``);
+2. config - ``profiles``, ``settings`` (environment and settings file), ``spec`` (every setting resolved
+   once into a frozen ``RunSpec``);
 3. domain - ``validation``, ``data_files``, ``padding``, ``data`` (records, the held-out split, the
    encoded files, encoding), ``original``, ``chat_template``, ``models`` (shapes, loading, LoRA
    config), ``checkpoints``, ``tracking``, ``recipes``;

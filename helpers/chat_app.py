@@ -132,17 +132,7 @@ class ChatApp:
         has_adapter = hasattr(model, "disable_adapter")
         self.adapter = widgets.Checkbox(value=has_adapter, disabled=not has_adapter, indent=False,
                                         description="LoRA 适配器" if has_adapter else "LoRA 适配器（未加载）")
-        self.do_sample = widgets.Checkbox(value=settings.do_sample, description="采样（关 = 贪心）", indent=False)
-        slider = {"continuous_update": False, "style": {"description_width": "120px"},
-                  "layout": widgets.Layout(width="360px")}
-        self.temperature = widgets.FloatSlider(value=settings.temperature, min=0.05, max=2.0, step=0.05,
-                                               description="temperature", **slider)
-        self.top_p = widgets.FloatSlider(value=settings.top_p, min=0.05, max=1.0, step=0.05,
-                                         description="top_p", **slider)
-        self.top_k = widgets.IntSlider(value=settings.top_k, min=0, max=100, description="top_k", **slider)
-        self.max_new_tokens = widgets.IntSlider(value=settings.max_new_tokens, min=16, max=4096, step=16,
-                                                description="max_new_tokens", **slider)
-        self._min_p = settings.min_p
+        self._decoding_controls(settings)
 
         for name, widget in (("transcript", self.transcript), ("input", self.message),
                              ("send", self.send_button), ("stop", self.stop_button),
@@ -166,6 +156,19 @@ class ChatApp:
         self.widget = widgets.VBox([self.transcript, self.message, buttons, self.status, controls],
                                    layout=widgets.Layout(width="100%", max_width="760px"))
         self.widget.add_class(CSS["app"])
+
+    def _decoding_controls(self, settings: GenerationSettings) -> None:
+        self.do_sample = widgets.Checkbox(value=settings.do_sample, description="采样（关 = 贪心）", indent=False)
+        slider = {"continuous_update": False, "style": {"description_width": "120px"},
+                  "layout": widgets.Layout(width="360px")}
+        self.temperature = widgets.FloatSlider(value=settings.temperature, min=0.05, max=2.0, step=0.05,
+                                               description="temperature", **slider)
+        self.top_p = widgets.FloatSlider(value=settings.top_p, min=0.05, max=1.0, step=0.05,
+                                         description="top_p", **slider)
+        self.top_k = widgets.IntSlider(value=settings.top_k, min=0, max=100, description="top_k", **slider)
+        self.max_new_tokens = widgets.IntSlider(value=settings.max_new_tokens, min=16, max=4096, step=16,
+                                                description="max_new_tokens", **slider)
+        self._min_p = settings.min_p
 
     # ------------------------------------------------------------------ display
 

@@ -189,3 +189,35 @@ def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | No
     for old in removed:
         shutil.rmtree(old, ignore_errors=True)
     return target, removed
+
+
+# --------------------------------------------------------------------------- no machine paths in what is shared
+
+
+def share_safe_adapter_config(folder: Path, base_model: str) -> None:
+    """Replace the machine path PEFT wrote as ``base_model_name_or_path`` (in ``adapter_config.json`` and the
+    model card ``README.md``) with the hub id or a workspace path.
+
+    Done after saving, not by renaming the model before training: PEFT reads the base model's config
+    from that name at every save, and a name that is no local folder would send it to the Hub.
+    """
+    path = Path(folder) / "adapter_config.json"
+    if path.is_file():
+        config = json.loads(path.read_text(encoding="utf-8"))
+        machine_path = config.get("base_model_name_or_path")
+        config["base_model_name_or_path"] = base_model
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        card = Path(folder) / "README.md"
+        if machine_path and machine_path != base_model and card.is_file():
+            card.write_text(card.read_text(encoding="utf-8").replace(machine_path, base_model), encoding="utf-8")
+
+
+def share_safe_trainer_state(folder: Path) -> None:
+    """``trainer_state.json`` names the best checkpoint by its folder name, not by a machine path."""
+    path = Path(folder) / "trainer_state.json"
+    if path.is_file():
+        state = json.loads(path.read_text(encoding="utf-8"))
+        best = state.get("best_model_checkpoint")
+        if best and Path(best).is_absolute():
+            state["best_model_checkpoint"] = Path(best).name
+            path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")

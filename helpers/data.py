@@ -40,6 +40,7 @@ from .workspace import UnsafeWriteError, display_path, refuse_same_file
 
 IGNORE_INDEX = -100
 END_TOKEN = "<|im_end|>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 # --------------------------------------------------------------------------- encoding
@@ -268,6 +269,31 @@ def plot_token_lengths(lengths: Sequence[int], max_length: int = DEFAULT_MAX_LEN
     return fig
 
 
+
+
+# --------------------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One generated answer, split into its reasoning and the answer proper."""
+
+    text: str          # everything generated (special tokens removed; <think> tags are ordinary text)
+    thinking: str      # inside <think>...</think> ("" without thinking)
+    content: str       # the answer; only this goes into the chat history
+    finished: bool     # False while streaming, or when <think> never closed
+
+
+def split_thinking(text: str) -> Reply:
+    """Split ``<think>...</think>`` off a (possibly partial) reply."""
+    stripped = text.lstrip()
+    if not stripped.startswith(THINK_OPEN) and THINK_CLOSE not in text:
+        return Reply(text, "", text.strip(), True)
+    body = stripped[len(THINK_OPEN):] if stripped.startswith(THINK_OPEN) else stripped
+    if THINK_CLOSE not in body:  # still thinking (or the reasoning never finished)
+        return Reply(text, body.strip(), "", False)
+    thinking, content = body.split(THINK_CLOSE, 1)
+    return Reply(text, thinking.strip(), content.strip(), True)
 
 
 # --------------------------------------------------------------------------- user text stays text

@@ -27,7 +27,8 @@ from .download import BUDGET_TOTAL, disk_budget_gb
 from .errors import run_cli
 from .hardware import gpus, memory_gb
 from .recipes import choose_recipe
-from .spec import SETTINGS_FILE, SETTINGS_KEYS, SpecError, build_spec, read_settings_file
+from .settings import SETTINGS_FILE, SETTINGS_KEYS, SpecError, read_settings_file
+from .spec import build_spec
 from .workspace import REPO_ROOT, atomic_path, display_path, free_disk_gb
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
@@ -204,7 +205,6 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
 
 
 def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reachable, memory) -> list[Check]:
-
     checks = []
     versions = package_versions() if versions is None else versions
     pins = pinned_versions() if pins is None else pins
@@ -221,23 +221,7 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
                         "make venv   (or: pip install -r requirements.txt)"))
     gpu_list = gpus() if gpu_list is None else gpu_list
     gpu_profile = spec.profile.needs_gpu or spec.profile.name == "random8b"
-    if gpu_profile:
-        if not gpu_list:
-            checks.append(Check("gpu", False, "没有找到 CUDA GPU",
-                                "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny"))
-        else:
-
-            gpu = gpu_list[0]
-            recipe, why = choose_recipe(gpu["memory_gb"])
-            held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
-            ok = recipe is not None and held < 2
-            detail = f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}; {why}"
-            fix = "" if ok else ("a previous kernel holds GPU memory: shut it down (nvidia-smi shows it)"
-                                 if recipe is not None else "rent a card with more memory")
-            checks.append(Check("gpu", ok, detail + (f"；已有 {held:.1f} GB 被占用" if held >= 2 else ""), fix))
-    else:
-        checks.append(Check("gpu", True, f"{spec.profile.name} 档位不需要 GPU"
-                            + (f"（找到 {len(gpu_list)} 块）" if gpu_list else "")))
+    checks.append(_gpu_check(spec, gpu_list, gpu_profile))
     total, available = memory_gb() if memory is None else memory
     need_memory = MEMORY_NEEDED_GB["gpu" if gpu_profile else "cpu"]
     checks.append(Check("memory", available >= need_memory,
@@ -245,35 +229,58 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
                         "close other programs and notebooks' kernels, or rent a machine with more memory"))
     free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
-    need = disk_budget_gb(model_present)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
+    need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
     checks.append(Check("disk", free >= need, f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，"
                         f"需要 {need:.1f} GB",
                         "put the workspace on the data disk: python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace"))
-    if model_present:
-        checks.append(Check("model", True, f"已在 {display_path(spec.paths.model_dir)}"))
-    elif spec.profile.source == "modelscope":
-        checks.append(Check("model", False, f"还没有下载（{display_path(spec.paths.model_dir)}）",
-                            f"python -m helpers.download --profile {spec.profile.name}   (16.4 GB, before class)"))
-    else:
-        checks.append(Check("model", True, "第一次使用时在本机构建（不需要下载）"))
-    dataset = spec.paths.dataset
-    if dataset.is_file():
-        checks.append(Check("dataset", True, f"已在 {display_path(dataset)}"))
-    elif "dataset" in spec.origin:  # a file the user named: a download would not put it there
-        checks.append(Check("dataset", False, f"{display_path(dataset)} 不存在（{spec.origin['dataset']}）",
-                            "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
-    else:
-        reachable = dataset_reachable() if dataset_reachable is not None else _dataset_reachable()
-        checks.append(Check("dataset", reachable, f"还没有下载；{'可以下载' if reachable else '网络不通，无法下载'}",
-                            "copy huanhuan.json (0.9 MB) onto the machine, then: python -m helpers.environment "
-                            "setup --dataset /path/to/huanhuan.json"))
+    checks += _files_checks(spec, model_present, dataset_reachable)
     checks.append(Check("swanlab", True, f"模式 {spec.swanlab.mode}"
                         + ("" if spec.swanlab.mode == "online" else "（记录留在本机，之后可以 `swanlab sync` 上传）")))
     kernel = kernel_registered() if kernel is None else kernel
     checks.append(Check("kernel", kernel, f"Jupyter 内核 {KERNEL_NAME!r} " + ("已注册" if kernel else "没有注册"),
                         f"make kernel   (then pick “{KERNEL_DISPLAY}” in JupyterLab: Kernel → Change Kernel)"))
     return checks
+
+
+def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
+    if not gpu_profile:
+        return Check("gpu", True, f"{spec.profile.name} 档位不需要 GPU"
+                     + (f"（找到 {len(gpu_list)} 块）" if gpu_list else ""))
+    if not gpu_list:
+        return Check("gpu", False, "没有找到 CUDA GPU",
+                     "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny")
+    gpu = gpu_list[0]
+    recipe, why = choose_recipe(gpu["memory_gb"])
+    held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
+    ok = recipe is not None and held < 2
+    detail = f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}; {why}"
+    fix = "" if ok else ("a previous kernel holds GPU memory: shut it down (nvidia-smi shows it)"
+                         if recipe is not None else "rent a card with more memory")
+    return Check("gpu", ok, detail + (f"；已有 {held:.1f} GB 被占用" if held >= 2 else ""), fix)
+
+
+def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
+    out = []
+    if model_present:
+        out.append(Check("model", True, f"已在 {display_path(spec.paths.model_dir)}"))
+    elif spec.profile.source == "modelscope":
+        out.append(Check("model", False, f"还没有下载（{display_path(spec.paths.model_dir)}）",
+                               f"python -m helpers.download --profile {spec.profile.name}   (16.4 GB, before class)"))
+    else:
+        out.append(Check("model", True, "第一次使用时在本机构建（不需要下载）"))
+    dataset = spec.paths.dataset
+    if dataset.is_file():
+        out.append(Check("dataset", True, f"已在 {display_path(dataset)}"))
+    elif "dataset" in spec.origin:  # a file the user named: a download would not put it there
+        out.append(Check("dataset", False, f"{display_path(dataset)} 不存在（{spec.origin['dataset']}）",
+                               "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
+    else:
+        reachable = dataset_reachable() if dataset_reachable is not None else _dataset_reachable()
+        out.append(Check("dataset", reachable, f"还没有下载；{'可以下载' if reachable else '网络不通，无法下载'}",
+                               "copy huanhuan.json (0.9 MB) onto the machine, then: python -m helpers.environment "
+                               "setup --dataset /path/to/huanhuan.json"))
+    return out
 
 
 def _dataset_reachable() -> bool:

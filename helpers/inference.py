@@ -20,7 +20,6 @@ The ipywidgets chat built on top of this lives in :mod:`helpers.chat_app`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import shutil
@@ -32,9 +31,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import checkpoints
-from .data import prompt_ids_as_text, render_prompt
+from .data import Reply, prompt_ids_as_text, render_prompt, split_thinking
 from .errors import CourseError, run_cli
-from .models import compute_dtype, ensure_random_weights, load_base_model, load_tokenizer, require_model_dir
+from .models import (
+    adapter_switch,
+    compute_dtype,
+    ensure_random_weights,
+    load_base_model,
+    load_tokenizer,
+    require_model_dir,
+)
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
 from .workspace import MissingArtifactError, display_path, how_to_make
 
@@ -43,7 +49,6 @@ QWEN3_SAMPLING = {
     True: {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0},   # thinking on
     False: {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0},   # thinking off
 }
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 DEFAULT_MAX_NEW_TOKENS = 512
 
 
@@ -208,19 +213,6 @@ def load_finetuned(spec, checkpoint: str | Path | None = None) -> Loaded:
     return Loaded(model, tokenizer, path, recipe, notes)
 
 
-def describe_model(loaded: Loaded) -> dict[str, str]:
-    """Where the weights are and what they hold, for a printout."""
-    model = loaded.model
-    param = next(model.parameters())
-    adapters = getattr(model, "peft_config", {})
-    return {
-        "checkpoint": display_path(loaded.checkpoint),
-        "device": str(param.device),
-        "dtype": str(param.dtype).replace("torch.", ""),
-        "adapter": ", ".join(f"{name}: r={cfg.r}, alpha={cfg.lora_alpha}" for name, cfg in adapters.items()),
-    }
-
-
 # --------------------------------------------------------------------------- prompts
 
 
@@ -238,28 +230,6 @@ def render_chat(tokenizer, messages: list[dict], enable_thinking: bool = False) 
     return render_prompt(tokenizer, messages, enable_thinking=enable_thinking)
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One generated answer, split into its reasoning and the answer proper."""
-
-    text: str          # everything generated (special tokens removed; <think> tags are ordinary text)
-    thinking: str      # inside <think>...</think> ("" without thinking)
-    content: str       # the answer; only this goes into the chat history
-    finished: bool     # False while streaming, or when <think> never closed
-
-
-def split_thinking(text: str) -> Reply:
-    """Split ``<think>...</think>`` off a (possibly partial) reply."""
-    stripped = text.lstrip()
-    if not stripped.startswith(THINK_OPEN) and THINK_CLOSE not in text:
-        return Reply(text, "", text.strip(), True)
-    body = stripped[len(THINK_OPEN):] if stripped.startswith(THINK_OPEN) else stripped
-    if THINK_CLOSE not in body:  # still thinking (or the reasoning never finished)
-        return Reply(text, body.strip(), "", False)
-    thinking, content = body.split(THINK_CLOSE, 1)
-    return Reply(text, thinking.strip(), content.strip(), True)
-
-
 # --------------------------------------------------------------------------- generation
 
 
@@ -273,15 +243,6 @@ class StopOnEvent:
         import torch
 
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def adapter_switch(model, adapter: bool):
-    """Context in which the LoRA adapter is on (``adapter=True``) or off (PEFT's ``disable_adapter``)."""
-    if adapter:
-        return contextlib.nullcontext()
-    if not hasattr(model, "disable_adapter"):
-        raise ValueError("adapter=False needs a PEFT model (load it with load_finetuned).")
-    return model.disable_adapter()
 
 
 class PromptTooLongError(CourseError, ValueError):

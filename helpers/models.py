@@ -7,6 +7,7 @@ plus weights for ``full`` and ``tiny``), so loading looks the same everywhere:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -15,8 +16,6 @@ from .errors import CourseError
 from .hardware import default_device, gpus
 from .spec import LoraSpec
 from .workspace import MissingArtifactError, display_path, how_to_make, sha256_file
-
-MODEL_ID = "Qwen/Qwen3-8B"
 
 #: What every Qwen3 dense model's published config.json shares.
 QWEN3_COMMON = {
@@ -172,10 +171,6 @@ class GpuPlacementError(CourseError, RuntimeError):
     """Part of the model landed on the CPU or disk: training would crawl or fail."""
 
 
-class PrecisionError(CourseError, RuntimeError):
-    """The requested precision is not available on this GPU."""
-
-
 def bf16_supported() -> bool:
     import torch
 
@@ -183,11 +178,12 @@ def bf16_supported() -> bool:
 
 
 def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
-    """The dtype to load (and compute) in: the profile's, with fp16 where a GPU has no bf16 (V100, T4)."""
+    """The dtype to load (and compute) in: the profile's, with fp16 where a GPU has no bf16 (V100, T4), and
+    the profile's CPU dtype without CUDA (``small`` trains in fp32 on a laptop)."""
     import torch
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    wanted = getattr(torch, spec.profile.dtype)
+    wanted = getattr(torch, spec.profile.cpu_dtype if spec.profile.cpu_dtype and not cuda else spec.profile.dtype)
     if wanted is torch.bfloat16 and cuda and not (bf16_supported() if bf16 is None else bf16):
         return torch.float16
     return wanted
@@ -195,8 +191,6 @@ def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
 
 def attention_implementation() -> str:
     """``flash_attention_2`` when the package imports (and CUDA is there), else PyTorch's ``sdpa``."""
-    import importlib.util
-
     import torch
 
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
@@ -378,3 +372,12 @@ def course_tokenizer(model_dir: Path | None = None):
     verify_tokenizer_files()
     folder = offline_tokenizer_dir()
     return AutoTokenizer.from_pretrained(folder), folder
+
+
+def adapter_switch(model, adapter: bool):
+    """Context in which the LoRA adapter is on (``adapter=True``) or off (PEFT's ``disable_adapter``)."""
+    if adapter:
+        return contextlib.nullcontext()
+    if not hasattr(model, "disable_adapter"):
+        raise ValueError("adapter=False needs a PEFT model (load it with inference.load_finetuned).")
+    return model.disable_adapter()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .models import qwen3_counts
-from .spec import SpecError
+from .settings import SpecError
 
 #: Qwen3-8B's shape (params, lora_params, embedding_params, hidden, layers, vocab), from the course's shape table
 QWEN3_8B = qwen3_counts("Qwen3-8B")

@@ -24,7 +24,8 @@ from pathlib import Path
 from .checkpoints import LOCK_FILE
 from .errors import CourseError, run_cli
 from .profiles import PROFILES
-from .spec import course_settings, resolve_paths
+from .settings import course_settings
+from .spec import resolve_paths
 from .workspace import display_path
 
 #: folders under the workspace that the course makes and can make again

@@ -23,7 +23,7 @@ from pathlib import Path
 from .download import build_tiny_model
 from .models import qwen3_counts
 from .recipes import estimate_lora_memory_gb
-from .train import SAMPLE_LOG
+from .runs import SAMPLE_LOG
 from .workspace import REPO_ROOT
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"

@@ -24,49 +24,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from .errors import CourseError
 from .hardware import cuda_available
 from .profiles import PROFILES, Profile
+from .settings import PROFILE_ENV, SETTINGS_FILE, SpecError, course_settings, resolve_swanlab_mode, suggest
 from .workspace import REPO_ROOT, display_path, shareable_path
-
-# --------------------------------------------------------------------------- names of the settings
-
-PROFILE_ENV = "QWEN3_TUTORIAL_PROFILE"
-WORKSPACE_ENV = "QWEN3_TUTORIAL_WORKSPACE"
-MODEL_DIR_ENV = "QWEN3_TUTORIAL_MODEL_DIR"
-DATASET_ENV = "QWEN3_TUTORIAL_DATASET"
-ADAPTER_DIR_ENV = "QWEN3_TUTORIAL_ADAPTER_DIR"
-SWANLAB_MODE_ENV = "QWEN3_TUTORIAL_SWANLAB_MODE"
-
-#: The git-ignored settings file at the repository root (YAML, flat keys).
-SETTINGS_FILE = REPO_ROOT / "course-settings.yaml"
-#: settings-file key -> environment variable that beats it
-SETTINGS_KEYS = {
-    "profile": PROFILE_ENV,
-    "workspace": WORKSPACE_ENV,
-    "model_dir": MODEL_DIR_ENV,
-    "dataset": DATASET_ENV,
-    "adapter_dir": ADAPTER_DIR_ENV,
-    "swanlab_mode": SWANLAB_MODE_ENV,
-}
 
 CONFIG_DIR = REPO_ROOT / "configs" / "train"
 DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
 DEFAULT_MAX_LENGTH = 1024
-SWANLAB_MODES = ("offline", "online", "local", "disabled")
 BATCHINGS = ("packed", "padded", "grouped")
 QUANTIZATIONS = (None, "nf4")
-
-
-class SpecError(CourseError, ValueError):
-    """A course setting is wrong; the message names the setting and the fix."""
 
 
 # --------------------------------------------------------------------------- typed sections
@@ -166,41 +139,6 @@ class RunSpec:
         return self.replace(paths=dataclasses.replace(self.paths, run_dir=Path(run_dir).expanduser().resolve()))
 
 
-# --------------------------------------------------------------------------- settings file and environment
-
-
-def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
-    """The settings file's values ({} when there is none)."""
-    import yaml
-
-    if not Path(path).is_file():
-        return {}
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise SpecError(f"{display_path(path)} is not valid YAML ({err}). Fix or delete it.") from None
-    if not isinstance(values, dict):
-        raise SpecError(f"{display_path(path)} must hold `key: value` lines.")
-    unknown = sorted(set(values) - set(SETTINGS_KEYS))
-    if unknown:
-        raise SpecError(f"{display_path(path)}: unknown setting {unknown[0]!r}{_suggest(unknown[0], SETTINGS_KEYS)}. "
-                        f"Known: {', '.join(SETTINGS_KEYS)}.")
-    return {k: str(v) for k, v in values.items() if v not in (None, "")}
-
-
-def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | None = SETTINGS_FILE) -> dict:
-    """Each setting's value and where it came from: {key: (value, origin)}; environment beats the file."""
-    env = os.environ if env is None else env
-    from_file = read_settings_file(settings_file) if settings_file else {}
-    out = {}
-    for key, variable in SETTINGS_KEYS.items():
-        if env.get(variable, "").strip():
-            out[key] = (env[variable].strip(), f"环境变量 {variable}")
-        elif key in from_file:
-            out[key] = (from_file[key], f"设置文件 {display_path(settings_file)}")
-    return out
-
-
 # --------------------------------------------------------------------------- the precedence rule
 
 
@@ -233,11 +171,6 @@ def choose_profile(requested: str | None, file_profile: str | None, *, cuda: boo
 
 
 # --------------------------------------------------------------------------- config validation
-
-
-def _suggest(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 TOP_LEVEL_KEYS = ("profile", "data", "batching", "quantization", "lora", "training", "swanlab", "output_dir")
@@ -317,7 +250,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     out = {}
     for key, value in config.items():
         if key not in TOP_LEVEL_KEYS:
-            raise SpecError(f"{source}: unknown key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}")
+            raise SpecError(f"{source}: unknown key {key!r}{suggest(key, TOP_LEVEL_KEYS)}")
         out[key] = value
     from transformers import TrainingArguments
 
@@ -333,7 +266,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
         for key, value in values.items():
             if key not in actions:
                 known = " (training takes transformers.TrainingArguments keys)" if section == "training" else ""
-                raise SpecError(f"{source}: unknown key {section}.{key}{_suggest(key, actions)}{known}")
+                raise SpecError(f"{source}: unknown key {section}.{key}{suggest(key, actions)}{known}")
             if key == "target_modules":
                 if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
                     raise SpecError(f"{source}: lora.target_modules must be a list of module names")
@@ -385,6 +318,8 @@ def read_config(path: Path) -> dict:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise SpecError(f"--config {display_path(path)} is not valid YAML: {err}") from None
+    if config is not None and not isinstance(config, dict):
+        raise SpecError(f"{display_path(path)}: a training config is a YAML mapping")
     return config or {}
 
 
@@ -394,6 +329,29 @@ def read_config(path: Path) -> dict:
 def _absolute(path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
     return path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def config_path(config: str | os.PathLike) -> Path:
+    """A config given on the command line: absolute, relative to the working directory, or to the repository."""
+    path = Path(config).expanduser()
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
+    return path.resolve()
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """A copy of the config with each ``--set section.key=value`` applied."""
+    raw = dict(raw)
+    for keys, value in parse_overrides(overrides):
+        target = raw
+        for part in keys[:-1]:
+            section = target.get(part)
+            target[part] = dict(section) if isinstance(section, dict) else ({} if section is None else section)
+            target = target[part]
+            if not isinstance(target, dict):
+                raise SpecError(f"--set {'.'.join(keys)}: {part} is not a section")
+        target[keys[-1]] = value
+    return raw
 
 
 def build_spec(
@@ -422,35 +380,16 @@ def build_spec(
         requested_origin = f"profile in {display_path(settings_file)}"
 
     if config is not None:
-        path = Path(config).expanduser()
-        if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-            path = REPO_ROOT / path
-        path = path.resolve()
+        path = config_path(config)
         raw = read_config(path)
-        if not isinstance(raw, dict):
-            raise SpecError(f"{display_path(path)}: a training config is a YAML mapping")
-        file_profile = raw.get("profile")
-        chosen, why = choose_profile(requested, file_profile, cuda=cuda, requested_origin=requested_origin,
+        chosen, why = choose_profile(requested, raw.get("profile"), cuda=cuda, requested_origin=requested_origin,
                                      config_file=path)
     else:
         chosen, why = choose_profile(requested, None, cuda=cuda, requested_origin=requested_origin)
         path = CONFIG_DIR / f"{chosen.train_config}.yaml"
         raw = read_config(path)
-    raw = dict(raw)
-    for keys, value in parse_overrides(overrides):
-        target = raw
-        for part in keys[:-1]:
-            nxt = target.get(part)
-            if not isinstance(nxt, dict):
-                nxt = {} if nxt is None else nxt
-                target[part] = dict(nxt) if isinstance(nxt, dict) else nxt
-            target[part] = dict(target[part]) if isinstance(target[part], dict) else target[part]
-            target = target[part]
-            if not isinstance(target, dict):
-                raise SpecError(f"--set {'.'.join(keys)}: {part} is not a section")
-        target[keys[-1]] = value
     source = display_path(path) + (" with --set " + " ".join(overrides) if overrides else "")
-    checked = validate_config(raw, source=source)
+    checked = validate_config(apply_overrides(raw, overrides), source=source)
     missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked["training"]]
     if missing:
         raise SpecError(f"{display_path(path)}: training.{missing[0]} is missing (every training config sets "
@@ -460,13 +399,8 @@ def build_spec(
         chosen, why = choose_profile(requested, checked["profile"], cuda=cuda, requested_origin=requested_origin,
                                      config_file=path)
 
-    swanlab_raw = checked.get("swanlab") or {}
-    swanlab = SwanLabSpec(
-        project=swanlab_raw.get("project", SwanLabSpec.project),
-        experiment_name=swanlab_raw.get("experiment_name", SwanLabSpec.experiment_name),
-        mode=resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env),
-        enabled=swanlab_raw.get("enabled", True) and bool(checked.get("swanlab")),
-    )
+    swanlab = SwanLabSpec(**{"enabled": bool(checked.get("swanlab")), **(checked.get("swanlab") or {}),
+                             "mode": resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env)})
     paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"))
     return RunSpec(
         profile=chosen,
@@ -482,45 +416,13 @@ def build_spec(
     )
 
 
-def resolve_swanlab_mode(forced: str | None, env: Mapping[str, str]) -> str:
-    """offline | online | local | disabled: a forced mode, else online when a key is known."""
-    forced = (forced or "").strip().lower()
-    has_key = bool(env.get("SWANLAB_API_KEY")) or saved_swanlab_login()
-    if forced:
-        if forced not in SWANLAB_MODES:
-            raise SpecError(f"{SWANLAB_MODE_ENV}={forced!r}: choose one of {', '.join(SWANLAB_MODES)}")
-        if forced == "online" and not has_key:
-            raise SpecError(
-                "SwanLab online mode needs an API key: run `swanlab login` in a terminal once (it is saved "
-                f"for every kernel), or set SWANLAB_API_KEY. Or choose {SWANLAB_MODE_ENV}=offline."
-            )
-        return forced
-    return "online" if has_key else "offline"
-
-
-def saved_swanlab_login() -> bool:
-    """Whether `swanlab login` saved a key for this project or user (swanlab's own .netrc, read by swanlab)."""
-    try:
-        from swanlab.sdk.internal.pkg import nrc
-        from swanlab.sdk.internal.settings import Settings
-    except ImportError:  # another swanlab version: no saved key is assumed
-        return False
-    for folder in (Settings.get_pwd_config_dir(), Settings.get_user_config_dir()):
-        try:
-            if (folder / ".netrc").is_file() and nrc.read(folder / ".netrc"):
-                return True
-        except Exception:  # noqa: BLE001 - an unreadable file is no key
-            continue
-    return False
-
-
 def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None) -> Paths:
     workspace = _absolute(settings["workspace"][0]) if "workspace" in settings else REPO_ROOT / "workspace"
     models = workspace / "models"
     if "model_dir" in settings and profile.source == "modelscope":
         model_dir = _absolute(settings["model_dir"][0])
     elif profile.source == "modelscope":
-        model_dir = models / "modelscope" / "Qwen" / "Qwen3-8B"
+        model_dir = models / "modelscope" / "Qwen" / profile.model
     else:
         model_dir = models / profile.model_dirname
     if "dataset" in settings:

@@ -20,6 +20,7 @@ Facts of swanlab 0.10.3 handled here:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from collections import defaultdict
@@ -170,3 +171,45 @@ def read_scalars(run_folder: str | os.PathLike) -> dict[str, list[tuple[int, flo
     finally:
         reader.close()
     return dict(out)
+
+
+# --------------------------------------------------------------------------- no machine paths in the run's config
+
+
+@contextlib.contextmanager
+def _shareable_model_names(model, name: str):
+    """While SwanLab copies the model's config: the base model's name (hub id or workspace path), not its folder."""
+    config = getattr(model, "config", None)
+    peft_configs = list((getattr(model, "peft_config", None) or {}).values())
+    saved = (getattr(config, "_name_or_path", None), [c.base_model_name_or_path for c in peft_configs])
+    try:
+        if config is not None:
+            config._name_or_path = name
+        for peft_config in peft_configs:
+            peft_config.base_model_name_or_path = name
+        yield
+    finally:
+        if config is not None:
+            config._name_or_path = saved[0]
+        for peft_config, old in zip(peft_configs, saved[1], strict=True):
+            peft_config.base_model_name_or_path = old
+
+
+def share_safe_swanlab(trainer, base_model: str, shareable_args) -> None:
+    """transformers' SwanLab callback logs ``args.to_dict()`` and the model's config into the run's config
+    (``output_dir`` and ``_name_or_path``: machine paths, uploaded by ``swanlab sync``); swap it for one that
+    logs ``shareable_args(args)`` (no machine path) and ``base_model`` (hub id or workspace path) (its documented extension point is
+    ``setup``)."""
+    if "swanlab" not in (trainer.args.report_to or []):
+        return  # nothing reports to SwanLab (and swanlab need not even be installed)
+    from transformers.integrations import SwanLabCallback
+
+    if trainer.pop_callback(SwanLabCallback) is None:
+        return
+
+    class ShareSafeSwanLabCallback(SwanLabCallback):
+        def setup(self, args, state, model, **kwargs):
+            with _shareable_model_names(model, base_model):
+                super().setup(shareable_args(args), state, model, **kwargs)
+
+    trainer.add_callback(ShareSafeSwanLabCallback())

@@ -10,31 +10,33 @@ step functions both use and the plumbing around them (sample log, memory log).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from . import checkpoints, data_files, tracking
-from .checkpoints import RECIPE_FILE, find_latest_checkpoint
+from .checkpoints import RECIPE_FILE
 from .data import training_data
 from .download import prepare_model
 from .errors import CourseError, run_cli
 from .hardware import cuda_available, gpus, is_main_process, launched_processes, peak_memory_gib
 from .models import compute_dtype, load_base_model, load_tokenizer, lora_config, require_model_dir
 from .recipes import auto_recipe
+from .runs import (
+    SAMPLE_LOG,
+    describe_summary,
+    plot_history,
+    resume_point,
+    run_summary,
+    save_run_summary,
+    start_fresh,
+)
 from .spec import build_spec
-from .workspace import atomic_path, display_path, shareable_path
-
-#: One JSON line per micro-batch: which dataset rows each process trained on.
-SAMPLE_LOG = "sample_log.jsonl"
-#: Written by rank 0 next to the checkpoints when a run ends: where everything went.
-RUN_SUMMARY = "run_summary.json"
-#: Hub id written into a shared adapter instead of a machine path.
-BASE_MODEL_IDS = {"full": "Qwen/Qwen3-8B", "random8b": "Qwen/Qwen3-8B"}
-
+from .workspace import display_path, shareable_path
 
 # --------------------------------------------------------------------------- data
 
@@ -84,8 +86,8 @@ def make_collator(batching: str, tokenizer):
 
 def base_model_name(spec) -> str:
     """What a shared adapter names as its base: the hub id, or the model folder relative to the workspace."""
-    if spec.profile.name in BASE_MODEL_IDS:
-        return BASE_MODEL_IDS[spec.profile.name]
+    if spec.profile.source in ("modelscope", "config-only"):  # the real model, or its architecture
+        return spec.profile.model_id
     try:
         return spec.paths.model_dir.relative_to(spec.paths.workspace).as_posix()
     except ValueError:
@@ -235,24 +237,6 @@ def adapter_recipe(spec) -> dict:
     }
 
 
-def share_safe_adapter_config(folder: Path, base_model: str) -> None:
-    """Replace the machine path PEFT wrote as ``base_model_name_or_path`` (in ``adapter_config.json`` and the
-    model card ``README.md``) with the hub id or a workspace path.
-
-    Done after saving, not by renaming the model before training: PEFT reads the base model's config
-    from that name at every save, and a name that is no local folder would send it to the Hub.
-    """
-    path = Path(folder) / "adapter_config.json"
-    if path.is_file():
-        config = json.loads(path.read_text(encoding="utf-8"))
-        machine_path = config.get("base_model_name_or_path")
-        config["base_model_name_or_path"] = base_model
-        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-        card = Path(folder) / "README.md"
-        if machine_path and machine_path != base_model and card.is_file():
-            card.write_text(card.read_text(encoding="utf-8").replace(machine_path, base_model), encoding="utf-8")
-
-
 def shareable_args(args, spec):
     """A copy of the ``TrainingArguments`` whose ``output_dir`` is no machine path (for files that get shared)."""
     import copy
@@ -262,78 +246,70 @@ def shareable_args(args, spec):
     return shared
 
 
-def share_safe_trainer_state(folder: Path) -> None:
-    """``trainer_state.json`` names the best checkpoint by its folder name, not by a machine path."""
-    path = Path(folder) / "trainer_state.json"
-    if path.is_file():
-        state = json.loads(path.read_text(encoding="utf-8"))
-        best = state.get("best_model_checkpoint")
-        if best and Path(best).is_absolute():
-            state["best_model_checkpoint"] = Path(best).name
-            path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+class CheckpointComplete(TrainerCallback):
+    """Marks a checkpoint complete only after the Trainer finished writing all of it (recipe + sha256 marker)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.recipe = adapter_recipe(spec)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed state names its best checkpoint by folder name (see checkpoints.share_safe_trainer_state):
+        # the Trainer's rotation needs the full path again to keep it
+        best = state.best_model_checkpoint
+        if best and not Path(best).is_absolute():
+            state.best_model_checkpoint = str(Path(args.output_dir) / best)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            checkpoints.share_safe_adapter_config(folder, self.recipe["base_model"])
+            checkpoints.share_safe_trainer_state(folder)
+            if (folder / TRAINING_ARGS_NAME).is_file():
+                torch.save(shareable_args(args, self.spec), folder / TRAINING_ARGS_NAME)
+            (folder / RECIPE_FILE).write_text(json.dumps(self.recipe, ensure_ascii=False, indent=1), encoding="utf-8")
+            checkpoints.write_marker(folder, state.global_step)
+        return control
+
+
+class MemoryLog(TrainerCallback):
+    """Peak GPU memory (GiB; on CPU the process RSS) next to every logged loss, like ms-swift's memory(GiB).
+
+    The Trainer's own SwanLab callback has already sent ``logs`` when this runs, so the value is logged to
+    the active SwanLab run directly, as ``train/memory_gib`` at the same step.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs and state.is_world_process_zero:
+            memory = round(peak_memory_gib(), 3)
+            logs["memory_gib"] = memory
+            run = _active_swanlab_run()
+            if run is not None:
+                import swanlab
+
+                swanlab.log({"train/memory_gib": memory}, step=state.global_step)
+        return control
+
+
+class SaveBestEval(TrainerCallback):
+    """Saves a checkpoint whenever the held-out loss reaches a new low (e.g. at an epoch's end that is
+    not a save step), so the best checkpoint named in the run summary exists."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get("eval_loss")
+        if value is not None and args.metric_for_best_model in ("eval_loss", "loss") and \
+                (state.best_metric is None or value < state.best_metric):
+            control.should_save = True
+        return control
 
 
 def course_callbacks(spec) -> list:
-    """The checkpoint proof (recipe + marker with sha256) and the memory log, as Trainer callbacks."""
-    import torch
-    from transformers import TrainerCallback
-    from transformers.trainer import TRAINING_ARGS_NAME
-
-    recipe = adapter_recipe(spec)
-
-    class CheckpointComplete(TrainerCallback):
-        """Marks a checkpoint complete only after the Trainer finished writing all of it."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            # a resumed state names its best checkpoint by folder name (see share_safe_trainer_state):
-            # the Trainer's rotation needs the full path again to keep it
-            best = state.best_model_checkpoint
-            if best and not Path(best).is_absolute():
-                state.best_model_checkpoint = str(Path(args.output_dir) / best)
-            return control
-
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if folder.is_dir():
-                    share_safe_adapter_config(folder, recipe["base_model"])
-                    share_safe_trainer_state(folder)
-                    if (folder / TRAINING_ARGS_NAME).is_file():
-                        torch.save(shareable_args(args, spec), folder / TRAINING_ARGS_NAME)
-                    (folder / RECIPE_FILE).write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")
-                    checkpoints.write_marker(folder, state.global_step)
-            return control
-
-    class MemoryLog(TrainerCallback):
-        """Peak GPU memory (GiB; on CPU the process RSS) next to every logged loss, like ms-swift's memory(GiB).
-
-        The Trainer's own SwanLab callback has already sent ``logs`` when this runs, so the value is logged to
-        the active SwanLab run directly, as ``train/memory_gib`` at the same step.
-        """
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs is not None and "loss" in logs and state.is_world_process_zero:
-                memory = round(peak_memory_gib(), 3)
-                logs["memory_gib"] = memory
-                run = _active_swanlab_run()
-                if run is not None:
-                    import swanlab
-
-                    swanlab.log({"train/memory_gib": memory}, step=state.global_step)
-            return control
-
-    class SaveBestEval(TrainerCallback):
-        """Saves a checkpoint whenever the held-out loss reaches a new low (e.g. at an epoch's end that is
-        not a save step), so the best checkpoint named in the run summary exists."""
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            value = (metrics or {}).get("eval_loss")
-            if value is not None and args.metric_for_best_model in ("eval_loss", "loss") and \
-                    (state.best_metric is None or value < state.best_metric):
-                control.should_save = True
-            return control
-
-    return [CheckpointComplete(), MemoryLog(), SaveBestEval()]
+    """The checkpoint proof (recipe + marker with sha256), the memory log and the save-on-best, as callbacks."""
+    return [CheckpointComplete(spec), MemoryLog(), SaveBestEval()]
 
 
 def _active_swanlab_run():
@@ -366,119 +342,8 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
         processing_class=tokenizer,
         callbacks=course_callbacks(spec),
     )
-    share_safe_swanlab(trainer, spec)
+    tracking.share_safe_swanlab(trainer, base_model_name(spec), lambda args: shareable_args(args, spec))
     return trainer
-
-
-@contextlib.contextmanager
-def _shareable_model_names(model, name: str):
-    """While SwanLab copies the model's config: the base model's name (hub id or workspace path), not its folder."""
-    config = getattr(model, "config", None)
-    peft_configs = list((getattr(model, "peft_config", None) or {}).values())
-    saved = (getattr(config, "_name_or_path", None), [c.base_model_name_or_path for c in peft_configs])
-    try:
-        if config is not None:
-            config._name_or_path = name
-        for peft_config in peft_configs:
-            peft_config.base_model_name_or_path = name
-        yield
-    finally:
-        if config is not None:
-            config._name_or_path = saved[0]
-        for peft_config, old in zip(peft_configs, saved[1], strict=True):
-            peft_config.base_model_name_or_path = old
-
-
-def share_safe_swanlab(trainer, spec) -> None:
-    """transformers' SwanLab callback logs ``args.to_dict()`` and the model's config into the run's config
-    (``output_dir`` and ``_name_or_path``: machine paths, uploaded by ``swanlab sync``); swap it for one that
-    logs :func:`shareable_args` and the base model's shareable name (its documented extension point is
-    ``setup``)."""
-    if "swanlab" not in (trainer.args.report_to or []):
-        return  # nothing reports to SwanLab (and swanlab need not even be installed)
-    from transformers.integrations import SwanLabCallback
-
-    if trainer.pop_callback(SwanLabCallback) is None:
-        return
-
-    class ShareSafeSwanLabCallback(SwanLabCallback):
-        def setup(self, args, state, model, **kwargs):
-            with _shareable_model_names(model, base_model_name(spec)):
-                super().setup(shareable_args(args, spec), state, model, **kwargs)
-
-    trainer.add_callback(ShareSafeSwanLabCallback())
-
-
-def start_fresh(spec) -> Path | None:
-    """Move an earlier run aside so a new run starts clean (notebook 04 and ``--no-resume``); print where."""
-    moved, removed = checkpoints.move_aside(spec.paths.run_dir)
-    if moved is not None and is_main_process():
-        print(f"上一次的训练结果已移到 {display_path(moved)}（只保留最近 {checkpoints.KEEP_PREVIOUS_RUNS} 次）")
-        for old in removed:
-            print(f"  删除了更早的 {display_path(old)}")
-    return moved
-
-
-def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path | None:
-    """The checkpoint to resume from: the given one (verified), or the latest that proves itself."""
-    if resume in (None, False):
-        return None
-    if isinstance(resume, (str, os.PathLike)):
-        return checkpoints.verified_checkpoint(Path(resume))
-    found = checkpoints.latest_good_checkpoint(spec.paths.run_dir)
-    if is_main_process():
-        for note in found.notes():
-            print(note)
-    return found.checkpoint
-
-
-def plot_history(log_history: list[dict], path: Path | None = None, title: str = ""):
-    """Train loss, eval loss (when there is a held-out set) and learning rate per step; saved as PNG."""
-    import matplotlib
-
-    if path is not None and "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [e["step"] for e in log_history if "loss" in e]
-    losses = [e["loss"] for e in log_history if "loss" in e]
-    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    lrs = [e["learning_rate"] for e in log_history if "loss" in e and "learning_rate" in e]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot(steps, losses, marker="o", markersize=3, label="train/loss")
-    if evals:
-        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], marker="s", color="tab:red", label="eval/loss")
-        ax_loss.legend()
-    ax_loss.set(xlabel="step", ylabel="loss", title=title or "loss")
-    ax_loss.grid(alpha=0.3)
-    ax_lr.plot(steps[: len(lrs)], lrs, color="tab:orange")
-    ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
-    ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
-
-
-def loss_summary(log_history: list[dict]) -> tuple[float, float]:
-    """(first logged loss, last logged loss)."""
-    losses = [e["loss"] for e in log_history if "loss" in e]
-    return losses[0], losses[-1]
-
-
-def best_eval(log_history: list[dict]) -> tuple[int, float] | None:
-    """(step, eval loss) of the lowest held-out loss, or None without evaluation."""
-    evals = [(e["eval_loss"], e["step"]) for e in log_history if "eval_loss" in e]
-    if not evals:
-        return None
-    loss, step = min(evals)
-    return step, loss
-
-
-def effective_batch(per_device: int, accumulation: int, processes: int) -> int:
-    """Samples per optimizer step: per device x accumulation x processes."""
-    return per_device * accumulation * processes
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -551,76 +416,6 @@ class _maybe_lock:
         if self.lock is not None:
             self.lock.release()
         return False
-
-
-def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> dict:
-    best = best_eval(trainer.state.log_history)
-    best_folder = spec.paths.run_dir / f"checkpoint-{best[0]}" if best else None
-    return {
-        "profile": spec.profile.name,
-        "global_step": trainer.state.global_step,
-        "train_runtime": metrics.get("train_runtime"),
-        "train_samples_per_second": metrics.get("train_samples_per_second"),
-        "train_loss": metrics.get("train_loss"),
-        "effective_batch_size": effective_batch(trainer.args.per_device_train_batch_size,
-                                                trainer.args.gradient_accumulation_steps, trainer.args.world_size),
-        "world_size": trainer.args.world_size,
-        "checkpoint": find_latest_checkpoint(spec.paths.run_dir),
-        "best_eval": {"step": best[0], "eval_loss": best[1],
-                      "checkpoint": best_folder.name if best_folder.is_dir() else None} if best else None,
-        "output_dir": spec.paths.run_dir,
-        "swanlab_run": swanlab_folder,
-        "swanlab_mode": spec.swanlab.mode,
-        "log_history": trainer.state.log_history,
-    }
-
-
-def save_run_summary(spec, summary: dict) -> Path:
-    """``run_summary.json`` in the run folder; its paths are relative to the run folder or the workspace."""
-    saved = {k: v for k, v in summary.items() if k not in ("trainer", "log_history")}
-    for key in ("checkpoint", "output_dir", "swanlab_run", "plot"):
-        saved[key] = shareable_path(summary.get(key), spec.paths.run_dir, spec.paths.workspace)
-    saved["spec"] = spec.to_dict()
-    path = spec.paths.run_dir / RUN_SUMMARY
-    with atomic_path(path) as partial:
-        partial.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
-    return path
-
-
-def load_run_summary(spec) -> dict:
-    """A finished run's summary read back, paths resolved, with the log history of its last checkpoint."""
-    summary = json.loads((spec.paths.run_dir / RUN_SUMMARY).read_text(encoding="utf-8"))
-    summary["checkpoint"] = spec.paths.run_dir / summary["checkpoint"] if summary.get("checkpoint") else None
-    summary["output_dir"] = spec.paths.run_dir
-    if summary.get("swanlab_run"):
-        summary["swanlab_run"] = spec.paths.workspace / summary["swanlab_run"]
-    if summary.get("plot"):
-        summary["plot"] = spec.paths.workspace / summary["plot"]
-    state = json.loads((summary["checkpoint"] / "trainer_state.json").read_text(encoding="utf-8"))
-    summary["log_history"] = state["log_history"]
-    return summary
-
-
-def describe_summary(summary: dict) -> str:
-    lines = [
-        f"profile / 配置                 {summary['profile']}",
-        f"global step / 全局步数         {summary['global_step']}",
-        f"effective batch / 有效批次     {summary['effective_batch_size']}（每卡批次 × 梯度累积 × {summary['world_size']} 个进程）",
-        f"train loss / 训练损失          {summary['train_loss']:.4f}" if summary.get("train_loss") is not None else "",
-        f"adapter / 适配器               {display_path(summary['checkpoint']) if summary['checkpoint'] else '-'}",
-        f"checkpoints / 检查点目录       {display_path(summary['output_dir'])}",
-    ]
-    if summary.get("best_eval"):
-        best = summary["best_eval"]
-        lines.append(f"best eval loss / 最低留出损失  {best['eval_loss']:.4f}，第 {best['step']} 步 "
-                     f"（{best['checkpoint'] or '那一步没有保存检查点'}）")
-    if summary.get("plot"):
-        lines.append(f"loss plot / 损失曲线           {display_path(summary['plot'])}")
-    if summary.get("swanlab_run"):
-        lines.append(f"SwanLab run / SwanLab 记录     {display_path(summary['swanlab_run'])}（{summary.get('swanlab_mode')}）")
-        if summary.get("swanlab_mode") != "online":
-            lines.append(f"upload it later / 之后上传     {tracking.sync_command(summary['swanlab_run'])}")
-    return "\n".join(line for line in lines if line)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -11,7 +11,7 @@ from functools import cache
 
 from _common import distinct_n, exercise, memorised_adapter, prompt_inputs, run, tiny_spec
 
-from helpers import data, data_files, inference, original, validation
+from helpers import data, data_files, inference, models, original, validation
 
 #: a system prompt the adapter never saw
 OTHER_SYSTEM_PROMPT = "你是一个乐于助人的助手"
@@ -34,7 +34,7 @@ def generated_ids(loaded, messages, settings, adapter=True) -> list[int]:
     import torch
 
     inputs = prompt_inputs(loaded.model, loaded.tokenizer, messages)
-    with inference.adapter_switch(loaded.model, adapter), torch.inference_mode():
+    with models.adapter_switch(loaded.model, adapter), torch.inference_mode():
         out = loaded.model.generate(**inputs, generation_config=settings.generation_config(
             loaded.model.generation_config))
     return out[0, inputs["input_ids"].shape[1]:].tolist()

@@ -11,7 +11,7 @@ from functools import cache
 
 from _common import distinct_n, exercise, memorised_adapter, prompt_inputs, run, tiny_spec
 
-from helpers import data, data_files, inference, validation
+from helpers import data, data_files, inference, models, validation
 
 
 @cache
@@ -34,7 +34,7 @@ def answer_nll(loaded, records, adapter: bool) -> float:
         ids = torch.tensor([sample["input_ids"]], device=loaded.model.device)
         labels = torch.tensor([sample["labels"]], device=loaded.model.device)
         counted = sum(label != data.IGNORE_INDEX for label in sample["labels"][1:])  # the loss shifts by one
-        with inference.adapter_switch(loaded.model, adapter), torch.inference_mode():
+        with models.adapter_switch(loaded.model, adapter), torch.inference_mode():
             total += loaded.model(input_ids=ids, labels=labels).loss.item() * counted
         tokens += counted
     return total / tokens
@@ -71,7 +71,7 @@ def repetition_penalty():
         for penalty in (1.0, 1.3):
             config = settings.generation_config(model.generation_config)
             config.repetition_penalty = penalty
-            with inference.adapter_switch(model, False), torch.inference_mode():
+            with models.adapter_switch(model, False), torch.inference_mode():
                 out = model.generate(**inputs, generation_config=config)
             scores.append(distinct_n(out[0, inputs["input_ids"].shape[1]:].tolist()))
         rows.append(scores)

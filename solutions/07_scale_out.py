@@ -11,7 +11,7 @@ import math
 
 from _common import exercise, run, scratch_spec, train_fresh
 
-from helpers import models, scale_out, train
+from helpers import models, runs, scale_out
 from helpers.recipes import CUDA_OVERHEAD_GB
 
 
@@ -22,7 +22,7 @@ def effective_batch_from_log():
                         f"training.gradient_accumulation_steps={accumulation}", "training.num_train_epochs=1",
                         f"data.max_rows={rows}", "data.eval_fraction=0", "training.save_steps=100", "training.logging_steps=1",
                         "training.disable_tqdm=true", "swanlab=null")
-    effective = train.effective_batch(per_device, accumulation, processes)
+    effective = runs.effective_batch(per_device, accumulation, processes)
     print(f"预测: 每卡 {per_device} × 累积 {accumulation} × {processes} 个进程 = 每次更新 {effective} 条；"
           f"{rows} 条数据 1 轮 = {rows // effective} 次更新")
     summary = train_fresh(spec)

@@ -79,7 +79,8 @@ def scratch_spec(run_name: str, *overrides: str):
     import os
 
     from helpers.download import prepare_model
-    from helpers.spec import WORKSPACE_ENV, build_spec
+    from helpers.settings import WORKSPACE_ENV
+    from helpers.spec import build_spec
 
     main = tiny_spec()
     model = prepare_model(main)

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import runs
 from helpers.workspace import REPO_ROOT
 
 
 def tiny_spec_for(run_dir: Path | None = None, config: str | None = None, overrides=(), **env):
     """A tiny-profile spec from an explicit environment (``env`` may relocate the workspace)."""
-    from helpers.spec import SWANLAB_MODE_ENV, build_spec
+    from helpers.settings import SWANLAB_MODE_ENV
+    from helpers.spec import build_spec
 
     env.setdefault(SWANLAB_MODE_ENV, "offline")  # a key saved by `swanlab login` on this machine: still offline
     return build_spec(config, overrides, profile=None if config else "tiny", env=env, settings_file=None,
@@ -85,10 +87,10 @@ def memorised_run(tiny_model_dir):
     spec = tiny_spec_for(REPO_ROOT / "workspace" / "checkpoints" / "tiny-memorisation")
     stamp = spec.paths.run_dir / "code_fingerprint.txt"
     wanted = code_fingerprint(spec)
-    if not (stamp.is_file() and stamp.read_text() == wanted and (spec.paths.run_dir / train.RUN_SUMMARY).is_file()):
+    if not (stamp.is_file() and stamp.read_text() == wanted and (spec.paths.run_dir / runs.RUN_SUMMARY).is_file()):
         train.train(spec, resume=False)
         stamp.write_text(wanted)
-    return spec, train.load_run_summary(spec)
+    return spec, runs.load_run_summary(spec)
 
 
 @pytest.fixture(scope="session")

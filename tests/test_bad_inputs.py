@@ -310,7 +310,7 @@ def test_set_learning_rate_1e_4_is_a_number(story):
 
 
 def test_typo_and_negative_rows_stop_before_anything_loads():
-    from helpers.spec import SpecError
+    from helpers.settings import SpecError
 
     with pytest.raises(SpecError, match=r"did you mean 'training'"):
         tiny_spec_for(overrides=["trainng.learning_rate=0.1"])
@@ -352,7 +352,7 @@ def test_export_never_deletes_what_it_reads(arena):
 
 def test_truncated_checkpoint_files_are_named_and_skipped(arena, tmp_path, capsys):
     from helpers.inference import load_finetuned
-    from helpers.train import resume_point
+    from helpers.runs import resume_point
 
     run = tmp_path / "run"
     shutil.copytree(arena / "run", run)

@@ -11,7 +11,7 @@ Needs Chromium: ``$CHROMIUM``, else Debian's ``chromium`` package, else Playwrig
 (``python -m playwright install chromium``); ``make test`` installs one (tests/chromium.py).
 Deselect locally with ``-k "not browser"``.
 ``UPDATE_SCREENSHOTS=1`` also writes images/05-chat.png for the README
-(needs a CJK font, e.g. ``apt-get install -y fonts-wqy-zenhei``).
+(needs a CJK font: ``python -m tests.chromium`` installs ``fonts-noto-cjk`` when it may).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pytest
 
 from helpers import inference as inf
 from helpers.scale_out import free_port
-from helpers.spec import WORKSPACE_ENV
+from helpers.settings import WORKSPACE_ENV
 from helpers.workspace import REPO_ROOT
 from tests.chromium import HOW_TO_INSTALL, find_chromium
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from helpers import environment as env
-from helpers.spec import SETTINGS_FILE, WORKSPACE_ENV, SpecError, build_spec
+from helpers.settings import SETTINGS_FILE, WORKSPACE_ENV, SpecError
+from helpers.spec import build_spec
 from helpers.workspace import REPO_ROOT
 
 GOOD_GPU = {"index": 0, "name": "NVIDIA GeForce RTX 4090", "memory_gb": 24.0, "free_gb": 23.5,

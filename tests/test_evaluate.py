@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from helpers import data_files
+from helpers import data_files, metrics
 from helpers import evaluate as ev
 from helpers.data_files import grouped_split, normalise
 from helpers.validation import load_records
@@ -36,7 +36,7 @@ def lcs(a: list[str], b: list[str]) -> int:
 
 
 def lcs_f1(prediction: str, reference: str) -> float:
-    p, r = ev.chars(prediction), ev.chars(reference)
+    p, r = metrics.chars(prediction), metrics.chars(reference)
     common = lcs(p, r)
     if common == 0:
         return 0.0
@@ -45,13 +45,13 @@ def lcs_f1(prediction: str, reference: str) -> float:
 
 
 def test_rouge_l_exact_match_disjoint_and_partial():
-    assert ev.rouge_l(ANSWER, ANSWER) == 1.0
-    assert ev.rouge_l("春花秋月", "皇上万福") == 0.0
+    assert metrics.rouge_l(ANSWER, ANSWER) == 1.0
+    assert metrics.rouge_l("春花秋月", "皇上万福") == 0.0
     # "我是甄嬛" is a subsequence of the answer: precision 4/4, recall 4/17, F1 = 8/21
-    assert ev.rouge_l("我是甄嬛", ANSWER) == pytest.approx(8 / 21)
+    assert metrics.rouge_l("我是甄嬛", ANSWER) == pytest.approx(8 / 21)
     # whitespace is not a token
-    assert ev.rouge_l("我 是 甄 嬛", "我是甄嬛") == 1.0
-    assert ev.mean_rouge_l([ANSWER, "春花秋月"], [ANSWER, "皇上万福"]) == 0.5
+    assert metrics.rouge_l("我 是 甄 嬛", "我是甄嬛") == 1.0
+    assert metrics.mean_rouge_l([ANSWER, "春花秋月"], [ANSWER, "皇上万福"]) == 0.5
 
 
 @pytest.mark.parametrize(("prediction", "reference"), [
@@ -67,65 +67,65 @@ def test_rouge_l_equals_the_library_and_an_independent_lcs(prediction, reference
             return [c for c in text if not c.isspace()]
 
     library = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Characters()).score(reference, prediction)
-    assert ev.rouge_l(prediction, reference) == library["rougeL"].fmeasure
-    assert ev.rouge_l(prediction, reference) == pytest.approx(lcs_f1(prediction, reference))
+    assert metrics.rouge_l(prediction, reference) == library["rougeL"].fmeasure
+    assert metrics.rouge_l(prediction, reference) == pytest.approx(lcs_f1(prediction, reference))
 
 
 def test_a_looping_reply():
     # 8 character 3-grams, 2 distinct: 6 of them repeat an earlier one
-    assert ev.repeated_ngram_ratio(LOOP, 3) == pytest.approx(6 / 8)
-    assert ev.distinct_n([LOOP], 1) == pytest.approx(2 / 10)
-    assert ev.distinct_n([LOOP], 2) == pytest.approx(2 / 9)
+    assert metrics.repeated_ngram_ratio(LOOP, 3) == pytest.approx(6 / 8)
+    assert metrics.distinct_n([LOOP], 1) == pytest.approx(2 / 10)
+    assert metrics.distinct_n([LOOP], 2) == pytest.approx(2 / 9)
     # a reply without repeats, and one too short for a 3-gram
-    assert ev.repeated_ngram_ratio(ANSWER, 3) == 0.0
-    assert ev.repeated_ngram_ratio("好", 3) == 0.0
-    assert ev.distinct_n([ANSWER], 1) == pytest.approx(len(set(ANSWER)) / len(ANSWER))
+    assert metrics.repeated_ngram_ratio(ANSWER, 3) == 0.0
+    assert metrics.repeated_ngram_ratio("好", 3) == 0.0
+    assert metrics.distinct_n([ANSWER], 1) == pytest.approx(len(set(ANSWER)) / len(ANSWER))
     # distinct-n is over all replies: the same reply twice halves it
-    assert ev.distinct_n(["春花秋月", "春花秋月"], 2) == pytest.approx(3 / 6)
+    assert metrics.distinct_n(["春花秋月", "春花秋月"], 2) == pytest.approx(3 / 6)
 
 
 def test_a_reply_cut_at_max_new_tokens():
-    assert ev.truncation_rate([True, True, True]) == 0.0
-    assert ev.truncation_rate([False, True, False, True]) == 0.5
-    metrics = ev.degeneration([LOOP, ANSWER], [False, True])
-    assert metrics == {"truncated": 0.5, "repeated_3gram": pytest.approx(0.375),
+    assert metrics.truncation_rate([True, True, True]) == 0.0
+    assert metrics.truncation_rate([False, True, False, True]) == 0.5
+    found = metrics.degeneration([LOOP, ANSWER], [False, True])
+    assert found == {"truncated": 0.5, "repeated_3gram": pytest.approx(0.375),
                        "distinct_1": pytest.approx(len(set(LOOP + ANSWER)) / 27),
                        "distinct_2": pytest.approx(18 / 25)}
 
 
 def test_a_reply_with_boilerplate_and_identity():
     replies = ["作为一个AI语言模型，我没有名字。", "我是通义千问，由阿里云开发。", ANSWER, "qwen 是我的名字"]
-    assert ev.boilerplate_rate(replies) == 0.75
-    assert ev.boilerplate_rate([ANSWER, "臣妾告退。"]) == 0.0
-    assert ev.identity_correct(ANSWER)
-    assert not ev.identity_correct("我是甄嬛，也是一个人工智能助手。")   # names the persona, but breaks it
-    assert not ev.identity_correct("我是一个乐于助人的助手。")
-    assert ev.identity_accuracy([ANSWER, "嬛嬛在此。", "我是AI助手。", "不告诉你"]) == 0.5
+    assert metrics.boilerplate_rate(replies) == 0.75
+    assert metrics.boilerplate_rate([ANSWER, "臣妾告退。"]) == 0.0
+    assert metrics.identity_correct(ANSWER)
+    assert not metrics.identity_correct("我是甄嬛，也是一个人工智能助手。")   # names the persona, but breaks it
+    assert not metrics.identity_correct("我是一个乐于助人的助手。")
+    assert metrics.identity_accuracy([ANSWER, "嬛嬛在此。", "我是AI助手。", "不告诉你"]) == 0.5
 
 
 def test_persona_markers_and_their_derivation():
     answers = ["臣妾参见皇上。", "皇上万福。", "用户您好，很高兴为您服务。", "今日天气甚好。"]
-    role = ev.derive_role_words(answers, candidates=("皇上", "臣妾", "本宫"), neutral=("用户", "手机"),
+    role = metrics.derive_role_words(answers, candidates=("皇上", "臣妾", "本宫"), neutral=("用户", "手机"),
                                 min_share=0.1)
     # 皇上: 2 of 4 answers, beats the neutral 用户 (1 of 4); 臣妾 only ties it; 本宫 never appears
     assert role.words == ("皇上",)
     assert role.neutral_share == 0.25
     assert [(r["word"], r["answers"], r["kept"]) for r in role.table] == [
         ("皇上", 2, True), ("臣妾", 1, False), ("本宫", 0, False), ("用户", 1, False), ("手机", 0, False)]
-    assert ev.marker_rate(answers, role.words) == 0.5
-    assert ev.marker_rate(answers, ()) == 0.0
+    assert metrics.marker_rate(answers, role.words) == 0.5
+    assert metrics.marker_rate(answers, ()) == 0.0
     assert "皇上" in role.describe()
 
 
 def test_thinking_blocks():
-    assert ev.thinking_complete("<think>\n她问的是花，我答杏花。\n</think>\n\n我最爱杏花。")
-    assert not ev.thinking_complete("<think>\n\n</think>\n\n我最爱杏花。")          # empty
-    assert not ev.thinking_complete("<think>\n她问的是花，我想想……")              # never closed
-    assert not ev.thinking_complete("我最爱杏花。")                               # never opened
-    assert ev.thinking_rate(["<think>想</think>答", "答", "<think> </think>答", "<think>想</think>"]) == 0.5
-    assert ev.thinking_conclusion(0.0, 0.0).startswith("无法判断")
-    assert ev.thinking_conclusion(0.9, 0.85).startswith("思考模式保住了")
-    assert ev.thinking_conclusion(0.9, 0.2).startswith("思考模式受损")
+    assert metrics.thinking_complete("<think>\n她问的是花，我答杏花。\n</think>\n\n我最爱杏花。")
+    assert not metrics.thinking_complete("<think>\n\n</think>\n\n我最爱杏花。")          # empty
+    assert not metrics.thinking_complete("<think>\n她问的是花，我想想……")              # never closed
+    assert not metrics.thinking_complete("我最爱杏花。")                               # never opened
+    assert metrics.thinking_rate(["<think>想</think>答", "答", "<think> </think>答", "<think>想</think>"]) == 0.5
+    assert metrics.thinking_conclusion(0.0, 0.0).startswith("无法判断")
+    assert metrics.thinking_conclusion(0.9, 0.85).startswith("思考模式保住了")
+    assert metrics.thinking_conclusion(0.9, 0.2).startswith("思考模式受损")
 
 
 def test_masked_loss_counts_answer_tokens_only():
@@ -134,23 +134,23 @@ def test_masked_loss_counts_answer_tokens_only():
     vocab = 7
     labels = torch.tensor([[-100, -100, 3, 5]])      # logits at t predict labels at t + 1
     uniform = torch.zeros(1, 4, vocab)
-    total, count = ev.masked_nll(uniform, labels)
+    total, count = metrics.masked_nll(uniform, labels)
     assert count == 2
     assert total == pytest.approx(2 * math.log(vocab))
-    assert ev.perplexity(total / count) == pytest.approx(vocab)
+    assert metrics.perplexity(total / count) == pytest.approx(vocab)
     certain = torch.full((1, 4, vocab), -50.0)
     certain[0, 1, 3] = certain[0, 2, 5] = 50.0        # sure of both answer tokens
     certain[0, 0, 0] = 50.0                           # a wrong guess at a prompt position does not count
-    total, count = ev.masked_nll(certain, labels)
+    total, count = metrics.masked_nll(certain, labels)
     assert (total, count) == (pytest.approx(0.0, abs=1e-6), 2)
 
 
 def test_identity_probes_are_not_training_prompts(huanhuan_path):
     prompts = [r["instruction"] for r in load_records(huanhuan_path).records]
-    kept, seen = ev.unseen_probes(ev.IDENTITY_PROBES, prompts)
-    assert seen == [] and kept == list(ev.IDENTITY_PROBES)
+    kept, seen = metrics.unseen_probes(metrics.IDENTITY_PROBES, prompts)
+    assert seen == [] and kept == list(metrics.IDENTITY_PROBES)
     # the check is on normalised forms: "你是谁" is the data's "你是谁？"
-    assert ev.unseen_probes(["你是谁", "你是何人？"], prompts) == (["你是何人？"], ["你是谁"])
+    assert metrics.unseen_probes(["你是谁", "你是何人？"], prompts) == (["你是何人？"], ["你是谁"])
 
 
 def test_epoch_boundaries_of_a_log_history():
@@ -220,13 +220,13 @@ def test_split_cli_on_the_real_file(huanhuan_path, tmp_path):
 
 def test_real_role_words_from_the_training_side(huanhuan_path):
     split = grouped_split(load_records(huanhuan_path).records, 0.05, seed=42)
-    role = ev.derive_role_words([r["output"] for r in split.train])
+    role = metrics.derive_role_words([r["output"] for r in split.train])
     assert role.words[:4] == ("皇上", "臣妾", "姐姐", "娘娘")
     assert {"本宫", "嫔妾", "小主"} <= set(role.words)
-    assert not set(role.words) & set(ev.NEUTRAL_WORDS)
+    assert not set(role.words) & set(metrics.NEUTRAL_WORDS)
     assert {"陛下", "朕", "微臣"}.isdisjoint(role.words)   # the court of this drama says 皇上, not 陛下
     # measured: 91 of the 187 held-out reference answers hold a role word
-    assert ev.marker_rate([r["output"] for r in split.eval], role.words) == pytest.approx(91 / 187)
+    assert metrics.marker_rate([r["output"] for r in split.eval], role.words) == pytest.approx(91 / 187)
 
 
 # --------------------------------------------------------------------------- end to end on the tiny profile
@@ -249,18 +249,18 @@ def test_lora_reproduces_the_memorised_answers_and_the_base_does_not(memorised):
     conversations = [ev._messages(r["instruction"], loaded.system_prompt) for r in train_records]
     references = [r["output"] for r in train_records]
     settings = greedy_settings(False, 32)
-    lora = ev.generate_replies(loaded.model, loaded.tokenizer, conversations, settings, adapter=True)
-    base = ev.generate_replies(loaded.model, loaded.tokenizer, conversations, settings, adapter=False)
-    assert [ev.rouge_l(g.content, r) for g, r in zip(lora, references, strict=True)] == [1.0] * 8
-    assert ev.mean_rouge_l([g.content for g in base], references) < 0.2
+    lora = metrics.generate_replies(loaded.model, loaded.tokenizer, conversations, settings, adapter=True)
+    base = metrics.generate_replies(loaded.model, loaded.tokenizer, conversations, settings, adapter=False)
+    assert [metrics.rouge_l(g.content, r) for g, r in zip(lora, references, strict=True)] == [1.0] * 8
+    assert metrics.mean_rouge_l([g.content for g in base], references) < 0.2
     assert all(g.finished for g in lora)                 # each ended with <|im_end|>
     # batched (left-padded) generation gives the same replies as one prompt at a time
-    single = ev.generate_replies(loaded.model, loaded.tokenizer, conversations[:3], settings, batch_size=1)
+    single = metrics.generate_replies(loaded.model, loaded.tokenizer, conversations[:3], settings, batch_size=1)
     assert [g.content for g in single] == [g.content for g in lora[:3]]
     # cut at max_new_tokens: not finished, and exactly that many tokens
-    cut = ev.generate_replies(loaded.model, loaded.tokenizer, conversations[:2], greedy_settings(False, 3))
+    cut = metrics.generate_replies(loaded.model, loaded.tokenizer, conversations[:2], greedy_settings(False, 3))
     assert [(g.finished, g.new_tokens) for g in cut] == [(False, 3), (False, 3)]
-    assert ev.truncation_rate([g.finished for g in cut]) == 1.0
+    assert metrics.truncation_rate([g.finished for g in cut]) == 1.0
 
 
 def test_held_out_loss_matches_the_trainers_eval_loss(memorised):
@@ -268,8 +268,8 @@ def test_held_out_loss_matches_the_trainers_eval_loss(memorised):
 
     spec, summary, loaded, _, eval_records = memorised
     samples, _ = encode_records(eval_records, loaded.tokenizer, spec.data.system_prompt, spec.data.max_length)
-    lora = ev.answer_loss(loaded.model, loaded.tokenizer, samples, adapter=True)
-    base = ev.answer_loss(loaded.model, loaded.tokenizer, samples, adapter=False)
+    lora = metrics.answer_loss(loaded.model, loaded.tokenizer, samples, adapter=True)
+    base = metrics.answer_loss(loaded.model, loaded.tokenizer, samples, adapter=False)
     final = [e for e in summary["log_history"] if "eval_loss" in e][-1]
     assert final["step"] == summary["global_step"]
     # the Trainer averages per batch, we average per token: close, not identical
@@ -317,7 +317,7 @@ def test_evaluate_cli_on_a_fresh_workspace(tmp_path):
     assert report["sets"]["held_out"]["rows"] == 12
     assert [row["decoding"] for row in report["decoding"]] == [
         "greedy", "sampling", "greedy+repetition_penalty=1.1"]
-    assert len(report["identity"]["probes"]) == len(ev.IDENTITY_PROBES)
+    assert len(report["identity"]["probes"]) == len(metrics.IDENTITY_PROBES)
     assert report["thinking"]["conclusion"]
     assert len(report["table"]) == 8 and report["table"][0]["set"] == "memorised"
     assert "| 集合 | 提示 | 参考答案 | 基座 | LoRA |" in result.stdout

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import runs
 from helpers.workspace import REPO_ROOT
 from tests.conftest import tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
@@ -47,11 +48,11 @@ def losses(log_history):
 
 
 def test_tiny_qlora_trains_from_a_shell(qlora_run):
-    from helpers import tracking, train
+    from helpers import tracking
 
     spec, stdout = qlora_run
     assert "量化: nf4 (QLoRA)" in stdout
-    summary = train.load_run_summary(spec)
+    summary = runs.load_run_summary(spec)
     assert summary["spec"]["quantization"] == "nf4"
     assert summary["global_step"] == 60
     history = losses(summary["log_history"])

@@ -145,13 +145,13 @@ def captured(monkeypatch):
     """``helpers.train.main`` with a clean course environment; ``train`` only records the spec."""
     import os
 
-    from helpers import spec as spec_module
+    from helpers import settings as settings_module
     from helpers import train
 
     for name in list(os.environ):
         if name.startswith("QWEN3_TUTORIAL_"):
             monkeypatch.delenv(name)
-    monkeypatch.setattr(spec_module, "read_settings_file", lambda path=None: {})
+    monkeypatch.setattr(settings_module, "read_settings_file", lambda path=None: {})
     seen = []
 
     def fake_train(spec, resume=True):

@@ -18,7 +18,7 @@ import pytest
 
 from helpers import reset
 from helpers.checkpoints import lock_run
-from helpers.spec import WORKSPACE_ENV
+from helpers.settings import WORKSPACE_ENV
 from helpers.workspace import REPO_ROOT, display_path
 
 MODEL_BYTES = 3_000_000

@@ -13,7 +13,7 @@ from unittest import mock
 import pytest
 import torch
 
-from helpers import checkpoints, models, scale_out, train
+from helpers import checkpoints, models, runs, scale_out
 from helpers.recipes import estimate_lora_memory_gb
 from helpers.workspace import REPO_ROOT
 from tests.conftest import tiny_spec_for
@@ -88,7 +88,7 @@ def test_ranks_train_disjoint_shards_that_cover_each_epoch(reference):
     assert first != second, "each epoch is shuffled anew"
     # the effective batch the course prints is what one optimizer step really consumed
     per_step = {len([row for rows in step.values() for row in rows]) for step in steps}
-    assert per_step == {train.effective_batch(PER_DEVICE, 1, RANKS)}
+    assert per_step == {runs.effective_batch(PER_DEVICE, 1, RANKS)}
 
 
 def test_only_rank_0_prints_tracks_and_reports_the_effective_batch(reference, workspace):

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import settings as course_settings_module
 from helpers import spec as specs
 from helpers.profiles import PROFILES
-from helpers.spec import SpecError, build_spec
-from helpers.workspace import REPO_ROOT, MissingArtifactError, display_path, require_artifact
+from helpers.settings import SpecError
+from helpers.spec import build_spec
+from helpers.workspace import REPO_ROOT, MissingArtifactError, display_path
 
 TINY = "configs/train/tiny.yaml"
 FULL = "configs/train/qwen3-8b.yaml"
@@ -37,7 +39,7 @@ def write_config(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 @pytest.mark.parametrize("cuda", [False, True])
 @pytest.mark.parametrize("variable", [None, "auto"])
 def test_the_yaml_profile_is_authoritative_for_its_file(cuda, variable):
-    env = {specs.PROFILE_ENV: variable} if variable else {}
+    env = {course_settings_module.PROFILE_ENV: variable} if variable else {}
     assert spec_of(TINY, env=env, cuda=cuda).profile.name == "tiny"
     full = spec_of(FULL, env=env, cuda=cuda)
     assert full.profile.name == "full", "qwen3-8b.yaml says full, also on a CPU machine"
@@ -48,16 +50,16 @@ def test_the_yaml_profile_is_authoritative_for_its_file(cuda, variable):
 @pytest.mark.parametrize(("name", "config"), [("tiny", "tiny.yaml"), ("full", "qwen3-8b.yaml"),
                                               ("random8b", "qwen3-8b.yaml")])
 def test_the_variable_chooses_the_config_when_none_is_given(name, config):
-    spec = spec_of(env={specs.PROFILE_ENV: name}, cuda=False)
+    spec = spec_of(env={course_settings_module.PROFILE_ENV: name}, cuda=False)
     assert spec.profile.name == name
     assert spec.config_file == REPO_ROOT / "configs" / "train" / config
-    assert specs.PROFILE_ENV in spec.origin["profile"]
+    assert course_settings_module.PROFILE_ENV in spec.origin["profile"]
 
 
 @pytest.mark.parametrize(("cuda", "expected", "config"), [(False, "tiny", "tiny.yaml"), (True, "full", "qwen3-8b.yaml")])
 @pytest.mark.parametrize("variable", [None, "auto", " AUTO "])
 def test_auto_picks_by_the_gpu_when_no_config_is_given(cuda, expected, config, variable):
-    env = {specs.PROFILE_ENV: variable} if variable else {}
+    env = {course_settings_module.PROFILE_ENV: variable} if variable else {}
     spec = spec_of(env=env, cuda=cuda)
     assert spec.profile.name == expected and spec.config_file.name == config
     assert spec.origin["profile"].startswith("auto: ")
@@ -67,16 +69,16 @@ def test_auto_picks_by_the_gpu_when_no_config_is_given(cuda, expected, config, v
 def test_a_contradiction_stops_naming_both_and_the_fix():
     # the old bug: the variable silently overrode the file and trained Qwen3-8B with tiny's lr 5e-3
     with pytest.raises(SpecError) as caught:
-        spec_of(TINY, env={specs.PROFILE_ENV: "full"})
+        spec_of(TINY, env={course_settings_module.PROFILE_ENV: "full"})
     message = str(caught.value)
-    assert f"{specs.PROFILE_ENV}=full" in message and "configs/train/tiny.yaml" in message
+    assert f"{course_settings_module.PROFILE_ENV}=full" in message and "configs/train/tiny.yaml" in message
     assert "profile: tiny" in message
-    assert "configs/train/qwen3-8b.yaml" in message and f"unset {specs.PROFILE_ENV}" in message
+    assert "configs/train/qwen3-8b.yaml" in message and f"unset {course_settings_module.PROFILE_ENV}" in message
 
     with pytest.raises(SpecError) as caught:
-        spec_of(FULL, env={specs.PROFILE_ENV: "tiny"})
+        spec_of(FULL, env={course_settings_module.PROFILE_ENV: "tiny"})
     message = str(caught.value)
-    assert f"{specs.PROFILE_ENV}=tiny" in message and "configs/train/qwen3-8b.yaml" in message
+    assert f"{course_settings_module.PROFILE_ENV}=tiny" in message and "configs/train/qwen3-8b.yaml" in message
     assert "profile: full" in message and "configs/train/tiny.yaml" in message
 
 
@@ -86,25 +88,25 @@ def test_a_contradiction_from_the_command_line_flag_names_the_flag():
 
 
 def test_random8b_may_run_the_full_recipe_but_not_the_tiny_one():
-    spec = spec_of(FULL, env={specs.PROFILE_ENV: "random8b"})
+    spec = spec_of(FULL, env={course_settings_module.PROFILE_ENV: "random8b"})
     assert spec.profile.name == "random8b"
     assert dict(spec.training) == dict(spec_of(FULL).training), "the same numbers as the full recipe"
     assert "random8b" in spec.origin["profile"] and "full" in spec.origin["profile"]
     assert spec.paths.model_dir.name == PROFILES["random8b"].model_dirname
-    with pytest.raises(SpecError, match=f"{specs.PROFILE_ENV}=random8b contradicts"):
-        spec_of(TINY, env={specs.PROFILE_ENV: "random8b"})
+    with pytest.raises(SpecError, match=f"{course_settings_module.PROFILE_ENV}=random8b contradicts"):
+        spec_of(TINY, env={course_settings_module.PROFILE_ENV: "random8b"})
 
 
 def test_an_unknown_profile_name_lists_the_choices(tmp_path):
     with pytest.raises(SpecError, match=r"'huge' is not a profile\. Choose one of: full, tiny, random8b, auto"):
-        spec_of(env={specs.PROFILE_ENV: "huge"})
+        spec_of(env={course_settings_module.PROFILE_ENV: "huge"})
     with pytest.raises(SpecError, match="profile 'huge' is not a profile"):
         spec_of(write_config(tmp_path, "profile: huge\n"))
 
 
 def test_an_override_cannot_sneak_past_the_rule():
     with pytest.raises(SpecError, match="contradicts"):
-        spec_of(TINY, ["profile=full"], env={specs.PROFILE_ENV: "tiny"})
+        spec_of(TINY, ["profile=full"], env={course_settings_module.PROFILE_ENV: "tiny"})
 
 
 # --------------------------------------------------------------------------- settings file and environment
@@ -118,13 +120,13 @@ def test_the_settings_file_reaches_the_spec_and_the_environment_beats_it(tmp_pat
     assert "course-settings.yaml" in spec.origin["workspace"]
     assert "course-settings.yaml" in spec.origin["profile"]
 
-    env = {specs.PROFILE_ENV: "tiny", specs.WORKSPACE_ENV: str(tmp_path / "from-env")}
+    env = {course_settings_module.PROFILE_ENV: "tiny", course_settings_module.WORKSPACE_ENV: str(tmp_path / "from-env")}
     spec = spec_of(env=env, settings=settings)
     assert spec.profile.name == "tiny"
     assert spec.paths.workspace == (tmp_path / "from-env").resolve()
-    assert spec.origin["workspace"] == f"环境变量 {specs.WORKSPACE_ENV}"
+    assert spec.origin["workspace"] == f"环境变量 {course_settings_module.WORKSPACE_ENV}"
     # a blank variable does not count: the file's value stays
-    assert spec_of(env={specs.WORKSPACE_ENV: "  "}, settings=settings).paths.workspace == \
+    assert spec_of(env={course_settings_module.WORKSPACE_ENV: "  "}, settings=settings).paths.workspace == \
         (tmp_path / "from-file").resolve()
 
 
@@ -246,11 +248,11 @@ def test_a_relocated_workspace_moves_every_path(tmp_path):
     home = tmp_path / "data-disk"
     for source in ("env", "file"):
         if source == "env":
-            full = spec_of(env={specs.PROFILE_ENV: "full", specs.WORKSPACE_ENV: str(home)})
-            tiny = spec_of(TINY, env={specs.WORKSPACE_ENV: str(home)})
+            full = spec_of(env={course_settings_module.PROFILE_ENV: "full", course_settings_module.WORKSPACE_ENV: str(home)})
+            tiny = spec_of(TINY, env={course_settings_module.WORKSPACE_ENV: str(home)})
         else:
             settings = write_config(tmp_path, f"workspace: {home}\n", f"settings-{source}.yaml")
-            full = spec_of(env={specs.PROFILE_ENV: "full"}, settings=settings)
+            full = spec_of(env={course_settings_module.PROFILE_ENV: "full"}, settings=settings)
             tiny = spec_of(TINY, settings=settings)
         for spec in (full, tiny):
             paths = dataclasses.asdict(spec.paths)
@@ -270,7 +272,7 @@ def test_the_default_workspace_is_in_the_repository_and_tilde_expands(tmp_path, 
     assert spec.paths.workspace == REPO_ROOT / "workspace"
     assert display_path(spec.paths.encoded) == "workspace/data/train-tiny.jsonl"
     monkeypatch.setenv("HOME", str(tmp_path))
-    spec = spec_of(TINY, env={specs.WORKSPACE_ENV: "~/autodl-tmp/ws"})
+    spec = spec_of(TINY, env={course_settings_module.WORKSPACE_ENV: "~/autodl-tmp/ws"})
     assert spec.paths.workspace == tmp_path.resolve() / "autodl-tmp" / "ws"
     assert display_path(spec.paths.run_dir) == "~/autodl-tmp/ws/checkpoints/tiny"
     assert "工作目录: ~/autodl-tmp/ws" in spec.describe()
@@ -278,11 +280,11 @@ def test_the_default_workspace_is_in_the_repository_and_tilde_expands(tmp_path, 
 
 def test_model_dir_variable_points_the_full_profile_at_a_local_copy(tmp_path):
     local = tmp_path / "my-qwen3"
-    spec = spec_of(env={specs.PROFILE_ENV: "full", specs.MODEL_DIR_ENV: str(local)})
+    spec = spec_of(env={course_settings_module.PROFILE_ENV: "full", course_settings_module.MODEL_DIR_ENV: str(local)})
     assert spec.paths.model_dir == local.resolve()
-    assert spec.origin["model_dir"] == f"环境变量 {specs.MODEL_DIR_ENV}"
+    assert spec.origin["model_dir"] == f"环境变量 {course_settings_module.MODEL_DIR_ENV}"
     # the tiny profile builds its own model: the variable is for Qwen3-8B only
-    assert spec_of(TINY, env={specs.MODEL_DIR_ENV: str(local)}).paths.model_dir.name == "tiny-qwen3"
+    assert spec_of(TINY, env={course_settings_module.MODEL_DIR_ENV: str(local)}).paths.model_dir.name == "tiny-qwen3"
 
 
 @pytest.mark.parametrize("state", ["is empty", "does not exist", "holds no config.json"])
@@ -295,12 +297,12 @@ def test_a_model_dir_variable_without_a_model_names_the_variable(tmp_path, state
         local.mkdir()
     if state == "holds no config.json":
         (local / "model.safetensors").write_bytes(b"")
-    spec = spec_of(env={specs.PROFILE_ENV: "full", specs.MODEL_DIR_ENV: str(local)})
+    spec = spec_of(env={course_settings_module.PROFILE_ENV: "full", course_settings_module.MODEL_DIR_ENV: str(local)})
     for step in (prepare_model, load_tokenizer):  # never a download over the user's folder
         with pytest.raises(MissingArtifactError) as caught:
             step(spec)
         message = str(caught.value)
-        assert specs.MODEL_DIR_ENV in message and state in message and display_path(local) in message
+        assert course_settings_module.MODEL_DIR_ENV in message and state in message and display_path(local) in message
     if state == "does not exist":
         assert not local.exists(), "nothing was created or downloaded"
     else:
@@ -314,9 +316,9 @@ def test_output_dir_and_run_dir_overrides(tmp_path):
 
 
 def test_describe_says_what_was_chosen_and_why():
-    text = spec_of(env={specs.PROFILE_ENV: "tiny"}).describe()
+    text = spec_of(env={course_settings_module.PROFILE_ENV: "tiny"}).describe()
     assert text.startswith("[配置] tiny: ")
-    assert f"选择依据: 由 {specs.PROFILE_ENV}=tiny 指定" in text
+    assert f"选择依据: 由 {course_settings_module.PROFILE_ENV}=tiny 指定" in text
     assert "训练配置: configs/train/tiny.yaml" in text and "模型目录: workspace/models/tiny-qwen3" in text
 
 
@@ -339,11 +341,6 @@ def test_display_path_is_repo_relative_home_relative_or_absolute(tmp_path, monke
     # each form leads back to the same place when pasted at the repository root
     for path in (REPO_ROOT / "workspace" / "a", tmp_path / "home" / "b", tmp_path / "c"):
         assert (REPO_ROOT / Path(display_path(path)).expanduser()).resolve() == path.resolve()
-
-
-def test_missing_artifact_names_the_notebook(tmp_path):
-    with pytest.raises(MissingArtifactError, match=r"notebooks/03-data.ipynb"):
-        require_artifact(tmp_path / "nothing.jsonl", made_by="03-data.ipynb")
 
 
 def test_a_saved_swanlab_login_counts_as_a_key(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import checkpoints, models, train
+from helpers import checkpoints, models, runs, train
 from helpers.workspace import REPO_ROOT
 from tests.conftest import tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER as MEMORISED
@@ -24,7 +24,7 @@ from tests.memorised import MEMORISED_ANSWER as MEMORISED
 
 def test_loss_falls_clearly(memorised_run):
     _, summary = memorised_run
-    first, last = train.loss_summary(summary["log_history"])
+    first, last = runs.loss_summary(summary["log_history"])
     print(f"tiny memorisation: loss {first:.3f} -> {last:.3f}")
     assert first > 10.0, "a random model starts near or above ln(151936) = 11.9"
     assert last < 1.0 and last < first / 10
@@ -74,7 +74,7 @@ def test_final_checkpoint_is_complete_and_proves_itself(memorised_run):
     assert recipe["system_prompt"] == spec.data.system_prompt and recipe["max_length"] == spec.data.max_length
     assert summary["effective_batch_size"] == \
         spec.training["per_device_train_batch_size"] * spec.training["gradient_accumulation_steps"]
-    saved = json.loads((spec.paths.run_dir / train.RUN_SUMMARY).read_text())
+    saved = json.loads((spec.paths.run_dir / runs.RUN_SUMMARY).read_text())
     assert str(REPO_ROOT) not in json.dumps(saved), "the shared run summary holds no machine path"
 
 
@@ -103,10 +103,10 @@ def run_with_two_checkpoints(tmp_path, tiny_checkpoint):
 def test_resume_point_given_a_path_is_verified(run_with_two_checkpoints, capsys):
     run = run_with_two_checkpoints
     spec = tiny_spec_for(run)
-    assert train.resume_point(spec, run / "checkpoint-9") == run / "checkpoint-9"
-    assert train.resume_point(spec, str(run / "checkpoint-4")) == run / "checkpoint-4"
-    assert train.resume_point(spec, True) == run / "checkpoint-9"
-    assert train.resume_point(spec, None) is None and train.resume_point(spec, False) is None
+    assert runs.resume_point(spec, run / "checkpoint-9") == run / "checkpoint-9"
+    assert runs.resume_point(spec, str(run / "checkpoint-4")) == run / "checkpoint-4"
+    assert runs.resume_point(spec, True) == run / "checkpoint-9"
+    assert runs.resume_point(spec, None) is None and runs.resume_point(spec, False) is None
 
     weights = run / "checkpoint-9" / "adapter_model.safetensors"
     raw = bytearray(weights.read_bytes())
@@ -114,19 +114,19 @@ def test_resume_point_given_a_path_is_verified(run_with_two_checkpoints, capsys)
     weights.write_bytes(bytes(raw))
     with pytest.raises(checkpoints.CheckpointError,
                        match=r"checkpoint-9 is damaged: adapter_model.safetensors does not match the sha256"):
-        train.resume_point(spec, run / "checkpoint-9")
+        runs.resume_point(spec, run / "checkpoint-9")
     # asked for no particular one: the damaged one is named and skipped, the previous one used
     capsys.readouterr()
-    assert train.resume_point(spec, True) == run / "checkpoint-4"
+    assert runs.resume_point(spec, True) == run / "checkpoint-4"
     assert "skipped" in capsys.readouterr().out and "adapter_model.safetensors does not match" in \
         "".join(n for n in checkpoints.latest_good_checkpoint(run).notes())
 
     weights.write_bytes(bytes(raw[:100]))
     with pytest.raises(checkpoints.CheckpointError, match=r"adapter_model.safetensors has 100 bytes"):
-        train.resume_point(spec, run / "checkpoint-9")
+        runs.resume_point(spec, run / "checkpoint-9")
     (run / "checkpoint-4" / checkpoints.COMPLETE_MARKER).unlink()
     with pytest.raises(checkpoints.CheckpointError, match="no completion marker"):
-        train.resume_point(spec, run / "checkpoint-4")
+        runs.resume_point(spec, run / "checkpoint-4")
 
 
 # --------------------------------------------------------------------------- the recipe's switches
@@ -161,7 +161,7 @@ def test_grouped_batching_samples_by_length_and_trains(tmp_path, tiny_model_dir)
     assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
     # LengthGroupedSampler puts the longest sample in the first batch (an out-of-memory shows at once)
     lengths = {i: len(s["input_ids"]) for i, s in enumerate(trainer.train_dataset)}
-    first = json.loads((spec.paths.run_dir / train.SAMPLE_LOG).read_text().splitlines()[0])["rows"]
+    first = json.loads((spec.paths.run_dir / runs.SAMPLE_LOG).read_text().splitlines()[0])["rows"]
     assert max(lengths, key=lengths.get) in first and len(first) == 4
     assert checkpoints.checkpoint_step(checkpoints.find_latest_checkpoint(spec.paths.run_dir)) == 3
 
@@ -186,7 +186,7 @@ def _train_cli(out: Path, *overrides: str) -> subprocess.Popen:
 
 
 def _batches(out: Path, pid: int) -> list[list[int]]:
-    lines = (out / train.SAMPLE_LOG).read_text(encoding="utf-8").splitlines()
+    lines = (out / runs.SAMPLE_LOG).read_text(encoding="utf-8").splitlines()
     return [entry["rows"] for entry in map(json.loads, lines) if entry["pid"] == pid]
 
 

@@ -23,7 +23,8 @@ from helpers.checkpoints import COMPLETE_MARKER
 from helpers.data_files import grouped_split
 from helpers.environment import write_settings
 from helpers.recipes import choose_recipe
-from helpers.spec import ADAPTER_DIR_ENV, CONFIG_DIR, build_spec
+from helpers.settings import ADAPTER_DIR_ENV
+from helpers.spec import CONFIG_DIR, build_spec
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
 WORKSHOP = CONFIG_DIR / "qwen3-8b-workshop.yaml"

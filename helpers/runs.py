@@ -1,0 +1,164 @@
+"""What a training run leaves behind, and how to read it: the run summary, the loss plot, the sample log's
+name, where to resume and how a fresh start moves the previous run aside.
+
+Notebook 04 and ``python -m helpers.train`` write these; notebooks 05-07 and the evaluation read them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import checkpoints, tracking
+from .checkpoints import find_latest_checkpoint
+from .hardware import is_main_process
+from .workspace import atomic_path, display_path, shareable_path
+
+#: One JSON line per micro-batch: which dataset rows each process trained on.
+SAMPLE_LOG = "sample_log.jsonl"
+#: Written by rank 0 next to the checkpoints when a run ends: where everything went.
+RUN_SUMMARY = "run_summary.json"
+
+
+def start_fresh(spec) -> Path | None:
+    """Move an earlier run aside so a new run starts clean (notebook 04 and ``--no-resume``); print where."""
+    moved, removed = checkpoints.move_aside(spec.paths.run_dir)
+    if moved is not None and is_main_process():
+        print(f"上一次的训练结果已移到 {display_path(moved)}（只保留最近 {checkpoints.KEEP_PREVIOUS_RUNS} 次）")
+        for old in removed:
+            print(f"  删除了更早的 {display_path(old)}")
+    return moved
+
+
+def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path | None:
+    """The checkpoint to resume from: the given one (verified), or the latest that proves itself."""
+    if resume in (None, False):
+        return None
+    if isinstance(resume, (str, os.PathLike)):
+        return checkpoints.verified_checkpoint(Path(resume))
+    found = checkpoints.latest_good_checkpoint(spec.paths.run_dir)
+    if is_main_process():
+        for note in found.notes():
+            print(note)
+    return found.checkpoint
+
+
+def plot_history(log_history: list[dict], path: Path | None = None, title: str = ""):
+    """Train loss, eval loss (when there is a held-out set) and learning rate per step; saved as PNG."""
+    import matplotlib
+
+    if path is not None and "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e["step"] for e in log_history if "loss" in e]
+    losses = [e["loss"] for e in log_history if "loss" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    lrs = [e["learning_rate"] for e in log_history if "loss" in e and "learning_rate" in e]
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(steps, losses, marker="o", markersize=3, label="train/loss")
+    if evals:
+        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], marker="s", color="tab:red", label="eval/loss")
+        ax_loss.legend()
+    ax_loss.set(xlabel="step", ylabel="loss", title=title or "loss")
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot(steps[: len(lrs)], lrs, color="tab:orange")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def loss_summary(log_history: list[dict]) -> tuple[float, float]:
+    """(first logged loss, last logged loss)."""
+    losses = [e["loss"] for e in log_history if "loss" in e]
+    return losses[0], losses[-1]
+
+
+def best_eval(log_history: list[dict]) -> tuple[int, float] | None:
+    """(step, eval loss) of the lowest held-out loss, or None without evaluation."""
+    evals = [(e["eval_loss"], e["step"]) for e in log_history if "eval_loss" in e]
+    if not evals:
+        return None
+    loss, step = min(evals)
+    return step, loss
+
+
+def effective_batch(per_device: int, accumulation: int, processes: int) -> int:
+    """Samples per optimizer step: per device x accumulation x processes."""
+    return per_device * accumulation * processes
+
+
+def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> dict:
+    best = best_eval(trainer.state.log_history)
+    best_folder = spec.paths.run_dir / f"checkpoint-{best[0]}" if best else None
+    return {
+        "profile": spec.profile.name,
+        "global_step": trainer.state.global_step,
+        "train_runtime": metrics.get("train_runtime"),
+        "train_samples_per_second": metrics.get("train_samples_per_second"),
+        "train_loss": metrics.get("train_loss"),
+        "effective_batch_size": effective_batch(trainer.args.per_device_train_batch_size,
+                                                trainer.args.gradient_accumulation_steps, trainer.args.world_size),
+        "world_size": trainer.args.world_size,
+        "checkpoint": find_latest_checkpoint(spec.paths.run_dir),
+        "best_eval": {"step": best[0], "eval_loss": best[1],
+                      "checkpoint": best_folder.name if best_folder.is_dir() else None} if best else None,
+        "output_dir": spec.paths.run_dir,
+        "swanlab_run": swanlab_folder,
+        "swanlab_mode": spec.swanlab.mode,
+        "log_history": trainer.state.log_history,
+    }
+
+
+def save_run_summary(spec, summary: dict) -> Path:
+    """``run_summary.json`` in the run folder; its paths are relative to the run folder or the workspace."""
+    saved = {k: v for k, v in summary.items() if k not in ("trainer", "log_history")}
+    for key in ("checkpoint", "output_dir", "swanlab_run", "plot"):
+        saved[key] = shareable_path(summary.get(key), spec.paths.run_dir, spec.paths.workspace)
+    saved["spec"] = spec.to_dict()
+    path = spec.paths.run_dir / RUN_SUMMARY
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def load_run_summary(spec) -> dict:
+    """A finished run's summary read back, paths resolved, with the log history of its last checkpoint."""
+    summary = json.loads((spec.paths.run_dir / RUN_SUMMARY).read_text(encoding="utf-8"))
+    summary["checkpoint"] = spec.paths.run_dir / summary["checkpoint"] if summary.get("checkpoint") else None
+    summary["output_dir"] = spec.paths.run_dir
+    if summary.get("swanlab_run"):
+        summary["swanlab_run"] = spec.paths.workspace / summary["swanlab_run"]
+    if summary.get("plot"):
+        summary["plot"] = spec.paths.workspace / summary["plot"]
+    state = json.loads((summary["checkpoint"] / "trainer_state.json").read_text(encoding="utf-8"))
+    summary["log_history"] = state["log_history"]
+    return summary
+
+
+def describe_summary(summary: dict) -> str:
+    lines = [
+        f"profile / 配置                 {summary['profile']}",
+        f"global step / 全局步数         {summary['global_step']}",
+        f"effective batch / 有效批次     {summary['effective_batch_size']}（每卡批次 × 梯度累积 × {summary['world_size']} 个进程）",
+        f"train loss / 训练损失          {summary['train_loss']:.4f}" if summary.get("train_loss") is not None else "",
+        f"adapter / 适配器               {display_path(summary['checkpoint']) if summary['checkpoint'] else '-'}",
+        f"checkpoints / 检查点目录       {display_path(summary['output_dir'])}",
+    ]
+    if summary.get("best_eval"):
+        best = summary["best_eval"]
+        lines.append(f"best eval loss / 最低留出损失  {best['eval_loss']:.4f}，第 {best['step']} 步 "
+                     f"（{best['checkpoint'] or '那一步没有保存检查点'}）")
+    if summary.get("plot"):
+        lines.append(f"loss plot / 损失曲线           {display_path(summary['plot'])}")
+    if summary.get("swanlab_run"):
+        lines.append(f"SwanLab run / SwanLab 记录     {display_path(summary['swanlab_run'])}（{summary.get('swanlab_mode')}）")
+        if summary.get("swanlab_mode") != "online":
+            lines.append(f"upload it later / 之后上传     {tracking.sync_command(summary['swanlab_run'])}")
+    return "\n".join(line for line in lines if line)

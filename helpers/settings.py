@@ -1,0 +1,111 @@
+"""Where the course's settings come from: environment variables and the git-ignored settings file.
+
+Environment variables (``QWEN3_TUTORIAL_*``) beat the settings file ``course-settings.yaml`` at the
+repository root (written by notebook 00 or ``python -m helpers.environment setup``), so a JupyterLab
+kernel started without your shell's variables still sees them. :mod:`helpers.spec` turns them, with
+the training config, into one run spec.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import CourseError
+from .workspace import REPO_ROOT, display_path
+
+PROFILE_ENV = "QWEN3_TUTORIAL_PROFILE"
+WORKSPACE_ENV = "QWEN3_TUTORIAL_WORKSPACE"
+MODEL_DIR_ENV = "QWEN3_TUTORIAL_MODEL_DIR"
+DATASET_ENV = "QWEN3_TUTORIAL_DATASET"
+ADAPTER_DIR_ENV = "QWEN3_TUTORIAL_ADAPTER_DIR"
+SWANLAB_MODE_ENV = "QWEN3_TUTORIAL_SWANLAB_MODE"
+
+#: The git-ignored settings file at the repository root (YAML, flat keys).
+SETTINGS_FILE = REPO_ROOT / "course-settings.yaml"
+#: settings-file key -> environment variable that beats it
+SETTINGS_KEYS = {
+    "profile": PROFILE_ENV,
+    "workspace": WORKSPACE_ENV,
+    "model_dir": MODEL_DIR_ENV,
+    "dataset": DATASET_ENV,
+    "adapter_dir": ADAPTER_DIR_ENV,
+    "swanlab_mode": SWANLAB_MODE_ENV,
+}
+
+SWANLAB_MODES = ("offline", "online", "local", "disabled")
+
+
+class SpecError(CourseError, ValueError):
+    """A course setting is wrong; the message names the setting and the fix."""
+
+
+def suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
+    """The settings file's values ({} when there is none)."""
+    import yaml
+
+    if not Path(path).is_file():
+        return {}
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{display_path(path)} is not valid YAML ({err}). Fix or delete it.") from None
+    if not isinstance(values, dict):
+        raise SpecError(f"{display_path(path)} must hold `key: value` lines.")
+    unknown = sorted(set(values) - set(SETTINGS_KEYS))
+    if unknown:
+        raise SpecError(f"{display_path(path)}: unknown setting {unknown[0]!r}{suggest(unknown[0], SETTINGS_KEYS)}. "
+                        f"Known: {', '.join(SETTINGS_KEYS)}.")
+    return {k: str(v) for k, v in values.items() if v not in (None, "")}
+
+
+def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | None = SETTINGS_FILE) -> dict:
+    """Each setting's value and where it came from: {key: (value, origin)}; environment beats the file."""
+    env = os.environ if env is None else env
+    from_file = read_settings_file(settings_file) if settings_file else {}
+    out = {}
+    for key, variable in SETTINGS_KEYS.items():
+        if env.get(variable, "").strip():
+            out[key] = (env[variable].strip(), f"环境变量 {variable}")
+        elif key in from_file:
+            out[key] = (from_file[key], f"设置文件 {display_path(settings_file)}")
+    return out
+
+
+def resolve_swanlab_mode(forced: str | None, env: Mapping[str, str]) -> str:
+    """offline | online | local | disabled: a forced mode, else online when a key is known."""
+    forced = (forced or "").strip().lower()
+    has_key = bool(env.get("SWANLAB_API_KEY")) or saved_swanlab_login()
+    if forced:
+        if forced not in SWANLAB_MODES:
+            raise SpecError(f"{SWANLAB_MODE_ENV}={forced!r}: choose one of {', '.join(SWANLAB_MODES)}")
+        if forced == "online" and not has_key:
+            raise SpecError(
+                "SwanLab online mode needs an API key: run `swanlab login` in a terminal once (it is saved "
+                f"for every kernel), or set SWANLAB_API_KEY. Or choose {SWANLAB_MODE_ENV}=offline."
+            )
+        return forced
+    return "online" if has_key else "offline"
+
+
+def saved_swanlab_login() -> bool:
+    """Whether `swanlab login` saved a key for this project or user (swanlab's own .netrc, read by swanlab)."""
+    try:
+        from swanlab.sdk.internal.pkg import nrc
+        from swanlab.sdk.internal.settings import Settings
+    except ImportError:  # another swanlab version: no saved key is assumed
+        return False
+    for folder in (Settings.get_pwd_config_dir(), Settings.get_user_config_dir()):
+        try:
+            if (folder / ".netrc").is_file() and nrc.read(folder / ".netrc"):
+                return True
+        except Exception:  # noqa: BLE001 - an unreadable file is no key
+            continue
+    return False
