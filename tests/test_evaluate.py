@@ -47,8 +47,11 @@ def lcs_f1(prediction: str, reference: str) -> float:
 def test_rouge_l_exact_match_disjoint_and_partial():
     assert metrics.rouge_l(ANSWER, ANSWER) == 1.0
     assert metrics.rouge_l("春花秋月", "皇上万福") == 0.0
-    # "我是甄嬛" is a subsequence of the answer: precision 4/4, recall 4/17, F1 = 8/21
-    assert metrics.rouge_l("我是甄嬛", ANSWER) == pytest.approx(8 / 21)
+    # "我是甄嬛" is a subsequence of the answer: precision 4/4, recall 4/15 (punctuation is no token), F1 = 8/19
+    assert metrics.rouge_l("我是甄嬛", ANSWER) == pytest.approx(8 / 19)
+    # punctuation alone matches nothing (it scored 0.08 against any line ending in 「。」 when it counted)
+    assert metrics.rouge_l("。", "臣妾给皇上请安。") == 0.0
+    assert metrics.rouge_l("我是甄嬛。", "我是甄嬛！") == 1.0
     # whitespace is not a token
     assert metrics.rouge_l("我 是 甄 嬛", "我是甄嬛") == 1.0
     assert metrics.mean_rouge_l([ANSWER, "春花秋月"], [ANSWER, "皇上万福"]) == 0.5
@@ -60,15 +63,18 @@ def test_rouge_l_exact_match_disjoint_and_partial():
     ("本宫乏了，你们都退下吧。", "嫔妾告退。"),
 ])
 def test_rouge_l_equals_the_library_and_an_independent_lcs(prediction, reference):
+    import unicodedata
+
     from rouge_score import rouge_scorer
 
     class Characters:
         def tokenize(self, text):
-            return [c for c in text if not c.isspace()]
+            return [c for c in text if not c.isspace() and not unicodedata.category(c).startswith("P")]
 
     library = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Characters()).score(reference, prediction)
     assert metrics.rouge_l(prediction, reference) == library["rougeL"].fmeasure
-    assert metrics.rouge_l(prediction, reference) == pytest.approx(lcs_f1(prediction, reference))
+    assert metrics.rouge_l(prediction, reference) == pytest.approx(
+        lcs_f1(*("".join(Characters().tokenize(t)) for t in (prediction, reference))))
 
 
 def test_a_looping_reply():
@@ -123,6 +129,11 @@ def test_thinking_blocks():
     assert not metrics.thinking_complete("<think>\n她问的是花，我想想……")              # never closed
     assert not metrics.thinking_complete("我最爱杏花。")                               # never opened
     assert metrics.thinking_rate(["<think>想</think>答", "答", "<think> </think>答", "<think>想</think>"]) == 0.5
+    # a thought still open when max_new_tokens ran out is cut off by the budget: not counted as lost
+    assert metrics.thinking_cut_off("<think>\n她问的是花，我想想", finished=False)
+    assert not metrics.thinking_cut_off("<think>\n她问的是花，我想想", finished=True)
+    assert metrics.thinking_rate(["<think>想</think>答", "<think>想了很久"], [True, False]) == 1.0
+    assert metrics.thinking_rate(["<think>想</think>答", "<think>想了很久"]) == 0.5
     assert metrics.thinking_conclusion(0.0, 0.0).startswith("无法判断")
     assert metrics.thinking_conclusion(0.9, 0.85).startswith("思考模式保住了")
     assert metrics.thinking_conclusion(0.9, 0.2).startswith("思考模式受损")

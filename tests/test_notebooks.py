@@ -52,7 +52,7 @@ def test_outputs_hold_no_paths_or_keys(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_deterministic_cells_are_checked(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
-    if path.name.startswith(("01-", "02-", "03-", "04-", "05-", "06-")):
+    if path.name.startswith(("01-", "02-", "03-", "04-", "05-", "06-", "07-")):
         assert any("nbval-check-output" in cell_tags(c) for c in nb["cells"] if c["cell_type"] == "code")
 
 
@@ -246,9 +246,13 @@ LESSON_CALLS = {
     "02-chat-template.ipynb": ["AutoTokenizer.from_pretrained(", "apply_chat_template("],
     "03-data.ipynb": ["apply_chat_template(", "AutoTokenizer.from_pretrained(", "[-100] * len(prompt_ids)"],
     "04-train.ipynb": ["AutoModelForCausalLM.from_pretrained(", "LoraConfig(", "get_peft_model(", "TrainingArguments(",
-                       "Trainer("],
+                       "Trainer(", "swanlab.init(", "report_to=", "trainer.train(resume_from_checkpoint=",
+                       "START_FRESH = False", "print_trainable_parameters()"],
     "05-inference.ipynb": ["AutoModelForCausalLM.from_pretrained(", "PeftModel.from_pretrained(", "model.generate(",
-                           "TextIteratorStreamer("],
+                           "do_sample=", "temperature=", "top_p=", "max_new_tokens=", "prompt_ids_as_text(",
+                           "TextIteratorStreamer(", "with model.disable_adapter():", "merge_and_unload()",
+                           "save_pretrained("],
+    "06-evaluate.ipynb": ["ev.generate_replies(", "ev.mean_rouge_l(", "ev.degeneration(", "ev.answer_loss("],
 }
 
 
