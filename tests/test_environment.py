@@ -52,7 +52,7 @@ def test_preflight_passes_in_the_tiny_profile_on_this_machine(tiny_spec):
     assert not failed, env.format_checks(checks)
     assert all(c.fix == "" for c in checks)
     assert env.format_checks(checks).splitlines()[-1] == "全部通过 (all checks passed)"
-    assert "not needed by the tiny profile" in by_name(checks)["gpu"].detail
+    assert "tiny 档位不需要 GPU" in by_name(checks)["gpu"].detail
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def full_fakes(**changes) -> dict:
 def test_a_full_machine_ready_for_class_passes(full_spec):
     checks = env.preflight(full_spec, **full_fakes())
     assert all(c.ok for c in checks), env.format_checks(checks)
-    assert "RTX 4090" in by_name(checks)["gpu"].detail and "bf16 yes" in by_name(checks)["gpu"].detail
+    assert "RTX 4090" in by_name(checks)["gpu"].detail and "bf16 支持" in by_name(checks)["gpu"].detail
 
 
 def _wrong_version():
@@ -129,13 +129,13 @@ def test_each_faked_failure_fails_its_own_check_with_a_fix(full_spec, case):
 def test_wrong_version_names_the_package_and_its_pin(full_spec):
     checks = env.preflight(full_spec, **full_fakes(versions=_wrong_version()))
     pin = env.pinned_versions()["transformers"]
-    assert f"transformers 4.0.0 (pinned {pin})" in by_name(checks)["packages"].detail
+    assert f"transformers 4.0.0（固定为 {pin}）" in by_name(checks)["packages"].detail
 
 
 def test_the_dataset_is_downloadable_when_reachable(full_spec):
     _remove_dataset(full_spec)
     checks = env.preflight(full_spec, **full_fakes())
-    assert by_name(checks)["dataset"].ok and "download possible" in by_name(checks)["dataset"].detail
+    assert by_name(checks)["dataset"].ok and "可以下载" in by_name(checks)["dataset"].detail
 
 
 def test_a_dataset_path_the_user_named_must_exist(tmp_path):
