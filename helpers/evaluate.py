@@ -452,18 +452,6 @@ def plot_comparison(report: dict, set_name: str = "held_out", path: Path | None 
     return fig
 
 
-def epoch_boundaries(log_history: Sequence[dict]) -> list[int]:
-    """The logged steps at which a new epoch began (where a staircase loss curve drops)."""
-    steps, last = [], 0
-    for entry in log_history:
-        if "loss" in entry and "epoch" in entry:
-            epoch = math.floor(entry["epoch"] + 1e-9)
-            if epoch > last:
-                steps.append(entry["step"])
-                last = epoch
-    return steps
-
-
 def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(

@@ -120,6 +120,18 @@ def best_eval(log_history: list[dict]) -> tuple[int, float] | None:
     return step, loss
 
 
+def epoch_boundaries(log_history: list[dict]) -> list[int]:
+    """The logged steps at which a new epoch began (where a staircase loss curve drops)."""
+    steps, last = [], 0
+    for entry in log_history:
+        if "loss" in entry and "epoch" in entry:
+            epoch = int(entry["epoch"] + 1e-9)
+            if epoch > last:
+                steps.append(entry["step"])
+                last = epoch
+    return steps
+
+
 def effective_batch(per_device: int, accumulation: int, processes: int) -> int:
     """Samples per optimizer step: per device x accumulation x processes."""
     return per_device * accumulation * processes

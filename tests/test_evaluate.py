@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from helpers import data_files, metrics
+from helpers import data_files, metrics, runs
 from helpers import evaluate as ev
 from helpers.data_files import grouped_split, normalise
 from helpers.validation import load_records
@@ -168,7 +168,7 @@ def test_epoch_boundaries_of_a_log_history():
     history = [{"loss": 3.0, "epoch": 0.5, "step": 1}, {"loss": 2.0, "epoch": 1.0, "step": 2},
                {"eval_loss": 2.5, "epoch": 1.0, "step": 2}, {"loss": 1.0, "epoch": 1.5, "step": 3},
                {"loss": 0.5, "epoch": 2.0, "step": 4}]
-    assert ev.epoch_boundaries(history) == [2, 4]
+    assert runs.epoch_boundaries(history) == [2, 4]
 
 
 # --------------------------------------------------------------------------- the split on the real data
