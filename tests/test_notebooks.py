@@ -252,7 +252,7 @@ LESSON_CALLS = {
                            "do_sample=", "temperature=", "top_p=", "max_new_tokens=", "prompt_ids_as_text(",
                            "TextIteratorStreamer(", "with model.disable_adapter():", "merge_and_unload()",
                            "save_pretrained("],
-    "06-evaluate.ipynb": ["ev.generate_replies(", "ev.mean_rouge_l(", "ev.degeneration(", "ev.answer_loss("],
+    "06-evaluate.ipynb": ["metrics.generate_replies(", "metrics.mean_rouge_l(", "metrics.degeneration(", "metrics.answer_loss("],
 }
 
 
