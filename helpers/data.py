@@ -34,6 +34,7 @@ from .errors import fraction, positive_int, run_cli
 from .hardware import is_main_process
 from .models import course_tokenizer
 from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, padding_table
+from .runs import use_chinese_font
 from .spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
 from .validation import list_numbers
 from .workspace import UnsafeWriteError, display_path, refuse_same_file
@@ -238,23 +239,22 @@ def trained_tokens_view(sample: dict, tokenizer) -> str:
 
 
 def plot_token_lengths(lengths: Sequence[int], max_length: int = DEFAULT_MAX_LENGTH, title: str = ""):
-    """A histogram of encoded lengths with the p50/p90/p99 lines; returns the figure."""
+    """A histogram of encoded lengths with the p50/p90/p99 lines (Chinese labels); returns the figure."""
     import matplotlib.pyplot as plt
 
+    use_chinese_font()
     stats = length_stats(lengths)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.hist(lengths, bins=min(50, max(10, len(set(lengths)))), color="#4c72b0")
     for key, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
         ax.axvline(stats[key], color="#c44e52", linestyle=style, label=f"{key} = {stats[key]}")
     over = sum(1 for n in lengths if n > max_length)
-    ax.set_xlabel(f"tokens per sample (max_length = {max_length}: {over} rows over)")
-    ax.set_ylabel("rows")
-    ax.set_title(title or f"{stats['rows']} rows, mean {stats['mean']:.1f} tokens")
+    ax.set_xlabel(f"每条样本的 token 数（max_length = {max_length}：超出 {over} 条）")
+    ax.set_ylabel("样本条数")
+    ax.set_title(title or f"{stats['rows']} 条样本，平均 {stats['mean']:.1f} 个 token")
     ax.legend()
     fig.tight_layout()
     return fig
-
-
 
 
 # --------------------------------------------------------------------------- replies
@@ -306,7 +306,6 @@ def prompt_ids_as_text(tokenizer, messages: list[dict], enable_thinking: bool = 
     if rest:
         ids += tokenizer(rest, add_special_tokens=False)["input_ids"]
     return ids
-
 
 
 # --------------------------------------------------------------------------- loading, checking, splitting, encoding

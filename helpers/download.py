@@ -30,6 +30,8 @@ from .workspace import MissingArtifactError, atomic_folder, check_disk_space, di
 #: checkpoints kept: ``save_total_limit`` (3) for each of the last few runs (the current one + 2 moved aside)
 CHECKPOINTS_KEPT = 3 * 3
 SLACK_GB = 2.0
+#: the key of :func:`disk_budget_gb`'s sum
+BUDGET_TOTAL = "合计"
 
 
 def disk_budget_gb(model_present: bool = False, model: str = "Qwen3-8B") -> dict[str, float]:
@@ -41,12 +43,12 @@ def disk_budget_gb(model_present: bool = False, model: str = "Qwen3-8B") -> dict
     counts = qwen3_counts(model)
     weights = round(counts["params"] * 2 / 1e9, 1)
     parts = {
-        f"{model} (bf16 safetensors)": 0.0 if model_present else weights,
-        "checkpoints (3 kept x up to 3 runs)": round(CHECKPOINTS_KEPT * counts["lora_params"] * 12 / 1e9, 2),
-        "merged export": weights,
-        "slack": SLACK_GB,
+        f"{model} 权重（bf16 safetensors）": 0.0 if model_present else weights,
+        "检查点（保留 3 个 × 最多 3 次运行）": round(CHECKPOINTS_KEPT * counts["lora_params"] * 12 / 1e9, 2),
+        "合并导出的模型": weights,
+        "余量": SLACK_GB,
     }
-    parts["total"] = round(sum(parts.values()), 1)
+    parts[BUDGET_TOTAL] = round(sum(parts.values()), 1)
     return parts
 
 
@@ -126,7 +128,7 @@ def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revis
     (with ModelScope's progress bars)."""
     target = Path(target)
     present = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
-    check_disk_space(disk_budget_gb(present, model)["total"], workspace)
+    check_disk_space(disk_budget_gb(present, model)[BUDGET_TOTAL], workspace)
     from modelscope import snapshot_download
 
     model_id = f"Qwen/{model}"
@@ -142,12 +144,23 @@ def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revis
     return Path(path)
 
 
+def weights_present(folder: Path) -> bool:
+    """Whether ``folder`` holds a model config and safetensors weights."""
+    return (Path(folder) / "config.json").is_file() and any(Path(folder).glob("*.safetensors"))
+
+
+def needs_download(spec) -> bool:
+    """True when the spec's model comes from ModelScope and its folder (the course's own) has no weights yet."""
+    return (spec.profile.source == "modelscope" and "model_dir" not in spec.origin
+            and not weights_present(spec.paths.model_dir))
+
+
 def prepare_model(spec) -> Path:
     """Make the spec's model directory exist (build, write or download it); return its path."""
     target = spec.paths.model_dir
     source = spec.profile.source
     if source == "modelscope":
-        if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        if weights_present(target):
             return target
         if spec.origin.get("model_dir"):
             path = require_model_dir(spec)  # the user's own folder: never download over it

@@ -23,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .download import disk_budget_gb
+from .download import BUDGET_TOTAL, disk_budget_gb
 from .errors import run_cli
 from .hardware import gpus, memory_gb
 from .recipes import choose_recipe
@@ -42,10 +42,10 @@ KERNEL_DISPLAY = "Qwen3 LoRA course (.venv)"
 
 #: Mirror settings for AutoDL / mainland-China machines (printed, never applied silently).
 MIRROR_COMMANDS = {
-    "pip": "pip config set global.index-url https://mirrors.aliyun.com/pypi/simple/",
-    "AutoDL academic network acceleration (GitHub, Hugging Face)": "source /etc/network_turbo",
-    "ModelScope cache on the data disk": "export MODELSCOPE_CACHE=~/autodl-tmp/modelscope",
-    "course workspace on the data disk": "python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace",
+    "pip 换国内镜像": "pip config set global.index-url https://mirrors.aliyun.com/pypi/simple/",
+    "AutoDL 学术加速（GitHub、Hugging Face）": "source /etc/network_turbo",
+    "ModelScope 缓存放到数据盘": "export MODELSCOPE_CACHE=~/autodl-tmp/modelscope",
+    "课程工作目录放到数据盘": "python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace",
 }
 
 
@@ -212,12 +212,12 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
         tuple(int(x) for x in versions["python"].split(".")[:2]) >= (3, 10)
     checks.append(Check("python", python_ok, versions.get("python", platform.python_version()),
                         "" if python_ok else "install Python 3.10 or newer"))
-    wrong = [f"{name} {versions.get(name)} (pinned {pin})" for name, pin in pins.items()
+    wrong = [f"{name} {versions.get(name)}（固定为 {pin}）" for name, pin in pins.items()
              if name in versions and name != "torch" and versions[name] != pin]
     missing = [name for name in KEY_PACKAGES if versions.get(name) == "not installed" and name in pins]
     checks.append(Check("packages", not wrong and not missing,
-                        "all pinned versions installed" if not wrong and not missing else
-                        "; ".join(wrong + [f"{m} missing" for m in missing]),
+                        "固定的版本全部已安装" if not wrong and not missing else
+                        "; ".join(wrong + [f"{m} 没有安装" for m in missing]),
                         "make venv   (or: pip install -r requirements.txt)"))
     gpu_list = gpus() if gpu_list is None else gpu_list
     gpu_profile = spec.profile.needs_gpu or spec.profile.name == "random8b"
@@ -225,59 +225,59 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
     total, available = memory_gb() if memory is None else memory
     need_memory = MEMORY_NEEDED_GB["gpu" if gpu_profile else "cpu"]
     checks.append(Check("memory", available >= need_memory,
-                        f"{available:.1f} GB of {total:.1f} GB available, {need_memory:.0f} GB needed",
+                        f"可用 {available:.1f} GB / 共 {total:.1f} GB，需要 {need_memory:.0f} GB",
                         "close other programs and notebooks' kernels, or rent a machine with more memory"))
     free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
-    need = disk_budget_gb(model_present, spec.profile.model)["total"] if spec.profile.source == "modelscope" else 1.0
-    checks.append(Check("disk", free >= need, f"{free:.1f} GB free at {display_path(spec.paths.workspace)}, "
-                        f"{need:.1f} GB needed",
+    need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
+    checks.append(Check("disk", free >= need, f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，"
+                        f"需要 {need:.1f} GB",
                         "put the workspace on the data disk: python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace"))
     checks += _files_checks(spec, model_present, dataset_reachable)
-    checks.append(Check("swanlab", True, f"mode {spec.swanlab.mode}"
-                        + ("" if spec.swanlab.mode == "online" else " (records stay local; `swanlab sync` later)")))
+    checks.append(Check("swanlab", True, f"模式 {spec.swanlab.mode}"
+                        + ("" if spec.swanlab.mode == "online" else "（记录留在本机，之后可以 `swanlab sync` 上传）")))
     kernel = kernel_registered() if kernel is None else kernel
-    checks.append(Check("kernel", kernel, f"Jupyter kernel {KERNEL_NAME!r} " + ("registered" if kernel else "missing"),
+    checks.append(Check("kernel", kernel, f"Jupyter 内核 {KERNEL_NAME!r} " + ("已注册" if kernel else "没有注册"),
                         f"make kernel   (then pick “{KERNEL_DISPLAY}” in JupyterLab: Kernel → Change Kernel)"))
     return checks
 
 
 def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
     if not gpu_profile:
-        return Check("gpu", True, f"not needed by the {spec.profile.name} profile"
-                     + (f" ({len(gpu_list)} found)" if gpu_list else ""))
+        return Check("gpu", True, f"{spec.profile.name} 档位不需要 GPU"
+                     + (f"（找到 {len(gpu_list)} 块）" if gpu_list else ""))
     if not gpu_list:
-        return Check("gpu", False, "no CUDA GPU found",
+        return Check("gpu", False, "没有找到 CUDA GPU",
                      "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny")
     gpu = gpu_list[0]
     recipe, why = choose_recipe(gpu["memory_gb"])
     held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
     ok = recipe is not None and held < 2
-    detail = f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'yes' if gpu['bf16'] else 'no (fp16 is used)'}; {why}"
+    detail = f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}; {why}"
     fix = "" if ok else ("a previous kernel holds GPU memory: shut it down (nvidia-smi shows it)"
                          if recipe is not None else "rent a card with more memory")
-    return Check("gpu", ok, detail + (f"; {held:.1f} GB already in use" if held >= 2 else ""), fix)
+    return Check("gpu", ok, detail + (f"；已有 {held:.1f} GB 被占用" if held >= 2 else ""), fix)
 
 
 def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
     out = []
     if model_present:
-        out.append(Check("model", True, f"present at {display_path(spec.paths.model_dir)}"))
+        out.append(Check("model", True, f"已在 {display_path(spec.paths.model_dir)}"))
     elif spec.profile.source == "modelscope":
-        out.append(Check("model", False, f"not downloaded yet ({display_path(spec.paths.model_dir)})",
+        out.append(Check("model", False, f"还没有下载（{display_path(spec.paths.model_dir)}）",
                                f"python -m helpers.download --profile {spec.profile.name}   (16.4 GB, before class)"))
     else:
-        out.append(Check("model", True, "built locally on first use (no download)"))
+        out.append(Check("model", True, "第一次使用时在本机构建（不需要下载）"))
     dataset = spec.paths.dataset
     if dataset.is_file():
-        out.append(Check("dataset", True, f"present at {display_path(dataset)}"))
+        out.append(Check("dataset", True, f"已在 {display_path(dataset)}"))
     elif "dataset" in spec.origin:  # a file the user named: a download would not put it there
-        out.append(Check("dataset", False, f"not found at {display_path(dataset)} ({spec.origin['dataset']})",
+        out.append(Check("dataset", False, f"{display_path(dataset)} 不存在（{spec.origin['dataset']}）",
                                "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
     else:
         reachable = dataset_reachable() if dataset_reachable is not None else _dataset_reachable()
-        out.append(Check("dataset", reachable, f"not downloaded yet; download {'possible' if reachable else 'blocked'}",
+        out.append(Check("dataset", reachable, f"还没有下载；{'可以下载' if reachable else '网络不通，无法下载'}",
                                "copy huanhuan.json (0.9 MB) onto the machine, then: python -m helpers.environment "
                                "setup --dataset /path/to/huanhuan.json"))
     return out

@@ -50,11 +50,14 @@ from .metrics import (
     generate_replies,
     identity_accuracy,
     marker_rate,
+    mean,
     mean_rouge_l,
     thinking_conclusion,
+    thinking_cut_off,
     thinking_rate,
     unseen_probes,
 )
+from .runs import use_chinese_font
 from .spec import build_spec
 from .workspace import MissingArtifactError, atomic_path, display_path, shareable_path
 
@@ -80,7 +83,9 @@ class EvalOptions:
         if spec.profile.name == "tiny":
             options = cls()
         else:
-            options = cls(limit=None, max_new_tokens=256, thinking_prompts=16, thinking_max_new_tokens=1024,
+            # thinking: Qwen suggests up to 32,768 new tokens; 4,096 keeps 16 prompts affordable, and a
+            # thought still open at the end is counted as cut off, not as a lost thinking mode
+            options = cls(limit=None, max_new_tokens=256, thinking_prompts=16, thinking_max_new_tokens=4096,
                           batch_size=16)
         if limit is not None:
             options = dataclasses.replace(options, limit=limit)
@@ -209,7 +214,9 @@ def thinking_check(loaded, conversations: list[list[dict]], options: EvalOptions
     settings = recommended_settings(True, options.thinking_max_new_tokens)
     replies = _both(loaded, conversations, settings, options, options.seed)
     thinking = {"prompts": len(replies["lora"]), "settings": settings.describe(),
-                **{side: thinking_rate([g.text for g in got]) for side, got in replies.items()}}
+                **{side: thinking_rate([g.text for g in got], [g.finished for g in got]) for side, got in replies.items()},
+                "cut_off": {side: mean(1.0 if thinking_cut_off(g.text, g.finished) else 0.0 for g in got)
+                            for side, got in replies.items()}}
     thinking["conclusion"] = thinking_conclusion(thinking["base"], thinking["lora"])
     return thinking
 
@@ -316,6 +323,7 @@ def scalars(report: dict) -> dict[str, float]:
     walk("eval", report["sets"])
     walk("eval/identity", report["identity"]["accuracy"])
     walk("eval/thinking", {k: report["thinking"][k] for k in ("base", "lora")})
+    walk("eval/thinking/cut_off", report["thinking"].get("cut_off", {}))
     for row in report["decoding"]:
         numbers = {k: v for k, v in row.items() if k not in ("decoding", "settings")}
         walk(f"eval/decoding/{row['decoding']}", numbers)
@@ -412,6 +420,12 @@ def describe_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+#: the Chinese names of the bar chart's metrics and sets
+METRIC_NAMES = {"persona": "角色词", "boilerplate": "套话", "identity": "身份", "thinking": "思考块",
+                "truncated": "截断", "repeated_3gram": "重复 3-gram"}
+SET_NAMES = {"held_out": "留出集", "memorised": "记忆子集"}
+
+
 def plot_comparison(report: dict, set_name: str = "held_out", path: Path | None = None):
     """Bar chart: base vs LoRA on every share-type metric (0..1)."""
     import matplotlib
@@ -420,13 +434,15 @@ def plot_comparison(report: dict, set_name: str = "held_out", path: Path | None 
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_chinese_font()
     rows = metrics_rows(report, set_name)
     positions = range(len(rows))
     fig, ax = plt.subplots(figsize=(10, 3.5))
-    ax.bar([p - 0.2 for p in positions], [r[1] for r in rows], width=0.4, label="base")
+    ax.bar([p - 0.2 for p in positions], [r[1] for r in rows], width=0.4, label="基座")
     ax.bar([p + 0.2 for p in positions], [r[2] for r in rows], width=0.4, label="LoRA")
-    ax.set_xticks(list(positions), [r[0] for r in rows], rotation=20)
-    ax.set(ylim=(0, 1.05), ylabel="share / score", title=f"{report['profile']}: base vs LoRA ({set_name})")
+    ax.set_xticks(list(positions), [METRIC_NAMES.get(r[0], r[0]) for r in rows], rotation=20)
+    ax.set(ylim=(0, 1.05), ylabel="比例 / 分数",
+           title=f"{report['profile']}：基座 vs LoRA（{SET_NAMES.get(set_name, set_name)}）")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -434,18 +450,6 @@ def plot_comparison(report: dict, set_name: str = "held_out", path: Path | None 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     return fig
-
-
-def epoch_boundaries(log_history: Sequence[dict]) -> list[int]:
-    """The logged steps at which a new epoch began (where a staircase loss curve drops)."""
-    steps, last = [], 0
-    for entry in log_history:
-        if "loss" in entry and "epoch" in entry:
-            epoch = math.floor(entry["epoch"] + 1e-9)
-            if epoch > last:
-                steps.append(entry["step"])
-                last = epoch
-    return steps
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,35 @@ def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path |
     return found.checkpoint
 
 
+#: fonts with Chinese glyphs, in order of preference (the plots' labels are Chinese)
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Serif CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei",
+             "WenQuanYi Zen Hei", "PingFang SC", "Hiragino Sans GB", "Heiti SC", "Microsoft YaHei", "SimHei")
+
+
+def use_chinese_font() -> str | None:
+    """Put the first installed font with Chinese glyphs first in matplotlib's list; return its name
+    (None: none installed, e.g. ``apt install fonts-noto-cjk`` is missing, and Chinese labels show boxes).
+    A font installed after matplotlib cached its font list is found too."""
+    import contextlib
+
+    from matplotlib import font_manager, rcParams
+
+    def installed() -> set[str]:
+        return {f.name for f in font_manager.fontManager.ttflist}
+
+    names = installed()
+    if not any(name in names for name in CJK_FONTS):
+        for path in font_manager.findSystemFonts():
+            with contextlib.suppress(Exception):
+                font_manager.fontManager.addfont(path)
+        names = installed()
+    found = next((name for name in CJK_FONTS if name in names), None)
+    if found is not None:
+        rcParams["font.sans-serif"] = [found, *[n for n in rcParams["font.sans-serif"] if n != found]]
+        rcParams["font.family"] = "sans-serif"
+    return found
+
+
 def plot_history(log_history: list[dict], path: Path | None = None, title: str = ""):
     """Train loss, eval loss (when there is a held-out set) and learning rate per step; saved as PNG."""
     import matplotlib
@@ -53,19 +82,21 @@ def plot_history(log_history: list[dict], path: Path | None = None, title: str =
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_chinese_font()
     steps = [e["step"] for e in log_history if "loss" in e]
     losses = [e["loss"] for e in log_history if "loss" in e]
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
     lrs = [e["learning_rate"] for e in log_history if "loss" in e and "learning_rate" in e]
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot(steps, losses, marker="o", markersize=3, label="train/loss")
+    ax_loss.plot(steps, losses, marker="o", markersize=3, label="训练损失 train/loss")
     if evals:
-        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], marker="s", color="tab:red", label="eval/loss")
+        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], marker="s", color="tab:red",
+                     label="留出集损失 eval/loss")
         ax_loss.legend()
-    ax_loss.set(xlabel="step", ylabel="loss", title=title or "loss")
+    ax_loss.set(xlabel="步数", ylabel="损失", title=title or "损失")
     ax_loss.grid(alpha=0.3)
     ax_lr.plot(steps[: len(lrs)], lrs, color="tab:orange")
-    ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    ax_lr.set(xlabel="步数", ylabel="学习率", title="学习率")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:
@@ -87,6 +118,18 @@ def best_eval(log_history: list[dict]) -> tuple[int, float] | None:
         return None
     loss, step = min(evals)
     return step, loss
+
+
+def epoch_boundaries(log_history: list[dict]) -> list[int]:
+    """The logged steps at which a new epoch began (where a staircase loss curve drops)."""
+    steps, last = [], 0
+    for entry in log_history:
+        if "loss" in entry and "epoch" in entry:
+            epoch = int(entry["epoch"] + 1e-9)
+            if epoch > last:
+                steps.append(entry["step"])
+                last = epoch
+    return steps
 
 
 def effective_batch(per_device: int, accumulation: int, processes: int) -> int:

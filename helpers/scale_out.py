@@ -39,11 +39,11 @@ class Strategy:
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "single-gpu": Strategy("one GPU", "single-gpu.yaml", "", "one process, one GPU"),
-    "ddp": Strategy("DDP", "ddp.yaml", "", "a whole copy per GPU; each GPU its own data shard"),
-    "zero2": Strategy("DeepSpeed ZeRO-2", "zero2.yaml", "optimizer", "LoRA grads + Adam sharded"),
-    "fsdp": Strategy("FSDP2", "fsdp.yaml", "all", "weights, grads and Adam sharded"),
-    "zero3": Strategy("DeepSpeed ZeRO-3", "zero3.yaml", "all", "weights, grads and Adam sharded"),
+    "single-gpu": Strategy("单卡", "single-gpu.yaml", "", "一个进程、一块 GPU"),
+    "ddp": Strategy("DDP", "ddp.yaml", "", "每块 GPU 一份完整模型，各训一份数据"),
+    "zero2": Strategy("DeepSpeed ZeRO-2", "zero2.yaml", "optimizer", "LoRA 的梯度和 Adam 状态分片"),
+    "fsdp": Strategy("FSDP2", "fsdp.yaml", "all", "权重、梯度和 Adam 状态全部分片"),
+    "zero3": Strategy("DeepSpeed ZeRO-3", "zero3.yaml", "all", "权重、梯度和 Adam 状态全部分片"),
 }
 
 
@@ -81,15 +81,17 @@ def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estim
 
 def memory_table(model: str = "Qwen3-8B", gpu_counts: tuple[int, ...] = (2, 4, 8), **estimate) -> str:
     """A text table: estimated GB per GPU for each strategy and number of GPUs."""
-    head = f"{'strategy':<18}" + "".join(f"{f'{n} GPU' + ('s' if n > 1 else ''):>10}" for n in gpu_counts)
-    lines = [f"{model} LoRA, ESTIMATED GB per GPU (not measured)", head]
+    from .padding import pad_text
+
+    head = pad_text("做法", 16) + "".join(pad_text(f"{n} 块 GPU", 12, right=True) for n in gpu_counts)
+    lines = [f"{model} LoRA：每块 GPU 的显存，估计值（ESTIMATED，GB，未实测）", head]
     for key, strategy in STRATEGIES.items():
         if key == "single-gpu":
             total = per_gpu_memory_gb(key, 1, model, **estimate)["total"]
-            lines.append(f"{strategy.name:<18}{total:>10.1f}  (1 GPU)")
+            lines.append(f"{pad_text(strategy.name, 16)}{total:>12.1f}（1 块 GPU）")
             continue
-        cells = "".join(f"{per_gpu_memory_gb(key, n, model, **estimate)['total']:>10.1f}" for n in gpu_counts)
-        lines.append(f"{strategy.name:<18}{cells}")
+        cells = "".join(f"{per_gpu_memory_gb(key, n, model, **estimate)['total']:>12.1f}" for n in gpu_counts)
+        lines.append(f"{pad_text(strategy.name, 16)}{cells}")
     return "\n".join(lines)
 
 
@@ -199,10 +201,10 @@ def format_shards(steps: list[dict[int, list[int]]]) -> str:
         cells = "   ".join(f"rank {r}: {sorted(rows)!s:<10}" for r, rows in sorted(ranks.items()))
         sets = [set(rows) for rows in ranks.values()]
         overlap = set.intersection(*sets) if len(sets) > 1 else set()
-        note = f"overlap {sorted(overlap)}" if overlap else "disjoint"
+        note = f"重叠 {sorted(overlap)}" if overlap else "不相交"
         repeated = set().union(*sets) & seen
         if repeated:
-            note += f", repeats {sorted(repeated)} from an earlier micro-batch"
+            note += f"，{sorted(repeated)} 在前面的微批次里训过"
         seen |= set().union(*sets)
-        lines.append(f"micro-batch {call}:  {cells}  {note}")
+        lines.append(f"微批次 {call}：  {cells}  {note}")
     return "\n".join(lines)

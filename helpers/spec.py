@@ -40,6 +40,10 @@ DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
 DEFAULT_MAX_LENGTH = 1024
 BATCHINGS = ("packed", "padded", "grouped")
 QUANTIZATIONS = (None, "nf4")
+#: ``kernels:`` in a training config: none (the model's own layers) or liger (Liger Kernel's Qwen3 patch)
+KERNELS = (None, "liger")
+#: the optional GPU package ``kernels: liger`` needs (pyproject's ``gpu`` extra; bench/RESULTS.md)
+LIGER_PACKAGE = "liger-kernel==0.8.5"
 
 
 # --------------------------------------------------------------------------- typed sections
@@ -70,6 +74,11 @@ class SwanLabSpec:
     mode: str = "offline"             # offline | online | local | disabled (resolved: see tracking)
     enabled: bool = True
 
+    @property
+    def report_to(self) -> list[str] | str:
+        """``TrainingArguments(report_to=...)``: SwanLab, or ``"none"`` when tracking is off."""
+        return ["swanlab"] if self.enabled and self.mode != "disabled" else "none"
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -98,6 +107,8 @@ class RunSpec:
     paths: Paths
     #: where each top-level choice came from, for the banner
     origin: Mapping = field(default_factory=dict)
+    #: None or "liger" (``kernels:`` in the config; checked by :func:`check_kernels` when the spec is built)
+    kernels: str | None = None
 
     @property
     def name(self) -> str:
@@ -114,6 +125,8 @@ class RunSpec:
         ]
         if self.quantization:
             lines.append(f"  量化: {self.quantization} (QLoRA)")
+        if self.kernels:
+            lines.append(f"  内核: {self.kernels}（Liger Kernel 的 Qwen3 融合算子）")
         if self.profile.name == "tiny":
             lines.append("  注意: tiny 模型的回答没有 Qwen3-8B 的水平，它只证明整条流程是对的。"
                          f"在 GPU 机器上设置 {PROFILE_ENV}=full 使用真正的模型。")
@@ -129,6 +142,7 @@ class RunSpec:
             "training": dict(self.training),
             "batching": self.batching,
             "quantization": self.quantization,
+            "kernels": self.kernels,
             "swanlab": dataclasses.asdict(self.swanlab),
         }
 
@@ -140,6 +154,25 @@ class RunSpec:
 
 
 # --------------------------------------------------------------------------- the precedence rule
+
+
+def liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def check_kernels(kernels: str | None, cuda: bool, source: str = "config", installed: bool | None = None) -> str | None:
+    """``kernels: liger`` needs CUDA and the ``liger-kernel`` package: refused here, before any model loads."""
+    if kernels != "liger":
+        return kernels
+    if not cuda:
+        raise SpecError(f"{source}: kernels: liger needs a CUDA GPU (Liger's kernels are Triton GPU code); "
+                        "this machine has none: remove the line or set kernels: null")
+    if not (liger_installed() if installed is None else installed):
+        raise SpecError(f"{source}: kernels: liger needs the liger-kernel package, which is not installed: "
+                        f"pip install {LIGER_PACKAGE} (or set kernels: null)")
+    return kernels
 
 
 def choose_profile(requested: str | None, file_profile: str | None, *, cuda: bool,
@@ -173,7 +206,8 @@ def choose_profile(requested: str | None, file_profile: str | None, *, cuda: boo
 # --------------------------------------------------------------------------- config validation
 
 
-TOP_LEVEL_KEYS = ("profile", "data", "batching", "quantization", "lora", "training", "swanlab", "output_dir")
+TOP_LEVEL_KEYS = ("profile", "data", "batching", "quantization", "kernels", "lora", "training", "swanlab",
+                  "output_dir")
 
 
 def _actions(schema: type) -> dict:
@@ -280,6 +314,8 @@ def validate_config(config: dict, source: str = "config") -> dict:
         raise SpecError(f"{source}: batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
     if out.get("quantization") not in QUANTIZATIONS:
         raise SpecError(f"{source}: quantization must be null or nf4, not {out.get('quantization')!r}")
+    if out.get("kernels") not in KERNELS:
+        raise SpecError(f"{source}: kernels must be null or liger, not {out.get('kernels')!r}")
     for dotted, ok, must in RANGES:
         section, key = dotted.split(".")
         if key in (out.get(section) or {}):
@@ -410,6 +446,7 @@ def build_spec(
         training=MappingProxyType(dict(checked.get("training", {}))),
         batching=checked.get("batching", "packed"),
         quantization=checked.get("quantization"),
+        kernels=check_kernels(checked.get("kernels"), cuda, source),
         swanlab=swanlab,
         paths=paths,
         origin=MappingProxyType({**{k: v[1] for k, v in settings.items()}, "profile": why}),

@@ -95,29 +95,43 @@ def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
     """
     import swanlab
 
-    os.environ["SWANLAB_INTERACTIVE"] = "false"
-    for warning in check_swanlab_environment(os.environ):
-        print("SwanLab:", warning)
-    mode = spec.swanlab.mode
-    if mode == "online" and not reachable():
-        print(f"SwanLab: {SWANLAB_HOST[0]} 无法连接（没有网络？），本次改为 offline 记录；有网络后用 "
-              "`swanlab sync <run 目录>` 上传（训练结束时会打印这个命令）。")
-        mode = "offline"
-    logdir = spec.paths.swanlog
-    logdir.mkdir(parents=True, exist_ok=True)
-    # A relative logdir keeps swanlab's own console messages free of absolute paths.
-    try:
-        relative = os.path.relpath(logdir)
-    except ValueError:
-        relative = str(logdir)
     return swanlab.init(
         project=spec.swanlab.project,
         experiment_name=spec.swanlab.experiment_name,
         config=config if config is not None else spec.to_dict(),
-        mode=mode,
-        logdir=relative,
+        mode=safe_mode(spec, reachable),
+        logdir=logdir(spec),
         settings=shareable_settings(swanlab),
     )
+
+
+def safe_mode(spec, reachable=swanlab_reachable) -> str:
+    """The mode to pass to ``swanlab.init``, with swanlab's prompt switched off for good.
+
+    Sets ``SWANLAB_INTERACTIVE=false`` (swanlab 0.10 would otherwise call ``input()`` for a key),
+    stops on environment variables swanlab cannot parse, and turns ``online`` into ``offline`` (with
+    one line saying so) when swanlab.cn cannot be reached. ``disabled`` when tracking is off.
+    """
+    os.environ["SWANLAB_INTERACTIVE"] = "false"
+    for warning in check_swanlab_environment(os.environ):
+        print("SwanLab:", warning)
+    mode = spec.swanlab.mode if spec.swanlab.enabled else "disabled"
+    if mode == "online" and not reachable():
+        print(f"SwanLab: {SWANLAB_HOST[0]} 无法连接（没有网络？），本次改为 offline 记录；有网络后用 "
+              "`swanlab sync <run 目录>` 上传（训练结束时会打印这个命令）。")
+        mode = "offline"
+    return mode
+
+
+def logdir(spec) -> str:
+    """The workspace's ``swanlog/`` folder (created), relative to the working directory when it can be:
+    swanlab prints it, and a relative path keeps those messages free of machine paths."""
+    folder = spec.paths.swanlog
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return os.path.relpath(folder)
+    except ValueError:
+        return str(folder)
 
 
 def shareable_settings(swanlab):

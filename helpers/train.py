@@ -94,8 +94,23 @@ def base_model_name(spec) -> str:
         return spec.paths.model_dir.name
 
 
+def apply_kernels(spec) -> list[str]:
+    """``kernels: liger``: Liger Kernel's Qwen3 patch (RMSNorm, SwiGLU, RoPE and the fused linear
+    cross-entropy, which never holds the 151,936-wide logits), applied to the transformers classes
+    BEFORE the model is built. The spec was checked when it was built (CUDA and the package present)."""
+    if spec.kernels != "liger":
+        return []
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen3
+
+    apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=True)
+    return ["rope", "rms_norm", "swiglu", "fused_linear_cross_entropy"]
+
+
 def load_model_for_training(spec):
-    """The base model, ready for LoRA: on this process's device, ``use_cache`` off, k-bit prepared for QLoRA."""
+    """The base model, ready for LoRA: on this process's device, ``use_cache`` off, k-bit prepared for QLoRA
+    (and Liger's kernels patched in first when the spec asks for ``kernels: liger``)."""
+    apply_kernels(spec)
     if launched_processes() > 1:
         model = _load_base_model_for_this_process(spec)
     else:
@@ -200,7 +215,7 @@ def training_arguments(spec, **extra):
         seed=t["seed"],
         train_sampling_strategy=t.get("train_sampling_strategy",
                                       "group_by_length" if spec.batching == "grouped" else "random"),
-        report_to=t.get("report_to", ["swanlab"] if spec.swanlab.enabled and spec.swanlab.mode != "disabled" else "none"),
+        report_to=t.get("report_to", spec.swanlab.report_to),
         dataloader_num_workers=t.get("dataloader_num_workers", 0),
         dataloader_pin_memory=t.get("dataloader_pin_memory", torch.cuda.is_available()),
         disable_tqdm=t.get("disable_tqdm", False),
@@ -326,6 +341,11 @@ def _active_swanlab_run():
         return None
 
 
+def share_safe_swanlab(trainer, spec) -> None:
+    """The trainer's SwanLab callback logs the run's config without machine paths (``tracking.share_safe_swanlab``)."""
+    tracking.share_safe_swanlab(trainer, base_model_name(spec), lambda args: shareable_args(args, spec))
+
+
 def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args=None):
     """A ``Trainer`` with the padding-free collator, sample log, checkpoint proof and memory log."""
     from transformers import Trainer
@@ -345,7 +365,7 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
         processing_class=tokenizer,
         callbacks=course_callbacks(spec),
     )
-    tracking.share_safe_swanlab(trainer, base_model_name(spec), lambda args: shareable_args(args, spec))
+    share_safe_swanlab(trainer, spec)
     return trainer
 
 

@@ -257,8 +257,8 @@ def load_records(
     if not report.ok:
         if not skip_invalid:
             raise DataValidationError(report, fix_hint or (
-                f"Fix these rows, or pass skip_invalid=True (`python -m helpers.data check/encode --skip-invalid`) to use the "
-                f"{len(records)} valid rows; the skipped rows are then listed in the report."))
+                f"请修正这些行；或者传入 skip_invalid=True（命令行 `python -m helpers.data check/encode --skip-invalid`），"
+                f"只用其中 {len(records)} 条有效数据，跳过的行会列在报告里。"))
         report.skipped = report.invalid_rows
         if not records:
             raise DataValidationError(report, "No valid row is left.")

@@ -44,13 +44,11 @@ import urllib.request
 from pathlib import Path
 
 from helpers.errors import CourseError, run_cli
+from helpers.runs import CJK_FONTS, use_chinese_font
 from helpers.workspace import REPO_ROOT
 
 IMAGES = REPO_ROOT / "images"
 DPI = 110
-#: CJK fonts the pictures may use, in order of preference (Debian, macOS, Windows names).
-CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
-             "PingFang SC", "Hiragino Sans GB", "Microsoft YaHei", "SimHei")
 FONT_FIX = ("install one, e.g. `sudo apt-get install -y fonts-noto-cjk` (Debian/Ubuntu; "
             "`python -m tests.chromium` does it when it may)")
 
@@ -66,21 +64,10 @@ class MissingFontError(CourseError, RuntimeError):
 
 
 def cjk_font() -> str:
-    """The name of an installed font with Chinese glyphs (matplotlib's font list, refreshed once if needed)."""
-    from matplotlib import font_manager
-
-    def installed() -> set[str]:
-        return {font.name for font in font_manager.fontManager.ttflist}
-
-    names = installed()
-    if not any(name in names for name in CJK_FONTS):  # installed after matplotlib cached its list
-        for path in font_manager.findSystemFonts():
-            with contextlib.suppress(Exception):
-                font_manager.fontManager.addfont(path)
-        names = installed()
-    for name in CJK_FONTS:
-        if name in names:
-            return name
+    """The name of an installed font with Chinese glyphs (the course's own finder, ``runs.use_chinese_font``)."""
+    found = use_chinese_font()
+    if found is not None:
+        return found
     raise MissingFontError(f"No CJK font for the pictures' Chinese labels (looked for: {', '.join(CJK_FONTS)}): "
                            f"{FONT_FIX}.")
 

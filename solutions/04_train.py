@@ -1,21 +1,27 @@
-"""Solutions to notebook 04's exercises: LoRA's r and alpha, and which checkpoints are kept.
+"""Solutions to notebook 04's exercises: LoRA's r with and without alpha, and a learning-rate sweep.
 
-Exercise 1 builds the tiny model with LoRA exactly as ``python -m helpers.train`` does, with the
-settings changed by ``--set``-style overrides. Exercise 2 trains a few steps in the solutions'
-own workspace (``<workspace>/solutions``), so notebook 04's run is left alone.
+Both use transformers and PEFT directly, as the notebook's cells do: ``from_pretrained``,
+``LoraConfig`` + ``get_peft_model``, ``TrainingArguments`` + ``Trainer``. Exercise 2 trains in the
+solutions' own workspace (``<workspace>/solutions``), so notebook 04's run is left alone.
 
 Run from the repository root:  python solutions/04_train.py [exercise number]
 """
 
-from _common import exercise, run, scratch_spec, tiny_spec, train_fresh
+import math
 
-from helpers import checkpoints, models, train
+from _common import exercise, run, scratch_spec, tiny_spec, tiny_tokenizer
 
 
-def lora_model(*overrides: str):
-    """The tiny base model with the spec's LoRA on it (helpers.train's own two steps)."""
-    spec = tiny_spec(*overrides)
-    return spec, train.add_lora(spec, models.load_base_model(spec, for_training=True))
+def lora_model(spec, r: int, alpha: int, rslora: bool = False):
+    """The tiny base model with a LoRA of rank ``r`` and ``lora_alpha`` ``alpha`` on the course's 7 layers."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, set_seed
+
+    set_seed(spec.training["seed"])
+    base = AutoModelForCausalLM.from_pretrained(spec.paths.model_dir)
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, use_rslora=rslora,
+                        lora_dropout=spec.lora.lora_dropout, target_modules=list(spec.lora.target_modules))
+    return get_peft_model(base, config)
 
 
 def formula(config, r: int, targets) -> int:
@@ -27,40 +33,66 @@ def formula(config, r: int, targets) -> int:
     return config.num_hidden_layers * sum(r * sum(shapes[name]) for name in targets)
 
 
-@exercise(1, "改 r 和 alpha，预测可训练参数量")
+@exercise(1, "改 r，固定或不固定 alpha")
 def rank_and_alpha():
-    counts = {}
-    for overrides in ((), ("lora.r=16",), ("lora.lora_alpha=64",), ("lora.r=16", "lora.lora_alpha=64")):
-        spec, model = lora_model(*overrides)
+    spec = tiny_spec()
+    tiny_tokenizer(spec)  # builds the tiny model folder when it is missing
+    counts, scales = {}, {}
+    for r, alpha, rslora in ((8, 32, False), (16, 32, False), (16, 64, False), (8, 32, True), (16, 32, True)):
+        model = lora_model(spec, r, alpha, rslora)
         trainable, total = model.get_nb_trainable_parameters()
-        scaling = model.get_base_model().model.layers[0].self_attn.q_proj.scaling["default"]
-        counts[spec.lora.r, spec.lora.lora_alpha] = trainable
-        print(f"--set {' '.join(overrides) or '（默认）':<32} r={spec.lora.r:<3} alpha={spec.lora.lora_alpha:<3} "
-              f"可训练 {trainable:>7,} / {total:,}，缩放 alpha/r = {scaling:g}")
-        assert trainable == formula(model.config, spec.lora.r, spec.lora.target_modules)
-        assert scaling == spec.lora.lora_alpha / spec.lora.r
-    assert counts[16, 32] == 2 * counts[8, 32] and counts[8, 64] == counts[8, 32] and counts[16, 64] == counts[16, 32]
-    print("r 翻倍，可训练参数翻倍；alpha 不改变参数量，只改变适配器输出的缩放。")
+        scale = model.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"]
+        counts[r, alpha, rslora], scales[r, alpha, rslora] = trainable, scale
+        print(f"r={r:<3} alpha={alpha:<3} rsLoRA={'是' if rslora else '否'}  可训练 {trainable:>7,} / {total:,}，"
+              f"缩放 {scale:.3f}")
+        assert trainable == formula(model.config, r, spec.lora.target_modules)
+        assert math.isclose(scale, alpha / math.sqrt(r) if rslora else alpha / r)
+    assert counts[16, 32, False] == 2 * counts[8, 32, False] == counts[16, 64, False]
+    assert scales[16, 32, False] == scales[8, 32, False] / 2 and scales[16, 64, False] == scales[8, 32, False]
+    assert math.isclose(scales[16, 32, True], scales[8, 32, True] / math.sqrt(2))
+    print("r 决定参数量（翻倍），alpha 只决定缩放：固定 alpha、r 翻倍，适配器输出的缩放减半，"
+          "所以学习率只是大致不用重调；alpha 跟着 r 翻倍才保持缩放不变；rsLoRA 的缩放是 alpha/√r，只降到 1/√2。")
 
 
-@exercise(2, "save_steps 和 save_total_limit：最后留下哪些检查点")
-def kept_checkpoints():
-    max_steps, save_steps, limit = 6, 2, 2
-    spec = scratch_spec("kept-checkpoints", f"training.max_steps={max_steps}", f"training.save_steps={save_steps}",
-                        f"training.save_total_limit={limit}", "training.logging_steps=1",
-                        "training.disable_tqdm=true", "swanlab=null")
-    rows = spec.data.max_rows
-    per_step = spec.training["per_device_train_batch_size"] * spec.training["gradient_accumulation_steps"]
-    predicted = [f"checkpoint-{step}" for step in range(save_steps, max_steps + 1, save_steps)][-limit:]
-    print(f"预测: 每 {save_steps} 步存一次、最多留 {limit} 个 → {predicted}；{rows} 行 ÷ 每步 {per_step} 行 = 每轮 "
-          f"{rows // per_step} 步，{max_steps} 步 = {max_steps / (rows // per_step):g} 轮")
-    summary = train_fresh(spec)
-    kept = [p.name for p in checkpoints.checkpoints_in(spec.paths.run_dir)]
-    epoch = summary["log_history"][-1]["epoch"]
-    print(f"实际: global_step {summary['global_step']}，epoch {epoch:g}，留下 {kept}")
-    assert kept == predicted
-    assert summary["global_step"] == max_steps and epoch == max_steps / (rows // per_step)
-    assert all(checkpoints.is_complete_checkpoint(spec.paths.run_dir / name) for name in kept)
+@exercise(2, "学习率扫一遍，看留出集损失")
+def learning_rate_sweep():
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorWithFlattening,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from helpers import data, train
+
+    spec = scratch_spec("lr-sweep")
+    tokenizer = tiny_tokenizer(spec)
+    train_samples, eval_samples = data.training_data(spec, tokenizer, verbose=False)
+    train_dataset, eval_dataset = train.to_train_dataset(train_samples), train.to_train_dataset(eval_samples)
+    results = {}
+    for lr in (5e-4, 5e-3, 5e-2):
+        set_seed(spec.training["seed"])
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(spec.paths.model_dir),
+                               LoraConfig(task_type=TaskType.CAUSAL_LM, r=spec.lora.r, lora_alpha=spec.lora.lora_alpha,
+                                          target_modules=list(spec.lora.target_modules)))
+        args = TrainingArguments(output_dir=str(spec.paths.run_dir / f"lr-{lr:g}"), learning_rate=lr, max_steps=12,
+                                 per_device_train_batch_size=4, lr_scheduler_type="cosine", logging_steps=4,
+                                 eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
+                                 remove_unused_columns=False, seed=spec.training["seed"], use_cpu=True)
+        trainer = Trainer(model=model, args=args, train_dataset=train_dataset,
+                          data_collator=DataCollatorWithFlattening(return_position_ids=True, separator_id=-100))
+        trainer.train()
+        train_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e][-1]
+        held_out = trainer.evaluate(eval_dataset)["eval_loss"]
+        results[lr] = (train_loss, held_out)
+        print(f"学习率 {lr:<7g} 最后的训练损失 {train_loss:7.3f}   留出集损失 {held_out:7.3f}")
+    best_train = min(results, key=lambda lr: results[lr][0])
+    best_held = min(results, key=lambda lr: results[lr][1])
+    print(f"训练损失最低：学习率 {best_train:g}；留出集损失最低：学习率 {best_held:g}")
+    assert results[5e-4][0] > results[5e-3][0], "too small a step hardly moves in 20 steps"
+    assert best_held != best_train, "memorising the 8 rows hardest makes the held-out answers least expected"
 
 
 if __name__ == "__main__":

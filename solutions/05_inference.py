@@ -9,9 +9,10 @@ Run from the repository root:  python solutions/05_inference.py [exercise number
 
 from functools import cache
 
-from _common import distinct_n, exercise, memorised_adapter, prompt_inputs, run, tiny_spec
+from _common import exercise, memorised_adapter, prompt_inputs, run, tiny_spec
 
-from helpers import data, data_files, inference, models, original, validation
+from helpers import data, data_files, inference, original, validation
+from helpers.evaluate import distinct_n
 
 #: a system prompt the adapter never saw
 OTHER_SYSTEM_PROMPT = "你是一个乐于助人的助手"
@@ -29,15 +30,25 @@ def setup():
     return loaded, memorised
 
 
-def generated_ids(loaded, messages, settings, adapter=True) -> list[int]:
-    """The new token ids of one reply (special tokens included, so <|im_end|> is visible)."""
+MAX_NEW_TOKENS = 48
+
+
+def generated_ids(loaded, messages, adapter=True) -> list[int]:
+    """The new token ids of one greedy reply (special tokens included, so <|im_end|> is visible)."""
+    import contextlib
+
     import torch
 
     inputs = prompt_inputs(loaded.model, loaded.tokenizer, messages)
-    with models.adapter_switch(loaded.model, adapter), torch.inference_mode():
-        out = loaded.model.generate(**inputs, generation_config=settings.generation_config(
-            loaded.model.generation_config))
+    switch = contextlib.nullcontext() if adapter else loaded.model.disable_adapter()
+    with switch, torch.inference_mode():
+        out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
     return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def distinct_2(loaded, ids: list[int]) -> float:
+    """Character distinct-2 of the decoded reply (the course's one definition, helpers.metrics.distinct_n)."""
+    return distinct_n([loaded.tokenizer.decode(ids, skip_special_tokens=True)], 2)
 
 
 @exercise(1, "贪心解码：基座模型会不会停下、会不会重复")
@@ -45,25 +56,24 @@ def greedy_repetition():
     loaded, memorised = setup()
     tokenizer = loaded.tokenizer
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    settings = inference.greedy_settings(max_new_tokens=48)
     rows = []
     for record in memorised:
         messages = inference.chat_messages([], record["instruction"], loaded.system_prompt)
-        base = generated_ids(loaded, messages, settings, adapter=False)
-        lora = generated_ids(loaded, messages, settings, adapter=True)
+        base = generated_ids(loaded, messages, adapter=False)
+        lora = generated_ids(loaded, messages, adapter=True)
         rows.append((record["instruction"], base, lora))
-        print(f"{record['instruction']:<10} 基座 {len(base):>2} 个 token，distinct-2 {distinct_n(base):.2f}，"
-              f"停在 <|im_end|>: {base[-1] == im_end!s:<5} | LoRA {len(lora):>2} 个 token，"
-              f"distinct-2 {distinct_n(lora):.2f}，停在 <|im_end|>: {lora[-1] == im_end}")
-    worst = min(rows, key=lambda row: distinct_n(row[1]))
+        print(f"{record['instruction']:<10} 基座 {len(base):>2} 个 token，distinct-2 {distinct_2(loaded, base):.2f}，"
+              f"停在 <|im_end|>: {'是' if base[-1] == im_end else '否'} | LoRA {len(lora):>2} 个 token，"
+              f"distinct-2 {distinct_2(loaded, lora):.2f}，停在 <|im_end|>: {'是' if lora[-1] == im_end else '否'}")
+    worst = min(rows, key=lambda row: distinct_2(loaded, row[1]))
     print(f"重复最多的基座回答（{worst[0]}）: {tokenizer.decode(worst[1])!r}")
-    base_mean = sum(distinct_n(base) for _, base, _ in rows) / len(rows)
-    lora_mean = sum(distinct_n(lora) for _, _, lora in rows) / len(rows)
-    print(f"平均 distinct-2: 基座 {base_mean:.3f}，LoRA {lora_mean:.3f}（1.0 = 没有任何重复的相邻 token 对）")
-    assert all(len(base) == settings.max_new_tokens and im_end not in base for _, base, _ in rows), \
+    base_mean = sum(distinct_2(loaded, base) for _, base, _ in rows) / len(rows)
+    lora_mean = sum(distinct_2(loaded, lora) for _, _, lora in rows) / len(rows)
+    print(f"平均 distinct-2（字符）: 基座 {base_mean:.3f}，LoRA {lora_mean:.3f}（1.0 = 没有任何重复的相邻两个字）")
+    assert all(len(base) == MAX_NEW_TOKENS and im_end not in base for _, base, _ in rows), \
         "greedy on the random base never produces <|im_end|>: it runs to max_new_tokens"
     assert all(lora[-1] == im_end for _, _, lora in rows), "the memorised answers end at <|im_end|>"
-    assert base_mean < lora_mean == 1.0
+    assert base_mean < lora_mean
 
 
 def answer_loss(loaded, messages, answer: str) -> float:

@@ -138,9 +138,3 @@ def prompt_inputs(model, tokenizer, messages: list[dict]) -> dict:
 
     ids = torch.tensor([prompt_ids_as_text(tokenizer, messages)], device=model.device)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
-def distinct_n(tokens: list, n: int = 2) -> float:
-    """Distinct n-grams / all n-grams of one sequence (1.0: no n-gram repeats; low: it loops)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 1.0

@@ -1,8 +1,12 @@
-"""Shared fixtures: the run spec of the tiny profile, its model, the real dataset and the
-memorisation adapter.
+"""Shared fixtures: the run spec of the tiny profile, its model, the real dataset (read and encoded
+once per session) and one tiny training per recipe (the memorisation adapter, plain and QLoRA).
 
 The spec is built here, at the edge, from an empty environment and no settings file, so a
 developer's own settings never change what the tests see.
+
+A recipe's tiny training is kept in ``workspace/checkpoints/`` with a fingerprint of the code,
+config, data and library versions that made it; it is trained again only when that fingerprint
+changes, under a file lock, so that two test processes never train into one folder at once.
 """
 
 from __future__ import annotations
@@ -45,6 +49,28 @@ def huanhuan_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_dataset(huanhuan_path):
+    """The real dataset read and validated once per session (``.records``, ``.report``)."""
+    from helpers.validation import load_records
+
+    return load_records(huanhuan_path)
+
+
+@pytest.fixture(scope="session")
+def real_records(real_dataset) -> list[dict]:
+    """The real dataset's rows."""
+    return real_dataset.records
+
+
+@pytest.fixture(scope="session")
+def real_encoded(real_records, tokenizer):
+    """(samples, report) of the real rows encoded with the course defaults, once per session."""
+    from helpers.data import encode_records
+
+    return encode_records(real_records, tokenizer)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tiny_spec) -> Path:
     from helpers.download import prepare_model
 
@@ -57,6 +83,8 @@ def tokenizer(tiny_model_dir):
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
+
+QLORA_CONFIG = "configs/train/tiny-qlora.yaml"
 
 #: the libraries whose versions change what a training run produces
 TRAINING_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "swanlab")
@@ -75,22 +103,38 @@ def code_fingerprint(spec) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="session")
-def memorised_run(tiny_model_dir):
-    """The tiny profile's memorisation run: (spec, summary).
+#: where the recipes' tiny trainings are kept between sessions
+TRAINED_RUNS = REPO_ROOT / "workspace" / "checkpoints"
 
-    Reused only when it was made by exactly this code, config and data (a fingerprint of all of
-    them is stored beside it); otherwise it is trained again from scratch.
-    """
+
+def cached_training(spec) -> tuple:
+    """``spec``'s training: (spec, run summary), trained only when no run made by exactly this code,
+    config and data is in its run folder (a fingerprint of all of them is stored beside it)."""
+    from filelock import FileLock
+
     from helpers import train
 
-    spec = tiny_spec_for(REPO_ROOT / "workspace" / "checkpoints" / "tiny-memorisation")
-    stamp = spec.paths.run_dir / "code_fingerprint.txt"
+    run_dir = spec.paths.run_dir
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    stamp = run_dir / "code_fingerprint.txt"
     wanted = code_fingerprint(spec)
-    if not (stamp.is_file() and stamp.read_text() == wanted and (spec.paths.run_dir / runs.RUN_SUMMARY).is_file()):
-        train.train(spec, resume=False)
-        stamp.write_text(wanted)
+    with FileLock(str(run_dir.with_name(run_dir.name + ".tests-cache.lock"))):
+        if not (stamp.is_file() and stamp.read_text() == wanted and (run_dir / runs.RUN_SUMMARY).is_file()):
+            train.train(spec, resume=False)
+            stamp.write_text(wanted)
     return spec, runs.load_run_summary(spec)
+
+
+@pytest.fixture(scope="session")
+def memorised_run(tiny_model_dir):
+    """The tiny profile's memorisation run (configs/train/tiny.yaml): (spec, summary)."""
+    return cached_training(tiny_spec_for(TRAINED_RUNS / "tiny-memorisation"))
+
+
+@pytest.fixture(scope="session")
+def qlora_run(tiny_model_dir):
+    """The same memorisation on the 4-bit base (configs/train/tiny-qlora.yaml): (spec, summary)."""
+    return cached_training(tiny_spec_for(TRAINED_RUNS / "tiny-qlora-memorisation", config=QLORA_CONFIG))
 
 
 @pytest.fixture(scope="session")

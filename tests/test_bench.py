@@ -11,13 +11,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from bench import common
 from helpers.workspace import REPO_ROOT
+from tests.cli_runner import run_cli
 
 #: The shared README's facts about the real 3,729-row dataset and the original tutorial's encoding:
 #: 269,343 real tokens per epoch; random batches of 4 padded to their longest row compute 379,557,
@@ -30,33 +29,23 @@ TRAIN_ROWS = 4
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, huanhuan_path, tiny_model_dir):
-    """``python -m bench.cpu --quick`` on the real dataset, as a user runs it: (JSON, printed report)."""
+    """``python -m bench.cpu --quick`` on the real dataset (its ``main``, in this process): (JSON, printed report)."""
     out = tmp_path_factory.mktemp("bench") / "cpu.json"
     env = dict(os.environ, HUANHUAN_JSON=str(huanhuan_path), PYTHONUNBUFFERED="1")
     env.pop("QWEN3_TUTORIAL_PROFILE", None)
-    proc = subprocess.run([sys.executable, "-m", "bench.cpu", "--quick", "--train-rows", str(TRAIN_ROWS),
-                           "--out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text(encoding="utf-8")), proc.stdout
+    done = run_cli("bench.cpu", ["--quick", "--train-rows", TRAIN_ROWS, "--out", out], env=env, cwd=REPO_ROOT)
+    assert done.code == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text(encoding="utf-8")), done.stdout
 
 
-@pytest.fixture(scope="module")
-def real_records(huanhuan_path):
-    from helpers.validation import load_records
-
-    return load_records(huanhuan_path).records
-
-
-def test_padding_table_of_the_benchmark_equals_the_readme_facts(quick_run, real_records, tokenizer):
-    from helpers.data import encode_records
-
+def test_padding_table_of_the_benchmark_equals_the_readme_facts(quick_run, real_records, real_encoded):
     result, printed = quick_run
     table = {row["strategy"]: row for row in result["padding"]["table"]}
     assert result["padding"]["rows"] == len(real_records) == ROWS
     assert (table["original"]["real"], table["original"]["computed"]) == (ORIGINAL_REAL, ORIGINAL_COMPUTED)
     assert round(table["original"]["padding_share"], 3) == ORIGINAL_PADDING_SHARE
-    # the course's side, against an encoding made here: packed computes exactly the real tokens
-    ours_real = sum(len(s["input_ids"]) for s in encode_records(real_records, tokenizer)[0])
+    # the course's side, against the session's own encoding: packed computes exactly the real tokens
+    ours_real = sum(len(s["input_ids"]) for s in real_encoded[0])
     assert table["ours_packed"]["real"] == table["ours_packed"]["computed"] == ours_real
     assert table["ours_random"]["real"] == table["ours_grouped"]["real"] == ours_real
     assert ours_real < table["ours_grouped"]["computed"] < table["ours_random"]["computed"]
@@ -113,7 +102,7 @@ def test_flop_formula_matches_the_real_architecture_on_meta():
     config, lora = counted["config"], worker_spec("random8b").lora
     params = common.matmul_parameters(config)
     assert params["layers"] + params["lm_head"] == counted["linear_weights"]
-    peft_model = get_peft_model(qwen3_on_meta(), lora_config(worker_spec("random8b")))
+    peft_model = get_peft_model(qwen3_on_meta(), lora_config(worker_spec("random8b").lora))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert common.lora_parameters(config, lora) == trainable
 
@@ -138,7 +127,7 @@ def test_flop_formula_matches_pytorchs_flop_counter():
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                          attn_implementation="eager")
     torch.manual_seed(0)
-    model = get_peft_model(Qwen3ForCausalLM(config), lora_config(spec))
+    model = get_peft_model(Qwen3ForCausalLM(config), lora_config(spec.lora))
     length = 37
     ids = torch.randint(0, config.vocab_size, (1, length))
     # inputs that need a gradient, as every layer but the first has: the first layer's frozen

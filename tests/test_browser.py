@@ -1,11 +1,12 @@
 """Notebook 05's chat app in a real browser: JupyterLab + Chromium, driven by Playwright.
 
-The test copies notebooks/05-inference.ipynb (outputs cleared) into a temporary
-folder, with a temporary workspace that holds the tiny model (linked) and the tiny
-LoRA checkpoint, starts JupyterLab on 127.0.0.1 with a random token, opens the
-notebook in headless Chromium, runs all cells, types "你是谁？", unticks sampling
-(greedy, so the reply is reproducible), clicks Send and checks the reply that
-streams into the page. The server is stopped by its process group id.
+The test writes a short notebook that does what notebook 05 does before its chat cell (build the
+spec, load the adapter with its trained system prompt, show ``ChatApp``) into a temporary folder,
+with a temporary workspace that holds the tiny model (linked) and the tiny LoRA checkpoint, starts
+JupyterLab on 127.0.0.1 with a random token, opens the notebook in headless Chromium, runs all
+cells, types "你是谁？", unticks sampling (greedy, so the reply is reproducible), clicks Send and
+checks the reply that streams into the page. The server is stopped by its process group id.
+(The rest of notebook 05 runs under nbval.)
 
 Needs Chromium: ``$CHROMIUM``, else Debian's ``chromium`` package, else Playwright's own
 (``python -m playwright install chromium``); ``make test`` installs one (tests/chromium.py).
@@ -39,7 +40,17 @@ from helpers.workspace import REPO_ROOT
 from tests.chromium import HOW_TO_INSTALL, find_chromium
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
-NOTEBOOK = REPO_ROOT / "notebooks" / "05-inference.ipynb"
+NOTEBOOK = "chat.ipynb"
+#: notebook 05's steps up to its chat app, as a learner writes them
+CHAT_CELLS = (
+    "from helpers import inference as inf\n"
+    "from helpers.chat_app import ChatApp\n"
+    "from helpers.spec import build_spec\n"
+    "\n"
+    "spec = build_spec()\n"
+    "loaded = inf.load_finetuned(spec)",
+    "app = ChatApp(loaded.model, loaded.tokenizer, system_prompt=loaded.system_prompt)\napp",
+)
 SCREENSHOT = REPO_ROOT / "images" / "05-chat.png"
 
 # Records every distinct text of the last assistant reply while it streams in.
@@ -86,19 +97,16 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def prepare_folder(tmp_path: Path, checkpoint: Path, model_dir: Path) -> tuple[Path, Path]:
-    """A notebook folder with 05 (outputs cleared) and a workspace with the model and the checkpoint."""
+    """A notebook folder with the chat notebook and a workspace with the model and the checkpoint."""
     workspace = tmp_path / "workspace"
     (workspace / "models").mkdir(parents=True)
     (workspace / "models" / model_dir.name).symlink_to(model_dir, target_is_directory=True)
     shutil.copytree(checkpoint, workspace / "checkpoints" / "tiny" / checkpoint.name)
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nb.metadata.pop("widgets", None)  # no stale widget views: whatever shows up was made by this run
-    nbformat.write(nb, notebooks / NOTEBOOK.name)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CHAT_CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, notebooks / NOTEBOOK)
     return notebooks, workspace
 
 
@@ -143,7 +151,7 @@ def test_chat_app_streams_a_reply_in_chromium(tmp_path, tiny_spec, tiny_model_di
                                                  args=["--no-sandbox", "--disable-dev-shm-usage"])
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1100})
-                page.goto(f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}?token={token}")
+                page.goto(f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK}?token={token}")
                 expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible(timeout=60_000)
                 kernel_select = page.locator(".jp-Dialog", has_text="Select Kernel")
                 idle = page.get_by_text("Python 3 (ipykernel) | Idle")

@@ -25,6 +25,7 @@ from helpers import environment as env
 from helpers.settings import SETTINGS_FILE, WORKSPACE_ENV, SpecError
 from helpers.spec import build_spec
 from helpers.workspace import REPO_ROOT
+from tests.cli_runner import run_cli
 
 GOOD_GPU = {"index": 0, "name": "NVIDIA GeForce RTX 4090", "memory_gb": 24.0, "free_gb": 23.5,
             "capability": "8.9", "bf16": True}
@@ -51,7 +52,7 @@ def test_preflight_passes_in_the_tiny_profile_on_this_machine(tiny_spec):
     assert not failed, env.format_checks(checks)
     assert all(c.fix == "" for c in checks)
     assert env.format_checks(checks).splitlines()[-1] == "全部通过 (all checks passed)"
-    assert "not needed by the tiny profile" in by_name(checks)["gpu"].detail
+    assert "tiny 档位不需要 GPU" in by_name(checks)["gpu"].detail
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def full_fakes(**changes) -> dict:
 def test_a_full_machine_ready_for_class_passes(full_spec):
     checks = env.preflight(full_spec, **full_fakes())
     assert all(c.ok for c in checks), env.format_checks(checks)
-    assert "RTX 4090" in by_name(checks)["gpu"].detail and "bf16 yes" in by_name(checks)["gpu"].detail
+    assert "RTX 4090" in by_name(checks)["gpu"].detail and "bf16 支持" in by_name(checks)["gpu"].detail
 
 
 def _wrong_version():
@@ -128,13 +129,13 @@ def test_each_faked_failure_fails_its_own_check_with_a_fix(full_spec, case):
 def test_wrong_version_names_the_package_and_its_pin(full_spec):
     checks = env.preflight(full_spec, **full_fakes(versions=_wrong_version()))
     pin = env.pinned_versions()["transformers"]
-    assert f"transformers 4.0.0 (pinned {pin})" in by_name(checks)["packages"].detail
+    assert f"transformers 4.0.0（固定为 {pin}）" in by_name(checks)["packages"].detail
 
 
 def test_the_dataset_is_downloadable_when_reachable(full_spec):
     _remove_dataset(full_spec)
     checks = env.preflight(full_spec, **full_fakes())
-    assert by_name(checks)["dataset"].ok and "download possible" in by_name(checks)["dataset"].detail
+    assert by_name(checks)["dataset"].ok and "可以下载" in by_name(checks)["dataset"].detail
 
 
 def test_a_dataset_path_the_user_named_must_exist(tmp_path):
@@ -148,10 +149,9 @@ def test_a_dataset_path_the_user_named_must_exist(tmp_path):
 # --------------------------------------------------------------------------- the CLI: make preflight / make kernel
 
 
-def run_module(*args, jupyter_data: Path, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "helpers.environment", *args], cwd=REPO_ROOT,
-                          env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data), **extra),
-                          capture_output=True, text=True, timeout=300)
+def run_module(*args, jupyter_data: Path, **extra):
+    """``python -m helpers.environment *args`` (in this process) from the repository root."""
+    return run_cli("environment", args, env=clean_env(JUPYTER_DATA_DIR=str(jupyter_data), **extra), cwd=REPO_ROOT)
 
 
 def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(tmp_path):
@@ -173,7 +173,7 @@ def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(t
     assert Path(kernel["argv"][0]).resolve() == Path(sys.executable).resolve()
 
     after = run_module("check", "--json", "--profile", "tiny", jupyter_data=jupyter_data)
-    assert after.returncode == 0, after.stdout + after.stderr
+    assert after.code == 0, after.output
     report = json.loads(after.stdout)
     assert report["ok"] is True and report["profile"] == "tiny" and report["host"]
     assert {c["name"]: c["ok"] for c in report["checks"]}["kernel"] is True
@@ -183,7 +183,7 @@ def test_make_preflight_fails_without_the_kernel_then_make_kernel_registers_it(t
 def test_check_json_reports_failures_with_their_fix(tmp_path):
     result = run_module("check", "--json", "--profile", "full", jupyter_data=tmp_path / "jupyter",
                         **{WORKSPACE_ENV: str(tmp_path / "workspace")})
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.code == 1, result.output
     report = json.loads(result.stdout)
     failed = {c["name"]: c["fix"] for c in report["checks"] if not c["ok"]}
     assert report["ok"] is False
@@ -236,11 +236,10 @@ def settings_at_repo_root():
 
 def test_the_settings_file_reaches_a_kernel_started_without_the_variables(tmp_path, settings_at_repo_root):
     workspace = tmp_path / "data-disk" / "qwen3-workspace"
-    setup = subprocess.run([sys.executable, "-m", "helpers.environment", "setup", "--profile", "tiny",
-                            "--workspace", str(workspace), "--swanlab-mode", "disabled"],
-                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
-    assert setup.returncode == 0, setup.stdout + setup.stderr
-    assert "course-settings.yaml" in setup.stdout
+    setup = run_cli("environment", ["setup", "--profile", "tiny", "--workspace", workspace, "--swanlab-mode",
+                                    "disabled"], env=clean_env(), cwd=tmp_path)
+    assert setup.code == 0, setup.output
+    assert settings_at_repo_root.is_file()
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(

@@ -7,17 +7,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
+import shutil
 from collections import Counter
 
 import pytest
 
-from helpers import data_files, metrics
+from helpers import data_files, metrics, runs
 from helpers import evaluate as ev
 from helpers.data_files import grouped_split, normalise
 from helpers.validation import load_records
 from helpers.workspace import REPO_ROOT
+from tests.cli_runner import run_cli
 
 LOOP = "臣妾臣妾臣妾臣妾臣妾"                       # a looping reply: 10 characters, 2 distinct
 ANSWER = "我是甄嬛，家父是大理寺少卿甄远道。"          # 17 characters
@@ -47,8 +47,11 @@ def lcs_f1(prediction: str, reference: str) -> float:
 def test_rouge_l_exact_match_disjoint_and_partial():
     assert metrics.rouge_l(ANSWER, ANSWER) == 1.0
     assert metrics.rouge_l("春花秋月", "皇上万福") == 0.0
-    # "我是甄嬛" is a subsequence of the answer: precision 4/4, recall 4/17, F1 = 8/21
-    assert metrics.rouge_l("我是甄嬛", ANSWER) == pytest.approx(8 / 21)
+    # "我是甄嬛" is a subsequence of the answer: precision 4/4, recall 4/15 (punctuation is no token), F1 = 8/19
+    assert metrics.rouge_l("我是甄嬛", ANSWER) == pytest.approx(8 / 19)
+    # punctuation alone matches nothing (it scored 0.08 against any line ending in 「。」 when it counted)
+    assert metrics.rouge_l("。", "臣妾给皇上请安。") == 0.0
+    assert metrics.rouge_l("我是甄嬛。", "我是甄嬛！") == 1.0
     # whitespace is not a token
     assert metrics.rouge_l("我 是 甄 嬛", "我是甄嬛") == 1.0
     assert metrics.mean_rouge_l([ANSWER, "春花秋月"], [ANSWER, "皇上万福"]) == 0.5
@@ -60,15 +63,18 @@ def test_rouge_l_exact_match_disjoint_and_partial():
     ("本宫乏了，你们都退下吧。", "嫔妾告退。"),
 ])
 def test_rouge_l_equals_the_library_and_an_independent_lcs(prediction, reference):
+    import unicodedata
+
     from rouge_score import rouge_scorer
 
     class Characters:
         def tokenize(self, text):
-            return [c for c in text if not c.isspace()]
+            return [c for c in text if not c.isspace() and not unicodedata.category(c).startswith("P")]
 
     library = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Characters()).score(reference, prediction)
     assert metrics.rouge_l(prediction, reference) == library["rougeL"].fmeasure
-    assert metrics.rouge_l(prediction, reference) == pytest.approx(lcs_f1(prediction, reference))
+    assert metrics.rouge_l(prediction, reference) == pytest.approx(
+        lcs_f1(*("".join(Characters().tokenize(t)) for t in (prediction, reference))))
 
 
 def test_a_looping_reply():
@@ -123,6 +129,11 @@ def test_thinking_blocks():
     assert not metrics.thinking_complete("<think>\n她问的是花，我想想……")              # never closed
     assert not metrics.thinking_complete("我最爱杏花。")                               # never opened
     assert metrics.thinking_rate(["<think>想</think>答", "答", "<think> </think>答", "<think>想</think>"]) == 0.5
+    # a thought still open when max_new_tokens ran out is cut off by the budget: not counted as lost
+    assert metrics.thinking_cut_off("<think>\n她问的是花，我想想", finished=False)
+    assert not metrics.thinking_cut_off("<think>\n她问的是花，我想想", finished=True)
+    assert metrics.thinking_rate(["<think>想</think>答", "<think>想了很久"], [True, False]) == 1.0
+    assert metrics.thinking_rate(["<think>想</think>答", "<think>想了很久"]) == 0.5
     assert metrics.thinking_conclusion(0.0, 0.0).startswith("无法判断")
     assert metrics.thinking_conclusion(0.9, 0.85).startswith("思考模式保住了")
     assert metrics.thinking_conclusion(0.9, 0.2).startswith("思考模式受损")
@@ -145,8 +156,8 @@ def test_masked_loss_counts_answer_tokens_only():
     assert (total, count) == (pytest.approx(0.0, abs=1e-6), 2)
 
 
-def test_identity_probes_are_not_training_prompts(huanhuan_path):
-    prompts = [r["instruction"] for r in load_records(huanhuan_path).records]
+def test_identity_probes_are_not_training_prompts(real_records):
+    prompts = [r["instruction"] for r in real_records]
     kept, seen = metrics.unseen_probes(metrics.IDENTITY_PROBES, prompts)
     assert seen == [] and kept == list(metrics.IDENTITY_PROBES)
     # the check is on normalised forms: "你是谁" is the data's "你是谁？"
@@ -157,7 +168,7 @@ def test_epoch_boundaries_of_a_log_history():
     history = [{"loss": 3.0, "epoch": 0.5, "step": 1}, {"loss": 2.0, "epoch": 1.0, "step": 2},
                {"eval_loss": 2.5, "epoch": 1.0, "step": 2}, {"loss": 1.0, "epoch": 1.5, "step": 3},
                {"loss": 0.5, "epoch": 2.0, "step": 4}]
-    assert ev.epoch_boundaries(history) == [2, 4]
+    assert runs.epoch_boundaries(history) == [2, 4]
 
 
 # --------------------------------------------------------------------------- the split on the real data
@@ -171,14 +182,13 @@ def _leaks(train: list[dict], held: list[dict]) -> tuple[set, set]:
             {normalise(r["output"]) for r in train} & {normalise(r["output"]) for r in held})
 
 
-def test_split_of_the_real_dataset_is_leak_free_and_stable(huanhuan_path):
-    records = load_records(huanhuan_path).records
+def test_split_of_the_real_dataset_is_leak_free_and_stable(real_records):
+    records = real_records
     split = grouped_split(records, 0.05, seed=42)
     assert _leaks(split.train, split.eval) == (set(), set())
     # sizes measured for seed 42; a change here means the split (and every eval number) changed
     assert (len(split.train), len(split.eval), split.groups, split.eval_groups) == (3542, 187, 3286, 143)
     assert sorted(split.train_rows + split.eval_rows) == list(range(len(records)))
-    assert "连成 3286 组" in split.summary()
     again = grouped_split(records, 0.05, seed=42)
     assert again.eval_rows == split.eval_rows
     other = grouped_split(records, 0.05, seed=7)
@@ -200,12 +210,11 @@ def test_split_cli_on_the_real_file(huanhuan_path, tmp_path):
     from helpers.models import sha256_file
 
     out = tmp_path / "split"
-    result = subprocess.run([sys.executable, "-m", "helpers.data", "split", str(huanhuan_path), str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "训练 3542 条，留出 187 条；问题或回答相同的行连成 3286 组" in result.stdout
+    result = run_cli("data", ["split", huanhuan_path, out], env=dict(os.environ), cwd=REPO_ROOT)
+    assert result.code == 0, result.stderr
     train = json.loads((out / "train.json").read_text(encoding="utf-8"))
     held = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    assert (len(train), len(held)) == (3542, 187)
     source = json.loads(huanhuan_path.read_text(encoding="utf-8"))
 
     def key(r):
@@ -218,8 +227,8 @@ def test_split_cli_on_the_real_file(huanhuan_path, tmp_path):
     assert _leaks(train, held) == (set(), set())
 
 
-def test_real_role_words_from_the_training_side(huanhuan_path):
-    split = grouped_split(load_records(huanhuan_path).records, 0.05, seed=42)
+def test_real_role_words_from_the_training_side(real_records):
+    split = grouped_split(real_records, 0.05, seed=42)
     role = metrics.derive_role_words([r["output"] for r in split.train])
     assert role.words[:4] == ("皇上", "臣妾", "姐姐", "娘娘")
     assert {"本宫", "嫔妾", "小主"} <= set(role.words)
@@ -294,16 +303,34 @@ def test_train_run_logs_eval_loss_to_swanlab_and_keeps_the_best_checkpoint(memor
     assert (spec.paths.run_dir / best["checkpoint"] / "adapter_model.safetensors").is_file()
 
 
-def test_evaluate_cli_on_a_fresh_workspace(tmp_path):
+def test_prepare_never_trains_and_names_the_command_without_an_adapter(tmp_path, tiny_model_dir, tiny_checkpoint):
+    from helpers.workspace import MissingArtifactError
+    from tests.conftest import tiny_spec_for
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
+    with pytest.raises(MissingArtifactError, match="python -m helpers.train --config configs/train/tiny.yaml"):
+        ev.prepare(spec)
+    assert not spec.paths.run_dir.exists()           # nothing was trained
+    ev.prepare(spec, checkpoint=tiny_checkpoint)     # an adapter named: ready
+    shutil.copytree(tiny_checkpoint, spec.paths.run_dir / tiny_checkpoint.name)
+    ev.prepare(spec)                                 # an adapter in the run folder: ready
+
+
+def test_evaluate_cli_on_a_fresh_workspace(tmp_path, tiny_model_dir, memorised_run):
+    """The CLI in a workspace holding only the model and the session's tiny run (as notebook 04 leaves it)."""
     from helpers.tracking import read_scalars
 
     workspace = tmp_path / "workspace"
+    (workspace / "models").mkdir(parents=True)
+    (workspace / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    run = memorised_run[0].paths.run_dir
+    shutil.copytree(run, workspace / "checkpoints" / "tiny", ignore=shutil.ignore_patterns("*.log", "code_*"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN3_TUTORIAL_", "SWANLAB_"))}
     env.update(QWEN3_TUTORIAL_WORKSPACE=str(workspace), QWEN3_TUTORIAL_SWANLAB_MODE="offline")
-    result = subprocess.run(
-        [sys.executable, "-m", "helpers.evaluate", "--config", "configs/train/tiny.yaml", "--limit", "4"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_cli("evaluate", ["--config", "configs/train/tiny.yaml", "--limit", "4"], env=env, cwd=REPO_ROOT)
+    assert result.code == 0, result.stdout[-3000:] + result.stderr[-3000:]
     path = workspace / "checkpoints" / "tiny" / ev.REPORT_FILE
     text = path.read_text(encoding="utf-8")
     assert str(tmp_path) not in text                   # no machine paths in the report
@@ -320,6 +347,6 @@ def test_evaluate_cli_on_a_fresh_workspace(tmp_path):
     assert len(report["identity"]["probes"]) == len(metrics.IDENTITY_PROBES)
     assert report["thinking"]["conclusion"]
     assert len(report["table"]) == 8 and report["table"][0]["set"] == "memorised"
-    assert "| 集合 | 提示 | 参考答案 | 基座 | LoRA |" in result.stdout
+    assert ev.format_table(report["table"]) in result.stdout
     logged = read_scalars(workspace / report["swanlab_run"])
     assert {k: v[0][1] for k, v in logged.items()} == pytest.approx(ev.scalars(report))

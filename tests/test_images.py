@@ -65,7 +65,9 @@ def test_label_mask_pieces_are_the_encoded_sample():
 
 
 def test_a_missing_cjk_font_is_named_with_the_fix(monkeypatch, capsys):
-    monkeypatch.setattr(make_images, "CJK_FONTS", ("No Such Font SC",))
+    from helpers import runs
+
+    monkeypatch.setattr(runs, "CJK_FONTS", ("No Such Font SC",))
     with pytest.raises(make_images.MissingFontError, match="fonts-noto-cjk"):
         make_images.cjk_font()
     assert make_images.main(["--out", "unused", "--only", "course-map"]) == ERROR_EXIT

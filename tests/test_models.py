@@ -147,7 +147,7 @@ def test_the_gpu_report_and_preflight_see_the_other_kernel(tmp_path, fake_gpu):
     assert environment.gpu_memory_held_by_others() == pytest.approx(60.0)
     checks = {c.name: c for c in environment.preflight(full_spec(tmp_path), versions={}, pins={}, kernel=True,
                                                        free_gb=500.0, dataset_reachable=lambda: True)}
-    assert not checks["gpu"].ok and "60.0 GB already in use" in checks["gpu"].detail
+    assert not checks["gpu"].ok and "已有 60.0 GB 被占用" in checks["gpu"].detail
     assert "shut it down" in checks["gpu"].fix
 
 

@@ -52,9 +52,111 @@ def test_outputs_hold_no_paths_or_keys(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_deterministic_cells_are_checked(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
-    sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    if path.name.startswith(("01-", "02-", "03-", "04-", "05-", "06-")):
-        assert any("# NBVAL_CHECK_OUTPUT" in s for s in sources)
+    if path.name.startswith(("01-", "02-", "03-", "04-", "05-", "06-", "07-")):
+        assert any("nbval-check-output" in cell_tags(c) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+# --------------------------------------------------------------------------- lesson cells and check cells
+# A lesson cell reads like a textbook; what nbval must verify lives in a check cell right after it: tagged
+# ``check`` (plus ``nbval-check-output`` when its output is compared), collapsed, opening with one Chinese
+# comment line that says what it proves. Covers every notebook (00-07).
+
+CHECK_TAG = "check"
+#: nbval 0.11's cell tags (nbval/plugin.py: metadata_tags)
+NBVAL_TAGS = {"nbval-check-output", "nbval-ignore-output", "nbval-skip", "nbval-raises-exception", "raises-exception"}
+CJK = re.compile(r"[\u4e00-\u9fff]")
+LESSON_FORBIDDEN = {
+    re.compile(r"^\s*assert\b", re.MULTILINE): "an assert (it belongs in a check cell)",
+    re.compile(r"NBVAL", re.IGNORECASE): "an nbval comment (use the cell tags)",
+    re.compile(r"\.get\([^()]*,[^()]*\)"): "a .get(key, default) (values come from the config or the spec)",
+    re.compile(r"\bif\b[^\n]*\bprofile\b"): "a profile branch (the cell must read the same on every profile)",
+    re.compile(r"\bprofile\.(name|weights|source)\s*[!=]="): "a profile comparison",
+    re.compile(r"\btests/"): "a word about the test suite",
+}
+
+
+def cell_tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def split_problems(nb) -> list[str]:
+    """Every way the notebook's code cells break the lesson / check split."""
+    problems = []
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        tags = cell_tags(cell)
+        unknown = [t for t in tags if t != CHECK_TAG and t not in NBVAL_TAGS]
+        if unknown:
+            problems.append(f"[{index}] unknown tags {unknown}")
+        if CHECK_TAG in tags:
+            first = source.lstrip().splitlines()[0] if source.strip() else ""
+            if not (first.startswith("#") and CJK.search(first)):
+                problems.append(f"[{index}] check cell does not open with a Chinese comment saying what it proves")
+            if cell.get("metadata", {}).get("jupyter", {}).get("source_hidden") is not True:
+                problems.append(f"[{index}] check cell is not collapsed (metadata.jupyter.source_hidden)")
+            if "NBVAL" in source.upper():
+                problems.append(f"[{index}] check cell carries an nbval comment (use the cell tags)")
+            continue
+        for pattern, what in LESSON_FORBIDDEN.items():
+            if pattern.search(source):
+                problems.append(f"[{index}] lesson cell holds {what}: {source[:80]!r}")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lesson_cells_and_check_cells_are_split(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    problems = split_problems(nb)
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_check_cells_ran(path):
+    """The check cells were executed with the lesson (nbval runs them again); a notebook with code has some."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    checks = [c for c in nb["cells"] if c["cell_type"] == "code" and CHECK_TAG in cell_tags(c)]
+    assert checks, f"{path.name} has no check cell"
+    for cell in checks:
+        assert cell.get("execution_count"), f"{path.name}: a check cell was not executed"
+        source = "".join(cell["source"])
+        assert re.search(r"^\s*assert\b", source, re.MULTILINE) or "nbval-check-output" in cell_tags(cell), \
+            f"{path.name}: a check cell that checks nothing: {source[:80]!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lessons_open_with_goals_and_close_with_a_summary(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    markdown = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    assert "## 本课目标" in markdown[0], f"{path.name}: the first cell states 本课目标"
+    assert re.search(r"tiny.*24 GB|24 GB.*tiny", markdown[0], re.DOTALL), f"{path.name}: 本课目标 gives the time"
+    summary = [i for i, text in enumerate(markdown) if text.startswith("## 本课小结")]
+    exercises = [i for i, text in enumerate(markdown) if text.startswith("## 练习")]
+    assert summary and exercises and summary[0] < exercises[0], f"{path.name}: 本课小结 closes the lesson"
+    assert "工作目录" in markdown[summary[0]], f"{path.name}: 本课小结 says what the lesson left in the workspace"
+    numbers = [int(m) for text in markdown for m in re.findall(r"^## (\d+)\. ", text, re.MULTILINE)]
+    assert numbers == list(range(1, len(numbers) + 1)), f"{path.name}: headings numbered in order: {numbers}"
+
+
+def test_the_split_check_catches_a_test_harness_cell():
+    def notebook(*cells):
+        return {"cells": [{"cell_type": "code", "source": source, "metadata": meta} for source, meta in cells]}
+
+    good_check = ("# 证明：模型目录完整\nassert ok", {"tags": ["check"], "jupyter": {"source_hidden": True}})
+    assert split_problems(notebook(("x = 1", {}), good_check)) == []
+    bad = {
+        "assert in a lesson": ("x = 1\nassert x", {}),
+        "nbval comment": ("# NBVAL_CHECK_OUTPUT\nprint(1)", {}),
+        "get with default": ("lr = t.get('learning_rate', 1e-4)", {}),
+        "profile branch": ("if spec.profile.weights == 'random':\n    pass", {}),
+        "tests mentioned": ("print('see tests/test_data.py')", {}),
+        "check not collapsed": ("# 证明：x\nassert x", {"tags": ["check"]}),
+        "check without comment": ("assert x", {"tags": ["check"], "jupyter": {"source_hidden": True}}),
+        "unknown tag": ("print(1)", {"tags": ["nbval-check"]}),
+    }
+    for why, cell in bad.items():
+        assert split_problems(notebook(cell)), f"accepted: {why}"
 
 
 def test_hygiene_checks_catch_bad_outputs():
@@ -75,8 +177,9 @@ def test_notebook_02_stores_the_original_renderings():
     assert EXPECTED_NO_THINK + "\n" in stdout and EXPECTED_THINK + "\n" in stdout
 
 
-def test_notebook_01_prints_the_exact_lora_line():
-    nb = json.loads((REPO_ROOT / "notebooks" / "01-download.ipynb").read_text(encoding="utf-8"))
+def test_notebook_04_prints_the_exact_lora_line():
+    """LoRA's parameter count sits next to LoRA's explanation (notebook 04), printed by PEFT itself."""
+    nb = json.loads((REPO_ROOT / "notebooks" / "04-train.ipynb").read_text(encoding="utf-8"))
     stdout = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "trainable params: 21,823,488 || all params: 8,212,558,848 || trainable%: 0.2657\n" in stdout
 
@@ -139,18 +242,24 @@ def test_first_cell_builds_the_spec(path):
 
 
 LESSON_CALLS = {
-    "03-data.ipynb": ["apply_chat_template(", "AutoTokenizer.from_pretrained("],
+    "01-download.ipynb": ["snapshot_download(", "AutoTokenizer.from_pretrained(", "AutoModelForCausalLM.from_config("],
+    "02-chat-template.ipynb": ["AutoTokenizer.from_pretrained(", "apply_chat_template("],
+    "03-data.ipynb": ["apply_chat_template(", "AutoTokenizer.from_pretrained(", "[-100] * len(prompt_ids)"],
     "04-train.ipynb": ["AutoModelForCausalLM.from_pretrained(", "LoraConfig(", "get_peft_model(", "TrainingArguments(",
-                       "Trainer(", "assert args.to_dict() == train.training_arguments(spec).to_dict()",
-                       "assert lora_config == models.lora_config(spec.lora)"],
+                       "Trainer(", "swanlab.init(", "report_to=", "trainer.train(resume_from_checkpoint=",
+                       "START_FRESH = False", "print_trainable_parameters()"],
     "05-inference.ipynb": ["AutoModelForCausalLM.from_pretrained(", "PeftModel.from_pretrained(", "model.generate(",
-                           "TextIteratorStreamer("],
+                           "do_sample=", "temperature=", "top_p=", "max_new_tokens=", "prompt_ids_as_text(",
+                           "TextIteratorStreamer(", "with model.disable_adapter():", "merge_and_unload()",
+                           "save_pretrained("],
+    "06-evaluate.ipynb": ["metrics.generate_replies(", "metrics.mean_rouge_l(", "metrics.degeneration(", "metrics.answer_loss("],
 }
 
 
 @pytest.mark.parametrize("name", sorted(LESSON_CALLS))
 def test_lessons_are_visible_in_cells(name):
     nb = json.loads((REPO_ROOT / "notebooks" / name).read_text(encoding="utf-8"))
-    sources = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    lessons = [c for c in nb["cells"] if c["cell_type"] == "code" and CHECK_TAG not in cell_tags(c)]
+    sources = "\n".join("".join(c["source"]) for c in lessons)
     missing = [call for call in LESSON_CALLS[name] if call not in sources]
     assert not missing, f"{name} does not show {missing}"

@@ -1,8 +1,8 @@
 """4-bit QLoRA on the tiny profile, on the CPU (bitsandbytes' CPU backend).
 
-* ``python -m helpers.train --config configs/train/tiny-qlora.yaml`` in a fresh, relocated workspace:
-  the loss falls clearly, memory is logged with it to SwanLab, and the adapter reloads on the 4-bit
-  base and answers;
+* the session's tiny QLoRA training (``configs/train/tiny-qlora.yaml``, tests/conftest.py): the loss
+  falls clearly, memory is logged with it to SwanLab, and the adapter reloads on the 4-bit base and
+  answers;
 * the frozen linear layers really are bitsandbytes ``Linear4bit`` (4-bit NF4, lossy) under the LoRA
   wrappers, and only the LoRA weights train;
 * the merged export goes into a full-precision copy of the base: no ``Linear4bit`` left, and the
@@ -12,48 +12,24 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from helpers import runs
-from helpers.workspace import REPO_ROOT
+from tests.conftest import QLORA_CONFIG as CONFIG
 from tests.conftest import tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
-CONFIG = "configs/train/tiny-qlora.yaml"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@pytest.fixture(scope="module")
-def qlora_run(tmp_path_factory):
-    """Train tiny-qlora from a shell, as a learner would, in a workspace nothing else has touched."""
-    workspace = tmp_path_factory.mktemp("qlora-workspace")
-    home = tmp_path_factory.mktemp("home")   # no saved `swanlab login`: offline, to disk
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "PYTHONPATH": str(REPO_ROOT),
-           "QWEN3_TUTORIAL_WORKSPACE": str(workspace), "QWEN3_TUTORIAL_PROFILE": "tiny",
-           "QWEN3_TUTORIAL_SWANLAB_MODE": "offline", "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-m", "helpers.train", "--config", CONFIG], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    spec = tiny_spec_for(config=CONFIG, QWEN3_TUTORIAL_WORKSPACE=str(workspace))
-    return spec, done.stdout
 
 
 def losses(log_history):
     return [entry["loss"] for entry in log_history if "loss" in entry]
 
 
-def test_tiny_qlora_trains_from_a_shell(qlora_run):
+def test_tiny_qlora_trains(qlora_run):
     from helpers import tracking
 
-    spec, stdout = qlora_run
-    assert "量化: nf4 (QLoRA)" in stdout
-    summary = runs.load_run_summary(spec)
-    assert summary["spec"]["quantization"] == "nf4"
+    spec, summary = qlora_run
+    assert spec.quantization == summary["spec"]["quantization"] == "nf4"
     assert summary["global_step"] == 60
     history = losses(summary["log_history"])
     first, last = history[0], history[-1]
@@ -64,7 +40,6 @@ def test_tiny_qlora_trains_from_a_shell(qlora_run):
     recipe = json.loads((summary["checkpoint"] / "course_recipe.json").read_text(encoding="utf-8"))
     assert recipe["quantization"] == "nf4"
     # peak memory (on the CPU: the process RSS) goes to SwanLab with every loss line, as train/memory_gib
-    assert "memory_gib" in stdout
     scalars = tracking.read_scalars(summary["swanlab_run"])
     memory = scalars["train/memory_gib"]
     steps = [entry["step"] for entry in summary["log_history"] if "loss" in entry]

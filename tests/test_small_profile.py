@@ -39,7 +39,7 @@ def test_the_small_profile_uses_the_shared_paths(tmp_path):
     assert budget["Qwen3-0.6B (bf16 safetensors)"] == round(models.qwen3_counts("Qwen3-0.6B")["params"] * 2 / 1e9, 1)
     assert budget["total"] < download.disk_budget_gb()["total"] / 5
     full = build_spec("configs/train/qwen3-8b.yaml", env=env, settings_file=None, cuda=False)
-    assert set(spec.training) == set(full.training) | {"max_steps", "eval_steps"}  # the same format
+    assert set(spec.training) == set(full.training)  # the same format
 
 
 def test_the_small_profile_offline_is_one_line(tmp_path, monkeypatch, huanhuan_path):
@@ -76,3 +76,21 @@ def test_small_trains_saves_reloads_and_generates_on_random_weights(tmp_path, hu
     reply = generate(loaded.model, loaded.tokenizer, [{"role": "user", "content": "你是谁？"}],
                      greedy_settings(False, 4))
     assert reply.text  # four tokens came out of the reloaded 0.6B + LoRA
+
+
+def test_the_fit_table_and_recipe_auto_know_the_small_profile():
+    from helpers import recipes
+    from helpers.settings import SpecError
+
+    assert recipes.SMALL.config_path == "configs/train/qwen3-0.6b.yaml" and recipes.SMALL.model == "Qwen3-0.6B"
+    estimate = recipes.SMALL.estimate_gb()
+    assert estimate < 8 * recipes.MARGIN  # a 6-8 GB card, by the estimate
+    assert estimate < recipes.BY_KEY["qlora_ckpt_mb4"].estimate_gb() / 2
+    row = next(line for line in recipes.fit_table().splitlines() if "Qwen3-0.6B" in line)
+    assert f"| {recipes.SMALL.worst_tokens} | {estimate} |" in row
+    config, overrides, _ = recipes.auto_recipe(None, [], "small", {"name": "8 GB", "memory_gb": 8.0, "free_gb": 7.6})
+    assert (config, overrides) == ("configs/train/qwen3-0.6b.yaml", [])
+    with pytest.raises(SpecError, match="small"):
+        recipes.auto_recipe(None, [], "small", {"name": "4 GB", "memory_gb": 4.0, "free_gb": 3.5})
+    # the 8B advice never picks the 0.6B recipe
+    assert all(recipes.choose(g).recipe is not recipes.SMALL for g in recipes.GPU_SIZES_GB)

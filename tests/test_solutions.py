@@ -1,17 +1,18 @@
 """The exercises: every notebook ends with them, and every solution script runs and passes its asserts.
 
-Each script runs in its own process with a clean environment: the tiny profile, a temporary
+All scripts run in ONE process (tests/solutions_runner.py: each one as ``__main__``, as
+``python solutions/NN_x.py`` runs it) with a clean environment: the tiny profile, a temporary
 workspace that shares the session's tiny model folder (a link), and the tiny memorisation
 adapter of ``tests/conftest.py`` as the ``adapter_dir`` setting.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ SOLUTION_FILE = re.compile(r"solutions/(\d\d_[a-z0-9_]+\.py)")
 HINT = re.compile(r"<details><summary>提示</summary>\s*\n(.+?)\n\s*</details>", re.DOTALL)
 REGISTERED = re.compile(r"^@exercise\((\d+),", re.MULTILINE)
 PASSED = re.compile(r"^--- 练习 (\d+) 通过", re.MULTILINE)
-SCRIPT_TIMEOUT = 600  # seconds; an idle CPU needs well under a minute per script
+RUN_TIMEOUT = 1800  # seconds, all scripts together; an idle CPU needs well under a minute per script
 
 
 def registered(script: Path) -> list[int]:
@@ -155,18 +156,25 @@ def solutions_env(tmp_path_factory, tiny_model_dir, tiny_checkpoint) -> dict:
     return env
 
 
+@pytest.fixture(scope="module")
+def solution_runs(solutions_env, tmp_path_factory) -> dict:
+    """Every script run once, all in one process: {script name: what tests/solutions_runner.py recorded}."""
+    out = tmp_path_factory.mktemp("solutions") / "runs.json"
+    done = subprocess.run([sys.executable, "-m", "tests.solutions_runner", str(out),
+                           *(str(p.relative_to(REPO_ROOT)) for p in SOLUTIONS)],
+                          cwd=REPO_ROOT, env=solutions_env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert done.returncode == 0 and out.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
 @pytest.mark.parametrize("script", SOLUTIONS, ids=lambda p: p.name)
-def test_solution_runs_and_passes(script, solutions_env):
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(script.relative_to(REPO_ROOT))], cwd=REPO_ROOT, env=solutions_env,
-                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
-    seconds = time.perf_counter() - start
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{script.name} failed (exit {done.returncode}):\n{output[-4000:]}"
-    passed = sorted(int(n) for n in PASSED.findall(done.stdout))
-    assert passed == registered(script) and len(passed) >= 2, f"{script.name}: ran {passed}\n{done.stdout[-2000:]}"
-    assert "没有找到 tiny 的 LoRA 适配器" not in done.stdout, "the adapter of the test session was not used"
-    print(f"{script.name}: {seconds:.1f} s")
+def test_solution_runs_and_passes(script, solution_runs, solutions_env):
+    run = solution_runs[script.name]
+    assert run["ok"], f"{script.name} failed:\n{run['error']}\n{run['output_tail'][-3000:]}"
+    assert run["finished"] == run["registered"] == registered(script) and len(run["registered"]) >= 2, run
+    fallback = Path(solutions_env["QWEN3_TUTORIAL_WORKSPACE"]) / "solutions" / "checkpoints" / "tiny-memorisation"
+    assert not fallback.exists(), "the adapter of the test session was not used"
+    print(f"{script.name}: {run['seconds']:.1f} s")
 
 
 def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
