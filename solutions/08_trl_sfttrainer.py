@@ -17,7 +17,7 @@ NEWLINE_ID = 198  # the template's "\n" after <|im_end|>
 def to_trl_row(record, system_prompt, thinking_off=True):
     """Notebook 08's conversational prompt-completion row (``thinking_off=False``: without chat_template_kwargs)."""
     row = {
-        "prompt": data.build_messages(record["instruction"], record.get("input", ""), system_prompt),
+        "prompt": data.build_messages(record["instruction"], record["input"], system_prompt),
         "completion": [{"role": "assistant", "content": record["output"]}],
     }
     if thinking_off:
