@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from typing import NamedTuple
 
 from . import checkpoints
 from .data import Reply, prompt_ids_as_text, render_prompt, split_thinking
-from .errors import CourseError, run_cli
+from .errors import CourseError, positive_int, run_cli, utf8_text
 from .models import (
     adapter_switch,
     compute_dtype,
@@ -42,7 +41,14 @@ from .models import (
     require_model_dir,
 )
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
-from .workspace import MissingArtifactError, display_path, how_to_make
+from .workspace import (
+    MissingArtifactError,
+    atomic_folder,
+    clear_course_files,
+    display_path,
+    how_to_make,
+    refuse_foreign_partial,
+)
 
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
 QWEN3_SAMPLING = {
@@ -358,6 +364,10 @@ def compare_adapter(model, tokenizer, questions: list[str], settings: Generation
 
 
 EXPORT_MARKER = "course_export.json"
+#: what an export written before the course marked its folders holds (all of it made again by export)
+EXPORT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer*",
+                "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                EXPORT_MARKER)
 
 
 class ExportTargetError(CourseError, ValueError):
@@ -413,16 +423,16 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
         print(note)
     target = Path(target) if target else spec.paths.export_dir
     check_export_target(target, [spec.paths.run_dir, path, spec.paths.model_dir])
-    partial = target.with_name(target.name + ".partial")
-    for stale in (partial, target):
-        if stale.exists() and (stale == partial or (stale / EXPORT_MARKER).is_file()):
-            shutil.rmtree(stale)  # a previous course export: made again below, so never two copies on disk
-    merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
-    merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
-    load_tokenizer(spec).save_pretrained(partial)
-    (partial / EXPORT_MARKER).write_text(json.dumps({"adapter": path.name, **read_recipe(path)},
-                                                    ensure_ascii=False, indent=1), encoding="utf-8")
-    partial.rename(target)
+    refuse_foreign_partial(target)
+    # a previous course export goes first (it can always be made again: never two copies on disk);
+    # a learner's own file in it (a NOTES.md) stays and is carried into the new export
+    clear_course_files(target, legacy=EXPORT_FILES)
+    with atomic_folder(target) as partial:
+        merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
+        merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
+        load_tokenizer(spec).save_pretrained(partial)
+        (partial / EXPORT_MARKER).write_text(json.dumps({"adapter": path.name, **read_recipe(path)},
+                                                        ensure_ascii=False, indent=1), encoding="utf-8")
     return target
 
 
@@ -452,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", parents=[common], help="one answer from base model + LoRA adapter")
-    ask.add_argument("message", help="the user message (tokenized as plain text, control tokens included)")
-    ask.add_argument("--system-prompt", help="default: the one the adapter was trained with (course_recipe.json)")
-    ask.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens (default 128)")
+    ask.add_argument("message", type=utf8_text, help="the user message (tokenized as plain text, control tokens included)")
+    ask.add_argument("--system-prompt", type=utf8_text, help="default: the one the adapter was trained with (course_recipe.json)")
+    ask.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest reply in tokens (default 128)")
     ask.add_argument("--thinking", action="store_true", help="thinking mode (enable_thinking=True)")
     ask.add_argument("--sample", action="store_true", help="Qwen3's recommended sampling instead of greedy decoding")
     export = commands.add_parser("export", parents=[common], help="merge the adapter into the base model and save it")

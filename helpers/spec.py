@@ -416,6 +416,20 @@ def build_spec(
     )
 
 
+def _refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:
+    """--output-dir is never the workspace, the model or the dataset, a folder holding them, or inside the model."""
+    run = run_dir.resolve()
+    for what, path in protected.items():
+        path = path.resolve()
+        if run == path or run in path.parents or (what == "the model folder" and path in run.parents):
+            raise SpecError(f"--output-dir {display_path(run_dir)} is (or holds) {what} {display_path(path)}: starting "
+                            "fresh there would move it aside. Give a folder of its own, e.g. "
+                            "--output-dir workspace/checkpoints/mine")
+    if run == Path.home().resolve() or run == REPO_ROOT or run.parent == run:
+        raise SpecError(f"--output-dir {display_path(run_dir)} is a whole folder of other files: give a folder of its "
+                        "own, e.g. --output-dir workspace/checkpoints/mine")
+
+
 def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None) -> Paths:
     workspace = _absolute(settings["workspace"][0]) if "workspace" in settings else REPO_ROOT / "workspace"
     models = workspace / "models"
@@ -432,6 +446,8 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
     else:
         dataset = workspace / "data" / "huanhuan.json"
     run_dir = _absolute(output_dir) if output_dir else workspace / "checkpoints" / profile.name
+    if output_dir:
+        _refuse_run_dir(run_dir, {"the workspace": workspace, "the model folder": model_dir, "the dataset": dataset})
     return Paths(
         workspace=workspace,
         model_dir=model_dir,

@@ -27,8 +27,10 @@ from .hardware import cuda_available, gpus, is_main_process, launched_processes,
 from .models import compute_dtype, load_base_model, load_tokenizer, lora_config, require_model_dir
 from .recipes import auto_recipe
 from .runs import (
+    RUN_SUMMARY,
     SAMPLE_LOG,
     describe_summary,
+    load_run_summary,
     plot_history,
     resume_point,
     run_summary,
@@ -36,7 +38,7 @@ from .runs import (
     start_fresh,
 )
 from .spec import build_spec
-from .workspace import display_path, shareable_path
+from .workspace import course_folder, display_path, shareable_path
 
 #: Hub id written into a shared adapter instead of a machine path.
 BASE_MODEL_IDS = {"full": "Qwen/Qwen3-8B", "random8b": "Qwen/Qwen3-8B"}
@@ -362,6 +364,7 @@ def train(spec, resume: bool | str | None = True) -> dict:
     with _maybe_lock(spec):
         if resume is False:
             start_fresh(spec)
+        course_folder(spec.paths.run_dir)
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
         dataset = to_train_dataset(samples)
@@ -384,6 +387,8 @@ def train(spec, resume: bool | str | None = True) -> dict:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
             swanlab_folder = tracking.finish_run(run) if run is not None else None
+        if checkpoint is not None and trainer.state.global_step == checkpoints.checkpoint_step(checkpoint):
+            return _already_finished(spec, trainer, result.metrics, swanlab_folder)
         summary = run_summary(spec, trainer, result.metrics, swanlab_folder)
         if is_main:
             plot = spec.paths.plots / f"train-{spec.profile.name}.png"
@@ -420,6 +425,19 @@ class _maybe_lock:
         if self.lock is not None:
             self.lock.release()
         return False
+
+
+def _already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
+    """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0")."""
+    if (spec.paths.run_dir / RUN_SUMMARY).is_file():
+        summary = load_run_summary(spec)
+    else:
+        summary = {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None}
+    if is_main_process():
+        print(f"{display_path(spec.paths.run_dir)} 已经训练完成（第 {trainer.state.global_step} 步），本次没有再训练；"
+              "要从头训练请加 --no-resume")
+    summary["trainer"] = trainer
+    return summary
 
 
 # --------------------------------------------------------------------------- CLI
