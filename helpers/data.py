@@ -36,7 +36,7 @@ from .models import course_tokenizer
 from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, padding_table
 from .spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
 from .validation import list_numbers
-from .workspace import UnsafeWriteError, display_path, record_made, refuse_same_file
+from .workspace import UnsafeWriteError, display_path, record_made, refuse_same_file, shell_path
 
 IGNORE_INDEX = -100
 END_TOKEN = "<|im_end|>"
@@ -356,7 +356,7 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
     stamp = data_files.spec_stamp(spec, source)
     records = validation.load_records(source, fix_hint=(
         f"Fix these rows in {display_path(source)} and train again (`python -m helpers.data check "
-        f"{display_path(source)}` lists them).")).records
+        f"{shell_path(source)}` lists them).")).records
     train_records, eval_records, split = data_files.split_records(spec, records)
     if split is not None and is_main_process():  # one writer per launch
         data_files.save_split(split, spec.paths.split_dir, source=source)

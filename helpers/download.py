@@ -24,7 +24,7 @@ from .models import (
     verify_tokenizer_files,
 )
 from .spec import build_spec
-from .workspace import MissingArtifactError, atomic_folder, check_disk_space, display_path
+from .workspace import MissingArtifactError, atomic_folder, check_disk_space, course_folder, display_path
 
 #: Size of Qwen3-8B's bf16 safetensors (8.19 B parameters x 2 bytes), in GB.
 QWEN3_8B_DOWNLOAD_GB = 16.4
@@ -109,8 +109,7 @@ def build_tiny_model(target: Path, seed: int = TINY_SEED, overwrite: bool = Fals
 
 def write_random8b_dir(target: Path) -> Path:
     """Write Qwen3-8B's config, generation config and tokenizer (no weights)."""
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
+    target = course_folder(target)
     config = dict(qwen3_config(), torch_dtype="bfloat16")
     (target / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (target / "generation_config.json").write_text(json.dumps(QWEN3_GENERATION_CONFIG, indent=2), encoding="utf-8")
@@ -124,6 +123,8 @@ def download_qwen3_8b(target: Path, workspace: Path, revision: str = "master") -
     present = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
     check_disk_space(disk_budget_gb(model_present=present)["total"], workspace)
     from modelscope import snapshot_download
+
+    course_folder(target)
 
     try:
         path = snapshot_download(MODEL_ID, local_dir=str(target), revision=revision)

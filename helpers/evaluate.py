@@ -56,7 +56,14 @@ from .metrics import (
     unseen_probes,
 )
 from .spec import build_spec
-from .workspace import MissingArtifactError, atomic_path, display_path, shareable_path
+from .workspace import (
+    MissingArtifactError,
+    atomic_path,
+    display_path,
+    record_made,
+    shareable_path,
+    shell_path,
+)
 
 #: The report written next to the checkpoints.
 REPORT_FILE = "eval_report.json"
@@ -106,7 +113,7 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
     if not has_adapter(spec, checkpoint):
         raise MissingArtifactError(
             f"{display_path(spec.paths.run_dir)} holds no trained LoRA adapter yet. Train one first: "
-            f"python -m helpers.train --config {display_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
+            f"python -m helpers.train --config {shell_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
     prepare_model(spec)
 
 
@@ -431,8 +438,9 @@ def plot_comparison(report: dict, set_name: str = "held_out", path: Path | None 
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=110, format="png")
+        record_made(path)
     return fig
 
 

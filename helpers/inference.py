@@ -48,6 +48,7 @@ from .workspace import (
     display_path,
     how_to_make,
     refuse_foreign_partial,
+    shell_path,
 )
 
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
@@ -166,7 +167,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
                 "LoRA adapter folder.")
         raise MissingArtifactError(
             f"No complete LoRA checkpoint in {display_path(folder)}. "
-            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {display_path(spec.config_file)}"))
+            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {shell_path(spec.config_file)}"))
     notes = found.notes()
     if notes:
         notes.append(f"using {display_path(found.checkpoint)} instead")
@@ -438,7 +439,7 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
 
 def vllm_command(export_dir: Path) -> str:
     """The command that serves an exported model with vLLM (printed, not run here)."""
-    return (f"vllm serve {display_path(export_dir)} --served-model-name huanhuan "
+    return (f"vllm serve {shell_path(export_dir)} --served-model-name huanhuan "
             "--max-model-len 8192 --reasoning-parser qwen3 --host 127.0.0.1")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import checkpoints, tracking
 from .checkpoints import find_latest_checkpoint
 from .hardware import is_main_process
-from .workspace import atomic_path, display_path, shareable_path
+from .workspace import atomic_path, display_path, record_made, shareable_path
 
 #: One JSON line per micro-batch: which dataset rows each process trained on.
 SAMPLE_LOG = "sample_log.jsonl"
@@ -69,8 +69,9 @@ def plot_history(log_history: list[dict], path: Path | None = None, title: str =
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=110, format="png")
+        record_made(path)
     return fig
 
 

@@ -402,18 +402,36 @@ def build_spec(
     swanlab = SwanLabSpec(**{"enabled": bool(checked.get("swanlab")), **(checked.get("swanlab") or {}),
                              "mode": resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env)})
     paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"))
+    data = DataSpec(**checked.get("data", {}))
+    origin = {**{k: v[1] for k, v in settings.items()}, "profile": why}
+    if data.source != "course":
+        paths = dataclasses.replace(paths, dataset=data_source_path(data.source, source))
+        origin["dataset"] = f"data.source in {source}"
     return RunSpec(
         profile=chosen,
         config_file=path,
-        data=DataSpec(**checked.get("data", {})),
+        data=data,
         lora=LoraSpec(**checked.get("lora", {})),
         training=MappingProxyType(dict(checked.get("training", {}))),
         batching=checked.get("batching", "packed"),
         quantization=checked.get("quantization"),
         swanlab=swanlab,
         paths=paths,
-        origin=MappingProxyType({**{k: v[1] for k, v in settings.items()}, "profile": why}),
+        origin=MappingProxyType(origin),
     )
+
+
+def data_source_path(text: str, source: str) -> Path:
+    """``data.source``: a JSON/JSONL file (relative to the working directory, else the repository), checked now."""
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = path if path.exists() else REPO_ROOT / path
+    path = path.resolve()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise SpecError(f"{source}: data.source={text!r} {what}: give a JSON/JSONL data file, or `course` for the "
+                        "profile's own dataset.")
+    return path
 
 
 def _refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:

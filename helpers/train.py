@@ -170,6 +170,9 @@ def mixed_precision(spec) -> tuple[bool, bool]:
     wanted = bool(spec.training.get("bf16", False))
     use_bf16 = wanted and compute_dtype(spec) is torch.bfloat16
     use_fp16 = (wanted and not use_bf16 and torch.cuda.is_available()) or bool(spec.training.get("fp16", False))
+    if wanted and not (use_bf16 or use_fp16) and is_main_process():
+        print(f"training.bf16: true 在这台机器上用不了（{spec.profile.name} 按 {compute_dtype(spec)} 计算，"
+              "没有支持 bf16 的 GPU），本次按 fp32 训练")
     return use_bf16, use_fp16
 
 
@@ -465,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
         if args.recipe == "auto":
             found = gpus()
+            if not found and spec.profile.source == "modelscope" and not (spec.paths.model_dir / "config.json").is_file():
+                raise CourseError(f"--recipe auto found no GPU, and profile {spec.profile.name} trains Qwen3-8B "
+                                  "(a 16.4 GB download first): run it on a GPU machine, or use "
+                                  "QWEN3_TUTORIAL_PROFILE=tiny on this one. Nothing was downloaded.")
             config, overrides, why = auto_recipe(args.config, args.overrides, spec.profile.name,
                                                  found[0] if found else None)
             if is_main_process():

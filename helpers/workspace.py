@@ -66,6 +66,17 @@ def display_path(path: str | os.PathLike | None) -> str:
         return path.as_posix()
 
 
+def shell_path(path: str | os.PathLike | None) -> str:
+    """:func:`display_path` quoted as a shell needs it (spaces, Chinese, quotes); ``~/`` stays expandable."""
+    import shlex
+
+    text = display_path(path)
+    if text.startswith("~/"):
+        rest = text[2:]
+        return "~/" + (shlex.quote(rest) if rest else "")
+    return shlex.quote(text)
+
+
 def shareable_path(path: str | os.PathLike | None, *bases: str | os.PathLike) -> str | None:
     """A path for files that leave this machine: relative to the first of ``bases`` that holds it, else its name."""
     if path is None:
