@@ -6,6 +6,7 @@ Notebook 04 and ``python -m helpers.train`` write these; notebooks 05-07 and the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -45,6 +46,13 @@ def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path |
     return found.checkpoint
 
 
+def save_plot(fig, path: Path) -> Path:
+    """A figure as a PNG, written whole or not at all, recorded as the course's (``make reset`` removes it)."""
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
+    return record_made(path)
+
+
 def plot_history(log_history: list[dict], path: Path | None = None, title: str = ""):
     """Train loss, eval loss (when there is a held-out set) and learning rate per step; saved as PNG."""
     import matplotlib
@@ -69,9 +77,7 @@ def plot_history(log_history: list[dict], path: Path | None = None, title: str =
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as temporary:
-            fig.savefig(temporary, dpi=110, format="png")
-        record_made(path)
+        save_plot(fig, path)
     return fig
 
 
@@ -115,6 +121,16 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
         "swanlab_mode": spec.swanlab.mode,
         "log_history": trainer.state.log_history,
     }
+
+
+def report_path(run_dir: Path, adapter: Path, name: str = "eval_report.json") -> Path:
+    """Where the evaluation of ``adapter`` goes: ``<run>/eval_report.json`` for this run's own adapter;
+    an adapter from elsewhere gets a name of its own (its folder name and a hash of where it lives)."""
+    adapter = Path(adapter).resolve()
+    if Path(run_dir).resolve() in adapter.parents or adapter == Path(run_dir).resolve():
+        return Path(run_dir) / name
+    tag = hashlib.sha256(str(adapter).encode("utf-8")).hexdigest()[:8]
+    return Path(run_dir) / f"{Path(name).stem}-{adapter.parent.name}-{adapter.name}-{tag}.json"
 
 
 def save_run_summary(spec, summary: dict) -> Path:
