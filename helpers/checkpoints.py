@@ -148,6 +148,30 @@ def verified_checkpoint(path: Path) -> Path:
     return Path(path)
 
 
+# --------------------------------------------------------------------------- the recipe an adapter was trained with
+
+
+def read_recipe(checkpoint: Path) -> dict:
+    """The checkpoint's ``course_recipe.json`` ({} for an adapter from elsewhere)."""
+    path = Path(checkpoint) / RECIPE_FILE
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{display_path(path)} is damaged ({err}): train again, or delete that file "
+                              "to load the adapter on the config's base.") from None
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def spec_as_trained(spec, adapter: Path, notes: list[str] = ()) -> tuple:
+    """(the spec on the base the adapter was trained on, notes): its recipe's quantization wins over the config's."""
+    recipe, notes = read_recipe(adapter), list(notes)
+    if "quantization" not in recipe or recipe["quantization"] == spec.quantization:
+        return spec, notes
+    notes.append(f"{Path(adapter).name} was trained with quantization={recipe['quantization']} ({RECIPE_FILE}); "
+                 f"the config's quantization={spec.quantization} is corrected to match")
+    return spec.replace(quantization=recipe["quantization"]), notes
+
+
 # --------------------------------------------------------------------------- the run lock
 
 

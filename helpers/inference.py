@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import checkpoints
+from .checkpoints import read_recipe
 from .data import Reply, prompt_ids_as_text, render_prompt, split_thinking
 from .errors import CourseError, positive_int, run_cli, utf8_text
 from .models import (
@@ -174,11 +175,6 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     return found.checkpoint, notes
 
 
-def read_recipe(checkpoint: Path) -> dict:
-    path = Path(checkpoint) / checkpoints.RECIPE_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def check_adapter_fits(model, adapter: Path) -> None:
     """Refuse an adapter whose LoRA shapes do not fit the loaded base model, naming both."""
     from safetensors import safe_open
@@ -206,6 +202,7 @@ def load_finetuned(spec, checkpoint: str | Path | None = None) -> Loaded:
     from peft import PeftModel
 
     path, notes = resolve_checkpoint(spec, checkpoint)
+    spec, notes = checkpoints.spec_as_trained(spec, path, notes)
     recipe = read_recipe(path)
     tokenizer = load_tokenizer(spec)
     base = load_base_model(spec)
@@ -214,9 +211,7 @@ def load_finetuned(spec, checkpoint: str | Path | None = None) -> Loaded:
     model.eval()
     model.course_recipe = recipe  # the chat widget defaults to the system prompt the adapter was trained with
     if spec.quantization:
-        notes.append("the adapter runs on the 4-bit NF4 base (as trained)")
-    elif recipe.get("quantization"):
-        notes.append("a QLoRA adapter on the bf16 base: more memory, slightly different numbers than training")
+        notes.append("the adapter runs on the 4-bit NF4 base" + (" (as trained)" if recipe else ""))
     return Loaded(model, tokenizer, path, recipe, notes)
 
 
@@ -420,6 +415,7 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     from peft import PeftModel
 
     path, notes = resolve_checkpoint(spec, checkpoint)
+    spec, notes = checkpoints.spec_as_trained(spec, path, notes)
     for note in notes:
         print(note)
     target = Path(target) if target else spec.paths.export_dir
