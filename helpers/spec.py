@@ -364,12 +364,9 @@ def build_spec(
     output_dir: str | os.PathLike | None = None,
     cuda: bool | None = None,
 ) -> RunSpec:
-    """Resolve every course setting into one frozen :class:`RunSpec` (see the module docstring).
-
-    ``config``: a YAML path (absolute, or relative to the working directory or the repository);
-    None: the chosen profile's own config. ``profile``: a profile chosen by the caller (a CLI flag),
-    taking the variable's place in the precedence rule.
-    """
+    """Resolve every course setting into one frozen :class:`RunSpec` (see the module docstring). ``config``: a YAML
+    path (absolute, or relative to the working directory or the repository), None: the chosen profile's own.
+    ``profile``: a profile chosen by the caller (a CLI flag), taking the variable's place in the precedence rule."""
     env = os.environ if env is None else env
     settings = course_settings(env, settings_file)
     cuda = cuda_available() if cuda is None else cuda
@@ -401,12 +398,10 @@ def build_spec(
 
     swanlab = SwanLabSpec(**{"enabled": bool(checked.get("swanlab")), **(checked.get("swanlab") or {}),
                              "mode": resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env)})
-    paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"))
     data = DataSpec(**checked.get("data", {}))
-    origin = {**{k: v[1] for k, v in settings.items()}, "profile": why}
-    if data.source != "course":
-        paths = dataclasses.replace(paths, dataset=data_source_path(data.source, source))
-        origin["dataset"] = f"data.source in {source}"
+    paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"), (data.source, source))
+    origin = {**{k: v[1] for k, v in settings.items()}, "profile": why,
+              **({"dataset": f"data.source in {source}"} if data.source != "course" else {})}
     return RunSpec(
         profile=chosen,
         config_file=path,
@@ -448,7 +443,9 @@ def _refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:
                         "own, e.g. --output-dir workspace/checkpoints/mine")
 
 
-def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None) -> Paths:
+def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None,
+                  data_source: tuple[str, str] = ("course", "")) -> Paths:
+    """Every path of a run; ``data_source``: (``data.source``, the config it came from)."""
     workspace = _absolute(settings["workspace"][0]) if "workspace" in settings else REPO_ROOT / "workspace"
     models = workspace / "models"
     if "model_dir" in settings and profile.source == "modelscope":
@@ -457,7 +454,9 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
         model_dir = models / "modelscope" / "Qwen" / "Qwen3-8B"
     else:
         model_dir = models / profile.model_dirname
-    if "dataset" in settings:
+    if data_source[0] != "course":
+        dataset = data_source_path(*data_source)
+    elif "dataset" in settings:
         dataset = _absolute(settings["dataset"][0])
     elif profile.dataset == "sample":
         dataset = REPO_ROOT / "data" / "huanhuan_sample.json"

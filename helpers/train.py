@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -38,7 +39,7 @@ from .runs import (
     start_fresh,
 )
 from .spec import build_spec
-from .workspace import course_folder, display_path, shareable_path
+from .workspace import DiskFullError, course_folder, display_path, is_disk_full, shareable_path
 
 #: Hub id written into a shared adapter instead of a machine path.
 BASE_MODEL_IDS = {"full": "Qwen/Qwen3-8B", "random8b": "Qwen/Qwen3-8B"}
@@ -388,6 +389,12 @@ def train(spec, resume: bool | str | None = True) -> dict:
             print(f"从 {display_path(checkpoint)} 继续训练")
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Exception as err:
+            if isinstance(err, CourseError) or not is_disk_full(err):
+                raise
+            raise DiskFullError(errno.ENOSPC, f"the disk filled up while training wrote {display_path(spec.paths.run_dir)} "
+                                "(a checkpoint save): free some space, then run the same command again: it resumes "
+                                "from the last complete checkpoint.") from err
         finally:
             swanlab_folder = tracking.finish_run(run) if run is not None else None
         if checkpoint is not None and trainer.state.global_step == checkpoints.checkpoint_step(checkpoint):

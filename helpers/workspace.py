@@ -163,14 +163,14 @@ def atomic_path(path: str | os.PathLike):
         os.chmod(temporary, _umask_mode())
         os.replace(temporary, path)
     except Exception as err:
-        if isinstance(err, DiskFullError) or not _is_disk_full(err):
+        if isinstance(err, DiskFullError) or not is_disk_full(err):
             raise
         raise _disk_full(OSError(errno.ENOSPC, str(err)), path) from err
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def _is_disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException) -> bool:
     """ENOSPC / EDQUOT, also when a library (safetensors, ...) wraps it in its own error."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -247,9 +247,7 @@ def atomic_folder(path: str | os.PathLike):
     partial = path.with_name(path.name + ".partial")
     _claim_partial(partial)
     keep = _foreign_entries(path)
-    course_folder(partial.parent, whole=False)
-    partial.mkdir()
-    _write_marker(partial, {CREATED})
+    course_folder(partial, whole=False)     # marked at once: a leftover is known to be the course's
     try:
         yield partial
         made = {p.name for p in partial.iterdir()} - {MADE_MARKER}
@@ -267,7 +265,7 @@ def atomic_folder(path: str | os.PathLike):
         for entry in keep:    # a learner's file never stays behind in a folder about to be removed
             if (partial / entry.name).exists() and not entry.exists():
                 (partial / entry.name).rename(entry)
-        if isinstance(err, DiskFullError) or not _is_disk_full(err):
+        if isinstance(err, DiskFullError) or not is_disk_full(err):
             raise
         raise _disk_full(OSError(errno.ENOSPC, str(err)), path) from err
     finally:
@@ -330,7 +328,15 @@ def made_names(folder: str | os.PathLike) -> set[str] | None:
 
 def _write_marker(folder: Path, names: set[str]) -> None:
     marker = folder / MADE_MARKER
-    marker.write_text("".join(f"{name}\n" for name in sorted(names)), encoding="utf-8")
+    try:
+        marker.write_text("".join(f"{name}\n" for name in sorted(names)), encoding="utf-8")
+    except PermissionError:
+        raise UnsafeWriteError(f"{display_path(folder)} is not writable: choose a folder you can write to "
+                               "(or fix its permissions).") from None
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise _disk_full(err, marker) from err
     os.chmod(marker, _umask_mode())
 
 
