@@ -8,9 +8,11 @@ its split, notebook 06's scale-out demo and the executed notebooks. The download
 ``--all`` also removes ``models/`` and the downloaded dataset. It asks first; where nobody can answer
 (no terminal on stdin: CI, a script, a Makefile under a pipe) it needs ``--force`` and never waits.
 
-Only the names listed here are removed, never "everything else in the workspace": a workspace
-pointed at a whole data disk must not lose anything the course did not make. A run that is being
-trained into (its run lock is held) stops the reset before anything is removed.
+Only what the course made is removed: every folder it creates holds a ``.course-made`` marker (and a
+file it writes into someone else's folder is named in that folder's marker). Anything else, in
+``checkpoints/``, ``export/``, ``data/``, ... , is listed as "not the course's, left alone", so a
+workspace of ``~``, ``/``, the repository or a whole data disk loses nothing the course did not make.
+A run that is being trained into (its run lock is held) stops the reset before anything is removed.
 """
 
 from __future__ import annotations

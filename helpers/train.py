@@ -368,9 +368,9 @@ def train(spec, resume: bool | str | None = True) -> dict:
     with _maybe_lock(spec):
         if resume is False:
             start_fresh(spec)
-        course_folder(spec.paths.run_dir)
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
+        course_folder(spec.paths.run_dir)     # after the data checks: a refused run leaves no folder
         dataset = to_train_dataset(samples)
         # no "row" column: the sample log records training batches only, never evaluation ones
         eval_dataset = data_files.to_dataset(eval_samples) if eval_samples else None

@@ -54,7 +54,10 @@ def display_path(path: str | os.PathLike | None) -> str:
     """
     if path is None:
         return "-"
-    path = Path(path).expanduser().resolve()
+    try:
+        path = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):     # a symbolic-link loop
+        path = Path(path).expanduser().absolute()
     try:
         text = path.relative_to(REPO_ROOT).as_posix()
         return text or "."

@@ -16,6 +16,7 @@ import importlib
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -40,7 +41,8 @@ class Result(NamedTuple):
 
     @property
     def error_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.startswith("error")]
+        # a progress bar (tqdm) may leave its line open before the error: split on \r too
+        return [line[line.index("error: "):] for line in re.split(r"[\r\n]", self.err) if "error: " in line]
 
 
 def sha(path: Path) -> str:
@@ -270,7 +272,7 @@ OTHER = {"profile": "tiny-qlora", "batching": "padded", "quantization": "nf4", "
          "training.logging_steps": 3, "training.save_steps": 4, "training.save_total_limit": 1,
          "training.eval_strategy": "epoch", "training.eval_steps": 4, "training.activation_checkpointing": True,
          "training.bf16": True, "training.seed": 1, "swanlab.project": "other", "swanlab.experiment_name": "other",
-         "swanlab.enabled": False}
+         "swanlab.enabled": False, "swanlab.mode": "online"}
 
 
 def behaviour(spec, tokenizer) -> dict:
@@ -281,13 +283,16 @@ def behaviour(spec, tokenizer) -> dict:
     records = json.loads(Path(spec.paths.dataset).read_text(encoding="utf-8"))
     train_rows, held, _ = data_files.split_records(spec, records) if spec.data.eval_fraction < 1 else ([], [], None)
     samples, _ = data.encode_records(train_rows[:4], tokenizer, spec.data.system_prompt, spec.data.max_length)
-    args = train.training_arguments(spec).to_dict()
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):      # a setting this machine cannot honour is said (bf16 on a CPU)
+        args = train.training_arguments(spec).to_dict()
     return {"rows": [r["instruction"] for r in train_rows], "held": [r["instruction"] for r in held],
             "samples": [s["input_ids"] for s in samples], "lora": models.lora_config(spec.lora).to_dict(),
             "args": args, "collator": type(train.make_collator(spec.batching, tokenizer)).__name__,
             "quantization": repr(models.quantization_config(spec)) if spec.quantization else None,
             "swanlab": (spec.swanlab.project, spec.swanlab.experiment_name, spec.swanlab.enabled),
-            "profile": spec.profile.name, "run_dir": str(spec.paths.run_dir), "dataset": str(spec.paths.dataset)}
+            "profile": spec.profile.name, "run_dir": str(spec.paths.run_dir), "dataset": str(spec.paths.dataset),
+            "said": said.getvalue()}
 
 
 def test_every_documented_key_changes_behaviour_or_is_refused(arena, tokenizer):
@@ -548,5 +553,5 @@ def test_the_made_marker_is_never_a_learners_file(tmp_path):
     existing.mkdir()
     course_folder(existing)
     assert not (existing / MADE_MARKER).exists()
-    assert (course_folder(tmp_path / "new" / "run") / MADE_MARKER).read_text(encoding="utf-8").split() == [".", "*"]
+    assert (course_folder(tmp_path / "new" / "run") / MADE_MARKER).read_text(encoding="utf-8").split() == ["*", "."]
     assert sys.version_info >= (3, 10)
