@@ -41,21 +41,23 @@ run: $(STAMP)
 	@echo "Executed notebooks are in $(EXECUTED)/"
 
 # The whole suite: unit tests, then every notebook under nbval (tiny profile, CPU).
-# tests/test_browser.py needs Chromium: `make chromium` installs Debian's package when this user can
-# install system packages (root or passwordless sudo), else Playwright's own; if neither works it
-# stops with what to install.
+# tests/test_browser.py needs Chromium and tests/test_images.py a CJK font: `make chromium` installs
+# Debian's chromium and fonts-noto-cjk when this user can install system packages (root or passwordless
+# sudo), else Playwright's Chromium; if that does not work it stops with what to install.
 test: $(STAMP) chromium
-	$(PY) -m ruff check helpers tests notebooks bench solutions
+	$(PY) -m ruff check helpers tests notebooks bench solutions images
 	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax
 
-# Re-execute the committed notebooks in place with the tiny profile (refreshes stored outputs).
-notebooks: $(STAMP)
+# Re-execute the committed notebooks in place with the tiny profile (refreshes stored outputs), then
+# redraw the README's pictures in images/ (images/make_images.py; Chromium for the SwanLab screenshot).
+notebooks: $(STAMP) chromium
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  (cd notebooks && QWEN3_TUTORIAL_PROFILE=tiny ../$(PY) -m jupyter nbconvert --to notebook --execute \
 	    --inplace --ExecutePreprocessor.timeout=1200 $$(basename $$nb)) || exit 1; \
 	done
 	$(PY) -m nbstripout --keep-output --keep-count $(NOTEBOOKS)  # drop saved widget state, keep outputs
+	$(PY) -m images.make_images
 
 chromium: $(STAMP)
 	$(PY) -m tests.chromium
@@ -84,7 +86,7 @@ reset-all:
 	$(RESET_PY) -m helpers.reset --all --executed '$(EXECUTED)' --force-value '$(FORCE)' --dry-run-value '$(DRY_RUN)'
 
 lint: $(STAMP)
-	$(PY) -m ruff check helpers tests notebooks bench solutions
+	$(PY) -m ruff check helpers tests notebooks bench solutions images
 
 # Original tutorial vs this course on CPU, every figure a ratio taken in the same run (bench/RESULTS.md).
 bench: $(STAMP)

@@ -391,12 +391,13 @@ def device_info() -> dict:
 
 
 def estimates_gb() -> dict:
-    """The course's memory estimates (GB) for the recipe this check measures (micro-batch 4, checkpointing)."""
+    """The course's memory estimates (GB) for the recipe this check measures (micro-batch 4, checkpointing),
+    on its worst micro-batch (the 4 longest rows)."""
     from helpers import recipes
 
     out = {}
     for name, quantization in (("bf16_lora", None), ("qlora", "nf4")):
-        parts = recipes.estimate_lora_memory_gb(tokens_per_micro_batch=4 * recipes.TOKENS_PER_ROW,
+        parts = recipes.estimate_lora_memory_gb(tokens_per_micro_batch=recipes.worst_tokens(4),
                                                 gradient_checkpointing=True, quantization=quantization)
         out[name] = round(parts["total"] + recipes.CUDA_OVERHEAD_GB, 1)
     return out

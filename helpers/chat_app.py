@@ -130,8 +130,12 @@ class ChatApp:
         self.thinking = widgets.Checkbox(value=settings.enable_thinking, description="思考模式 enable_thinking",
                                          indent=False)
         has_adapter = hasattr(model, "disable_adapter")
-        self.adapter = widgets.Checkbox(value=has_adapter, disabled=not has_adapter, indent=False,
-                                        description="LoRA 适配器" if has_adapter else "LoRA 适配器（未加载）")
+        merged = getattr(model, "course_merged", False)   # inference.merged_in_memory: LoRA folded in, no switch
+        self.adapter = widgets.Checkbox(value=has_adapter or merged, disabled=not has_adapter, indent=False,
+                                        description="LoRA 适配器" if has_adapter else
+                                        "LoRA 已合并（无开关）" if merged else "LoRA 适配器（未加载）")
+        #: the KV cache of every reply (GenerationSettings.cache: None = dynamic, "static")
+        self.cache = settings.cache
         self._decoding_controls(settings)
 
         for name, widget in (("transcript", self.transcript), ("input", self.message),
@@ -182,7 +186,7 @@ class ChatApp:
         return GenerationSettings(
             enable_thinking=self.thinking.value, do_sample=self.do_sample.value,
             temperature=self.temperature.value, top_p=self.top_p.value, top_k=self.top_k.value,
-            min_p=self._min_p, max_new_tokens=self.max_new_tokens.value,
+            min_p=self._min_p, max_new_tokens=self.max_new_tokens.value, cache=self.cache,
         )
 
     def _apply_recommended(self, change=None) -> None:

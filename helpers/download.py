@@ -2,6 +2,7 @@
 
 * ``full``     downloads Qwen/Qwen3-8B from ModelScope (after a free-disk check).
 * ``tiny``     builds a tiny random Qwen3 with the real, offline Qwen3 tokenizer.
+* ``small``    downloads Qwen/Qwen3-0.6B the same way (bf16 weights: about 1.2 GB by its parameter count).
 * ``random8b`` writes the real Qwen3-8B config (weights are drawn when loaded).
 """
 
@@ -15,37 +16,39 @@ from pathlib import Path
 from .data_files import course_dataset_path
 from .errors import CourseError, run_cli
 from .models import (
-    MODEL_ID,
     QWEN3_GENERATION_CONFIG,
     check_model_files,
     offline_tokenizer_dir,
     qwen3_config,
+    qwen3_counts,
     require_model_dir,
     verify_tokenizer_files,
 )
 from .spec import build_spec
 from .workspace import MissingArtifactError, atomic_folder, check_disk_space, course_folder, display_path
 
-#: Size of Qwen3-8B's bf16 safetensors (8.19 B parameters x 2 bytes), in GB.
-QWEN3_8B_DOWNLOAD_GB = 16.4
-#: What else a full run writes, in GB: checkpoints (adapter + optimizer, ~0.26 GB each, at most
-#: ``save_total_limit`` of them, 3 by default, for the last few runs kept) and the merged export
-#: (16.4 GB, written next to the old one before that is replaced), plus 2 GB of slack.
-CHECKPOINTS_GB = 3 * 0.26 * 3
-MERGED_EXPORT_GB = 16.4
+#: checkpoints kept: ``save_total_limit`` (3) for each of the last few runs (the current one + 2 moved aside)
+CHECKPOINTS_KEPT = 3 * 3
 SLACK_GB = 2.0
 
 
-def disk_budget_gb(model_present: bool = False) -> dict[str, float]:
-    """Disk the full course needs on the workspace's disk, part by part."""
+def disk_budget_gb(model_present: bool = False, model: str = "Qwen3-8B") -> dict[str, float]:
+    """Disk the course needs on the workspace's disk for one Qwen3 size, part by part (GB, from its shape).
+
+    The weights are bf16 (2 bytes per parameter); a checkpoint holds the fp32 LoRA weights and Adam's two
+    moments (12 bytes per LoRA parameter: ~0.26 GB for Qwen3-8B); the merged export is written once more.
+    """
+    counts = qwen3_counts(model)
+    weights = round(counts["params"] * 2 / 1e9, 1)
     parts = {
-        "Qwen3-8B (bf16 safetensors)": 0.0 if model_present else QWEN3_8B_DOWNLOAD_GB,
-        "checkpoints (3 kept x up to 3 runs)": CHECKPOINTS_GB,
-        "merged export": MERGED_EXPORT_GB,
+        f"{model} (bf16 safetensors)": 0.0 if model_present else weights,
+        "checkpoints (3 kept x up to 3 runs)": round(CHECKPOINTS_KEPT * counts["lora_params"] * 12 / 1e9, 2),
+        "merged export": weights,
         "slack": SLACK_GB,
     }
     parts["total"] = round(sum(parts.values()), 1)
     return parts
+
 
 #: The tiny model: Qwen3 with the real vocabulary but a very small body.
 TINY_CONFIG = {
@@ -107,30 +110,31 @@ def build_tiny_model(target: Path, seed: int = TINY_SEED, overwrite: bool = Fals
     return target
 
 
-def write_random8b_dir(target: Path) -> Path:
-    """Write Qwen3-8B's config, generation config and tokenizer (no weights)."""
+def write_config_dir(target: Path, model: str = "Qwen3-8B") -> Path:
+    """Write a Qwen3 size's config, generation config and tokenizer (no weights: they are drawn when loaded)."""
     target = course_folder(target)
-    config = dict(qwen3_config(), torch_dtype="bfloat16")
+    config = dict(qwen3_config(model), torch_dtype="bfloat16")
     (target / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (target / "generation_config.json").write_text(json.dumps(QWEN3_GENERATION_CONFIG, indent=2), encoding="utf-8")
     copy_tokenizer_files(target)
     return target
 
 
-def download_qwen3_8b(target: Path, workspace: Path, revision: str = "master") -> Path:
-    """Download Qwen/Qwen3-8B from ModelScope into ``target`` (with ModelScope's progress bars)."""
+def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revision: str = "master") -> Path:
+    """Download a Qwen3 size (``Qwen/<model>``) from ModelScope into ``target``, after a free-disk check
+    (with ModelScope's progress bars)."""
     target = Path(target)
     present = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
-    check_disk_space(disk_budget_gb(model_present=present)["total"], workspace)
+    check_disk_space(disk_budget_gb(present, model)["total"], workspace)
     from modelscope import snapshot_download
 
     course_folder(target)
-
+    model_id = f"Qwen/{model}"
     try:
-        path = snapshot_download(MODEL_ID, local_dir=str(target), revision=revision)
+        path = snapshot_download(model_id, local_dir=str(target), revision=revision)
     except Exception as err:  # network errors come in many types
         raise DownloadError(
-            f"Could not download {MODEL_ID} from ModelScope ({type(err).__name__}: {err}). "
+            f"Could not download {model_id} from ModelScope ({type(err).__name__}: {err}). "
             "Check the network (on AutoDL: `source /etc/network_turbo` may help), or download "
             "the model elsewhere and set QWEN3_TUTORIAL_MODEL_DIR to that folder. "
             "Without a GPU or network, use the tiny profile (QWEN3_TUTORIAL_PROFILE=tiny)."
@@ -151,14 +155,14 @@ def prepare_model(spec) -> Path:
             if not any(path.glob("*.safetensors")):
                 raise MissingArtifactError(
                     f"The model directory {display_path(path)} (from {spec.origin['model_dir']}) holds no "
-                    "*.safetensors weights. Point it at a complete Qwen3-8B folder, or unset it to download "
-                    "the model.")
+                    f"*.safetensors weights. Point it at a complete {spec.profile.model} folder, or unset it to "
+                    "download the model.")
             return path
-        return download_qwen3_8b(target, spec.paths.workspace)
+        return download_qwen3(target, spec.paths.workspace, spec.profile.model)
     if source == "tiny":
         return build_tiny_model(target)
     if source == "config-only":
-        return write_random8b_dir(target)
+        return write_config_dir(target, spec.profile.model)
     raise ValueError(f"Profile {spec.profile.name!r} has unknown source {source!r}")
 
 
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         spec = build_spec(args.config, profile=args.profile)
         print(spec.describe())
-        budget = disk_budget_gb((spec.paths.model_dir / "config.json").is_file())
+        budget = disk_budget_gb((spec.paths.model_dir / "config.json").is_file(), spec.profile.model)
         if spec.profile.source == "modelscope":
             print("disk budget (GB): " + ", ".join(f"{k} {v}" for k, v in budget.items()))
         if spec.origin.get("model_dir"):  # the user's own model folder: check it before anything is fetched

@@ -235,7 +235,7 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
                         "close other programs and notebooks' kernels, or rent a machine with more memory"))
     free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
-    need = disk_budget_gb(model_present)["total"] if spec.profile.source == "modelscope" else 1.0
+    need = disk_budget_gb(model_present, spec.profile.model)["total"] if spec.profile.source == "modelscope" else 1.0
     checks.append(Check("disk", free >= need, f"{free:.1f} GB free at {display_path(spec.paths.workspace)}, "
                         f"{need:.1f} GB needed",
                         "put the workspace on the data disk: python -m helpers.environment setup "

@@ -57,6 +57,8 @@ QWEN3_SAMPLING = {
     True: {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0},   # thinking on
     False: {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0},   # thinking off
 }
+#: KV caches ``--cache`` accepts (besides the default dynamic one)
+CACHES = ("static",)
 DEFAULT_MAX_NEW_TOKENS = 512
 
 
@@ -74,10 +76,17 @@ class GenerationSettings:
     top_k: int = QWEN3_SAMPLING[False]["top_k"]
     min_p: float = QWEN3_SAMPLING[False]["min_p"]
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    #: None: transformers' dynamic KV cache; "static": a preallocated cache, with which transformers
+    #: compiles the decode step on a GPU (the first reply pays the compilation)
+    cache: str | None = None
 
     def generation_config(self, base):
         """A copy of the model's ``GenerationConfig`` (eos = ``<|im_end|>``, ...) with these settings."""
         config = copy.deepcopy(base)
+        if self.cache is not None:
+            if self.cache not in CACHES:
+                raise ValueError(f"cache must be one of {', '.join(CACHES)} or None, not {self.cache!r}")
+            config.cache_implementation = self.cache
         if self.do_sample:
             config.update(do_sample=True, temperature=self.temperature, top_p=self.top_p,
                           top_k=self.top_k, min_p=self.min_p, max_new_tokens=self.max_new_tokens)
@@ -88,11 +97,13 @@ class GenerationSettings:
         return config
 
     def describe(self) -> str:
+        cache = f", cache={self.cache}" if self.cache else ""
         if not self.do_sample:
-            return f"thinking={'on' if self.enable_thinking else 'off'}, greedy, max_new_tokens={self.max_new_tokens}"
+            return (f"thinking={'on' if self.enable_thinking else 'off'}, greedy, "
+                    f"max_new_tokens={self.max_new_tokens}{cache}")
         return (f"thinking={'on' if self.enable_thinking else 'off'}, temperature={self.temperature}, "
                 f"top_p={self.top_p}, top_k={self.top_k}, min_p={self.min_p}, "
-                f"max_new_tokens={self.max_new_tokens}")
+                f"max_new_tokens={self.max_new_tokens}{cache}")
 
 
 def recommended_settings(enable_thinking: bool = False, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> GenerationSettings:
@@ -111,7 +122,8 @@ def greedy_settings(enable_thinking: bool = False, max_new_tokens: int = 64) -> 
 
 def settings_table() -> list[dict]:
     """The recommended settings of both modes, as rows for display."""
-    return [{"mode": "thinking" if on else "non-thinking", **asdict(recommended_settings(on))}
+    return [{"mode": "thinking" if on else "non-thinking",
+             **{k: v for k, v in asdict(recommended_settings(on)).items() if k != "cache"}}
             for on in (False, True)]
 
 
@@ -194,10 +206,29 @@ def check_adapter_fits(model, adapter: Path) -> None:
                 break
 
 
-def load_finetuned(spec, checkpoint: str | Path | None = None) -> Loaded:
+def merged_in_memory(model):
+    """The adapter folded into the weights, in memory (PEFT ``merge_and_unload``; nothing is written).
+
+    Every decode step then runs one matrix product per layer instead of base + LoRA A + LoRA B, so
+    chat is faster; the price is the adapter switch (the result is a plain model). ``model.course_merged``
+    marks it for the chat widget.
+    """
+    recipe = getattr(model, "course_recipe", None)
+    merged = model.merge_and_unload()
+    merged.eval()
+    merged.course_merged = True
+    if recipe is not None:
+        merged.course_recipe = recipe
+    return merged
+
+
+def load_finetuned(spec, checkpoint: str | Path | None = None, merged: bool = False) -> Loaded:
     """The spec's base model with a LoRA adapter on top (default: the latest good checkpoint of the run).
 
     A QLoRA adapter loads on the 4-bit base when the spec asks for it (``quantization: nf4``).
+    ``merged=True``: the adapter is merged into the loaded weights in memory (:func:`merged_in_memory`;
+    faster chat, no adapter switch). On a 4-bit base it is not merged (the merge would round the
+    adapter into 4-bit weights) and a note says so.
     """
     from peft import PeftModel
 
@@ -212,20 +243,12 @@ def load_finetuned(spec, checkpoint: str | Path | None = None) -> Loaded:
     model.course_recipe = recipe  # the chat widget defaults to the system prompt the adapter was trained with
     if spec.quantization:
         notes.append("the adapter runs on the 4-bit NF4 base" + (" (as trained)" if recipe else ""))
+    if merged and spec.quantization:
+        notes.append("not merged: merging into the 4-bit base would round the adapter; the adapter stays on top")
+    elif merged:
+        model = merged_in_memory(model)
+        notes.append("the adapter is merged into the weights in memory (faster; no adapter switch)")
     return Loaded(model, tokenizer, path, recipe, notes)
-
-
-def describe_model(loaded: Loaded) -> dict[str, str]:
-    """Where the weights are and what they hold, for a printout."""
-    model = loaded.model
-    param = next(model.parameters())
-    adapters = getattr(model, "peft_config", {})
-    return {
-        "checkpoint": display_path(loaded.checkpoint),
-        "device": str(param.device),
-        "dtype": str(param.dtype).replace("torch.", ""),
-        "adapter": ", ".join(f"{name}: r={cfg.r}, alpha={cfg.lora_alpha}" for name, cfg in adapters.items()),
-    }
 
 
 # --------------------------------------------------------------------------- prompts
@@ -464,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest reply in tokens (default 128)")
     ask.add_argument("--thinking", action="store_true", help="thinking mode (enable_thinking=True)")
     ask.add_argument("--sample", action="store_true", help="Qwen3's recommended sampling instead of greedy decoding")
+    ask.add_argument("--merged", action="store_true",
+                     help="merge the adapter into the weights in memory first (faster replies; nothing is written)")
+    ask.add_argument("--cache", choices=CACHES, help="static: a preallocated KV cache (transformers then compiles "
+                     "the decode step on a GPU; the first reply pays the compilation)")
     export = commands.add_parser("export", parents=[common], help="merge the adapter into the base model and save it")
     export.add_argument("--target", help="an empty folder, or an earlier export of this course "
                         "(default: workspace/export/<profile>-merged)")
@@ -475,11 +502,12 @@ def main(argv: list[str] | None = None) -> int:
             target = export_merged(spec, args.checkpoint, args.target)
             print(f"merged model written to {display_path(target)}")
             return 0
-        loaded = load_finetuned(spec, args.checkpoint)
+        loaded = load_finetuned(spec, args.checkpoint, merged=args.merged)
         for note in loaded.notes:
             print(note)
         system_prompt = loaded.system_prompt if args.system_prompt is None else (args.system_prompt or None)
         settings = (recommended_settings if args.sample else greedy_settings)(args.thinking, args.max_new_tokens)
+        settings = replace(settings, cache=args.cache)
         print(f"adapter: {display_path(loaded.checkpoint)}; system prompt: {system_prompt!r}; {settings.describe()}")
         reply = generate(loaded.model, loaded.tokenizer, chat_messages([], args.message, system_prompt), settings)
         if reply.thinking:

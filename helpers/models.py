@@ -17,8 +17,6 @@ from .hardware import default_device, gpus
 from .spec import LoraSpec
 from .workspace import MissingArtifactError, display_path, how_to_make, sha256_file
 
-MODEL_ID = "Qwen/Qwen3-8B"
-
 #: What every Qwen3 dense model's published config.json shares.
 QWEN3_COMMON = {
     "architectures": ["Qwen3ForCausalLM"],
@@ -173,10 +171,6 @@ class GpuPlacementError(CourseError, RuntimeError):
     """Part of the model landed on the CPU or disk: training would crawl or fail."""
 
 
-class PrecisionError(CourseError, RuntimeError):
-    """The requested precision is not available on this GPU."""
-
-
 def bf16_supported() -> bool:
     import torch
 
@@ -184,11 +178,12 @@ def bf16_supported() -> bool:
 
 
 def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
-    """The dtype to load (and compute) in: the profile's, with fp16 where a GPU has no bf16 (V100, T4)."""
+    """The dtype to load (and compute) in: the profile's, with fp16 where a GPU has no bf16 (V100, T4), and
+    the profile's CPU dtype without CUDA (``small`` trains in fp32 on a laptop)."""
     import torch
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    wanted = getattr(torch, spec.profile.dtype)
+    wanted = getattr(torch, spec.profile.cpu_dtype if spec.profile.cpu_dtype and not cuda else spec.profile.dtype)
     if wanted is torch.bfloat16 and cuda and not (bf16_supported() if bf16 is None else bf16):
         return torch.float16
     return wanted

@@ -3,6 +3,8 @@
 The run spec (:mod:`helpers.spec`) picks one of:
 
 * ``full``     - the real Qwen/Qwen3-8B from ModelScope, bf16, ``device_map="auto"`` (GPU).
+* ``small``    - the real Qwen/Qwen3-0.6B from ModelScope: real answers on a laptop CPU (fp32) or a
+                 6-8 GB GPU (bf16). The same code paths as ``full``, a smaller entry in the shape table.
 * ``tiny``     - the real Qwen3 tokenizer and chat template (offline) plus a tiny,
                  randomly initialised Qwen3 saved as a normal model directory (CPU).
 * ``random8b`` - the real Qwen3-8B architecture with random bf16 weights on whatever
@@ -41,14 +43,21 @@ class Profile:
     train_config: str = "qwen3-8b"
     #: the profile whose training configs this one may run (``random8b`` runs the ``full`` recipe)
     recipe_of: str = ""
+    #: the Qwen3 size (a key of ``models.QWEN3_SHAPES``) whose architecture the profile loads
+    model: str = "Qwen3-8B"
+    #: whether the profile is meant for a GPU only (its CPU path is not a course path)
+    needs_gpu: bool = False
+    #: the dtype on a machine without CUDA ("" keeps ``dtype``)
+    cpu_dtype: str = ""
 
     @property
     def recipe(self) -> str:
         return self.recipe_of or self.name
 
     @property
-    def needs_gpu(self) -> bool:
-        return self.source == "modelscope"
+    def model_id(self) -> str:
+        """The ModelScope / Hugging Face id of the real model (``Qwen/Qwen3-8B``)."""
+        return f"Qwen/{self.model}"
 
 
 PROFILES: dict[str, Profile] = {
@@ -62,6 +71,20 @@ PROFILES: dict[str, Profile] = {
         device_map="auto",
         dataset="huanhuan",
         train_config="qwen3-8b",
+        needs_gpu=True,
+    ),
+    "small": Profile(
+        name="small",
+        description="从 ModelScope 下载的真实 Qwen/Qwen3-0.6B（笔记本电脑 CPU 或 6–8 GB 显存的 GPU；回答是真正的中文）",
+        model_dirname="Qwen3-0.6B",
+        source="modelscope",
+        weights="pretrained",
+        dtype="bfloat16",
+        device_map="auto",
+        dataset="huanhuan",
+        train_config="qwen3-0.6b",
+        model="Qwen3-0.6B",
+        cpu_dtype="float32",
     ),
     "tiny": Profile(
         name="tiny",

@@ -179,3 +179,16 @@ def describe_summary(summary: dict) -> str:
         if summary.get("swanlab_mode") != "online":
             lines.append(f"upload it later / 之后上传     {tracking.sync_command(summary['swanlab_run'])}")
     return "\n".join(line for line in lines if line)
+
+
+def already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
+    """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0")."""
+    if (spec.paths.run_dir / RUN_SUMMARY).is_file():
+        summary = load_run_summary(spec)
+    else:
+        summary = {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None}
+    if is_main_process():
+        print(f"{display_path(spec.paths.run_dir)} 已经训练完成（第 {trainer.state.global_step} 步），本次没有再训练；"
+              "要从头训练请加 --no-resume")
+    summary["trainer"] = trainer
+    return summary

@@ -140,3 +140,33 @@ def saved_swanlab_login() -> bool:
         except Exception:  # noqa: BLE001 - an unreadable file is no key
             continue
     return False
+
+
+# --------------------------------------------------------------------------- paths a config names
+
+
+def data_source_path(text: str, source: str) -> Path:
+    """``data.source``: a JSON/JSONL file (relative to the working directory, else the repository), checked now."""
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = path if path.exists() else REPO_ROOT / path
+    path = path.resolve()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise SpecError(f"{source}: data.source={text!r} {what}: give a JSON/JSONL data file, or `course` for the "
+                        "profile's own dataset.")
+    return path
+
+
+def refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:
+    """--output-dir is never the workspace, the model or the dataset, a folder holding them, or inside the model."""
+    run = run_dir.resolve()
+    for what, path in protected.items():
+        path = path.resolve()
+        if run == path or run in path.parents or (what == "the model folder" and path in run.parents):
+            raise SpecError(f"--output-dir {display_path(run_dir)} is (or holds) {what} {display_path(path)}: starting "
+                            "fresh there would move it aside. Give a folder of its own, e.g. "
+                            "--output-dir workspace/checkpoints/mine")
+    if run == Path.home().resolve() or run == REPO_ROOT or run.parent == run:
+        raise SpecError(f"--output-dir {display_path(run_dir)} is a whole folder of other files: give a folder of its "
+                        "own, e.g. --output-dir workspace/checkpoints/mine")

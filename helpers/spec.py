@@ -32,7 +32,16 @@ from types import MappingProxyType
 
 from .hardware import cuda_available
 from .profiles import PROFILES, Profile
-from .settings import PROFILE_ENV, SETTINGS_FILE, SpecError, course_settings, resolve_swanlab_mode, suggest
+from .settings import (
+    PROFILE_ENV,
+    SETTINGS_FILE,
+    SpecError,
+    course_settings,
+    data_source_path,
+    refuse_run_dir,
+    resolve_swanlab_mode,
+    suggest,
+)
 from .workspace import REPO_ROOT, display_path, shareable_path
 
 CONFIG_DIR = REPO_ROOT / "configs" / "train"
@@ -40,6 +49,10 @@ DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
 DEFAULT_MAX_LENGTH = 1024
 BATCHINGS = ("packed", "padded", "grouped")
 QUANTIZATIONS = (None, "nf4")
+#: ``kernels:`` in a training config: none (the model's own layers) or liger (Liger Kernel's Qwen3 patch)
+KERNELS = (None, "liger")
+#: the optional GPU package ``kernels: liger`` needs (pyproject's ``gpu`` extra; bench/RESULTS.md)
+LIGER_PACKAGE = "liger-kernel==0.8.5"
 
 
 # --------------------------------------------------------------------------- typed sections
@@ -98,6 +111,8 @@ class RunSpec:
     paths: Paths
     #: where each top-level choice came from, for the banner
     origin: Mapping = field(default_factory=dict)
+    #: None or "liger" (``kernels:`` in the config; checked by :func:`check_kernels` when the spec is built)
+    kernels: str | None = None
 
     @property
     def name(self) -> str:
@@ -114,6 +129,8 @@ class RunSpec:
         ]
         if self.quantization:
             lines.append(f"  量化: {self.quantization} (QLoRA)")
+        if self.kernels:
+            lines.append(f"  内核: {self.kernels}（Liger Kernel 的 Qwen3 融合算子）")
         if self.profile.name == "tiny":
             lines.append("  注意: tiny 模型的回答没有 Qwen3-8B 的水平，它只证明整条流程是对的。"
                          f"在 GPU 机器上设置 {PROFILE_ENV}=full 使用真正的模型。")
@@ -129,6 +146,7 @@ class RunSpec:
             "training": dict(self.training),
             "batching": self.batching,
             "quantization": self.quantization,
+            "kernels": self.kernels,
             "swanlab": dataclasses.asdict(self.swanlab),
         }
 
@@ -140,6 +158,25 @@ class RunSpec:
 
 
 # --------------------------------------------------------------------------- the precedence rule
+
+
+def liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def check_kernels(kernels: str | None, cuda: bool, source: str = "config", installed: bool | None = None) -> str | None:
+    """``kernels: liger`` needs CUDA and the ``liger-kernel`` package: refused here, before any model loads."""
+    if kernels != "liger":
+        return kernels
+    if not cuda:
+        raise SpecError(f"{source}: kernels: liger needs a CUDA GPU (Liger's kernels are Triton GPU code); "
+                        "this machine has none: remove the line or set kernels: null")
+    if not (liger_installed() if installed is None else installed):
+        raise SpecError(f"{source}: kernels: liger needs the liger-kernel package, which is not installed: "
+                        f"pip install {LIGER_PACKAGE} (or set kernels: null)")
+    return kernels
 
 
 def choose_profile(requested: str | None, file_profile: str | None, *, cuda: bool,
@@ -173,7 +210,8 @@ def choose_profile(requested: str | None, file_profile: str | None, *, cuda: boo
 # --------------------------------------------------------------------------- config validation
 
 
-TOP_LEVEL_KEYS = ("profile", "data", "batching", "quantization", "lora", "training", "swanlab", "output_dir")
+TOP_LEVEL_KEYS = ("profile", "data", "batching", "quantization", "kernels", "lora", "training", "swanlab",
+                  "output_dir")
 
 
 def _actions(schema: type) -> dict:
@@ -280,6 +318,8 @@ def validate_config(config: dict, source: str = "config") -> dict:
         raise SpecError(f"{source}: batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
     if out.get("quantization") not in QUANTIZATIONS:
         raise SpecError(f"{source}: quantization must be null or nf4, not {out.get('quantization')!r}")
+    if out.get("kernels") not in KERNELS:
+        raise SpecError(f"{source}: kernels must be null or liger, not {out.get('kernels')!r}")
     for dotted, ok, must in RANGES:
         section, key = dotted.split(".")
         if key in (out.get(section) or {}):
@@ -364,9 +404,8 @@ def build_spec(
     output_dir: str | os.PathLike | None = None,
     cuda: bool | None = None,
 ) -> RunSpec:
-    """Resolve every course setting into one frozen :class:`RunSpec` (see the module docstring). ``config``: a YAML
-    path (absolute, or relative to the working directory or the repository), None: the chosen profile's own.
-    ``profile``: a profile chosen by the caller (a CLI flag), taking the variable's place in the precedence rule."""
+    """Every course setting in one frozen :class:`RunSpec` (module docstring). ``config``: a YAML path (None: the
+    profile's own); ``profile``: a caller's choice (a CLI flag) in the variable's place in the precedence rule."""
     env = os.environ if env is None else env
     settings = course_settings(env, settings_file)
     cuda = cuda_available() if cuda is None else cuda
@@ -410,37 +449,11 @@ def build_spec(
         training=MappingProxyType(dict(checked.get("training", {}))),
         batching=checked.get("batching", "packed"),
         quantization=checked.get("quantization"),
+        kernels=check_kernels(checked.get("kernels"), cuda, source),
         swanlab=swanlab,
         paths=paths,
         origin=MappingProxyType(origin),
     )
-
-
-def data_source_path(text: str, source: str) -> Path:
-    """``data.source``: a JSON/JSONL file (relative to the working directory, else the repository), checked now."""
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        path = path if path.exists() else REPO_ROOT / path
-    path = path.resolve()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise SpecError(f"{source}: data.source={text!r} {what}: give a JSON/JSONL data file, or `course` for the "
-                        "profile's own dataset.")
-    return path
-
-
-def _refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:
-    """--output-dir is never the workspace, the model or the dataset, a folder holding them, or inside the model."""
-    run = run_dir.resolve()
-    for what, path in protected.items():
-        path = path.resolve()
-        if run == path or run in path.parents or (what == "the model folder" and path in run.parents):
-            raise SpecError(f"--output-dir {display_path(run_dir)} is (or holds) {what} {display_path(path)}: starting "
-                            "fresh there would move it aside. Give a folder of its own, e.g. "
-                            "--output-dir workspace/checkpoints/mine")
-    if run == Path.home().resolve() or run == REPO_ROOT or run.parent == run:
-        raise SpecError(f"--output-dir {display_path(run_dir)} is a whole folder of other files: give a folder of its "
-                        "own, e.g. --output-dir workspace/checkpoints/mine")
 
 
 def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None,
@@ -451,7 +464,7 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
     if "model_dir" in settings and profile.source == "modelscope":
         model_dir = _absolute(settings["model_dir"][0])
     elif profile.source == "modelscope":
-        model_dir = models / "modelscope" / "Qwen" / "Qwen3-8B"
+        model_dir = models / "modelscope" / "Qwen" / profile.model
     else:
         model_dir = models / profile.model_dirname
     if data_source[0] != "course":
@@ -464,7 +477,7 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
         dataset = workspace / "data" / "huanhuan.json"
     run_dir = _absolute(output_dir) if output_dir else workspace / "checkpoints" / profile.name
     if output_dir:
-        _refuse_run_dir(run_dir, {"the workspace": workspace, "the model folder": model_dir, "the dataset": dataset})
+        refuse_run_dir(run_dir, {"the workspace": workspace, "the model folder": model_dir, "the dataset": dataset})
     return Paths(
         workspace=workspace,
         model_dir=model_dir,

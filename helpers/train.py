@@ -28,10 +28,9 @@ from .hardware import cuda_available, gpus, is_main_process, launched_processes,
 from .models import compute_dtype, load_base_model, load_tokenizer, lora_config, require_model_dir
 from .recipes import auto_recipe
 from .runs import (
-    RUN_SUMMARY,
     SAMPLE_LOG,
+    already_finished,
     describe_summary,
-    load_run_summary,
     plot_history,
     resume_point,
     run_summary,
@@ -40,10 +39,6 @@ from .runs import (
 )
 from .spec import build_spec
 from .workspace import DiskFullError, course_folder, display_path, is_disk_full, shareable_path
-
-#: Hub id written into a shared adapter instead of a machine path.
-BASE_MODEL_IDS = {"full": "Qwen/Qwen3-8B", "random8b": "Qwen/Qwen3-8B"}
-
 
 # --------------------------------------------------------------------------- data
 
@@ -93,16 +88,31 @@ def make_collator(batching: str, tokenizer):
 
 def base_model_name(spec) -> str:
     """What a shared adapter names as its base: the hub id, or the model folder relative to the workspace."""
-    if spec.profile.name in BASE_MODEL_IDS:
-        return BASE_MODEL_IDS[spec.profile.name]
+    if spec.profile.source in ("modelscope", "config-only"):  # the real model, or its architecture
+        return spec.profile.model_id
     try:
         return spec.paths.model_dir.relative_to(spec.paths.workspace).as_posix()
     except ValueError:
         return spec.paths.model_dir.name
 
 
+def apply_kernels(spec) -> list[str]:
+    """``kernels: liger``: Liger Kernel's Qwen3 patch (RMSNorm, SwiGLU, RoPE and the fused linear
+    cross-entropy, which never holds the 151,936-wide logits), applied to the transformers classes
+    BEFORE the model is built. The spec was checked when it was built (CUDA and the package present)."""
+    if spec.kernels != "liger":
+        return []
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen3
+
+    apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=True)
+    return ["rope", "rms_norm", "swiglu", "fused_linear_cross_entropy"]
+
+
 def load_model_for_training(spec):
-    """The base model, ready for LoRA: on this process's device, ``use_cache`` off, k-bit prepared for QLoRA."""
+    """The base model, ready for LoRA: on this process's device, ``use_cache`` off, k-bit prepared for QLoRA
+    (and Liger's kernels patched in first when the spec asks for ``kernels: liger``)."""
+    apply_kernels(spec)
     if launched_processes() > 1:
         model = _load_base_model_for_this_process(spec)
     else:
@@ -398,7 +408,7 @@ def train(spec, resume: bool | str | None = True) -> dict:
         finally:
             swanlab_folder = tracking.finish_run(run) if run is not None else None
         if checkpoint is not None and trainer.state.global_step == checkpoints.checkpoint_step(checkpoint):
-            return _already_finished(spec, trainer, result.metrics, swanlab_folder)
+            return already_finished(spec, trainer, result.metrics, swanlab_folder)
         summary = run_summary(spec, trainer, result.metrics, swanlab_folder)
         if is_main:
             plot = spec.paths.plots / f"train-{spec.profile.name}.png"
@@ -435,19 +445,6 @@ class _maybe_lock:
         if self.lock is not None:
             self.lock.release()
         return False
-
-
-def _already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
-    """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0")."""
-    if (spec.paths.run_dir / RUN_SUMMARY).is_file():
-        summary = load_run_summary(spec)
-    else:
-        summary = {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None}
-    if is_main_process():
-        print(f"{display_path(spec.paths.run_dir)} 已经训练完成（第 {trainer.state.global_step} 步），本次没有再训练；"
-              "要从头训练请加 --no-resume")
-    summary["trainer"] = trainer
-    return summary
 
 
 # --------------------------------------------------------------------------- CLI

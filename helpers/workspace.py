@@ -111,16 +111,6 @@ def how_to_make(notebook: str, command: str) -> str:
     return f"Make it with `{command}` (or run notebooks/{notebook})."
 
 
-def require_artifact(path: str | os.PathLike, made_by: str, what: str = "", command: str = "") -> Path:
-    """Return ``path`` if it exists, else explain which notebook (and which command) makes it."""
-    path = Path(path)
-    if path.exists():
-        return path
-    thing = what or path.name
-    fix = how_to_make(made_by, command) if command else f"Run notebooks/{made_by} first (it creates this)."
-    raise MissingArtifactError(f"{thing} not found at {display_path(path)}. {fix}")
-
-
 # --------------------------------------------------------------------------- files
 
 

@@ -10,6 +10,10 @@ Where the browser comes from, in this order:
 through apt-get when this user can install system packages (root, or sudo without a password),
 otherwise Playwright's download into the user's cache. If neither works it prints one line saying
 what to install and exits 1: the browser test is never skipped.
+
+It also makes sure a CJK font is installed (Debian's ``fonts-noto-cjk``, through apt-get when this
+user may): the screenshots show Chinese text and ``images/make_images.py`` (tests/test_images.py)
+draws Chinese labels with matplotlib.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import sys
 from pathlib import Path
 
 SYSTEM_NAMES = ("chromium", "chromium-browser")
+#: Debian's CJK font (any font ``images.make_images.CJK_FONTS`` names will do)
+FONT_PACKAGE = "fonts-noto-cjk"
 HOW_TO_INSTALL = ("make test needs Chromium for tests/test_browser.py: install it with "
                   "`sudo apt-get install -y chromium` (Debian/Ubuntu) or `python -m playwright install chromium`, "
                   "or set CHROMIUM=/path/to/chromium")
@@ -71,10 +77,11 @@ def can_install_system_packages() -> list[str] | None:
     return None
 
 
-def install_with_apt(prefix: list[str]) -> bool:
+def install_with_apt(prefix: list[str], packages: tuple[str, ...] = ("chromium", FONT_PACKAGE)) -> bool:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    print("installing Debian's chromium (apt-get install chromium) for tests/test_browser.py ...", flush=True)
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+    print(f"installing Debian's {' '.join(packages)} (apt-get install) for tests/test_browser.py and "
+          "tests/test_images.py ...", flush=True)
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
         if subprocess.run(prefix + command, env=env, stdout=subprocess.DEVNULL).returncode != 0:
             return False
     return True
@@ -90,12 +97,37 @@ def install_with_playwright() -> bool:
     return subprocess.run([sys.executable, "-m", "playwright", "install", "chromium"]).returncode == 0
 
 
+def cjk_font() -> str | None:
+    """The CJK font matplotlib finds (None when there is none)."""
+    from images.make_images import MissingFontError, cjk_font
+
+    try:
+        return cjk_font()
+    except MissingFontError:
+        return None
+
+
+def ensure_cjk_font() -> int:
+    """Find or install a CJK font; 0 when there is one, else 1 after one line saying what to install."""
+    font = cjk_font()
+    if font is None:
+        prefix = can_install_system_packages()
+        if prefix is not None and install_with_apt(prefix, (FONT_PACKAGE,)):
+            font = cjk_font()
+    if font is None:
+        print(f"error: the pictures and screenshots need a CJK font: `sudo apt-get install -y {FONT_PACKAGE}` "
+              "(Debian/Ubuntu) or any font named in images/make_images.py CJK_FONTS", file=sys.stderr)
+        return 1
+    print(f"CJK font for the pictures: {font}")
+    return 0
+
+
 def ensure(via: str = "auto") -> int:
-    """Find or install Chromium; 0 when there is one, else 1 after one line saying what to install."""
+    """Find or install Chromium and a CJK font; 0 when both are there, else 1 after one line saying what to install."""
     path, origin = find_chromium()
     if path is not None:
         print(f"Chromium for tests/test_browser.py: {path} ({origin})")
-        return 0
+        return ensure_cjk_font()
     if os.environ.get("CHROMIUM", "").strip():
         print(f"error: {origin}. {HOW_TO_INSTALL}", file=sys.stderr)
         return 1

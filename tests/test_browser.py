@@ -11,7 +11,7 @@ Needs Chromium: ``$CHROMIUM``, else Debian's ``chromium`` package, else Playwrig
 (``python -m playwright install chromium``); ``make test`` installs one (tests/chromium.py).
 Deselect locally with ``-k "not browser"``.
 ``UPDATE_SCREENSHOTS=1`` also writes images/05-chat.png for the README
-(needs a CJK font, e.g. ``apt-get install -y fonts-wqy-zenhei``).
+(needs a CJK font: ``python -m tests.chromium`` installs ``fonts-noto-cjk`` when it may).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def test_the_download_budgets_for_checkpoints_and_the_merged_export(tmp_path, mo
     assert download.disk_budget_gb(model_present=True)["total"] == pytest.approx(budget["total"] - 16.4)
     monkeypatch.setattr(workspace, "free_disk_gb", lambda path: 30.0)  # room for the model, not for its export
     with pytest.raises(workspace.NotEnoughDiskError, match=f"Only 30.0 GB free .* {budget['total']:.1f} GB are needed"):
-        download.download_qwen3_8b(tmp_path / "Qwen3-8B", tmp_path)
+        download.download_qwen3(tmp_path / "Qwen3-8B", tmp_path)
 
 
 def test_offline_download_fails_with_actionable_message(monkeypatch, tmp_path):
@@ -85,7 +85,7 @@ def test_offline_download_fails_with_actionable_message(monkeypatch, tmp_path):
     monkeypatch.setattr(modelscope, "snapshot_download", no_network)
     monkeypatch.setattr(download, "check_disk_space", lambda *a, **k: 100.0)
     with pytest.raises(download.DownloadError, match="QWEN3_TUTORIAL_MODEL_DIR"):
-        download.download_qwen3_8b(tmp_path / "Qwen3-8B", tmp_path)
+        download.download_qwen3(tmp_path / "Qwen3-8B", tmp_path)
 
 
 def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path, monkeypatch, capsys, huanhuan_path):
@@ -103,7 +103,7 @@ def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path
 def test_random8b_dir_has_the_real_config(tmp_path):
     from transformers import AutoConfig
 
-    path = download.write_random8b_dir(tmp_path / "r8b")
+    path = download.write_config_dir(tmp_path / "r8b")
     config = AutoConfig.from_pretrained(path)
     assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (4096, 36, 12288)
     with torch.device("meta"):

@@ -17,7 +17,7 @@ from helpers import spec as specs
 from helpers.profiles import PROFILES
 from helpers.settings import SpecError
 from helpers.spec import build_spec
-from helpers.workspace import REPO_ROOT, MissingArtifactError, display_path, require_artifact
+from helpers.workspace import REPO_ROOT, MissingArtifactError, display_path
 
 TINY = "configs/train/tiny.yaml"
 FULL = "configs/train/qwen3-8b.yaml"
@@ -341,11 +341,6 @@ def test_display_path_is_repo_relative_home_relative_or_absolute(tmp_path, monke
     # each form leads back to the same place when pasted at the repository root
     for path in (REPO_ROOT / "workspace" / "a", tmp_path / "home" / "b", tmp_path / "c"):
         assert (REPO_ROOT / Path(display_path(path)).expanduser()).resolve() == path.resolve()
-
-
-def test_missing_artifact_names_the_notebook(tmp_path):
-    with pytest.raises(MissingArtifactError, match=r"notebooks/03-data.ipynb"):
-        require_artifact(tmp_path / "nothing.jsonl", made_by="03-data.ipynb")
 
 
 def test_a_saved_swanlab_login_counts_as_a_key(tmp_path, monkeypatch):
