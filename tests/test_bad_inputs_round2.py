@@ -272,7 +272,7 @@ OTHER = {"profile": "tiny-qlora", "batching": "padded", "quantization": "nf4", "
          "training.logging_steps": 3, "training.save_steps": 4, "training.save_total_limit": 1,
          "training.eval_strategy": "epoch", "training.eval_steps": 4, "training.activation_checkpointing": True,
          "training.bf16": True, "training.seed": 1, "swanlab.project": "other", "swanlab.experiment_name": "other",
-         "swanlab.enabled": False, "swanlab.mode": "online"}
+         "swanlab.enabled": False, "swanlab.mode": "online", "kernels": "liger"}
 
 
 def behaviour(spec, tokenizer) -> dict:
