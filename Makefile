@@ -30,11 +30,13 @@ $(STAMP): requirements.txt $(REQS) pyproject.toml
 
 # Execute the notebook series in order; executed copies go to $(EXECUTED), committed ones stay untouched.
 run: $(STAMP)
-	mkdir -p $(EXECUTED)
+	test -d '$(EXECUTED)' || { mkdir -p '$(EXECUTED)' && printf '.\n*\n' > '$(EXECUTED)/.course-made'; }
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  $(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-	    --output-dir $(EXECUTED) $$nb || exit 1; \
+	    --output-dir '$(EXECUTED)' $$nb || exit 1; \
+	  grep -qxF -e '*' -e "$$(basename $$nb)" '$(EXECUTED)/.course-made' 2>/dev/null || \
+	    basename $$nb >> '$(EXECUTED)/.course-made'; \
 	done
 	@echo "Executed notebooks are in $(EXECUTED)/"
 
@@ -75,14 +77,14 @@ preflight: | $(PY)
 	$(PY) -m helpers.environment check $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter 1,$(JSON)),--json)
 
 # Remove runs, checkpoints, exports, plots, SwanLab records, encoded data, the scale-out demo and the
-# executed notebooks; keep the downloaded model and dataset. `make reset DRY_RUN=1` only lists them.
+# executed notebooks (only what the course made: each such folder holds a .course-made marker); keep the
+# downloaded model and dataset. `make reset DRY_RUN=1` (or true/yes/on) only lists them.
 reset:
-	$(RESET_PY) -m helpers.reset --executed $(EXECUTED) $(if $(filter 1,$(DRY_RUN)),--dry-run)
+	$(RESET_PY) -m helpers.reset --executed '$(EXECUTED)' --dry-run-value '$(DRY_RUN)'
 
 # Also remove the models and the dataset: asks first; FORCE=1 for scripts (without a terminal it stops).
 reset-all:
-	$(RESET_PY) -m helpers.reset --all --executed $(EXECUTED) $(if $(filter 1,$(FORCE)),--force) \
-	  $(if $(filter 1,$(DRY_RUN)),--dry-run)
+	$(RESET_PY) -m helpers.reset --all --executed '$(EXECUTED)' --force-value '$(FORCE)' --dry-run-value '$(DRY_RUN)'
 
 lint: $(STAMP)
 	$(PY) -m ruff check helpers tests notebooks bench solutions images

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CourseError
-from .workspace import atomic_path, display_path, sha256_file
+from .workspace import (
+    UnsafeWriteError,
+    atomic_path,
+    course_folder,
+    display_path,
+    is_course_made,
+    record_made,
+    sha256_file,
+)
 
 COMPLETE_MARKER = "checkpoint_complete"
 #: What the trained adapter was trained with (system prompt, max_length, profile, base model).
@@ -140,6 +148,30 @@ def verified_checkpoint(path: Path) -> Path:
     return Path(path)
 
 
+# --------------------------------------------------------------------------- the recipe an adapter was trained with
+
+
+def read_recipe(checkpoint: Path) -> dict:
+    """The checkpoint's ``course_recipe.json`` ({} for an adapter from elsewhere)."""
+    path = Path(checkpoint) / RECIPE_FILE
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{display_path(path)} is damaged ({err}): train again, or delete that file "
+                              "to load the adapter on the config's base.") from None
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def spec_as_trained(spec, adapter: Path, notes: list[str] = ()) -> tuple:
+    """(the spec on the base the adapter was trained on, notes): its recipe's quantization wins over the config's."""
+    recipe, notes = read_recipe(adapter), list(notes)
+    if "quantization" not in recipe or recipe["quantization"] == spec.quantization:
+        return spec, notes
+    notes.append(f"{Path(adapter).name} was trained with quantization={recipe['quantization']} ({RECIPE_FILE}); "
+                 f"the config's quantization={spec.quantization} is corrected to match")
+    return spec.replace(quantization=recipe["quantization"]), notes
+
+
 # --------------------------------------------------------------------------- the run lock
 
 
@@ -151,8 +183,10 @@ def lock_run(run_dir: Path):
     from filelock import FileLock, Timeout
 
     run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    course_folder(run_dir.parent, whole=False)
     lock_path = run_dir.with_name(run_dir.name + LOCK_FILE)   # beside the run: moving the run aside keeps it
+    record_made(lock_path)
+    record_made(lock_path.with_name(lock_path.name + ".pid"))
     lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
@@ -169,6 +203,12 @@ def lock_run(run_dir: Path):
 # --------------------------------------------------------------------------- starting fresh
 
 
+def is_run_folder(path: Path) -> bool:
+    """A folder the course trained into: marked so, or (written before the marks) holding its checkpoints."""
+    return is_course_made(path) or any(is_checkpoint_name(p) for p in path.iterdir()) or \
+        (path / "run_summary.json").is_file()
+
+
 def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | None, list[Path]]:
     """Move an earlier run to ``<name>-previous-<time>`` (nothing is deleted at first).
 
@@ -178,6 +218,9 @@ def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | No
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return None, []
+    if not is_run_folder(run_dir):
+        raise UnsafeWriteError(f"{display_path(run_dir)} holds files the course did not make, so it is not moved "
+                               "aside: train into another folder (--output-dir workspace/checkpoints/mine).")
     target = run_dir.with_name(f"{run_dir.name}-previous-{time.strftime('%Y%m%d-%H%M%S')}")
     suffix = 1
     while target.exists():
@@ -185,6 +228,7 @@ def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | No
         suffix += 1
     run_dir.rename(target)
     previous = sorted(run_dir.parent.glob(f"{run_dir.name}-previous-*"), key=lambda p: p.stat().st_mtime)
+    previous = [p for p in previous if is_course_made(p)]
     removed = previous[:-keep] if keep and len(previous) > keep else []
     for old in removed:
         shutil.rmtree(old, ignore_errors=True)

@@ -37,7 +37,7 @@ from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, p
 from .runs import use_chinese_font
 from .spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
 from .validation import list_numbers
-from .workspace import UnsafeWriteError, display_path, refuse_same_file
+from .workspace import UnsafeWriteError, display_path, record_made, refuse_same_file, shell_path
 
 IGNORE_INDEX = -100
 END_TOKEN = "<|im_end|>"
@@ -355,7 +355,7 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
     stamp = data_files.spec_stamp(spec, source)
     records = validation.load_records(source, fix_hint=(
         f"Fix these rows in {display_path(source)} and train again (`python -m helpers.data check "
-        f"{display_path(source)}` lists them).")).records
+        f"{shell_path(source)}` lists them).")).records
     train_records, eval_records, split = data_files.split_records(spec, records)
     if split is not None and is_main_process():  # one writer per launch
         data_files.save_split(split, spec.paths.split_dir, source=source)
@@ -376,12 +376,16 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
                 f"no usable training rows: all {report.rows_in} rows are longer than "
                 f"data.max_length={spec.data.max_length} tokens. Raise data.max_length.")
         if is_main_process():  # one writer per launch; the other ranks use what they encoded
-            data_files.save_encoded(samples, encoded, stamp)
+            record_made(data_files.save_encoded(samples, encoded, stamp))
         if verbose and is_main_process():
             print(report.summary())
     eval_samples = []
     if eval_records:
         eval_samples, _ = encode_records(eval_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
+        if not eval_samples:
+            raise data_files.SplitSizeError(
+                f"all {len(eval_records)} held-out rows are longer than data.max_length={spec.data.max_length} "
+                "tokens, so nothing is left to evaluate: raise data.max_length or set data.eval_fraction=0.")
     if verbose and is_main_process() and split is not None:
         print(split.summary())
     return samples, eval_samples
@@ -422,7 +426,8 @@ def _run(args) -> int:
     if args.command == "split":
         result = validation.load_records(args.path)
         print(result.report.format(limit=20))
-        split = data_files.grouped_split(result.records, args.eval_fraction, args.seed)
+        split = data_files.check_split_sizes(
+            data_files.grouped_split(result.records, args.eval_fraction, args.seed), len(result.records))
         written = data_files.save_split(split, args.out_dir, source=Path(args.path))
         print(split.summary())
         for path in written:

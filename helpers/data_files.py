@@ -20,7 +20,18 @@ from pathlib import Path
 
 from . import validation
 from .errors import CourseError
-from .workspace import REPO_ROOT, UnsafeWriteError, atomic_path, display_path, sha256_file
+from .workspace import (
+    MADE_MARKER,
+    REPO_ROOT,
+    UnsafeWriteError,
+    atomic_folder,
+    atomic_path,
+    claim_folder,
+    display_path,
+    made_names,
+    record_made,
+    sha256_file,
+)
 
 #: The team-written 48-row sample (tiny profile). Its first 8 rows are the memorisation subset.
 SAMPLE_PATH = REPO_ROOT / "data" / "huanhuan_sample.json"
@@ -95,7 +106,7 @@ def course_dataset_path(spec, progress: bool = True) -> Path:
     if spec.origin.get("dataset"):
         raise DatasetDownloadError(f"The dataset {display_path(path)} (from {spec.origin['dataset']}) does not exist.")
     if path.name == "huanhuan.json":
-        return download_huanhuan(path, progress=progress)
+        return record_made(download_huanhuan(path, progress=progress))
     raise DatasetDownloadError(f"The dataset {display_path(path)} does not exist.")
 
 
@@ -280,25 +291,74 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
                  total_groups, held_groups, seed, eval_fraction)
 
 
-def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = None) -> list[Path]:
-    """``train.json`` and ``eval.json`` (the input's record format) plus ``split.json`` (seed, source sha256)."""
-    out_dir = Path(out_dir)
+SPLIT_FILES = ("train.json", "eval.json", "split.json")
+
+
+class SplitSizeError(CourseError, ValueError):
+    """A split would leave one side with no rows."""
+
+
+def check_split_sizes(split: Split, total: int) -> Split:
+    """Stop (with the numbers and the fix) when the held-out or the training side has 0 rows."""
+    if not split.eval:
+        need = 1 / max(total, 1)
+        raise SplitSizeError(f"data.eval_fraction={split.eval_fraction} of {total} rows rounds to 0 held-out rows: "
+                             f"set data.eval_fraction to at least {need:.2g} (one row), or to 0 for no held-out set.")
+    if not split.train:
+        raise SplitSizeError(f"data.eval_fraction={split.eval_fraction} of {total} rows leaves 0 rows to train on "
+                             f"(held out: {len(split.eval)}): lower data.eval_fraction (e.g. 0.05) or add rows.")
+    return split
+
+
+def _old_split_folder(out_dir: Path) -> bool:
+    """A split folder written before the course marked its folders (only the split's files, its metadata)."""
+    names = {p.name for p in out_dir.iterdir()}
+    if not names or not names <= set(SPLIT_FILES) or "split.json" not in names:
+        return False
+    try:
+        meta = json.loads((out_dir / "split.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and {"seed", "source_sha256", "eval_rows"} <= set(meta)
+
+
+def _refuse_foreign_split_files(out_dir: Path, source: Path | None) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise UnsafeWriteError(f"{display_path(out_dir)} is a file, not a folder")
-    if source is not None:
-        for name in ("train.json", "eval.json"):
-            if (out_dir / name).exists() and Path(source).exists() and os.path.samefile(source, out_dir / name):
-                raise UnsafeWriteError(f"{display_path(out_dir / name)} is the input file itself")
-    written = []
+        raise UnsafeWriteError(f"{display_path(out_dir)} is a file, not a folder: give a folder for the split.")
+    if source is not None and out_dir.resolve() in Path(source).resolve().parents:
+        raise UnsafeWriteError(f"{display_path(out_dir)} holds the input {display_path(source)}: the split would "
+                               "write beside (or over) it. Give an empty or new folder, e.g. workspace/data/split-mine.")
+    if not out_dir.is_dir() or made_names(out_dir) is not None or _old_split_folder(out_dir):
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir())
+    if foreign:
+        raise UnsafeWriteError(f"{display_path(out_dir)} holds files the split did not make ({', '.join(foreign[:3])}): "
+                               "give an empty or new folder. Nothing was written.")
+
+
+def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = None) -> list[Path]:
+    """``train.json`` and ``eval.json`` (the input's record format) plus ``split.json`` (seed, source sha256).
+
+    Written as one unit: the three files go into ``<out>.partial`` and that folder is renamed over
+    ``out``, so a full disk never leaves a new train file beside an old eval file.
+    """
+    out_dir = Path(out_dir)
+    _refuse_foreign_split_files(out_dir, source)
+    if out_dir.is_dir() and made_names(out_dir) is None:
+        claim_folder(out_dir)      # an older split of the course's own
+    extra = [p.name for p in out_dir.iterdir() if p.name not in SPLIT_FILES + (MADE_MARKER,)] \
+        if out_dir.is_dir() else []
+    if extra:
+        raise UnsafeWriteError(f"{display_path(out_dir)} holds files the split did not make ({', '.join(extra[:3])}): "
+                               "move them away or give another folder. Nothing was written.")
     meta = {"seed": split.seed, "eval_fraction": split.eval_fraction, "train_rows": len(split.train),
             "eval_rows": len(split.eval), "groups": split.groups, "eval_groups": split.eval_groups,
             "source_sha256": sha256_file(source) if source else None,
             "eval_row_numbers": [i + 1 for i in split.eval_rows]}
-    for name, value in (("train.json", split.train), ("eval.json", split.eval), ("split.json", meta)):
-        with atomic_path(out_dir / name) as temporary:
-            temporary.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
-        written.append(out_dir / name)
-    return written
+    with atomic_folder(out_dir) as partial:
+        for name, value in zip(SPLIT_FILES, (split.train, split.eval, meta), strict=True):
+            (partial / name).write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
+    return [out_dir / name for name in SPLIT_FILES]
 
 
 def to_dataset(samples: list[dict]):
@@ -335,8 +395,9 @@ def split_records(spec, records: list[dict]) -> tuple[list[dict], list[dict], Sp
     if spec.data.max_rows:
         head = records[: spec.data.max_rows]
         split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed, keep_in_train=len(head))
+        check_split_sizes(split, len(records))
         return head, split.eval, split
-    split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed)
+    split = check_split_sizes(grouped_split(records, spec.data.eval_fraction, spec.data.split_seed), len(records))
     return split.train, split.eval, split
 
 

@@ -25,7 +25,7 @@ from .models import (
     verify_tokenizer_files,
 )
 from .spec import build_spec
-from .workspace import MissingArtifactError, atomic_folder, check_disk_space, display_path
+from .workspace import MissingArtifactError, atomic_folder, check_disk_space, course_folder, display_path
 
 #: checkpoints kept: ``save_total_limit`` (3) for each of the last few runs (the current one + 2 moved aside)
 CHECKPOINTS_KEPT = 3 * 3
@@ -114,8 +114,7 @@ def build_tiny_model(target: Path, seed: int = TINY_SEED, overwrite: bool = Fals
 
 def write_config_dir(target: Path, model: str = "Qwen3-8B") -> Path:
     """Write a Qwen3 size's config, generation config and tokenizer (no weights: they are drawn when loaded)."""
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
+    target = course_folder(target)
     config = dict(qwen3_config(model), torch_dtype="bfloat16")
     (target / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (target / "generation_config.json").write_text(json.dumps(QWEN3_GENERATION_CONFIG, indent=2), encoding="utf-8")
@@ -131,6 +130,7 @@ def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revis
     check_disk_space(disk_budget_gb(present, model)[BUDGET_TOTAL], workspace)
     from modelscope import snapshot_download
 
+    course_folder(target)
     model_id = f"Qwen/{model}"
     try:
         path = snapshot_download(model_id, local_dir=str(target), revision=revision)

@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .download import BUDGET_TOTAL, disk_budget_gb
-from .errors import run_cli
+from .errors import CourseError, run_cli
 from .hardware import gpus, memory_gb
+from .profiles import PROFILES
 from .recipes import choose_recipe
-from .settings import SETTINGS_FILE, SETTINGS_KEYS, SpecError, read_settings_file
+from .settings import SETTINGS_FILE, SETTINGS_KEYS, SWANLAB_MODES, SpecError, read_settings_file, suggest
 from .spec import build_spec
 from .workspace import REPO_ROOT, atomic_path, display_path, free_disk_gb
 
@@ -143,6 +144,11 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     unknown = sorted(set(values) - set(SETTINGS_KEYS))
     if unknown:
         raise SpecError(f"unknown setting {unknown[0]!r}; known: {', '.join(SETTINGS_KEYS)}")
+    choices = {"profile": tuple(PROFILES), "swanlab_mode": SWANLAB_MODES}
+    for key, known in choices.items():
+        if values.get(key) and values[key] not in known:
+            raise SpecError(f"--{key.replace('_', '-')} {values[key]!r} is not one of {', '.join(known)}"
+                            f"{suggest(values[key], known)}; nothing was written.")
     current = read_settings_file(path)
     for key, value in values.items():
         if value is None or value == "":
@@ -336,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"registered the Jupyter kernel {KERNEL_NAME!r} ({sys.executable}) in {display_path(folder)}")
             print(f"In JupyterLab pick “{KERNEL_DISPLAY}”: Kernel → Change Kernel (reload the page if it is not listed).")
             return 0
-        spec = build_spec(profile=args.profile)
+        try:
+            spec = build_spec(profile=args.profile)
+        except CourseError as err:
+            if args.json:   # a room's collector still gets one JSON object per machine
+                print(json.dumps({"host": platform.node(), "profile": args.profile, "ok": False,
+                                  "error": " ".join(str(err).split()), "checks": []}, ensure_ascii=False, indent=1))
+            raise
         checks = preflight(spec)
         if args.json:
             print(json.dumps({"host": platform.node(), "profile": spec.profile.name,

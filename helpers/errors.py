@@ -55,3 +55,13 @@ def fraction(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.05), not {value}")
     return value
+
+
+def utf8_text(text: str) -> str:
+    """argparse type: text that is valid UTF-8 (a terminal in another encoding passes undecodable bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("is not UTF-8 text: set the terminal to UTF-8 (e.g. "
+                                         "export LANG=C.UTF-8) and type it again") from None
+    return text

@@ -57,9 +57,15 @@ from .metrics import (
     thinking_rate,
     unseen_probes,
 )
-from .runs import use_chinese_font
+from .runs import report_path, save_plot, use_chinese_font
 from .spec import build_spec
-from .workspace import MissingArtifactError, atomic_path, display_path, shareable_path
+from .workspace import (
+    MissingArtifactError,
+    atomic_path,
+    display_path,
+    shareable_path,
+    shell_path,
+)
 
 #: The report written next to the checkpoints.
 REPORT_FILE = "eval_report.json"
@@ -95,7 +101,6 @@ class EvalOptions:
 
 
 def has_adapter(spec, checkpoint: str | Path | None = None) -> bool:
-
     if checkpoint is not None or spec.paths.adapter_dir is not None:
         return True
     return checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is not None
@@ -111,12 +116,11 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
     if not has_adapter(spec, checkpoint):
         raise MissingArtifactError(
             f"{display_path(spec.paths.run_dir)} holds no trained LoRA adapter yet. Train one first: "
-            f"python -m helpers.train --config {display_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
+            f"python -m helpers.train --config {shell_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
     prepare_model(spec)
 
 
 def _messages(prompt: str, system_prompt: str | None) -> list[dict]:
-
     return chat_messages([], prompt, system_prompt)
 
 
@@ -228,6 +232,8 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
     options = options or EvalOptions.for_spec(spec)
     prepare(spec, checkpoint)
     train_records, eval_records = data_files.load_split(spec, say)
+    if not eval_records:    # (a split saved before empty sides were refused)
+        raise data_files.SplitSizeError(f"0 held-out rows (data.eval_fraction={spec.data.eval_fraction}): raise it.")
     loaded = load_finetuned(spec, checkpoint)
     for note in loaded.notes:
         say(note)
@@ -256,6 +262,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         "profile": spec.profile.name,
         "config_file": display_path(spec.config_file),
         "checkpoint": shareable_path(loaded.checkpoint, spec.paths.run_dir, spec.paths.workspace),
+        "adapter_origin": display_path(loaded.checkpoint),
         "options": dataclasses.asdict(options),
         "system_prompt": system_prompt,
         "split": {"train_rows": len(train_records), "held_out_rows": len(eval_records),
@@ -270,7 +277,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         "notes": notes,
     }
     report["swanlab_run"] = shareable_path(log_to_swanlab(spec, report), spec.paths.run_dir, spec.paths.workspace)
-    save_report(spec, report)
+    report["report_file"] = display_path(save_report(spec, report, loaded.checkpoint))
     return report
 
 
@@ -364,9 +371,9 @@ def _row_markdown(row: dict) -> str:
     return "\n".join(f"**{name}**: {row[name]}" for name in TABLE_COLUMNS)
 
 
-def save_report(spec, report: dict) -> Path:
-
-    path = spec.paths.run_dir / REPORT_FILE
+def save_report(spec, report: dict, adapter: Path | None = None) -> Path:
+    """The report beside this run's adapter, or under a name of its own for an adapter from elsewhere."""
+    path = report_path(spec.paths.run_dir, adapter or spec.paths.run_dir, REPORT_FILE)
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     return path
@@ -447,13 +454,11 @@ def plot_comparison(report: dict, set_name: str = "held_out", path: Path | None 
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        save_plot(fig, path)
     return fig
 
 
 def main(argv: list[str] | None = None) -> int:
-
     parser = argparse.ArgumentParser(
         prog="python -m helpers.evaluate",
         description="Evaluate the LoRA adapter against its base model on held-out prompts (notebook 07).")
@@ -483,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"重复3-gram {row['repeated_3gram']:.3f}  distinct-1 {row['distinct_1']:.3f}  "
                   f"distinct-2 {row['distinct_2']:.3f}  ROUGE-L {row['rouge_l']:.3f}")
         print(describe_report(report))
-        print(f"报告: {display_path(spec.paths.run_dir / REPORT_FILE)}")
+        print(f"报告: {report['report_file']}")
         if report.get("swanlab_run"):
             print(f"SwanLab: {display_path(spec.paths.workspace / report['swanlab_run'])}")
         return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -31,8 +30,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import checkpoints
+from .checkpoints import read_recipe
 from .data import Reply, prompt_ids_as_text, render_prompt, split_thinking
-from .errors import CourseError, run_cli
+from .errors import CourseError, positive_int, run_cli, utf8_text
 from .models import (
     adapter_switch,
     compute_dtype,
@@ -42,7 +42,16 @@ from .models import (
     require_model_dir,
 )
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
-from .workspace import MissingArtifactError, display_path, how_to_make
+from .workspace import (
+    MissingArtifactError,
+    atomic_folder,
+    claim_folder,
+    clear_course_files,
+    display_path,
+    how_to_make,
+    refuse_foreign_partial,
+    shell_path,
+)
 
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
 QWEN3_SAMPLING = {
@@ -172,16 +181,11 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
                 "LoRA adapter folder.")
         raise MissingArtifactError(
             f"No complete LoRA checkpoint in {display_path(folder)}. "
-            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {display_path(spec.config_file)}"))
+            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {shell_path(spec.config_file)}"))
     notes = found.notes()
     if notes:
         notes.append(f"using {display_path(found.checkpoint)} instead")
     return found.checkpoint, notes
-
-
-def read_recipe(checkpoint: Path) -> dict:
-    path = Path(checkpoint) / checkpoints.RECIPE_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def adapter_system_prompt(checkpoint: Path, default: str | None) -> str | None:
@@ -235,6 +239,7 @@ def load_finetuned(spec, checkpoint: str | Path | None = None, merged: bool = Fa
     from peft import PeftModel
 
     path, notes = resolve_checkpoint(spec, checkpoint)
+    spec, notes = checkpoints.spec_as_trained(spec, path, notes)
     recipe = read_recipe(path)
     tokenizer = load_tokenizer(spec)
     base = load_base_model(spec)
@@ -243,9 +248,7 @@ def load_finetuned(spec, checkpoint: str | Path | None = None, merged: bool = Fa
     model.eval()
     model.course_recipe = recipe  # the chat widget defaults to the system prompt the adapter was trained with
     if spec.quantization:
-        notes.append("the adapter runs on the 4-bit NF4 base (as trained)")
-    elif recipe.get("quantization"):
-        notes.append("a QLoRA adapter on the bf16 base: more memory, slightly different numbers than training")
+        notes.append("the adapter runs on the 4-bit NF4 base" + (" (as trained)" if recipe else ""))
     if merged and spec.quantization:
         notes.append("not merged: merging into the 4-bit base would round the adapter; the adapter stays on top")
     elif merged:
@@ -386,6 +389,10 @@ def compare_adapter(model, tokenizer, questions: list[str], settings: Generation
 
 
 EXPORT_MARKER = "course_export.json"
+#: what an export written before the course marked its folders holds (all of it made again by export)
+EXPORT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer*",
+                "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                EXPORT_MARKER)
 
 
 class ExportTargetError(CourseError, ValueError):
@@ -437,32 +444,34 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     from peft import PeftModel
 
     path, notes = resolve_checkpoint(spec, checkpoint)
+    spec, notes = checkpoints.spec_as_trained(spec, path, notes)
     for note in notes:
         print(note)
     target = Path(target) if target else spec.paths.export_dir
     check_export_target(target, [spec.paths.run_dir, path, spec.paths.model_dir])
-    partial = target.with_name(target.name + ".partial")
-    for stale in (partial, target):
-        if stale.exists() and (stale == partial or (stale / EXPORT_MARKER).is_file()):
-            shutil.rmtree(stale)  # a previous course export: made again below, so never two copies on disk
-    merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
-    merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
-    load_tokenizer(spec).save_pretrained(partial)
-    write_export_marker(partial, path)
-    partial.rename(target)
+    refuse_foreign_partial(target)
+    # a previous course export goes first (it can always be made again: never two copies on disk);
+    # a learner's own file in it (a NOTES.md) stays and is carried into the new export
+    clear_course_files(target, legacy=EXPORT_FILES)
+    with atomic_folder(target) as partial:
+        merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
+        merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
+        load_tokenizer(spec).save_pretrained(partial)
+        write_export_marker(partial, path)
     return target
 
 
 def write_export_marker(folder: Path, checkpoint: Path) -> None:
     """``course_export.json``: which adapter (and recipe) the merged model holds; marks the folder as the
-    course's own, so a later export may replace it."""
+    course's own, so a later export may replace it and ``make reset`` removes it."""
     (Path(folder) / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
                                                          ensure_ascii=False, indent=1), encoding="utf-8")
+    claim_folder(folder)
 
 
 def vllm_command(export_dir: Path) -> str:
     """The command that serves an exported model with vLLM (printed, not run here)."""
-    return (f"vllm serve {display_path(export_dir)} --served-model-name huanhuan "
+    return (f"vllm serve {shell_path(export_dir)} --served-model-name huanhuan "
             "--max-model-len 8192 --reasoning-parser qwen3 --host 127.0.0.1")
 
 
@@ -486,9 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", parents=[common], help="one answer from base model + LoRA adapter")
-    ask.add_argument("message", help="the user message (tokenized as plain text, control tokens included)")
-    ask.add_argument("--system-prompt", help="default: the one the adapter was trained with (course_recipe.json)")
-    ask.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens (default 128)")
+    ask.add_argument("message", type=utf8_text, help="the user message (tokenized as plain text, control tokens included)")
+    ask.add_argument("--system-prompt", type=utf8_text, help="default: the one the adapter was trained with (course_recipe.json)")
+    ask.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest reply in tokens (default 128)")
     ask.add_argument("--thinking", action="store_true", help="thinking mode (enable_thinking=True)")
     ask.add_argument("--sample", action="store_true", help="Qwen3's recommended sampling instead of greedy decoding")
     ask.add_argument("--merged", action="store_true",

@@ -8,14 +8,17 @@ its split, notebook 06's scale-out demo and the executed notebooks. The download
 ``--all`` also removes ``models/`` and the downloaded dataset. It asks first; where nobody can answer
 (no terminal on stdin: CI, a script, a Makefile under a pipe) it needs ``--force`` and never waits.
 
-Only the names listed here are removed, never "everything else in the workspace": a workspace
-pointed at a whole data disk must not lose anything the course did not make. A run that is being
-trained into (its run lock is held) stops the reset before anything is removed.
+Only what the course made is removed: every folder it creates holds a ``.course-made`` marker (and a
+file it writes into someone else's folder is named in that folder's marker). Anything else, in
+``checkpoints/``, ``export/``, ``data/``, ... , is listed as "not the course's, left alone", so a
+workspace of ``~``, ``/``, the repository or a whole data disk loses nothing the course did not make.
+A run that is being trained into (its run lock is held) stops the reset before anything is removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import shutil
 import sys
 from dataclasses import dataclass
@@ -26,12 +29,12 @@ from .errors import CourseError, run_cli
 from .profiles import PROFILES
 from .settings import course_settings
 from .spec import resolve_paths
-from .workspace import display_path
+from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, is_course_made, made_names
 
-#: folders under the workspace that the course makes and can make again
+#: folders under the workspace where the course makes things it can make again
 DERIVED_FOLDERS = ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "executed")
-#: files and folders under ``<workspace>/data`` that are made from the dataset (glob patterns)
-DERIVED_DATA = ("train-*.jsonl", "split-*", "*.partial")
+#: what under ``<workspace>/data`` is made from the dataset (glob patterns); the rest is downloaded
+DERIVED_DATA = ("train-*.jsonl", "split-*", ".split-*")
 
 
 class ResetRefused(CourseError, RuntimeError):
@@ -43,6 +46,14 @@ class Item:
     path: Path
     bytes: int
     what: str
+
+
+class Plan(list):
+    """The items a reset removes, in order; ``left_alone``: what is there but not the course's."""
+
+    def __init__(self, items=(), left_alone=()):
+        super().__init__(items)
+        self.left_alone: list[Path] = list(left_alone)
 
 
 def size_of(path: Path) -> int:
@@ -59,48 +70,106 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
-def plan(workspace: Path, *, everything: bool = False, executed: Path | None = None) -> list[Item]:
-    """What a reset removes (only what exists), in the order it is removed."""
-    workspace = Path(workspace)
-    found: list[tuple[Path, str]] = []
-    for name in DERIVED_FOLDERS:
-        found.append((workspace / name, "executed notebooks" if name == "executed" else name))
-    data = workspace / "data"
-    if data.is_dir():
-        for pattern in DERIVED_DATA:
-            found += [(p, "encoded data") for p in sorted(data.glob(pattern))]
-    if executed is not None:
-        found += [(p, "executed notebooks") for p in sorted(Path(executed).glob("*.ipynb"))]
-    if everything:
-        found.append((workspace / "models", "models (downloaded / built)"))
-        found.append((data / "huanhuan.json", "dataset (downloaded)"))
-    seen, items = set(), []
-    for path, what in found:
-        key = path.parent.resolve() / path.name  # the link itself, not what it points at
-        if key in seen or not (path.exists() or path.is_symlink()):
+def sweep(folder: Path, depth: int = 0) -> tuple[list[Path], list[Path]]:
+    """(what in ``folder`` the course made, what it did not): by the markers, never by name."""
+    names = made_names(folder)
+    if names is not None and WHOLE in names:
+        return [folder], []
+    mine, others = [], []
+    for child in sorted(folder.iterdir()):
+        if child.name == MADE_MARKER:
             continue
-        if any(parent in seen for parent in key.parents):
+        if names is not None and child.name in names:
+            mine.append(child)
+        elif child.is_dir() and not child.is_symlink() and made_names(child) is not None and depth < 8:
+            found, foreign = sweep(child, depth + 1)
+            mine, others = mine + found, others + foreign
+        else:
+            others.append(child)
+    if names is not None and CREATED in names and not others:
+        return [folder], []      # a folder the course made that holds only what the course made
+    return mine, others
+
+
+def _data_items(data: Path, everything: bool) -> tuple[list[Path], list[Path]]:
+    """The encoded data and splits (and with --all the downloaded dataset) the course made in ``data``."""
+    names = made_names(data) or set()
+    mine, others = [], []
+    for child in sorted(data.iterdir()):
+        if child.name == MADE_MARKER:
+            continue
+        derived = any(fnmatch.fnmatch(child.name, pattern) for pattern in DERIVED_DATA)
+        if not (WHOLE in names or child.name in names or (child.is_dir() and is_course_made(child))):
+            others.append(child)
+        elif everything or derived:
+            mine.append(child)
+    return mine, others
+
+
+def _what(path: Path, workspace: Path) -> str:
+    try:
+        top = path.relative_to(workspace).parts[0]
+    except ValueError:
+        return "executed notebooks"
+    if top == "data":
+        return "encoded data" if any(fnmatch.fnmatch(path.name, p) for p in DERIVED_DATA) else "dataset (downloaded)"
+    return {"executed": "executed notebooks", "models": "models (downloaded / built)"}.get(top, top)
+
+
+def plan(workspace: Path, *, everything: bool = False, executed: Path | None = None) -> Plan:
+    """What a reset removes (only what the course made and exists), in order, and what it leaves alone."""
+    workspace = Path(workspace)
+    folders = [workspace / name for name in DERIVED_FOLDERS + (("models",) if everything else ())]
+    if executed is not None:
+        folders.append(Path(executed))
+    mine, others = [], []
+    for folder in folders:
+        if folder.is_dir() and not folder.is_symlink():
+            found, foreign = sweep(folder)
+            mine, others = mine + found, others + foreign
+        elif folder.exists() or folder.is_symlink():
+            others.append(folder)
+    if (workspace / "data").is_dir():
+        found, foreign = _data_items(workspace / "data", everything)
+        mine, others = mine + found, others + foreign
+    seen, items = set(), []
+    for path in mine:
+        key = path.parent.resolve() / path.name  # the link itself, not what it points at
+        if key in seen or any(parent in seen for parent in key.parents):
             continue
         seen.add(key)
-        items.append(Item(path, size_of(path), what))
-    return items
+        items.append(Item(path, size_of(path), _what(path, workspace)))
+    return Plan(items, list(dict.fromkeys(others)))
+
+
+def _held(lock_path: Path) -> bool:
+    """Whether another process holds this run lock (filelock's own OS lock; plain ``fcntl`` without it)."""
+    try:
+        from filelock import FileLock, Timeout
+    except ImportError:     # `make reset` with the system python3: the same flock that filelock takes
+        import fcntl
+
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def running_trainings(workspace: Path) -> list[Path]:
     """Run folders whose run lock another process holds (a training in progress)."""
-    from filelock import FileLock, Timeout
-
-
-    busy = []
-    for lock_path in sorted((Path(workspace) / "checkpoints").glob(f"*{LOCK_FILE}")):
-        lock = FileLock(lock_path)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            busy.append(lock_path.with_name(lock_path.name[: -len(LOCK_FILE)]))
-        else:
-            lock.release()
-    return busy
+    return [lock_path.with_name(lock_path.name[: -len(LOCK_FILE)])
+            for lock_path in sorted((Path(workspace) / "checkpoints").glob(f"*{LOCK_FILE}"))
+            if lock_path.is_file() and _held(lock_path)]
 
 
 def remove(items: list[Item]) -> int:
@@ -112,7 +181,17 @@ def remove(items: list[Item]) -> int:
         else:
             item.path.unlink()
         freed += item.bytes
+        _prune_marker(item.path.parent)
     return freed
+
+
+def _prune_marker(folder: Path) -> None:
+    """Drop a marker that only named entries which are now gone (a learner's folder keeps nothing of ours)."""
+    names = made_names(folder)
+    if names is None or CREATED in names or WHOLE in names:
+        return
+    if not any((folder / name).exists() or (folder / name).is_symlink() for name in names):
+        (folder / MADE_MARKER).unlink(missing_ok=True)
 
 
 def confirm(question: str, force: bool, stdin=None) -> bool:
@@ -139,8 +218,15 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
                            "stop it (or wait for it) first. Nothing was removed.")
     items = plan(workspace, everything=everything, executed=executed)
     print(f"workspace: {display_path(workspace)}", file=out)
+    if items.left_alone:
+        shown = items.left_alone[:20]
+        print(f"not the course's, left alone ({len(items.left_alone)}):", file=out)
+        for path in shown:
+            print(f"  {display_path(path)}", file=out)
+        if len(items.left_alone) > len(shown):
+            print(f"  ... and {len(items.left_alone) - len(shown)} more", file=out)
     if not items:
-        print("nothing to remove: the workspace holds no runs, exports or other derived files.", file=out)
+        print("nothing to remove: the workspace holds no runs, exports or other files the course made.", file=out)
         return 0
     total = sum(item.bytes for item in items)
     print(f"to remove ({human(total)}):", file=out)
@@ -163,6 +249,21 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
     return freed
 
 
+TRUE_WORDS = ("1", "true", "yes", "on", "y")
+FALSE_WORDS = ("", "0", "false", "no", "off", "n")
+
+
+def switch(name: str, value: str | None) -> bool:
+    """A make variable's yes/no word (DRY_RUN=true, FORCE=yes, ...); any other word is refused."""
+    word = (value or "").strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ResetRefused(f"{name}={value!r} is neither yes nor no: use {name}=1 (or true/yes/on) or leave it out. "
+                       "Nothing was removed.")
+
+
 def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
@@ -173,15 +274,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="also remove the models and the downloaded dataset (asks first)")
     parser.add_argument("--force", action="store_true", help="do not ask (needed for --all without a terminal)")
     parser.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    parser.add_argument("--dry-run-value", metavar="WORD", help="make's DRY_RUN: true/yes/1/on or false/no/0/off")
+    parser.add_argument("--force-value", metavar="WORD", help="make's FORCE: true/yes/1/on or false/no/0/off")
     parser.add_argument("--executed", help="another folder of executed notebooks (make run's EXECUTED)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
     def work() -> int:
+        dry_run = args.dry_run or switch("DRY_RUN", args.dry_run_value)
+        force = args.force or switch("FORCE", args.force_value)
         # only the workspace matters here, and it is the same for every profile: the run spec's own rule,
         # without building a whole spec (that imports transformers)
         workspace = resolve_paths(PROFILES["tiny"], course_settings()).workspace
-        reset(workspace, everything=args.everything, force=args.force, dry_run=args.dry_run,
+        reset(workspace, everything=args.everything, force=force, dry_run=dry_run,
               executed=Path(args.executed) if args.executed else None)
         return 0
 

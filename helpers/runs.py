@@ -6,6 +6,7 @@ Notebook 04 and ``python -m helpers.train`` write these; notebooks 05-07 and the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from . import checkpoints, tracking
 from .checkpoints import find_latest_checkpoint
 from .hardware import is_main_process
-from .workspace import atomic_path, display_path, shareable_path
+from .workspace import atomic_path, display_path, record_made, shareable_path
 
 #: One JSON line per micro-batch: which dataset rows each process trained on.
 SAMPLE_LOG = "sample_log.jsonl"
@@ -74,6 +75,13 @@ def use_chinese_font() -> str | None:
     return found
 
 
+def save_plot(fig, path: Path) -> Path:
+    """A figure as a PNG, written whole or not at all, recorded as the course's (``make reset`` removes it)."""
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
+    return record_made(path)
+
+
 def plot_history(log_history: list[dict], path: Path | None = None, title: str = ""):
     """Train loss, eval loss (when there is a held-out set) and learning rate per step; saved as PNG."""
     import matplotlib
@@ -100,8 +108,7 @@ def plot_history(log_history: list[dict], path: Path | None = None, title: str =
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        save_plot(fig, path)
     return fig
 
 
@@ -159,6 +166,16 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
     }
 
 
+def report_path(run_dir: Path, adapter: Path, name: str = "eval_report.json") -> Path:
+    """Where the evaluation of ``adapter`` goes: ``<run>/eval_report.json`` for this run's own adapter;
+    an adapter from elsewhere gets a name of its own (its folder name and a hash of where it lives)."""
+    adapter = Path(adapter).resolve()
+    if Path(run_dir).resolve() in adapter.parents or adapter == Path(run_dir).resolve():
+        return Path(run_dir) / name
+    tag = hashlib.sha256(str(adapter).encode("utf-8")).hexdigest()[:8]
+    return Path(run_dir) / f"{Path(name).stem}-{adapter.parent.name}-{adapter.name}-{tag}.json"
+
+
 def save_run_summary(spec, summary: dict) -> Path:
     """``run_summary.json`` in the run folder; its paths are relative to the run folder or the workspace."""
     saved = {k: v for k, v in summary.items() if k not in ("trainer", "log_history")}
@@ -205,3 +222,16 @@ def describe_summary(summary: dict) -> str:
         if summary.get("swanlab_mode") != "online":
             lines.append(f"upload it later / 之后上传     {tracking.sync_command(summary['swanlab_run'])}")
     return "\n".join(line for line in lines if line)
+
+
+def already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
+    """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0")."""
+    if (spec.paths.run_dir / RUN_SUMMARY).is_file():
+        summary = load_run_summary(spec)
+    else:
+        summary = {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None}
+    if is_main_process():
+        print(f"{display_path(spec.paths.run_dir)} 已经训练完成（第 {trainer.state.global_step} 步），本次没有再训练；"
+              "要从头训练请加 --no-resume")
+    summary["trainer"] = trainer
+    return summary

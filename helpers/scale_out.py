@@ -24,7 +24,7 @@ from .download import build_tiny_model
 from .models import qwen3_counts
 from .recipes import estimate_lora_memory_gb
 from .runs import SAMPLE_LOG
-from .workspace import REPO_ROOT
+from .workspace import REPO_ROOT, course_folder
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
 
@@ -143,6 +143,7 @@ def demo_workspace(spec) -> Path:
     root = spec.paths.workspace / "scale-out-demo"
     link = root / "models" / model.name
     if not link.exists():
+        course_folder(root)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(model, target_is_directory=True)
     return root

@@ -47,23 +47,54 @@ def suggest(key: str, known) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _settings_text(path: Path) -> str | None:
+    """The settings file's text; None when there is none; one-line errors for a folder, bytes or rights."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    if path.is_dir():
+        raise SpecError(f"{display_path(path)} is a folder, not a settings file: remove it (or move it away).")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SpecError(f"{display_path(path)} is not UTF-8 text (saved as GBK?): save it again as UTF-8, "
+                        "or delete it and run `python -m helpers.environment setup`.") from None
+    except OSError as err:
+        raise SpecError(f"{display_path(path)} cannot be read ({err.strerror}): fix its permissions "
+                        f"(chmod u+r) or delete it.") from None
+
+
+def _setting_value(path: Path, key: str, value) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"{display_path(path)}: {key} must be text (a name or a path), not {value!r}; "
+                        f"quote it, e.g. {key}: \"...\"")
+    return value
+
+
 def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
     """The settings file's values ({} when there is none)."""
-    import yaml
-
-    if not Path(path).is_file():
+    path = Path(path)
+    text = _settings_text(path)
+    if text is None:
         return {}
     try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        import yaml
+    except ImportError:
+        raise SpecError(f"reading {display_path(path)} needs PyYAML: run it with the course's .venv "
+                        "(`make venv`), or set the values as QWEN3_TUTORIAL_* environment variables.") from None
+    try:
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise SpecError(f"{display_path(path)} is not valid YAML ({err}). Fix or delete it.") from None
     if not isinstance(values, dict):
         raise SpecError(f"{display_path(path)} must hold `key: value` lines.")
-    unknown = sorted(set(values) - set(SETTINGS_KEYS))
+    unknown = sorted(set(map(str, values)) - set(SETTINGS_KEYS))
     if unknown:
         raise SpecError(f"{display_path(path)}: unknown setting {unknown[0]!r}{suggest(unknown[0], SETTINGS_KEYS)}. "
                         f"Known: {', '.join(SETTINGS_KEYS)}.")
-    return {k: str(v) for k, v in values.items() if v not in (None, "")}
+    checked = {k: _setting_value(path, k, v) for k, v in values.items()}
+    return {k: v for k, v in checked.items() if v is not None}
 
 
 def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | None = SETTINGS_FILE) -> dict:
@@ -109,3 +140,33 @@ def saved_swanlab_login() -> bool:
         except Exception:  # noqa: BLE001 - an unreadable file is no key
             continue
     return False
+
+
+# --------------------------------------------------------------------------- paths a config names
+
+
+def data_source_path(text: str, source: str) -> Path:
+    """``data.source``: a JSON/JSONL file (relative to the working directory, else the repository), checked now."""
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = path if path.exists() else REPO_ROOT / path
+    path = path.resolve()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise SpecError(f"{source}: data.source={text!r} {what}: give a JSON/JSONL data file, or `course` for the "
+                        "profile's own dataset.")
+    return path
+
+
+def refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:
+    """--output-dir is never the workspace, the model or the dataset, a folder holding them, or inside the model."""
+    run = run_dir.resolve()
+    for what, path in protected.items():
+        path = path.resolve()
+        if run == path or run in path.parents or (what == "the model folder" and path in run.parents):
+            raise SpecError(f"--output-dir {display_path(run_dir)} is (or holds) {what} {display_path(path)}: starting "
+                            "fresh there would move it aside. Give a folder of its own, e.g. "
+                            "--output-dir workspace/checkpoints/mine")
+    if run == Path.home().resolve() or run == REPO_ROOT or run.parent == run:
+        raise SpecError(f"--output-dir {display_path(run_dir)} is a whole folder of other files: give a folder of its "
+                        "own, e.g. --output-dir workspace/checkpoints/mine")

@@ -32,7 +32,16 @@ from types import MappingProxyType
 
 from .hardware import cuda_available
 from .profiles import PROFILES, Profile
-from .settings import PROFILE_ENV, SETTINGS_FILE, SpecError, course_settings, resolve_swanlab_mode, suggest
+from .settings import (
+    PROFILE_ENV,
+    SETTINGS_FILE,
+    SpecError,
+    course_settings,
+    data_source_path,
+    refuse_run_dir,
+    resolve_swanlab_mode,
+    suggest,
+)
 from .workspace import REPO_ROOT, display_path, shareable_path
 
 CONFIG_DIR = REPO_ROOT / "configs" / "train"
@@ -400,12 +409,8 @@ def build_spec(
     output_dir: str | os.PathLike | None = None,
     cuda: bool | None = None,
 ) -> RunSpec:
-    """Resolve every course setting into one frozen :class:`RunSpec` (see the module docstring).
-
-    ``config``: a YAML path (absolute, or relative to the working directory or the repository);
-    None: the chosen profile's own config. ``profile``: a profile chosen by the caller (a CLI flag),
-    taking the variable's place in the precedence rule.
-    """
+    """Every course setting in one frozen :class:`RunSpec` (module docstring). ``config``: a YAML path (None: the
+    profile's own); ``profile``: a caller's choice (a CLI flag) in the variable's place in the precedence rule."""
     env = os.environ if env is None else env
     settings = course_settings(env, settings_file)
     cuda = cuda_available() if cuda is None else cuda
@@ -437,11 +442,14 @@ def build_spec(
 
     swanlab = SwanLabSpec(**{"enabled": bool(checked.get("swanlab")), **(checked.get("swanlab") or {}),
                              "mode": resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env)})
-    paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"))
+    data = DataSpec(**checked.get("data", {}))
+    paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"), (data.source, source))
+    origin = {**{k: v[1] for k, v in settings.items()}, "profile": why,
+              **({"dataset": f"data.source in {source}"} if data.source != "course" else {})}
     return RunSpec(
         profile=chosen,
         config_file=path,
-        data=DataSpec(**checked.get("data", {})),
+        data=data,
         lora=LoraSpec(**checked.get("lora", {})),
         training=MappingProxyType(dict(checked.get("training", {}))),
         batching=checked.get("batching", "packed"),
@@ -449,11 +457,13 @@ def build_spec(
         kernels=check_kernels(checked.get("kernels"), cuda, source),
         swanlab=swanlab,
         paths=paths,
-        origin=MappingProxyType({**{k: v[1] for k, v in settings.items()}, "profile": why}),
+        origin=MappingProxyType(origin),
     )
 
 
-def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None) -> Paths:
+def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None,
+                  data_source: tuple[str, str] = ("course", "")) -> Paths:
+    """Every path of a run; ``data_source``: (``data.source``, the config it came from)."""
     workspace = _absolute(settings["workspace"][0]) if "workspace" in settings else REPO_ROOT / "workspace"
     models = workspace / "models"
     if "model_dir" in settings and profile.source == "modelscope":
@@ -462,13 +472,17 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
         model_dir = models / "modelscope" / "Qwen" / profile.model
     else:
         model_dir = models / profile.model_dirname
-    if "dataset" in settings:
+    if data_source[0] != "course":
+        dataset = data_source_path(*data_source)
+    elif "dataset" in settings:
         dataset = _absolute(settings["dataset"][0])
     elif profile.dataset == "sample":
         dataset = REPO_ROOT / "data" / "huanhuan_sample.json"
     else:
         dataset = workspace / "data" / "huanhuan.json"
     run_dir = _absolute(output_dir) if output_dir else workspace / "checkpoints" / profile.name
+    if output_dir:
+        refuse_run_dir(run_dir, {"the workspace": workspace, "the model folder": model_dir, "the dataset": dataset})
     return Paths(
         workspace=workspace,
         model_dir=model_dir,

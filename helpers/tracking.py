@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import CourseError
-from .workspace import display_path
+from .workspace import course_folder, display_path, record_made, shell_path
 
 #: Environment variables swanlab cannot parse (nested settings groups).
 BROKEN_SWANLAB_VARS = ("SWANLAB_PROJECT", "SWANLAB_RUN", "SWANLAB_EXPERIMENT")
@@ -39,7 +39,7 @@ class SwanLabSetupError(CourseError, RuntimeError):
 
 def dashboard_command(swanlog: Path, port: int = 5092) -> str:
     """The local dashboard for runs recorded in ``local`` mode (needs ``swanlab[dashboard]``)."""
-    return f"swanlab watch {display_path(swanlog)} --host 127.0.0.1 --port {port}"
+    return f"swanlab watch {shell_path(swanlog)} --host 127.0.0.1 --port {port}"
 
 
 def describe_mode(mode: str) -> str:
@@ -127,7 +127,7 @@ def logdir(spec) -> str:
     """The workspace's ``swanlog/`` folder (created), relative to the working directory when it can be:
     swanlab prints it, and a relative path keeps those messages free of machine paths."""
     folder = spec.paths.swanlog
-    folder.mkdir(parents=True, exist_ok=True)
+    course_folder(folder)    # a swanlog folder the learner had already is not claimed
     try:
         return os.path.relpath(folder)
     except ValueError:
@@ -153,12 +153,14 @@ def finish_run(run=None) -> Path | None:
         return None
     folder = Path(run.dir).resolve()
     swanlab.finish()
+    if folder.is_dir() and folder.parent.is_dir():
+        record_made(folder)     # the learner's own swanlog folder keeps what was there before
     return folder
 
 
 def sync_command(run_folder: Path) -> str:
     """The command that uploads an offline run later (after ``swanlab login``)."""
-    return f"swanlab sync {display_path(run_folder)}"
+    return f"swanlab sync {shell_path(run_folder)}"
 
 
 def read_scalars(run_folder: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:

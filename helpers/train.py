@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from .models import compute_dtype, load_base_model, load_tokenizer, lora_config,
 from .recipes import auto_recipe
 from .runs import (
     SAMPLE_LOG,
+    already_finished,
     describe_summary,
     plot_history,
     resume_point,
@@ -36,7 +38,7 @@ from .runs import (
     start_fresh,
 )
 from .spec import build_spec
-from .workspace import display_path, shareable_path
+from .workspace import DiskFullError, course_folder, display_path, is_disk_full, shareable_path
 
 # --------------------------------------------------------------------------- data
 
@@ -179,6 +181,9 @@ def mixed_precision(spec) -> tuple[bool, bool]:
     wanted = bool(spec.training.get("bf16", False))
     use_bf16 = wanted and compute_dtype(spec) is torch.bfloat16
     use_fp16 = (wanted and not use_bf16 and torch.cuda.is_available()) or bool(spec.training.get("fp16", False))
+    if wanted and not (use_bf16 or use_fp16) and is_main_process():
+        print(f"training.bf16: true 在这台机器上用不了（{spec.profile.name} 按 {compute_dtype(spec)} 计算，"
+              "没有支持 bf16 的 GPU），本次按 fp32 训练")
     return use_bf16, use_fp16
 
 
@@ -383,6 +388,7 @@ def train(spec, resume: bool | str | None = True) -> dict:
             start_fresh(spec)
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
+        course_folder(spec.paths.run_dir)     # after the data checks: a refused run leaves no folder
         dataset = to_train_dataset(samples)
         # no "row" column: the sample log records training batches only, never evaluation ones
         eval_dataset = data_files.to_dataset(eval_samples) if eval_samples else None
@@ -401,8 +407,16 @@ def train(spec, resume: bool | str | None = True) -> dict:
             print(f"从 {display_path(checkpoint)} 继续训练")
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Exception as err:
+            if isinstance(err, CourseError) or not is_disk_full(err):
+                raise
+            raise DiskFullError(errno.ENOSPC, f"the disk filled up while training wrote {display_path(spec.paths.run_dir)} "
+                                "(a checkpoint save): free some space, then run the same command again: it resumes "
+                                "from the last complete checkpoint.") from err
         finally:
             swanlab_folder = tracking.finish_run(run) if run is not None else None
+        if checkpoint is not None and trainer.state.global_step == checkpoints.checkpoint_step(checkpoint):
+            return already_finished(spec, trainer, result.metrics, swanlab_folder)
         summary = run_summary(spec, trainer, result.metrics, swanlab_folder)
         if is_main:
             plot = spec.paths.plots / f"train-{spec.profile.name}.png"
@@ -466,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
         if args.recipe == "auto":
             found = gpus()
+            if not found and spec.profile.source == "modelscope" and not (spec.paths.model_dir / "config.json").is_file():
+                raise CourseError(f"--recipe auto found no GPU, and profile {spec.profile.name} trains Qwen3-8B "
+                                  "(a 16.4 GB download first): run it on a GPU machine, or use "
+                                  "QWEN3_TUTORIAL_PROFILE=tiny on this one. Nothing was downloaded.")
             config, overrides, why = auto_recipe(args.config, args.overrides, spec.profile.name,
                                                  found[0] if found else None)
             if is_main_process():

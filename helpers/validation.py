@@ -182,12 +182,27 @@ def _check_row(value) -> tuple[dict | None, list[tuple[str, str, str]]]:
                              "请从文本里删掉", "error"))
         elif _has_surrogate(item):
             problems.append((name, "含有不成对的 UTF-16 代理字符（损坏的 \\ud8xx 转义）", "error"))
+    for name in FIELDS:
+        if isinstance(value.get(name), str) and (hidden := invisible_characters(value[name])):
+            problems.append((name, f"含有看不见的控制字符 {', '.join(hidden)}：模型会看到它们，终端里却看不见，"
+                             "请确认或删掉", "warning"))
     unknown = sorted(set(value) - set(FIELDS))
     if unknown:
         problems.append(("(row)", f"忽略未知字段：{', '.join(unknown)}", "warning"))
     if any(s == "error" for _, _, s in problems):
         return None, problems
     return {name: value.get(name, "") for name in FIELDS}, problems
+
+
+def invisible_characters(text: str) -> list[str]:
+    """Control and format characters a reader cannot see (BEL, ESC, the RTL override, a BOM mid-text ...).
+
+    Line breaks and tabs are text; everything else of Unicode category Cc or Cf is named once, as U+XXXX.
+    """
+    import unicodedata
+
+    found = dict.fromkeys(ch for ch in text if ch not in "\n\t\r" and unicodedata.category(ch) in ("Cc", "Cf"))
+    return [f"U+{ord(ch):04X}" + (f" {unicodedata.name(ch, '')}".rstrip()) for ch in found]
 
 
 def _has_surrogate(text: str) -> bool:

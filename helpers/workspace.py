@@ -54,7 +54,10 @@ def display_path(path: str | os.PathLike | None) -> str:
     """
     if path is None:
         return "-"
-    path = Path(path).expanduser().resolve()
+    try:
+        path = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):     # a symbolic-link loop
+        path = Path(path).expanduser().absolute()
     try:
         text = path.relative_to(REPO_ROOT).as_posix()
         return text or "."
@@ -64,6 +67,17 @@ def display_path(path: str | os.PathLike | None) -> str:
         return "~/" + path.relative_to(Path.home().resolve()).as_posix()
     except ValueError:
         return path.as_posix()
+
+
+def shell_path(path: str | os.PathLike | None) -> str:
+    """:func:`display_path` quoted as a shell needs it (spaces, Chinese, quotes); ``~/`` stays expandable."""
+    import shlex
+
+    text = display_path(path)
+    if text.startswith("~/"):
+        rest = text[2:]
+        return "~/" + (shlex.quote(rest) if rest else "")
+    return shlex.quote(text)
 
 
 def shareable_path(path: str | os.PathLike | None, *bases: str | os.PathLike) -> str | None:
@@ -129,38 +143,124 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     if path.is_dir():
         raise UnsafeWriteError(f"{display_path(path)} is a folder: give a file name to write to.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    course_folder(path.parent, whole=False)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except PermissionError:
+        raise UnsafeWriteError(f"{display_path(path.parent)} is not writable: {display_path(path)} cannot be "
+                               "written. Choose a folder you can write to (or fix its permissions).") from None
     os.close(handle)
     temporary = Path(temporary)
     try:
         yield temporary
         os.chmod(temporary, _umask_mode())
         os.replace(temporary, path)
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(err, DiskFullError):
+    except Exception as err:
+        if isinstance(err, DiskFullError) or not is_disk_full(err):
             raise
-        raise _disk_full(err, path) from err
+        raise _disk_full(OSError(errno.ENOSPC, str(err)), path) from err
     finally:
         temporary.unlink(missing_ok=True)
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library (safetensors, ...) wraps it in its own error."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
+
+
+def _claim_partial(partial: Path) -> None:
+    """Remove a leftover ``<path>.partial`` of the course's; refuse one the course did not make."""
+    if not (partial.exists() or partial.is_symlink()):
+        return
+    if partial.is_dir() and not partial.is_symlink() and made_names(partial) is not None:
+        shutil.rmtree(partial)
+        return
+    raise UnsafeWriteError(f"{display_path(partial)} is in the way and the course did not make it: move it "
+                           "away (or rename it) and run this again. Nothing was written.")
+
+
+def refuse_foreign_partial(path: str | os.PathLike) -> None:
+    """Stop before any work when ``<path>.partial`` exists and the course did not make it."""
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    if (partial.exists() or partial.is_symlink()) and \
+            not (partial.is_dir() and not partial.is_symlink() and made_names(partial) is not None):
+        _claim_partial(partial)
+
+
+def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...] = ()) -> list[Path]:
+    """Remove what the course made in ``folder`` (its marker names it) and keep the rest; returns what stays.
+
+    ``legacy``: name patterns that count as the course's in a folder written before it marked its folders.
+    Frees the room of an old output before its replacement is written (a 16 GB export, say).
+    """
+    import fnmatch
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = made_names(folder)
+    entries = [p for p in folder.iterdir() if p.name != MADE_MARKER]
+    if names is None:
+        names = {p.name for p in entries if any(fnmatch.fnmatch(p.name, pattern) for pattern in legacy)}
+    ours = entries if WHOLE in names else [p for p in entries if p.name in names]
+    for entry in ours:
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    _write_marker(folder, {CREATED})
+    return [p for p in entries if p not in ours]
+
+
+def _foreign_entries(path: Path) -> list[Path]:
+    """What in an existing ``path`` the course did not put there (it is carried over, never deleted)."""
+    if not path.exists():
+        return []
+    if not path.is_dir() or path.is_symlink():
+        raise UnsafeWriteError(f"{display_path(path)} exists and is not a folder: choose another target.")
+    names = made_names(path)
+    entries = [p for p in path.iterdir() if p.name != MADE_MARKER]
+    if names is None:
+        if entries:
+            raise UnsafeWriteError(f"{display_path(path)} holds files the course did not make "
+                                   f"({entries[0].name}, ...): choose another target, or move them away.")
+        return []
+    return [] if WHOLE in names else [p for p in entries if p.name not in names]
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike):
-    """Yield ``<path>.partial`` (emptied first); it replaces ``path`` on success, is removed on failure."""
+    """Yield ``<path>.partial``; it replaces ``path`` on success, is removed on failure.
+
+    The finished folder's marker names what the course wrote. A file the learner added to an
+    earlier ``path`` (a NOTES.md beside an export) is carried into the new folder, never deleted;
+    a ``.partial`` or a ``path`` full of files the course did not make stops it before anything is written.
+    """
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    _claim_partial(partial)
+    keep = _foreign_entries(path)
+    course_folder(partial, whole=False)     # marked at once: a leftover is known to be the course's
     try:
         yield partial
+        made = {p.name for p in partial.iterdir()} - {MADE_MARKER}
+        clash = [p.name for p in keep if p.name in made]
+        if clash:
+            raise UnsafeWriteError(f"{display_path(path / clash[0])} is the learner's file and the new output has "
+                                   "a file of that name: move it away and run this again. Nothing was replaced.")
+        for entry in keep:
+            entry.rename(partial / entry.name)
+        _write_marker(partial, {CREATED} | made)
         if path.exists():
             shutil.rmtree(path)
         partial.rename(path)  # appears complete or not at all
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(err, DiskFullError):
+    except Exception as err:
+        for entry in keep:    # a learner's file never stays behind in a folder about to be removed
+            if (partial / entry.name).exists() and not entry.exists():
+                (partial / entry.name).rename(entry)
+        if isinstance(err, DiskFullError) or not is_disk_full(err):
             raise
-        raise _disk_full(err, path) from err
+        raise _disk_full(OSError(errno.ENOSPC, str(err)), path) from err
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -195,3 +295,93 @@ def check_disk_space(need_gb: float, path: str | os.PathLike) -> float:
             "disk: python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace"
         )
     return free
+
+
+# --------------------------------------------------------------------------- what the course made
+
+#: the file, in a folder, that says what in it the course made (``make reset`` removes only that)
+MADE_MARKER = ".course-made"
+#: marker line: the course created this folder
+CREATED = "."
+#: marker line: everything in this folder is the course's (a run, an export, a split)
+WHOLE = "*"
+
+
+def made_names(folder: str | os.PathLike) -> set[str] | None:
+    """The marker's lines (``.``, ``*`` or names of entries the course made), or None: no marker."""
+    marker = Path(folder) / MADE_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        text = marker.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def _write_marker(folder: Path, names: set[str]) -> None:
+    marker = folder / MADE_MARKER
+    try:
+        marker.write_text("".join(f"{name}\n" for name in sorted(names)), encoding="utf-8")
+    except PermissionError:
+        raise UnsafeWriteError(f"{display_path(folder)} is not writable: choose a folder you can write to "
+                               "(or fix its permissions).") from None
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise _disk_full(err, marker) from err
+    os.chmod(marker, _umask_mode())
+
+
+def course_folder(path: str | os.PathLike, whole: bool = True) -> Path:
+    """Create ``path`` (and its parents) and mark each folder this call created as the course's.
+
+    ``whole``: everything that will be in ``path`` is the course's (a run, an export, a split).
+    A folder that already existed is not claimed: what the course writes there is recorded by name
+    (:func:`record_made`), so a learner's own folder never becomes the course's.
+    """
+    path = Path(path)
+    created, probe = [], path
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UnsafeWriteError(f"{display_path(probe)} is a file, not a folder: the course cannot write "
+                               f"{display_path(path)} under it. Choose another folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise UnsafeWriteError(f"{display_path(probe)} is not writable: the course cannot create "
+                               f"{display_path(path)}. Choose a folder you can write to.") from None
+    for folder in reversed(created):
+        _write_marker(folder, {CREATED, WHOLE} if whole and folder == path else {CREATED})
+    return path
+
+
+def claim_folder(path: str | os.PathLike) -> Path:
+    """Mark an existing folder as wholly the course's (one it wrote before it marked its folders)."""
+    _write_marker(Path(path), {CREATED, WHOLE})
+    return Path(path)
+
+
+def record_made(path: str | os.PathLike) -> Path:
+    """Record that the course made the file (or folder) ``path``, in its folder's marker."""
+    path = Path(path)
+    names = made_names(path.parent)
+    if names is None and not path.parent.exists():
+        course_folder(path.parent, whole=False)
+        names = made_names(path.parent)
+    names = set() if names is None else names
+    if WHOLE not in names and path.name not in names:
+        _write_marker(path.parent, names | {path.name})
+    return path
+
+
+def is_course_made(path: str | os.PathLike) -> bool:
+    """Whether the course made ``path``: its own marker says so, or its folder's marker names it."""
+    path = Path(path)
+    own = made_names(path) if path.is_dir() and not path.is_symlink() else None
+    if own is not None and (CREATED in own or WHOLE in own):
+        return True
+    names = made_names(path.parent) or set()
+    return WHOLE in names or path.name in names

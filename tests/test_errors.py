@@ -107,8 +107,9 @@ def test_inference_export_onto_a_file(workspace, monkeypatch, capsys):
 
 
 def test_reset_all_without_a_terminal(workspace, monkeypatch, capsys):
-    model = workspace / "models" / "tiny-qwen3" / "config.json"
-    model.parent.mkdir(parents=True)
+    from helpers.workspace import course_folder
+
+    model = course_folder(workspace / "models" / "tiny-qwen3") / "config.json"   # a model the course built
     model.write_text("{}", encoding="utf-8")
     code, _, err = run_as_main("reset", ["--all"], monkeypatch, capsys)
     assert_one_line(code, err, "--force")

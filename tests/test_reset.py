@@ -19,7 +19,7 @@ import pytest
 from helpers import reset
 from helpers.checkpoints import lock_run
 from helpers.settings import WORKSPACE_ENV
-from helpers.workspace import REPO_ROOT, display_path
+from helpers.workspace import MADE_MARKER, REPO_ROOT, course_folder, display_path, record_made
 
 MODEL_BYTES = 3_000_000
 DERIVED = ["checkpoints/tiny/checkpoint-10/adapter_model.safetensors", "checkpoints/tiny-previous-1/run_summary.json",
@@ -30,17 +30,28 @@ KEPT = ["models/modelscope/Qwen/Qwen3-8B/model-00001-of-00005.safetensors", "mod
         "data/huanhuan.json", "my-notes.txt"]
 
 
+#: folders the course makes whole (a run, an export, a split, a downloaded model ...), each marked so
+COURSE_FOLDERS = ["checkpoints/tiny", "checkpoints/tiny-previous-1", "export/tiny-merged", "swanlog", "data/split-tiny",
+                  "scale-out-demo", "executed", "models/modelscope/Qwen/Qwen3-8B", "models/tiny-qwen3"]
+
+
 def make_workspace(root: Path) -> Path:
+    """The course's own things made through its marking helpers; ``my-notes.txt`` is the learner's."""
     workspace = root / "workspace"
     for name in DERIVED + KEPT:
         path = workspace / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = next((f for f in COURSE_FOLDERS if name.startswith(f + "/")), None)
+        if folder:
+            course_folder(workspace / folder)
+        course_folder(path.parent, whole=False) if name != "my-notes.txt" else path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"x" * (MODEL_BYTES if name.endswith("safetensors") and "models" in name else 1000))
+        if folder is None and name != "my-notes.txt":
+            record_made(path)
     return workspace
 
 
 def present(workspace: Path) -> set[str]:
-    return {p.relative_to(workspace).as_posix() for p in workspace.rglob("*") if p.is_file()}
+    return {p.relative_to(workspace).as_posix() for p in workspace.rglob("*") if p.is_file() and p.name != MADE_MARKER}
 
 
 def run_reset(workspace: Path, *args: str, make: bool = False, **make_vars: str) -> subprocess.CompletedProcess:
@@ -73,11 +84,13 @@ def test_make_reset_keeps_the_model_and_the_dataset(tmp_path):
     elsewhere = tmp_path / "executed-elsewhere"      # make run's EXECUTED folder outside the workspace
     elsewhere.mkdir()
     (elsewhere / "00-environment.ipynb").write_text("{}", encoding="utf-8")
+    record_made(elsewhere / "00-environment.ipynb")        # what `make run` records beside each notebook
+    (elsewhere / "my-own.ipynb").write_text("{}", encoding="utf-8")      # the learner's: stays
     (elsewhere / "not-a-notebook.txt").write_text("keep", encoding="utf-8")
     result = run_reset(workspace, "reset", make=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert present(workspace) == set(KEPT)
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["not-a-notebook.txt"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["my-own.ipynb", "not-a-notebook.txt"]
 
 
 def test_dry_run_lists_and_removes_nothing(tmp_path):

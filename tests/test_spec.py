@@ -98,7 +98,7 @@ def test_random8b_may_run_the_full_recipe_but_not_the_tiny_one():
 
 
 def test_an_unknown_profile_name_lists_the_choices(tmp_path):
-    with pytest.raises(SpecError, match=r"'huge' is not a profile\. Choose one of: full, tiny, random8b, auto"):
+    with pytest.raises(SpecError, match=r"'huge' is not a profile\. Choose one of: full, small, tiny, random8b, auto"):
         spec_of(env={course_settings_module.PROFILE_ENV: "huge"})
     with pytest.raises(SpecError, match="profile 'huge' is not a profile"):
         spec_of(write_config(tmp_path, "profile: huge\n"))

@@ -1,0 +1,557 @@
+"""Bad inputs, round 2: nothing the learner made is lost, every documented key works, every known mistake is one line.
+
+Each case runs a command's real entry point, ``helpers.<module>.main(argv)``, in this process with
+its own environment (tiny profile, a workspace of its own), working directory, settings file and
+captured stdout/stderr, and asserts the exit code, a key phrase of the one error line, and the
+sha256 of every file that must not change. A full disk and a folder this user cannot write to (the
+tests may run as root, which ignores file modes) are made by making the system call fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import importlib
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import yaml
+
+from helpers import checkpoints, data_files, reset, settings, workspace
+from helpers import spec as spec_module
+from helpers.workspace import MADE_MARKER, REPO_ROOT, course_folder, record_made
+from tests.conftest import tiny_spec_for
+
+SAMPLE = REPO_ROOT / "data" / "huanhuan_sample.json"
+
+
+class Result(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        # a progress bar (tqdm) may leave its line open before the error: split on \r too
+        return [line[line.index("error: "):] for line in re.split(r"[\r\n]", self.err) if "error: " in line]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shas(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (the course's own markers left out)."""
+    return {p.relative_to(root).as_posix(): sha(p) for p in sorted(Path(root).rglob("*"))
+            if p.is_file() and p.name != MADE_MARKER}
+
+
+@pytest.fixture
+def arena(tmp_path, monkeypatch, tiny_model_dir):
+    """A folder with its own workspace (the tiny model linked in), settings file and environment."""
+    for name in list(os.environ):
+        if name.startswith("QWEN3_TUTORIAL_"):
+            monkeypatch.delenv(name)
+    ws = tmp_path / "ws"
+    (ws / "models").mkdir(parents=True)
+    (ws / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    monkeypatch.setenv(settings.PROFILE_ENV, "tiny")
+    monkeypatch.setenv(settings.WORKSPACE_ENV, str(ws))
+    monkeypatch.setenv(settings.SWANLAB_MODE_ENV, "disabled")
+    file = tmp_path / "course-settings.yaml"
+    # every reader of the settings file takes its path as a default argument: point those at this arena
+    monkeypatch.setattr(settings.read_settings_file, "__defaults__", (file,))
+    monkeypatch.setattr(settings.course_settings, "__defaults__", (None, file))
+    monkeypatch.setattr(spec_module.build_spec, "__kwdefaults__",
+                        {**spec_module.build_spec.__kwdefaults__, "settings_file": file})
+    environment = importlib.import_module("helpers.environment")
+    monkeypatch.setattr(environment.write_settings, "__defaults__", (file,))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def cli(module: str, *argv: str) -> Result:
+    """``python -m helpers.<module> argv...`` in this process: (exit code, stdout, stderr)."""
+    main = importlib.import_module(f"helpers.{module}").main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as stop:   # argparse's own refusals
+            code = stop.code if isinstance(stop.code, int) else 1
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def one_line(result: Result, phrase: str, code: int = 2) -> None:
+    assert result.code == code, result
+    assert len(result.error_lines) == 1 and phrase in result.error_lines[0], result.err
+    assert "Traceback" not in result.err
+
+
+def fail_with(errno_code: int, *, after: int = 0):
+    """A stand-in that works ``after`` times and then fails with ``errno_code`` (a full disk, no rights)."""
+    calls = {"n": 0}
+
+    def decorate(original):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > after:
+                raise OSError(errno_code, os.strerror(errno_code))
+            return original(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+# --------------------------------------------------------------------------- 1. reset deletes only what the course made
+
+
+def course_things(ws: Path) -> list[Path]:
+    """A run, an export, a split, encoded data, a plot and SwanLab records, made by the course's own writers."""
+    run = course_folder(ws / "checkpoints" / "tiny")
+    (run / "checkpoint-2").mkdir()
+    (run / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"a" * 100)
+    with workspace.atomic_folder(ws / "export" / "tiny-merged") as partial:
+        (partial / "model.safetensors").write_bytes(b"m" * 100)
+    split = data_files.grouped_split(json.loads(SAMPLE.read_text(encoding="utf-8")), 0.25)
+    data_files.save_split(split, ws / "data" / "split-tiny", source=SAMPLE)
+    record_made(data_files.save_encoded([], ws / "data" / "train-tiny.jsonl"))
+    with workspace.atomic_path(ws / "plots" / "train-tiny.png") as temporary:
+        temporary.write_bytes(b"png")
+    record_made(ws / "plots" / "train-tiny.png")
+    swanlog_is_new = not (ws / "swanlog").exists()
+    course_folder(ws / "swanlog")           # a swanlog folder the learner had already stays the learner's
+    return [run, ws / "export" / "tiny-merged", ws / "data" / "split-tiny", ws / "data" / "train-tiny.jsonl",
+            ws / "plots" / "train-tiny.png"] + ([ws / "swanlog"] if swanlog_is_new else [])
+
+
+LEARNERS = ["checkpoints/my-other-project/model.bin", "export/thesis-model/model.safetensors", "plots/mine.png",
+            "executed/mine.ipynb", "data/train-mine.jsonl", "models/my-llama/config.json", "swanlog/run-mine/log.txt",
+            "thesis.tex"]
+
+
+def learners_home(home: Path) -> dict[str, str]:
+    for name in LEARNERS:
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text(f"the learner's {name}", encoding="utf-8")
+    return shas(home)
+
+
+@pytest.mark.parametrize("everything", [False, True])
+def test_reset_of_a_home_folder_removes_only_what_the_course_made(arena, monkeypatch, everything):
+    home = arena / "home"
+    home.mkdir()
+    before = learners_home(home)
+    made = course_things(home)
+    monkeypatch.setenv(settings.WORKSPACE_ENV, str(home))
+    planned = reset.plan(home, everything=everything)
+    assert {item.path for item in planned} >= {home / "checkpoints" / "tiny", home / "export" / "tiny-merged"}
+    expected = {home / "/".join(name.split("/")[:2]) for name in LEARNERS
+                if "/" in name and (everything or not name.startswith("models/"))}
+    assert expected <= set(planned.left_alone)      # named: not the course's, left alone
+    result = cli("reset", *(["--all", "--force"] if everything else []))
+    assert result.code == 0, result
+    assert "not the course's, left alone" in result.out
+    assert shas(home) == before                       # every file of the learner's, byte for byte
+    assert not any(path.exists() for path in made)
+
+
+@pytest.mark.parametrize("word", ["1", "true", "yes", "on", "TRUE", "Yes"])
+def test_dry_run_words_remove_nothing(arena, word):
+    ws = arena / "ws"
+    course_things(ws)
+    before = shas(ws)
+    result = cli("reset", "--dry-run-value", word)
+    assert result.code == 0 and "nothing was removed" in result.out, result
+    assert shas(ws) == before
+
+
+@pytest.mark.parametrize("flag,word", [("--dry-run-value", "maybe"), ("--dry-run-value", "2"),
+                                       ("--force-value", "please")])
+def test_unknown_dry_run_or_force_words_are_refused(arena, flag, word):
+    ws = arena / "ws"
+    course_things(ws)
+    before = shas(ws)
+    one_line(cli("reset", "--all", flag, word), "neither yes nor no")
+    assert shas(ws) == before
+
+
+def test_make_reset_dry_run_true_and_without_a_venv(arena):
+    """`make reset DRY_RUN=true` lists only; with no .venv the system python3 runs it (no filelock needed)."""
+    ws = arena / "ws"
+    course_things(ws)
+    before = shas(ws)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TUTORIAL_")}
+    env.update({settings.WORKSPACE_ENV: str(ws), "PYTHONPATH": str(REPO_ROOT)})
+    for extra in (["DRY_RUN=true"], ["DRY_RUN=bogus"], ["PY=/nonexistent/bin/python", "PYTHON=python3"]):
+        result = subprocess.run(["make", "--no-print-directory", "reset", f"EXECUTED={arena / 'executed'}", *extra],
+                                cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=300)
+        if extra == ["DRY_RUN=true"]:
+            assert result.returncode == 0 and "nothing was removed" in result.stdout, result
+            assert shas(ws) == before
+        elif extra == ["DRY_RUN=bogus"]:
+            assert result.returncode != 0 and "neither yes nor no" in result.stderr, result
+            assert shas(ws) == before
+        else:
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "freed" in result.stdout and not (ws / "checkpoints" / "tiny").exists()
+
+
+@pytest.mark.parametrize("where", ["/", "repo"])
+def test_a_workspace_of_the_root_or_the_repository_loses_nothing(where):
+    folder = Path("/") if where == "/" else REPO_ROOT
+    planned = reset.plan(folder, everything=True)
+    assert [item.path for item in planned] == []
+
+
+def test_output_dir_is_never_the_workspace_or_the_model(arena):
+    ws = arena / "ws"
+    (ws / "data").mkdir()
+    (ws / "data" / "mine.json").write_text("[]", encoding="utf-8")
+    before = shas(ws)
+    for target, phrase in ((ws, "the workspace"), (ws / "models" / "tiny-qwen3", "the model folder"),
+                           (arena, "the workspace")):
+        one_line(cli("train", "--output-dir", str(target), "--no-resume"), phrase)
+    assert shas(ws) == before
+
+
+def test_a_folder_of_the_learners_is_not_moved_aside(arena):
+    mine = arena / "ws" / "checkpoints" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "notes.md").write_text("mine", encoding="utf-8")
+    before = shas(mine)
+    with pytest.raises(workspace.UnsafeWriteError, match="did not make"):
+        checkpoints.move_aside(mine)
+    assert shas(mine) == before
+
+
+# --------------------------------------------------------------------------- 2. data.source and every documented key
+
+
+def test_data_source_takes_a_path_or_course(arena):
+    mine = arena / "mine.json"
+    mine.write_text(json.dumps(json.loads(SAMPLE.read_text(encoding="utf-8"))[::-1], ensure_ascii=False),
+                    encoding="utf-8")
+    spec = tiny_spec_for(overrides=[f"data.source={mine}"])
+    assert spec.paths.dataset == mine.resolve()
+    assert data_files.course_dataset_path(spec) == mine.resolve()
+    assert tiny_spec_for(overrides=["data.source=course"]).paths.dataset == SAMPLE
+    one_line(cli("train", "--set", "data.source=nope.json"), "data.source='nope.json' does not exist")
+    one_line(cli("train", "--set", f"data.source={arena}"), "is a folder")
+
+
+def config_keys() -> set[str]:
+    keys = set()
+    for path in sorted((REPO_ROOT / "configs" / "train").glob("*.yaml")):
+        for top, value in yaml.safe_load(path.read_text(encoding="utf-8")).items():
+            keys |= {f"{top}.{key}" for key in value} if isinstance(value, dict) else {top}
+    import dataclasses
+
+    for section, schema in (("data", spec_module.DataSpec), ("lora", spec_module.LoraSpec),
+                            ("swanlab", spec_module.SwanLabSpec)):
+        keys |= {f"{section}.{field.name}" for field in dataclasses.fields(schema)}
+    return keys | set(spec_module.TOP_LEVEL_KEYS) - {"data", "lora", "training", "swanlab"}
+
+
+#: another valid value of each key (applied to configs/train/tiny.yaml)
+OTHER = {"profile": "tiny-qlora", "batching": "padded", "quantization": "nf4", "output_dir": "workspace/checkpoints/x",
+         "data.max_rows": 4, "data.max_length": 16, "data.system_prompt": "你是助手", "data.eval_fraction": 0.5,
+         "data.split_seed": 7, "lora.r": 4, "lora.lora_alpha": 8, "lora.lora_dropout": 0.0,
+         "lora.target_modules": "[q_proj]", "training.per_device_train_batch_size": 2,
+         "training.gradient_accumulation_steps": 3, "training.num_train_epochs": 2, "training.max_steps": 3,
+         "training.learning_rate": 1.0e-4, "training.lr_scheduler_type": "constant", "training.warmup_steps": 5,
+         "training.logging_steps": 3, "training.save_steps": 4, "training.save_total_limit": 1,
+         "training.eval_strategy": "epoch", "training.eval_steps": 4, "training.activation_checkpointing": True,
+         "training.bf16": True, "training.seed": 1, "swanlab.project": "other", "swanlab.experiment_name": "other",
+         "swanlab.enabled": False, "swanlab.mode": "online", "kernels": "liger"}
+
+
+def behaviour(spec, tokenizer) -> dict:
+    """What each section's consumer makes of the spec: the data it reads, splits and encodes, the LoRA config,
+    the TrainingArguments, the collator, the quantization, SwanLab's init arguments and the run folder."""
+    from helpers import data, models, train
+
+    records = json.loads(Path(spec.paths.dataset).read_text(encoding="utf-8"))
+    train_rows, held, _ = data_files.split_records(spec, records) if spec.data.eval_fraction < 1 else ([], [], None)
+    samples, _ = data.encode_records(train_rows[:4], tokenizer, spec.data.system_prompt, spec.data.max_length)
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):      # a setting this machine cannot honour is said (bf16 on a CPU)
+        args = train.training_arguments(spec).to_dict()
+    return {"rows": [r["instruction"] for r in train_rows], "held": [r["instruction"] for r in held],
+            "samples": [s["input_ids"] for s in samples], "lora": models.lora_config(spec.lora).to_dict(),
+            "args": args, "collator": type(train.make_collator(spec.batching, tokenizer)).__name__,
+            "quantization": repr(models.quantization_config(spec)) if spec.quantization else None,
+            "swanlab": (spec.swanlab.project, spec.swanlab.experiment_name, spec.swanlab.enabled),
+            "profile": spec.profile.name, "run_dir": str(spec.paths.run_dir), "dataset": str(spec.paths.dataset),
+            "said": said.getvalue()}
+
+
+def test_every_documented_key_changes_behaviour_or_is_refused(arena, tokenizer):
+    mine = arena / "mine.json"
+    mine.write_text(json.dumps(json.loads(SAMPLE.read_text(encoding="utf-8"))[::-1], ensure_ascii=False),
+                    encoding="utf-8")
+    other = {**OTHER, "data.source": str(mine)}
+    tiny = REPO_ROOT / "configs" / "train" / "tiny.yaml"
+    baseline = behaviour(tiny_spec_for(config=str(tiny)), tokenizer)
+    unread = []
+    for key in sorted(config_keys()):
+        assert key in other, f"no other value for {key}: add one to OTHER"
+        try:
+            changed = behaviour(tiny_spec_for(config=str(tiny), overrides=[f"{key}={other[key]}"]), tokenizer)
+        except spec_module.SpecError:
+            continue     # refused: fine
+        if changed == baseline:
+            unread.append(key)
+    assert unread == []
+
+
+# --------------------------------------------------------------------------- 3. splits
+
+
+def test_split_never_writes_over_its_input_or_a_learners_file(arena):
+    mydir = arena / "mydir"
+    mydir.mkdir()
+    (mydir / "split.json").write_text(SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    before = shas(mydir)
+    one_line(cli("data", "split", "mydir/split.json", "mydir"), "holds the input")
+    assert shas(mydir) == before
+    out = arena / "out"
+    out.mkdir()
+    (out / "train.json").write_text("my own", encoding="utf-8")
+    before = shas(out)
+    one_line(cli("data", "split", str(SAMPLE), "out"), "did not make")
+    assert shas(out) == before
+
+
+def test_split_is_one_unit_on_a_full_disk(arena, monkeypatch):
+    assert cli("data", "split", str(SAMPLE), "out").code == 0
+    before = shas(arena / "out")
+    monkeypatch.setattr(Path, "write_text", fail_with(errno.ENOSPC, after=1)(Path.write_text))
+    result = cli("data", "split", str(SAMPLE), "out", "--seed", "7")
+    monkeypatch.undo()
+    one_line(result, "the disk is full")
+    assert shas(arena / "out") == before        # the old split whole: no new train file beside an old eval file
+    assert not (arena / "out.partial").exists()
+
+
+@pytest.mark.parametrize("rows,fraction,phrase", [(10, "0.05", "rounds to 0 held-out rows"),
+                                                  (1, "0.9", "leaves 0 rows to train on")])
+def test_a_split_side_of_zero_rows_stops_with_the_numbers(arena, rows, fraction, phrase):
+    small = arena / "small.json"
+    small.write_text(json.dumps(json.loads(SAMPLE.read_text(encoding="utf-8"))[:rows], ensure_ascii=False),
+                     encoding="utf-8")
+    result = cli("data", "split", "small.json", "out", "--eval-fraction", fraction)
+    one_line(result, phrase)
+    assert f"of {rows} rows" in result.err and not (arena / "out").exists()
+
+
+def test_training_with_a_held_out_side_of_zero_rows_stops_before_training(arena):
+    small = arena / "small.json"
+    small.write_text(json.dumps(json.loads(SAMPLE.read_text(encoding="utf-8"))[:10], ensure_ascii=False),
+                     encoding="utf-8")
+    one_line(cli("train", "--set", f"data.source={small}", "--set", "data.max_rows=null",
+                 "--set", "data.eval_fraction=0.05"), "rounds to 0 held-out rows")
+    assert not (arena / "ws" / "checkpoints" / "tiny").exists()
+
+
+def test_an_adapter_from_elsewhere_gets_a_report_of_its_own(tmp_path):
+    from helpers.runs import report_path
+
+    run = tmp_path / "ws" / "checkpoints" / "tiny"
+    assert report_path(run, run / "checkpoint-50") == run / "eval_report.json"
+    mine, theirs = tmp_path / "a" / "checkpoint-50", tmp_path / "b" / "checkpoint-50"
+    assert report_path(run, mine) != report_path(run, theirs)
+    assert report_path(run, mine).parent == run and "checkpoint-50" in report_path(run, mine).name
+
+
+# --------------------------------------------------------------------------- 5. one line for every known mistake
+
+
+SETTINGS_CASES = [("gbk", "workspace: 工作目录\n".encode("gbk"), "not UTF-8"),
+                  ("number", b"workspace: 123\n", "must be text"),
+                  ("list", b"workspace: [a, b]\n", "must be text"),
+                  ("yes", b"workspace: yes\n", "must be text")]
+
+
+@pytest.mark.parametrize("name,content,phrase", SETTINGS_CASES, ids=[c[0] for c in SETTINGS_CASES])
+def test_a_broken_settings_file_is_one_line(arena, name, content, phrase):
+    (arena / "course-settings.yaml").write_bytes(content)
+    before = sha(arena / "course-settings.yaml")
+    one_line(cli("environment", "check"), phrase)
+    result = cli("environment", "check", "--json")
+    one_line(result, phrase)
+    assert phrase in json.loads(result.out)["error"] and json.loads(result.out)["ok"] is False
+    assert sha(arena / "course-settings.yaml") == before
+    assert not any(REPO_ROOT.glob("123")) and not (REPO_ROOT / "True").exists()
+
+
+def test_a_settings_file_that_is_a_folder_or_unreadable_is_one_line(arena):
+    (arena / "course-settings.yaml").mkdir()
+    one_line(cli("train"), "is a folder")
+    (arena / "course-settings.yaml").rmdir()
+    (arena / "course-settings.yaml").symlink_to("course-settings.yaml")   # a loop: no user can read it
+    one_line(cli("train"), "cannot be read")
+
+
+def test_setup_refuses_an_unknown_profile(arena):
+    one_line(cli("environment", "setup", "--profile", "bogus"), "'bogus' is not one of")
+    assert not (arena / "course-settings.yaml").exists()
+
+
+@pytest.mark.parametrize("argv,phrase", [(("--max-new-tokens", "0"), "at least 1"),
+                                         (("--max-new-tokens", "-5"), "at least 1")])
+def test_ask_refuses_bad_generation_numbers(arena, argv, phrase):
+    result = cli("inference", "ask", "你是谁？", *argv)
+    assert result.code == 2 and phrase in result.err and "Traceback" not in result.err
+
+
+def test_ask_refuses_text_that_is_not_utf8(arena):
+    message = b"\xff\xfe\xc4\xe3".decode("utf-8", "surrogateescape")   # what a GBK terminal hands Python
+    result = cli("inference", "ask", message)
+    assert result.code == 2 and "not UTF-8" in result.err and "Traceback" not in result.err
+
+
+def test_a_workspace_that_is_a_file_or_not_writable_is_one_line(arena, monkeypatch):
+    (arena / "file").write_text("x", encoding="utf-8")
+    one_line(cli("data", "encode", str(SAMPLE), "file/out.jsonl"), "is a file")
+    one_line(cli("data", "split", str(SAMPLE), "file/out"), "is a file")
+    monkeypatch.setenv(settings.WORKSPACE_ENV, str(arena / "file"))
+    one_line(cli("download"), "is a file")
+    one_line(cli("train"), "is a file")
+    assert (arena / "file").read_text(encoding="utf-8") == "x"
+    monkeypatch.setenv(settings.WORKSPACE_ENV, str(arena / "locked"))
+    monkeypatch.setattr(Path, "mkdir", fail_with(errno.EACCES)(Path.mkdir))   # root ignores modes: refuse the call
+    one_line(cli("train"), "not writable")
+    one_line(cli("data", "split", str(SAMPLE), "locked-out"), "not writable")
+
+
+def test_disk_full_during_a_checkpoint_save_is_one_line(arena, monkeypatch):
+    from transformers import Trainer
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", fail_with(errno.ENOSPC)(Trainer._save_checkpoint))
+    one_line(cli("train", "--set", "training.max_steps=2", "--set", "training.save_steps=1",
+                 "--set", "data.eval_fraction=0"), "disk filled up")
+
+
+def test_bf16_on_cpu_is_said_in_one_line(capsys):
+    from helpers import train
+
+    assert train.mixed_precision(tiny_spec_for(overrides=["training.bf16=true"])) == (False, False)
+    said = [line for line in capsys.readouterr().out.splitlines() if "bf16" in line]
+    assert len(said) == 1 and "fp32" in said[0]
+
+
+def test_recipe_auto_with_profile_full_on_cpu_stops_before_the_download(arena, monkeypatch):
+    monkeypatch.setenv(settings.PROFILE_ENV, "full")
+    result = cli("train", "--recipe", "auto")
+    assert result.code == 2 and len(result.error_lines) == 1, result
+    assert not (arena / "ws" / "models" / "modelscope").exists()
+
+
+def test_rerunning_a_finished_run_keeps_its_summary(arena):
+    argv = ("train", "--set", "training.max_steps=2", "--set", "training.save_steps=2", "--set",
+            "data.eval_fraction=0")
+    assert cli(*argv).code == 0
+    summary = arena / "ws" / "checkpoints" / "tiny" / "run_summary.json"
+    before = sha(summary)
+    result = cli(*argv)
+    assert result.code == 0, result
+    assert sha(summary) == before and "0.0000" not in result.out
+
+
+def test_printed_commands_survive_spaces_and_chinese(tmp_path):
+    from helpers import tracking
+
+    folder = tmp_path / "我的 运行" / "run-1"
+    assert shlex.split(tracking.sync_command(folder)) == ["swanlab", "sync", str(folder.resolve())]
+    home = Path.home() / "a b" / "运行"
+    assert shlex.split(tracking.sync_command(home))[2] == "~/" + "a b/运行"
+
+
+def test_written_files_get_the_users_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        split = data_files.grouped_split(json.loads(SAMPLE.read_text(encoding="utf-8")), 0.25)
+        written = data_files.save_split(split, tmp_path / "split", source=SAMPLE)
+        written.append(data_files.save_encoded([], tmp_path / "train.jsonl"))
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o644)}
+
+
+def test_invisible_characters_are_a_warning_with_row_and_field(arena):
+    from helpers import validation
+
+    rows = json.loads(SAMPLE.read_text(encoding="utf-8"))[:5]
+    rows[1]["output"] = "臣妾\x07做不到\x1b[31m"
+    rows[3]["instruction"] = "皇上\u202e吉祥"
+    rows[4]["input"] = "嬛\ufeff嬛"
+    (arena / "hidden.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    report = validation.load_records(arena / "hidden.json").report
+    assert sorted((p.row, p.field) for p in report.warnings if "U+" in p.reason) == \
+        [(2, "output"), (4, "instruction"), (5, "input")]
+    assert "U+202E" in next(p.reason for p in report.warnings if p.row == 4)
+
+
+# --------------------------------------------------------------------------- export and the adapter's recipe
+
+
+def test_export_keeps_a_learners_file_and_refuses_a_foreign_partial(arena, tiny_checkpoint, monkeypatch):
+    assert cli("inference", "export", "--checkpoint", str(tiny_checkpoint)).code == 0
+    export = arena / "ws" / "export" / "tiny-merged"
+    (export / "NOTES.md").write_text("我的模型卡", encoding="utf-8")
+    notes = sha(export / "NOTES.md")
+    result = cli("inference", "export", "--checkpoint", str(tiny_checkpoint))
+    assert result.code == 0, result
+    assert sha(export / "NOTES.md") == notes and (export / "model.safetensors").is_file()
+
+    (arena / "mymodel.partial").mkdir()
+    (arena / "mymodel.partial" / "keep.txt").write_text("mine", encoding="utf-8")
+    before = shas(arena / "mymodel.partial")
+    one_line(cli("inference", "export", "--checkpoint", str(tiny_checkpoint), "--target", "mymodel"),
+             "the course did not make it")
+    assert shas(arena / "mymodel.partial") == before and not (arena / "mymodel").exists()
+
+    from transformers import PreTrainedModel
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", fail_with(errno.ENOSPC)(PreTrainedModel.save_pretrained))
+    one_line(cli("inference", "export", "--checkpoint", str(tiny_checkpoint), "--target", "full"), "disk is full")
+    assert not (arena / "full.partial").exists() and not (arena / "full").exists()
+
+
+def test_the_adapters_recipe_wins_over_the_config(arena, tiny_checkpoint):
+    recipe = json.loads((tiny_checkpoint / checkpoints.RECIPE_FILE).read_text(encoding="utf-8"))
+    assert recipe["quantization"] is None
+    qlora = tiny_spec_for(config=str(REPO_ROOT / "configs" / "train" / "tiny-qlora.yaml"))
+    assert qlora.quantization == "nf4"
+    corrected, notes = checkpoints.spec_as_trained(qlora, tiny_checkpoint)
+    assert corrected.quantization is None and len(notes) == 1 and "quantization=None" in notes[0]
+    result = cli("inference", "ask", "你是谁？", "--config", "configs/train/tiny-qlora.yaml",
+                 "--checkpoint", str(tiny_checkpoint), "--max-new-tokens", "2")
+    assert result.code == 0, result
+    assert "4-bit NF4" not in result.out + result.err and "corrected to match" in result.out + result.err
+
+
+def test_evaluate_refuses_zero_held_out_rows(arena, tiny_checkpoint):
+    result = cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--set", "data.eval_fraction=0.01")
+    one_line(result, "rounds to 0 held-out rows")
+    assert not list((arena / "ws").rglob("eval_report*.json"))
+
+
+def test_the_made_marker_is_never_a_learners_file(tmp_path):
+    """Python's own Path.mkdir is what the course replaced: the marker exists only in folders the course made."""
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    course_folder(existing)
+    assert not (existing / MADE_MARKER).exists()
+    assert (course_folder(tmp_path / "new" / "run") / MADE_MARKER).read_text(encoding="utf-8").split() == ["*", "."]
+    assert sys.version_info >= (3, 10)
