@@ -272,7 +272,10 @@ OTHER = {"profile": "tiny-qlora", "batching": "padded", "quantization": "nf4", "
          "training.logging_steps": 3, "training.save_steps": 4, "training.save_total_limit": 1,
          "training.eval_strategy": "epoch", "training.eval_steps": 4, "training.activation_checkpointing": True,
          "training.bf16": True, "training.seed": 1, "swanlab.project": "other", "swanlab.experiment_name": "other",
-         "swanlab.enabled": False, "swanlab.mode": "online", "kernels": "liger"}
+         "swanlab.enabled": False, "swanlab.mode": "online", "kernels": "liger",
+         "training.activation_checkpointing_kwargs": "{use_reentrant: true}", "training.logging_first_step": False,
+         "training.save_strategy": "epoch", "training.per_device_eval_batch_size": 2,
+         "training.metric_for_best_model": "loss"}
 
 
 def behaviour(spec, tokenizer) -> dict:
