@@ -96,8 +96,8 @@ def test_prompt_frame_reproduces_render_prompt_on_every_row(real, tokenizer):
 NOTEBOOK_03 = REPO_ROOT / "notebooks" / "03-data.ipynb"
 
 
-def reference_encoder(notebook=NOTEBOOK_03):
-    """``encode_one`` as notebook 03's code cell defines it (the cell's imports and that function only)."""
+def reference_encoder(tokenizer, notebook=NOTEBOOK_03):
+    """``encode_one`` as notebook 03's code cell defines it (the cell's imports, its constants, that function)."""
     import ast
 
     nb = json.loads(notebook.read_text(encoding="utf-8"))
@@ -106,9 +106,13 @@ def reference_encoder(notebook=NOTEBOOK_03):
     assert len(cells) == 1, f"{notebook.name} must hold one code cell defining encode_one, found {len(cells)}"
     source = "\n".join(line for line in cells[0].splitlines() if not line.lstrip().startswith(("%", "!")))
     tree = ast.parse(source)
-    keep = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-            or (isinstance(node, ast.FunctionDef) and node.name == "encode_one")]
-    namespace: dict = {}
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "encode_one")
+    local = {a.arg for a in function.args.args} | {node.id for node in ast.walk(function)
+                                                   if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+    used = {node.id for node in ast.walk(function) if isinstance(node, ast.Name)} - local  # its free names
+    keep = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) or node is function
+            or (isinstance(node, ast.Assign) and {getattr(t, "id", None) for t in node.targets} & used)]
+    namespace: dict = {"tokenizer": tokenizer}
     exec(compile(ast.Module(body=keep, type_ignores=[]), f"{notebook.name}: encode_one", "exec"), namespace)
     return namespace["encode_one"]
 
@@ -130,7 +134,7 @@ def assert_agrees_with_encode_records(encode_one, records, tokenizer, max_length
 def test_the_notebooks_reference_encoder_agrees_with_encode_records_on_every_row(real, tokenizer):
     """Notebook 03's readable ``encode_one`` (built on apply_chat_template) and the batched fast
     encoder produce the same samples for all 3,729 rows, and drop the same rows when too long."""
-    encode_one = reference_encoder()
+    encode_one = reference_encoder(tokenizer)
     records, samples, *_ = real
     assert_agrees_with_encode_records(encode_one, records, tokenizer, DEFAULT_MAX_LENGTH, ours=samples)
     assert_agrees_with_encode_records(encode_one, records, tokenizer, 100)
@@ -307,7 +311,8 @@ def test_training_data_re_encodes_and_says_why(stamped_workspace, tokenizer, cap
     first, _ = data.training_data(make(), tokenizer)
     capsys.readouterr()
     if change == "max_length":
-        spec = make("data.max_length=47")  # the 8 rows have 42-50 tokens: 3 are dropped
+        # the 8 rows have 42-50 tokens: 3 are dropped (and every held-out row, so none is held out)
+        spec = make("data.max_length=47", "data.eval_fraction=0")
     elif change == "system_prompt":
         spec = make("data.system_prompt=你是甄嬛")
     else:
