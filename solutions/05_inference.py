@@ -12,7 +12,7 @@ from functools import cache
 from _common import exercise, memorised_adapter, prompt_inputs, run, tiny_spec
 
 from helpers import data, data_files, inference, original, validation
-from helpers.evaluate import distinct_n
+from helpers.metrics import distinct_n
 
 #: a system prompt the adapter never saw
 OTHER_SYSTEM_PROMPT = "你是一个乐于助人的助手"

@@ -12,7 +12,7 @@ from functools import cache
 from _common import exercise, memorised_adapter, prompt_inputs, run, tiny_spec
 
 from helpers import data, data_files, inference, models, validation
-from helpers.evaluate import distinct_n
+from helpers.metrics import distinct_n
 
 
 @cache

@@ -85,7 +85,7 @@ def qwen3_14b_on_24gb():
     # (prefetch), activations and logits not divided.
     counts = models.qwen3_counts("Qwen3-14B")
     weights = single["weights (bf16)"]
-    layer = (weights - 2 * scale_out.VOCAB * counts["hidden"] * 2 / 1e9) / counts["layers"]
+    layer = (weights - counts["embedding_params"] * 2 / 1e9) / counts["layers"]
     by_hand = (weights / 2 + 2 * layer + single["LoRA weights + grads + Adam (fp32)"] / 2
                + single["activations"] + single["logits + grad (fp32)"])
     print(f"手算 FSDP 2 卡: {by_hand:.2f} GB（不含 CUDA 开销）")
