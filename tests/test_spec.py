@@ -216,7 +216,7 @@ def test_values_out_of_range_stop_with_the_dotted_name(override, expected):
 def test_overrides_change_only_what_they_name():
     base = spec_of(FULL)
     spec = spec_of(FULL, ["training.max_steps=5", "batching=padded", "data.max_rows=null"])
-    assert spec.training["max_steps"] == 5 and "max_steps" not in base.training
+    assert spec.training["max_steps"] == 5 and base.training["max_steps"] == -1
     assert spec.batching == "padded" and base.batching == "packed"
     assert {k: v for k, v in spec.training.items() if k != "max_steps"} == dict(base.training)
     assert spec.lora == base.lora == specs.LoraSpec(r=8, lora_alpha=32, lora_dropout=0.1)
