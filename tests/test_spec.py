@@ -218,7 +218,7 @@ def test_overrides_change_only_what_they_name():
     spec = spec_of(FULL, ["training.max_steps=5", "batching=padded", "data.max_rows=null"])
     assert spec.training["max_steps"] == 5 and base.training["max_steps"] == -1
     assert spec.batching == "padded" and base.batching == "packed"
-    assert {k: v for k, v in spec.training.items() if k != "max_steps"} == dict(base.training)
+    assert {k: v for k, v in spec.training.items() if k != "max_steps"} == {k: v for k, v in base.training.items() if k != "max_steps"}
     assert spec.lora == base.lora == specs.LoraSpec(r=8, lora_alpha=32, lora_dropout=0.1)
     with pytest.raises(SpecError, match="section.key=value"):
         spec_of(TINY, ["nonsense"])
