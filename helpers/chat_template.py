@@ -42,21 +42,6 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     return {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
 
 
-def token_roles(tokenizer) -> dict[str, str]:
-    """Which special token the tokenizer uses as eos / pad / bos."""
-    return {
-        "eos_token": tokenizer.eos_token,
-        "pad_token": tokenizer.pad_token,
-        "bos_token": str(tokenizer.bos_token),
-    }
-
-
-def show_tokens(tokenizer, text: str) -> list[tuple[int, str]]:
-    """(id, token text) for each token of ``text``, special tokens kept."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [(i, tokenizer.decode([i])) for i in ids]
-
-
 def difference(with_thinking: str, without_thinking: str) -> str:
     """What ``enable_thinking=False`` adds at the end of the generation prompt."""
     if not without_thinking.startswith(with_thinking):

@@ -101,10 +101,6 @@ def damaged_file(folder: Path, full: bool = True) -> str | None:
     return None
 
 
-def is_complete_checkpoint(path: Path) -> bool:
-    return damaged_file(path, full=False) is None
-
-
 @dataclass
 class Found:
     checkpoint: Path | None

@@ -25,7 +25,7 @@ import json
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -119,13 +119,6 @@ def greedy_settings(enable_thinking: bool = False, max_new_tokens: int = 64) -> 
     Qwen advises against greedy decoding in thinking mode for real use (it can loop).
     """
     return replace(recommended_settings(enable_thinking, max_new_tokens), do_sample=False)
-
-
-def settings_table() -> list[dict]:
-    """The recommended settings of both modes, as rows for display."""
-    return [{"mode": "thinking" if on else "non-thinking",
-             **{k: v for k, v in asdict(recommended_settings(on)).items() if k != "cache"}}
-            for on in (False, True)]
 
 
 # --------------------------------------------------------------------------- loading

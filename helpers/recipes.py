@@ -318,10 +318,6 @@ def choose_recipe(gpu_gb: float | None, measured: dict | None = None, liger: boo
     return choice.recipe, choice.reason
 
 
-def _cell(value, fmt="{}"):
-    return "未测" if value is None else fmt.format(value)
-
-
 def fit_table(sizes=GPU_SIZES_GB, measured: dict[str, Measurement] | None = None, liger: bool = False) -> str:
     """Markdown table: each recipe's worst micro-batch, estimated and measured peaks, measured speed, fits."""
     measured = load_measurements() if measured is None else measured
