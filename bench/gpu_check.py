@@ -15,7 +15,7 @@ on the real dataset. Stages, each with its wall time and its own peak memory
 3. ``generate``   - ``inference.load_finetuned`` + ``inference.stream_generate`` (greedy), checked against
    ``inference.generate``;
 4. ``merge``      - ``merge_and_unload`` on the loaded model; logits before and after must agree;
-5. ``export``     - ``inference.export_merged`` (a 16 GB folder; optional);
+5. ``export``     - ``export.export_merged`` (a 16 GB folder; optional);
 6. ``qlora``      - the same N steps with ``quantization: nf4`` (bitsandbytes), peak memory vs bf16 (optional);
 7. ``recipes``    - ``bench.gpu_qwen3_8b``'s recipes (original vs padding-free ...), one subprocess each (optional).
 
@@ -298,13 +298,13 @@ def stage_merge(check: Check) -> dict:
 
 
 def stage_export(check: Check, spec) -> dict:
-    from helpers import inference
+    from helpers import export
 
     if check.state.get("checkpoint") is None:
         raise RuntimeError("needs a checkpoint from train_bf16/resume, which failed")
     target = check.state["workdir"] / "export"
     began = time.perf_counter()
-    folder = inference.export_merged(spec, check.state["checkpoint"], target)
+    folder = export.export_merged(spec, check.state["checkpoint"], target)
     seconds = time.perf_counter() - began
     files = sorted(folder.iterdir())
     check.state["export"] = folder

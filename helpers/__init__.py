@@ -14,7 +14,7 @@ The modules form layers; an import only ever points down a layer or sideways wit
 3. domain - ``validation``, ``data_files``, ``padding``, ``data`` (records, the held-out split, the
    encoded files, encoding), ``original``, ``chat_template``, ``models`` (shapes, loading, LoRA
    config), ``checkpoints``, ``tracking``, ``recipes``;
-4. workflows - ``download``, ``train``, ``inference`` (and export), ``evaluate``, ``scale_out``,
+4. workflows - ``download``, ``train``, ``export``, ``inference``, ``evaluate``, ``scale_out``,
    ``environment``, ``reset``;
 5. edge - ``chat_app`` (the widget).
 

@@ -22,13 +22,16 @@ from pathlib import Path
 
 from .errors import CourseError
 from .workspace import (
+    MissingArtifactError,
     UnsafeWriteError,
     atomic_path,
     course_folder,
     display_path,
+    how_to_make,
     is_course_made,
     record_made,
     sha256_file,
+    shell_path,
 )
 
 COMPLETE_MARKER = "checkpoint_complete"
@@ -166,6 +169,48 @@ def spec_as_trained(spec, adapter: Path, notes: list[str] = ()) -> tuple:
     notes.append(f"{Path(adapter).name} was trained with quantization={recipe['quantization']} ({RECIPE_FILE}); "
                  f"the config's quantization={spec.quantization} is corrected to match")
     return spec.replace(quantization=recipe["quantization"]), notes
+
+
+def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path, list[str]]:
+    """The adapter to load and any notes: ``checkpoint``, else the spec's adapter folder, else the run's latest.
+
+    A given folder may be a ``checkpoint-N`` or a run folder holding several (its latest good one is
+    used). A damaged checkpoint is named with its damaged file and the previous complete one is used.
+    """
+    chosen = Path(checkpoint) if checkpoint is not None else spec.paths.adapter_dir
+    folder = chosen if chosen is not None else spec.paths.run_dir
+    if chosen is not None:
+        if not chosen.exists():
+            raise MissingArtifactError(f"The adapter folder {display_path(chosen)} does not exist.")
+        if (chosen / "adapter_config.json").is_file():
+            marked = (chosen / COMPLETE_MARKER).is_file()
+            # a checkpoint-N written by training must prove itself; a plain adapter folder (shared, exported) need not
+            problem = damaged_file(chosen) if marked or is_checkpoint_name(chosen) else None
+            if problem is None:
+                return chosen, []
+            note = f"skipped {display_path(chosen)}: {problem}"
+            earlier = [c for c in checkpoints_in(chosen.parent)
+                       if is_checkpoint_name(chosen) and
+                       checkpoint_step(c) < checkpoint_step(chosen)]
+            for candidate in reversed(earlier):
+                if damaged_file(candidate) is None:
+                    return candidate, [note, f"using the previous complete {display_path(candidate)} instead"]
+            raise CheckpointError(f"{display_path(chosen)} is damaged: {problem}; no earlier complete "
+                                              "checkpoint beside it to fall back to.")
+    found = latest_good_checkpoint(folder)
+    if found.checkpoint is None:
+        if chosen is not None:
+            raise MissingArtifactError(
+                f"{display_path(chosen)} holds no adapter_config.json and no complete checkpoint-N: it is not a "
+                "LoRA adapter folder.")
+        raise MissingArtifactError(
+            f"No complete LoRA checkpoint in {display_path(folder)}. "
+            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {shell_path(spec.config_file)}"))
+    notes = found.notes()
+    if notes:
+        notes.append(f"using {display_path(found.checkpoint)} instead")
+    return found.checkpoint, notes
+
 
 
 # --------------------------------------------------------------------------- the run lock

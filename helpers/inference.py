@@ -11,10 +11,8 @@
   at ``<|im_end|>`` and stream through transformers' ``TextIteratorStreamer``.
   ``adapter=False`` switches the LoRA adapter off for one call (PEFT's
   ``disable_adapter``), so base and fine-tuned answers come from one model.
-* :func:`export_merged` folds the adapter into the weights (``merge_and_unload``)
-  and saves a plain model directory that any runtime (vLLM, llama.cpp, ...) loads.
-
-The ipywidgets chat built on top of this lives in :mod:`helpers.chat_app`.
+The ipywidgets chat built on top of this lives in :mod:`helpers.chat_app`; the merged-model export
+(``python -m helpers.inference export``) in :mod:`helpers.export`.
 """
 
 from __future__ import annotations
@@ -29,29 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from . import checkpoints
-from .checkpoints import read_recipe
+from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
 from .data import Reply, prompt_ids_as_text, render_prompt, split_thinking
 from .errors import CourseError, positive_int, run_cli, utf8_text
-from .models import (
-    adapter_switch,
-    compute_dtype,
-    ensure_random_weights,
-    load_base_model,
-    load_tokenizer,
-    require_model_dir,
-)
+from .export import export_merged
+from .models import adapter_switch, load_base_model, load_tokenizer
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
-from .workspace import (
-    MissingArtifactError,
-    atomic_folder,
-    claim_folder,
-    clear_course_files,
-    display_path,
-    how_to_make,
-    refuse_foreign_partial,
-    shell_path,
-)
+from .workspace import display_path
 
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
 QWEN3_SAMPLING = {
@@ -140,47 +122,6 @@ class AdapterMismatchError(CourseError, ValueError):
     """The adapter was trained on another base model than the one loaded."""
 
 
-def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path, list[str]]:
-    """The adapter to load and any notes: ``checkpoint``, else the spec's adapter folder, else the run's latest.
-
-    A given folder may be a ``checkpoint-N`` or a run folder holding several (its latest good one is
-    used). A damaged checkpoint is named with its damaged file and the previous complete one is used.
-    """
-    chosen = Path(checkpoint) if checkpoint is not None else spec.paths.adapter_dir
-    folder = chosen if chosen is not None else spec.paths.run_dir
-    if chosen is not None:
-        if not chosen.exists():
-            raise MissingArtifactError(f"The adapter folder {display_path(chosen)} does not exist.")
-        if (chosen / "adapter_config.json").is_file():
-            marked = (chosen / checkpoints.COMPLETE_MARKER).is_file()
-            # a checkpoint-N written by training must prove itself; a plain adapter folder (shared, exported) need not
-            problem = checkpoints.damaged_file(chosen) if marked or checkpoints.is_checkpoint_name(chosen) else None
-            if problem is None:
-                return chosen, []
-            note = f"skipped {display_path(chosen)}: {problem}"
-            earlier = [c for c in checkpoints.checkpoints_in(chosen.parent)
-                       if checkpoints.is_checkpoint_name(chosen) and
-                       checkpoints.checkpoint_step(c) < checkpoints.checkpoint_step(chosen)]
-            for candidate in reversed(earlier):
-                if checkpoints.damaged_file(candidate) is None:
-                    return candidate, [note, f"using the previous complete {display_path(candidate)} instead"]
-            raise checkpoints.CheckpointError(f"{display_path(chosen)} is damaged: {problem}; no earlier complete "
-                                              "checkpoint beside it to fall back to.")
-    found = checkpoints.latest_good_checkpoint(folder)
-    if found.checkpoint is None:
-        if chosen is not None:
-            raise MissingArtifactError(
-                f"{display_path(chosen)} holds no adapter_config.json and no complete checkpoint-N: it is not a "
-                "LoRA adapter folder.")
-        raise MissingArtifactError(
-            f"No complete LoRA checkpoint in {display_path(folder)}. "
-            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {shell_path(spec.config_file)}"))
-    notes = found.notes()
-    if notes:
-        notes.append(f"using {display_path(found.checkpoint)} instead")
-    return found.checkpoint, notes
-
-
 def adapter_system_prompt(checkpoint: Path, default: str | None) -> str | None:
     """The system prompt the adapter was trained with (saved beside it in ``course_recipe.json``), else ``default``."""
     return read_recipe(checkpoint).get("system_prompt", default)
@@ -232,7 +173,7 @@ def load_finetuned(spec, checkpoint: str | Path | None = None, merged: bool = Fa
     from peft import PeftModel
 
     path, notes = resolve_checkpoint(spec, checkpoint)
-    spec, notes = checkpoints.spec_as_trained(spec, path, notes)
+    spec, notes = spec_as_trained(spec, path, notes)
     recipe = read_recipe(path)
     tokenizer = load_tokenizer(spec)
     base = load_base_model(spec)
@@ -376,96 +317,6 @@ def compare_adapter(model, tokenizer, questions: list[str], settings: Generation
             "lora": generate(model, tokenizer, messages, settings, adapter=True).content,
         })
     return rows
-
-
-# --------------------------------------------------------------------------- merge and export
-
-
-EXPORT_MARKER = "course_export.json"
-#: what an export written before the course marked its folders holds (all of it made again by export)
-EXPORT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer*",
-                "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
-                EXPORT_MARKER)
-
-
-class ExportTargetError(CourseError, ValueError):
-    """The export folder holds something this course did not write."""
-
-
-def check_export_target(target: Path, protected: list[Path]) -> None:
-    """Refuse a target that is not empty and not a previous export of this course, or that holds our inputs."""
-    target = Path(target).resolve()
-    for path in protected:
-        path = Path(path).resolve()
-        if target == path or target in path.parents or path in target.parents:
-            raise ExportTargetError(f"cannot export into {display_path(target)}: it overlaps {display_path(path)}, "
-                                    "which the export reads (the checkpoints or the base model).")
-    if target.exists():
-        if not target.is_dir():
-            raise ExportTargetError(f"{display_path(target)} is a file, not a folder")
-        if any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
-            raise ExportTargetError(
-                f"{display_path(target)} is not empty and was not written by this course's export (no "
-                f"{EXPORT_MARKER}): nothing was changed. Choose an empty or new folder.")
-
-
-def _base_for_merge(spec):
-    """A fresh bf16 base model on the CPU for merging.
-
-    Also for a QLoRA adapter: merging into 4-bit weights would round the LoRA update away and
-    leave a 4-bit model, so PEFT's advice is to merge into a full-precision copy of the base.
-    """
-    from transformers import AutoModelForCausalLM
-
-    plain = spec.replace(quantization=None)
-    if spec.profile.weights == "random":
-        if spec.quantization:
-            ensure_random_weights(spec)
-        else:
-            return load_base_model(plain, device="cpu")
-    return AutoModelForCausalLM.from_pretrained(require_model_dir(spec), dtype=compute_dtype(plain))
-
-
-def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path | None = None) -> Path:
-    """Merge the LoRA checkpoint into a fresh copy of the base model and save a plain model directory.
-
-    Writes safetensors weights, ``config.json``, ``generation_config.json``, the tokenizer and a marker
-    into ``target`` (default ``spec.paths.export_dir``). The new export is written beside the old one and
-    An older course export in ``target`` is removed first (it can always be made again), so
-    re-exporting never needs room for two 16 GB copies; a folder the course did not write is refused.
-    """
-    from peft import PeftModel
-
-    path, notes = resolve_checkpoint(spec, checkpoint)
-    spec, notes = checkpoints.spec_as_trained(spec, path, notes)
-    for note in notes:
-        print(note)
-    target = Path(target) if target else spec.paths.export_dir
-    check_export_target(target, [spec.paths.run_dir, path, spec.paths.model_dir])
-    refuse_foreign_partial(target)
-    # a previous course export goes first (it can always be made again: never two copies on disk);
-    # a learner's own file in it (a NOTES.md) stays and is carried into the new export
-    clear_course_files(target, legacy=EXPORT_FILES)
-    with atomic_folder(target) as partial:
-        merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
-        merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
-        load_tokenizer(spec).save_pretrained(partial)
-        write_export_marker(partial, path)
-    return target
-
-
-def write_export_marker(folder: Path, checkpoint: Path) -> None:
-    """``course_export.json``: which adapter (and recipe) the merged model holds; marks the folder as the
-    course's own, so a later export may replace it and ``make reset`` removes it."""
-    (Path(folder) / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
-                                                         ensure_ascii=False, indent=1), encoding="utf-8")
-    claim_folder(folder)
-
-
-def vllm_command(export_dir: Path) -> str:
-    """The command that serves an exported model with vLLM (printed, not run here)."""
-    return (f"vllm serve {shell_path(export_dir)} --served-model-name huanhuan "
-            "--max-model-len 8192 --reasoning-parser qwen3 --host 127.0.0.1")
 
 
 def trained_system_prompt(model) -> str | None:

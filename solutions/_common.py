@@ -112,12 +112,11 @@ def memorised_adapter(spec) -> Path:
     """
     from helpers import checkpoints
     from helpers.download import prepare_model
-    from helpers.inference import resolve_checkpoint
     from helpers.workspace import display_path
 
     prepare_model(spec)
     if spec.paths.adapter_dir is not None:
-        adapter, notes = resolve_checkpoint(spec)
+        adapter, notes = checkpoints.resolve_checkpoint(spec)
         for note in notes:
             print(note)
         return adapter

@@ -332,7 +332,7 @@ def test_custom_system_prompt_reaches_inference_and_the_chat_app(story):
 
 
 def test_export_never_deletes_what_it_reads(arena):
-    from helpers.inference import ExportTargetError, export_merged
+    from helpers.export import ExportTargetError, export_merged
 
     spec = tiny_spec_for(arena / "run")
     checkpoint = arena / "run" / "checkpoint-60"

@@ -14,6 +14,7 @@ from helpers import checkpoints
 from helpers import inference as inf
 from helpers.chat_app import ChatApp
 from helpers.data import build_messages, render_prompt
+from helpers.export import export_merged
 from helpers.spec import DEFAULT_SYSTEM_PROMPT
 from helpers.workspace import MissingArtifactError
 from tests.conftest import tiny_spec_for
@@ -219,7 +220,7 @@ def test_merged_export_reloads_with_plain_transformers_and_decodes_identically(l
                                                                                  tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = inf.export_merged(tiny_spec, checkpoint=tiny_checkpoint, target=tmp_path / "tiny-merged")
+    target = export_merged(tiny_spec, checkpoint=tiny_checkpoint, target=tmp_path / "tiny-merged")
     names = {p.name for p in target.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
     assert not {"adapter_config.json", "adapter_model.safetensors"} & names

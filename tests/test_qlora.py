@@ -116,10 +116,10 @@ def test_merge_goes_into_a_full_precision_copy(qlora_run, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from helpers import inference
+    from helpers import export, inference
 
     spec, _ = qlora_run
-    target = inference.export_merged(spec, target=tmp_path / "merged")
+    target = export.export_merged(spec, target=tmp_path / "merged")
     config = json.loads((target / "config.json").read_text(encoding="utf-8"))
     assert "quantization_config" not in config
     merged = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)

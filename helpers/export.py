@@ -1,0 +1,108 @@
+"""Notebook 05's last step: fold the LoRA adapter into the base model and save a plain model folder.
+
+:func:`export_merged` merges with PEFT's ``merge_and_unload`` into a fresh bf16 copy of the base and saves
+a model directory that any runtime (vLLM, llama.cpp, ...) loads; ``python -m helpers.inference export``
+runs it from a shell.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
+from .errors import CourseError
+from .models import compute_dtype, ensure_random_weights, load_base_model, load_tokenizer, require_model_dir
+from .workspace import (
+    atomic_folder,
+    claim_folder,
+    clear_course_files,
+    display_path,
+    refuse_foreign_partial,
+    shell_path,
+)
+
+EXPORT_MARKER = "course_export.json"
+#: what an export written before the course marked its folders holds (all of it made again by export)
+EXPORT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer*",
+                "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                EXPORT_MARKER)
+
+
+class ExportTargetError(CourseError, ValueError):
+    """The export folder holds something this course did not write."""
+
+
+def check_export_target(target: Path, protected: list[Path]) -> None:
+    """Refuse a target that is not empty and not a previous export of this course, or that holds our inputs."""
+    target = Path(target).resolve()
+    for path in protected:
+        path = Path(path).resolve()
+        if target == path or target in path.parents or path in target.parents:
+            raise ExportTargetError(f"cannot export into {display_path(target)}: it overlaps {display_path(path)}, "
+                                    "which the export reads (the checkpoints or the base model).")
+    if target.exists():
+        if not target.is_dir():
+            raise ExportTargetError(f"{display_path(target)} is a file, not a folder")
+        if any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
+            raise ExportTargetError(
+                f"{display_path(target)} is not empty and was not written by this course's export (no "
+                f"{EXPORT_MARKER}): nothing was changed. Choose an empty or new folder.")
+
+
+def _base_for_merge(spec):
+    """A fresh bf16 base model on the CPU for merging.
+
+    Also for a QLoRA adapter: merging into 4-bit weights would round the LoRA update away and
+    leave a 4-bit model, so PEFT's advice is to merge into a full-precision copy of the base.
+    """
+    from transformers import AutoModelForCausalLM
+
+    plain = spec.replace(quantization=None)
+    if spec.profile.weights == "random":
+        if spec.quantization:
+            ensure_random_weights(spec)
+        else:
+            return load_base_model(plain, device="cpu")
+    return AutoModelForCausalLM.from_pretrained(require_model_dir(spec), dtype=compute_dtype(plain))
+
+
+def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path | None = None) -> Path:
+    """Merge the LoRA checkpoint into a fresh copy of the base model and save a plain model directory.
+
+    Writes safetensors weights, ``config.json``, ``generation_config.json``, the tokenizer and a marker
+    into ``target`` (default ``spec.paths.export_dir``). An older course export in ``target`` is removed first (it can always be made again), so
+    re-exporting never needs room for two 16 GB copies; a folder the course did not write is refused.
+    """
+    from peft import PeftModel
+
+    path, notes = resolve_checkpoint(spec, checkpoint)
+    spec, notes = spec_as_trained(spec, path, notes)
+    for note in notes:
+        print(note)
+    target = Path(target) if target else spec.paths.export_dir
+    check_export_target(target, [spec.paths.run_dir, path, spec.paths.model_dir])
+    refuse_foreign_partial(target)
+    # a previous course export goes first (it can always be made again: never two copies on disk);
+    # a learner's own file in it (a NOTES.md) stays and is carried into the new export
+    clear_course_files(target, legacy=EXPORT_FILES)
+    with atomic_folder(target) as partial:
+        merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
+        merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
+        load_tokenizer(spec).save_pretrained(partial)
+        write_export_marker(partial, path)
+    return target
+
+
+def write_export_marker(folder: Path, checkpoint: Path) -> None:
+    """``course_export.json``: which adapter (and recipe) the merged model holds; marks the folder as the
+    course's own, so a later export may replace it and ``make reset`` removes it."""
+    (Path(folder) / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
+                                                         ensure_ascii=False, indent=1), encoding="utf-8")
+    claim_folder(folder)
+
+
+def vllm_command(export_dir: Path) -> str:
+    """The command that serves an exported model with vLLM (printed, not run here)."""
+    return (f"vllm serve {shell_path(export_dir)} --served-model-name huanhuan "
+            "--max-model-len 8192 --reasoning-parser qwen3 --host 127.0.0.1")
