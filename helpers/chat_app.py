@@ -37,20 +37,6 @@ from .inference import (
 #: ``ChatApp``'s default system prompt: the one the loaded adapter was trained with
 TRAINED = object()
 
-#: CSS classes on the parts of the app (the browser test finds them by these).
-CSS = {
-    "app": "qwen3-chat",
-    "transcript": "qwen3-chat-transcript",
-    "input": "qwen3-chat-input",
-    "send": "qwen3-chat-send",
-    "stop": "qwen3-chat-stop",
-    "clear": "qwen3-chat-clear",
-    "status": "qwen3-chat-status",
-    "sample": "qwen3-chat-sample",
-    "thinking": "qwen3-chat-thinking-toggle",
-    "adapter": "qwen3-chat-adapter",
-}
-
 _STYLE = """<style>
 .qwen3-chat-log {font-size: 14px; line-height: 1.5; max-height: 420px; overflow-y: auto;
   border: 1px solid #ddd; border-radius: 6px; padding: 8px; background: #fafafa;}
@@ -138,12 +124,13 @@ class ChatApp:
         self.cache = settings.cache
         self._decoding_controls(settings)
 
+        # CSS classes qwen3-chat-<part>: the browser test finds the parts by these
         for name, widget in (("transcript", self.transcript), ("input", self.message),
                              ("send", self.send_button), ("stop", self.stop_button),
                              ("clear", self.clear_button), ("status", self.status),
-                             ("sample", self.do_sample), ("thinking", self.thinking),
+                             ("sample", self.do_sample), ("thinking-toggle", self.thinking),
                              ("adapter", self.adapter)):
-            widget.add_class(CSS[name])
+            widget.add_class(f"qwen3-chat-{name}")
         self.send_button.on_click(lambda _: self.send())
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
@@ -159,7 +146,7 @@ class ChatApp:
         buttons = widgets.HBox([self.send_button, self.stop_button, self.clear_button])
         self.widget = widgets.VBox([self.transcript, self.message, buttons, self.status, controls],
                                    layout=widgets.Layout(width="100%", max_width="760px"))
-        self.widget.add_class(CSS["app"])
+        self.widget.add_class("qwen3-chat")
 
     def _decoding_controls(self, settings: GenerationSettings) -> None:
         self.do_sample = widgets.Checkbox(value=settings.do_sample, description="采样（关 = 贪心）", indent=False)

@@ -57,10 +57,9 @@ from .metrics import (
     thinking_rate,
     unseen_probes,
 )
-from .runs import report_path, save_plot, use_chinese_font
+from .runs import report_path
 from .spec import build_spec
 from .workspace import (
-    REPO_ROOT,
     MissingArtifactError,
     atomic_path,
     display_path,
@@ -101,12 +100,6 @@ class EvalOptions:
         return options
 
 
-def has_adapter(spec, checkpoint: str | Path | None = None) -> bool:
-    if checkpoint is not None or spec.paths.adapter_dir is not None:
-        return True
-    return checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is not None
-
-
 def prepare(spec, checkpoint: str | Path | None = None) -> None:
     """Everything the evaluation needs: held-out rows, an adapter and the model folder. It never trains:
     without an adapter it stops (before any download) with the command that makes one."""
@@ -114,15 +107,12 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
         raise MissingArtifactError(
             f"{display_path(spec.config_file)}: data.eval_fraction is 0, so no rows are held out. "
             "Set it (e.g. --set data.eval_fraction=0.05) and train again.")
-    if not has_adapter(spec, checkpoint):
+    named = checkpoint is not None or spec.paths.adapter_dir is not None
+    if not named and checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is None:
         raise MissingArtifactError(
             f"{display_path(spec.paths.run_dir)} holds no trained LoRA adapter yet. Train one first: "
             f"python -m helpers.train --config {shell_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
     prepare_model(spec)
-
-
-def _messages(prompt: str, system_prompt: str | None) -> list[dict]:
-    return chat_messages([], prompt, system_prompt)
 
 
 def _user_text(record: dict) -> str:
@@ -143,7 +133,7 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
     chosen = records[: options.limit] if options.limit else records
     prompts = [_user_text(r) for r in chosen]
     references = [r["output"] for r in chosen]
-    conversations = [_messages(p, system_prompt) for p in prompts]
+    conversations = [chat_messages([], p, system_prompt) for p in prompts]
     settings = greedy_settings(False, options.max_new_tokens)
     replies = {side: generate_replies(model, tokenizer, conversations, settings, adapter=side == "lora",
                                       batch_size=options.batch_size)
@@ -204,7 +194,7 @@ def _both(loaded, conversations, settings, options: EvalOptions, seed: int = 0) 
 
 def identity_check(loaded, probes: list[str], system_prompt: str | None, options: EvalOptions) -> dict:
     """Who does each model say it is, on questions the training data does not hold."""
-    replies = _both(loaded, [_messages(p, system_prompt) for p in probes],
+    replies = _both(loaded, [chat_messages([], p, system_prompt) for p in probes],
                     greedy_settings(False, max(options.max_new_tokens, 32)), options)
     return {
         "probes": probes,
@@ -224,18 +214,6 @@ def thinking_check(loaded, conversations: list[list[dict]], options: EvalOptions
                             for side, got in replies.items()}}
     thinking["conclusion"] = thinking_conclusion(thinking["base"], thinking["lora"])
     return thinking
-
-
-def adapter_origin(spec, checkpoint: Path) -> str:
-    """Where the evaluated adapter came from, with no machine path (the report may be shared): relative to the
-    workspace, the repository or the home folder (``~/...``), else its last two folder names."""
-    checkpoint = Path(checkpoint).resolve()
-    for base, prefix in ((spec.paths.workspace, ""), (REPO_ROOT, ""), (Path.home(), "~/")):
-        try:
-            return prefix + checkpoint.relative_to(Path(base).resolve()).as_posix()
-        except ValueError:
-            continue
-    return f"{checkpoint.parent.name}/{checkpoint.name}"
 
 
 def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | None = None,
@@ -275,7 +253,6 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         "profile": spec.profile.name,
         "config_file": display_path(spec.config_file),
         "checkpoint": shareable_path(loaded.checkpoint, spec.paths.run_dir, spec.paths.workspace),
-        "adapter_origin": adapter_origin(spec, loaded.checkpoint),
         "options": dataclasses.asdict(options),
         "system_prompt": system_prompt,
         "split": {"train_rows": len(train_records), "held_out_rows": len(eval_records),
@@ -362,7 +339,6 @@ def log_to_swanlab(spec, report: dict) -> Path | None:
         return None
     import swanlab
 
-
     name = f"{spec.swanlab.experiment_name}-eval"
     eval_spec = spec.replace(swanlab=dataclasses.replace(spec.swanlab, experiment_name=name))
     config = {"report": {k: report[k] for k in ("profile", "checkpoint", "options")}, "spec": spec.to_dict()}
@@ -372,16 +348,13 @@ def log_to_swanlab(spec, report: dict) -> Path | None:
         table = swanlab.echarts.Table()
         table.add(list(TABLE_COLUMNS), [[row[c] for c in TABLE_COLUMNS] for row in report["table"]])
         swanlab.log({"eval/samples": table}, step=0)
-        swanlab.log({"eval/samples_text": [swanlab.Text(_row_markdown(row), caption=f"{row['set']} {i + 1}")
-                                           for i, row in enumerate(report["table"])]}, step=0)
+        texts = [swanlab.Text("\n".join(f"**{c}**: {row[c]}" for c in TABLE_COLUMNS), caption=f"{row['set']} {i + 1}")
+                 for i, row in enumerate(report["table"])]
+        swanlab.log({"eval/samples_text": texts}, step=0)
         swanlab.log({"eval/thinking_conclusion": swanlab.Text(report["thinking"]["conclusion"])}, step=0)
     finally:
         folder = tracking.finish_run(run)
     return folder
-
-
-def _row_markdown(row: dict) -> str:
-    return "\n".join(f"**{name}**: {row[name]}" for name in TABLE_COLUMNS)
 
 
 def save_report(spec, report: dict, adapter: Path | None = None) -> Path:
@@ -405,21 +378,6 @@ def format_table(rows: Sequence[dict], width: int = 28) -> str:
     return "\n".join(lines)
 
 
-def metrics_rows(report: dict, set_name: str = "held_out") -> list[tuple[str, float, float]]:
-    """(metric, base, LoRA) rows of one set plus identity and thinking: the bar chart's data."""
-    metrics = report["sets"][set_name]
-    rows = [
-        ("ROUGE-L", metrics["rouge_l"]["base"], metrics["rouge_l"]["lora"]),
-        ("persona", metrics["persona"]["base"], metrics["persona"]["lora"]),
-        ("boilerplate", metrics["boilerplate"]["base"], metrics["boilerplate"]["lora"]),
-        ("identity", report["identity"]["accuracy"]["base"], report["identity"]["accuracy"]["lora"]),
-        ("thinking", report["thinking"]["base"], report["thinking"]["lora"]),
-    ]
-    for key in ("truncated", "repeated_3gram", "distinct_1", "distinct_2"):
-        rows.append((key, metrics["degeneration"]["base"][key], metrics["degeneration"]["lora"][key]))
-    return rows
-
-
 def describe_report(report: dict) -> str:
     """The report's numbers in a few lines (Chinese)."""
     lines = [f"检查点 {report['checkpoint']}，留出集 {report['split']['held_out_rows']} 条"]
@@ -438,37 +396,6 @@ def describe_report(report: dict) -> str:
     if report.get("notes"):
         lines += [f"注意: {note}" for note in report["notes"]]
     return "\n".join(lines)
-
-
-#: the Chinese names of the bar chart's metrics and sets
-METRIC_NAMES = {"persona": "角色词", "boilerplate": "套话", "identity": "身份", "thinking": "思考块",
-                "truncated": "截断", "repeated_3gram": "重复 3-gram"}
-SET_NAMES = {"held_out": "留出集", "memorised": "记忆子集"}
-
-
-def plot_comparison(report: dict, set_name: str = "held_out", path: Path | None = None):
-    """Bar chart: base vs LoRA on every share-type metric (0..1)."""
-    import matplotlib
-
-    if path is not None and "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    use_chinese_font()
-    rows = metrics_rows(report, set_name)
-    positions = range(len(rows))
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    ax.bar([p - 0.2 for p in positions], [r[1] for r in rows], width=0.4, label="基座")
-    ax.bar([p + 0.2 for p in positions], [r[2] for r in rows], width=0.4, label="LoRA")
-    ax.set_xticks(list(positions), [METRIC_NAMES.get(r[0], r[0]) for r in rows], rotation=20)
-    ax.set(ylim=(0, 1.05), ylabel="比例 / 分数",
-           title=f"{report['profile']}：基座 vs LoRA（{SET_NAMES.get(set_name, set_name)}）")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        save_plot(fig, path)
-    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

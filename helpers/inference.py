@@ -4,13 +4,14 @@
   (the latest complete one of notebook 04's run unless a path is given), on the
   profile's device and in its dtype.
 * Prompts use the SAME format as training: system prompt + user message(s),
-  rendered by the tokenizer's chat template (:func:`render_chat`). The original
+  rendered by the tokenizer's chat template (``data.render_prompt``, as in training). The original
   tutorial sent the system sentence as a user message at inference; we do not.
 * :func:`generate` / :func:`stream_generate` run ``model.generate`` with Qwen3's
   recommended sampling for the chosen mode (:func:`recommended_settings`), stop
   at ``<|im_end|>`` and stream through transformers' ``TextIteratorStreamer``.
   ``adapter=False`` switches the LoRA adapter off for one call (PEFT's
   ``disable_adapter``), so base and fine-tuned answers come from one model.
+
 The ipywidgets chat built on top of this lives in :mod:`helpers.chat_app`; the merged-model export
 (``python -m helpers.inference export``) in :mod:`helpers.export`.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
-from .data import Reply, prompt_ids_as_text, render_prompt, split_thinking
+from .data import Reply, prompt_ids_as_text, split_thinking
 from .errors import CourseError, positive_int, run_cli, utf8_text
 from .export import export_merged
 from .models import adapter_switch, load_base_model, load_tokenizer
@@ -80,12 +81,10 @@ class GenerationSettings:
         return config
 
     def describe(self) -> str:
+        decoding = (f"temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, min_p={self.min_p}"
+                    if self.do_sample else "greedy")
         cache = f", cache={self.cache}" if self.cache else ""
-        if not self.do_sample:
-            return (f"thinking={'on' if self.enable_thinking else 'off'}, greedy, "
-                    f"max_new_tokens={self.max_new_tokens}{cache}")
-        return (f"thinking={'on' if self.enable_thinking else 'off'}, temperature={self.temperature}, "
-                f"top_p={self.top_p}, top_k={self.top_k}, min_p={self.min_p}, "
+        return (f"thinking={'on' if self.enable_thinking else 'off'}, {decoding}, "
                 f"max_new_tokens={self.max_new_tokens}{cache}")
 
 
@@ -201,11 +200,6 @@ def chat_messages(history: list[dict], user_message: str,
     messages += [{"role": m["role"], "content": m["content"]} for m in history]
     messages.append({"role": "user", "content": user_message})
     return messages
-
-
-def render_chat(tokenizer, messages: list[dict], enable_thinking: bool = False) -> str:
-    """The generation prompt for ``messages``: the same renderer training uses (``data.render_prompt``)."""
-    return render_prompt(tokenizer, messages, enable_thinking=enable_thinking)
 
 
 # --------------------------------------------------------------------------- generation

@@ -10,6 +10,7 @@ step functions both use and the plumbing around them (sample log, memory log).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
@@ -164,16 +165,6 @@ def _load_base_model_for_this_process(spec):
 # --------------------------------------------------------------------------- trainer
 
 
-#: the training keys notebook 04 writes out one by one; any other key of the config is passed on as it is
-SHOWN_TRAINING_KEYS = (
-    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "learning_rate",
-    "lr_scheduler_type", "logging_steps", "save_steps", "save_total_limit", "eval_strategy", "eval_steps",
-    "per_device_eval_batch_size", "metric_for_best_model", "activation_checkpointing", "activation_checkpointing_kwargs", "bf16", "fp16",
-    "seed", "logging_first_step", "save_strategy", "train_sampling_strategy", "report_to", "dataloader_num_workers",
-    "dataloader_pin_memory", "disable_tqdm", "remove_unused_columns",
-)
-
-
 def mixed_precision(spec) -> tuple[bool, bool]:
     """(bf16, fp16): the config's bf16, or fp16 with loss scaling on a GPU without bf16 (V100, T4)."""
     import torch
@@ -197,36 +188,26 @@ def training_arguments(spec, **extra):
 
     t = spec.training
     use_bf16, use_fp16 = mixed_precision(spec)
-    settings = dict(
-        per_device_train_batch_size=t["per_device_train_batch_size"],
-        gradient_accumulation_steps=t["gradient_accumulation_steps"],
-        num_train_epochs=t["num_train_epochs"],
-        learning_rate=t["learning_rate"],
-        lr_scheduler_type=t["lr_scheduler_type"],
-        logging_steps=t["logging_steps"],
-        logging_first_step=t.get("logging_first_step", True),
-        save_strategy=t.get("save_strategy", "steps"),
-        save_steps=t["save_steps"],
-        save_total_limit=t.get("save_total_limit", 3),
-        eval_strategy=t.get("eval_strategy", "epoch") if spec.data.eval_fraction > 0 else "no",
-        eval_steps=t.get("eval_steps"),
-        per_device_eval_batch_size=t.get("per_device_eval_batch_size", t["per_device_train_batch_size"]),
-        metric_for_best_model=t.get("metric_for_best_model", "eval_loss" if spec.data.eval_fraction > 0 else None),
-        activation_checkpointing=t["activation_checkpointing"],
-        activation_checkpointing_kwargs=t.get("activation_checkpointing_kwargs",
-                                              {"use_reentrant": False} if t["activation_checkpointing"] else None),
-        bf16=use_bf16,
-        fp16=use_fp16,
-        seed=t["seed"],
-        train_sampling_strategy=t.get("train_sampling_strategy",
-                                      "group_by_length" if spec.batching == "grouped" else "random"),
-        report_to=t.get("report_to", spec.swanlab.report_to),
-        dataloader_num_workers=t.get("dataloader_num_workers", 0),
-        dataloader_pin_memory=t.get("dataloader_pin_memory", torch.cuda.is_available()),
-        disable_tqdm=t.get("disable_tqdm", False),
-        remove_unused_columns=False,  # the collator needs each sample's "row" (a config value is ignored)
-        **{k: v for k, v in t.items() if k not in SHOWN_TRAINING_KEYS},
+    held_out = spec.data.eval_fraction > 0
+    defaults = dict(
+        logging_first_step=True,
+        save_strategy="steps",
+        save_total_limit=3,
+        eval_strategy="epoch",
+        per_device_eval_batch_size=t["per_device_train_batch_size"],
+        metric_for_best_model="eval_loss" if held_out else None,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t["activation_checkpointing"] else None,
+        train_sampling_strategy="group_by_length" if spec.batching == "grouped" else "random",
+        report_to=spec.swanlab.report_to,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
     )
+    # the config's values win over the defaults; precision, evaluation and the "row" column are decided here
+    settings = {**defaults, **t, "bf16": use_bf16, "fp16": use_fp16,
+                "remove_unused_columns": False}  # the collator needs each sample's "row"
+    if not held_out:
+        settings["eval_strategy"] = "no"
     processes = launched_processes()
     if processes > 1:
         # LoRA uses every trainable parameter in every forward: DDP need not search for unused ones
@@ -383,7 +364,9 @@ def train(spec, resume: bool | str | None = True) -> dict:
         prepare_model(spec)  # a terminal user never needs a notebook first
     elif not (spec.paths.model_dir / "config.json").is_file():
         _wait_for(spec.paths.model_dir / "config.json")
-    with _maybe_lock(spec):
+    with contextlib.ExitStack() as stack:
+        if is_main_process():  # the other ranks of a launch share rank 0's lock
+            stack.callback(checkpoints.lock_run(spec.paths.run_dir).release)
         if resume is False:
             start_fresh(spec)
         tokenizer = load_tokenizer(spec)
@@ -435,24 +418,6 @@ def _wait_for(path: Path, timeout: float = 600) -> None:
         if time.time() > deadline:
             raise TimeoutError(f"rank 0 did not prepare {display_path(path)} in {timeout:.0f} s")
         time.sleep(1)
-
-
-class _maybe_lock:
-    """The run lock for a plain run or rank 0; the other ranks of a launch share rank 0's lock."""
-
-    def __init__(self, spec):
-        self.spec = spec
-        self.lock = None
-
-    def __enter__(self):
-        if is_main_process():
-            self.lock = checkpoints.lock_run(self.spec.paths.run_dir)
-        return self
-
-    def __exit__(self, *exc):
-        if self.lock is not None:
-            self.lock.release()
-        return False
 
 
 # --------------------------------------------------------------------------- CLI

@@ -251,11 +251,11 @@ def memorised(memorised_run, tiny_checkpoint):
 
 
 def test_lora_reproduces_the_memorised_answers_and_the_base_does_not(memorised):
-    from helpers.inference import greedy_settings
+    from helpers.inference import chat_messages, greedy_settings
 
     spec, _, loaded, train_records, _ = memorised
     assert train_records == load_records(spec.paths.dataset).records[:8]
-    conversations = [ev._messages(r["instruction"], loaded.system_prompt) for r in train_records]
+    conversations = [chat_messages([], r["instruction"], loaded.system_prompt) for r in train_records]
     references = [r["output"] for r in train_records]
     settings = greedy_settings(False, 32)
     lora = metrics.generate_replies(loaded.model, loaded.tokenizer, conversations, settings, adapter=True)

@@ -44,7 +44,7 @@ def greedy_ids(model, tokenizer, question, adapter=True, max_new_tokens=24):
 
 def test_single_turn_prompt_is_exactly_the_training_format(tokenizer):
     question = "你住在哪里？"
-    prompt = inf.render_chat(tokenizer, inf.chat_messages([], question), enable_thinking=False)
+    prompt = render_prompt(tokenizer, inf.chat_messages([], question), enable_thinking=False)
     assert prompt == render_prompt(tokenizer, build_messages(question))
     # the system sentence is a system turn, not a user message (the original tutorial's bug)
     assert prompt.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{question}")
@@ -55,8 +55,8 @@ def test_multi_turn_prompt_carries_history_and_thinking_toggle(tokenizer):
     history = [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是甄嬛。"}]
     messages = inf.chat_messages(history, "你住在哪里？")
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    off = inf.render_chat(tokenizer, messages, enable_thinking=False)
-    on = inf.render_chat(tokenizer, messages, enable_thinking=True)
+    off = render_prompt(tokenizer, messages, enable_thinking=False)
+    on = render_prompt(tokenizer, messages, enable_thinking=True)
     assert "<|im_start|>assistant\n我是甄嬛。<|im_end|>" in on
     assert off == on + "<think>\n\n</think>\n\n"
     assert on.endswith("<|im_start|>user\n你住在哪里？<|im_end|>\n<|im_start|>assistant\n")
@@ -231,8 +231,8 @@ def test_merged_export_reloads_with_plain_transformers_and_decodes_identically(l
     assert merged.generation_config.eos_token_id == [151645, 151643]
     tokenizer = AutoTokenizer.from_pretrained(target)
     question = MEMORISED_QUESTION
-    assert inf.render_chat(tokenizer, inf.chat_messages([], question)) == \
-        inf.render_chat(loaded.tokenizer, inf.chat_messages([], question))
+    assert render_prompt(tokenizer, inf.chat_messages([], question)) == \
+        render_prompt(loaded.tokenizer, inf.chat_messages([], question))
     for q in (question, "你住在哪里？"):
         assert greedy_ids(merged, tokenizer, q, max_new_tokens=32) == \
             greedy_ids(loaded.model, loaded.tokenizer, q, max_new_tokens=32)
