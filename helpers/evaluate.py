@@ -135,9 +135,7 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
     references = [r["output"] for r in chosen]
     conversations = [chat_messages([], p, system_prompt) for p in prompts]
     settings = greedy_settings(False, options.max_new_tokens)
-    replies = {side: generate_replies(model, tokenizer, conversations, settings, adapter=side == "lora",
-                                      batch_size=options.batch_size)
-               for side in ("base", "lora")}
+    replies = _both(loaded, conversations, settings, options)
     texts = {side: [g.content for g in replies[side]] for side in replies}
     metrics = {
         "rows": len(records),

@@ -205,18 +205,6 @@ def chat_messages(history: list[dict], user_message: str,
 # --------------------------------------------------------------------------- generation
 
 
-class StopOnEvent:
-    """A ``StoppingCriteria``: generation ends at the next token once ``event`` is set (the Stop button)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 class PromptTooLongError(CourseError, ValueError):
     """The prompt leaves no room for the reply in the model's context."""
 
@@ -273,14 +261,17 @@ def stream_generate(model, tokenizer, messages: list[dict], settings: Generation
     inputs = _inputs(model, tokenizer, messages, settings)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop_event = stop_event or threading.Event()
-    stopping = StoppingCriteriaList([StopOnEvent(stop_event)])
+
+    def stop_requested(input_ids, scores, **kwargs):  # a StoppingCriteria: the Stop button ends at the next token
+        return torch.full((input_ids.shape[0],), stop_event.is_set(), dtype=torch.bool, device=input_ids.device)
+
     failure: list[BaseException] = []
 
     def run():
         try:
             with adapter_switch(model, adapter), torch.inference_mode():
                 model.generate(**inputs, generation_config=settings.generation_config(model.generation_config),
-                               streamer=streamer, stopping_criteria=stopping)
+                               streamer=streamer, stopping_criteria=StoppingCriteriaList([stop_requested]))
         except BaseException as err:  # handed to the consumer below, never dropped
             failure.append(err)
             streamer.end()  # unblock the consumer
