@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_sessionstart(session):
     """Build the tiny model once, before any worker starts (two workers must not build one folder at once)."""
-    if not hasattr(session.config, "workerinput"):
+    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
         from helpers.download import prepare_model
 
         prepare_model(tiny_spec_for())
