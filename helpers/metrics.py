@@ -272,11 +272,6 @@ class Generated:
     new_tokens: int
 
 
-def _eos_ids(generation_config) -> set[int]:
-    eos = generation_config.eos_token_id
-    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-
-
 def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], settings, adapter: bool = True,
                      batch_size: int = 8, extra: dict | None = None, seed: int = 0) -> list[Generated]:
     """Replies to many conversations, batched with left padding; each says whether it finished.
@@ -286,11 +281,11 @@ def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], sett
     """
     import torch
 
-
     config = settings.generation_config(model.generation_config)
     if extra:
         config.update(**extra)
-    eos = _eos_ids(config)
+    eos = set(config.eos_token_id if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id])
+    eos -= {None}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     out: list[Generated] = []
     for start in range(0, len(conversations), batch_size):
@@ -314,7 +309,6 @@ def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], sett
 def answer_loss(model, tokenizer, samples: Sequence[dict], adapter: bool = True, batch_size: int = 8) -> dict:
     """Mean loss and perplexity over the answer tokens (labels != -100) of encoded samples."""
     import torch
-
 
     pad_id = tokenizer.pad_token_id or 0
     total, count = 0.0, 0

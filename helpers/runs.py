@@ -38,7 +38,11 @@ def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path |
     if resume in (None, False):
         return None
     if isinstance(resume, (str, os.PathLike)):
-        return checkpoints.verified_checkpoint(Path(resume))
+        problem = checkpoints.damaged_file(resume)
+        if problem:
+            raise checkpoints.CheckpointError(f"{display_path(resume)} is damaged: {problem}. "
+                                              "Use an earlier checkpoint.")
+        return Path(resume)
     found = checkpoints.latest_good_checkpoint(spec.paths.run_dir)
     if is_main_process():
         for note in found.notes():
