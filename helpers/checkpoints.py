@@ -163,18 +163,18 @@ def lock_run(run_dir: Path):
     run_dir = Path(run_dir)
     course_folder(run_dir.parent, whole=False)
     lock_path = run_dir.with_name(run_dir.name + LOCK_FILE)   # beside the run: moving the run aside keeps it
+    owner = lock_path.with_name(lock_path.name + ".pid")
     record_made(lock_path)
-    record_made(lock_path.with_name(lock_path.name + ".pid"))
+    record_made(owner)
     lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        owner = lock_path.with_name(lock_path.name + ".pid")
         who = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "another process"
         raise RunLockedError(
             f"{display_path(run_dir)} is being trained into by {who}. Wait for it to finish, stop it, or "
             "train into another folder (--output-dir).") from None
-    lock_path.with_name(lock_path.name + ".pid").write_text(f"process {os.getpid()}", encoding="utf-8")
+    owner.write_text(f"process {os.getpid()}", encoding="utf-8")
     return lock
 
 

@@ -94,8 +94,6 @@ def contains_any(text: str, words: Iterable[str]) -> bool:
 def marker_rate(texts: Sequence[str], words: Iterable[str]) -> float:
     """Share of ``texts`` that hold at least one of ``words``."""
     words = tuple(words)
-    if not words:
-        return 0.0
     return mean(1.0 if contains_any(t, words) else 0.0 for t in texts)
 
 

@@ -193,12 +193,13 @@ def quantization_config(spec, dtype=None):
         return None
     from transformers import BitsAndBytesConfig
 
+    dtype = dtype or compute_dtype(spec)
     return BitsAndBytesConfig(
         load_in_4bit=True,                      # frozen base weights stored in 4 bits
         bnb_4bit_quant_type="nf4",              # NormalFloat4: made for normally distributed weights
         bnb_4bit_use_double_quant=True,         # also quantise the quantisation constants (~0.4 GB less)
-        bnb_4bit_compute_dtype=dtype or compute_dtype(spec),  # matmuls run in bf16 (fp16 without bf16)
-        bnb_4bit_quant_storage=dtype or compute_dtype(spec),
+        bnb_4bit_compute_dtype=dtype,           # matmuls run in bf16 (fp16 without bf16)
+        bnb_4bit_quant_storage=dtype,
     )
 
 
@@ -244,16 +245,12 @@ def load_base_model(spec, device: str | None = None, seed: int = 0, for_training
 
     ``random8b`` draws random weights for the real architecture directly on the device.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     path = require_model_dir(spec)
     kwargs = load_kwargs(spec, device=device)
     if spec.profile.weights == "random" and spec.quantization is None:
-        torch.manual_seed(seed)
-        config = AutoConfig.from_pretrained(path)
-        with torch.device(device or default_device()):
-            model = AutoModelForCausalLM.from_config(config, dtype=kwargs["dtype"])
+        model = _random_model(path, seed, device or default_device(), kwargs["dtype"])
     else:
         if spec.profile.weights == "random":
             ensure_random_weights(spec, seed)
@@ -270,16 +267,21 @@ def load_base_model(spec, device: str | None = None, seed: int = 0, for_training
 def ensure_random_weights(spec, seed: int = 0) -> None:
     """random8b + QLoRA: bitsandbytes quantises while loading, so write random bf16 shards once."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = spec.paths.model_dir
-    if any(path.glob("*.safetensors")):
-        return
+    if not any(path.glob("*.safetensors")):
+        _random_model(path, seed, "cpu", torch.bfloat16).save_pretrained(path, max_shard_size="5GB")
+
+
+def _random_model(path: Path, seed: int, device, dtype):
+    """Seeded random weights for the architecture in ``path``, drawn directly on ``device``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(path)
-    with torch.device("cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(path, max_shard_size="5GB")
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- LoRA on the real shapes
