@@ -181,10 +181,10 @@ def lock_run(run_dir: Path):
 # --------------------------------------------------------------------------- starting fresh
 
 
-def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | None, list[Path]]:
+def move_aside(run_dir: Path) -> tuple[Path | None, list[Path]]:
     """Move an earlier run to ``<name>-previous-<time>`` (nothing is deleted at first).
 
-    Of those earlier runs the newest ``keep`` stay; older ones are removed (each holds
+    Of those earlier runs the newest ``KEEP_PREVIOUS_RUNS`` stay; older ones are removed (each holds
     checkpoints of about 0.8 GB for Qwen3-8B). Returns (where the run went, removed runs).
     """
     run_dir = Path(run_dir)
@@ -203,7 +203,7 @@ def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | No
     run_dir.rename(target)
     previous = sorted(run_dir.parent.glob(f"{run_dir.name}-previous-*"), key=lambda p: p.stat().st_mtime)
     previous = [p for p in previous if is_course_made(p)]
-    removed = previous[:-keep] if keep and len(previous) > keep else []
+    removed = previous[:-KEEP_PREVIOUS_RUNS]
     for old in removed:
         shutil.rmtree(old, ignore_errors=True)
     return target, removed
