@@ -409,13 +409,11 @@ def build_spec(
     elif requested is not None and not env.get(PROFILE_ENV, "").strip():
         requested_origin = f"profile in {display_path(settings_file)}"
 
-    if config is not None:
-        path = config_path(config)
-        raw = read_config(path)
-        chosen, why = choose_profile(requested, raw.get("profile"), cuda=cuda, requested_origin=requested_origin,
-                                     config_file=path)
-    else:
-        chosen, why = choose_profile(requested, None, cuda=cuda, requested_origin=requested_origin)
+    path = None if config is None else config_path(config)
+    raw = {} if path is None else read_config(path)
+    chosen, why = choose_profile(requested, raw.get("profile"), cuda=cuda, requested_origin=requested_origin,
+                                 config_file=path)
+    if path is None:
         path = CONFIG_DIR / f"{chosen.train_config}.yaml"
         raw = read_config(path)
     source = display_path(path) + (" with --set " + " ".join(overrides) if overrides else "")

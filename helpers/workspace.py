@@ -58,15 +58,12 @@ def display_path(path: str | os.PathLike | None) -> str:
         path = Path(path).expanduser().resolve()
     except (OSError, RuntimeError):     # a symbolic-link loop
         path = Path(path).expanduser().absolute()
-    try:
-        text = path.relative_to(REPO_ROOT).as_posix()
-        return text or "."
-    except ValueError:
-        pass
-    try:
-        return "~/" + path.relative_to(Path.home().resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
+    for base, prefix in ((REPO_ROOT, ""), (Path.home().resolve(), "~/")):
+        try:
+            return prefix + path.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return path.as_posix()
 
 
 def shell_path(path: str | os.PathLike | None) -> str:
