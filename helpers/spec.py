@@ -273,8 +273,6 @@ def validate_config(config: dict, source: str = "config") -> dict:
     Unknown keys (with a close-match suggestion), wrong types and out-of-range values stop
     here, before any tokenizer or model loads, with the key's dotted name.
     """
-    if not isinstance(config, dict):
-        raise SpecError(f"{source}: a training config is a YAML mapping (sections data, lora, training, ...)")
     out = {}
     for key, value in config.items():
         if key not in TOP_LEVEL_KEYS:

@@ -119,10 +119,10 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _umask_mode(mode: int = 0o666) -> int:
+def _umask_mode() -> int:
     current = os.umask(0)
     os.umask(current)
-    return mode & ~current
+    return 0o666 & ~current
 
 
 def _raise_disk_full(err: Exception, path: Path):
