@@ -349,10 +349,9 @@ def course_folder(path: str | os.PathLike, whole: bool = True) -> Path:
     return path
 
 
-def claim_folder(path: str | os.PathLike) -> Path:
+def claim_folder(path: str | os.PathLike) -> None:
     """Mark an existing folder as wholly the course's (one it wrote before it marked its folders)."""
     _write_marker(Path(path), {CREATED, WHOLE})
-    return Path(path)
 
 
 def record_made(path: str | os.PathLike) -> Path:
