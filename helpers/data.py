@@ -399,8 +399,7 @@ def _run(args) -> int:
     if args.command == "split":
         result = validation.load_records(args.path)
         print(result.report.format(limit=20))
-        split = data_files.check_split_sizes(
-            data_files.grouped_split(result.records, args.eval_fraction, args.seed), len(result.records))
+        split = data_files.grouped_split(result.records, args.eval_fraction, args.seed)
         written = data_files.save_split(split, args.out_dir, source=Path(args.path))
         print(split.summary())
         for path in written:

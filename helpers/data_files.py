@@ -56,11 +56,10 @@ class EncodedFileError(CourseError, ValueError):
 def download_huanhuan(
     dest: str | os.PathLike,
     url: str = HUANHUAN_PINNED_URL,
-    sha256: str = HUANHUAN_SHA256,
     timeout: float = 60.0,
     progress: bool = True,
 ) -> Path:
-    """Download huanhuan.json to ``dest`` (once), verified against ``sha256``.
+    """Download huanhuan.json to ``dest`` (once), verified against ``HUANHUAN_SHA256``.
 
     The URL is pinned to the upstream commit whose file has that hash, so a later change
     upstream cannot break the download. A cached file with the right hash is reused without
@@ -69,7 +68,7 @@ def download_huanhuan(
     from tqdm import tqdm
 
     dest = Path(dest)
-    if dest.is_file() and sha256_file(dest) == sha256:
+    if dest.is_file() and sha256_file(dest) == HUANHUAN_SHA256:
         return dest
     with atomic_path(dest) as partial:
         try:
@@ -81,12 +80,12 @@ def download_huanhuan(
             reason = getattr(err, "reason", None) or err
             raise DatasetDownloadError(
                 f"Could not download {url}: {reason}. Are you offline, or is the host blocked? "
-                f"Either run this where the URL is reachable, or copy huanhuan.json (sha256 {sha256}) "
+                f"Either run this where the URL is reachable, or copy huanhuan.json (sha256 {HUANHUAN_SHA256}) "
                 f"to {display_path(dest)} yourself: a file with that hash is used without any download."
             ) from err
-        if (found := sha256_file(partial)) != sha256:
+        if (found := sha256_file(partial)) != HUANHUAN_SHA256:
             raise DatasetDownloadError(
-                f"The file downloaded from {url} has sha256 {found}, but the course pins {sha256}. "
+                f"The file downloaded from {url} has sha256 {found}, but the course pins {HUANHUAN_SHA256}. "
                 "The upstream file may have changed since the course was written (or the download was "
                 f"altered). Use the pinned version ({HUANHUAN_PINNED_URL}), or a local copy with "
                 "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json."
@@ -235,6 +234,10 @@ def duplicate_groups(records: list[dict]) -> list[list[int]]:
     return list(groups.values())
 
 
+class SplitSizeError(CourseError, ValueError):
+    """A split would leave one side with no rows."""
+
+
 @dataclass(frozen=True)
 class Split:
     train: list[dict]
@@ -256,7 +259,8 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
     """Hold out about ``eval_fraction`` of the rows, whole groups at a time (leak-free), seeded.
 
     ``keep_in_train``: the first N rows must train (e.g. a memorisation subset); their groups never
-    go to the held-out side, and the training side is then exactly those N rows.
+    go to the held-out side, and the training side is then exactly those N rows. A side of 0 rows
+    stops with the numbers and the fix.
     """
     all_groups = duplicate_groups(records)
     groups = [g for g in all_groups if min(g) >= keep_in_train]
@@ -277,27 +281,19 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
     if keep_in_train:
         train_rows = list(range(keep_in_train))
     eval_rows = sorted(held_set)
+    total = len(records)
+    if not eval_rows:
+        raise SplitSizeError(f"data.eval_fraction={eval_fraction} of {total} rows rounds to 0 held-out rows: "
+                             f"set data.eval_fraction to at least {1 / max(total, 1):.2g} (one row), or to 0 for "
+                             "no held-out set.")
+    if not train_rows:
+        raise SplitSizeError(f"data.eval_fraction={eval_fraction} of {total} rows leaves 0 rows to train on "
+                             f"(held out: {len(eval_rows)}): lower data.eval_fraction (e.g. 0.05) or add rows.")
     return Split([records[i] for i in train_rows], [records[i] for i in eval_rows], train_rows, eval_rows,
                  len(all_groups), held_groups, seed, eval_fraction)
 
 
 SPLIT_FILES = ("train.json", "eval.json", "split.json")
-
-
-class SplitSizeError(CourseError, ValueError):
-    """A split would leave one side with no rows."""
-
-
-def check_split_sizes(split: Split, total: int) -> Split:
-    """Stop (with the numbers and the fix) when the held-out or the training side has 0 rows."""
-    if not split.eval:
-        need = 1 / max(total, 1)
-        raise SplitSizeError(f"data.eval_fraction={split.eval_fraction} of {total} rows rounds to 0 held-out rows: "
-                             f"set data.eval_fraction to at least {need:.2g} (one row), or to 0 for no held-out set.")
-    if not split.train:
-        raise SplitSizeError(f"data.eval_fraction={split.eval_fraction} of {total} rows leaves 0 rows to train on "
-                             f"(held out: {len(split.eval)}): lower data.eval_fraction (e.g. 0.05) or add rows.")
-    return split
 
 
 def _old_split_folder(out_dir: Path) -> bool:
@@ -373,12 +369,8 @@ def split_records(spec, records: list[dict]) -> tuple[list[dict], list[dict], Sp
     """
     if spec.data.eval_fraction <= 0:
         return records[: spec.data.max_rows], [], None
-    if spec.data.max_rows:
-        head = records[: spec.data.max_rows]
-        split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed, keep_in_train=len(head))
-        check_split_sizes(split, len(records))
-        return head, split.eval, split
-    split = check_split_sizes(grouped_split(records, spec.data.eval_fraction, spec.data.split_seed), len(records))
+    keep = len(records[: spec.data.max_rows]) if spec.data.max_rows else 0
+    split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed, keep_in_train=keep)
     return split.train, split.eval, split
 
 

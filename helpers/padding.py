@@ -86,15 +86,11 @@ def padding_table(
     ]
 
 
-def format_padding_table(rows: list[PaddingRow], relative_to_first: bool = False) -> str:
-    """The padding table as text; ``relative_to_first`` adds each row's computed tokens / the first row's."""
-    head = ("组批方式", "计算的 token", "真实 token", "填充", "占比") + (("相对第一行",) if relative_to_first else ())
-    body = []
-    for r in rows:
-        cells = (r.description, f"{r.computed:,}", f"{r.real:,}", f"{r.padding:,}", f"{r.padding_share:.1%}")
-        if relative_to_first:
-            cells += (f"{r.computed / rows[0].computed:.3f}x",)
-        body.append(cells)
+def format_padding_table(rows: list[PaddingRow]) -> str:
+    """The padding table as text, the recommended batching marked."""
+    head = ("组批方式", "计算的 token", "真实 token", "填充", "占比")
+    body = [(r.description, f"{r.computed:,}", f"{r.real:,}", f"{r.padding:,}", f"{r.padding_share:.1%}")
+            for r in rows]
     widths = [max(display_width(row[i]) for row in (head, *body)) for i in range(len(head))]
     lines = []
     for row, r in zip((head, *body), (None, *rows), strict=True):

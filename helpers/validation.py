@@ -219,14 +219,9 @@ def load_records(
 ) -> LoadResult:
     """Read and validate a JSON array or JSONL file of instruction/input/output records.
 
-    Errors (the row is invalid): invalid JSON, not an object, missing ``instruction``
-    or ``output``, a non-string value, an empty instruction or output. Warnings (the
-    row is kept): an exact duplicate of an earlier row, unknown fields. Rows too long
-    for ``max_length`` are warned about by :func:`helpers.data.check_lengths`, which
-    needs the tokenizer.
-
-    By default any error raises :class:`DataValidationError` listing every problem;
-    ``skip_invalid=True`` keeps the valid rows and the report names the skipped ones.
+    Any error raises :class:`DataValidationError` listing every problem; ``skip_invalid=True``
+    keeps the valid rows and the report names the skipped ones. Duplicates and unknown fields are
+    warnings; rows too long for ``max_length`` are warned about by :func:`helpers.data.check_lengths`.
     ``fix_hint``: what the caller's user can do about invalid rows (default: the data command's flag).
     """
     path = Path(path)
