@@ -411,7 +411,7 @@ def _run(args) -> int:
         refuse_same_file(args.path, args.out)
         if Path(args.out).is_dir():
             raise UnsafeWriteError(f"OUT {display_path(args.out)} is a folder: give a file name, "
-                                              f"e.g. {display_path(Path(args.out) / 'train.jsonl')}")
+                                   f"e.g. {display_path(Path(args.out) / 'train.jsonl')}")
     tokenizer, folder = course_tokenizer()
     system_prompt = getattr(args, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None
     # check always reads past invalid rows to report statistics, but still fails on them
