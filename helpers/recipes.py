@@ -20,8 +20,6 @@ from pathlib import Path
 from .models import qwen3_counts
 from .settings import SpecError
 
-#: Qwen3-8B's shape (params, lora_params, embedding_params, hidden, layers, vocab), from the course's shape table
-QWEN3_8B = qwen3_counts("Qwen3-8B")
 #: The 32 longest rows of the course data (huanhuan.json, 3,729 rows) in tokens, the course's encoding (system
 #: prompt, chat template, <|im_end|>), longest first; tests/test_recipes.py recomputes them from the real file.
 #: A micro-batch counts ROWS, so its worst case is the longest rows together: 4 rows -> 965 tokens,
@@ -59,19 +57,14 @@ def worst_tokens(micro_batch: int) -> int:
 
 
 def estimate_lora_memory_gb(
-    params: float = QWEN3_8B["params"],
-    lora_params: float = QWEN3_8B["lora_params"],
-    hidden: int = QWEN3_8B["hidden"],
-    layers: int = QWEN3_8B["layers"],
-    vocab: int = QWEN3_8B["vocab"],
+    model: str = "Qwen3-8B",
     tokens_per_micro_batch: int | None = None,
     gradient_checkpointing: bool = True,
     quantization: str | None = None,
-    embedding_params: float = QWEN3_8B["embedding_params"],
     lora_dropout: bool = True,
     kernels: str | None = None,
 ) -> dict[str, float]:
-    """GPU memory (GB, tensors only) for LoRA training; an ESTIMATE, not a measurement.
+    """GPU memory (GB, tensors only) for LoRA training of a Qwen3 size; an ESTIMATE, not a measurement.
 
     ``tokens_per_micro_batch`` defaults to the worst micro-batch of 4 rows (:func:`worst_tokens`).
 
@@ -88,6 +81,8 @@ def estimate_lora_memory_gb(
       x1.5 under QLoRA, an estimate);
     * logits: :data:`LOGIT_BYTES` x vocab per token (Liger's fused cross-entropy: :data:`LIGER_LOGIT_BYTES`).
     """
+    counts = qwen3_counts(model)
+    hidden, layers, embeddings = counts["hidden"], counts["layers"], counts["embedding_params"]
     tokens = worst_tokens(4) if tokens_per_micro_batch is None else tokens_per_micro_batch
     layer_bytes = LAYER_BYTES - (0 if lora_dropout else DROPOUT_BYTES) - (LIGER_LAYER_SAVING if kernels else 0)
     if quantization == "nf4":
@@ -99,15 +94,14 @@ def estimate_lora_memory_gb(
     else:
         activations = per_layer_full * layers
     if quantization == "nf4":
-        linear = params - embedding_params
-        weights = linear * (0.5 + 0.127 / 8) + embedding_params * 4
+        weights = (counts["params"] - embeddings) * (0.5 + 0.127 / 8) + embeddings * 4
     else:
-        weights = params * 2
+        weights = counts["params"] * 2
     out = {
         QLORA_WEIGHTS if quantization == "nf4" else "weights (bf16)": weights,
-        "LoRA weights + grads + Adam (fp32)": lora_params * 16,
+        "LoRA weights + grads + Adam (fp32)": counts["lora_params"] * 16,
         "activations": activations,
-        "logits + grad (fp32)": (LIGER_LOGIT_BYTES if kernels else LOGIT_BYTES) * vocab * tokens,
+        "logits + grad (fp32)": (LIGER_LOGIT_BYTES if kernels else LOGIT_BYTES) * counts["vocab"] * tokens,
     }
     out = {k: v / 1e9 for k, v in out.items()}
     out["total"] = sum(out.values())
@@ -157,11 +151,7 @@ class Recipe:
 
     def estimate_tensors_gb(self, tokens: int | None = None) -> float:
         """Estimated peak of the tensors for a micro-batch of ``tokens`` (default: the worst one)."""
-        counts = qwen3_counts(self.model)
-        return estimate_lora_memory_gb(params=counts["params"], lora_params=counts["lora_params"],
-                                       hidden=counts["hidden"], layers=counts["layers"], vocab=counts["vocab"],
-                                       embedding_params=counts["embedding_params"],
-                                       tokens_per_micro_batch=self.worst_tokens if tokens is None else tokens,
+        return estimate_lora_memory_gb(self.model, self.worst_tokens if tokens is None else tokens,
                                        gradient_checkpointing=self.activation_checkpointing,
                                        quantization=self.quantization, kernels=self.kernels,
                                        lora_dropout=self.lora_dropout != 0)["total"]
@@ -309,13 +299,6 @@ def choose(gpu_gb: float | None, measured: dict[str, Measurement] | None = None,
     return Choice(None, "nothing_fits", gpu_gb, limit, None, None, None, None, None, tuple(passed),
                   reason=f"{gpu_gb:.0f} GB 可用显存放不下任何配方：最小的 “{smallest.name}” 最坏批要 "
                          f"{fit_peak_gb(smallest, measured)[0]} GB。请换一张更大的显卡。")
-
-
-def choose_recipe(gpu_gb: float | None, measured: dict | None = None, liger: bool = False
-                  ) -> tuple[Recipe | None, str]:
-    """:func:`choose` as (recipe, the learner's sentence)."""
-    choice = choose(gpu_gb, measured, liger)
-    return choice.recipe, choice.reason
 
 
 def fit_table(sizes=GPU_SIZES_GB, measured: dict[str, Measurement] | None = None, liger: bool = False) -> str:
