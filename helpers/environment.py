@@ -34,10 +34,11 @@ KEY_PACKAGES = [
 KERNEL_NAME = "qwen3-lora-course"
 KERNEL_DISPLAY = "Qwen3 LoRA course (.venv)"
 
-def package_versions(names=None) -> dict[str, str]:
-    """Installed version of each package, or 'not installed'."""
+
+def package_versions() -> dict[str, str]:
+    """Installed version of each course package, or 'not installed'."""
     out = {"python": platform.python_version()}
-    for name in names or KEY_PACKAGES:
+    for name in KEY_PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
