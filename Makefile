@@ -40,14 +40,15 @@ run: $(STAMP)
 	done
 	@echo "Executed notebooks are in $(EXECUTED)/"
 
-# The whole suite: unit tests, then every notebook under nbval (tiny profile, CPU); it ends with the
-# 15 slowest tests and their seconds, so the suite's cost stays in view.
+# The whole suite: unit tests and every notebook under nbval (tiny profile, CPU), on two worker processes
+# (pytest-xdist: a test module stays on one worker, the notebooks run in order on one worker; `-n 0` runs
+# it in one process); it ends with the 15 slowest tests and their seconds, so the suite's cost stays in view.
 # tests/test_browser.py needs Chromium and tests/test_images.py a CJK font: `make chromium` installs
 # Debian's chromium and fonts-noto-cjk when this user can install system packages (root or passwordless
 # sudo), else Playwright's Chromium; if that does not work it stops with what to install.
 test: $(STAMP) chromium
 	$(PY) -m ruff check helpers tests notebooks bench solutions images
-	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax --durations=15
+	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax -n 2 --dist loadgroup --durations=15
 
 # Re-execute the committed notebooks in place with the tiny profile (refreshes stored outputs), then
 # redraw the README's pictures in images/ (images/make_images.py; Chromium for the SwanLab screenshot).
