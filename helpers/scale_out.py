@@ -42,9 +42,7 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-# --------------------------------------------------------------------------- memory per GPU
-
-def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estimate) -> dict[str, float]:
+def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B") -> dict[str, float]:
     """ESTIMATED memory per GPU (GB) for LoRA training with one strategy on ``gpus`` GPUs.
 
     Starts from :func:`helpers.recipes.estimate_lora_memory_gb` (one GPU) and divides what the
@@ -56,7 +54,7 @@ def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estim
     kind = STRATEGIES[strategy].shards
     gpus = 1 if strategy == "single-gpu" else gpus
     counts = qwen3_counts(model)
-    one = estimate_lora_memory_gb(model, **estimate)
+    one = estimate_lora_memory_gb(model)
     weights, lora = one["weights (bf16)"], one["LoRA weights + grads + Adam (fp32)"]
     out = dict(one)
     if kind == "optimizer":
@@ -69,29 +67,28 @@ def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estim
     return out
 
 
-def memory_table(model: str = "Qwen3-8B", gpu_counts: tuple[int, ...] = (2, 4, 8), **estimate) -> str:
-    """A text table: estimated GB per GPU for each strategy and number of GPUs."""
+def memory_table(model: str = "Qwen3-8B") -> str:
+    """A text table: estimated GB per GPU for each strategy on 2, 4 and 8 GPUs."""
     from .padding import pad_text
 
+    gpu_counts = (2, 4, 8)
     head = pad_text("做法", 16) + "".join(pad_text(f"{n} 块 GPU", 12, right=True) for n in gpu_counts)
     lines = [f"{model} LoRA：每块 GPU 的显存，估计值（ESTIMATED，GB，未实测）", head]
     for key, strategy in STRATEGIES.items():
         if key == "single-gpu":
-            total = per_gpu_memory_gb(key, 1, model, **estimate)["total"]
+            total = per_gpu_memory_gb(key, 1, model)["total"]
             lines.append(f"{pad_text(strategy.name, 16)}{total:>12.1f}（1 块 GPU）")
             continue
-        cells = "".join(f"{per_gpu_memory_gb(key, n, model, **estimate)['total']:>12.1f}" for n in gpu_counts)
+        cells = "".join(f"{per_gpu_memory_gb(key, n, model)['total']:>12.1f}" for n in gpu_counts)
         lines.append(f"{pad_text(strategy.name, 16)}{cells}")
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- commands
-
-def launch_command(strategy: str, train_config: str = "configs/train/qwen3-8b.yaml", gpus: int | None = None) -> str:
+def launch_command(strategy: str, gpus: int | None = None) -> str:
     """The exact shell command for one strategy (relative paths: run it in the repository root)."""
     config = f"configs/accelerate/{STRATEGIES[strategy].config}"
     procs = f" --num_processes {gpus}" if gpus and strategy != "single-gpu" else ""
-    return f"accelerate launch --config_file {config}{procs} -m helpers.train --config {train_config}"
+    return f"accelerate launch --config_file {config}{procs} -m helpers.train --config configs/train/qwen3-8b.yaml"
 
 
 def free_port() -> int:
@@ -152,8 +149,6 @@ def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) 
         raise RuntimeError(f"accelerate launch failed (exit {proc.returncode}):\n{log[-3000:]}")
     return out, log
 
-
-# --------------------------------------------------------------------------- sample log
 
 def read_sample_log(output_dir: str | os.PathLike) -> list[dict]:
     """Every line of a run's ``sample_log.jsonl``."""
