@@ -130,11 +130,11 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     return path
 
 
-def kernel_registered(name: str = KERNEL_NAME) -> bool:
+def kernel_registered() -> bool:
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 
-        return name in KernelSpecManager().find_kernel_specs()
+        return KERNEL_NAME in KernelSpecManager().find_kernel_specs()
     except Exception:  # noqa: BLE001 - no jupyter_client: not registered
         return False
 
