@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import tempfile
@@ -54,6 +55,17 @@ def encoded_lengths(records: list[dict], tokenizer) -> tuple[list[int], list[int
     original = [len(original_process_func(record, tokenizer)["input_ids"]) for record in records]
     ours = [len(sample["input_ids"]) for sample in encode_records(records, tokenizer)[0]]
     return original, ours
+
+
+def expected_padded_tokens(lengths: list[int], batch_size: int = 4) -> float:
+    """Exact mean, over all random orders, of the tokens computed when each batch is padded to its longest."""
+    ordered, n = sorted(lengths), len(lengths)
+
+    def mean_max(k: int) -> float:  # element i is the max of a k-subset in C(i, k-1) of C(n, k) cases
+        return sum(x * math.comb(i, k - 1) for i, x in enumerate(ordered)) / math.comb(n, k)
+
+    full, rest = divmod(n, batch_size)
+    return full * batch_size * mean_max(batch_size) + (rest * mean_max(rest) if rest else 0.0)
 
 
 def tokens_per_epoch_table(tokenizer, records: list[dict], batch_size: int = 4, seed: int = 0,

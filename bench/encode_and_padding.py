@@ -18,14 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import real_dataset_path
+from bench.common import expected_padded_tokens, real_dataset_path
 from helpers.data import encode_records
 from helpers.data_files import to_dataset
 from helpers.models import course_tokenizer
 from helpers.original import original_process_func
 from helpers.padding import (
     PaddingRow,
-    expected_padded_tokens,
     format_padding_table,
     length_stats,
     padding_table,

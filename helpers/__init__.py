@@ -12,7 +12,7 @@ The modules form layers; an import only ever points down a layer or sideways wit
 2. config - ``profiles``, ``settings`` (environment and settings file), ``spec`` (every setting resolved
    once into a frozen ``RunSpec``);
 3. domain - ``validation``, ``data_files``, ``padding``, ``data`` (records, the held-out split, the
-   encoded files, encoding), ``original``, ``chat_template``, ``models`` (shapes, loading, LoRA
+   encoded files, encoding), ``original``, ``models`` (shapes, loading, LoRA
    config), ``checkpoints``, ``tracking``, ``recipes``;
 4. workflows - ``download``, ``train``, ``export``, ``inference``, ``evaluate``, ``scale_out``,
    ``environment``, ``reset``;

@@ -1,14 +1,7 @@
-"""Crash-safe checkpoints: the completion marker, its proof, the run lock and moving runs aside.
-
-Plumbing behind notebook 04 and ``python -m helpers.train``:
-
-* after the Trainer saved ``checkpoint-N``, a marker file records the size and sha256 of
-  every file it vouches for. Resume, inference and export verify it; a damaged checkpoint is
-  named with its damaged file and skipped, and the previous complete one is used;
-* a run directory is locked while training (``filelock``), so two trainings never write
-  into one folder; a lock left by a killed process does not block the next run;
-* starting fresh moves the previous run aside (never deletes it) and keeps the last few.
-"""
+"""Crash-safe checkpoints (notebook 04 and ``python -m helpers.train``): after the Trainer saved
+``checkpoint-N``, a marker records the size and sha256 of each of its files, so resume, inference and export
+skip a damaged one (naming the damaged file); a run directory is locked while training; starting fresh moves
+the previous run aside."""
 
 from __future__ import annotations
 
@@ -60,14 +53,11 @@ def checkpoint_step(path: Path) -> int:
     return int(_CHECKPOINT_RE.match(Path(path).name).group(1))
 
 
-def vouched_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != COMPLETE_MARKER)
-
-
 def write_marker(folder: Path, global_step: int) -> Path:
     """Record size and sha256 of every file in the finished checkpoint, then the marker (atomically)."""
     folder = Path(folder)
-    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in vouched_files(folder)}
+    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != COMPLETE_MARKER}
     marker = folder / COMPLETE_MARKER
     with atomic_path(marker) as partial:
         partial.write_text(json.dumps({"global_step": global_step, "time": time.time(), "files": files}, indent=1),
@@ -137,14 +127,6 @@ def latest_good_checkpoint(folder: Path, full: bool = True) -> Found:
 def find_latest_checkpoint(folder: Path) -> Path | None:
     """The highest-step complete ``checkpoint-N`` in ``folder`` (damaged ones are skipped)."""
     return latest_good_checkpoint(folder, full=False).checkpoint
-
-
-def verified_checkpoint(path: Path) -> Path:
-    """``path`` itself if it proves itself, else a :class:`CheckpointError` naming the damaged file."""
-    problem = damaged_file(path)
-    if problem:
-        raise CheckpointError(f"{display_path(path)} is damaged: {problem}. Use an earlier checkpoint.")
-    return Path(path)
 
 
 # --------------------------------------------------------------------------- the recipe an adapter was trained with
@@ -226,40 +208,36 @@ def lock_run(run_dir: Path):
     run_dir = Path(run_dir)
     course_folder(run_dir.parent, whole=False)
     lock_path = run_dir.with_name(run_dir.name + LOCK_FILE)   # beside the run: moving the run aside keeps it
+    owner = lock_path.with_name(lock_path.name + ".pid")
     record_made(lock_path)
-    record_made(lock_path.with_name(lock_path.name + ".pid"))
+    record_made(owner)
     lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        owner = lock_path.with_name(lock_path.name + ".pid")
         who = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "another process"
         raise RunLockedError(
             f"{display_path(run_dir)} is being trained into by {who}. Wait for it to finish, stop it, or "
             "train into another folder (--output-dir).") from None
-    lock_path.with_name(lock_path.name + ".pid").write_text(f"process {os.getpid()}", encoding="utf-8")
+    owner.write_text(f"process {os.getpid()}", encoding="utf-8")
     return lock
 
 
 # --------------------------------------------------------------------------- starting fresh
 
 
-def is_run_folder(path: Path) -> bool:
-    """A folder the course trained into: marked so, or (written before the marks) holding its checkpoints."""
-    return is_course_made(path) or any(is_checkpoint_name(p) for p in path.iterdir()) or \
-        (path / "run_summary.json").is_file()
-
-
-def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | None, list[Path]]:
+def move_aside(run_dir: Path) -> tuple[Path | None, list[Path]]:
     """Move an earlier run to ``<name>-previous-<time>`` (nothing is deleted at first).
 
-    Of those earlier runs the newest ``keep`` stay; older ones are removed (each holds
+    Of those earlier runs the newest ``KEEP_PREVIOUS_RUNS`` stay; older ones are removed (each holds
     checkpoints of about 0.8 GB for Qwen3-8B). Returns (where the run went, removed runs).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return None, []
-    if not is_run_folder(run_dir):
+    # a folder the course trained into: marked so, or (written before the marks) holding its checkpoints
+    if not (is_course_made(run_dir) or any(is_checkpoint_name(p) for p in run_dir.iterdir())
+            or (run_dir / "run_summary.json").is_file()):
         raise UnsafeWriteError(f"{display_path(run_dir)} holds files the course did not make, so it is not moved "
                                "aside: train into another folder (--output-dir workspace/checkpoints/mine).")
     target = run_dir.with_name(f"{run_dir.name}-previous-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -270,7 +248,7 @@ def move_aside(run_dir: Path, keep: int = KEEP_PREVIOUS_RUNS) -> tuple[Path | No
     run_dir.rename(target)
     previous = sorted(run_dir.parent.glob(f"{run_dir.name}-previous-*"), key=lambda p: p.stat().st_mtime)
     previous = [p for p in previous if is_course_made(p)]
-    removed = previous[:-keep] if keep and len(previous) > keep else []
+    removed = previous[:-KEEP_PREVIOUS_RUNS]
     for old in removed:
         shutil.rmtree(old, ignore_errors=True)
     return target, removed

@@ -1,7 +1,6 @@
 """Notebook 03: turn instruction/input/output records into training samples.
 
-The encoding is built on the tokenizer's own chat template, rendered exactly as
-at inference (``enable_thinking=False``: the empty think block):
+The encoding is the tokenizer's own chat template, rendered as at inference (``enable_thinking=False``):
 
     <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{instruction}<|im_end|>\\n
     <|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n   <- prompt, label -100
@@ -9,15 +8,7 @@ at inference (``enable_thinking=False``: the empty think block):
 
 The template puts a ``\\n`` after ``<|im_end|>``; we stop at ``<|im_end|>`` because
 generation stops there (it is the eos token), so the ``\\n`` is never generated.
-
-Notebook 03 shows a readable one-record encoder built on ``apply_chat_template``; this
-module holds the batched encoder the course trains with (the tests prove the two agree
-on every row of the real dataset). User text is always tokenized as text: a literal
-``<|im_end|>`` inside a question never becomes a control token.
-
-Neighbours: :mod:`helpers.validation` (loading and checking files), :mod:`helpers.data_files`
-(download, the encoded file and its stamp, the held-out split), :mod:`helpers.padding`
-(padding maths), :mod:`helpers.original` (the original tutorial's encoding, for comparison).
+User text is always tokenized as text: a literal ``<|im_end|>`` never becomes a control token.
 The command line: ``python -m helpers.data check|encode|split`` (see ``main``).
 """
 
@@ -34,7 +25,6 @@ from .errors import fraction, positive_int, run_cli
 from .hardware import is_main_process
 from .models import course_tokenizer
 from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, padding_table
-from .runs import use_chinese_font
 from .spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
 from .validation import list_numbers
 from .workspace import UnsafeWriteError, display_path, record_made, refuse_same_file, shell_path
@@ -90,14 +80,10 @@ def prompt_frame(tokenizer, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -
 def tokenize_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of many texts in one call to the Rust tokenizer (no special tokens added).
 
-    ``backend_tokenizer.encode_batch_fast`` is the tokenizers library's batched
-    encoder without character offsets, which we do not need; it returns the same
-    ids as ``tokenizer(texts)`` (tested), about twice as fast.
+    ``encode_batch_fast`` skips the character offsets we do not need: the same ids as
+    ``tokenizer(texts)`` (tested), about twice as fast.
     """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def _splits_cleanly(text: str) -> bool:
@@ -201,6 +187,15 @@ def encode_records(
     return samples, report
 
 
+def _encode_or_refuse(records, tokenizer, system_prompt, max_length, setting: str, flag: str):
+    """``encode_records``, refusing when no row is left: ``setting=max_length`` is named, ``flag`` is how to raise it."""
+    samples, report = encode_records(records, tokenizer, system_prompt, max_length)
+    if not samples:
+        raise data_files.EncodedFileError(f"no usable rows: all {report.rows_in} rows are longer than "
+                                          f"{setting}={max_length} tokens. Raise {flag}.")
+    return samples, report
+
+
 # --------------------------------------------------------------------------- showing samples
 
 
@@ -236,25 +231,6 @@ def trained_tokens_view(sample: dict, tokenizer) -> str:
         lines.append(f"{kind}，{end - start} 个 token：\n  " + TOKEN_SEPARATOR.join(pieces))
         start = end
     return "\n".join(lines)
-
-
-def plot_token_lengths(lengths: Sequence[int], max_length: int = DEFAULT_MAX_LENGTH, title: str = ""):
-    """A histogram of encoded lengths with the p50/p90/p99 lines (Chinese labels); returns the figure."""
-    import matplotlib.pyplot as plt
-
-    use_chinese_font()
-    stats = length_stats(lengths)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.hist(lengths, bins=min(50, max(10, len(set(lengths)))), color="#4c72b0")
-    for key, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
-        ax.axvline(stats[key], color="#c44e52", linestyle=style, label=f"{key} = {stats[key]}")
-    over = sum(1 for n in lengths if n > max_length)
-    ax.set_xlabel(f"每条样本的 token 数（max_length = {max_length}：超出 {over} 条）")
-    ax.set_ylabel("样本条数")
-    ax.set_title(title or f"{stats['rows']} 条样本，平均 {stats['mean']:.1f} 个 token")
-    ax.legend()
-    fig.tight_layout()
-    return fig
 
 
 # --------------------------------------------------------------------------- replies
@@ -370,11 +346,8 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
         elif verbose:
             print(f"重新编码：{display_path(encoded)} 与本次配置不同（{'; '.join(differences)}）")
     if samples is None:
-        samples, report = encode_records(train_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
-        if not samples:
-            raise data_files.EncodedFileError(
-                f"no usable training rows: all {report.rows_in} rows are longer than "
-                f"data.max_length={spec.data.max_length} tokens. Raise data.max_length.")
+        samples, report = _encode_or_refuse(train_records, tokenizer, spec.data.system_prompt, spec.data.max_length,
+                                           "data.max_length", "data.max_length")
         if is_main_process():  # one writer per launch; the other ranks use what they encoded
             record_made(data_files.save_encoded(samples, encoded, stamp))
         if verbose and is_main_process():
@@ -426,8 +399,7 @@ def _run(args) -> int:
     if args.command == "split":
         result = validation.load_records(args.path)
         print(result.report.format(limit=20))
-        split = data_files.check_split_sizes(
-            data_files.grouped_split(result.records, args.eval_fraction, args.seed), len(result.records))
+        split = data_files.grouped_split(result.records, args.eval_fraction, args.seed)
         written = data_files.save_split(split, args.out_dir, source=Path(args.path))
         print(split.summary())
         for path in written:
@@ -439,7 +411,7 @@ def _run(args) -> int:
         refuse_same_file(args.path, args.out)
         if Path(args.out).is_dir():
             raise UnsafeWriteError(f"OUT {display_path(args.out)} is a folder: give a file name, "
-                                              f"e.g. {display_path(Path(args.out) / 'train.jsonl')}")
+                                   f"e.g. {display_path(Path(args.out) / 'train.jsonl')}")
     tokenizer, folder = course_tokenizer()
     system_prompt = getattr(args, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None
     # check always reads past invalid rows to report statistics, but still fails on them
@@ -449,11 +421,8 @@ def _run(args) -> int:
     if args.command == "check":
         print(statistics_text(result, args.max_length))
         return 1 if result.report.skipped and not args.skip_invalid else 0
-    samples, report = encode_records(result.records, tokenizer, system_prompt, args.max_length)
-    if not samples:
-        raise data_files.EncodedFileError(
-            f"no usable rows: all {report.rows_in} rows are longer than max_length={args.max_length} tokens. "
-            "Raise --max-length.")
+    samples, report = _encode_or_refuse(result.records, tokenizer, system_prompt, args.max_length,
+                                       "max_length", "--max-length")
     stamp = data_files.encoding_stamp(folder, args.max_length, system_prompt, Path(args.path))
     data_files.save_encoded(samples, args.out, stamp)
     print(report.summary(rows=result.rows, unit=result.report.unit))

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import unicodedata
 import urllib.error
 import urllib.request
@@ -36,10 +37,9 @@ from .workspace import (
 #: The team-written 48-row sample (tiny profile). Its first 8 rows are the memorisation subset.
 SAMPLE_PATH = REPO_ROOT / "data" / "huanhuan_sample.json"
 HUANHUAN_SHA256 = "1bbe8b09857274adc58186919622554df7f71dcee8655537f6a8b80993d6e6f3"
-#: The upstream commit whose huanhuan.json has HUANHUAN_SHA256 (the download is pinned to it).
-HUANHUAN_COMMIT = "42c1bff4334f4c21c33e5791f29e9cdca5d47c61"
-HUANHUAN_PINNED_URL = (f"https://raw.githubusercontent.com/datawhalechina/self-llm/{HUANHUAN_COMMIT}/"
-                       "dataset/huanhuan.json")
+#: Pinned to the upstream commit whose huanhuan.json has HUANHUAN_SHA256.
+HUANHUAN_PINNED_URL = ("https://raw.githubusercontent.com/datawhalechina/self-llm/"
+                       "42c1bff4334f4c21c33e5791f29e9cdca5d47c61/dataset/huanhuan.json")
 
 
 class DatasetDownloadError(CourseError, RuntimeError):
@@ -56,11 +56,10 @@ class EncodedFileError(CourseError, ValueError):
 def download_huanhuan(
     dest: str | os.PathLike,
     url: str = HUANHUAN_PINNED_URL,
-    sha256: str = HUANHUAN_SHA256,
     timeout: float = 60.0,
     progress: bool = True,
 ) -> Path:
-    """Download huanhuan.json to ``dest`` (once), verified against ``sha256``.
+    """Download huanhuan.json to ``dest`` (once), verified against ``HUANHUAN_SHA256``.
 
     The URL is pinned to the upstream commit whose file has that hash, so a later change
     upstream cannot break the download. A cached file with the right hash is reused without
@@ -69,28 +68,24 @@ def download_huanhuan(
     from tqdm import tqdm
 
     dest = Path(dest)
-    if dest.is_file() and sha256_file(dest) == sha256:
+    if dest.is_file() and sha256_file(dest) == HUANHUAN_SHA256:
         return dest
-    digest = hashlib.sha256()
     with atomic_path(dest) as partial:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                    while block := response.read(1 << 16):
-                        out.write(block)
-                        digest.update(block)
-                        bar.update(len(block))
+                with tqdm.wrapattr(out, "write", total=total, desc=dest.name, disable=not progress) as writer:
+                    shutil.copyfileobj(response, writer)
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", None) or err
             raise DatasetDownloadError(
                 f"Could not download {url}: {reason}. Are you offline, or is the host blocked? "
-                f"Either run this where the URL is reachable, or copy huanhuan.json (sha256 {sha256}) "
+                f"Either run this where the URL is reachable, or copy huanhuan.json (sha256 {HUANHUAN_SHA256}) "
                 f"to {display_path(dest)} yourself: a file with that hash is used without any download."
             ) from err
-        if digest.hexdigest() != sha256:
+        if (found := sha256_file(partial)) != HUANHUAN_SHA256:
             raise DatasetDownloadError(
-                f"The file downloaded from {url} has sha256 {digest.hexdigest()}, but the course pins {sha256}. "
+                f"The file downloaded from {url} has sha256 {found}, but the course pins {HUANHUAN_SHA256}. "
                 "The upstream file may have changed since the course was written (or the download was "
                 f"altered). Use the pinned version ({HUANHUAN_PINNED_URL}), or a local copy with "
                 "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json."
@@ -175,15 +170,11 @@ def stamp_differences(found: dict | None, wanted: dict) -> list[str]:
             if found.get(key) != value]
 
 
-def load_encoded(path: str | os.PathLike, expected_stamp: dict | None = None) -> list[dict]:
-    """Read a file written by ``save_encoded``, checking each line (and the stamp, when one is expected)."""
+def load_encoded(path: str | os.PathLike) -> list[dict]:
+    """Read a file written by ``save_encoded``, checking each line."""
     path = Path(path)
     if not path.is_file():
         raise EncodedFileError(f"the encoded file {display_path(path)} does not exist")
-    if expected_stamp is not None:
-        differences = stamp_differences(read_stamp(path), expected_stamp)
-        if differences:
-            raise EncodedFileError(f"{display_path(path)} was encoded with other settings: {'; '.join(differences)}")
     samples = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -243,6 +234,10 @@ def duplicate_groups(records: list[dict]) -> list[list[int]]:
     return list(groups.values())
 
 
+class SplitSizeError(CourseError, ValueError):
+    """A split would leave one side with no rows."""
+
+
 @dataclass(frozen=True)
 class Split:
     train: list[dict]
@@ -264,11 +259,11 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
     """Hold out about ``eval_fraction`` of the rows, whole groups at a time (leak-free), seeded.
 
     ``keep_in_train``: the first N rows must train (e.g. a memorisation subset); their groups never
-    go to the held-out side, and the training side is then exactly those N rows.
+    go to the held-out side, and the training side is then exactly those N rows. A side of 0 rows
+    stops with the numbers and the fix.
     """
-    groups = duplicate_groups(records)
-    if keep_in_train:
-        groups = [g for g in groups if min(g) >= keep_in_train]
+    all_groups = duplicate_groups(records)
+    groups = [g for g in all_groups if min(g) >= keep_in_train]
     order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
     target = round(eval_fraction * len(records))
@@ -286,54 +281,31 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
     if keep_in_train:
         train_rows = list(range(keep_in_train))
     eval_rows = sorted(held_set)
-    total_groups = len(duplicate_groups(records))
+    total = len(records)
+    if not eval_rows:
+        raise SplitSizeError(f"data.eval_fraction={eval_fraction} of {total} rows rounds to 0 held-out rows: "
+                             f"set data.eval_fraction to at least {1 / max(total, 1):.2g} (one row), or to 0 for "
+                             "no held-out set.")
+    if not train_rows:
+        raise SplitSizeError(f"data.eval_fraction={eval_fraction} of {total} rows leaves 0 rows to train on "
+                             f"(held out: {len(eval_rows)}): lower data.eval_fraction (e.g. 0.05) or add rows.")
     return Split([records[i] for i in train_rows], [records[i] for i in eval_rows], train_rows, eval_rows,
-                 total_groups, held_groups, seed, eval_fraction)
+                 len(all_groups), held_groups, seed, eval_fraction)
 
 
 SPLIT_FILES = ("train.json", "eval.json", "split.json")
 
 
-class SplitSizeError(CourseError, ValueError):
-    """A split would leave one side with no rows."""
-
-
-def check_split_sizes(split: Split, total: int) -> Split:
-    """Stop (with the numbers and the fix) when the held-out or the training side has 0 rows."""
-    if not split.eval:
-        need = 1 / max(total, 1)
-        raise SplitSizeError(f"data.eval_fraction={split.eval_fraction} of {total} rows rounds to 0 held-out rows: "
-                             f"set data.eval_fraction to at least {need:.2g} (one row), or to 0 for no held-out set.")
-    if not split.train:
-        raise SplitSizeError(f"data.eval_fraction={split.eval_fraction} of {total} rows leaves 0 rows to train on "
-                             f"(held out: {len(split.eval)}): lower data.eval_fraction (e.g. 0.05) or add rows.")
-    return split
-
-
 def _old_split_folder(out_dir: Path) -> bool:
     """A split folder written before the course marked its folders (only the split's files, its metadata)."""
     names = {p.name for p in out_dir.iterdir()}
-    if not names or not names <= set(SPLIT_FILES) or "split.json" not in names:
+    if not names <= set(SPLIT_FILES) or "split.json" not in names:
         return False
     try:
         meta = json.loads((out_dir / "split.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(meta, dict) and {"seed", "source_sha256", "eval_rows"} <= set(meta)
-
-
-def _refuse_foreign_split_files(out_dir: Path, source: Path | None) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UnsafeWriteError(f"{display_path(out_dir)} is a file, not a folder: give a folder for the split.")
-    if source is not None and out_dir.resolve() in Path(source).resolve().parents:
-        raise UnsafeWriteError(f"{display_path(out_dir)} holds the input {display_path(source)}: the split would "
-                               "write beside (or over) it. Give an empty or new folder, e.g. workspace/data/split-mine.")
-    if not out_dir.is_dir() or made_names(out_dir) is not None or _old_split_folder(out_dir):
-        return
-    foreign = sorted(p.name for p in out_dir.iterdir())
-    if foreign:
-        raise UnsafeWriteError(f"{display_path(out_dir)} holds files the split did not make ({', '.join(foreign[:3])}): "
-                               "give an empty or new folder. Nothing was written.")
 
 
 def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = None) -> list[Path]:
@@ -343,14 +315,19 @@ def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = N
     ``out``, so a full disk never leaves a new train file beside an old eval file.
     """
     out_dir = Path(out_dir)
-    _refuse_foreign_split_files(out_dir, source)
-    if out_dir.is_dir() and made_names(out_dir) is None:
-        claim_folder(out_dir)      # an older split of the course's own
-    extra = [p.name for p in out_dir.iterdir() if p.name not in SPLIT_FILES + (MADE_MARKER,)] \
-        if out_dir.is_dir() else []
-    if extra:
-        raise UnsafeWriteError(f"{display_path(out_dir)} holds files the split did not make ({', '.join(extra[:3])}): "
-                               "move them away or give another folder. Nothing was written.")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UnsafeWriteError(f"{display_path(out_dir)} is a file, not a folder: give a folder for the split.")
+    if source is not None and out_dir.resolve() in Path(source).resolve().parents:
+        raise UnsafeWriteError(f"{display_path(out_dir)} holds the input {display_path(source)}: the split would "
+                               "write beside (or over) it. Give an empty or new folder, e.g. workspace/data/split-mine.")
+    if out_dir.is_dir():
+        if made_names(out_dir) is None and (_old_split_folder(out_dir) or not any(out_dir.iterdir())):
+            claim_folder(out_dir)      # empty, or an older split of the course's own
+        ours = SPLIT_FILES + (MADE_MARKER,) if made_names(out_dir) is not None else ()
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
+        if foreign:
+            raise UnsafeWriteError(f"{display_path(out_dir)} holds files the split did not make "
+                                   f"({', '.join(foreign[:3])}): give an empty or new folder. Nothing was written.")
     meta = {"seed": split.seed, "eval_fraction": split.eval_fraction, "train_rows": len(split.train),
             "eval_rows": len(split.eval), "groups": split.groups, "eval_groups": split.eval_groups,
             "source_sha256": sha256_file(source) if source else None,
@@ -392,12 +369,8 @@ def split_records(spec, records: list[dict]) -> tuple[list[dict], list[dict], Sp
     """
     if spec.data.eval_fraction <= 0:
         return records[: spec.data.max_rows], [], None
-    if spec.data.max_rows:
-        head = records[: spec.data.max_rows]
-        split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed, keep_in_train=len(head))
-        check_split_sizes(split, len(records))
-        return head, split.eval, split
-    split = check_split_sizes(grouped_split(records, spec.data.eval_fraction, spec.data.split_seed), len(records))
+    keep = len(records[: spec.data.max_rows]) if spec.data.max_rows else 0
+    split = grouped_split(records, spec.data.eval_fraction, spec.data.split_seed, keep_in_train=keep)
     return split.train, split.eval, split
 
 
@@ -409,12 +382,11 @@ def load_split(spec, say=print) -> tuple[list[dict], list[dict]]:
     """
     source = course_dataset_path(spec, progress=False)
     folder = spec.paths.split_dir
-    names = ("train.json", "eval.json", "split.json")
-    if all((folder / name).is_file() for name in names):
+    if all((folder / name).is_file() for name in SPLIT_FILES):
         meta = json.loads((folder / "split.json").read_text(encoding="utf-8"))
         if (meta.get("seed"), meta.get("eval_fraction"), meta.get("source_sha256")) == \
                 (spec.data.split_seed, spec.data.eval_fraction, sha256_file(source)):
-            return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in names[:2])
+            return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in SPLIT_FILES[:2])
     train, held, split = split_records(spec, validation.load_records(source).records)
     if split is not None:
         save_split(split, folder, source=source)

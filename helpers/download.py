@@ -27,9 +27,6 @@ from .models import (
 from .spec import build_spec
 from .workspace import MissingArtifactError, atomic_folder, check_disk_space, course_folder, display_path
 
-#: checkpoints kept: ``save_total_limit`` (3) for each of the last few runs (the current one + 2 moved aside)
-CHECKPOINTS_KEPT = 3 * 3
-SLACK_GB = 2.0
 #: the key of :func:`disk_budget_gb`'s sum
 BUDGET_TOTAL = "合计"
 
@@ -38,15 +35,16 @@ def disk_budget_gb(model_present: bool = False, model: str = "Qwen3-8B") -> dict
     """Disk the course needs on the workspace's disk for one Qwen3 size, part by part (GB, from its shape).
 
     The weights are bf16 (2 bytes per parameter); a checkpoint holds the fp32 LoRA weights and Adam's two
-    moments (12 bytes per LoRA parameter: ~0.26 GB for Qwen3-8B); the merged export is written once more.
+    moments (12 bytes per LoRA parameter: ~0.26 GB for Qwen3-8B), and ``save_total_limit`` (3) are kept for
+    each of the last 3 runs (the current one + 2 moved aside); the merged export is written once more.
     """
     counts = qwen3_counts(model)
     weights = round(counts["params"] * 2 / 1e9, 1)
     parts = {
         f"{model} 权重（bf16 safetensors）": 0.0 if model_present else weights,
-        "检查点（保留 3 个 × 最多 3 次运行）": round(CHECKPOINTS_KEPT * counts["lora_params"] * 12 / 1e9, 2),
+        "检查点（保留 3 个 × 最多 3 次运行）": round(3 * 3 * counts["lora_params"] * 12 / 1e9, 2),
         "合并导出的模型": weights,
-        "余量": SLACK_GB,
+        "余量": 2.0,
     }
     parts[BUDGET_TOTAL] = round(sum(parts.values()), 1)
     return parts
@@ -62,13 +60,6 @@ TINY_CONFIG = {
     "head_dim": 32,
     "max_position_embeddings": 2048,
 }
-#: std of the tiny model's output layer (``lm_head``). With the usual 0.02 a
-#: 128-wide model cannot produce confident logits, so its loss would stay near
-#: ln(151936) = 11.9 even after it has memorised its answers; 0.2 lets LoRA
-#: drive the loss towards zero, so the curve tells the truth.
-TINY_LM_HEAD_STD = 0.2
-TINY_SEED = 1234
-
 
 
 class DownloadError(CourseError, RuntimeError):
@@ -84,27 +75,22 @@ def copy_tokenizer_files(target: Path) -> None:
         shutil.copyfile(source / name, target / name)
 
 
-def tiny_qwen3_config():
-    from transformers import Qwen3Config
-
-    base = {k: v for k, v in qwen3_config().items() if k not in ("architectures", "model_type")}
-    base.update(TINY_CONFIG)
-    base["pad_token_id"] = 151643
-    return Qwen3Config(**base)
-
-
-def build_tiny_model(target: Path, seed: int = TINY_SEED, overwrite: bool = False) -> Path:
+def build_tiny_model(target: Path, seed: int = 1234, overwrite: bool = False) -> Path:
     """Build the tiny random Qwen3 and save it, with the real tokenizer, as a model directory."""
     import torch
-    from transformers import GenerationConfig, Qwen3ForCausalLM
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     target = Path(target)
     if (target / "model.safetensors").is_file() and not overwrite:
         return target
+    config = {k: v for k, v in qwen3_config().items() if k not in ("architectures", "model_type")}
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(tiny_qwen3_config())
+    model = Qwen3ForCausalLM(Qwen3Config(**{**config, **TINY_CONFIG, "pad_token_id": 151643}))
     with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, TINY_LM_HEAD_STD)
+        # With the usual std 0.02 a 128-wide model cannot produce confident logits, so its loss would stay
+        # near ln(151936) = 11.9 even after it has memorised its answers; 0.2 lets LoRA drive the loss
+        # towards zero, so the curve tells the truth.
+        model.lm_head.weight.normal_(0.0, 0.2)
     model.generation_config = GenerationConfig(**QWEN3_GENERATION_CONFIG)
     with atomic_folder(target) as partial:
         model.save_pretrained(partial)
@@ -125,9 +111,7 @@ def write_config_dir(target: Path, model: str = "Qwen3-8B") -> Path:
 def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revision: str = "master") -> Path:
     """Download a Qwen3 size (``Qwen/<model>``) from ModelScope into ``target``, after a free-disk check
     (with ModelScope's progress bars)."""
-    target = Path(target)
-    present = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
-    check_disk_space(disk_budget_gb(present, model)[BUDGET_TOTAL], workspace)
+    check_disk_space(disk_budget_gb(weights_present(target), model)[BUDGET_TOTAL], workspace)
     from modelscope import snapshot_download
 
     course_folder(target)
@@ -177,16 +161,6 @@ def prepare_model(spec) -> Path:
     if source == "config-only":
         return write_config_dir(target, spec.profile.model)
     raise ValueError(f"Profile {spec.profile.name!r} has unknown source {source!r}")
-
-
-def describe_model_dir(path: Path) -> list[tuple[str, str]]:
-    """(file name, size) for the files in a model directory."""
-    rows = []
-    for item in sorted(Path(path).iterdir()):
-        if item.is_file():
-            size = item.stat().st_size
-            rows.append((item.name, f"{size / 1e6:,.1f} MB" if size >= 1e5 else f"{size / 1e3:,.1f} kB"))
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

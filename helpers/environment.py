@@ -1,15 +1,9 @@
-"""Notebook 00: what this machine has, the course's settings, and the pre-flight check.
+"""Notebook 00 and ``make preflight``: package versions, the settings file, the Jupyter kernel and
+the pass/fail checklist (``python -m helpers.environment setup | kernel | check [--json]``).
 
-* :func:`hardware_summary` / :func:`package_versions`: what notebook 00 prints;
-* ``python -m helpers.environment setup --workspace ~/autodl-tmp/...``: writes the git-ignored
-  settings file ``course-settings.yaml`` that every kernel reads (JupyterLab on AutoDL is started
-  by the platform, so variables exported in a terminal never reach it);
-* ``python -m helpers.environment check [--json]`` (``make preflight``): a pass/fail checklist
-  with a fix line for each failure, for one learner or a whole room;
-* ``python -m helpers.environment kernel`` (``make kernel``): registers the course's Python as a
-  named Jupyter kernel;
-* :func:`warn_if_gpu_busy` / :func:`gpu_memory_report`: the first and last cell of a GPU notebook
-  (another kernel still holding GPU memory is the most common failure in class).
+The settings file ``course-settings.yaml`` is what every kernel reads: JupyterLab on AutoDL is started
+by the platform, so variables exported in a terminal never reach it. Another kernel still holding GPU
+memory is the most common failure in class: hence :func:`warn_if_gpu_busy` and :func:`gpu_memory_report`.
 """
 
 from __future__ import annotations
@@ -17,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -27,7 +20,7 @@ from .download import BUDGET_TOTAL, disk_budget_gb
 from .errors import CourseError, run_cli
 from .hardware import gpus, memory_gb
 from .profiles import PROFILES
-from .recipes import choose_recipe
+from .recipes import choose
 from .settings import SETTINGS_FILE, SETTINGS_KEYS, SWANLAB_MODES, SpecError, read_settings_file, suggest
 from .spec import build_spec
 from .workspace import REPO_ROOT, atomic_path, display_path, free_disk_gb
@@ -41,19 +34,11 @@ KEY_PACKAGES = [
 KERNEL_NAME = "qwen3-lora-course"
 KERNEL_DISPLAY = "Qwen3 LoRA course (.venv)"
 
-#: Mirror settings for AutoDL / mainland-China machines (printed, never applied silently).
-MIRROR_COMMANDS = {
-    "pip 换国内镜像": "pip config set global.index-url https://mirrors.aliyun.com/pypi/simple/",
-    "AutoDL 学术加速（GitHub、Hugging Face）": "source /etc/network_turbo",
-    "ModelScope 缓存放到数据盘": "export MODELSCOPE_CACHE=~/autodl-tmp/modelscope",
-    "课程工作目录放到数据盘": "python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace",
-}
 
-
-def package_versions(names=None) -> dict[str, str]:
-    """Installed version of each package, or 'not installed'."""
+def package_versions() -> dict[str, str]:
+    """Installed version of each course package, or 'not installed'."""
     out = {"python": platform.python_version()}
-    for name in names or KEY_PACKAGES:
+    for name in KEY_PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -86,9 +71,6 @@ def gpu_memory_held_by_others() -> float | None:
     return max(0.0, (total - free - mine) / 1e9)
 
 
-#: GB held by other processes above which a notebook's first cell warns (this kernel's own CUDA
-#: context, ~0.5 GB, counts as "other" for torch, so the threshold sits above it)
-BUSY_GPU_GB = 1.0
 SHUT_DOWN_HOW = ("JupyterLab 菜单 Kernel → Shut Down Kernel，或左侧边栏“运行中的终端和内核”"
                  "（Running Terminals and Kernels）面板里点 Shut Down")
 
@@ -105,8 +87,11 @@ def gpu_memory_report() -> str:
             f"下一个 notebook 需要这些显存：请先关闭本内核——{SHUT_DOWN_HOW}。")
 
 
-def warn_if_gpu_busy(threshold_gb: float = BUSY_GPU_GB) -> None:
-    """For a GPU notebook's first cell: print a Chinese warning when another process holds GPU memory."""
+def warn_if_gpu_busy(threshold_gb: float = 1.0) -> None:
+    """For a GPU notebook's first cell: print a Chinese warning when another process holds GPU memory.
+
+    This kernel's own CUDA context (~0.5 GB) counts as "other" for torch, so the threshold sits above it.
+    """
     held = gpu_memory_held_by_others()
     if held is None:
         print("本机没有 CUDA GPU：跳过显存检查。")
@@ -116,24 +101,6 @@ def warn_if_gpu_busy(threshold_gb: float = BUSY_GPU_GB) -> None:
               "再重启本内核，否则模型可能放不下或被部分放到 CPU 上。")
     else:
         print(f"GPU 显存空闲：其他进程只占 {held:.1f} GB。")
-
-
-def hardware_summary(spec) -> dict:
-    total, available = memory_gb()
-    return {
-        "platform": f"{platform.system()} {platform.machine()}",
-        "cpu_cores": os.cpu_count(),
-        "memory_total_gb": round(total, 1),
-        "memory_available_gb": round(available, 1),
-        "gpus": gpus(),
-        "workspace": display_path(spec.paths.workspace),
-        "workspace_free_gb": round(free_disk_gb(spec.paths.workspace), 1),
-    }
-
-
-def report_table(rows: dict) -> str:
-    width = max(len(str(k)) for k in rows)
-    return "\n".join(f"{str(k):<{width}}  {v}" for k, v in rows.items())
 
 
 # --------------------------------------------------------------------------- the settings file
@@ -163,22 +130,11 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     return path
 
 
-def install_kernel(user: bool = True) -> str:
-    """Register this Python (the course's .venv) as the Jupyter kernel :data:`KERNEL_NAME`; returns its folder.
-
-    ``user=True`` writes to the user's Jupyter folder (``~/.local/share/jupyter/kernels``), where a
-    JupyterLab started by the platform (AutoDL) finds it too.
-    """
-    from ipykernel.kernelspec import install
-
-    return install(user=user, kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY)
-
-
-def kernel_registered(name: str = KERNEL_NAME) -> bool:
+def kernel_registered() -> bool:
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 
-        return name in KernelSpecManager().find_kernel_specs()
+        return KERNEL_NAME in KernelSpecManager().find_kernel_specs()
     except Exception:  # noqa: BLE001 - no jupyter_client: not registered
         return False
 
@@ -194,23 +150,12 @@ class Check:
     fix: str = ""
 
 
-#: available system memory (GB) each kind of profile needs: loading Qwen3-8B goes shard by shard
-#: (safetensors are memory-mapped), the tiny profile trains on the CPU
-MEMORY_NEEDED_GB = {"gpu": 8.0, "cpu": 2.0}
-
-
 def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, kernel=None,
               dataset_reachable=None, memory=None) -> list[Check]:
     """Every check of ``make preflight``; the keyword arguments let tests fake each failure.
 
-    ``memory``: (total, available) system memory in GB.
+    ``memory``: (total, available) system memory in GB. A check that passes carries no fix.
     """
-    checks = _preflight(spec, gpu_list=gpu_list, free_gb=free_gb, versions=versions, pins=pins, kernel=kernel,
-                        dataset_reachable=dataset_reachable, memory=memory)
-    return [check if not check.ok else Check(check.name, True, check.detail) for check in checks]
-
-
-def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reachable, memory) -> list[Check]:
     checks = []
     versions = package_versions() if versions is None else versions
     pins = pinned_versions() if pins is None else pins
@@ -229,7 +174,8 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
     gpu_profile = spec.profile.needs_gpu or spec.profile.name == "random8b"
     checks.append(_gpu_check(spec, gpu_list, gpu_profile))
     total, available = memory_gb() if memory is None else memory
-    need_memory = MEMORY_NEEDED_GB["gpu" if gpu_profile else "cpu"]
+    # loading Qwen3-8B goes shard by shard (safetensors are memory-mapped); the tiny profile trains on the CPU
+    need_memory = 8.0 if gpu_profile else 2.0
     checks.append(Check("memory", available >= need_memory,
                         f"可用 {available:.1f} GB / 共 {total:.1f} GB，需要 {need_memory:.0f} GB",
                         "close other programs and notebooks' kernels, or rent a machine with more memory"))
@@ -246,7 +192,7 @@ def _preflight(spec, *, gpu_list, free_gb, versions, pins, kernel, dataset_reach
     kernel = kernel_registered() if kernel is None else kernel
     checks.append(Check("kernel", kernel, f"Jupyter 内核 {KERNEL_NAME!r} " + ("已注册" if kernel else "没有注册"),
                         f"make kernel   (then pick “{KERNEL_DISPLAY}” in JupyterLab: Kernel → Change Kernel)"))
-    return checks
+    return [check if not check.ok else Check(check.name, True, check.detail) for check in checks]
 
 
 def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
@@ -257,12 +203,13 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
         return Check("gpu", False, "没有找到 CUDA GPU",
                      "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny")
     gpu = gpu_list[0]
-    recipe, why = choose_recipe(gpu["memory_gb"])
+    choice = choose(gpu["memory_gb"])
     held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
-    ok = recipe is not None and held < 2
-    detail = f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}; {why}"
+    ok = choice.recipe is not None and held < 2
+    detail = (f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}; "
+              f"{choice.reason}")
     fix = "" if ok else ("a previous kernel holds GPU memory: shut it down (nvidia-smi shows it)"
-                         if recipe is not None else "rent a card with more memory")
+                         if choice.recipe is not None else "rent a card with more memory")
     return Check("gpu", ok, detail + (f"；已有 {held:.1f} GB 被占用" if held >= 2 else ""), fix)
 
 
@@ -338,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             print(path.read_text(encoding="utf-8"))
             return 0
         if args.command == "kernel":
-            folder = install_kernel()
+            from ipykernel.kernelspec import install
+
+            # the user's Jupyter folder (~/.local/share/jupyter/kernels): a JupyterLab started by the
+            # platform (AutoDL) finds it there too
+            folder = install(user=True, kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY)
             print(f"registered the Jupyter kernel {KERNEL_NAME!r} ({sys.executable}) in {display_path(folder)}")
             print(f"In JupyterLab pick “{KERNEL_DISPLAY}”: Kernel → Change Kernel (reload the page if it is not listed).")
             return 0

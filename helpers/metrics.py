@@ -36,11 +36,6 @@ BOILERPLATE = ("作为AI", "作为一个AI", "作为人工智能", "作为一个
 #: training prompts' normalised forms before use).
 IDENTITY_PROBES = ("请问你是哪位？", "能介绍一下你自己吗？", "你到底是什么人？", "报上名来。", "你是何人？",
                    "自我介绍一下吧。", "你的名字是什么？", "请问姑娘芳名？")
-#: A correct identity answer names the persona (and no assistant boilerplate).
-IDENTITY_NAMES = ("甄嬛", "嬛嬛")
-
-#: The LoRA model keeps thinking when its rate is at most this much below the base model's.
-THINKING_TOLERANCE = 0.1
 
 
 # =========================================================================== metrics (pure functions)
@@ -94,14 +89,12 @@ def contains_any(text: str, words: Iterable[str]) -> bool:
 def marker_rate(texts: Sequence[str], words: Iterable[str]) -> float:
     """Share of ``texts`` that hold at least one of ``words``."""
     words = tuple(words)
-    if not words:
-        return 0.0
     return mean(1.0 if contains_any(t, words) else 0.0 for t in texts)
 
 
-def boilerplate_rate(texts: Sequence[str], phrases: Iterable[str] = BOILERPLATE) -> float:
+def boilerplate_rate(texts: Sequence[str]) -> float:
     """Share of ``texts`` holding assistant boilerplate (case-insensitive for Latin letters)."""
-    return marker_rate(texts, phrases)
+    return marker_rate(texts, BOILERPLATE)
 
 
 @dataclass(frozen=True)
@@ -162,9 +155,9 @@ def unseen_probes(probes: Sequence[str], train_prompts: Iterable[str]) -> tuple[
     return kept, [p for p in probes if data_files.normalise(p) in seen]
 
 
-def identity_correct(reply: str, names: Sequence[str] = IDENTITY_NAMES) -> bool:
+def identity_correct(reply: str) -> bool:
     """The reply names the persona and holds no assistant boilerplate."""
-    return contains_any(reply, names) and not contains_any(reply, BOILERPLATE)
+    return contains_any(reply, ("甄嬛", "嬛嬛")) and not contains_any(reply, BOILERPLATE)
 
 
 def identity_accuracy(replies: Sequence[str]) -> float:
@@ -213,12 +206,13 @@ def thinking_rate(texts: Sequence[str], finished: Sequence[bool] | None = None) 
     return mean(1.0 if thinking_complete(t) else 0.0 for t in judged)
 
 
-def thinking_conclusion(base: float, lora: float, tolerance: float = THINKING_TOLERANCE) -> str:
-    """The thinking-mode result in one plain sentence (Chinese)."""
+def thinking_conclusion(base: float, lora: float) -> str:
+    """The thinking-mode result in one plain sentence (Chinese): the LoRA model keeps thinking when its rate is
+    at most 0.1 below the base model's."""
     if base == 0:
         return (f"无法判断：基座模型开启思考后也没有写出完整的 <think> 块（基座 {base:.0%}，LoRA {lora:.0%}）。"
                 "tiny 随机模型本来就不会思考；在 Qwen3-8B 上这个比较才有意义。")
-    if lora >= base - tolerance:
+    if lora >= base - 0.1:
         return (f"思考模式保住了：开启 enable_thinking 后，LoRA 模型 {lora:.0%} 的回答有完整、非空的 "
                 f"<think> 块，基座模型是 {base:.0%}。")
     return (f"思考模式受损：开启 enable_thinking 后，只有 {lora:.0%} 的 LoRA 回答有完整、非空的 <think> 块"
@@ -226,11 +220,11 @@ def thinking_conclusion(base: float, lora: float, tolerance: float = THINKING_TO
             "或者对这个适配器关闭思考模式。")
 
 
-def degeneration(texts: Sequence[str], finished: Sequence[bool], n: int = 3) -> dict:
+def degeneration(texts: Sequence[str], finished: Sequence[bool]) -> dict:
     """The degeneration metrics of a set of replies."""
     return {
         "truncated": truncation_rate(finished),
-        f"repeated_{n}gram": mean(repeated_ngram_ratio(t, n) for t in texts),
+        "repeated_3gram": mean(repeated_ngram_ratio(t, 3) for t in texts),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
     }
@@ -272,11 +266,6 @@ class Generated:
     new_tokens: int
 
 
-def _eos_ids(generation_config) -> set[int]:
-    eos = generation_config.eos_token_id
-    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-
-
 def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], settings, adapter: bool = True,
                      batch_size: int = 8, extra: dict | None = None, seed: int = 0) -> list[Generated]:
     """Replies to many conversations, batched with left padding; each says whether it finished.
@@ -286,11 +275,11 @@ def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], sett
     """
     import torch
 
-
     config = settings.generation_config(model.generation_config)
     if extra:
         config.update(**extra)
-    eos = _eos_ids(config)
+    eos = set(config.eos_token_id if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id])
+    eos -= {None}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     out: list[Generated] = []
     for start in range(0, len(conversations), batch_size):
@@ -314,7 +303,6 @@ def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], sett
 def answer_loss(model, tokenizer, samples: Sequence[dict], adapter: bool = True, batch_size: int = 8) -> dict:
     """Mean loss and perplexity over the answer tokens (labels != -100) of encoded samples."""
     import torch
-
 
     pad_id = tokenizer.pad_token_id or 0
     total, count = 0.0, 0

@@ -1,9 +1,5 @@
-"""Model directories and loading, shared by every notebook after 01.
-
-Every profile ends up as a model directory (``config.json`` + tokenizer files,
-plus weights for ``full`` and ``tiny``), so loading looks the same everywhere:
-``load_tokenizer(profile)`` and ``load_base_model(profile)``.
-"""
+"""Model directories and loading, shared by every notebook after 01: every profile ends up as a model
+directory (``config.json`` + tokenizer files, plus weights for ``full`` and ``tiny``)."""
 
 from __future__ import annotations
 
@@ -48,7 +44,6 @@ QWEN3_SHAPES = {
     "Qwen3-32B": {"hidden_size": 5120, "intermediate_size": 25600, "num_hidden_layers": 64,
                   "num_attention_heads": 64, "num_key_value_heads": 8, "tie_word_embeddings": False},
 }
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def qwen3_config(name: str = "Qwen3-8B") -> dict:
@@ -57,9 +52,9 @@ def qwen3_config(name: str = "Qwen3-8B") -> dict:
     return {**QWEN3_COMMON, **shape, "max_window_layers": shape["num_hidden_layers"]}
 
 
-def qwen3_counts(name: str = "Qwen3-8B", r: int = 8, targets=LORA_TARGETS) -> dict[str, int]:
-    """Parameter count, and LoRA parameter count at rank ``r`` on ``targets``, of a Qwen3 size (by formula)."""
-    c = qwen3_config(name)
+def qwen3_counts(name: str = "Qwen3-8B") -> dict[str, int]:
+    """Parameter count, and LoRA parameter count with the course's :class:`LoraSpec`, of a Qwen3 size (by formula)."""
+    c, lora = qwen3_config(name), LoraSpec()
     h, inter, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
     q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
     shapes = {  # (in, out) of each projection
@@ -69,7 +64,7 @@ def qwen3_counts(name: str = "Qwen3-8B", r: int = 8, targets=LORA_TARGETS) -> di
     per_layer = sum(i * o for i, o in shapes.values()) + 2 * h + 2 * d  # + 2 RMSNorms, q/k norms
     embeddings = (1 if c["tie_word_embeddings"] else 2) * c["vocab_size"] * h
     return {"params": c["num_hidden_layers"] * per_layer + embeddings + h,  # + final norm
-            "lora_params": c["num_hidden_layers"] * sum(r * sum(shapes[t]) for t in targets),
+            "lora_params": c["num_hidden_layers"] * sum(lora.r * sum(shapes[t]) for t in lora.target_modules),
             "embedding_params": embeddings, "hidden": h, "layers": c["num_hidden_layers"], "vocab": c["vocab_size"]}
 
 
@@ -171,12 +166,6 @@ class GpuPlacementError(CourseError, RuntimeError):
     """Part of the model landed on the CPU or disk: training would crawl or fail."""
 
 
-def bf16_supported() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
 def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
     """The dtype to load (and compute) in: the profile's, with fp16 where a GPU has no bf16 (V100, T4), and
     the profile's CPU dtype without CUDA (``small`` trains in fp32 on a laptop)."""
@@ -184,7 +173,7 @@ def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     wanted = getattr(torch, spec.profile.cpu_dtype if spec.profile.cpu_dtype and not cuda else spec.profile.dtype)
-    if wanted is torch.bfloat16 and cuda and not (bf16_supported() if bf16 is None else bf16):
+    if wanted is torch.bfloat16 and cuda and not (torch.cuda.is_bf16_supported() if bf16 is None else bf16):
         return torch.float16
     return wanted
 
@@ -204,12 +193,13 @@ def quantization_config(spec, dtype=None):
         return None
     from transformers import BitsAndBytesConfig
 
+    dtype = dtype or compute_dtype(spec)
     return BitsAndBytesConfig(
         load_in_4bit=True,                      # frozen base weights stored in 4 bits
         bnb_4bit_quant_type="nf4",              # NormalFloat4: made for normally distributed weights
         bnb_4bit_use_double_quant=True,         # also quantise the quantisation constants (~0.4 GB less)
-        bnb_4bit_compute_dtype=dtype or compute_dtype(spec),  # matmuls run in bf16 (fp16 without bf16)
-        bnb_4bit_quant_storage=dtype or compute_dtype(spec),
+        bnb_4bit_compute_dtype=dtype,           # matmuls run in bf16 (fp16 without bf16)
+        bnb_4bit_quant_storage=dtype,
     )
 
 
@@ -250,33 +240,17 @@ def check_placement(model, free_gb: float | None = None) -> None:
             "shut down the other kernel (Kernel > Shut Down Kernel, or `nvidia-smi` to find it), then load again.")
 
 
-def describe_load(kwargs: dict) -> str:
-    """One line saying how the model is loaded, for the notebook and CLI."""
-    parts = [f"dtype={str(kwargs['dtype']).replace('torch.', '')}"]
-    if "device_map" in kwargs:
-        parts.append(f"device_map={kwargs['device_map']}")
-    if "attn_implementation" in kwargs:
-        parts.append(f"attn_implementation={kwargs['attn_implementation']}")
-    if "quantization_config" in kwargs:
-        parts.append("4-bit NF4 (QLoRA)")
-    return ", ".join(parts)
-
-
 def load_base_model(spec, device: str | None = None, seed: int = 0, for_training: bool = False):
     """Load the spec's base model in its dtype, on the right device (see :func:`load_kwargs`).
 
     ``random8b`` draws random weights for the real architecture directly on the device.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     path = require_model_dir(spec)
     kwargs = load_kwargs(spec, device=device)
     if spec.profile.weights == "random" and spec.quantization is None:
-        torch.manual_seed(seed)
-        config = AutoConfig.from_pretrained(path)
-        with torch.device(device or default_device()):
-            model = AutoModelForCausalLM.from_config(config, dtype=kwargs["dtype"])
+        model = _random_model(path, seed, device or default_device(), kwargs["dtype"])
     else:
         if spec.profile.weights == "random":
             ensure_random_weights(spec, seed)
@@ -293,16 +267,21 @@ def load_base_model(spec, device: str | None = None, seed: int = 0, for_training
 def ensure_random_weights(spec, seed: int = 0) -> None:
     """random8b + QLoRA: bitsandbytes quantises while loading, so write random bf16 shards once."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = spec.paths.model_dir
-    if any(path.glob("*.safetensors")):
-        return
+    if not any(path.glob("*.safetensors")):
+        _random_model(path, seed, "cpu", torch.bfloat16).save_pretrained(path, max_shard_size="5GB")
+
+
+def _random_model(path: Path, seed: int, device, dtype):
+    """Seeded random weights for the architecture in ``path``, drawn directly on ``device``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(path)
-    with torch.device("cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(path, max_shard_size="5GB")
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- LoRA on the real shapes
@@ -328,34 +307,6 @@ def qwen3_on_meta(name: str = "Qwen3-8B"):
     config = Qwen3Config(**{k: v for k, v in qwen3_config(name).items() if k not in ("architectures", "model_type")})
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-
-
-def lora_parameter_line(model=None, lora=None) -> str:
-    """PEFT's own ``print_trainable_parameters`` line for a LoRA config (default: the course's on Qwen3-8B)."""
-    import contextlib
-    import io
-
-    from peft import get_peft_model
-
-    peft_model = get_peft_model(model if model is not None else qwen3_on_meta(), lora_config(lora))
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        peft_model.print_trainable_parameters()
-    return buffer.getvalue().strip()
-
-
-def parameter_table(model) -> list[tuple[str, str, int]]:
-    """(module kind, shape, count) for one decoder layer plus embeddings and head."""
-    import math
-
-    rows = [("embed_tokens", tuple(model.model.embed_tokens.weight.shape))]
-    layer = model.model.layers[0]
-    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        rows.append((f"layers[0].self_attn.{name}", tuple(getattr(layer.self_attn, name).weight.shape)))
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        rows.append((f"layers[0].mlp.{name}", tuple(getattr(layer.mlp, name).weight.shape)))
-    rows.append(("lm_head", tuple(model.lm_head.weight.shape)))
-    return [(name, "x".join(map(str, shape)), math.prod(shape)) for name, shape in rows]
 
 
 def course_tokenizer(model_dir: Path | None = None):

@@ -4,14 +4,9 @@ against (``bench/``). Do NOT train with it.
 
 from __future__ import annotations
 
+import difflib
+
 from .data import tokenize_batch
-
-# --------------------------------------------------------------------------- the original tutorial
-# What the original tutorial did, kept to demonstrate its pitfalls and to benchmark
-# against. Do NOT train with it.
-
-#: The sentence the original's inference code sent as a second *user* message.
-ORIGINAL_INFERENCE_ROLE_SENTENCE = "假设你是皇帝身边的女人--甄嬛。"
 
 
 def original_prompt_text(example: dict) -> str:
@@ -37,16 +32,12 @@ def original_process_func(example: dict, tokenizer) -> dict:
 
 def original_inference_messages(question: str) -> list[dict]:
     """The messages the original's inference code built: the role sentence as a second user turn."""
-    return [{"role": "user", "content": ORIGINAL_INFERENCE_ROLE_SENTENCE}, {"role": "user", "content": question}]
+    return [{"role": "user", "content": "假设你是皇帝身边的女人--甄嬛。"}, {"role": "user", "content": question}]
 
 
 def token_differences(tokenizer, a: str, b: str) -> list[tuple[int, str, str]]:
     """Where two texts tokenize differently: (token position in ``a``, tokens of ``a``, tokens of ``b``)."""
-    import difflib
-
     ids_a, ids_b = tokenize_batch(tokenizer, [a, b])
     matcher = difflib.SequenceMatcher(None, ids_a, ids_b, autojunk=False)
     return [(i1, tokenizer.decode(ids_a[i1:i2]), tokenizer.decode(ids_b[j1:j2]))
             for op, i1, i2, j1, j2 in matcher.get_opcodes() if op != "equal"]
-
-

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 #: The batching notebook 04 trains with: padding-free packing (DataCollatorWithFlattening).
 RECOMMENDED_BATCHING = "packing"
 
-# --------------------------------------------------------------------------- lengths and padding
-
 
 def length_stats(lengths: Sequence[int]) -> dict[str, float]:
     """rows, mean and nearest-rank percentiles p50/p90/p99 and max of token lengths."""
@@ -52,26 +50,11 @@ def _padded_tokens(order: Sequence[int], lengths: Sequence[int], batch_size: int
 
 
 def random_order(n: int, seed: int = 0) -> list[int]:
-    """A shuffled epoch order (Python's ``random.Random(seed)``).
-
-    With seed 0 this is the order behind the shared README's figure for the original
-    encoding (379,557 tokens per epoch); ``expected_padded_tokens`` gives the average
-    over all orders, so the seed is not cherry-picked.
-    """
+    """A shuffled epoch order; seed 0 gives the shared README's 379,557 tokens per epoch for the
+    original encoding (``bench.common.expected_padded_tokens``: the average over all orders is close)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return order
-
-
-def expected_padded_tokens(lengths: Sequence[int], batch_size: int = 4) -> float:
-    """Exact mean, over all random orders, of the tokens computed when each batch is padded to its longest."""
-    ordered, n = sorted(lengths), len(lengths)
-
-    def mean_max(k: int) -> float:  # element i is the max of a k-subset in C(i, k-1) of C(n, k) cases
-        return sum(x * math.comb(i, k - 1) for i, x in enumerate(ordered)) / math.comb(n, k)
-
-    full, rest = divmod(n, batch_size)
-    return full * batch_size * mean_max(batch_size) + (rest * mean_max(rest) if rest else 0.0)
 
 
 def length_grouped_order(lengths: Sequence[int], group_size: int, seed: int = 0) -> list[int]:
@@ -103,15 +86,11 @@ def padding_table(
     ]
 
 
-def format_padding_table(rows: list[PaddingRow], relative_to_first: bool = False) -> str:
-    """The padding table as text; ``relative_to_first`` adds each row's computed tokens / the first row's."""
-    head = ("组批方式", "计算的 token", "真实 token", "填充", "占比") + (("相对第一行",) if relative_to_first else ())
-    body = []
-    for r in rows:
-        cells = (r.description, f"{r.computed:,}", f"{r.real:,}", f"{r.padding:,}", f"{r.padding_share:.1%}")
-        if relative_to_first:
-            cells += (f"{r.computed / rows[0].computed:.3f}x",)
-        body.append(cells)
+def format_padding_table(rows: list[PaddingRow]) -> str:
+    """The padding table as text, the recommended batching marked."""
+    head = ("组批方式", "计算的 token", "真实 token", "填充", "占比")
+    body = [(r.description, f"{r.computed:,}", f"{r.real:,}", f"{r.padding:,}", f"{r.padding_share:.1%}")
+            for r in rows]
     widths = [max(display_width(row[i]) for row in (head, *body)) for i in range(len(head))]
     lines = []
     for row, r in zip((head, *body), (None, *rows), strict=True):

@@ -1,14 +1,9 @@
 """Which training recipe fits my GPU: memory estimates and the recipe table.
 
-Memory: every recipe is judged on its WORST micro-batch (the longest rows together, :func:`worst_tokens`).
-The estimate is a formula (weights + LoRA states + activations + logits) fitted to peaks measured on an
-H200; where ``python -m bench.gpu_run`` has measured the worst batch itself (one forced step), the
-measurement decides (``configs/recipe_measurements.json``).
-
-Speed: measured samples/s (GPU named) where measured, else an estimate, marked as such.
-
-One function, :func:`choose`, drives notebook 04's "does it fit" cell and
-``python -m helpers.train --recipe auto``: measured speed first, then estimates.
+Every recipe is judged on its WORST micro-batch (the longest rows together, :func:`worst_tokens`): by a
+formula fitted to peaks measured on an H200, unless ``python -m bench.gpu_run`` has measured that worst
+batch itself (``configs/recipe_measurements.json``). :func:`choose` drives notebook 04's "does it fit"
+cell and ``python -m helpers.train --recipe auto``: measured speed first, then estimates, marked as such.
 """
 
 from __future__ import annotations
@@ -20,8 +15,6 @@ from pathlib import Path
 from .models import qwen3_counts
 from .settings import SpecError
 
-#: Qwen3-8B's shape (params, lora_params, embedding_params, hidden, layers, vocab), from the course's shape table
-QWEN3_8B = qwen3_counts("Qwen3-8B")
 #: The 32 longest rows of the course data (huanhuan.json, 3,729 rows) in tokens, the course's encoding (system
 #: prompt, chat template, <|im_end|>), longest first; tests/test_recipes.py recomputes them from the real file.
 #: A micro-batch counts ROWS, so its worst case is the longest rows together: 4 rows -> 965 tokens,
@@ -59,19 +52,14 @@ def worst_tokens(micro_batch: int) -> int:
 
 
 def estimate_lora_memory_gb(
-    params: float = QWEN3_8B["params"],
-    lora_params: float = QWEN3_8B["lora_params"],
-    hidden: int = QWEN3_8B["hidden"],
-    layers: int = QWEN3_8B["layers"],
-    vocab: int = QWEN3_8B["vocab"],
+    model: str = "Qwen3-8B",
     tokens_per_micro_batch: int | None = None,
     gradient_checkpointing: bool = True,
     quantization: str | None = None,
-    embedding_params: float = QWEN3_8B["embedding_params"],
     lora_dropout: bool = True,
     kernels: str | None = None,
 ) -> dict[str, float]:
-    """GPU memory (GB, tensors only) for LoRA training; an ESTIMATE, not a measurement.
+    """GPU memory (GB, tensors only) for LoRA training of a Qwen3 size; an ESTIMATE, not a measurement.
 
     ``tokens_per_micro_batch`` defaults to the worst micro-batch of 4 rows (:func:`worst_tokens`).
 
@@ -88,6 +76,8 @@ def estimate_lora_memory_gb(
       x1.5 under QLoRA, an estimate);
     * logits: :data:`LOGIT_BYTES` x vocab per token (Liger's fused cross-entropy: :data:`LIGER_LOGIT_BYTES`).
     """
+    counts = qwen3_counts(model)
+    hidden, layers, embeddings = counts["hidden"], counts["layers"], counts["embedding_params"]
     tokens = worst_tokens(4) if tokens_per_micro_batch is None else tokens_per_micro_batch
     layer_bytes = LAYER_BYTES - (0 if lora_dropout else DROPOUT_BYTES) - (LIGER_LAYER_SAVING if kernels else 0)
     if quantization == "nf4":
@@ -99,15 +89,14 @@ def estimate_lora_memory_gb(
     else:
         activations = per_layer_full * layers
     if quantization == "nf4":
-        linear = params - embedding_params
-        weights = linear * (0.5 + 0.127 / 8) + embedding_params * 4
+        weights = (counts["params"] - embeddings) * (0.5 + 0.127 / 8) + embeddings * 4
     else:
-        weights = params * 2
+        weights = counts["params"] * 2
     out = {
         QLORA_WEIGHTS if quantization == "nf4" else "weights (bf16)": weights,
-        "LoRA weights + grads + Adam (fp32)": lora_params * 16,
+        "LoRA weights + grads + Adam (fp32)": counts["lora_params"] * 16,
         "activations": activations,
-        "logits + grad (fp32)": (LIGER_LOGIT_BYTES if kernels else LOGIT_BYTES) * vocab * tokens,
+        "logits + grad (fp32)": (LIGER_LOGIT_BYTES if kernels else LOGIT_BYTES) * counts["vocab"] * tokens,
     }
     out = {k: v / 1e9 for k, v in out.items()}
     out["total"] = sum(out.values())
@@ -157,11 +146,7 @@ class Recipe:
 
     def estimate_tensors_gb(self, tokens: int | None = None) -> float:
         """Estimated peak of the tensors for a micro-batch of ``tokens`` (default: the worst one)."""
-        counts = qwen3_counts(self.model)
-        return estimate_lora_memory_gb(params=counts["params"], lora_params=counts["lora_params"],
-                                       hidden=counts["hidden"], layers=counts["layers"], vocab=counts["vocab"],
-                                       embedding_params=counts["embedding_params"],
-                                       tokens_per_micro_batch=self.worst_tokens if tokens is None else tokens,
+        return estimate_lora_memory_gb(self.model, self.worst_tokens if tokens is None else tokens,
                                        gradient_checkpointing=self.activation_checkpointing,
                                        quantization=self.quantization, kernels=self.kernels,
                                        lora_dropout=self.lora_dropout != 0)["total"]
@@ -194,8 +179,6 @@ RECIPES = (
 SMALL = Recipe("small_ckpt_mb4", "Qwen3-0.6B (small) bf16 LoRA, checkpointing, micro-batch 4", "qwen3-0.6b", None,
                True, 4, 1.0, "the small profile: real answers without a big GPU", auto=False, model="Qwen3-0.6B")
 BY_KEY = {r.key: r for r in (*RECIPES, SMALL)}
-#: the course default (configs/train/qwen3-8b.yaml) and the original tutorial's recipe (bench: ``original``)
-DEFAULT_KEY = "bf16_ckpt_mb4"
 
 
 # --------------------------------------------------------------------------- measurements
@@ -237,11 +220,6 @@ def fit_peak_gb(recipe: Recipe, measured: dict[str, Measurement]) -> tuple[float
     return recipe.estimate_gb(), "estimate"
 
 
-def fits(recipe: Recipe, gpu_gb: float, margin: float = MARGIN, measured: dict | None = None) -> bool:
-    """Whether the worst-case peak (+ CUDA overhead) fits in ``margin`` of the card."""
-    return fit_peak_gb(recipe, load_measurements() if measured is None else measured)[0] <= gpu_gb * margin
-
-
 @dataclass(frozen=True)
 class Choice:
     """What ``--recipe auto`` picked and why, as fields (``reason`` is the learner's Chinese sentence)."""
@@ -249,13 +227,13 @@ class Choice:
     recipe: Recipe | None
     #: no_gpu | measured_fastest_fit | estimated_fit | nothing_fits
     code: str
-    gpu_gb: float | None
-    limit_gb: float | None
-    peak_gb: float | None            # the chosen recipe's worst-case peak + overhead
-    peak_basis: str | None           # measured_worst_case | estimate
-    speed_basis: str | None          # measured | estimate
-    samples_per_s: float | None      # measured, with the GPU in ``measured_on``
-    measured_on: str | None
+    gpu_gb: float | None = None
+    limit_gb: float | None = None
+    peak_gb: float | None = None            # the chosen recipe's worst-case peak + overhead
+    peak_basis: str | None = None           # measured_worst_case | estimate
+    speed_basis: str | None = None          # measured | estimate
+    samples_per_s: float | None = None      # measured, with the GPU in ``measured_on``
+    measured_on: str | None = None
     #: faster recipes passed over: (key, why) with why in over_memory | needs_liger | opt_in
     passed_over: tuple = ()
     reason: str = ""
@@ -278,8 +256,7 @@ def choose(gpu_gb: float | None, measured: dict[str, Measurement] | None = None,
     """
     measured = load_measurements() if measured is None else measured
     if gpu_gb is None:
-        return Choice(None, "no_gpu", None, None, None, None, None, None, None,
-                      reason="没有检测到 CUDA GPU：Qwen3-8B 的配方都需要 GPU（CPU 上请用 tiny 配置）。")
+        return Choice(None, "no_gpu", reason="没有检测到 CUDA GPU：Qwen3-8B 的配方都需要 GPU（CPU 上请用 tiny 配置）。")
     limit = round(gpu_gb * MARGIN, 1)
     passed = []
     for recipe in ranked(measured):
@@ -306,21 +283,15 @@ def choose(gpu_gb: float | None, measured: dict[str, Measurement] | None = None,
         return Choice(recipe, "measured_fastest_fit" if speed else "estimated_fit", gpu_gb, limit, peak, basis,
                       "measured" if speed else "estimate", speed, m.gpu if speed else None, tuple(passed), reason)
     smallest = min((r for r in RECIPES if r.auto), key=lambda r: fit_peak_gb(r, measured)[0])
-    return Choice(None, "nothing_fits", gpu_gb, limit, None, None, None, None, None, tuple(passed),
+    return Choice(None, "nothing_fits", gpu_gb, limit, passed_over=tuple(passed),
                   reason=f"{gpu_gb:.0f} GB 可用显存放不下任何配方：最小的 “{smallest.name}” 最坏批要 "
                          f"{fit_peak_gb(smallest, measured)[0]} GB。请换一张更大的显卡。")
 
 
-def choose_recipe(gpu_gb: float | None, measured: dict | None = None, liger: bool = False
-                  ) -> tuple[Recipe | None, str]:
-    """:func:`choose` as (recipe, the learner's sentence)."""
-    choice = choose(gpu_gb, measured, liger)
-    return choice.recipe, choice.reason
-
-
-def fit_table(sizes=GPU_SIZES_GB, measured: dict[str, Measurement] | None = None, liger: bool = False) -> str:
-    """Markdown table: each recipe's worst micro-batch, estimated and measured peaks, measured speed, fits."""
-    measured = load_measurements() if measured is None else measured
+def fit_table() -> str:
+    """Markdown table: each recipe's worst micro-batch, estimated and measured peaks, measured speed, fits
+    (its worst-case peak + CUDA overhead within ``MARGIN`` of the card) and what ``--recipe auto`` picks."""
+    measured, sizes = load_measurements(), GPU_SIZES_GB
     head = ("| 配方 | 最坏批 token | 估计最坏峰值 GB（估算） | 实测峰值 GB | 实测 samples/s | 相对原始配方（同一次运行） | "
             + " | ".join(f"{g} GB" for g in sizes) + " |")
     lines = [head, "|" + "---|" * (6 + len(sizes))]
@@ -330,19 +301,16 @@ def fit_table(sizes=GPU_SIZES_GB, measured: dict[str, Measurement] | None = None
             f"{m.peak_gb}（{'最坏批' if m.worst_case else '随机批'}，{m.gpu}）"
         speed = "未测" if m is None or m.samples_per_s is None else f"{m.samples_per_s:.1f}（{m.gpu}）"
         ratio = "未测" if m is None or m.x_original is None else f"{m.x_original:.2f}x"
-        cells = ["✓" if fits(recipe, g, measured=measured) else "✗" for g in sizes]
+        cells = ["✓" if fit_peak_gb(recipe, measured)[0] <= g * MARGIN else "✗" for g in sizes]
         lines.append(f"| {recipe.name} | {recipe.worst_tokens} | {recipe.estimate_gb()} | {peak} | {speed} | "
                      f"{ratio} | " + " | ".join(cells) + " |")
-    picks = [choose(g, measured, liger).recipe for g in sizes]
+    picks = [choose(g, measured).recipe for g in sizes]
     lines.append("| **auto 选择** | | | | | | " + " | ".join(r.key if r else "—" for r in picks) + " |")
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- python -m helpers.train --recipe auto
-
-
 def auto_recipe(config: str | None, overrides: list[str], profile: str,
-                gpu: dict | None = None, liger: bool | None = None) -> tuple[str | None, list[str], str]:
+                gpu: dict | None = None) -> tuple[str | None, list[str], str]:
     """``--recipe auto``: (config, ``--set`` overrides, what was picked and why) for this machine.
 
     On a GPU: :func:`choose` on the FREE memory (measured speed first; Liger's recipes only when
@@ -353,13 +321,10 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
     """
     from .spec import liger_installed
 
-    kept = config or f"（{profile} 的默认配置）"
-    if gpu is None:
-        return config, list(overrides), (f"--recipe auto: 没有检测到 CUDA GPU。配方表只适用于 GPU 上的 Qwen3-8B，"
-                                          f"保留给定的配置 {kept}。")
-    if profile == "tiny":
-        return config, list(overrides), (f"--recipe auto: tiny profile 的模型很小，配方表只适用于 Qwen3-8B，"
-                                          f"保留给定的配置 {kept}。")
+    if gpu is None or profile == "tiny":
+        why = "没有检测到 CUDA GPU" if gpu is None else "tiny profile 的模型很小"
+        return config, list(overrides), (f"--recipe auto: {why}。配方表只适用于 GPU 上的 Qwen3-8B，"
+                                          f"保留给定的配置 {config or f'（{profile} 的默认配置）'}。")
     if profile == "small":
         need = SMALL.estimate_gb()
         if need > gpu["free_gb"] * MARGIN:
@@ -369,7 +334,7 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
         return config or SMALL.config_path, list(overrides), (
             f"--recipe auto: {gpu['name']}，空闲 {gpu['free_gb']:.1f} GB；small 档位（Qwen3-0.6B）用它自己的配方 "
             f"“{SMALL.name}”，估计最坏峰值 {need} GB（估算，≤ 空闲显存的 90%）。")
-    choice = choose(gpu["free_gb"], liger=liger_installed() if liger is None else liger)
+    choice = choose(gpu["free_gb"], liger=liger_installed())
     seen = f"--recipe auto: {gpu['name']}，总显存 {gpu['memory_gb']:.1f} GB，空闲 {gpu['free_gb']:.1f} GB（按空闲显存选择）"
     if gpu["memory_gb"] - gpu["free_gb"] >= 2:
         seen += (f"\n  另有 {gpu['memory_gb'] - gpu['free_gb']:.1f} GB 被别的进程占用（常见的是上一个笔记本的内核，"

@@ -1,18 +1,14 @@
 """Start the course again without downloading the 16 GB model again (``make reset`` / ``make reset-all``).
 
-``python -m helpers.reset`` removes what the course made in the workspace and can make again:
-training runs and their checkpoints, merged exports, plots, SwanLab records, the encoded data and
-its split, notebook 06's scale-out demo and the executed notebooks. The downloaded model
-(``models/``) and dataset (``data/huanhuan.json``) stay.
+``python -m helpers.reset`` removes what the course made and can make again (runs and checkpoints,
+exports, plots, SwanLab records, encoded data and splits, the scale-out demo, executed notebooks); the
+downloaded model and dataset stay. ``--all`` removes those too, after a yes: with no terminal to ask on
+(CI, a script, make under a pipe) it needs ``--force`` and never waits.
 
-``--all`` also removes ``models/`` and the downloaded dataset. It asks first; where nobody can answer
-(no terminal on stdin: CI, a script, a Makefile under a pipe) it needs ``--force`` and never waits.
-
-Only what the course made is removed: every folder it creates holds a ``.course-made`` marker (and a
-file it writes into someone else's folder is named in that folder's marker). Anything else, in
-``checkpoints/``, ``export/``, ``data/``, ... , is listed as "not the course's, left alone", so a
-workspace of ``~``, ``/``, the repository or a whole data disk loses nothing the course did not make.
-A run that is being trained into (its run lock is held) stops the reset before anything is removed.
+Only what the course made goes: every folder it creates holds a ``.course-made`` marker (that also names
+what it wrote into someone else's folder); anything else is listed as "not the course's, left alone", so
+a workspace of ``~``, ``/`` or the repository loses nothing. A run being trained into (its run lock is
+held) stops the reset before anything is removed.
 """
 
 from __future__ import annotations
@@ -143,25 +139,16 @@ def plan(workspace: Path, *, everything: bool = False, executed: Path | None = N
 
 
 def _held(lock_path: Path) -> bool:
-    """Whether another process holds this run lock (filelock's own OS lock; plain ``fcntl`` without it)."""
-    try:
-        from filelock import FileLock, Timeout
-    except ImportError:     # `make reset` with the system python3: the same flock that filelock takes
-        import fcntl
+    """Whether another process holds this run lock: the same ``flock`` that filelock takes, without
+    filelock itself (``make reset`` may run on the system python3, without the course's packages)."""
+    import fcntl
 
-        with open(lock_path, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-    lock = FileLock(lock_path)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
     return False
 
 
@@ -194,12 +181,11 @@ def _prune_marker(folder: Path) -> None:
         (folder / MADE_MARKER).unlink(missing_ok=True)
 
 
-def confirm(question: str, force: bool, stdin=None) -> bool:
+def confirm(question: str, force: bool) -> bool:
     """True with --force; else ask on a terminal; with no terminal refuse at once (never hang)."""
     if force:
         return True
-    stdin = sys.stdin if stdin is None else stdin
-    if not (stdin is not None and stdin.isatty()):
+    if not (sys.stdin is not None and sys.stdin.isatty()):
         raise ResetRefused("removing the model needs a yes, and there is no terminal to ask on: "
                            "run `make reset-all FORCE=1` (or `python -m helpers.reset --all --force`). "
                            "Nothing was removed.")
@@ -236,8 +222,8 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
     if dry_run:
         print(f"dry run: {human(total)} would be freed; nothing was removed.", file=out)
         return 0
-    if everything and any(item.what.startswith("models") for item in items):
-        models = next(item for item in items if item.what.startswith("models"))
+    models = next((item for item in items if item.what.startswith("models")), None)
+    if everything and models is not None:
         if not confirm(f"Remove the models too ({human(models.bytes)}; Qwen3-8B takes a 16.4 GB download to "
                        "get back)?", force):
             print("not confirmed: nothing was removed.", file=out)
@@ -249,23 +235,18 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
     return freed
 
 
-TRUE_WORDS = ("1", "true", "yes", "on", "y")
-FALSE_WORDS = ("", "0", "false", "no", "off", "n")
-
-
 def switch(name: str, value: str | None) -> bool:
     """A make variable's yes/no word (DRY_RUN=true, FORCE=yes, ...); any other word is refused."""
     word = (value or "").strip().lower()
-    if word in TRUE_WORDS:
+    if word in ("1", "true", "yes", "on", "y"):
         return True
-    if word in FALSE_WORDS:
+    if word in ("", "0", "false", "no", "off", "n"):
         return False
     raise ResetRefused(f"{name}={value!r} is neither yes nor no: use {name}=1 (or true/yes/on) or leave it out. "
                        "Nothing was removed.")
 
 
 def main(argv: list[str] | None = None) -> int:
-
     parser = argparse.ArgumentParser(
         prog="python -m helpers.reset",
         description="Remove runs, checkpoints, exports, plots, SwanLab records, encoded data, the scale-out demo "

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from . import checkpoints, tracking
-from .checkpoints import find_latest_checkpoint
 from .hardware import is_main_process
 from .workspace import atomic_path, display_path, record_made, shareable_path
 
@@ -38,7 +37,11 @@ def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path |
     if resume in (None, False):
         return None
     if isinstance(resume, (str, os.PathLike)):
-        return checkpoints.verified_checkpoint(Path(resume))
+        problem = checkpoints.damaged_file(resume)
+        if problem:
+            raise checkpoints.CheckpointError(f"{display_path(resume)} is damaged: {problem}. "
+                                              "Use an earlier checkpoint.")
+        return Path(resume)
     found = checkpoints.latest_good_checkpoint(spec.paths.run_dir)
     if is_main_process():
         for note in found.notes():
@@ -156,7 +159,7 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
         "effective_batch_size": effective_batch(trainer.args.per_device_train_batch_size,
                                                 trainer.args.gradient_accumulation_steps, trainer.args.world_size),
         "world_size": trainer.args.world_size,
-        "checkpoint": find_latest_checkpoint(spec.paths.run_dir),
+        "checkpoint": checkpoints.find_latest_checkpoint(spec.paths.run_dir),
         "best_eval": {"step": best[0], "eval_loss": best[1],
                       "checkpoint": best_folder.name if best_folder.is_dir() else None} if best else None,
         "output_dir": spec.paths.run_dir,

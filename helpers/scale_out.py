@@ -1,17 +1,12 @@
-"""Notebook 06: the same training on several processes with ``accelerate launch``.
-
-* :data:`STRATEGIES` and :func:`launch_command` - the shipped ``configs/accelerate/*.yaml`` and the
-  exact command for each;
-* :func:`per_gpu_memory_gb` / :func:`memory_table` - how much GPU memory each strategy needs per GPU
-  for LoRA (an ESTIMATE built on :func:`helpers.train.estimate_lora_memory_gb`, not a measurement);
-* :func:`read_sample_log` / :func:`shards_per_step` - which dataset rows each rank trained on, read
-  back from a run's ``sample_log.jsonl``.
-"""
+"""Notebook 07: the same training on several processes with ``accelerate launch``: the shipped
+``configs/accelerate/*.yaml``, the ESTIMATED GPU memory per GPU for each, and which dataset rows each
+rank trained on (read back from a run's ``sample_log.jsonl``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,14 +42,10 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-# --------------------------------------------------------------------------- model sizes
-
-# --------------------------------------------------------------------------- memory per GPU
-
-def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estimate) -> dict[str, float]:
+def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B") -> dict[str, float]:
     """ESTIMATED memory per GPU (GB) for LoRA training with one strategy on ``gpus`` GPUs.
 
-    Starts from :func:`helpers.train.estimate_lora_memory_gb` (one GPU) and divides what the
+    Starts from :func:`helpers.recipes.estimate_lora_memory_gb` (one GPU) and divides what the
     strategy shards: DDP nothing; ZeRO-2 the LoRA gradients and Adam states (12 of the 16 bytes
     per trainable parameter); FSDP / ZeRO-3 the weights and all LoRA states, plus one decoder
     layer gathered in full at a time (two with prefetching). Activations and logits belong to
@@ -63,10 +54,7 @@ def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estim
     kind = STRATEGIES[strategy].shards
     gpus = 1 if strategy == "single-gpu" else gpus
     counts = qwen3_counts(model)
-    one = estimate_lora_memory_gb(
-        params=counts["params"], lora_params=counts["lora_params"],
-        hidden=counts["hidden"], layers=counts["layers"], **estimate,
-    )
+    one = estimate_lora_memory_gb(model)
     weights, lora = one["weights (bf16)"], one["LoRA weights + grads + Adam (fp32)"]
     out = dict(one)
     if kind == "optimizer":
@@ -79,29 +67,28 @@ def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B", **estim
     return out
 
 
-def memory_table(model: str = "Qwen3-8B", gpu_counts: tuple[int, ...] = (2, 4, 8), **estimate) -> str:
-    """A text table: estimated GB per GPU for each strategy and number of GPUs."""
+def memory_table(model: str = "Qwen3-8B") -> str:
+    """A text table: estimated GB per GPU for each strategy on 2, 4 and 8 GPUs."""
     from .padding import pad_text
 
+    gpu_counts = (2, 4, 8)
     head = pad_text("做法", 16) + "".join(pad_text(f"{n} 块 GPU", 12, right=True) for n in gpu_counts)
     lines = [f"{model} LoRA：每块 GPU 的显存，估计值（ESTIMATED，GB，未实测）", head]
     for key, strategy in STRATEGIES.items():
         if key == "single-gpu":
-            total = per_gpu_memory_gb(key, 1, model, **estimate)["total"]
+            total = per_gpu_memory_gb(key, 1, model)["total"]
             lines.append(f"{pad_text(strategy.name, 16)}{total:>12.1f}（1 块 GPU）")
             continue
-        cells = "".join(f"{per_gpu_memory_gb(key, n, model, **estimate)['total']:>12.1f}" for n in gpu_counts)
+        cells = "".join(f"{per_gpu_memory_gb(key, n, model)['total']:>12.1f}" for n in gpu_counts)
         lines.append(f"{pad_text(strategy.name, 16)}{cells}")
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- commands
-
-def launch_command(strategy: str, train_config: str = "configs/train/qwen3-8b.yaml", gpus: int | None = None) -> str:
+def launch_command(strategy: str, gpus: int | None = None) -> str:
     """The exact shell command for one strategy (relative paths: run it in the repository root)."""
     config = f"configs/accelerate/{STRATEGIES[strategy].config}"
     procs = f" --num_processes {gpus}" if gpus and strategy != "single-gpu" else ""
-    return f"accelerate launch --config_file {config}{procs} -m helpers.train --config {train_config}"
+    return f"accelerate launch --config_file {config}{procs} -m helpers.train --config configs/train/qwen3-8b.yaml"
 
 
 def free_port() -> int:
@@ -126,19 +113,20 @@ def cpu_launch(output_dir: str | os.PathLike, *overrides: str, processes: int = 
         cmd.append("--no-resume")
     for item in overrides:
         cmd += ["--set", item]
-    full_env = dict(os.environ, **(env or {}))
-    full_env.setdefault("QWEN3_TUTORIAL_PROFILE", "tiny")
-    full_env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU proof even on a GPU box (two ranks cannot share one GPU)
-    full_env["PYTHONUNBUFFERED"] = "1"
-    full_env["OMP_NUM_THREADS"] = full_env.get("OMP_NUM_THREADS", "1")
+    # CUDA hidden: a CPU proof even on a GPU box (two ranks cannot share one GPU)
+    full_env = {"QWEN3_TUTORIAL_PROFILE": "tiny", "OMP_NUM_THREADS": "1", **os.environ, **(env or {}),
+                "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, **popen)
 
 
-def demo_workspace(spec) -> Path:
-    """``<workspace>/scale-out-demo``: a workspace of its own for notebook 06's demo run (its plot,
-    checkpoints and logs stay apart from notebook 04's), sharing the tiny model directory."""
+def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) -> tuple[Path, str]:
+    """Train the tiny profile with ``processes`` CPU processes; return (checkpoint folder, the launch's
+    console output). Raises with the output's tail on failure.
 
+    The run gets a workspace of its own, ``<workspace>/scale-out-demo`` (its plot, checkpoints and logs
+    stay apart from notebook 04's), sharing the tiny model directory.
+    """
     model = build_tiny_model(spec.paths.model_dir)
     root = spec.paths.workspace / "scale-out-demo"
     link = root / "models" / model.name
@@ -146,17 +134,8 @@ def demo_workspace(spec) -> Path:
         course_folder(root)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(model, target_is_directory=True)
-    return root
-
-
-def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) -> tuple[Path, str]:
-    """Train the tiny profile with ``processes`` CPU processes in :func:`demo_workspace`; return
-    (checkpoint folder, the launch's console output). Raises with the output's tail on failure."""
-    root = demo_workspace(spec)
     out = root / "checkpoints" / "tiny-2proc"
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     proc = cpu_launch(out, *overrides, processes=processes,
                       env={"QWEN3_TUTORIAL_WORKSPACE": str(root), "QWEN3_TUTORIAL_PROFILE": "tiny"})
@@ -170,8 +149,6 @@ def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) 
         raise RuntimeError(f"accelerate launch failed (exit {proc.returncode}):\n{log[-3000:]}")
     return out, log
 
-
-# --------------------------------------------------------------------------- sample log
 
 def read_sample_log(output_dir: str | os.PathLike) -> list[dict]:
     """Every line of a run's ``sample_log.jsonl``."""

@@ -47,37 +47,21 @@ def suggest(key: str, known) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _settings_text(path: Path) -> str | None:
-    """The settings file's text; None when there is none; one-line errors for a folder, bytes or rights."""
+def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
+    """The settings file's values ({} when there is none); one-line errors for a folder, bytes or rights."""
+    path = Path(path)
     if not (path.exists() or path.is_symlink()):
-        return None
+        return {}
     if path.is_dir():
         raise SpecError(f"{display_path(path)} is a folder, not a settings file: remove it (or move it away).")
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise SpecError(f"{display_path(path)} is not UTF-8 text (saved as GBK?): save it again as UTF-8, "
                         "or delete it and run `python -m helpers.environment setup`.") from None
     except OSError as err:
         raise SpecError(f"{display_path(path)} cannot be read ({err.strerror}): fix its permissions "
                         f"(chmod u+r) or delete it.") from None
-
-
-def _setting_value(path: Path, key: str, value) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise SpecError(f"{display_path(path)}: {key} must be text (a name or a path), not {value!r}; "
-                        f"quote it, e.g. {key}: \"...\"")
-    return value
-
-
-def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
-    """The settings file's values ({} when there is none)."""
-    path = Path(path)
-    text = _settings_text(path)
-    if text is None:
-        return {}
     try:
         import yaml
     except ImportError:
@@ -93,8 +77,12 @@ def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
     if unknown:
         raise SpecError(f"{display_path(path)}: unknown setting {unknown[0]!r}{suggest(unknown[0], SETTINGS_KEYS)}. "
                         f"Known: {', '.join(SETTINGS_KEYS)}.")
-    checked = {k: _setting_value(path, k, v) for k, v in values.items()}
-    return {k: v for k, v in checked.items() if v is not None}
+    values = {k: v for k, v in values.items() if v is not None and v != ""}
+    for key, value in values.items():
+        if not isinstance(value, str):
+            raise SpecError(f"{display_path(path)}: {key} must be text (a name or a path), not {value!r}; "
+                            f"quote it, e.g. {key}: \"...\"")
+    return values
 
 
 def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | None = SETTINGS_FILE) -> dict:
@@ -143,19 +131,6 @@ def saved_swanlab_login() -> bool:
 
 
 # --------------------------------------------------------------------------- paths a config names
-
-
-def data_source_path(text: str, source: str) -> Path:
-    """``data.source``: a JSON/JSONL file (relative to the working directory, else the repository), checked now."""
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        path = path if path.exists() else REPO_ROOT / path
-    path = path.resolve()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise SpecError(f"{source}: data.source={text!r} {what}: give a JSON/JSONL data file, or `course` for the "
-                        "profile's own dataset.")
-    return path
 
 
 def refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:

@@ -1,17 +1,11 @@
-"""The run spec: every course setting, resolved once, at the edge.
-
-A notebook's first cell, each CLI's ``main`` and the test fixtures call
-:func:`build_spec`; everything below them receives the frozen :class:`RunSpec`
-and never reads the environment for course settings.
+"""The run spec: every course setting, resolved once, at the edge (:func:`build_spec`, frozen :class:`RunSpec`).
 
 Where a setting comes from (the precedence rule, written once here):
 
 1. ``--set section.key=value`` overrides on the command line (or ``overrides=``);
 2. the training config (YAML). Its ``profile:`` is authoritative for that file;
 3. environment variables (``QWEN3_TUTORIAL_*``), which beat
-4. the git-ignored settings file ``course-settings.yaml`` at the repository root
-   (written by notebook 00 or ``python -m helpers.environment setup``), so a
-   JupyterLab kernel started without your shell's variables still sees them;
+4. the git-ignored settings file ``course-settings.yaml`` (:mod:`helpers.settings`);
 5. the course defaults.
 
 The profile variable (or settings file) chooses WHICH config is used when none is
@@ -37,7 +31,6 @@ from .settings import (
     SETTINGS_FILE,
     SpecError,
     course_settings,
-    data_source_path,
     refuse_run_dir,
     resolve_swanlab_mode,
     suggest,
@@ -48,11 +41,6 @@ CONFIG_DIR = REPO_ROOT / "configs" / "train"
 DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
 DEFAULT_MAX_LENGTH = 1024
 BATCHINGS = ("packed", "padded", "grouped")
-QUANTIZATIONS = (None, "nf4")
-#: ``kernels:`` in a training config: none (the model's own layers) or liger (Liger Kernel's Qwen3 patch)
-KERNELS = (None, "liger")
-#: the optional GPU package ``kernels: liger`` needs (pyproject's ``gpu`` extra; bench/RESULTS.md)
-LIGER_PACKAGE = "liger-kernel==0.8.5"
 
 
 # --------------------------------------------------------------------------- typed sections
@@ -119,10 +107,6 @@ class RunSpec:
     #: None or "liger" (``kernels:`` in the config; checked by :func:`check_kernels` when the spec is built)
     kernels: str | None = None
 
-    @property
-    def name(self) -> str:
-        return self.profile.name
-
     def describe(self) -> str:
         """A short report (Chinese) of what this run will use and why."""
         lines = [
@@ -171,16 +155,17 @@ def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def check_kernels(kernels: str | None, cuda: bool, source: str = "config", installed: bool | None = None) -> str | None:
-    """``kernels: liger`` needs CUDA and the ``liger-kernel`` package: refused here, before any model loads."""
+def check_kernels(kernels: str | None, cuda: bool, source: str = "config") -> str | None:
+    """``kernels: liger`` (Liger Kernel's Qwen3 patch) needs CUDA and the package (pyproject's ``gpu`` extra):
+    refused here, before any model loads."""
     if kernels != "liger":
         return kernels
     if not cuda:
         raise SpecError(f"{source}: kernels: liger needs a CUDA GPU (Liger's kernels are Triton GPU code); "
                         "this machine has none: remove the line or set kernels: null")
-    if not (liger_installed() if installed is None else installed):
+    if not liger_installed():
         raise SpecError(f"{source}: kernels: liger needs the liger-kernel package, which is not installed: "
-                        f"pip install {LIGER_PACKAGE} (or set kernels: null)")
+                        "pip install liger-kernel==0.8.5 (or set kernels: null)")
     return kernels
 
 
@@ -288,8 +273,6 @@ def validate_config(config: dict, source: str = "config") -> dict:
     Unknown keys (with a close-match suggestion), wrong types and out-of-range values stop
     here, before any tokenizer or model loads, with the key's dotted name.
     """
-    if not isinstance(config, dict):
-        raise SpecError(f"{source}: a training config is a YAML mapping (sections data, lora, training, ...)")
     out = {}
     for key, value in config.items():
         if key not in TOP_LEVEL_KEYS:
@@ -321,9 +304,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
     batching = out.get("batching", "packed")
     if batching not in BATCHINGS:
         raise SpecError(f"{source}: batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
-    if out.get("quantization") not in QUANTIZATIONS:
+    if out.get("quantization") not in (None, "nf4"):
         raise SpecError(f"{source}: quantization must be null or nf4, not {out.get('quantization')!r}")
-    if out.get("kernels") not in KERNELS:
+    if out.get("kernels") not in (None, "liger"):
         raise SpecError(f"{source}: kernels must be null or liger, not {out.get('kernels')!r}")
     for dotted, ok, must in RANGES:
         section, key = dotted.split(".")
@@ -332,22 +315,6 @@ def validate_config(config: dict, source: str = "config") -> dict:
             if (value is None and "null" not in must) or (value is not None and not ok(value)):
                 raise SpecError(f"{source}: {dotted}={value!r} must be {must}")
     return out
-
-
-def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], object]]:
-    """``section.key=value`` strings into (path, value); values are read as YAML."""
-    import yaml
-
-    parsed = []
-    for item in overrides or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"--set {item!r} must look like section.key=value (e.g. training.max_steps=20)")
-        try:
-            parsed.append((key.strip().split("."), yaml.safe_load(value)))
-        except yaml.YAMLError:
-            parsed.append((key.strip().split("."), value))
-    return parsed
 
 
 def read_config(path: Path) -> dict:
@@ -377,17 +344,37 @@ def _absolute(path: str | os.PathLike) -> Path:
 
 
 def config_path(config: str | os.PathLike) -> Path:
-    """A config given on the command line: absolute, relative to the working directory, or to the repository."""
+    """A file a user names: absolute, relative to the working directory, or to the repository."""
     path = Path(config).expanduser()
     if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
         path = REPO_ROOT / path
     return path.resolve()
 
 
+def data_source_path(text: str, source: str) -> Path:
+    """``data.source``: a JSON/JSONL file, checked now."""
+    path = config_path(text)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise SpecError(f"{source}: data.source={text!r} {what}: give a JSON/JSONL data file, or `course` for the "
+                        "profile's own dataset.")
+    return path
+
+
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
-    """A copy of the config with each ``--set section.key=value`` applied."""
+    """A copy of the config with each ``--set section.key=value`` applied (the value read as YAML)."""
+    import yaml
+
     raw = dict(raw)
-    for keys, value in parse_overrides(overrides):
+    for item in overrides or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item!r} must look like section.key=value (e.g. training.max_steps=20)")
+        keys = key.strip().split(".")
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
         target = raw
         for part in keys[:-1]:
             section = target.get(part)
@@ -420,13 +407,11 @@ def build_spec(
     elif requested is not None and not env.get(PROFILE_ENV, "").strip():
         requested_origin = f"profile in {display_path(settings_file)}"
 
-    if config is not None:
-        path = config_path(config)
-        raw = read_config(path)
-        chosen, why = choose_profile(requested, raw.get("profile"), cuda=cuda, requested_origin=requested_origin,
-                                     config_file=path)
-    else:
-        chosen, why = choose_profile(requested, None, cuda=cuda, requested_origin=requested_origin)
+    path = None if config is None else config_path(config)
+    raw = {} if path is None else read_config(path)
+    chosen, why = choose_profile(requested, raw.get("profile"), cuda=cuda, requested_origin=requested_origin,
+                                 config_file=path)
+    if path is None:
         path = CONFIG_DIR / f"{chosen.train_config}.yaml"
         raw = read_config(path)
     source = display_path(path) + (" with --set " + " ".join(overrides) if overrides else "")
@@ -476,7 +461,7 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
         dataset = data_source_path(*data_source)
     elif "dataset" in settings:
         dataset = _absolute(settings["dataset"][0])
-    elif profile.dataset == "sample":
+    elif profile.source == "tiny":  # the shipped sample
         dataset = REPO_ROOT / "data" / "huanhuan_sample.json"
     else:
         dataset = workspace / "data" / "huanhuan.json"

@@ -1,21 +1,15 @@
-"""SwanLab without traps: never a prompt, offline by default, records readable from disk.
+"""SwanLab without traps: never a prompt, offline without an API key, records readable from disk.
 
-* The mode is resolved once by the run spec (``spec.swanlab.mode``):
-  no API key -> ``mode="offline"``: the run is written
-  to ``workspace/swanlog`` and can be uploaded later with ``swanlab sync <run dir>``.
-* ``SWANLAB_API_KEY`` set, or a key saved by ``swanlab login`` -> ``mode="online"``
-  (swanlab reads the key itself; it is never typed into a cell or printed).
-* ``SWANLAB_INTERACTIVE=false`` is always set, so swanlab 0.10 can never call
-  ``input()`` (which would block a Jupyter notebook and fail under nbval).
+The mode comes from the run spec (``spec.swanlab.mode``): ``online`` with ``SWANLAB_API_KEY`` or a key saved
+by ``swanlab login`` (swanlab reads it itself), else ``offline`` into ``workspace/swanlog`` (upload later with
+``swanlab sync <run dir>``). Facts of swanlab 0.10.3 handled here:
 
-Facts of swanlab 0.10.3 handled here:
-* transformers' ``report_to="swanlab"`` crashes ("No active Run") unless
-  ``swanlab.init`` ran first, so :func:`start_run` initialises the run and the
-  Trainer's callback reuses it; :func:`finish_run` closes it (nobody else does).
-* ``SWANLAB_PROJECT`` in the environment breaks ``swanlab.init`` (its settings parser
-  reads it as a nested field); use ``SWANLAB_PROJECT_NAME`` or ``project=``.
-* ``swanlab.yaml`` / ``.env`` in the working directory override environment variables;
-  we pass ``mode`` and ``logdir`` explicitly, which beat both.
+* without ``SWANLAB_INTERACTIVE=false`` it may call ``input()``, which blocks Jupyter and fails under nbval;
+* transformers' ``report_to="swanlab"`` crashes ("No active Run") unless ``swanlab.init`` ran first, so
+  :func:`start_run` initialises the run, the Trainer's callback reuses it and :func:`finish_run` closes it;
+* ``SWANLAB_PROJECT`` in the environment breaks ``swanlab.init`` (read as a nested settings field);
+* ``swanlab.yaml`` / ``.env`` in the working directory override environment variables, so ``mode`` and
+  ``logdir`` are passed explicitly.
 """
 
 from __future__ import annotations
@@ -28,9 +22,6 @@ from pathlib import Path
 
 from .errors import CourseError
 from .workspace import course_folder, display_path, record_made, shell_path
-
-#: Environment variables swanlab cannot parse (nested settings groups).
-BROKEN_SWANLAB_VARS = ("SWANLAB_PROJECT", "SWANLAB_RUN", "SWANLAB_EXPERIMENT")
 
 
 class SwanLabSetupError(CourseError, RuntimeError):
@@ -52,27 +43,6 @@ def describe_mode(mode: str) -> str:
     }[mode]
 
 
-def check_swanlab_environment(env, cwd: str | os.PathLike | None = None) -> list[str]:
-    """Raise on settings swanlab cannot parse; return warnings about files that override env vars."""
-    for name in BROKEN_SWANLAB_VARS:
-        if name in env:
-            fix = "SWANLAB_PROJECT_NAME" if name == "SWANLAB_PROJECT" else f"{name}_NAME"
-            raise SwanLabSetupError(
-                f"{name} is set in the environment; swanlab 0.10 cannot parse it and fails in init. "
-                f"Unset it (`unset {name}`) and use {fix} instead, or pass project= in the config."
-            )
-    warnings = []
-    cwd = Path(cwd or os.getcwd())
-    for name in ("swanlab.yaml", "swanlab.yml", ".env"):
-        path = cwd / name
-        if path.is_file() and (name != ".env" or "SWANLAB_" in path.read_text(encoding="utf-8", errors="ignore")):
-            warnings.append(
-                f"{name} in the working directory overrides SWANLAB_* environment variables "
-                "(mode and logdir are passed explicitly, so they still apply)."
-            )
-    return warnings
-
-
 #: where swanlab online mode sends records
 SWANLAB_HOST = ("api.swanlab.cn", 443)
 
@@ -88,11 +58,8 @@ def swanlab_reachable(host: tuple[str, int] = SWANLAB_HOST, timeout: float = 3.0
 
 
 def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
-    """Start a SwanLab run that can never prompt; returns the run (None when disabled).
-
-    Online mode without a route to swanlab.cn falls back to offline, says so in one line and
-    prints the ``swanlab sync`` command for later. A wrong key with network stays an error.
-    """
+    """Start a SwanLab run that can never prompt (see :func:`safe_mode`); a wrong key with network stays an
+    error."""
     import swanlab
 
     return swanlab.init(
@@ -108,13 +75,22 @@ def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
 def safe_mode(spec, reachable=swanlab_reachable) -> str:
     """The mode to pass to ``swanlab.init``, with swanlab's prompt switched off for good.
 
-    Sets ``SWANLAB_INTERACTIVE=false`` (swanlab 0.10 would otherwise call ``input()`` for a key),
-    stops on environment variables swanlab cannot parse, and turns ``online`` into ``offline`` (with
-    one line saying so) when swanlab.cn cannot be reached. ``disabled`` when tracking is off.
+    Sets ``SWANLAB_INTERACTIVE=false``, stops on environment variables swanlab cannot parse, warns about
+    files that override them, and turns ``online`` into ``offline`` (with one line saying so) when
+    swanlab.cn cannot be reached. ``disabled`` when tracking is off.
     """
     os.environ["SWANLAB_INTERACTIVE"] = "false"
-    for warning in check_swanlab_environment(os.environ):
-        print("SwanLab:", warning)
+    for name in ("SWANLAB_PROJECT", "SWANLAB_RUN", "SWANLAB_EXPERIMENT"):   # nested settings groups
+        if name in os.environ:
+            raise SwanLabSetupError(
+                f"{name} is set in the environment; swanlab 0.10 cannot parse it and fails in init. "
+                f"Unset it (`unset {name}`) and use {name}_NAME instead, or pass project= in the config."
+            )
+    for name in ("swanlab.yaml", "swanlab.yml", ".env"):
+        path = Path.cwd() / name
+        if path.is_file() and (name != ".env" or "SWANLAB_" in path.read_text(encoding="utf-8", errors="ignore")):
+            print(f"SwanLab: {name} in the working directory overrides SWANLAB_* environment variables "
+                  "(mode and logdir are passed explicitly, so they still apply).")
     mode = spec.swanlab.mode if spec.swanlab.enabled else "disabled"
     if mode == "online" and not reachable():
         print(f"SwanLab: {SWANLAB_HOST[0]} 无法连接（没有网络？），本次改为 offline 记录；有网络后用 "

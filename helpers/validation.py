@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,11 +114,6 @@ class LoadResult:
 SPECIAL_TOKEN_PATTERN = re.compile(r"<\|[a-z_]+\|>|</?think>|</?tool_call>|</?tool_response>")
 
 
-def special_tokens_in(text: str) -> list[str]:
-    """The control-token strings found in ``text`` (in order, without repeats)."""
-    return list(dict.fromkeys(SPECIAL_TOKEN_PATTERN.findall(text)))
-
-
 def list_numbers(numbers: Sequence[int], limit: int = 30) -> str:
     text = ", ".join(str(n) for n in numbers[:limit])
     return text + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
@@ -177,10 +173,10 @@ def _check_row(value) -> tuple[dict | None, list[tuple[str, str, str]]]:
             problems.append((name, f"应当是字符串，实际是 {_json_type(item)}：{json.dumps(item)[:40]}", "error"))
         elif name in REQUIRED_FIELDS and not item.strip():
             problems.append((name, "是空的", "error"))
-        elif found := special_tokens_in(item):
+        elif found := list(dict.fromkeys(SPECIAL_TOKEN_PATTERN.findall(item))):
             problems.append((name, f"含有控制符 {', '.join(found)}：对话模板会把它们当成回合标记，"
                              "请从文本里删掉", "error"))
-        elif _has_surrogate(item):
+        elif any("\ud800" <= ch <= "\udfff" for ch in item):
             problems.append((name, "含有不成对的 UTF-16 代理字符（损坏的 \\ud8xx 转义）", "error"))
     for name in FIELDS:
         if isinstance(value.get(name), str) and (hidden := invisible_characters(value[name])):
@@ -199,14 +195,8 @@ def invisible_characters(text: str) -> list[str]:
 
     Line breaks and tabs are text; everything else of Unicode category Cc or Cf is named once, as U+XXXX.
     """
-    import unicodedata
-
     found = dict.fromkeys(ch for ch in text if ch not in "\n\t\r" and unicodedata.category(ch) in ("Cc", "Cf"))
     return [f"U+{ord(ch):04X}" + (f" {unicodedata.name(ch, '')}".rstrip()) for ch in found]
-
-
-def _has_surrogate(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def require_data_file(path: str | os.PathLike) -> ValidationReport:
@@ -229,14 +219,9 @@ def load_records(
 ) -> LoadResult:
     """Read and validate a JSON array or JSONL file of instruction/input/output records.
 
-    Errors (the row is invalid): invalid JSON, not an object, missing ``instruction``
-    or ``output``, a non-string value, an empty instruction or output. Warnings (the
-    row is kept): an exact duplicate of an earlier row, unknown fields. Rows too long
-    for ``max_length`` are warned about by :func:`helpers.data.check_lengths`, which
-    needs the tokenizer.
-
-    By default any error raises :class:`DataValidationError` listing every problem;
-    ``skip_invalid=True`` keeps the valid rows and the report names the skipped ones.
+    Any error raises :class:`DataValidationError` listing every problem; ``skip_invalid=True``
+    keeps the valid rows and the report names the skipped ones. Duplicates and unknown fields are
+    warnings; rows too long for ``max_length`` are warned about by :func:`helpers.data.check_lengths`.
     ``fix_hint``: what the caller's user can do about invalid rows (default: the data command's flag).
     """
     path = Path(path)

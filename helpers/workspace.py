@@ -58,15 +58,12 @@ def display_path(path: str | os.PathLike | None) -> str:
         path = Path(path).expanduser().resolve()
     except (OSError, RuntimeError):     # a symbolic-link loop
         path = Path(path).expanduser().absolute()
-    try:
-        text = path.relative_to(REPO_ROOT).as_posix()
-        return text or "."
-    except ValueError:
-        pass
-    try:
-        return "~/" + path.relative_to(Path.home().resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
+    for base, prefix in ((REPO_ROOT, ""), (Path.home().resolve(), "~/")):
+        try:
+            return prefix + path.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return path.as_posix()
 
 
 def shell_path(path: str | os.PathLike | None) -> str:
@@ -114,24 +111,27 @@ def how_to_make(notebook: str, command: str) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
+        for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _umask_mode(mode: int = 0o666) -> int:
+def _umask_mode() -> int:
     current = os.umask(0)
     os.umask(current)
-    return mode & ~current
+    return 0o666 & ~current
 
 
-def _disk_full(err: OSError, path: Path) -> DiskFullError:
-    return DiskFullError(err.errno, f"the disk is full: {display_path(path)} was not written (the partial "
-                         f"copy was removed{', the old one is unchanged' if path.exists() else ''}). "
-                         "Free some space and run it again.")
+def _raise_disk_full(err: Exception, path: Path):
+    """Re-raise ``err``; a full disk as one :class:`DiskFullError` that says what was not written."""
+    if isinstance(err, DiskFullError) or not is_disk_full(err):
+        raise err
+    raise DiskFullError(errno.ENOSPC, f"the disk is full: {display_path(path)} was not written (the partial "
+                        f"copy was removed{', the old one is unchanged' if path.exists() else ''}). "
+                        "Free some space and run it again.") from err
 
 
 @contextlib.contextmanager
@@ -156,9 +156,7 @@ def atomic_path(path: str | os.PathLike):
         os.chmod(temporary, _umask_mode())
         os.replace(temporary, path)
     except Exception as err:
-        if isinstance(err, DiskFullError) or not is_disk_full(err):
-            raise
-        raise _disk_full(OSError(errno.ENOSPC, str(err)), path) from err
+        _raise_disk_full(err, path)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -171,12 +169,13 @@ def is_disk_full(err: BaseException) -> bool:
     return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
 
 
-def _claim_partial(partial: Path) -> None:
+def _claim_partial(partial: Path, remove: bool = True) -> None:
     """Remove a leftover ``<path>.partial`` of the course's; refuse one the course did not make."""
     if not (partial.exists() or partial.is_symlink()):
         return
     if partial.is_dir() and not partial.is_symlink() and made_names(partial) is not None:
-        shutil.rmtree(partial)
+        if remove:
+            shutil.rmtree(partial)
         return
     raise UnsafeWriteError(f"{display_path(partial)} is in the way and the course did not make it: move it "
                            "away (or rename it) and run this again. Nothing was written.")
@@ -184,14 +183,11 @@ def _claim_partial(partial: Path) -> None:
 
 def refuse_foreign_partial(path: str | os.PathLike) -> None:
     """Stop before any work when ``<path>.partial`` exists and the course did not make it."""
-    partial = Path(path).with_name(Path(path).name + ".partial")
-    if (partial.exists() or partial.is_symlink()) and \
-            not (partial.is_dir() and not partial.is_symlink() and made_names(partial) is not None):
-        _claim_partial(partial)
+    _claim_partial(Path(path).with_name(Path(path).name + ".partial"), remove=False)
 
 
-def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...] = ()) -> list[Path]:
-    """Remove what the course made in ``folder`` (its marker names it) and keep the rest; returns what stays.
+def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...]) -> None:
+    """Remove what the course made in ``folder`` (its marker names it) and keep the rest.
 
     ``legacy``: name patterns that count as the course's in a folder written before it marked its folders.
     Frees the room of an old output before its replacement is written (a 16 GB export, say).
@@ -200,7 +196,7 @@ def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...] = ()) 
 
     folder = Path(folder)
     if not folder.is_dir():
-        return []
+        return
     names = made_names(folder)
     entries = [p for p in folder.iterdir() if p.name != MADE_MARKER]
     if names is None:
@@ -209,7 +205,6 @@ def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...] = ()) 
     for entry in ours:
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     _write_marker(folder, {CREATED})
-    return [p for p in entries if p not in ours]
 
 
 def _foreign_entries(path: Path) -> list[Path]:
@@ -258,9 +253,7 @@ def atomic_folder(path: str | os.PathLike):
         for entry in keep:    # a learner's file never stays behind in a folder about to be removed
             if (partial / entry.name).exists() and not entry.exists():
                 (partial / entry.name).rename(entry)
-        if isinstance(err, DiskFullError) or not is_disk_full(err):
-            raise
-        raise _disk_full(OSError(errno.ENOSPC, str(err)), path) from err
+        _raise_disk_full(err, path)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -327,9 +320,7 @@ def _write_marker(folder: Path, names: set[str]) -> None:
         raise UnsafeWriteError(f"{display_path(folder)} is not writable: choose a folder you can write to "
                                "(or fix its permissions).") from None
     except OSError as err:
-        if not is_disk_full(err):
-            raise
-        raise _disk_full(err, marker) from err
+        _raise_disk_full(err, marker)
     os.chmod(marker, _umask_mode())
 
 
@@ -358,20 +349,17 @@ def course_folder(path: str | os.PathLike, whole: bool = True) -> Path:
     return path
 
 
-def claim_folder(path: str | os.PathLike) -> Path:
+def claim_folder(path: str | os.PathLike) -> None:
     """Mark an existing folder as wholly the course's (one it wrote before it marked its folders)."""
     _write_marker(Path(path), {CREATED, WHOLE})
-    return Path(path)
 
 
 def record_made(path: str | os.PathLike) -> Path:
     """Record that the course made the file (or folder) ``path``, in its folder's marker."""
     path = Path(path)
-    names = made_names(path.parent)
-    if names is None and not path.parent.exists():
+    if not path.parent.exists():
         course_folder(path.parent, whole=False)
-        names = made_names(path.parent)
-    names = set() if names is None else names
+    names = made_names(path.parent) or set()
     if WHOLE not in names and path.name not in names:
         _write_marker(path.parent, names | {path.name})
     return path

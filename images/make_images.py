@@ -7,8 +7,8 @@ Run from the repository root (``make notebooks`` runs it after the notebooks)::
 
 ==========================  ===============================================================
 ``lora-shapes.png``         LoRA beside Qwen3-8B's seven linear layers, drawn to scale from the
-                            real architecture (``helpers.models.qwen3_on_meta`` +
-                            ``parameter_table``) and PEFT's own adapter shapes and counts (r = 8).
+                            real architecture (``helpers.models.qwen3_on_meta``) and PEFT's own
+                            adapter shapes and counts (r = 8).
 ``label-mask.png``          The first row of ``data/huanhuan_sample.json`` encoded by the course
                             (``helpers.data.encode_records``, the offline Qwen3 tokenizer
                             ``helpers.models.course_tokenizer``): every
@@ -119,17 +119,16 @@ def lora_shapes(out_dir: Path) -> Path:
     from matplotlib.patches import Patch, Rectangle
     from peft import get_peft_model
 
-    from helpers.models import lora_config, parameter_table, qwen3_on_meta
+    from helpers.models import lora_config, qwen3_on_meta
 
     model = qwen3_on_meta("Qwen3-8B")
     config = model.config
     base_total = sum(p.numel() for p in model.parameters())
-    shapes = {}  # module -> (out, in), from the course's shape table
-    for name, shape, _ in parameter_table(model):
-        if name.startswith("layers[0]."):
-            out_features, in_features = map(int, shape.split("x"))
-            shapes[name.rsplit(".", 1)[-1]] = (out_features, in_features)
     lora = lora_config()  # the course's LoraSpec defaults
+    shapes = {}  # module -> (out, in): the weight's own shape
+    for name, module in model.model.layers[0].named_modules():
+        if name.rsplit(".", 1)[-1] in lora.target_modules:
+            shapes[name.rsplit(".", 1)[-1]] = tuple(module.weight.shape)
     peft_model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     layer = peft_model.base_model.model.model.layers[0]

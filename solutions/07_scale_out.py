@@ -69,7 +69,7 @@ def uneven_shards():
 
 @exercise(3, "Qwen3-14B 放进 24 GB 的卡要几块")
 def qwen3_14b_on_24gb():
-    card, usable = 24, 0.9  # keep 10% free, as helpers.recipes.fits does
+    card, usable = 24, 0.9  # keep 10% free, as helpers.recipes.MARGIN does
     needed = {}
     for strategy in ("ddp", "zero2", "fsdp", "zero3"):
         totals = {n: scale_out.per_gpu_memory_gb(strategy, n, "Qwen3-14B")["total"] + CUDA_OVERHEAD_GB

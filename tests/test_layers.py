@@ -15,7 +15,7 @@ HELPERS = REPO_ROOT / "helpers"
 LAYERS = {
     "errors": 0, "workspace": 0, "hardware": 0,
     "profiles": 1, "settings": 1, "spec": 1,
-    "validation": 2, "data_files": 2, "padding": 2, "data": 2, "original": 2, "chat_template": 2,
+    "validation": 2, "data_files": 2, "padding": 2, "data": 2, "original": 2,
     "models": 2, "checkpoints": 2, "tracking": 2, "recipes": 2, "metrics": 2,
     "runs": 2,
     "download": 3, "train": 3, "export": 3, "inference": 3, "evaluate": 3, "scale_out": 3, "environment": 3, "reset": 3,

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import recipes
-from helpers.models import qwen3_config
+from helpers.models import qwen3_config, qwen3_counts
 
 
 def qwen3_8b_counts() -> dict[str, int]:
-    """Qwen3-8B's parameters counted from its published config.json (not from helpers.recipes)."""
+    """Qwen3-8B's parameters counted from its published config.json (not from helpers.models.qwen3_counts)."""
     c = qwen3_config("Qwen3-8B")
     h, inter, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     q, kv = c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
@@ -32,9 +32,9 @@ def qwen3_8b_counts() -> dict[str, int]:
 
 def test_course_constants_match_the_published_architecture():
     counts = qwen3_8b_counts()
-    assert recipes.QWEN3_8B["lora_params"] == counts["lora"]
-    assert recipes.QWEN3_8B["embedding_params"] == counts["embeddings"]
-    assert recipes.QWEN3_8B["params"] == pytest.approx(counts["params"], rel=0.001)  # 8.19e9 rounds 8.1908e9
+    assert qwen3_counts("Qwen3-8B")["lora_params"] == counts["lora"]
+    assert qwen3_counts("Qwen3-8B")["embedding_params"] == counts["embeddings"]
+    assert qwen3_counts("Qwen3-8B")["params"] == pytest.approx(counts["params"], rel=0.001)  # 8.19e9 rounds 8.1908e9
 
 
 def test_qlora_estimate_against_an_independent_calculation():
@@ -45,7 +45,7 @@ def test_qlora_estimate_against_an_independent_calculation():
     # constant per 256 blocks: 8/64 + 32/(64*256) = 0.127 bit per weight
     nf4_bits = 4 + 8 / 64 + 32 / (64 * 256)
     assert nf4_bits == pytest.approx(4.127, abs=0.001)
-    linear = recipes.QWEN3_8B["params"] - counts["embeddings"]   # everything but embeddings and lm_head
+    linear = qwen3_counts("Qwen3-8B")["params"] - counts["embeddings"]   # everything but embeddings and lm_head
     weights = linear * 4.127 / 8 + counts["embeddings"] * 4      # fp32 after prepare_model_for_kbit_training
     lora = counts["lora"] * (4 + 4 + 4 + 4)                      # fp32 weight, grad, Adam m and v
     # fp32 layer inputs + one layer recomputed (83 bytes x hidden per token in bf16, x1.5 under QLoRA)
@@ -58,7 +58,7 @@ def test_qlora_estimate_against_an_independent_calculation():
     # 4-bit linear layers: the weights take less than 55% of bf16's 16.4 GB, even with fp32 embeddings
     bf16 = recipes.estimate_lora_memory_gb(tokens_per_micro_batch=tokens, gradient_checkpointing=True)
     assert got[recipes.QLORA_WEIGHTS] < 0.55 * bf16["weights (bf16)"]
-    assert bf16["weights (bf16)"] == pytest.approx(recipes.QWEN3_8B["params"] * 2 / 1e9)
+    assert bf16["weights (bf16)"] == pytest.approx(qwen3_counts("Qwen3-8B")["params"] * 2 / 1e9)
 
 
 def parse_fit_table(text: str) -> tuple[list[int], dict[str, dict]]:

@@ -287,7 +287,7 @@ def test_per_gpu_memory_follows_what_each_strategy_shards():
     from helpers.models import qwen3_on_meta
 
     one = scale_out.per_gpu_memory_gb("single-gpu", 1)
-    assert one == pytest.approx(estimate_lora_memory_gb(params=models.qwen3_counts("Qwen3-8B")["params"]))
+    assert one == pytest.approx(estimate_lora_memory_gb("Qwen3-8B"))
     assert one["total"] == pytest.approx(estimate_lora_memory_gb()["total"], abs=0.01)
     # one decoder layer of the real architecture, in bf16: what FSDP / ZeRO-3 gather at a time
     layer_gb = sum(p.numel() for p in qwen3_on_meta().model.layers[0].parameters()) * 2 / 1e9

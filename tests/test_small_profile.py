@@ -62,7 +62,7 @@ def test_small_trains_saves_reloads_and_generates_on_random_weights(tmp_path, hu
                  "training.per_device_train_batch_size=1", "training.gradient_accumulation_steps=1",
                  "training.save_steps=2", "training.logging_steps=1", "training.eval_strategy=no"]
     spec = build_spec("configs/train/qwen3-0.6b.yaml", overrides, env=env, settings_file=None, cuda=False)
-    random_weights = dataclasses.replace(spec.profile, source="config-only", weights="random",
+    random_weights = dataclasses.replace(spec.profile, source="config-only",
                                          model_dirname="Qwen3-0.6B-random")
     spec = spec.replace(profile=random_weights,
                         paths=dataclasses.replace(spec.paths, model_dir=tmp_path / "models" / "Qwen3-0.6B-random"))

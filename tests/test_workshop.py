@@ -23,7 +23,6 @@ from helpers import recipes
 from helpers.checkpoints import COMPLETE_MARKER
 from helpers.data_files import grouped_split
 from helpers.environment import write_settings
-from helpers.recipes import choose_recipe
 from helpers.settings import ADAPTER_DIR_ENV
 from helpers.spec import CONFIG_DIR, build_spec
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
@@ -46,7 +45,7 @@ def test_workshop_recipe_is_one_capped_pass_of_the_full_recipe(huanhuan_path):
     assert t["num_train_epochs"] == 1 and t["max_steps"] <= math.ceil(len(train_rows) / rows_per_step)
     assert t["learning_rate"] > f["learning_rate"]
     # the 24 GB card's recipe from helpers/recipes.py: checkpointing, micro-batch 4
-    recipe, _ = choose_recipe(24)
+    recipe = recipes.choose(24).recipe
     assert t["activation_checkpointing"] is recipe.activation_checkpointing is True
     assert t["per_device_train_batch_size"] == recipe.micro_batch
     assert t["eval_steps"] <= t["max_steps"] and t["logging_steps"] <= 10
