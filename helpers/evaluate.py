@@ -60,6 +60,7 @@ from .metrics import (
 from .runs import report_path
 from .spec import build_spec
 from .workspace import (
+    REPO_ROOT,
     MissingArtifactError,
     atomic_path,
     display_path,
@@ -214,6 +215,18 @@ def thinking_check(loaded, conversations: list[list[dict]], options: EvalOptions
     return thinking
 
 
+def adapter_origin(spec, checkpoint: Path) -> str:
+    """Where the evaluated adapter came from, with no machine path (the report may be shared): relative to the
+    workspace, the repository or the home folder (``~/...``), else its last two folder names."""
+    checkpoint = Path(checkpoint).resolve()
+    for base, prefix in ((spec.paths.workspace, ""), (REPO_ROOT, ""), (Path.home(), "~/")):
+        try:
+            return prefix + checkpoint.relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            continue
+    return f"{checkpoint.parent.name}/{checkpoint.name}"
+
+
 def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | None = None,
              say: Callable[[str], None] = print) -> dict:
     """The whole evaluation of the spec's adapter; returns the report (also saved and logged)."""
@@ -251,6 +264,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         "profile": spec.profile.name,
         "config_file": display_path(spec.config_file),
         "checkpoint": shareable_path(loaded.checkpoint, spec.paths.run_dir, spec.paths.workspace),
+        "adapter_origin": adapter_origin(spec, loaded.checkpoint),
         "options": dataclasses.asdict(options),
         "system_prompt": system_prompt,
         "split": {"train_rows": len(train_records), "held_out_rows": len(eval_records),

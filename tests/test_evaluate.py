@@ -350,3 +350,13 @@ def test_evaluate_cli_on_a_fresh_workspace(tmp_path, tiny_model_dir, memorised_r
     assert ev.format_table(report["table"]) in result.stdout
     logged = read_scalars(workspace / report["swanlab_run"])
     assert {k: v[0][1] for k, v in logged.items()} == pytest.approx(ev.scalars(report))
+
+
+def test_the_report_names_where_the_adapter_came_from_without_a_machine_path(tiny_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    inside = tiny_spec.paths.workspace / "checkpoints" / "run" / "checkpoint-60"
+    assert ev.adapter_origin(tiny_spec, inside) == "checkpoints/run/checkpoint-60"
+    assert ev.adapter_origin(tiny_spec, tmp_path / "home" / "adapters" / "a" / "checkpoint-9") == \
+        "~/adapters/a/checkpoint-9"
+    elsewhere = ev.adapter_origin(tiny_spec, tmp_path / "elsewhere" / "run" / "checkpoint-3")
+    assert elsewhere == "run/checkpoint-3" and str(tmp_path) not in elsewhere
