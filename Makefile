@@ -48,7 +48,7 @@ run: $(STAMP)
 # sudo), else Playwright's Chromium; if that does not work it stops with what to install.
 test: $(STAMP) chromium
 	$(PY) -m ruff check helpers tests notebooks bench solutions images
-	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax -n 2 --dist loadgroup --durations=15
+	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax -n 2 --durations=15
 
 # Re-execute the committed notebooks in place with the tiny profile (refreshes stored outputs), then
 # redraw the README's pictures in images/ (images/make_images.py; Chromium for the SwanLab screenshot).

@@ -22,24 +22,6 @@ from helpers import runs
 from helpers.workspace import REPO_ROOT
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``): a test module runs on one worker, so its
-    module fixtures run once; all notebooks run on one worker, in order, since a later notebook reads what an
-    earlier one wrote (04's adapter in 05 and 06)."""
-    for item in items:
-        group = "notebooks" if item.path.suffix == ".ipynb" else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
-def pytest_sessionstart(session):
-    """Build the tiny model once, before any worker starts (two workers must not build one folder at once)."""
-    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
-        from helpers.download import prepare_model
-
-        prepare_model(tiny_spec_for())
-
-
 def tiny_spec_for(run_dir: Path | None = None, config: str | None = None, overrides=(), **env):
     """A tiny-profile spec from an explicit environment (``env`` may relocate the workspace)."""
     from helpers.settings import SWANLAB_MODE_ENV

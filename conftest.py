@@ -1,0 +1,29 @@
+"""How ``make test`` shares the suite between two worker processes (pytest-xdist, ``-n 2``).
+
+A test module runs on one worker, so its module fixtures run once. All notebooks run on one worker, in
+their order, in one unit: a later notebook reads what an earlier one wrote (04's adapter in 05 and 06).
+"""
+
+from __future__ import annotations
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduler with the notebooks as one scope and every test module as its own."""
+    if config.getvalue("dist") == "each":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndNotebooks(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "notebooks" if ".ipynb" in nodeid else nodeid.split("::", 1)[0]
+
+    return ModulesAndNotebooks(config, log)
+
+
+def pytest_sessionstart(session):
+    """Build the tiny model once, before any worker starts: two workers must not build one folder at once."""
+    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
+        from helpers.download import prepare_model
+        from tests.conftest import tiny_spec_for
+
+        prepare_model(tiny_spec_for())
