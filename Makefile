@@ -47,7 +47,7 @@ run: $(STAMP)
 # Debian's chromium and fonts-noto-cjk when this user can install system packages (root or passwordless
 # sudo), else Playwright's Chromium; if that does not work it stops with what to install.
 test: $(STAMP) chromium
-	$(PY) -m ruff check helpers tests notebooks bench solutions images
+	$(PY) -m ruff check conftest.py helpers tests notebooks bench solutions images
 	QWEN3_TUTORIAL_PROFILE=tiny $(PY) -m pytest -q tests notebooks --nbval-lax -n 2 --durations=15
 
 # Re-execute the committed notebooks in place with the tiny profile (refreshes stored outputs), then
@@ -88,7 +88,7 @@ reset-all:
 	$(RESET_PY) -m helpers.reset --all --executed '$(EXECUTED)' --force-value '$(FORCE)' --dry-run-value '$(DRY_RUN)'
 
 lint: $(STAMP)
-	$(PY) -m ruff check helpers tests notebooks bench solutions images
+	$(PY) -m ruff check conftest.py helpers tests notebooks bench solutions images
 
 # Original tutorial vs this course on CPU, every figure a ratio taken in the same run (bench/RESULTS.md).
 bench: $(STAMP)
