@@ -13,7 +13,7 @@ The modules form layers; an import only ever points down a layer or sideways wit
    once into a frozen ``RunSpec``);
 3. domain - ``validation``, ``data_files``, ``padding``, ``data`` (records, the held-out split, the
    encoded files, encoding), ``original``, ``models`` (shapes, loading, LoRA
-   config), ``checkpoints``, ``tracking``, ``recipes``;
+   config), ``checkpoints``, ``tracking``, ``recipes``, ``metrics``, ``runs`` (run summaries, resume, plots);
 4. workflows - ``download``, ``train``, ``export``, ``inference``, ``evaluate``, ``scale_out``,
    ``environment``, ``reset``;
 5. edge - ``chat_app`` (the widget).
