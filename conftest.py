@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import os
 
+#: tests that write the repository's own settings file, which every notebook kernel reads: they run in the
+#: notebooks' unit (before the notebooks), never beside a notebook
+WITH_THE_NOTEBOOKS = (
+    "tests/test_environment.py::test_the_settings_file_reaches_a_kernel_started_without_the_variables",
+)
+
 
 def pytest_xdist_make_scheduler(config, log):
     """xdist's scope scheduler with the notebooks as one scope and every test module as its own."""
@@ -17,7 +23,9 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ModulesAndNotebooks(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "notebooks" if ".ipynb" in nodeid else nodeid.split("::", 1)[0]
+            if ".ipynb" in nodeid or nodeid.startswith(WITH_THE_NOTEBOOKS):
+                return "notebooks"
+            return nodeid.split("::", 1)[0]
 
     return ModulesAndNotebooks(config, log)
 
