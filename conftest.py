@@ -30,11 +30,16 @@ def pytest_xdist_make_scheduler(config, log):
     return ModulesAndNotebooks(config, log)
 
 
+def _starts_workers(config) -> bool:
+    """True in the controlling process of an xdist run (``-n N``), before its workers start."""
+    return bool(config.getoption("numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config):
     """Each worker gets its share of the cores as torch threads (OMP_NUM_THREADS, unless already set): two
     workers with two threads each on two cores train the tiny model 2.4x slower than with one each."""
-    workers = config.getoption("numprocesses", None)
-    if workers and not hasattr(config, "workerinput"):
+    if _starts_workers(config):
+        workers = config.getoption("numprocesses")
         cores = os.cpu_count() or 1
         per_worker = cores // workers if isinstance(workers, int) else 1   # "-n auto": one worker per core
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, per_worker)))
@@ -42,7 +47,7 @@ def pytest_configure(config):
 
 def pytest_sessionstart(session):
     """Build the tiny model once, before any worker starts: two workers must not build one folder at once."""
-    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
+    if _starts_workers(session.config):
         from helpers.download import prepare_model
         from tests.conftest import tiny_spec_for
 
