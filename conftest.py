@@ -15,17 +15,51 @@ WITH_THE_NOTEBOOKS = (
 )
 
 
+#: the units that take a minute or more, longest first (``make test --durations`` shows them): they start
+#: first, so that the short modules fill both workers at the end instead of one long unit running alone
+LONGEST_FIRST = (
+    "notebooks",
+    "tests/test_scale_out.py",
+    "tests/test_solutions.py",
+    "tests/test_train.py",
+    "tests/test_gpu_run.py",
+    "tests/test_bad_inputs_round2.py",
+    "tests/test_qlora.py",
+    "tests/test_gpu_check.py",
+    "tests/test_small_profile.py",
+)
+
+
+def _scope(nodeid: str) -> str:
+    """The unit a test runs in: "notebooks" for every notebook cell, else its test module."""
+    if ".ipynb" in nodeid or nodeid.startswith(WITH_THE_NOTEBOOKS):
+        return "notebooks"
+    return nodeid.split("::", 1)[0]
+
+
+def _start_order(scope: str) -> int:
+    return LONGEST_FIRST.index(scope) if scope in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """xdist's scope scheduler with the notebooks as one scope and every test module as its own."""
+    """xdist's scope scheduler with the notebooks as one scope and every test module as its own, the
+    longest units first."""
     if config.getvalue("dist") == "each":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ModulesAndNotebooks(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if ".ipynb" in nodeid or nodeid.startswith(WITH_THE_NOTEBOOKS):
-                return "notebooks"
-            return nodeid.split("::", 1)[0]
+            return _scope(nodeid)
+
+        def schedule(self) -> None:
+            if self.collection is None:
+                # the collection in start order (a stable sort: the tests of a unit keep their order);
+                # xdist's own reordering (by number of tests) would undo it
+                self.config.option.loadscopereorder = False
+                for node, collection in self.registered_collections.items():
+                    self.registered_collections[node] = sorted(collection, key=lambda n: _start_order(_scope(n)))
+            super().schedule()
 
     return ModulesAndNotebooks(config, log)
 

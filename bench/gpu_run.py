@@ -339,6 +339,39 @@ def run_worker(args) -> dict:
 # --------------------------------------------------------------------------- the driver
 
 
+def refusal(entry: Entry, device: str) -> str | None:
+    """Why the course refuses ``entry`` on ``device`` (``kernels: liger`` without CUDA or the package), found
+    by :func:`helpers.spec.check_kernels` before a process starts for it; None when it can run."""
+    from helpers.spec import SpecError, check_kernels
+
+    try:
+        check_kernels(entry.kernels, _cuda(device), f"entry {entry.name}")
+    except SpecError as err:
+        return f"SpecError: {err}"
+    return None
+
+
+def run_entry_process(entry: Entry, args, env: dict, timeout: float) -> dict:
+    """One entry in a Python process of its own (``--worker``): its result row, or how the process ended."""
+    part = Path(args.out).with_name(f".{Path(args.out).stem}-{entry.name}.json")
+    cmd = [sys.executable, "-m", "bench.gpu_run", "--worker", entry.name, "--result", str(part),
+           "--profile", args.profile, "--device", args.device, "--data", str(args.data),
+           "--warmup", str(args.warmup), "--steps", str(args.steps), "--chat-tokens", str(args.chat_tokens)]
+    if args.rows:
+        cmd += ["--rows", str(args.rows)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        if part.is_file():
+            row = json.loads(part.read_text(encoding="utf-8"))
+            part.unlink()
+        else:
+            row = {"name": entry.name, "stage": entry.stage, "status": f"crashed (exit {proc.returncode})",
+                   "error": (proc.stderr or proc.stdout)[-1500:]}
+    except subprocess.TimeoutExpired:
+        row = {"name": entry.name, "stage": entry.stage, "status": "timed out"}
+    return row
+
+
 def run_all(args) -> dict:
     entries = [e for e in plan(args.export, args.profile == "tiny") if not args.only or e.name in args.only]
     started = time.perf_counter()
@@ -360,24 +393,12 @@ def run_all(args) -> dict:
                                                        f"spent, needs ~{entry.guess_s:.0f} s)"}
             print(f"== {entry.name}: skipped (budget)", flush=True)
             continue
-        part = Path(args.out).with_name(f".{Path(args.out).stem}-{entry.name}.json")
-        cmd = [sys.executable, "-m", "bench.gpu_run", "--worker", entry.name, "--result", str(part),
-               "--profile", args.profile, "--device", args.device, "--data", str(args.data),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--chat-tokens", str(args.chat_tokens)]
-        if args.rows:
-            cmd += ["--rows", str(args.rows)]
         began = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                                  timeout=max(60.0, args.budget_s - elapsed + 30))
-            if part.is_file():
-                row = json.loads(part.read_text(encoding="utf-8"))
-                part.unlink()
-            else:
-                row = {"name": entry.name, "stage": entry.stage, "status": f"crashed (exit {proc.returncode})",
-                       "error": (proc.stderr or proc.stdout)[-1500:]}
-        except subprocess.TimeoutExpired:
-            row = {"name": entry.name, "stage": entry.stage, "status": "timed out"}
+        reason = refusal(entry, args.device)
+        if reason:
+            row = {"name": entry.name, "stage": entry.stage, "status": "refused", "error": reason}
+        else:
+            row = run_entry_process(entry, args, env, timeout=max(60.0, args.budget_s - elapsed + 30))
         row["stage_s"] = round(time.perf_counter() - began, 2)
         result["entries"][entry.name] = row
         print(f"== {entry.name} ({entry.stage}): {row['status']} in {row['stage_s']:.1f} s"

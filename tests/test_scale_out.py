@@ -162,24 +162,6 @@ def test_two_process_run_killed_resumes_to_the_same_end(reference, workspace, tm
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
-def test_uneven_last_batch_is_filled_from_the_start_of_the_epoch(reference, workspace):
-    """6 rows, 2 per rank, 2 ranks: 3 batches for 2 steps. accelerate's even_batches (default) gives
-    rank 1 the epoch's first batch again so both ranks take the same number of steps (DDP needs that).
-
-    Run through notebook 06's own entry point, :func:`helpers.scale_out.run_cpu_demo`."""
-    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(workspace))
-    out, log = scale_out.run_cpu_demo(spec, "data.max_rows=6", "training.per_device_train_batch_size=2",
-                                      "training.num_train_epochs=1", "training.save_steps=100", "swanlab=null",
-                                      "training.disable_tqdm=true", timeout=300)
-    assert out == workspace / "scale-out-demo" / "checkpoints" / "tiny-2proc"
-    assert "global step / 全局步数         2" in log
-    steps = scale_out.shards_per_step(scale_out.read_sample_log(out))
-    assert len(steps) == 2
-    assert not set(steps[0][0]) & set(steps[0][1])
-    assert steps[1][1] == steps[0][0], "the missing batch is the epoch's first one, repeated"
-    assert sorted(steps[0][0] + steps[0][1] + steps[1][0]) == list(range(6))
-
-
 # --------------------------------------------------------------------------- configs
 
 CONFIGS = {
