@@ -52,14 +52,10 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             return _scope(nodeid)
 
-        def schedule(self) -> None:
-            if self.collection is None:
-                # the collection in start order (a stable sort: the tests of a unit keep their order);
-                # xdist's own reordering (by number of tests) would undo it
-                self.config.option.loadscopereorder = False
-                for node, collection in self.registered_collections.items():
-                    self.registered_collections[node] = sorted(collection, key=lambda n: _start_order(_scope(n)))
-            super().schedule()
+        def _assign_work_unit(self, node) -> None:
+            # the next unit a worker gets is the longest one left (the queue is otherwise in xdist's order)
+            self.workqueue.move_to_end(min(self.workqueue, key=_start_order), last=False)
+            super()._assign_work_unit(node)
 
     return ModulesAndNotebooks(config, log)
 
