@@ -8,13 +8,6 @@ from __future__ import annotations
 
 import os
 
-#: tests that write the repository's own settings file, which every notebook kernel reads: they run in the
-#: notebooks' unit (before the notebooks), never beside a notebook
-WITH_THE_NOTEBOOKS = (
-    "tests/test_environment.py::test_the_settings_file_reaches_a_kernel_started_without_the_variables",
-)
-
-
 #: the units that take a minute or more, longest first (``make test --durations`` shows them): they start
 #: first, so that the short modules fill both workers at the end instead of one long unit running alone
 LONGEST_FIRST = (
@@ -32,7 +25,7 @@ LONGEST_FIRST = (
 
 def _scope(nodeid: str) -> str:
     """The unit a test runs in: "notebooks" for every notebook cell, else its test module."""
-    if ".ipynb" in nodeid or nodeid.startswith(WITH_THE_NOTEBOOKS):
+    if ".ipynb" in nodeid:
         return "notebooks"
     return nodeid.split("::", 1)[0]
 

@@ -63,11 +63,23 @@ def real_records(real_dataset) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def real_encoded(real_records, tokenizer):
-    """(samples, report) of the real rows encoded with the course defaults, once per session."""
+def real_encoded(real_records, tokenizer, tmp_path_factory, worker_id):
+    """(samples, report) of the real rows encoded with the course defaults, once per session: under
+    ``-n 2`` the first worker to need them encodes, and the other reads its result (pytest-xdist's recipe:
+    a file in this session's shared temporary folder, under a file lock)."""
+    import pickle
+
+    from filelock import FileLock
+
     from helpers.data import encode_records
 
-    return encode_records(real_records, tokenizer)
+    if worker_id == "master":   # one process: nothing to share
+        return encode_records(real_records, tokenizer)
+    shared = tmp_path_factory.getbasetemp().parent / "real-encoded.pickle"
+    with FileLock(str(shared) + ".lock"):
+        if not shared.is_file():
+            shared.write_bytes(pickle.dumps(encode_records(real_records, tokenizer)))
+        return pickle.loads(shared.read_bytes())
 
 
 @pytest.fixture(scope="session")

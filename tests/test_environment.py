@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -222,31 +223,32 @@ def test_settings_file_never_takes_an_api_key(tmp_path):
 
 
 @pytest.fixture
-def settings_at_repo_root():
-    """Put a settings file at the real path for one test; the one there before (if any) comes back."""
-    saved = SETTINGS_FILE.read_bytes() if SETTINGS_FILE.exists() else None
-    try:
-        yield SETTINGS_FILE
-    finally:
-        if saved is None:
-            SETTINGS_FILE.unlink(missing_ok=True)
-        else:
-            SETTINGS_FILE.write_bytes(saved)
+def course_copy(tmp_path) -> Path:
+    """The course's code, configs and sample data copied into a repository folder of its own, so that the
+    settings file written there is not the one that this session's notebooks and commands read."""
+    repo = tmp_path / "course"
+    for name in ("helpers", "configs", "data"):
+        shutil.copytree(REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return repo
 
 
-def test_the_settings_file_reaches_a_kernel_started_without_the_variables(tmp_path, settings_at_repo_root):
+def test_the_settings_file_reaches_a_kernel_started_without_the_variables(tmp_path, course_copy):
     workspace = tmp_path / "data-disk" / "qwen3-workspace"
-    setup = run_cli("environment", ["setup", "--profile", "tiny", "--workspace", workspace, "--swanlab-mode",
-                                    "disabled"], env=clean_env(), cwd=tmp_path)
-    assert setup.code == 0, setup.output
-    assert settings_at_repo_root.is_file()
+    copy_env = clean_env(PYTHONPATH=str(course_copy))   # `helpers` (and so the repository root) is the copy's
+    setup = subprocess.run([sys.executable, "-m", "helpers.environment", "setup", "--profile", "tiny", "--workspace",
+                            str(workspace), "--swanlab-mode", "disabled"], cwd=tmp_path, env=copy_env,
+                           capture_output=True, text=True, timeout=300)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert (course_copy / SETTINGS_FILE.name).is_file()
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
         "import os\n"
         "from pathlib import Path\n"
+        "from helpers.settings import SETTINGS_FILE\n"
         "from helpers.spec import build_spec\n"
         "assert not [k for k in os.environ if k.startswith('QWEN3_TUTORIAL_')]\n"
+        f"assert SETTINGS_FILE == Path({str(course_copy / SETTINGS_FILE.name)!r}), SETTINGS_FILE\n"
         "spec = build_spec()\n"
         f"assert spec.paths.workspace == Path({str(workspace)!r}), spec.paths.workspace\n"
         "assert spec.profile.name == 'tiny' and spec.swanlab.mode == 'disabled'\n"
@@ -255,8 +257,7 @@ def test_the_settings_file_reaches_a_kernel_started_without_the_variables(tmp_pa
     path = tmp_path / "settings-check.ipynb"
     nbformat.write(nb, path)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                             str(path)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
-                            timeout=300)
+                             str(path)], cwd=tmp_path, env=copy_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 passed" in result.stdout
 

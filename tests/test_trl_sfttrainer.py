@@ -12,7 +12,7 @@ import json
 import pytest
 
 from helpers import data, models, validation
-from helpers.spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
+from helpers.spec import DEFAULT_SYSTEM_PROMPT
 from helpers.workspace import REPO_ROOT
 
 NOTEBOOK_08 = REPO_ROOT / "notebooks" / "08-trl-sfttrainer.ipynb"
@@ -76,11 +76,11 @@ def trl_rows(tiny_spec, tiny_model_dir, rows, tmp_path, chat_template=None, **op
     return trainer.train_dataset
 
 
-def test_trl_rows_equal_the_course_encoding_on_every_real_row(real_records, tokenizer, tiny_spec, tiny_model_dir,
-                                                              tmp_path):
+def test_trl_rows_equal_the_course_encoding_on_every_real_row(real_records, real_encoded, tokenizer, tiny_spec,
+                                                              tiny_model_dir, tmp_path):
     """input_ids identical and the trained positions (labels != -100) identical, row by row, all 3,729 rows."""
     to_trl_row, stop_at_im_end = notebook_functions("to_trl_row", "stop_at_im_end")
-    ours, report = data.encode_records(real_records, tokenizer, DEFAULT_SYSTEM_PROMPT, DEFAULT_MAX_LENGTH)
+    ours, report = real_encoded   # encode_records with the course defaults (its system prompt and max_length)
     assert report.rows_out == len(real_records) == 3729
     rows = [to_trl_row(r, DEFAULT_SYSTEM_PROMPT) for r in real_records]
     theirs = trl_rows(tiny_spec, tiny_model_dir, rows, tmp_path, stop_at_im_end(tokenizer.chat_template),
