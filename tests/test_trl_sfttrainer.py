@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from helpers import data, models, validation
+from helpers import data, models
 from helpers.spec import DEFAULT_SYSTEM_PROMPT
 from helpers.workspace import REPO_ROOT
 
@@ -52,11 +52,6 @@ def notebook_sft_options():
     options = {name: ast.literal_eval(calls[0][name]) for name in DATA_OPTIONS}
     assert "chat_template_path" in calls[0]
     return options
-
-
-@pytest.fixture(scope="module")
-def real_records(huanhuan_path):
-    return validation.load_records(huanhuan_path).records
 
 
 def trl_rows(tiny_spec, tiny_model_dir, rows, tmp_path, chat_template=None, **options):
