@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 #: the units that take a minute or more, longest first (``make test --durations`` shows them): they start
 #: first, so that the short modules fill both workers at the end instead of one long unit running alone
 LONGEST_FIRST = (
     "notebooks",
-    "tests/test_scale_out.py",
     "tests/test_solutions.py",
+    "tests/test_scale_out.py",
     "tests/test_train.py",
     "tests/test_gpu_run.py",
-    "tests/test_bad_inputs_round2.py",
     "tests/test_qlora.py",
     "tests/test_gpu_check.py",
     "tests/test_small_profile.py",
@@ -34,6 +35,7 @@ def _start_order(scope: str) -> int:
     return LONGEST_FIRST.index(scope) if scope in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
+@pytest.hookimpl(optionalhook=True)   # a hook of pytest-xdist: without it (-p no:xdist) it is not called
 def pytest_xdist_make_scheduler(config, log):
     """xdist's scope scheduler with the notebooks as one scope and every test module as its own, the
     longest units first."""

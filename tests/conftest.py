@@ -63,7 +63,7 @@ def real_records(real_dataset) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def real_encoded(real_records, tokenizer, tmp_path_factory, worker_id):
+def real_encoded(real_records, tokenizer, tmp_path_factory, request):
     """(samples, report) of the real rows encoded with the course defaults, once per session: under
     ``-n 2`` the first worker to need them encodes, and the other reads its result (pytest-xdist's recipe:
     a file in this session's shared temporary folder, under a file lock)."""
@@ -73,7 +73,7 @@ def real_encoded(real_records, tokenizer, tmp_path_factory, worker_id):
 
     from helpers.data import encode_records
 
-    if worker_id == "master":   # one process: nothing to share
+    if not hasattr(request.config, "workerinput"):   # not an xdist worker: nothing to share
         return encode_records(real_records, tokenizer)
     shared = tmp_path_factory.getbasetemp().parent / "real-encoded.pickle"
     with FileLock(str(shared) + ".lock"):
