@@ -248,7 +248,7 @@ def test_the_settings_file_reaches_a_kernel_started_without_the_variables(tmp_pa
         "from helpers.settings import SETTINGS_FILE\n"
         "from helpers.spec import build_spec\n"
         "assert not [k for k in os.environ if k.startswith('QWEN3_TUTORIAL_')]\n"
-        f"assert SETTINGS_FILE == Path({str(course_copy / SETTINGS_FILE.name)!r}), SETTINGS_FILE\n"
+        f"assert SETTINGS_FILE == Path({str((course_copy / SETTINGS_FILE.name).resolve())!r}), SETTINGS_FILE\n"
         "spec = build_spec()\n"
         f"assert spec.paths.workspace == Path({str(workspace)!r}), spec.paths.workspace\n"
         "assert spec.profile.name == 'tiny' and spec.swanlab.mode == 'disabled'\n"
