@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-#: the units that take a minute or more, longest first (``make test --durations`` shows them): they start
+#: the units that take a minute or more, longest first (the durations ``make test`` prints show them): they start
 #: first, so that the short modules fill both workers at the end instead of one long unit running alone
 LONGEST_FIRST = (
     "notebooks",

@@ -357,8 +357,9 @@ def test_cli_check_names_every_bad_row_and_fails(tmp_path):
     assert done.code == 1, done.stderr
     assert not any(tmp_path.iterdir()), "a check writes nothing into the workspace"
     printed = done.stdout.splitlines()
-    for line, (field_name, _) in BROKEN_PROBLEMS.items():   # each problem on a line with its row and field
-        assert any(f"第 {line} 行" in text and field_name in text for text in printed), (line, field_name)
+    for line, (field_name, severity) in BROKEN_PROBLEMS.items():   # each problem on a line: severity, row, field
+        label = "错误" if severity == "error" else "警告"
+        assert any(label in text and f"第 {line} 行" in text and field_name in text for text in printed), (line, field_name)
     assert "超过 max_length 128 的条数：1" in done.stdout
 
 
