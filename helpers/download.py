@@ -24,6 +24,7 @@ from .models import (
     require_model_dir,
     verify_tokenizer_files,
 )
+from .profiles import PROFILES
 from .spec import build_spec
 from .workspace import MissingArtifactError, atomic_folder, check_disk_space, course_folder, display_path
 
@@ -166,9 +167,9 @@ def prepare_model(spec) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.download``: the profile's dataset and model directory (notebook 01's job)."""
     parser = argparse.ArgumentParser(prog="python -m helpers.download",
-                                     description="Download the dataset (full, random8b) and build (tiny), write (random8b) "
-                                                 "or download (full) the model.")
-    parser.add_argument("--profile", help="full | tiny | random8b | auto (default: the settings / environment)")
+                                     description="Get the profile's dataset, then download (full, small), build (tiny) "
+                                                 "or write (random8b) its model directory.")
+    parser.add_argument("--profile", help=f"{' | '.join([*PROFILES, 'auto'])} (default: the settings / environment)")
     parser.add_argument("--config", help="a training config whose profile to prepare")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)

@@ -15,10 +15,12 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from .data_files import HUANHUAN_PINNED_URL
 from .download import BUDGET_TOTAL, disk_budget_gb
 from .errors import CourseError, run_cli
-from .hardware import gpus, memory_gb
+from .hardware import gpus, memory_gb, reachable
 from .profiles import PROFILES
 from .recipes import choose
 from .settings import SETTINGS_FILE, SETTINGS_KEYS, SWANLAB_MODES, SpecError, read_settings_file, suggest
@@ -229,21 +231,12 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
         out.append(Check("dataset", False, f"{display_path(dataset)} 不存在（{spec.origin['dataset']}）",
                                "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
     else:
-        reachable = dataset_reachable() if dataset_reachable is not None else _dataset_reachable()
-        out.append(Check("dataset", reachable, f"还没有下载；{'可以下载' if reachable else '网络不通，无法下载'}",
+        online = dataset_reachable() if dataset_reachable is not None else \
+            reachable((urlsplit(HUANHUAN_PINNED_URL).hostname, 443))
+        out.append(Check("dataset", online, f"还没有下载；{'可以下载' if online else '网络不通，无法下载'}",
                                "copy huanhuan.json (0.9 MB) onto the machine, then: python -m helpers.environment "
                                "setup --dataset /path/to/huanhuan.json"))
     return out
-
-
-def _dataset_reachable() -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("raw.githubusercontent.com", 443), timeout=3):
-            return True
-    except OSError:
-        return False
 
 
 def format_checks(checks: list[Check]) -> str:

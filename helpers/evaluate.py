@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config",
                         help="configs/train/tiny.yaml, qwen3-8b.yaml, ... (default: the profile's own)")
     parser.add_argument("--checkpoint", help="the adapter folder (default: the run's latest good checkpoint; "
-                        "trained first when there is none)")
+                        "without one it stops with the command that trains it)")
     parser.add_argument("--output-dir", help="the run folder (default workspace/checkpoints/<profile>)")
     parser.add_argument("--limit", type=positive_int, help="prompts generated per set (tiny: 16; full: all)")
     parser.add_argument("--max-new-tokens", type=positive_int,

@@ -1,4 +1,4 @@
-"""What this machine has: the one place that asks PyTorch about GPUs and memory."""
+"""What this machine has: the one place that asks PyTorch about GPUs and memory, and the network about a host."""
 
 from __future__ import annotations
 
@@ -68,3 +68,14 @@ def launched_processes() -> int:
 def is_main_process() -> bool:
     """Rank 0 of a launch (or a plain run): the one process that prints, plots and tracks."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``(name, port)`` opens (is this machine online for that host?)."""
+    import socket
+
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import CourseError
+from .hardware import reachable
 from .workspace import course_folder, display_path, record_made, shell_path
 
 
@@ -47,14 +48,8 @@ def describe_mode(mode: str) -> str:
 SWANLAB_HOST = ("api.swanlab.cn", 443)
 
 
-def swanlab_reachable(host: tuple[str, int] = SWANLAB_HOST, timeout: float = 3.0) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(host, timeout=timeout):
-            return True
-    except OSError:
-        return False
+def swanlab_reachable() -> bool:
+    return reachable(SWANLAB_HOST)
 
 
 def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
