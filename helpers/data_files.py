@@ -98,7 +98,7 @@ def course_dataset_path(spec, progress: bool = True) -> Path:
     path = spec.paths.dataset
     if path.is_file():
         return path
-    if spec.origin.get("dataset"):
+    if "dataset" in spec.given:
         raise DatasetDownloadError(f"The dataset {display_path(path)} (from {spec.origin['dataset']}) does not exist.")
     if path.name == "huanhuan.json":
         return record_made(download_huanhuan(path, progress=progress))

@@ -136,7 +136,7 @@ def weights_present(folder: Path) -> bool:
 
 def needs_download(spec) -> bool:
     """True when the spec's model comes from ModelScope and its folder (the course's own) has no weights yet."""
-    return (spec.profile.source == "modelscope" and "model_dir" not in spec.origin
+    return (spec.profile.source == "modelscope" and "model_dir" not in spec.given
             and not weights_present(spec.paths.model_dir))
 
 
@@ -147,7 +147,7 @@ def prepare_model(spec) -> Path:
     if source == "modelscope":
         if weights_present(target):
             return target
-        if spec.origin.get("model_dir"):
+        if "model_dir" in spec.given:
             path = require_model_dir(spec)  # the user's own folder: never download over it
             check_model_files(path, origin=spec.origin["model_dir"])
             if not any(path.glob("*.safetensors")):
@@ -180,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         budget = disk_budget_gb((spec.paths.model_dir / "config.json").is_file(), spec.profile.model)
         if spec.profile.source == "modelscope":
             print("disk budget (GB): " + ", ".join(f"{k} {v}" for k, v in budget.items()))
-        if spec.origin.get("model_dir"):  # the user's own model folder: check it before anything is fetched
+        if "model_dir" in spec.given:  # the user's own model folder: check it before anything is fetched
             print(f"model directory ready: {display_path(prepare_model(spec))}")
         print(f"dataset ready: {display_path(course_dataset_path(spec))}")   # 0.9 MB, before the 16.4 GB
-        if not spec.origin.get("model_dir"):
+        if "model_dir" not in spec.given:
             print(f"model directory ready: {display_path(prepare_model(spec))}")
         return 0
 

@@ -227,7 +227,7 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
     dataset = spec.paths.dataset
     if dataset.is_file():
         out.append(Check("dataset", True, f"已在 {display_path(dataset)}"))
-    elif "dataset" in spec.origin:  # a file the user named: a download would not put it there
+    elif "dataset" in spec.given:  # a file the user named: a download would not put it there
         out.append(Check("dataset", False, f"{display_path(dataset)} 不存在（{spec.origin['dataset']}）",
                                "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
     else:

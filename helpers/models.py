@@ -131,7 +131,7 @@ def require_model_dir(spec) -> Path:
     path = spec.paths.model_dir
     if (path / "config.json").is_file():
         return path
-    if spec.origin.get("model_dir") and spec.profile.source == "modelscope":
+    if "model_dir" in spec.given:
         where = spec.origin["model_dir"]
         contents = "is empty" if path.is_dir() and not any(path.iterdir()) else (
             "does not exist" if not path.exists() else "holds no config.json")
@@ -158,7 +158,7 @@ def load_tokenizer(spec):
     from transformers import AutoTokenizer
 
     path = require_model_dir(spec)
-    check_model_files(path, spec.origin.get("model_dir") if spec.profile.source == "modelscope" else None)
+    check_model_files(path, spec.origin["model_dir"] if "model_dir" in spec.given else None)
     return AutoTokenizer.from_pretrained(path)
 
 

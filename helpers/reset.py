@@ -222,9 +222,9 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
     if dry_run:
         print(f"dry run: {human(total)} would be freed; nothing was removed.", file=out)
         return 0
-    models = next((item for item in items if item.what.startswith("models")), None)
-    if everything and models is not None:
-        if not confirm(f"Remove the models too ({human(models.bytes)}; Qwen3-8B takes a 16.4 GB download to "
+    models = [item for item in items if workspace / "models" in (item.path, *item.path.parents)]
+    if everything and models:
+        if not confirm(f"Remove the models too ({human(sum(m.bytes for m in models))}; Qwen3-8B takes a 16.4 GB download to "
                        "get back)?", force):
             print("not confirmed: nothing was removed.", file=out)
             return 0

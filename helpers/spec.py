@@ -102,10 +102,13 @@ class RunSpec:
     quantization: str | None
     swanlab: SwanLabSpec
     paths: Paths
-    #: where each top-level choice came from, for the banner
+    #: where each top-level choice came from, for the banner and messages (display text: never tested by code)
     origin: Mapping = field(default_factory=dict)
     #: None or "liger" (``kernels:`` in the config; checked by :func:`check_kernels` when the spec is built)
     kernels: str | None = None
+    #: the paths the learner named (``model_dir``, ``dataset``, ...: a setting or ``data.source``); the course
+    #: never downloads over them
+    given: frozenset[str] = frozenset()
 
     def describe(self) -> str:
         """A short report (Chinese) of what this run will use and why."""
@@ -443,6 +446,9 @@ def build_spec(
         swanlab=swanlab,
         paths=paths,
         origin=MappingProxyType(origin),
+        given=frozenset({*(k for k in ("workspace", "dataset", "adapter_dir") if k in settings),
+                         *(["model_dir"] if "model_dir" in settings and chosen.source == "modelscope" else []),
+                         *(["dataset"] if data.source != "course" else [])}),
     )
 
 

@@ -283,8 +283,13 @@ def test_model_dir_variable_points_the_full_profile_at_a_local_copy(tmp_path):
     spec = spec_of(env={course_settings_module.PROFILE_ENV: "full", course_settings_module.MODEL_DIR_ENV: str(local)})
     assert spec.paths.model_dir == local.resolve()
     assert spec.origin["model_dir"] == f"环境变量 {course_settings_module.MODEL_DIR_ENV}"
+    assert spec.given == {"model_dir"}  # what the code asks; origin is the banner's text
     # the tiny profile builds its own model: the variable is for Qwen3-8B only
-    assert spec_of(TINY, env={course_settings_module.MODEL_DIR_ENV: str(local)}).paths.model_dir.name == "tiny-qwen3"
+    tiny = spec_of(TINY, env={course_settings_module.MODEL_DIR_ENV: str(local)})
+    assert tiny.paths.model_dir.name == "tiny-qwen3" and tiny.given == frozenset()
+    data = tmp_path / "mine.json"
+    data.write_text("[]", encoding="utf-8")
+    assert spec_of(TINY, [f"data.source={data}"]).given == {"dataset"}
 
 
 @pytest.mark.parametrize("state", ["is empty", "does not exist", "holds no config.json"])
