@@ -71,9 +71,18 @@ def pytest_configure(config):
 
 
 def pytest_sessionstart(session):
-    """Build the tiny model once, before any worker starts: two workers must not build one folder at once."""
+    """Build the tiny model once, before any worker starts: two workers must not build one folder at once.
+    And say so when a settings file at the repository root (``python -m helpers.environment setup``) will
+    reach the CLIs and notebook kernels the suite runs: they read it as a learner's kernel does."""
+    from helpers.settings import SETTINGS_FILE
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if SETTINGS_FILE.exists() and reporter is not None and not hasattr(session.config, "workerinput"):
+        reporter.write_line(f"note: {SETTINGS_FILE.name} at the repository root is read by the CLIs and notebooks "
+                            "this suite runs (its workspace, SwanLab mode, ...); move it away for the run CI makes.")
     if _starts_workers(session.config):
         from helpers.download import prepare_model
         from tests.conftest import tiny_spec_for
 
         prepare_model(tiny_spec_for())
+

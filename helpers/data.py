@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     if args.command == "split":
         result = validation.load_records(args.path)
-        print(result.report.format(limit=20))
+        print(result.report.format(limit=validation.SHOWN_PROBLEMS))
         split = data_files.grouped_split(result.records, args.eval_fraction, args.seed)
         written = data_files.save_split(split, args.out_dir, source=Path(args.path))
         print(split.summary())
@@ -415,7 +415,12 @@ def _run(args) -> int:
     tokenizer, folder = course_tokenizer()
     system_prompt = getattr(args, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None
     # check always reads past invalid rows to report statistics, but still fails on them
-    result = validation.load_records(args.path, skip_invalid=args.skip_invalid or args.command == "check")
+    try:
+        result = validation.load_records(args.path, skip_invalid=args.skip_invalid or args.command == "check")
+    except validation.DataValidationError as err:
+        if args.command == "check":  # the whole report; the error line names only the first problems
+            print(err.report.format())
+        raise
     check_lengths(result, tokenizer, args.max_length, system_prompt)
     print(result.report.format())
     if args.command == "check":

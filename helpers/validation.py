@@ -20,6 +20,8 @@ from .workspace import display_path
 REQUIRED_FIELDS = ("instruction", "output")
 #: ``input`` may be missing (read as ""), as in many Alpaca-style files.
 FIELDS = ("instruction", "input", "output")
+#: how many problems an error message (and ``helpers.data split``) lists; ``DataValidationError.report`` has all
+SHOWN_PROBLEMS = 10
 
 
 class DataValidationError(CourseError, ValueError):
@@ -27,7 +29,7 @@ class DataValidationError(CourseError, ValueError):
 
     def __init__(self, report: ValidationReport, hint: str = ""):
         self.report = report
-        text = report.format() if report.problems else ""
+        text = report.format(limit=SHOWN_PROBLEMS) if report.problems else ""
         super().__init__("\n".join(part for part in (text, hint) if part))
 
 

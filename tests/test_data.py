@@ -351,6 +351,23 @@ def _cli(*args, env=None):
     return run_cli("data", args, env={**os.environ, "QWEN3_TUTORIAL_PROFILE": "tiny", **(env or {})}, cwd=REPO_ROOT)
 
 
+def test_a_file_of_chat_records_is_one_bounded_error_line_and_check_lists_every_row(tmp_path):
+    rows = 300   # a messages-format file: every row is refused with the same problem
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(rows)]),
+                    encoding="utf-8")
+    with pytest.raises(validation.DataValidationError) as caught:
+        validation.load_records(chat)
+    assert len(caught.value.report.errors) == rows          # the exception keeps every problem
+    named = [line for line in str(caught.value).splitlines() if line.startswith("  错误")]
+    assert len(named) == validation.SHOWN_PROBLEMS           # its message only the first ones
+    assert f"还有 {rows - validation.SHOWN_PROBLEMS} 个" in str(caught.value)
+    done = _cli("check", chat, env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "ws")})
+    assert done.code == 2 and len(done.stderr.splitlines()) == 2       # the error and the --debug hint
+    assert len(done.stderr) < 300 * validation.SHOWN_PROBLEMS
+    assert sum(line.startswith("  错误") for line in done.stdout.splitlines()) == rows  # check lists them all
+
+
 def test_cli_check_names_every_bad_row_and_fails(tmp_path):
     # an empty workspace: no model directory yet, so the CLI falls back to the offline tokenizer
     done = _cli("check", BROKEN, "--max-length", "128", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path)})
