@@ -389,6 +389,17 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     return raw
 
 
+def requested_profile(flag: str | None, settings: dict, env: Mapping[str, str],
+                      settings_file: Path | None) -> tuple[str | None, str]:
+    """The profile asked for, and by what: a CLI flag beats the variable, which beats the settings file."""
+    if flag:
+        return flag, "--profile"
+    requested = settings.get("profile", (None, None))[0]
+    if requested is not None and not env.get(PROFILE_ENV, "").strip():
+        return requested, f"profile in {display_path(settings_file)}"
+    return requested, PROFILE_ENV
+
+
 def build_spec(
     config: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
@@ -404,12 +415,7 @@ def build_spec(
     env = os.environ if env is None else env
     settings = course_settings(env, settings_file)
     cuda = cuda_available() if cuda is None else cuda
-    requested, requested_origin = settings.get("profile", (None, None))[0], PROFILE_ENV
-    if profile:
-        requested, requested_origin = profile, "--profile"
-    elif requested is not None and not env.get(PROFILE_ENV, "").strip():
-        requested_origin = f"profile in {display_path(settings_file)}"
-
+    requested, requested_origin = requested_profile(profile, settings, env, settings_file)
     path = None if config is None else config_path(config)
     raw = {} if path is None else read_config(path)
     chosen, why = choose_profile(requested, raw.get("profile"), cuda=cuda, requested_origin=requested_origin,

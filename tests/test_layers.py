@@ -96,3 +96,28 @@ def test_helpers_never_import_bench_solutions_or_tests(folder):
         names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not any(name == folder or name.startswith(folder + ".") for name in names), path.name
+
+
+#: the size limits of one module and one function (lines, docstrings and blank lines included)
+MODULE_LINES, FUNCTION_LINES = 500, 60
+
+
+def oversized(folder: Path = HELPERS) -> list[str]:
+    """Modules over MODULE_LINES lines and functions (methods included) over FUNCTION_LINES lines."""
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if len(source.splitlines()) > MODULE_LINES:
+            found.append(f"{path.name}: {len(source.splitlines())} lines")
+        found += [f"{path.name}:{node.lineno} {node.name}(): {node.end_lineno - node.lineno + 1} lines"
+                  for node in ast.walk(ast.parse(source))
+                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.end_lineno - node.lineno + 1 > FUNCTION_LINES]
+    return found
+
+
+def test_no_module_or_function_is_oversized(tmp_path):
+    assert oversized() == []
+    long_function = "def f():\n" + "    x = 1\n" * FUNCTION_LINES
+    (tmp_path / "big.py").write_text(long_function + "\n" * (MODULE_LINES - FUNCTION_LINES), encoding="utf-8")
+    assert oversized(tmp_path) == ["big.py: 501 lines", f"big.py:1 f(): {FUNCTION_LINES + 1} lines"]
