@@ -280,17 +280,15 @@ def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], sett
         config.update(**extra)
     eos = set(config.eos_token_id if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id])
     eos -= {None}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     out: list[Generated] = []
     for start in range(0, len(conversations), batch_size):
         batch = [prompt_ids_as_text(tokenizer, messages, settings.enable_thinking)
                  for messages in conversations[start:start + batch_size]]
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=model.device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
+        inputs = tokenizer.pad({"input_ids": batch}, padding_side="left", return_tensors="pt").to(model.device)
+        width = inputs["input_ids"].shape[1]
         torch.manual_seed(seed + start)
         with adapter_switch(model, adapter), torch.inference_mode():
-            generated = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            generated = model.generate(**inputs, generation_config=config)
         for row in generated[:, width:].tolist():
             end = next((i for i, token in enumerate(row) if token in eos), None)
             tokens = row if end is None else row[:end]
@@ -303,21 +301,16 @@ def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], sett
 def answer_loss(model, tokenizer, samples: Sequence[dict], adapter: bool = True, batch_size: int = 8) -> dict:
     """Mean loss and perplexity over the answer tokens (labels != -100) of encoded samples."""
     import torch
+    from transformers import DataCollatorForSeq2Seq
 
-    pad_id = tokenizer.pad_token_id or 0
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
     total, count = 0.0, 0
     for start in range(0, len(samples), batch_size):
-        batch = samples[start:start + batch_size]
-        width = max(len(s["input_ids"]) for s in batch)
-
-        def padded(key, value, batch=batch, width=width):
-            rows = [s[key] + [value] * (width - len(s[key])) for s in batch]
-            return torch.tensor(rows, device=model.device)
-
+        batch = collate([{key: s[key] for key in ("input_ids", "attention_mask", "labels")}
+                         for s in samples[start:start + batch_size]]).to(model.device)
         with adapter_switch(model, adapter), torch.inference_mode():
-            logits = model(input_ids=padded("input_ids", pad_id),
-                           attention_mask=padded("attention_mask", 0)).logits
-        nll, tokens = masked_nll(logits, padded("labels", IGNORE_INDEX))
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, tokens = masked_nll(logits, batch["labels"])
         total += nll
         count += tokens
     loss = total / count if count else float("nan")
