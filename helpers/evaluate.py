@@ -1,4 +1,4 @@
-"""Notebook 07: did the fine-tune work? Base model vs LoRA on held-out prompts.
+"""Notebook 06: did the fine-tune work? Base model vs LoRA on held-out prompts.
 
 One model is loaded (the base with the LoRA adapter on top); every comparison switches the
 adapter off for the base answers (PEFT's ``disable_adapter``), so both sides share weights,
@@ -413,7 +413,7 @@ def describe_report(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.evaluate",
-        description="Evaluate the LoRA adapter against its base model on held-out prompts (notebook 07).")
+        description="Evaluate the LoRA adapter against its base model on held-out prompts (notebook 06).")
     parser.add_argument("--config",
                         help="configs/train/tiny.yaml, qwen3-8b.yaml, ... (default: the profile's own)")
     parser.add_argument("--checkpoint", help="the adapter folder (default: the run's latest good checkpoint; "

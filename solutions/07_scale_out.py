@@ -1,8 +1,8 @@
-"""Solutions to notebook 06's exercises: effective batch, uneven shards, memory per GPU.
+"""Solutions to notebook 07's exercises: effective batch, uneven shards, memory per GPU.
 
 Exercise 1 trains a few steps of the tiny profile in the solutions' own workspace
 (``<workspace>/solutions``) and reads its sample log; exercise 2 asks accelerate's own batch
-sampler how it shards the data; exercise 3 reads the estimate table of notebook 06.
+sampler how it shards the data; exercise 3 reads the estimate table of notebook 07.
 
 Run from the repository root:  python solutions/07_scale_out.py [exercise number]
 """

@@ -263,3 +263,23 @@ def test_lessons_are_visible_in_cells(name):
     sources = "\n".join("".join(c["source"]) for c in lessons)
     missing = [call for call in LESSON_CALLS[name] if call not in sources]
     assert not missing, f"{name} does not show {missing}"
+
+
+def numbers_named(path) -> set[str]:
+    """The notebook numbers a helpers module's or solution's docstring and CLI description name as its own."""
+    text = path.read_text(encoding="utf-8")
+    own = [text.split("\n", 1)[0]] + re.findall(r'description="([^"]*)', text)
+    return {n for line in own for n in re.findall(r"[Nn]otebook (\d\d)\b", line)}
+
+
+def test_modules_and_solutions_name_their_own_notebook():
+    by_topic = {p.stem[3:].replace("-", "_"): p.stem[:2] for p in NOTEBOOKS}
+    named = {path: numbers_named(path) for path in (REPO_ROOT / "helpers").glob("*.py")}
+    named.update({path: numbers_named(path) for path in (REPO_ROOT / "solutions").glob("[0-9][0-9]_*.py")})
+    wrong = {}
+    for path, numbers in named.items():
+        topic = path.stem[3:] if path.parent.name == "solutions" else path.stem
+        if topic in by_topic and numbers - {by_topic[topic]}:
+            wrong[f"{path.parent.name}/{path.name}"] = sorted(numbers)
+    assert not wrong, f"these name another notebook than their topic's: {wrong}"
+    assert numbers_named(REPO_ROOT / "helpers" / "evaluate.py") == {"06"}   # the check reads what it should
