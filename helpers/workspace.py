@@ -134,6 +134,14 @@ def _raise_disk_full(err: Exception, path: Path):
                         "Free some space and run it again.") from err
 
 
+def _not_writable(err: OSError, folder: Path, path: Path):
+    """Raise ``err`` met while writing ``path`` in ``folder`` as one line: a full disk, no rights, a read-only disk."""
+    if is_disk_full(err):
+        _raise_disk_full(err, path)
+    raise UnsafeWriteError(f"{display_path(folder)} is not writable ({err.strerror or err}): {display_path(path)} "
+                           "cannot be written. Choose a folder you can write to (or fix its permissions).") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary file beside ``path``; rename it over ``path`` on success, remove it on failure.
@@ -146,9 +154,8 @@ def atomic_path(path: str | os.PathLike):
     course_folder(path.parent, whole=False)
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except PermissionError:
-        raise UnsafeWriteError(f"{display_path(path.parent)} is not writable: {display_path(path)} cannot be "
-                               "written. Choose a folder you can write to (or fix its permissions).") from None
+    except OSError as err:
+        _not_writable(err, path.parent, path)
     os.close(handle)
     temporary = Path(temporary)
     try:
@@ -316,11 +323,8 @@ def _write_marker(folder: Path, names: set[str]) -> None:
     marker = folder / MADE_MARKER
     try:
         marker.write_text("".join(f"{name}\n" for name in sorted(names)), encoding="utf-8")
-    except PermissionError:
-        raise UnsafeWriteError(f"{display_path(folder)} is not writable: choose a folder you can write to "
-                               "(or fix its permissions).") from None
     except OSError as err:
-        _raise_disk_full(err, marker)
+        _not_writable(err, folder, marker)
     os.chmod(marker, _umask_mode())
 
 
@@ -341,9 +345,8 @@ def course_folder(path: str | os.PathLike, whole: bool = True) -> Path:
                                f"{display_path(path)} under it. Choose another folder.")
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except PermissionError:
-        raise UnsafeWriteError(f"{display_path(probe)} is not writable: the course cannot create "
-                               f"{display_path(path)}. Choose a folder you can write to.") from None
+    except OSError as err:
+        _not_writable(err, probe, path)
     for folder in reversed(created):
         _write_marker(folder, {CREATED, WHOLE} if whole and folder == path else {CREATED})
     return path

@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -424,6 +425,7 @@ def test_ask_refuses_text_that_is_not_utf8(arena):
 
 
 def test_a_workspace_that_is_a_file_or_not_writable_is_one_line(arena, monkeypatch):
+    mkdir = Path.mkdir
     (arena / "file").write_text("x", encoding="utf-8")
     one_line(cli("data", "encode", str(SAMPLE), "file/out.jsonl"), "is a file")
     one_line(cli("data", "split", str(SAMPLE), "file/out"), "is a file")
@@ -435,6 +437,12 @@ def test_a_workspace_that_is_a_file_or_not_writable_is_one_line(arena, monkeypat
     monkeypatch.setattr(Path, "mkdir", fail_with(errno.EACCES)(Path.mkdir))   # root ignores modes: refuse the call
     one_line(cli("train"), "not writable")
     one_line(cli("data", "split", str(SAMPLE), "locked-out"), "not writable")
+    monkeypatch.setattr(Path, "mkdir", fail_with(errno.EROFS)(Path.mkdir))    # a read-only disk (AutoDL's /autodl-pub)
+    one_line(cli("train"), "Read-only file system")
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", fail_with(errno.EROFS)(tempfile.mkstemp))
+    one_line(cli("data", "encode", str(SAMPLE), str(arena / "out.jsonl")), "Read-only file system")
+    assert not (arena / "out.jsonl").exists()
 
 
 def test_disk_full_during_a_checkpoint_save_is_one_line(arena, monkeypatch):
