@@ -15,6 +15,7 @@ The command line: ``python -m helpers.data check|encode|split`` (see ``main``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -220,12 +221,8 @@ TOKEN_SEPARATOR = "│"
 def trained_tokens_view(sample: dict, tokenizer) -> str:
     """The sample in runs of untrained (label -100) and trained tokens, tokens split by ``│``."""
     lines, start = [], 0
-    labels = sample["labels"]
-    while start < len(labels):
-        trained = labels[start] != IGNORE_INDEX
-        end = start
-        while end < len(labels) and (labels[end] != IGNORE_INDEX) == trained:
-            end += 1
+    for trained, run in itertools.groupby(sample["labels"], key=lambda label: label != IGNORE_INDEX):
+        end = start + len(list(run))
         kind = "参与训练（label = token id）" if trained else "不参与训练（label = -100）"
         pieces = _readable_pieces(sample["input_ids"][start:end], tokenizer)
         lines.append(f"{kind}，{end - start} 个 token：\n  " + TOKEN_SEPARATOR.join(pieces))
