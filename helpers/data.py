@@ -265,19 +265,15 @@ def prompt_ids_as_text(tokenizer, messages: list[dict], enable_thinking: bool = 
     user stays the characters ``<``, ``|im``, ... (``split_special_tokens``), so user text can
     never close its turn or open a system turn.
     """
-    sentinels = [f"\x00MSG{i}\x00" for i in range(len(messages))]
-    framed = [{**m, "content": s} for m, s in zip(messages, sentinels, strict=True)]
-    rendered = render_prompt(tokenizer, framed, enable_thinking=enable_thinking)
+    # the template's text before each message's content, between them, and after the last one
+    frames = render_prompt(tokenizer, [{**m, "content": _SENTINEL} for m in messages],
+                           enable_thinking=enable_thinking).split(_SENTINEL)
     ids: list[int] = []
-    rest = rendered
-    for message, sentinel in zip(messages, sentinels, strict=True):
-        before, rest = rest.split(sentinel, 1)
-        if before:
-            ids += tokenizer(before, add_special_tokens=False)["input_ids"]
+    for frame, message in zip(frames, [*messages, {"content": ""}], strict=True):
+        if frame:
+            ids += tokenizer(frame, add_special_tokens=False)["input_ids"]
         if message["content"]:
             ids += tokenizer(message["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    if rest:
-        ids += tokenizer(rest, add_special_tokens=False)["input_ids"]
     return ids
 
 
