@@ -63,7 +63,8 @@ def render_conversation(tokenizer, record: dict, system_prompt: str | None = DEF
     return tokenizer.apply_chat_template(messages, tokenize=False, enable_thinking=False)
 
 
-_SENTINEL = "\x00USER_MESSAGE\x00"
+#: stands in for a message's content where the template's own text around it is needed
+_SENTINEL = "\x00MESSAGE\x00"
 
 
 def prompt_frame(tokenizer, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> tuple[str, str]:
