@@ -23,7 +23,12 @@ The modules form layers; an import only ever points down a layer or sideways wit
 
 __version__ = "0.1.0"
 
+import logging as _logging
 import warnings as _warnings
 
 # peft 0.21 still asks transformers 5 for a renamed attribute; the warning is noise for learners.
 _warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# bitsandbytes 0.50, imported by transformers and peft, looks on a CPU with AVX512-BF16 for an optional hub
+# kernel and logs "Failed to load CPU gemm_4bit_forward ... pip install kernels" when it is absent; its own
+# CPU code is used instead, and installing `kernels` would make every import reach for the hub.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

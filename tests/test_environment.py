@@ -304,3 +304,18 @@ def test_last_cell_reports_what_this_kernel_holds(fake_gpu):
     line = env.gpu_memory_report()
     assert "18.2 GB" in line and "16.4 GB" in line
     assert "关闭本内核" in line and "Shut Down Kernel" in line
+
+
+def test_helpers_silences_bitsandbytes_missing_kernel_warning():
+    """On a CPU with AVX512-BF16, importing bitsandbytes (peft, trl and the Trainer do) logs a warning about an
+    optional hub kernel; importing helpers first keeps every CLI and notebook free of it."""
+    pytest.importorskip("bitsandbytes")
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16, so bitsandbytes does not look for the kernel")
+    imports = {"bare": "import peft", "helpers first": "import helpers; import peft"}
+    stderr = {case: subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=clean_env(), capture_output=True,
+                                   text=True, timeout=300).stderr for case, code in imports.items()}
+    assert "gemm_4bit_forward" in stderr["bare"], "bitsandbytes no longer warns: drop the filter in helpers/__init__"
+    assert "gemm_4bit_forward" not in stderr["helpers first"], stderr["helpers first"]

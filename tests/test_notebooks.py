@@ -1,5 +1,6 @@
 """Hygiene of the committed notebooks and their stored outputs."""
 
+import ast
 import json
 import re
 
@@ -283,3 +284,21 @@ def test_modules_and_solutions_name_their_own_notebook():
             wrong[f"{path.parent.name}/{path.name}"] = sorted(numbers)
     assert not wrong, f"these name another notebook than their topic's: {wrong}"
     assert numbers_named(REPO_ROOT / "helpers" / "evaluate.py") == {"06"}   # the check reads what it should
+
+
+def _loads_bitsandbytes(node) -> bool:
+    """An import that loads bitsandbytes (peft, trl, transformers' Trainer)."""
+    root = (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else node.names[0].name
+    names = {alias.name for alias in node.names}
+    return root in ("peft", "trl") or (root == "transformers" and any("Trainer" in n for n in names))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_helpers_is_imported_before_bitsandbytes(path):
+    """helpers quiets bitsandbytes' missing-kernel warning only when it is imported first."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    first = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    imports = [n for n in ast.parse(first).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    own = [i for i, n in enumerate(imports) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("helpers")]
+    late = [i for i, n in enumerate(imports) if _loads_bitsandbytes(n)]
+    assert not late or (own and own[0] < late[0]), f"{path.name}: import helpers before peft / trl / the Trainer"
