@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import CourseError
 from .hardware import default_device, gpus
+from .settings import SpecError, suggest
 from .spec import LoraSpec
 from .workspace import MissingArtifactError, display_path, how_to_make, sha256_file
 
@@ -297,6 +298,31 @@ def lora_config(lora=None):
     lora = lora or LoraSpec()
     return LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, r=lora.r, lora_alpha=lora.lora_alpha,
                       lora_dropout=lora.lora_dropout, target_modules=list(lora.target_modules))
+
+
+def add_lora_adapter(model, lora=None):
+    """``get_peft_model`` with :func:`lora_config`, after checking ``lora.target_modules`` against the model.
+
+    PEFT refuses a list that matches nothing, but silently skips a misspelt entry beside good ones
+    (``[q_proj, v_prj]`` trains only q_proj); here each entry must name layers LoRA can wrap (PEFT's own
+    matching rule decides what an entry names).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = lora_config(lora)
+    modules = dict(model.named_modules())
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in modules.items()
+                     if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+    for target in sorted(config.target_modules):
+        alone = LoraConfig(target_modules=[target])
+        named = [module for name, module in modules.items() if check_target_module_exists(alone, name)]
+        if not named or not all(isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) for m in named):
+            what = f"names {type(named[0]).__name__}, a block of layers" if named else "names no layer of the model"
+            raise SpecError(f"lora.target_modules: {target!r} {what}{suggest(target, linear)}; LoRA wraps its "
+                            f"linear layers: {', '.join(linear)}")
+    return get_peft_model(model, config)
 
 
 def qwen3_on_meta(name: str = "Qwen3-8B"):

@@ -26,7 +26,7 @@ from .data import training_data
 from .download import prepare_model
 from .errors import CourseError, run_cli
 from .hardware import cuda_available, gpus, is_main_process, launched_processes, peak_memory_gib
-from .models import compute_dtype, load_base_model, load_tokenizer, lora_config, require_model_dir
+from .models import add_lora_adapter, compute_dtype, load_base_model, load_tokenizer, require_model_dir
 from .recipes import auto_recipe
 from .runs import (
     SAMPLE_LOG,
@@ -129,11 +129,10 @@ def load_model_for_training(spec):
 
 def add_lora(spec, model):
     """``get_peft_model`` with the spec's LoRA config; seeded, so the adapters start the same way every run."""
-    from peft import get_peft_model
     from transformers import set_seed
 
     set_seed(spec.training.get("seed", 42))
-    return get_peft_model(model, lora_config(spec.lora))
+    return add_lora_adapter(model, spec.lora)
 
 
 # --------------------------------------------------------------------------- several processes

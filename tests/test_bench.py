@@ -95,8 +95,7 @@ def test_flop_formula_matches_the_real_architecture_on_meta():
     from peft import get_peft_model
 
     from bench.gpu_qwen3_8b import linear_weights_on_meta, worker_spec
-    from helpers.models import qwen3_on_meta
-    from helpers.train import lora_config
+    from helpers.models import lora_config, qwen3_on_meta
 
     counted = linear_weights_on_meta()
     config, lora = counted["config"], worker_spec("random8b").lora
@@ -120,7 +119,7 @@ def test_flop_formula_matches_pytorchs_flop_counter():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from bench.gpu_qwen3_8b import worker_spec
-    from helpers.train import lora_config
+    from helpers.models import lora_config
 
     spec = worker_spec("random8b")
     config = Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
