@@ -38,6 +38,7 @@ from .runs import (
     save_run_summary,
     start_fresh,
 )
+from .settings import SpecError
 from .spec import build_spec
 from .workspace import DiskFullError, course_folder, display_path, is_disk_full, shareable_path
 
@@ -215,7 +216,11 @@ def training_arguments(spec, **extra):
             # CPU-only machine: without use_cpu the processes do not join one gloo group
             settings.setdefault("use_cpu", True)
     settings.update(extra)
-    args = TrainingArguments(output_dir=str(spec.paths.run_dir), **settings)
+    try:
+        args = TrainingArguments(output_dir=str(spec.paths.run_dir), **settings)
+    except ValueError as err:  # a value (or combination) that passed the type checks but not TrainingArguments'
+        raise SpecError(f"{display_path(spec.config_file)}: TrainingArguments refuses the training section: "
+                        f"{err}") from None
     if processes > 1 and args.world_size != processes:
         raise CourseError(
             f"{processes} processes were launched (WORLD_SIZE) but the Trainer sees world_size={args.world_size}: "
@@ -370,16 +375,16 @@ def train(spec, resume: bool | str | None = True) -> dict:
             start_fresh(spec)
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
-        course_folder(spec.paths.run_dir)     # after the data checks: a refused run leaves no folder
+        # the arguments before the model, as transformers' own example scripts do: a value TrainingArguments
+        # refuses stops the run before anything is written or loaded, and DeepSpeed ZeRO-3 partitions the
+        # weights while from_pretrained loads them only if TrainingArguments exist already
+        args = training_arguments(spec)
+        course_folder(spec.paths.run_dir)     # after the data and argument checks: a refused run leaves no folder
         dataset = to_train_dataset(samples)
         # no "row" column: the sample log records training batches only, never evaluation ones
         eval_dataset = data_files.to_dataset(eval_samples) if eval_samples else None
-        # DeepSpeed ZeRO-3 partitions the weights while from_pretrained loads them only if
-        # TrainingArguments exist already: keep them alive while the model is built
-        early_args = training_arguments(spec) if _launched_with("ACCELERATE_USE_DEEPSPEED") else None
         model = add_lora(spec, load_model_for_training(spec))
-        del early_args
-        trainer = build_trainer(spec, model, tokenizer, dataset, eval_dataset)
+        trainer = build_trainer(spec, model, tokenizer, dataset, eval_dataset, args=args)
         is_main = trainer.args.process_index == 0
         run = None
         if is_main and "swanlab" in (trainer.args.report_to or []):

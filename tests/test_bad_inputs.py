@@ -79,6 +79,8 @@ CASES = [
     Case("a misspelt LoRA target beside good ones (PEFT would skip it)",
          ("train", "--set", "lora.target_modules=[q_proj,v_prj]", "--output-dir", "lora-typo"), 2,
          ("'v_prj'", "did you mean 'v_proj'")),
+    Case("a training value only TrainingArguments refuses", ("train", "--set", "training.warmup_steps=-1",
+         "--output-dir", "refused-run"), 2, ("warmup_steps", "tiny.yaml"), (), (), ("refused-run",)),
     Case("a LoRA target that is a block, not a layer",
          ("train", "--set", "lora.target_modules=[mlp]", "--output-dir", "lora-block"), 2, ("'mlp'", "gate_proj")),
     Case("check: control tokens in a row", ("data", "check", "tok.json"), 1, ("第 3 条", "output", "<|im_end|>")),
