@@ -364,6 +364,10 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
 
 def train(spec, resume: bool | str | None = True) -> dict:
     """Run the whole recipe with the same steps as notebook 04; return where everything went."""
+    if spec.profile.needs_gpu and not cuda_available():
+        raise CourseError(f"profile {spec.profile.name} trains {spec.profile.model}, which needs a CUDA GPU, and this "
+                          "machine has none (on AutoDL: a GPU instance, not 无卡模式): train there, or use "
+                          "QWEN3_TUTORIAL_PROFILE=small or tiny here. Nothing was downloaded.")
     if is_main_process():
         prepare_model(spec)  # a terminal user never needs a notebook first
     elif not (spec.paths.model_dir / "config.json").is_file():
@@ -449,10 +453,6 @@ def main(argv: list[str] | None = None) -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
         if args.recipe == "auto":
             found = gpus()
-            if not found and spec.profile.source == "modelscope" and not (spec.paths.model_dir / "config.json").is_file():
-                raise CourseError(f"--recipe auto found no GPU, and profile {spec.profile.name} trains Qwen3-8B "
-                                  "(a 16.4 GB download first): run it on a GPU machine, or use "
-                                  "QWEN3_TUTORIAL_PROFILE=tiny on this one. Nothing was downloaded.")
             config, overrides, why = auto_recipe(args.config, args.overrides, spec.profile.name,
                                                  found[0] if found else None)
             if is_main_process():

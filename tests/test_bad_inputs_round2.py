@@ -29,6 +29,7 @@ import yaml
 
 from helpers import checkpoints, data_files, reset, settings, workspace
 from helpers import spec as spec_module
+from helpers.errors import CourseError
 from helpers.workspace import MADE_MARKER, REPO_ROOT, course_folder, record_made
 from tests.conftest import tiny_spec_for
 
@@ -461,11 +462,18 @@ def test_bf16_on_cpu_is_said_in_one_line(capsys):
     assert len(said) == 1 and "fp32" in said[0]
 
 
-def test_recipe_auto_with_profile_full_on_cpu_stops_before_the_download(arena, monkeypatch):
+@pytest.mark.parametrize("argv", [(), ("--recipe", "auto")], ids=["plain", "recipe-auto"])
+def test_profile_full_on_cpu_stops_before_the_download_and_small_does_not(arena, monkeypatch, argv):
+    from helpers import train
+
+    def reached(spec):  # stands in for the download
+        raise CourseError(f"prepare_model({spec.profile.name})")
+
+    monkeypatch.setattr(train, "prepare_model", reached)
     monkeypatch.setenv(settings.PROFILE_ENV, "full")
-    result = cli("train", "--recipe", "auto")
-    assert result.code == 2 and len(result.error_lines) == 1, result
-    assert not (arena / "ws" / "models" / "modelscope").exists()
+    one_line(cli("train", *argv), "trains Qwen3-8B, which needs a CUDA GPU")
+    monkeypatch.setenv(settings.PROFILE_ENV, "small")   # meant for a CPU: it goes on to get its model
+    one_line(cli("train", *argv), "prepare_model(small)")
 
 
 def test_rerunning_a_finished_run_keeps_its_summary(arena):
