@@ -26,7 +26,14 @@ from .models import (
 )
 from .profiles import PROFILES
 from .spec import build_spec
-from .workspace import MissingArtifactError, atomic_folder, check_disk_space, course_folder, display_path
+from .workspace import (
+    MissingArtifactError,
+    UnsafeWriteError,
+    atomic_folder,
+    check_disk_space,
+    course_folder,
+    display_path,
+)
 
 #: the key of :func:`disk_budget_gb`'s sum
 BUDGET_TOTAL = "合计"
@@ -84,6 +91,9 @@ def build_tiny_model(target: Path, seed: int = 1234, overwrite: bool = False) ->
     target = Path(target)
     if (target / "model.safetensors").is_file() and not overwrite:
         return target
+    if (target / "config.json").is_file() and not overwrite:   # a finished tiny build always has its weights
+        raise UnsafeWriteError(f"{display_path(target)} holds another model (a config.json without the tiny model's "
+                               "weights): the tiny model is never built over it. Give it a folder of its own.")
     config = {k: v for k, v in qwen3_config().items() if k not in ("architectures", "model_type")}
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(Qwen3Config(**{**config, **TINY_CONFIG, "pad_token_id": 151643}))

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from .download import build_tiny_model
 from .models import qwen3_counts
+from .profiles import PROFILES
 from .recipes import estimate_lora_memory_gb
 from .runs import SAMPLE_LOG
+from .spec import resolve_paths
 from .workspace import REPO_ROOT, course_folder
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
@@ -120,20 +122,26 @@ def cpu_launch(output_dir: str | os.PathLike, *overrides: str, processes: int = 
                             text=True, start_new_session=True, **popen)
 
 
-def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) -> tuple[Path, str]:
-    """Train the tiny profile with ``processes`` CPU processes; return (checkpoint folder, the launch's
-    console output). Raises with the output's tail on failure.
-
-    The run gets a workspace of its own, ``<workspace>/scale-out-demo`` (its plot, checkpoints and logs
-    stay apart from notebook 04's), sharing the tiny model directory.
-    """
-    model = build_tiny_model(spec.paths.model_dir)
+def demo_workspace(spec) -> Path:
+    """``<workspace>/scale-out-demo``: a workspace of the CPU demo's own, its ``models`` linking the workspace's
+    tiny model directory (built if missing), whatever the spec's profile: on a GPU machine that is ``full``,
+    whose Qwen3-8B folder the demo never touches."""
+    model = build_tiny_model(resolve_paths(PROFILES["tiny"], {"workspace": (str(spec.paths.workspace), "")}).model_dir)
     root = spec.paths.workspace / "scale-out-demo"
     link = root / "models" / model.name
     if not link.exists():
         course_folder(root)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(model, target_is_directory=True)
+    return root
+
+
+def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) -> tuple[Path, str]:
+    """Train the tiny profile with ``processes`` CPU processes in :func:`demo_workspace` (its plot, checkpoints
+    and logs stay apart from notebook 04's); return (checkpoint folder, the launch's console output).
+    Raises with the output's tail on failure.
+    """
+    root = demo_workspace(spec)
     out = root / "checkpoints" / "tiny-2proc"
     if out.exists():
         shutil.rmtree(out)

@@ -114,3 +114,12 @@ def test_random8b_dir_has_the_real_config(tmp_path):
 
         model = AutoModelForCausalLM.from_config(config)
     assert sum(p.numel() for p in model.parameters()) == 8_190_735_360
+
+
+def test_the_tiny_model_is_never_built_over_another_model(tmp_path):
+    other = workspace.course_folder(tmp_path / "Qwen3-8B")   # a downloaded model: course-made, no model.safetensors
+    (other / "config.json").write_text("{}", encoding="utf-8")
+    (other / "model-00001-of-00005.safetensors").write_bytes(b"weights")
+    with pytest.raises(workspace.UnsafeWriteError, match="another model"):
+        download.build_tiny_model(other)
+    assert sorted(p.name for p in other.iterdir()) == [".course-made", "config.json", "model-00001-of-00005.safetensors"]

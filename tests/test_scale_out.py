@@ -295,3 +295,21 @@ def test_launch_commands_name_shipped_configs():
         "-m helpers.train --config configs/train/qwen3-8b.yaml")
     for strategy in scale_out.STRATEGIES.values():
         assert (REPO_ROOT / "configs" / "accelerate" / strategy.config).is_file()
+
+
+def test_the_cpu_demo_never_touches_the_gpu_profiles_model(tmp_path):
+    """On a GPU machine notebook 07's spec is ``full``: the demo links the workspace's tiny model, built beside
+    Qwen3-8B, and the downloaded folder keeps every byte."""
+    from helpers.settings import WORKSPACE_ENV
+    from helpers.spec import build_spec
+    from helpers.workspace import course_folder
+
+    spec = build_spec(profile="full", env={WORKSPACE_ENV: str(tmp_path / "ws")}, settings_file=None, cuda=True)
+    qwen = course_folder(spec.paths.model_dir)   # as the download leaves it
+    (qwen / "config.json").write_text('{"hidden_size": 4096}', encoding="utf-8")
+    (qwen / "model-00001-of-00005.safetensors").write_bytes(b"16 GB of weights")
+    before = {p.name: p.read_bytes() for p in qwen.iterdir()}
+    root = scale_out.demo_workspace(spec)
+    assert {p.name: p.read_bytes() for p in qwen.iterdir()} == before
+    link = root / "models" / "tiny-qwen3"
+    assert link.resolve() == (tmp_path / "ws" / "models" / "tiny-qwen3") and (link / "model.safetensors").is_file()
