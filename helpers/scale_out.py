@@ -4,6 +4,7 @@ rank trained on (read back from a run's ``sample_log.jsonl``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -16,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .download import build_tiny_model
-from .models import qwen3_counts
+from .errors import positive_int, run_cli
+from .models import QWEN3_SHAPES, qwen3_counts
 from .profiles import PROFILES
 from .recipes import estimate_lora_memory_gb
 from .runs import SAMPLE_LOG
-from .spec import resolve_paths
-from .workspace import REPO_ROOT, course_folder
+from .spec import build_spec, resolve_paths
+from .workspace import REPO_ROOT, course_folder, display_path
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
 
@@ -194,3 +196,34 @@ def format_shards(steps: list[dict[int, list[int]]]) -> str:
         seen |= set().union(*sets)
         lines.append(f"微批次 {call}：  {cells}  {note}")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.scale_out``: notebook 07's tables and commands, and its live CPU run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.scale_out",
+        description="The ESTIMATED GPU memory of each multi-GPU strategy and its accelerate launch command; "
+                    "--demo trains the tiny model with 2 CPU processes and shows each rank's rows (notebook 07).")
+    parser.add_argument("--model", choices=list(QWEN3_SHAPES), default="Qwen3-8B", help="Qwen3 size of the table")
+    parser.add_argument("--gpus", type=positive_int, default=4, help="GPUs in the launch commands (default 4)")
+    parser.add_argument("--demo", action="store_true", help="also train the tiny model with 2 CPU processes "
+                        "(about a minute; in <workspace>/scale-out-demo)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    def work() -> int:
+        print(memory_table(args.model))
+        for key, strategy in STRATEGIES.items():
+            print(f"\n# {strategy.name}: {strategy.summary}")
+            print(launch_command(key, gpus=None if key == "single-gpu" else args.gpus))
+        if args.demo:
+            out, _ = run_cpu_demo(build_spec(), "data.max_rows=10", "training.per_device_train_batch_size=2",
+                                  "training.num_train_epochs=1", "training.save_steps=3", "swanlab=null")
+            print(f"\n{format_shards(shards_per_step(read_sample_log(out)))}\ncheckpoints: {display_path(out)}")
+        return 0
+
+    return run_cli(work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +116,21 @@ def test_reset_all_without_a_terminal(workspace, monkeypatch, capsys):
     code, _, err = run_as_main("reset", ["--all"], monkeypatch, capsys)
     assert_one_line(code, err, "--force")
     assert model.is_file()
+
+
+def test_scale_out_demo_in_a_workspace_it_cannot_write(workspace, monkeypatch, capsys):
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", "/proc/course-workspace")
+    code, out, err = run_as_main("scale_out", ["--demo"], monkeypatch, capsys)
+    assert_one_line(code, err, "/proc")
+    assert "accelerate launch --config_file configs/accelerate/ddp.yaml" in out   # the tables came first
+
+
+def test_every_entry_point_has_a_case_here():
+    """Each helpers module that runs as ``python -m`` is driven through its real entry by a test above."""
+    entries = {p.stem for p in (REPO_ROOT / "helpers").glob("*.py")
+               if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")}
+    driven = set(re.findall(r'run_as_main\("(\w+)"', Path(__file__).read_text(encoding="utf-8")))
+    assert entries == driven, f"entry points without a case: {sorted(entries - driven)}"
 
 
 def test_run_cli_only_shortens_course_errors():

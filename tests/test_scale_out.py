@@ -313,3 +313,15 @@ def test_the_cpu_demo_never_touches_the_gpu_profiles_model(tmp_path):
     assert {p.name: p.read_bytes() for p in qwen.iterdir()} == before
     link = root / "models" / "tiny-qwen3"
     assert link.resolve() == (tmp_path / "ws" / "models" / "tiny-qwen3") and (link / "model.safetensors").is_file()
+
+
+def test_the_command_line_prints_every_strategy_command():
+    from tests.cli_runner import run_cli
+
+    done = run_cli("scale_out", ["--gpus", "8", "--model", "Qwen3-14B"], env={"PATH": os.environ["PATH"]},
+                   cwd=REPO_ROOT)
+    assert done.code == 0, done.output
+    commands = [line for line in done.stdout.splitlines() if line.startswith("accelerate launch")]
+    assert [c.split()[3] for c in commands] == [f"configs/accelerate/{s.config}" for s in scale_out.STRATEGIES.values()]
+    assert all(("--num_processes 8" in c) == ("single-gpu" not in c) for c in commands)
+    assert "Qwen3-14B" in done.stdout.splitlines()[0]
