@@ -7,6 +7,8 @@ their order, in one unit: a later notebook reads what an earlier one wrote (04's
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -80,9 +82,36 @@ def pytest_sessionstart(session):
     if SETTINGS_FILE.exists() and reporter is not None and not hasattr(session.config, "workerinput"):
         reporter.write_line(f"note: {SETTINGS_FILE.name} at the repository root is read by the CLIs and notebooks "
                             "this suite runs (its workspace, SwanLab mode, ...); move it away for the run CI makes.")
+    if not hasattr(session.config, "workerinput"):
+        session.config.stash[_CHECKOUT] = _checkout_changes()
     if _starts_workers(session.config):
         from helpers.download import prepare_model
         from tests.conftest import tiny_spec_for
 
         prepare_model(tiny_spec_for())
 
+
+_CHECKOUT = pytest.StashKey[frozenset]()
+
+
+def _checkout_changes() -> frozenset:
+    """``git status`` of the repository (git-ignored paths such as ``workspace/`` left out); empty without git."""
+    try:
+        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(done.stdout.splitlines()) if done.returncode == 0 else frozenset()
+
+
+def pytest_sessionfinish(session):
+    """A test writes into its own temporary folders or the git-ignored workspace, never into the checkout: a file
+    the run added or changed there fails the run."""
+    if hasattr(session.config, "workerinput") or _CHECKOUT not in session.config.stash:
+        return
+    new = sorted(_checkout_changes() - session.config.stash[_CHECKOUT])
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"error: the tests wrote into the checkout: {', '.join(new[:10])}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

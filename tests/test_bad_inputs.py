@@ -77,12 +77,12 @@ CASES = [
          ("--max-length", "at least 1"), (), (), ("neg.jsonl",)),
     Case("data.max_rows=-1", ("train", "--set", "data.max_rows=-1"), 2, ("data.max_rows=-1", "at least 1")),
     Case("a misspelt LoRA target beside good ones (PEFT would skip it)",
-         ("train", "--set", "lora.target_modules=[q_proj,v_prj]", "--output-dir", "lora-typo"), 2,
+         ("train", "--set", "lora.target_modules=[q_proj,v_prj]", "--output-dir", "{arena}/lora-typo"), 2,
          ("'v_prj'", "did you mean 'v_proj'")),
     Case("a training value only TrainingArguments refuses", ("train", "--set", "training.warmup_steps=-1",
-         "--output-dir", "refused-run"), 2, ("warmup_steps", "tiny.yaml"), (), (), ("refused-run",)),
+         "--output-dir", "{arena}/refused-run"), 2, ("warmup_steps", "tiny.yaml"), (), (), ("refused-run",)),
     Case("a LoRA target that is a block, not a layer",
-         ("train", "--set", "lora.target_modules=[mlp]", "--output-dir", "lora-block"), 2, ("'mlp'", "gate_proj")),
+         ("train", "--set", "lora.target_modules=[mlp]", "--output-dir", "{arena}/lora-block"), 2, ("'mlp'", "gate_proj")),
     Case("check: control tokens in a row", ("data", "check", "tok.json"), 1, ("第 3 条", "output", "<|im_end|>")),
     Case("encode: control tokens in a row", ("data", "encode", "tok.json", "tok.jsonl"), 2,
          ("第 3 条", "output", "<|im_start|>"), (), ("tok.json",), ("tok.jsonl",)),
@@ -185,7 +185,8 @@ def run_module(argv, env: dict, cwd: Path) -> tuple[int, str]:
 def outcomes(arena) -> dict:
     """Every case run once: {name: (exit code, output)}, plus the hashes before and after."""
     watched = {c.name: {f: sha256(arena / f) for f in c.unchanged} for c in CASES}
-    results = {case.name: run_module(case.argv, clean_env(arena, **case.env), arena) for case in CASES}
+    results = {case.name: run_module([a.replace("{arena}", str(arena)) for a in case.argv], clean_env(arena, **case.env),
+                                     arena) for case in CASES}
     after = {c.name: {f: sha256(arena / f) for f in c.unchanged} for c in CASES}
     return {"results": results, "before": watched, "after": after}
 
