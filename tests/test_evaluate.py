@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -360,3 +361,21 @@ def test_the_report_names_where_the_adapter_came_from_without_a_machine_path(tin
         "~/adapters/a/checkpoint-9"
     elsewhere = ev.adapter_origin(tiny_spec, tmp_path / "elsewhere" / "run" / "checkpoint-3")
     assert elsewhere == "run/checkpoint-3" and str(tmp_path) not in elsewhere
+
+
+def test_the_thinking_check_on_qwen3_8b_fits_a_24_gb_card(monkeypatch):
+    """Up to 4,096 thinking tokens per reply: the replies generated at once hold an ESTIMATED KV cache that,
+    beside the bf16 weights, stays under 90% of a 24 GB card, and thinking_check really generates that many."""
+    from helpers.models import qwen3_config, qwen3_counts
+    from helpers.spec import build_spec
+
+    options = ev.EvalOptions.for_spec(build_spec(profile="full", env={}, settings_file=None, cuda=True))
+    config = qwen3_config("Qwen3-8B")
+    kv_per_token = config["num_hidden_layers"] * 2 * config["num_key_value_heads"] * config["head_dim"] * 2
+    kv = kv_per_token * options.thinking_batch_size * (options.thinking_max_new_tokens + 100)
+    assert kv + qwen3_counts("Qwen3-8B")["params"] * 2 < 0.9 * 24e9, (kv / 1e9, options)
+    seen = []
+    monkeypatch.setattr(ev, "generate_replies", lambda *a, batch_size, **k: seen.append(batch_size) or [])
+    monkeypatch.setattr(ev, "thinking_rate", lambda texts, finished: 0.0)
+    ev.thinking_check(SimpleNamespace(model=None, tokenizer=None), [[]] * 16, options)
+    assert seen == [options.thinking_batch_size] * 2
