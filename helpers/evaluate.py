@@ -38,6 +38,7 @@ from . import checkpoints, data_files, tracking
 from .data import encode_records
 from .download import prepare_model
 from .errors import positive_int, run_cli
+from .hardware import cuda_available
 from .inference import chat_messages, greedy_settings, load_finetuned, recommended_settings
 from .metrics import (
     IDENTITY_PROBES,
@@ -86,10 +87,17 @@ class EvalOptions:
     seed: int = 42
 
     @classmethod
-    def for_spec(cls, spec, limit: int | None = None, max_new_tokens: int | None = None) -> EvalOptions:
-        """Small numbers for the tiny profile (CPU seconds), real ones for Qwen3-8B."""
+    def for_spec(cls, spec, limit: int | None = None, max_new_tokens: int | None = None,
+                 cuda: bool | None = None) -> EvalOptions:
+        """Small numbers for the tiny profile (CPU seconds), real ones for a real model on a GPU, and a sample
+        for a real model without one (``small`` on a laptop: every held-out row at 256 tokens, four ways,
+        would take hours)."""
+        cuda = cuda_available() if cuda is None else cuda
         if spec.profile.name == "tiny":
             options = cls()
+        elif not cuda:
+            options = cls(limit=32, max_new_tokens=128, thinking_prompts=8, thinking_max_new_tokens=1024,
+                          thinking_batch_size=4)
         else:
             # thinking: Qwen suggests up to 32,768 new tokens; 4,096 keeps 16 prompts affordable, and a
             # thought still open at the end is counted as cut off, not as a lost thinking mode. Four at a time:
@@ -423,9 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="the adapter folder (default: the run's latest good checkpoint; "
                         "without one it stops with the command that trains it)")
     parser.add_argument("--output-dir", help="the run folder (default workspace/checkpoints/<profile>)")
-    parser.add_argument("--limit", type=positive_int, help="prompts generated per set (tiny: 16; full: all)")
+    parser.add_argument("--limit", type=positive_int,
+                        help="prompts generated per set (tiny: 16; a real model on a GPU: all; without one: 32)")
     parser.add_argument("--max-new-tokens", type=positive_int,
-                        help="reply length limit (tiny: 24; full: 256)")
+                        help="reply length limit (tiny: 24; a real model on a GPU: 256; without one: 128)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.eval_fraction=0.1 (repeatable)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

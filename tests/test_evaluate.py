@@ -369,7 +369,7 @@ def test_the_thinking_check_on_qwen3_8b_fits_a_24_gb_card(monkeypatch):
     from helpers.models import qwen3_config, qwen3_counts
     from helpers.spec import build_spec
 
-    options = ev.EvalOptions.for_spec(build_spec(profile="full", env={}, settings_file=None, cuda=True))
+    options = ev.EvalOptions.for_spec(build_spec(profile="full", env={}, settings_file=None, cuda=True), cuda=True)
     config = qwen3_config("Qwen3-8B")
     kv_per_token = config["num_hidden_layers"] * 2 * config["num_key_value_heads"] * config["head_dim"] * 2
     kv = kv_per_token * options.thinking_batch_size * (options.thinking_max_new_tokens + 100)
@@ -379,3 +379,14 @@ def test_the_thinking_check_on_qwen3_8b_fits_a_24_gb_card(monkeypatch):
     monkeypatch.setattr(ev, "thinking_rate", lambda texts, finished: 0.0)
     ev.thinking_check(SimpleNamespace(model=None, tokenizer=None), [[]] * 16, options)
     assert seen == [options.thinking_batch_size] * 2
+
+
+def test_a_real_model_without_a_gpu_is_evaluated_on_a_sample():
+    from helpers.spec import build_spec
+
+    small = build_spec(profile="small", env={}, settings_file=None, cuda=False)
+    on_gpu, on_cpu = ev.EvalOptions.for_spec(small, cuda=True), ev.EvalOptions.for_spec(small, cuda=False)
+    assert on_gpu.limit is None and on_cpu.limit == 32
+    assert on_cpu.max_new_tokens < on_gpu.max_new_tokens and on_cpu.thinking_max_new_tokens < on_gpu.thinking_max_new_tokens
+    assert ev.EvalOptions.for_spec(small, limit=5, cuda=False).limit == 5     # --limit still wins
+
