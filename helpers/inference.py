@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--target", help="an empty folder, or an earlier export of this course "
                         "(default: workspace/export/<profile>-merged)")
     args = parser.parse_args(argv)
+    if args.command == "ask" and not args.message.strip():
+        parser.error('the message is empty: ask something, e.g. python -m helpers.inference ask "你是谁？"')
 
     def work() -> int:
         spec = build_spec(args.config)

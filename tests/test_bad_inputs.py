@@ -86,6 +86,7 @@ CASES = [
     Case("check: control tokens in a row", ("data", "check", "tok.json"), 1, ("第 3 条", "output", "<|im_end|>")),
     Case("encode: control tokens in a row", ("data", "encode", "tok.json", "tok.jsonl"), 2,
          ("第 3 条", "output", "<|im_start|>"), (), ("tok.json",), ("tok.jsonl",)),
+    Case("an empty message", ("inference", "ask", "  ", "--checkpoint", "run"), 2, ("the message is empty",)),
     Case("prompt longer than the context", ("inference", "ask", LONG_MESSAGE, "--checkpoint", "run"), 2,
          ("context of 2048 tokens", "Shorten the message")),
     # ---- messages that send the user the right way
