@@ -39,6 +39,11 @@ from .workspace import (
 BUDGET_TOTAL = "合计"
 
 
+def weights_gb(model: str = "Qwen3-8B") -> float:
+    """A Qwen3 size's bf16 weights in GB (2 bytes per parameter, from its shape)."""
+    return round(qwen3_counts(model)["params"] * 2 / 1e9, 1)
+
+
 def disk_budget_gb(model_present: bool = False, model: str = "Qwen3-8B") -> dict[str, float]:
     """Disk the course needs on the workspace's disk for one Qwen3 size, part by part (GB, from its shape).
 
@@ -46,8 +51,7 @@ def disk_budget_gb(model_present: bool = False, model: str = "Qwen3-8B") -> dict
     moments (12 bytes per LoRA parameter: ~0.26 GB for Qwen3-8B), and ``save_total_limit`` (3) are kept for
     each of the last 3 runs (the current one + 2 moved aside); the merged export is written once more.
     """
-    counts = qwen3_counts(model)
-    weights = round(counts["params"] * 2 / 1e9, 1)
+    counts, weights = qwen3_counts(model), weights_gb(model)
     parts = {
         f"{model} 权重（bf16 safetensors）": 0.0 if model_present else weights,
         "检查点（保留 3 个 × 最多 3 次运行）": round(3 * 3 * counts["lora_params"] * 12 / 1e9, 2),

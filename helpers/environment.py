@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .data_files import HUANHUAN_PINNED_URL
-from .download import BUDGET_TOTAL, disk_budget_gb
+from .download import BUDGET_TOTAL, disk_budget_gb, weights_gb
 from .errors import CourseError, run_cli
 from .hardware import gpus, memory_gb, reachable
 from .profiles import PROFILES
@@ -221,7 +221,8 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
         out.append(Check("model", True, f"已在 {display_path(spec.paths.model_dir)}"))
     elif spec.profile.source == "modelscope":
         out.append(Check("model", False, f"还没有下载（{display_path(spec.paths.model_dir)}）",
-                               f"python -m helpers.download --profile {spec.profile.name}   (16.4 GB, before class)"))
+                               f"python -m helpers.download --profile {spec.profile.name}   "
+                               f"({weights_gb(spec.profile.model)} GB, before class)"))
     else:
         out.append(Check("model", True, "第一次使用时在本机构建（不需要下载）"))
     dataset = spec.paths.dataset

@@ -58,6 +58,7 @@ from .metrics import (
     thinking_rate,
     unseen_probes,
 )
+from .models import refuse_without_gpu
 from .runs import report_path
 from .spec import build_spec
 from .workspace import (
@@ -115,6 +116,7 @@ class EvalOptions:
 def prepare(spec, checkpoint: str | Path | None = None) -> None:
     """Everything the evaluation needs: held-out rows, an adapter and the model folder. It never trains:
     without an adapter it stops (before any download) with the command that makes one."""
+    refuse_without_gpu(spec, "evaluates")
     if spec.data.eval_fraction <= 0:
         raise MissingArtifactError(
             f"{display_path(spec.config_file)}: data.eval_fraction is 0, so no rows are held out. "

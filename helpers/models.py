@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import CourseError
-from .hardware import default_device, gpus
+from .hardware import cuda_available, default_device, gpus
 from .settings import SpecError, suggest
 from .spec import LoraSpec
 from .workspace import MissingArtifactError, display_path, how_to_make, sha256_file
@@ -174,9 +174,19 @@ def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     wanted = getattr(torch, spec.profile.cpu_dtype if spec.profile.cpu_dtype and not cuda else spec.profile.dtype)
-    if wanted is torch.bfloat16 and cuda and not (torch.cuda.is_bf16_supported() if bf16 is None else bf16):
+    # including_emulation=False: torch otherwise says yes on any CUDA card, T4 and V100 included
+    if wanted is torch.bfloat16 and cuda and not (torch.cuda.is_bf16_supported(including_emulation=False)
+                                                  if bf16 is None else bf16):
         return torch.float16
     return wanted
+
+
+def refuse_without_gpu(spec, work: str) -> None:
+    """A profile meant for a GPU (``full``: Qwen3-8B) stops on a machine without CUDA before any download."""
+    if spec.profile.needs_gpu and not cuda_available():
+        raise CourseError(f"profile {spec.profile.name} {work} {spec.profile.model}, which needs a CUDA GPU, and this "
+                          "machine has none (on AutoDL: a GPU instance, not 无卡模式): run it there, or use "
+                          "QWEN3_TUTORIAL_PROFILE=small or tiny here. Nothing was downloaded.")
 
 
 def attention_implementation() -> str:

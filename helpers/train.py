@@ -26,7 +26,14 @@ from .data import training_data
 from .download import prepare_model
 from .errors import CourseError, run_cli
 from .hardware import cuda_available, gpus, is_main_process, launched_processes, peak_memory_gib
-from .models import add_lora_adapter, compute_dtype, load_base_model, load_tokenizer, require_model_dir
+from .models import (
+    add_lora_adapter,
+    compute_dtype,
+    load_base_model,
+    load_tokenizer,
+    refuse_without_gpu,
+    require_model_dir,
+)
 from .recipes import auto_recipe
 from .runs import (
     SAMPLE_LOG,
@@ -364,10 +371,7 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
 
 def train(spec, resume: bool | str | None = True) -> dict:
     """Run the whole recipe with the same steps as notebook 04; return where everything went."""
-    if spec.profile.needs_gpu and not cuda_available():
-        raise CourseError(f"profile {spec.profile.name} trains {spec.profile.model}, which needs a CUDA GPU, and this "
-                          "machine has none (on AutoDL: a GPU instance, not 无卡模式): train there, or use "
-                          "QWEN3_TUTORIAL_PROFILE=small or tiny here. Nothing was downloaded.")
+    refuse_without_gpu(spec, "trains")
     if is_main_process():
         prepare_model(spec)  # a terminal user never needs a notebook first
     elif not (spec.paths.model_dir / "config.json").is_file():
@@ -375,7 +379,7 @@ def train(spec, resume: bool | str | None = True) -> dict:
     with contextlib.ExitStack() as stack:
         if is_main_process():  # the other ranks of a launch share rank 0's lock
             stack.callback(checkpoints.lock_run(spec.paths.run_dir).release)
-        if resume is False:
+        if resume is False and is_main_process():   # rank 0 holds the lock: only it may move a run aside
             start_fresh(spec)
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())

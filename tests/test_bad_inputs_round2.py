@@ -476,6 +476,12 @@ def test_profile_full_on_cpu_stops_before_the_download_and_small_does_not(arena,
     one_line(cli("train", *argv), "prepare_model(small)")
 
 
+def test_evaluate_with_profile_full_on_cpu_stops_before_the_download(arena, monkeypatch):
+    monkeypatch.setenv(settings.PROFILE_ENV, "full")
+    one_line(cli("evaluate"), "evaluates Qwen3-8B, which needs a CUDA GPU")
+    assert not (arena / "ws" / "models" / "modelscope").exists()
+
+
 def test_rerunning_a_finished_run_keeps_its_summary(arena):
     argv = ("train", "--set", "training.max_steps=2", "--set", "training.save_steps=2", "--set",
             "data.eval_fraction=0")

@@ -39,7 +39,8 @@ def fake_gpu(monkeypatch):
         props = SimpleNamespace(name=name, total_memory=int(total_gb * 1e9), major=major, minor=0)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+        # as torch does: with emulation (its default) every CUDA card "supports" bf16, a V100 or T4 included
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(free_gb * 1e9), int(total_gb * 1e9)))
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: props)
         monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 0)
