@@ -307,3 +307,24 @@ def test_memory_estimate_for_qwen3_8b_rests_on_the_real_architecture():
     nf4 = estimate_lora_memory_gb(quantization="nf4")
     # 4-bit linear layers save ~10 GB; prepare_model_for_kbit_training's fp32 embeddings and lm_head give ~2.5 back
     assert nf4["total"] < with_ckpt["total"] - 7
+
+
+def test_only_rank_0_moves_a_run_aside(tmp_path, monkeypatch, tiny_model_dir):
+    """Under a launch, rank 0 holds the run lock; another rank of a --no-resume launch must not move the run
+    (when a first training still owns it, rank 0 refuses, and a rank 1 that moved it would break that run)."""
+    from helpers.workspace import course_folder
+
+    spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
+    (spec.paths.workspace / "models").mkdir(parents=True)
+    (spec.paths.workspace / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    live = course_folder(spec.paths.run_dir) / "checkpoint-10"
+    live.mkdir()
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(train, "load_tokenizer", lambda spec: (_ for _ in ()).throw(Stop()))
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(Stop):
+        train.train(spec, resume=False)
+    assert live.is_dir() and not list(tmp_path.glob("run-previous-*"))
