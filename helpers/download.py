@@ -144,8 +144,19 @@ def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revis
 
 
 def weights_present(folder: Path) -> bool:
-    """Whether ``folder`` holds a model config and safetensors weights."""
-    return (Path(folder) / "config.json").is_file() and any(Path(folder).glob("*.safetensors"))
+    """Whether ``folder`` holds a model config and all of its safetensors weights: every shard its index
+    names (an interrupted download holds only some; downloading again resumes it), or one ``model.safetensors``."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if not (folder / "config.json").is_file():
+        return False
+    if not index.is_file():
+        return (folder / "model.safetensors").is_file()
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):   # a half-written index: not complete either
+        return False
+    return bool(shards) and all((folder / shard).is_file() for shard in shards)
 
 
 def needs_download(spec) -> bool:

@@ -123,3 +123,21 @@ def test_the_tiny_model_is_never_built_over_another_model(tmp_path):
     with pytest.raises(workspace.UnsafeWriteError, match="another model"):
         download.build_tiny_model(other)
     assert sorted(p.name for p in other.iterdir()) == [".course-made", "config.json", "model-00001-of-00005.safetensors"]
+
+
+def test_an_interrupted_download_is_not_a_model(tmp_path):
+    """ModelScope moves each finished file into place: config.json and some shards are there before the rest."""
+    import json
+
+    folder = tmp_path / "Qwen3-8B"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"w")
+    assert not download.weights_present(folder)                   # the index has not arrived yet
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}), encoding="utf-8")
+    assert not download.weights_present(folder)                   # one shard of two
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"w")
+    assert download.weights_present(folder)
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-0', encoding="utf-8")
+    assert not download.weights_present(folder)                   # a half-written index
