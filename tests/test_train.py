@@ -328,3 +328,16 @@ def test_only_rank_0_moves_a_run_aside(tmp_path, monkeypatch, tiny_model_dir):
     with pytest.raises(Stop):
         train.train(spec, resume=False)
     assert live.is_dir() and not list(tmp_path.glob("run-previous-*"))
+
+
+@pytest.mark.parametrize("flag", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_qlora_under_fsdp_or_deepspeed_is_refused_before_anything_loads(tmp_path, monkeypatch, flag):
+    from helpers.settings import SpecError
+
+    spec = tiny_spec_for(tmp_path / "run", overrides=["quantization=nf4"],
+                         QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
+    monkeypatch.setenv(flag, "true")
+    monkeypatch.setattr(train, "prepare_model", lambda spec: pytest.fail("the model was prepared"))
+    with pytest.raises(SpecError, match="ddp.yaml"):
+        train.train(spec)
+    assert not spec.paths.run_dir.exists()
