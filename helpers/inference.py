@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--config", help="the training config of the run (default: the profile's own)")
     common.add_argument("--checkpoint", help="an adapter folder (checkpoint-N or a run folder; default: the run's "
                         "latest complete checkpoint)")
+    common.add_argument("--output-dir", help="the run folder train wrote (its --output-dir; default "
+                        "workspace/checkpoints/<profile>)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     parser = argparse.ArgumentParser(prog="python -m helpers.inference",
                                      description="Ask the fine-tuned model a question, or export the merged model.")
@@ -341,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('the message is empty: ask something, e.g. python -m helpers.inference ask "你是谁？"')
 
     def work() -> int:
-        spec = build_spec(args.config)
+        spec = build_spec(args.config, output_dir=args.output_dir)
         if args.command == "export":
             target = export_merged(spec, args.checkpoint, args.target)
             print(f"merged model written to {display_path(target)}")
