@@ -234,6 +234,14 @@ def training_arguments(spec, **extra):
             "every process would train the whole dataset on its own. Launch with "
             "`accelerate launch --config_file configs/accelerate/<name>.yaml -m helpers.train ...`."
         )
+    if processes == 1 and args.n_gpu > 1:
+        # one process sees several GPUs: the Trainer would wrap the model in nn.DataParallel (a copy of the 8B
+        # to every GPU on every step, a batch the size of all GPUs'); the model sits on one, so train on that one,
+        # as the Trainer does itself for a model placed across GPUs
+        if is_main_process():
+            print(f"这台机器有 {args.n_gpu} 块 GPU，单进程训练只用第一块；要用全部：accelerate launch "
+                  "--config_file configs/accelerate/ddp.yaml -m helpers.train ...（第 07 课）")
+        args._n_gpu = 1
     return args
 
 

@@ -35,10 +35,10 @@ def fake_gpu(monkeypatch):
     transformers.TrainingArguments, transformers.BitsAndBytesConfig, transformers.AutoModelForCausalLM  # noqa: B018
 
     def install(bf16: bool = True, free_gb: float = 79.0, total_gb: float = 80.0, name: str = "NVIDIA H100",
-                major: int = 9):
+                major: int = 9, count: int = 1):
         props = SimpleNamespace(name=name, total_memory=int(total_gb * 1e9), major=major, minor=0)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         # as torch does: with emulation (its default) every CUDA card "supports" bf16, a V100 or T4 included
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(free_gb * 1e9), int(total_gb * 1e9)))
@@ -81,6 +81,17 @@ def test_a_gpu_with_bf16_keeps_bf16(tmp_path, fake_gpu, no_flash_attn):
     args = train.training_arguments(spec)
     assert (args.bf16, args.fp16) == (True, False)
     assert args.dataloader_pin_memory is True
+
+
+def test_one_process_on_a_machine_with_two_gpus_trains_on_one(tmp_path, fake_gpu, no_flash_attn, capsys):
+    """Not nn.DataParallel (the Trainer's choice for n_gpu > 1): the model sits on one GPU, and the batch stays the
+    config's."""
+    from helpers import train
+
+    fake_gpu(count=2)
+    args = train.training_arguments(full_spec(tmp_path))
+    assert args.n_gpu == 1 and args.train_batch_size == args.per_device_train_batch_size
+    assert "ddp.yaml" in capsys.readouterr().out
 
 
 def test_on_a_cpu_nothing_is_switched(tmp_path, monkeypatch):
