@@ -31,6 +31,16 @@ def gpus() -> list[dict]:
     return found
 
 
+def free_gpu_gb() -> float | None:
+    """Free memory (GB) of this process's GPU (``LOCAL_RANK``, 0 for a plain run), None without CUDA. Asks that one
+    GPU only: asking every GPU opens a CUDA context (hundreds of MB) on each, in every process of a launch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))[0] / 1e9, 1)
+
+
 def default_device() -> str:
     import torch
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import CourseError
-from .hardware import cuda_available, default_device, gpus
+from .hardware import cuda_available, default_device, free_gpu_gb
 from .settings import SpecError, suggest
 from .spec import LoraSpec
 from .workspace import MissingArtifactError, display_path, how_to_make, sha256_file
@@ -265,7 +265,7 @@ def load_base_model(spec, device: str | None = None, seed: int = 0, for_training
     else:
         if spec.profile.weights == "random":
             ensure_random_weights(spec, seed)
-        free = gpus()[0]["free_gb"] if gpus() else None
+        free = free_gpu_gb()
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         check_placement(model, free)
         if "device_map" not in kwargs:

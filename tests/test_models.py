@@ -94,6 +94,17 @@ def test_one_process_on_a_machine_with_two_gpus_trains_on_one(tmp_path, fake_gpu
     assert "ddp.yaml" in capsys.readouterr().out
 
 
+def test_loading_asks_only_this_processs_gpu(monkeypatch):
+    """Under a launch, rank k asks GPU k (LOCAL_RANK) for its free memory, and no other GPU."""
+    from helpers import hardware
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: asked.append(index) or (int(7e9), int(8e9)))
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert hardware.free_gpu_gb() == 7.0 and asked == [3]
+
+
 def test_on_a_cpu_nothing_is_switched(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     spec = full_spec(tmp_path)
