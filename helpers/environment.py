@@ -173,7 +173,7 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         "; ".join(wrong + [f"{m} 没有安装" for m in missing]),
                         "make venv   (or: pip install -r requirements.txt)"))
     gpu_list = gpus() if gpu_list is None else gpu_list
-    gpu_profile = spec.profile.needs_gpu or spec.profile.name == "random8b"
+    gpu_profile = spec.profile.needs_gpu
     checks.append(_gpu_check(spec, gpu_list, gpu_profile))
     total, available = memory_gb() if memory is None else memory
     # loading Qwen3-8B goes shard by shard (safetensors are memory-mapped); the tiny profile trains on the CPU

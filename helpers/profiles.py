@@ -86,5 +86,6 @@ PROFILES: dict[str, Profile] = {
         dtype="bfloat16",
         model_dirname="Qwen3-8B-random",
         recipe_of="full",
+        needs_gpu=True,
     ),
 }

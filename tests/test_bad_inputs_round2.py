@@ -476,10 +476,12 @@ def test_profile_full_on_cpu_stops_before_the_download_and_small_does_not(arena,
     one_line(cli("train", *argv), "prepare_model(small)")
 
 
-def test_evaluate_with_profile_full_on_cpu_stops_before_the_download(arena, monkeypatch):
-    monkeypatch.setenv(settings.PROFILE_ENV, "full")
+@pytest.mark.parametrize("profile", ["full", "random8b"])
+def test_evaluate_and_train_of_the_8b_on_cpu_stop_before_anything_is_fetched(arena, monkeypatch, profile):
+    monkeypatch.setenv(settings.PROFILE_ENV, profile)
     one_line(cli("evaluate"), "evaluates Qwen3-8B, which needs a CUDA GPU")
-    assert not (arena / "ws" / "models" / "modelscope").exists()
+    one_line(cli("train"), "trains Qwen3-8B, which needs a CUDA GPU")
+    assert not (arena / "ws" / "models" / "modelscope").exists() and not (arena / "ws" / "models" / "Qwen3-8B-random").exists()
 
 
 def test_rerunning_a_finished_run_keeps_its_summary(arena):
