@@ -25,7 +25,7 @@ $(STAMP): requirements.txt $(REQS) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r $(REQS) 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch, transformers, peft, swanlab, nbval, helpers"
+	$(PY) -c "import helpers, torch, transformers, peft, swanlab, nbval"
 	touch $@
 
 # Execute the notebook series in order; executed copies go to $(EXECUTED), committed ones stay untouched.
