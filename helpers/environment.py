@@ -94,6 +94,8 @@ def warn_if_gpu_busy(threshold_gb: float = 1.0) -> None:
 
     This kernel's own CUDA context (~0.5 GB) counts as "other" for torch, so the threshold sits above it.
     """
+    import torch
+
     held = gpu_memory_held_by_others()
     if held is None:
         print("本机没有 CUDA GPU：跳过显存检查。")
@@ -103,6 +105,10 @@ def warn_if_gpu_busy(threshold_gb: float = 1.0) -> None:
               "再重启本内核，否则模型可能放不下或被部分放到 CPU 上。")
     else:
         print(f"GPU 显存空闲：其他进程只占 {held:.1f} GB。")
+    if held is not None and torch.cuda.device_count() > 1:
+        print(f"这台机器有 {torch.cuda.device_count()} 块 GPU，笔记本只用第一块；但单进程的 Trainer 看到多块 GPU 会用 "
+              "nn.DataParallel 每一步把模型复制到每一块上（慢，批次也跟着变大）。启动 JupyterLab 前设置 "
+              "CUDA_VISIBLE_DEVICES=0；多卡训练用第 07 课的 accelerate launch。")
 
 
 # --------------------------------------------------------------------------- the settings file

@@ -292,6 +292,14 @@ def test_no_warning_when_only_this_kernel_holds_memory(fake_gpu, capsys):
     assert "警告" not in out and "空闲" in out and "0.3 GB" in out
 
 
+def test_a_machine_with_two_gpus_is_told_to_show_the_notebook_one(fake_gpu, monkeypatch, capsys):
+    env.warn_if_gpu_busy()
+    assert "CUDA_VISIBLE_DEVICES" not in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    env.warn_if_gpu_busy()
+    assert "CUDA_VISIBLE_DEVICES=0" in capsys.readouterr().out
+
+
 def test_without_a_gpu_the_first_cell_says_so(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     env.warn_if_gpu_busy()
