@@ -78,12 +78,16 @@ class DownloadError(CourseError, RuntimeError):
     """The download failed (usually: no network to ModelScope)."""
 
 
+#: the Qwen3 tokenizer's files, in the order they are copied
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
 def copy_tokenizer_files(target: Path) -> None:
     """Copy the verified offline Qwen3 tokenizer files into ``target``."""
     source = offline_tokenizer_dir()
     verify_tokenizer_files(source)
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+    for name in TOKENIZER_FILES:
         shutil.copyfile(source / name, target / name)
 
 
@@ -165,6 +169,18 @@ def needs_download(spec) -> bool:
             and not weights_present(spec.paths.model_dir))
 
 
+def model_ready(spec) -> bool:
+    """Whether the spec's model directory is as :func:`prepare_model` leaves it: the tiny model's weights (built
+    whole in a ``.partial`` folder), a written config and all tokenizer files, or the downloaded weights and the
+    tokenizer. The other processes of a launch wait for this while process 0 prepares the folder."""
+    target = spec.paths.model_dir
+    if spec.profile.source == "tiny":
+        return (target / "model.safetensors").is_file()
+    if spec.profile.source == "config-only":
+        return (target / "config.json").is_file() and all((target / name).is_file() for name in TOKENIZER_FILES)
+    return weights_present(target) and all((target / name).is_file() for name in TOKENIZER_FILES[:2])
+
+
 def prepare_model(spec) -> Path:
     """Make the spec's model directory exist (build, write or download it); return its path."""
     target = spec.paths.model_dir
@@ -184,8 +200,8 @@ def prepare_model(spec) -> Path:
         return download_qwen3(target, spec.paths.workspace, spec.profile.model)
     if source == "tiny":
         return build_tiny_model(target)
-    if source == "config-only":
-        return write_config_dir(target, spec.profile.model)
+    if source == "config-only":   # written once: other processes of a launch may be reading it
+        return target if model_ready(spec) else write_config_dir(target, spec.profile.model)
     raise ValueError(f"Profile {spec.profile.name!r} has unknown source {source!r}")
 
 

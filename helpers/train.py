@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from . import checkpoints, data_files, tracking
 from .checkpoints import RECIPE_FILE
 from .data import training_data
-from .download import prepare_model
+from .download import model_ready, prepare_model
 from .errors import CourseError, run_cli
 from .hardware import cuda_available, gpus, is_main_process, launched_processes, peak_memory_gib
 from .models import (
@@ -387,8 +387,8 @@ def train(spec, resume: bool | str | None = True) -> dict:
                         "(configs/train/qwen3-8b.yaml) with fsdp.yaml / zero3.yaml.")
     if is_main_process():
         prepare_model(spec)  # a terminal user never needs a notebook first
-    elif not (spec.paths.model_dir / "config.json").is_file():
-        _wait_for(spec.paths.model_dir / "config.json")
+    else:
+        _wait_for_model(spec)
     with contextlib.ExitStack() as stack:
         if is_main_process():  # the other ranks of a launch share rank 0's lock
             stack.callback(checkpoints.lock_run(spec.paths.run_dir).release)
@@ -435,14 +435,17 @@ def train(spec, resume: bool | str | None = True) -> dict:
     return summary
 
 
-def _wait_for(path: Path, timeout: float = 600) -> None:
+def _wait_for_model(spec, timeout: float = 4 * 3600, poll: float = 2.0) -> None:
+    """Another process of a launch: wait while process 0 prepares (perhaps downloads, 16 GB) the model folder.
+    Config and tokenizer arrive first, so their presence alone does not mean the folder is ready."""
     import time
 
     deadline = time.time() + timeout
-    while not path.is_file():
+    while not model_ready(spec):
         if time.time() > deadline:
-            raise TimeoutError(f"rank 0 did not prepare {display_path(path)} in {timeout:.0f} s")
-        time.sleep(1)
+            raise CourseError(f"process 0 did not prepare {display_path(spec.paths.model_dir)} in {timeout:.0f} s: "
+                              "download the model first (python -m helpers.download), then launch again.")
+        time.sleep(poll)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -141,3 +141,35 @@ def test_an_interrupted_download_is_not_a_model(tmp_path):
     assert download.weights_present(folder)
     (folder / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-0', encoding="utf-8")
     assert not download.weights_present(folder)                   # a half-written index
+
+
+def test_the_model_folder_is_ready_only_when_complete(tmp_path):
+    """What the other processes of a launch wait for: not config.json alone (it arrives first in a download)."""
+    import json
+
+    from helpers.spec import build_spec
+
+    for profile in ("full", "random8b", "tiny"):
+        spec = build_spec(profile=profile, env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / profile)},
+                          settings_file=None, cuda=True)
+        folder = spec.paths.model_dir
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}", encoding="utf-8")
+        assert not download.model_ready(spec), profile
+    full = build_spec(profile="full", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "full")}, settings_file=None,
+                      cuda=True).paths.model_dir
+    (full / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "m-1.safetensors"}}))
+    (full / "m-1.safetensors").write_bytes(b"w")
+    spec = build_spec(profile="full", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "full")}, settings_file=None,
+                      cuda=True)
+    assert not download.model_ready(spec)                        # the weights, but no tokenizer yet
+    for name in download.TOKENIZER_FILES[:2]:
+        (full / name).write_text("{}", encoding="utf-8")
+    assert download.model_ready(spec)
+    written = build_spec(profile="random8b", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "r")},
+                         settings_file=None, cuda=True)
+    download.prepare_model(written)
+    assert download.model_ready(written)
+    before = (written.paths.model_dir / "config.json").stat().st_mtime_ns
+    download.prepare_model(written)                              # once written, never rewritten under a reader
+    assert (written.paths.model_dir / "config.json").stat().st_mtime_ns == before

@@ -341,3 +341,15 @@ def test_qlora_under_fsdp_or_deepspeed_is_refused_before_anything_loads(tmp_path
     with pytest.raises(SpecError, match="ddp.yaml"):
         train.train(spec)
     assert not spec.paths.run_dir.exists()
+
+
+def test_another_rank_waits_for_the_whole_model_folder(tmp_path, monkeypatch):
+    from helpers.errors import CourseError
+
+    spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
+    spec.paths.model_dir.mkdir(parents=True)
+    (spec.paths.model_dir / "config.json").write_text("{}", encoding="utf-8")   # not the whole folder yet
+    with pytest.raises(CourseError, match="did not prepare"):
+        train._wait_for_model(spec, timeout=0.3, poll=0.1)
+    (spec.paths.model_dir / "model.safetensors").write_bytes(b"w")
+    train._wait_for_model(spec, timeout=0.3, poll=0.1)
