@@ -220,7 +220,7 @@ class ChatApp:
                 self._set_status("先在输入框里写一句话。")
                 return False
             settings = self.settings()
-            adapter = self.adapter.value
+            adapter = self.adapter.value or not hasattr(self.model, "disable_adapter")   # a plain model: as it is
             messages = chat_messages(self.history, text, self.system_prompt)
             self.message.value = ""
             self.last_error = None

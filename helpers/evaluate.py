@@ -292,8 +292,10 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         "table": table,
         "notes": notes,
     }
+    path = save_report(spec, report, loaded.checkpoint)   # saved before SwanLab: kept if logging fails
     report["swanlab_run"] = shareable_path(log_to_swanlab(spec, report), spec.paths.run_dir, spec.paths.workspace)
-    report["report_file"] = display_path(save_report(spec, report, loaded.checkpoint))
+    save_report(spec, report, loaded.checkpoint)
+    report["report_file"] = display_path(path)
     return report
 
 

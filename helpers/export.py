@@ -14,10 +14,12 @@ from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
 from .errors import CourseError
 from .models import compute_dtype, ensure_random_weights, load_base_model, load_tokenizer, require_model_dir
 from .workspace import (
+    CREATED,
     atomic_folder,
     claim_folder,
     clear_course_files,
     display_path,
+    made_names,
     refuse_foreign_partial,
     shell_path,
 )
@@ -44,7 +46,8 @@ def check_export_target(target: Path, protected: list[Path]) -> None:
     if target.exists():
         if not target.is_dir():
             raise ExportTargetError(f"{display_path(target)} is a file, not a folder")
-        if any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
+        # (a marker that names nothing: an export that failed after the old one was cleared)
+        if any(target.iterdir()) and not (target / EXPORT_MARKER).is_file() and made_names(target) != {CREATED}:
             raise ExportTargetError(
                 f"{display_path(target)} is not empty and was not written by this course's export (no "
                 f"{EXPORT_MARKER}): nothing was changed. Choose an empty or new folder.")
@@ -85,9 +88,10 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     refuse_foreign_partial(target)
     # a previous course export goes first (it can always be made again: never two copies on disk);
     # a learner's own file in it (a NOTES.md) stays and is carried into the new export
+    # merged in memory before anything is removed: a merge that fails (out of memory, Ctrl+C) keeps the old export
+    merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
     clear_course_files(target, legacy=EXPORT_FILES)
     with atomic_folder(target) as partial:
-        merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
         merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
         load_tokenizer(spec).save_pretrained(partial)
         write_export_marker(partial, path)

@@ -280,7 +280,7 @@ def stream_generate(model, tokenizer, messages: list[dict], settings: Generation
     worker.start()
     try:
         yield from streamer
-    except GeneratorExit:  # the consumer gave up: stop generating instead of running to max_new_tokens
+    except BaseException:  # the consumer gave up (GeneratorExit) or Ctrl+C: stop instead of running to the end
         stop_event.set()
         raise
     finally:

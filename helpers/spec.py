@@ -133,7 +133,9 @@ class RunSpec:
         return {
             "profile": self.profile.name,
             "config_file": shareable_path(self.config_file, REPO_ROOT, self.paths.workspace),
-            "data": dataclasses.asdict(self.data),
+            "data": {**dataclasses.asdict(self.data),   # a data file of the learner's: no machine path
+                     "source": self.data.source if self.data.source == "course" else
+                     shareable_path(self.paths.dataset, REPO_ROOT, self.paths.workspace)},
             "lora": {**dataclasses.asdict(self.lora), "target_modules": list(self.lora.target_modules)},
             "training": dict(self.training),
             "batching": self.batching,

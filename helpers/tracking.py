@@ -107,9 +107,10 @@ def logdir(spec) -> str:
 
 def shareable_settings(swanlab):
     """swanlab's settings for a run that may be shared: no runtime probe (hostname, working directory,
-    command line, Python path) and no swanlab probe (the run folder's absolute path) in
-    ``files/swanlab-metadata.json``, which ``swanlab sync`` uploads. Hardware, packages and git stay."""
-    return swanlab.Settings(probe=swanlab.Settings.Probe(runtime=False, swanlab=False))
+    command line, Python path), no swanlab probe (the run folder's absolute path) and no git probe (the
+    remote's URL, which may hold a token or a machine path) in ``files/swanlab-metadata.json``, which
+    ``swanlab sync`` uploads. Hardware and packages stay."""
+    return swanlab.Settings(probe=swanlab.Settings.Probe(runtime=False, swanlab=False, git=False))
 
 
 def finish_run(run=None) -> Path | None:

@@ -501,6 +501,23 @@ def test_swanlab_online_without_network_falls_back_to_offline(tmp_path, monkeypa
     assert calls[0]["mode"] == "online"
 
 
+def test_a_token_in_the_git_remote_never_reaches_swanlabs_files(tmp_path, monkeypatch):
+    """swanlab's git probe copies the remote URL, token included, into the metadata that ``swanlab sync`` uploads."""
+    from helpers import tracking
+
+    repo = tmp_path / "repo"
+    git = ["git", "-c", "user.email=a@b.c", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "remote", "add", "origin", "https://me:ghp_secret123@github.com/me/c.git"],
+                   check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    monkeypatch.chdir(repo)
+    spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
+                         QWEN3_TUTORIAL_SWANLAB_MODE="offline")
+    folder = tracking.finish_run(tracking.start_run(spec))
+    assert not files_holding(["ghp_secret123", str(tmp_path)], swanlab_files(folder))
+
+
 # ----------------------------------------------------------------------------- machine paths in shared files
 
 

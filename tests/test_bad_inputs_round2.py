@@ -555,6 +555,27 @@ def test_export_keeps_a_learners_file_and_refuses_a_foreign_partial(arena, tiny_
     assert not (arena / "full.partial").exists() and not (arena / "full").exists()
 
 
+def test_a_failed_export_keeps_the_old_one_and_blocks_nothing(arena, tiny_checkpoint, monkeypatch):
+    from helpers import export
+
+    assert cli("inference", "export", "--checkpoint", str(tiny_checkpoint)).code == 0
+    folder = arena / "ws" / "export" / "tiny-merged"
+    before = shas(folder)
+
+    def out_of_memory(spec):
+        raise MemoryError("the merge ran out of RAM")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "_base_for_merge", out_of_memory)
+        with pytest.raises(MemoryError):
+            cli("inference", "export", "--checkpoint", str(tiny_checkpoint))
+    assert shas(folder) == before                      # the merge fails before the old export is touched
+    workspace.clear_course_files(folder, legacy=export.EXPORT_FILES)   # what a failure while writing leaves
+    result = cli("inference", "export", "--checkpoint", str(tiny_checkpoint))
+    assert result.code == 0, result
+    assert (folder / "model.safetensors").is_file() and (folder / export.EXPORT_MARKER).is_file()
+
+
 def test_the_adapters_recipe_wins_over_the_config(arena, tiny_checkpoint):
     recipe = json.loads((tiny_checkpoint / checkpoints.RECIPE_FILE).read_text(encoding="utf-8"))
     assert recipe["quantization"] is None

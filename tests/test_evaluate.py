@@ -352,6 +352,13 @@ def test_evaluate_cli_on_a_fresh_workspace(tmp_path, tiny_model_dir, memorised_r
     logged = read_scalars(workspace / report["swanlab_run"])
     assert {k: v[0][1] for k, v in logged.items()} == pytest.approx(ev.scalars(report))
 
+    path.unlink()   # SwanLab failing at the end (a revoked key, the network gone) loses no evaluation
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ev, "log_to_swanlab", lambda spec, report: (_ for _ in ()).throw(RuntimeError("swanlab down")))
+        failed = run_cli("evaluate", ["--config", "configs/train/tiny.yaml", "--limit", "4"], env=env, cwd=REPO_ROOT)
+    assert failed.code == 1 and "swanlab down" in failed.stderr
+    assert json.loads(path.read_text(encoding="utf-8"))["sets"] == report["sets"]
+
 
 def test_the_report_names_where_the_adapter_came_from_without_a_machine_path(tiny_spec, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -389,4 +396,15 @@ def test_a_real_model_without_a_gpu_is_evaluated_on_a_sample():
     assert on_gpu.limit is None and on_cpu.limit == 32
     assert on_cpu.max_new_tokens < on_gpu.max_new_tokens and on_cpu.thinking_max_new_tokens < on_gpu.thinking_max_new_tokens
     assert ev.EvalOptions.for_spec(small, limit=5, cuda=False).limit == 5     # --limit still wins
+
+
+def test_a_learners_data_file_leaves_no_machine_path_in_the_spec(tmp_path):
+    from helpers.spec import build_spec
+
+    data = tmp_path / "mine" / "my-data.json"
+    data.parent.mkdir()
+    data.write_text((REPO_ROOT / "data" / "huanhuan_sample.json").read_text(encoding="utf-8"), encoding="utf-8")
+    spec = build_spec(overrides=[f"data.source={data}"], profile="tiny", env={}, settings_file=None)
+    shared = json.dumps(spec.to_dict(), ensure_ascii=False)
+    assert str(tmp_path) not in shared and "my-data.json" in shared
 

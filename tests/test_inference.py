@@ -192,6 +192,27 @@ def test_stream_stops_when_the_event_is_set(loaded):
     assert time.perf_counter() - started < 30
 
 
+def test_ctrl_c_while_streaming_stops_the_generation(loaded):
+    stop = threading.Event()
+    stream = inf.stream_generate(loaded.model, loaded.tokenizer, inf.chat_messages([], "讲个长故事"),
+                                 inf.greedy_settings(max_new_tokens=400), stop_event=stop)
+    next(stream)
+    with pytest.raises(KeyboardInterrupt):
+        stream.throw(KeyboardInterrupt)   # what Ctrl+C does to a loop over the stream
+    assert stop.is_set()
+
+
+def test_the_chat_widget_talks_to_a_plain_model(loaded):
+    """An exported (merged) model loaded with from_pretrained, or a base model: no adapter, nothing to switch."""
+    base = loaded.model.get_base_model()
+    app = ChatApp(base, loaded.tokenizer, settings=inf.greedy_settings(max_new_tokens=4))
+    assert app.adapter.disabled
+    app.send("皇上")
+    app.wait(120)
+    assert app.last_error is None, app.status.value
+    assert app.turns[-1].content
+
+
 def test_a_reply_longer_than_the_context_is_refused_with_the_numbers(loaded):
     too_long = inf.greedy_settings(max_new_tokens=4096)
     with pytest.raises(inf.PromptTooLongError, match=r"with max_new_tokens=4096 the model's context of 2048 tokens"):
