@@ -75,7 +75,7 @@ kernel: | $(PY)
 # Pass/fail checklist with a fix line per failure; non-zero exit on any failure.
 #   make preflight PROFILE=tiny    make preflight JSON=1   (one JSON object, to collect a room's results)
 preflight: | $(PY)
-	$(PY) -m helpers.environment check $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter 1,$(JSON)),--json)
+	@$(PY) -m helpers.environment check $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter 1,$(JSON)),--json)
 
 # Remove runs, checkpoints, exports, plots, SwanLab records, encoded data, the scale-out demo and the
 # executed notebooks (only what the course made: each such folder holds a .course-made marker); keep the
