@@ -381,7 +381,7 @@ def log_to_swanlab(spec, report: dict) -> Path | None:
         swanlab.log({"eval/samples_text": texts}, step=0)
         swanlab.log({"eval/thinking_conclusion": swanlab.Text(report["thinking"]["conclusion"])}, step=0)
     finally:
-        folder = tracking.finish_run(run)
+        folder = tracking.finish_run(run, error=sys.exc_info()[1])
     return folder
 
 

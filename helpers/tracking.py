@@ -113,8 +113,10 @@ def shareable_settings(swanlab):
     return swanlab.Settings(probe=swanlab.Settings.Probe(runtime=False, swanlab=False, git=False))
 
 
-def finish_run(run=None) -> Path | None:
-    """Finish the active run (the records reach the disk now); return its folder."""
+def finish_run(run=None, error: BaseException | None = None) -> Path | None:
+    """Finish the active run (the records reach the disk now); return its folder. ``error``: what ended it, if
+    anything did: the run is marked aborted (Ctrl+C) or crashed, with the error's type only (a traceback holds
+    machine paths, and ``swanlab sync`` uploads it)."""
     import swanlab
 
     try:
@@ -124,7 +126,11 @@ def finish_run(run=None) -> Path | None:
     if run is None:
         return None
     folder = Path(run.dir).resolve()
-    swanlab.finish()
+    if error is None:
+        swanlab.finish()
+    else:
+        swanlab.finish(state="aborted" if isinstance(error, KeyboardInterrupt) else "crashed",
+                       error=type(error).__name__)
     if folder.is_dir() and folder.parent.is_dir():
         record_made(folder)     # the learner's own swanlog folder keeps what was there before
     return folder

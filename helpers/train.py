@@ -407,12 +407,12 @@ def train(spec, resume: bool | str | None = True) -> dict:
         model = add_lora(spec, load_model_for_training(spec))
         trainer = build_trainer(spec, model, tokenizer, dataset, eval_dataset, args=args)
         is_main = trainer.args.process_index == 0
+        checkpoint = resume_point(spec, resume if resume is not False else None)   # before a run opens
+        if checkpoint is not None and is_main:
+            print(f"从 {display_path(checkpoint)} 继续训练")
         run = None
         if is_main and "swanlab" in (trainer.args.report_to or []):
             run = tracking.start_run(spec)
-        checkpoint = resume_point(spec, resume if resume is not False else None)
-        if checkpoint is not None and is_main:
-            print(f"从 {display_path(checkpoint)} 继续训练")
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Exception as err:
@@ -421,8 +421,8 @@ def train(spec, resume: bool | str | None = True) -> dict:
             raise DiskFullError(errno.ENOSPC, f"the disk filled up while training wrote {display_path(spec.paths.run_dir)} "
                                 "(a checkpoint save): free some space, then run the same command again: it resumes "
                                 "from the last complete checkpoint.") from err
-        finally:
-            swanlab_folder = tracking.finish_run(run) if run is not None else None
+        finally:   # a failed or interrupted training is recorded as such, not as a success
+            swanlab_folder = tracking.finish_run(run, error=sys.exc_info()[1]) if run is not None else None
         if checkpoint is not None and trainer.state.global_step == checkpoints.checkpoint_step(checkpoint):
             return already_finished(spec, trainer, result.metrics, swanlab_folder)
         summary = run_summary(spec, trainer, result.metrics, swanlab_folder)

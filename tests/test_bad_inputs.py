@@ -518,6 +518,33 @@ def test_a_token_in_the_git_remote_never_reaches_swanlabs_files(tmp_path, monkey
     assert not files_holding(["ghp_secret123", str(tmp_path)], swanlab_files(folder))
 
 
+def finish_record(run_folder: Path) -> str:
+    """The run's finish record as swanlab stored it (state and error)."""
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+    reader = DataStoreReader()
+    reader.open(str(next(run_folder.glob("run-*.swanlab"))))
+    try:
+        records = [Record.FromString(raw) for raw in reader]
+    finally:
+        reader.close()
+    finishes = [" ".join(str(r.finish).split()) for r in records if r.WhichOneof("record_type") == "finish"]
+    return finishes[-1] if finishes else ""
+
+
+@pytest.mark.parametrize("error,state", [(None, "RUN_STATE_FINISHED"), (RuntimeError("CUDA out of memory"),
+                                         "RUN_STATE_CRASHED"), (KeyboardInterrupt(), "RUN_STATE_ABORTED")])
+def test_a_failed_or_interrupted_run_is_not_recorded_as_a_success(tmp_path, error, state):
+    from helpers import tracking
+
+    spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
+                         QWEN3_TUTORIAL_SWANLAB_MODE="offline")
+    record = finish_record(tracking.finish_run(tracking.start_run(spec), error=error))
+    assert f"state: {state}" in record
+    assert error is None or f'error: "{type(error).__name__}"' in record   # the type only: no traceback, no paths
+
+
 # ----------------------------------------------------------------------------- machine paths in shared files
 
 
