@@ -114,7 +114,8 @@ def shareable_settings(swanlab):
 
 
 def finish_run(run=None, error: BaseException | None = None) -> Path | None:
-    """Finish the active run (the records reach the disk now); return its folder. ``error``: what ended it, if
+    """Finish the active run (the records reach the disk now); return its folder, or None when nothing was
+    recorded (mode ``disabled``: the folder swanlab names is never written). ``error``: what ended it, if
     anything did: the run is marked aborted (Ctrl+C) or crashed, with the error's type only (a traceback holds
     machine paths, and ``swanlab sync`` uploads it)."""
     import swanlab
@@ -131,8 +132,9 @@ def finish_run(run=None, error: BaseException | None = None) -> Path | None:
     else:
         swanlab.finish(state="aborted" if isinstance(error, KeyboardInterrupt) else "crashed",
                        error=type(error).__name__)
-    if folder.is_dir() and folder.parent.is_dir():
-        record_made(folder)     # the learner's own swanlog folder keeps what was there before
+    if not any(folder.glob("run-*.swanlab")):
+        return None
+    record_made(folder)     # the learner's own swanlog folder keeps what was there before
     return folder
 
 

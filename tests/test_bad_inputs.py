@@ -533,6 +533,18 @@ def finish_record(run_folder: Path) -> str:
     return finishes[-1] if finishes else ""
 
 
+def test_a_disabled_run_names_no_folder(tmp_path):
+    """Mode disabled records nothing: no folder for a run summary or a `swanlab sync` command to name."""
+    import swanlab
+
+    from helpers import tracking
+
+    spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
+                         QWEN3_TUTORIAL_SWANLAB_MODE="disabled")
+    run = swanlab.init(mode=tracking.safe_mode(spec), logdir=tracking.logdir(spec), project="p")   # as notebook 04
+    assert tracking.finish_run(run) is None
+
+
 @pytest.mark.parametrize("error,state", [(None, "RUN_STATE_FINISHED"), (RuntimeError("CUDA out of memory"),
                                          "RUN_STATE_CRASHED"), (KeyboardInterrupt(), "RUN_STATE_ABORTED")])
 def test_a_failed_or_interrupted_run_is_not_recorded_as_a_success(tmp_path, error, state):
