@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import threading
+import weakref
 from pathlib import Path
 
 from .errors import CourseError
@@ -361,10 +363,19 @@ def course_tokenizer(model_dir: Path | None = None):
     return AutoTokenizer.from_pretrained(folder), folder
 
 
+#: one lock per model: the adapter switch changes the shared model, so a reply generated meanwhile on another
+#: thread (a second chat widget, a cell run while the chat streams) would be made half with, half without LoRA
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
 def adapter_switch(model, adapter: bool):
-    """Context in which the LoRA adapter is on (``adapter=True``) or off (PEFT's ``disable_adapter``)."""
-    if adapter:
-        return contextlib.nullcontext()
-    if not hasattr(model, "disable_adapter"):
+    """Context in which the LoRA adapter is on (``adapter=True``) or off (PEFT's ``disable_adapter``); one
+    such context at a time per model."""
+    if not adapter and not hasattr(model, "disable_adapter"):
         raise ValueError("adapter=False needs a PEFT model (load it with inference.load_finetuned).")
-    return model.disable_adapter()
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.setdefault(model, threading.RLock())
+    with lock, contextlib.nullcontext() if adapter else model.disable_adapter():
+        yield

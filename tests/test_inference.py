@@ -202,6 +202,22 @@ def test_ctrl_c_while_streaming_stops_the_generation(loaded):
     assert stop.is_set()
 
 
+def test_replies_generated_at_once_on_one_model_are_the_ones_made_alone(loaded):
+    """Two chats on one model, one with the adapter off: the switch must not change the other's reply mid-way."""
+    settings = inf.greedy_settings(max_new_tokens=24)
+    messages = inf.chat_messages([], MEMORISED_QUESTION)
+    alone = {side: inf.generate(loaded.model, loaded.tokenizer, messages, settings, adapter=side).content
+             for side in (True, False)}
+    together = {}
+    for _ in range(3):
+        base = threading.Thread(target=lambda: together.__setitem__(False, "".join(inf.stream_generate(
+            loaded.model, loaded.tokenizer, messages, settings, adapter=False))))
+        base.start()
+        together[True] = inf.generate(loaded.model, loaded.tokenizer, messages, settings, adapter=True).content
+        base.join()
+        assert inf.split_thinking(together[False]).content == alone[False] and together[True] == alone[True]
+
+
 def test_the_chat_widget_talks_to_a_plain_model(loaded):
     """An exported (merged) model loaded with from_pretrained, or a base model: no adapter, nothing to switch."""
     base = loaded.model.get_base_model()
