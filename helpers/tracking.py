@@ -64,6 +64,7 @@ def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
         mode=safe_mode(spec, reachable),
         logdir=logdir(spec),
         settings=shareable_settings(swanlab),
+        reinit=True,   # a run left open by a cell that failed is finished first, instead of refusing this one
     )
 
 

@@ -533,6 +533,16 @@ def finish_record(run_folder: Path) -> str:
     return finishes[-1] if finishes else ""
 
 
+def test_a_run_left_open_by_a_failed_cell_does_not_block_the_next(tmp_path):
+    from helpers import tracking
+
+    spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
+                         QWEN3_TUTORIAL_SWANLAB_MODE="offline")
+    tracking.start_run(spec)              # the cell after it failed: the run was never finished
+    folder = tracking.finish_run(tracking.start_run(spec))
+    assert folder is not None and "RUN_STATE_FINISHED" in finish_record(folder)
+
+
 def test_a_disabled_run_names_no_folder(tmp_path):
     """Mode disabled records nothing: no folder for a run summary or a `swanlab sync` command to name."""
     import swanlab
