@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
 from .errors import CourseError
-from .models import compute_dtype, ensure_random_weights, load_base_model, load_tokenizer, require_model_dir
+from .models import ensure_random_weights, load_base_model, load_tokenizer, require_model_dir
 from .workspace import (
     CREATED,
     atomic_folder,
@@ -59,6 +59,7 @@ def _base_for_merge(spec):
     Also for a QLoRA adapter: merging into 4-bit weights would round the LoRA update away and
     leave a 4-bit model, so PEFT's advice is to merge into a full-precision copy of the base.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     plain = spec.replace(quantization=None)
@@ -67,7 +68,9 @@ def _base_for_merge(spec):
             ensure_random_weights(spec)
         else:
             return load_base_model(plain, device="cpu")
-    return AutoModelForCausalLM.from_pretrained(require_model_dir(spec), dtype=compute_dtype(plain))
+    # the profile's own dtype (bf16 for Qwen3), not the GPU's: the merge runs on the CPU, and a T4 / V100 (fp16)
+    # or a laptop (fp32) must not change what the exported model holds
+    return AutoModelForCausalLM.from_pretrained(require_model_dir(spec), dtype=getattr(torch, plain.profile.dtype))
 
 
 def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path | None = None) -> Path:

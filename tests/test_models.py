@@ -72,6 +72,22 @@ def test_a_gpu_without_bf16_computes_in_fp16_with_loss_scaling(tmp_path, fake_gp
     assert (args.bf16, args.fp16) == (False, True), "fp16 autocast with the Trainer's loss scaling"
 
 
+def test_the_export_keeps_the_models_bf16_on_a_gpu_without_bf16(tmp_path, fake_gpu, monkeypatch):
+    """The merge runs on the CPU: a V100's fp16 must not become the exported model's dtype."""
+    import transformers
+
+    from helpers import export
+
+    fake_gpu(bf16=False, name="Tesla V100-SXM2-32GB", total_gb=32, free_gb=31, major=7)
+    spec = full_spec(tmp_path)
+    spec.paths.model_dir.mkdir(parents=True)
+    (spec.paths.model_dir / "config.json").write_text("{}", encoding="utf-8")
+    seen = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda path, dtype: seen.append(dtype))
+    export._base_for_merge(spec)
+    assert models.compute_dtype(spec) is torch.float16 and seen == [torch.bfloat16]
+
+
 def test_a_gpu_with_bf16_keeps_bf16(tmp_path, fake_gpu, no_flash_attn):
     from helpers import train
 
