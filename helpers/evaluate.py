@@ -117,6 +117,7 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
     """Everything the evaluation needs: held-out rows, an adapter and the model folder. It never trains:
     without an adapter it stops (before any download) with the command that makes one."""
     refuse_without_gpu(spec, "evaluates")
+    tracking.require_key(spec)
     if spec.data.eval_fraction <= 0:
         raise MissingArtifactError(
             f"{display_path(spec.config_file)}: data.eval_fraction is 0, so no rows are held out. "

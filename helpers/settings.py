@@ -99,19 +99,20 @@ def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | 
 
 
 def resolve_swanlab_mode(forced: str | None, env: Mapping[str, str]) -> str:
-    """offline | online | local | disabled: a forced mode, else online when a key is known."""
+    """offline | online | local | disabled: a forced mode, else online when a key is known. A forced ``online``
+    without a key is refused where a run starts (:func:`helpers.tracking.require_key`), not here: commands
+    that never track (``inference ask``, ``export``) work whatever the mode."""
     forced = (forced or "").strip().lower()
-    has_key = bool(env.get("SWANLAB_API_KEY")) or saved_swanlab_login()
     if forced:
         if forced not in SWANLAB_MODES:
             raise SpecError(f"{SWANLAB_MODE_ENV}={forced!r}: choose one of {', '.join(SWANLAB_MODES)}")
-        if forced == "online" and not has_key:
-            raise SpecError(
-                "SwanLab online mode needs an API key: run `swanlab login` in a terminal once (it is saved "
-                f"for every kernel), or set SWANLAB_API_KEY. Or choose {SWANLAB_MODE_ENV}=offline."
-            )
         return forced
-    return "online" if has_key else "offline"
+    return "online" if has_swanlab_key(env) else "offline"
+
+
+def has_swanlab_key(env: Mapping[str, str]) -> bool:
+    """Whether SwanLab has an API key: ``SWANLAB_API_KEY`` or one ``swanlab login`` saved."""
+    return bool(env.get("SWANLAB_API_KEY")) or saved_swanlab_login()
 
 
 def saved_swanlab_login() -> bool:

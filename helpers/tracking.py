@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import CourseError
 from .hardware import reachable
+from .settings import SWANLAB_MODE_ENV, has_swanlab_key
 from .workspace import course_folder, display_path, record_made, shell_path
 
 
@@ -68,6 +69,14 @@ def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
     )
 
 
+def require_key(spec) -> None:
+    """A forced ``online`` mode without an API key stops here, before any work (swanlab would fail late)."""
+    if spec.swanlab.enabled and spec.swanlab.mode == "online" and not has_swanlab_key(os.environ):
+        raise SwanLabSetupError(
+            "SwanLab online mode needs an API key: run `swanlab login` in a terminal once (it is saved "
+            f"for every kernel), or set SWANLAB_API_KEY. Or choose {SWANLAB_MODE_ENV}=offline.")
+
+
 def safe_mode(spec, reachable=swanlab_reachable) -> str:
     """The mode to pass to ``swanlab.init``, with swanlab's prompt switched off for good.
 
@@ -75,6 +84,7 @@ def safe_mode(spec, reachable=swanlab_reachable) -> str:
     files that override them, and turns ``online`` into ``offline`` (with one line saying so) when
     swanlab.cn cannot be reached. ``disabled`` when tracking is off.
     """
+    require_key(spec)
     os.environ["SWANLAB_INTERACTIVE"] = "false"
     for name in ("SWANLAB_PROJECT", "SWANLAB_RUN", "SWANLAB_EXPERIMENT"):   # nested settings groups
         if name in os.environ:

@@ -380,6 +380,7 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
 def train(spec, resume: bool | str | None = True) -> dict:
     """Run the whole recipe with the same steps as notebook 04; return where everything went."""
     refuse_without_gpu(spec, "trains")
+    tracking.require_key(spec)
     if spec.quantization and _launched_with("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         # their loading path takes no quantization_config: the base would train unquantised, in fp32
         raise SpecError(f"quantization: {spec.quantization} (QLoRA) does not combine with FSDP or DeepSpeed in this "
