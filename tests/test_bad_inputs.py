@@ -491,6 +491,7 @@ def test_swanlab_online_without_network_falls_back_to_offline(tmp_path, monkeypa
 
     from helpers import tracking
 
+    monkeypatch.setenv("SWANLAB_API_KEY", "dummy")   # the key is checked again where the run starts
     spec = tiny_spec_for(tmp_path / "run", SWANLAB_API_KEY="dummy", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path),
                          QWEN3_TUTORIAL_SWANLAB_MODE="online")
     assert spec.swanlab.mode == "online"
