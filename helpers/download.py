@@ -185,9 +185,9 @@ def prepare_model(spec) -> Path:
     """Make the spec's model directory exist (build, write or download it); return its path."""
     target = spec.paths.model_dir
     source = spec.profile.source
+    if model_ready(spec):   # complete already: never rebuilt or rewritten (other processes of a launch may read it)
+        return target
     if source == "modelscope":
-        if weights_present(target):
-            return target
         if "model_dir" in spec.given:
             path = require_model_dir(spec)  # the user's own folder: never download over it
             check_model_files(path, origin=spec.origin["model_dir"])
@@ -200,8 +200,8 @@ def prepare_model(spec) -> Path:
         return download_qwen3(target, spec.paths.workspace, spec.profile.model)
     if source == "tiny":
         return build_tiny_model(target)
-    if source == "config-only":   # written once: other processes of a launch may be reading it
-        return target if model_ready(spec) else write_config_dir(target, spec.profile.model)
+    if source == "config-only":
+        return write_config_dir(target, spec.profile.model)
     raise ValueError(f"Profile {spec.profile.name!r} has unknown source {source!r}")
 
 
