@@ -12,7 +12,13 @@ from pathlib import Path
 
 from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
 from .errors import CourseError
-from .models import ensure_random_weights, load_base_model, load_tokenizer, require_model_dir
+from .models import (
+    check_adapter_fits,
+    ensure_random_weights,
+    load_base_model,
+    load_tokenizer,
+    require_model_dir,
+)
 from .workspace import (
     CREATED,
     atomic_folder,
@@ -92,7 +98,9 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     # a previous course export goes first (it can always be made again: never two copies on disk);
     # a learner's own file in it (a NOTES.md) stays and is carried into the new export
     # merged in memory before anything is removed: a merge that fails (out of memory, Ctrl+C) keeps the old export
-    merged = PeftModel.from_pretrained(_base_for_merge(spec), path).merge_and_unload()
+    base = _base_for_merge(spec)
+    check_adapter_fits(base, path, read_recipe(path))
+    merged = PeftModel.from_pretrained(base, path).merge_and_unload()
     clear_course_files(target, legacy=EXPORT_FILES)
     with atomic_folder(target) as partial:
         merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import threading
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
 from .data import Reply, prompt_ids_as_text, split_thinking
 from .errors import CourseError, positive_int, run_cli, utf8_text
 from .export import export_merged
-from .models import adapter_switch, load_base_model, load_tokenizer
+from .models import adapter_switch, check_adapter_fits, load_base_model, load_tokenizer
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
 from .workspace import display_path
 
@@ -117,32 +116,9 @@ class Loaded(NamedTuple):
         return self.recipe.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
 
 
-class AdapterMismatchError(CourseError, ValueError):
-    """The adapter was trained on another base model than the one loaded."""
-
-
 def adapter_system_prompt(checkpoint: Path, default: str | None) -> str | None:
     """The system prompt the adapter was trained with (saved beside it in ``course_recipe.json``), else ``default``."""
     return read_recipe(checkpoint).get("system_prompt", default)
-
-
-def check_adapter_fits(model, adapter: Path) -> None:
-    """Refuse an adapter whose LoRA shapes do not fit the loaded base model, naming both."""
-    from safetensors import safe_open
-
-    config = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
-    base = model.config
-    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), framework="pt") as handle:
-        for key in handle.keys():
-            if key.endswith("lora_A.weight") and ".q_proj." in key:
-                in_features = handle.get_slice(key).get_shape()[1]
-                if in_features != base.hidden_size:
-                    raise AdapterMismatchError(
-                        f"The adapter {display_path(adapter)} was trained on a model with hidden size "
-                        f"{in_features} (base {config.get('base_model_name_or_path')!r}), but the loaded base "
-                        f"model has hidden size {base.hidden_size}. Use an adapter trained on this profile's "
-                        "model, or switch the profile.")
-                break
 
 
 def merged_in_memory(model):
@@ -176,7 +152,7 @@ def load_finetuned(spec, checkpoint: str | Path | None = None, merged: bool = Fa
     recipe = read_recipe(path)
     tokenizer = load_tokenizer(spec)
     base = load_base_model(spec)
-    check_adapter_fits(base, path)
+    check_adapter_fits(base, path, recipe)
     model = PeftModel.from_pretrained(base, path, is_trainable=False)
     model.eval()
     model.course_recipe = recipe  # the chat widget defaults to the system prompt the adapter was trained with

@@ -337,6 +337,44 @@ def add_lora_adapter(model, lora=None):
     return get_peft_model(model, config)
 
 
+class AdapterMismatchError(CourseError, ValueError):
+    """The adapter was trained on another base model than the one loaded."""
+
+
+def check_adapter_fits(model, adapter: Path, recipe: dict | None = None) -> None:
+    """Refuse an adapter whose LoRA matrices do not fit the loaded base model's layers, naming both.
+
+    Every ``lora_A`` must read the layer's inputs and every ``lora_B`` write its outputs; PEFT itself would
+    stop with a long ``size mismatch`` list, or load an adapter for a deeper model with a warning only.
+    """
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in handle.keys():
+            name, found, matrix = key.rpartition(".lora_")
+            if not found or matrix not in ("A.weight", "B.weight"):
+                continue
+            module = modules.get(name.removeprefix("base_model.model."))
+            shape = handle.get_slice(key).get_shape()
+            size, expected = ((shape[1], getattr(module, "in_features", None)) if matrix == "A.weight"
+                              else (shape[0], getattr(module, "out_features", None)))
+            if module is None or size != expected:
+                raise AdapterMismatchError(_mismatch_message(adapter, recipe or {}, name, size, module, expected,
+                                                             model.config.hidden_size))
+
+
+def _mismatch_message(adapter, recipe, name, size, module, expected, hidden) -> str:
+    layer = name.removeprefix("base_model.model.")
+    trained = (f"trained with profile {recipe['profile']!r} ({recipe.get('base_model', 'another base')})"
+               if "profile" in recipe else "trained on another base model")
+    found = (f"the loaded base model has no layer {layer}" if module is None
+             else f"{layer} has {expected}, the adapter's matrix {size}")
+    return (f"The adapter {display_path(adapter)} does not fit this base model (hidden size {hidden}): it was "
+            f"{trained}, and {found}. Use an adapter trained on this profile's model, or switch to the "
+            "profile it was trained with (--profile / QWEN3_TUTORIAL_PROFILE).")
+
+
 def qwen3_on_meta(name: str = "Qwen3-8B"):
     """A real Qwen3 architecture on the ``meta`` device: real shapes, no memory, no weights."""
     import torch

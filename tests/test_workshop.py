@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from helpers import inference as inf
-from helpers import recipes
+from helpers import models, recipes
 from helpers.checkpoints import COMPLETE_MARKER
 from helpers.data_files import grouped_split
 from helpers.environment import write_settings
@@ -101,15 +102,44 @@ def test_the_variable_beats_the_settings_file_for_the_adapter(tiny_checkpoint, t
     assert inf.resolve_checkpoint(spec) == (adapter, [])
 
 
-def test_an_adapter_for_another_base_model_is_refused_with_both_sizes(tiny_checkpoint, tmp_path):
+def foreign_adapter(tiny_checkpoint, tmp_path, change) -> Path:
+    """A classmate's adapter whose weights ``change`` rewrites, copied by hand (no completion proof)."""
     from safetensors.torch import load_file, save_file
 
     adapter = classmates_adapter(tiny_checkpoint, tmp_path)
-    weights = load_file(adapter / "adapter_model.safetensors")
-    # what an adapter trained on Qwen3-8B looks like: LoRA A matrices read 4,096 inputs
-    wrong = {k: (torch.zeros(v.shape[0], 4096) if "lora_A" in k else v) for k, v in weights.items()}
-    save_file(wrong, adapter / "adapter_model.safetensors")
-    (adapter / COMPLETE_MARKER).unlink(missing_ok=True)   # a hand-copied folder: no completion proof
+    save_file(change(load_file(adapter / "adapter_model.safetensors")), adapter / "adapter_model.safetensors")
+    (adapter / COMPLETE_MARKER).unlink(missing_ok=True)
+    return adapter
+
+
+def wider(weights: dict) -> dict:
+    """What an adapter trained on Qwen3-8B looks like: LoRA A matrices read 4,096 inputs."""
+    return {k: (torch.zeros(v.shape[0], 4096) if "lora_A" in k else v) for k, v in weights.items()}
+
+
+def deeper(weights: dict) -> dict:
+    """An adapter for a model with more layers than the tiny one (same width)."""
+    extra = {k.replace("layers.0.", "layers.40."): v.clone() for k, v in weights.items() if "layers.0." in k}
+    return {**weights, **extra}
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (wider, "has 384, the adapter's matrix 4096"),
+    (deeper, "has no layer model.layers.40."),
+])
+def test_an_adapter_for_another_base_model_is_refused_naming_the_layer(tiny_checkpoint, tmp_path, change, problem):
+    adapter = foreign_adapter(tiny_checkpoint, tmp_path, change)
     spec = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: str(adapter)}, settings_file=None, cuda=False)
-    with pytest.raises(inf.AdapterMismatchError, match="hidden size 4096.*hidden size 128"):
+    with pytest.raises(models.AdapterMismatchError, match=rf"hidden size 128\).*profile 'tiny'.*{re.escape(problem)}"):
         inf.load_finetuned(spec)
+
+
+def test_export_refuses_an_adapter_for_another_base_and_keeps_the_old_export(tiny_checkpoint, tiny_spec, tmp_path):
+    from helpers.export import export_merged
+
+    target = export_merged(tiny_spec, checkpoint=tiny_checkpoint, target=tmp_path / "merged")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    adapter = foreign_adapter(tiny_checkpoint, tmp_path, wider)
+    with pytest.raises(models.AdapterMismatchError, match="down_proj has 384, the adapter's matrix 4096"):
+        export_merged(tiny_spec, checkpoint=adapter, target=target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
