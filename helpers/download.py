@@ -127,13 +127,19 @@ def write_config_dir(target: Path, model: str = "Qwen3-8B") -> Path:
     return target
 
 
+def download_folder(target: Path, workspace: Path, model: str = "Qwen3-8B") -> Path:
+    """The folder to download ``Qwen/<model>`` into, made and marked as the course's (so ``make reset-all``
+    may remove it), after checking the disk has room for the model, its checkpoints and its export."""
+    check_disk_space(disk_budget_gb(weights_present(target), model)[BUDGET_TOTAL], workspace)
+    return course_folder(target)
+
+
 def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revision: str = "master") -> Path:
     """Download a Qwen3 size (``Qwen/<model>``) from ModelScope into ``target``, after a free-disk check
     (with ModelScope's progress bars)."""
-    check_disk_space(disk_budget_gb(weights_present(target), model)[BUDGET_TOTAL], workspace)
     from modelscope import snapshot_download
 
-    course_folder(target)
+    download_folder(target, workspace, model)
     model_id = f"Qwen/{model}"
     try:
         path = snapshot_download(model_id, local_dir=str(target), revision=revision)

@@ -1,9 +1,11 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import download, models, workspace
+from helpers.workspace import REPO_ROOT
 
 
 def test_offline_tokenizer_files_match_pinned_sha256():
@@ -173,3 +175,35 @@ def test_the_model_folder_is_ready_only_when_complete(tmp_path):
     before = (written.paths.model_dir / "config.json").stat().st_mtime_ns
     download.prepare_model(written)                              # once written, never rewritten under a reader
     assert (written.paths.model_dir / "config.json").stat().st_mtime_ns == before
+
+
+def test_the_notebook_download_cell_leaves_a_folder_that_reset_all_removes(tmp_path, monkeypatch):
+    """Notebook 01's own cell (snapshot_download written out), with ModelScope faked: the model folder it
+    leaves is marked as the course's, so `make reset-all` removes it and `make reset` keeps it."""
+    import json
+
+    import modelscope
+
+    from helpers import reset
+    from helpers.spec import build_spec
+
+    def fake_snapshot_download(model_id, local_dir, revision):
+        folder = Path(local_dir)
+        folder.mkdir(parents=True, exist_ok=True)   # as ModelScope does: it does not need the folder to exist
+        for name in ("config.json", "model.safetensors", *download.TOKENIZER_FILES):
+            (folder / name).write_text("{}", encoding="utf-8")
+        return str(folder)
+
+    monkeypatch.setattr(modelscope, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(download, "check_disk_space", lambda *a, **k: 100.0)
+    notebook = json.loads((REPO_ROOT / "notebooks" / "01-download.ipynb").read_text(encoding="utf-8"))
+    cell = next("".join(c["source"]) for c in notebook["cells"]
+                if c["cell_type"] == "code" and "snapshot_download(" in "".join(c["source"]))
+    spec = build_spec(profile="small", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path)}, settings_file=None, cuda=False)
+    exec(cell, {"spec": spec, "download": download, "snapshot_download": modelscope.snapshot_download,
+                "display_path": workspace.display_path, "print": lambda *a, **k: None})
+    model_dir = tmp_path / "models" / "modelscope" / "Qwen" / "Qwen3-0.6B"
+    assert download.weights_present(model_dir)
+    assert any(model_dir.is_relative_to(item.path) for item in reset.plan(tmp_path, everything=True))
+    assert not any(model_dir.is_relative_to(item.path) or item.path.is_relative_to(model_dir)
+                   for item in reset.plan(tmp_path))
