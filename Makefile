@@ -13,7 +13,8 @@ VENV_ARGS ?=
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed-$(notdir $(REQS))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]-*.ipynb))
-EXECUTED  ?= workspace/executed
+# where make run puts the executed notebooks (empty: <workspace>/executed, the workspace every notebook uses)
+EXECUTED  ?=
 # the Python that runs the reset (no venv build just to delete files)
 RESET_PY  := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
@@ -28,17 +29,20 @@ $(STAMP): requirements.txt $(REQS) pyproject.toml
 	$(PY) -c "import helpers, torch, transformers, peft, swanlab, nbval"
 	touch $@
 
-# Execute the notebook series in order; executed copies go to $(EXECUTED), committed ones stay untouched.
+# Execute the notebook series in order; executed copies go to $(EXECUTED) (default: <workspace>/executed, the
+# workspace of course-settings.yaml / QWEN3_TUTORIAL_WORKSPACE), committed ones stay untouched.
 run: $(STAMP)
-	test -d '$(EXECUTED)' || { mkdir -p '$(EXECUTED)' && printf '.\n*\n' > '$(EXECUTED)/.course-made'; }
+	@dest='$(EXECUTED)'; \
+	test -n "$$dest" || dest="$$($(PY) -m helpers.reset --print-executed)" || exit 1; \
+	test -d "$$dest" || { mkdir -p "$$dest" && printf '.\n*\n' > "$$dest/.course-made"; } || exit 1; \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  $(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-	    --output-dir '$(EXECUTED)' $$nb || exit 1; \
-	  grep -qxF -e '*' -e "$$(basename $$nb)" '$(EXECUTED)/.course-made' 2>/dev/null || \
-	    basename $$nb >> '$(EXECUTED)/.course-made'; \
-	done
-	@echo "Executed notebooks are in $(EXECUTED)/"
+	    --output-dir "$$dest" $$nb || exit 1; \
+	  grep -qxF -e '*' -e "$$(basename $$nb)" "$$dest/.course-made" 2>/dev/null || \
+	    basename $$nb >> "$$dest/.course-made"; \
+	done; \
+	echo "Executed notebooks are in $$dest/"
 
 # The whole suite: unit tests and every notebook under nbval (tiny profile, CPU), on two worker processes
 # (pytest-xdist: a test module stays on one worker, the notebooks run in order on one worker; `-n 0` runs
@@ -81,11 +85,11 @@ preflight: | $(PY)
 # executed notebooks (only what the course made: each such folder holds a .course-made marker); keep the
 # downloaded model and dataset. `make reset DRY_RUN=1` (or true/yes/on) only lists them.
 reset:
-	$(RESET_PY) -m helpers.reset --executed '$(EXECUTED)' --dry-run-value '$(DRY_RUN)'
+	$(RESET_PY) -m helpers.reset $(if $(EXECUTED),--executed '$(EXECUTED)') --dry-run-value '$(DRY_RUN)'
 
 # Also remove the models and the dataset: asks first; FORCE=1 for scripts (without a terminal it stops).
 reset-all:
-	$(RESET_PY) -m helpers.reset --all --executed '$(EXECUTED)' --force-value '$(FORCE)' --dry-run-value '$(DRY_RUN)'
+	$(RESET_PY) -m helpers.reset --all $(if $(EXECUTED),--executed '$(EXECUTED)') --force-value '$(FORCE)' --dry-run-value '$(DRY_RUN)'
 
 lint: $(STAMP)
 	$(PY) -m ruff check conftest.py helpers tests notebooks bench solutions images

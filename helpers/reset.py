@@ -258,15 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run-value", metavar="WORD", help="make's DRY_RUN: true/yes/1/on or false/no/0/off")
     parser.add_argument("--force-value", metavar="WORD", help="make's FORCE: true/yes/1/on or false/no/0/off")
     parser.add_argument("--executed", help="another folder of executed notebooks (make run's EXECUTED)")
+    parser.add_argument("--print-executed", action="store_true",
+                        help="only print where make run puts the executed notebooks (<workspace>/executed)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
     def work() -> int:
-        dry_run = args.dry_run or switch("DRY_RUN", args.dry_run_value)
-        force = args.force or switch("FORCE", args.force_value)
         # only the workspace matters here, and it is the same for every profile: the run spec's own rule,
         # without building a whole spec (that imports transformers)
         workspace = resolve_paths(PROFILES["tiny"], course_settings()).workspace
+        if args.print_executed:
+            print(workspace / "executed")
+            return 0
+        dry_run = args.dry_run or switch("DRY_RUN", args.dry_run_value)
+        force = args.force or switch("FORCE", args.force_value)
         reset(workspace, everything=args.everything, force=force, dry_run=dry_run,
               executed=Path(args.executed) if args.executed else None)
         return 0

@@ -162,3 +162,23 @@ def test_links_are_removed_not_followed(tmp_path):
     (workspace / "export" / "linked").symlink_to(outside, target_is_directory=True)
     reset.reset(workspace, out=io.StringIO())
     assert (outside / "weights.bin").is_file()
+
+
+def test_make_run_writes_into_the_relocated_workspace_and_make_reset_removes_it(tmp_path):
+    """`make run` puts the executed notebooks in the workspace every notebook uses (here moved by the
+    environment, into a folder with a space), marked as the course's, so `make reset` finds them there."""
+    import nbformat
+
+    workspace = tmp_path / "data disk" / "workspace"
+    notebook = tmp_path / "00-hello.ipynb"      # a one-cell stand-in for the course's notebooks
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), notebook)
+    stamp = tmp_path / "venv-ready"
+    stamp.touch()                               # newer than the requirements: make does not rebuild the venv
+    result = run_reset(workspace, "run", make=True, NOTEBOOKS=str(notebook), STAMP=str(stamp), EXECUTED="")
+    assert result.returncode == 0, result.stdout + result.stderr
+    executed = workspace / "executed" / "00-hello.ipynb"
+    assert nbformat.read(executed, as_version=4).cells[0].outputs[0]["text"] == "42\n"
+    assert not (REPO_ROOT / "workspace" / "executed" / "00-hello.ipynb").exists()
+    result = run_reset(workspace, "reset", make=True, EXECUTED="")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (workspace / "executed").exists()
