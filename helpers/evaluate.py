@@ -359,6 +359,11 @@ def scalars(report: dict) -> dict[str, float]:
 TABLE_COLUMNS = ("set", "prompt", "reference", "base", "lora")
 
 
+def swanlab_folder(spec, report: dict) -> Path | None:
+    """The SwanLab run the report was logged to (None: SwanLab was disabled)."""
+    return spec.paths.workspace / report["swanlab_run"] if report.get("swanlab_run") else None
+
+
 def log_to_swanlab(spec, report: dict) -> Path | None:
     """Each metric as a scalar, the side-by-side table as SwanLab's table and as text.
 
@@ -459,8 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"distinct-2 {row['distinct_2']:.3f}  ROUGE-L {row['rouge_l']:.3f}")
         print(describe_report(report))
         print(f"报告: {report['report_file']}")
-        if report.get("swanlab_run"):
-            print(f"SwanLab: {display_path(spec.paths.workspace / report['swanlab_run'])}")
+        if swanlab_folder(spec, report):
+            print(f"SwanLab: {display_path(swanlab_folder(spec, report))}")
         return 0
 
     return run_cli(work, debug=args.debug)

@@ -154,15 +154,29 @@ def sync_command(run_folder: Path) -> str:
     return f"swanlab sync {shell_path(run_folder)}"
 
 
-def read_scalars(run_folder: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+def describe_record(run_folder: Path | None, swanlog: Path) -> str:
+    """Where the run's record is and the commands that show it (upload, local dashboard); or that nothing was
+    recorded (``run_folder`` None: SwanLab was disabled)."""
+    if run_folder is None:
+        return (f"SwanLab: disabled，这次没有记录（要记录，设 {SWANLAB_MODE_ENV}=offline 或在设置文件里写 "
+                "swanlab_mode: offline）")
+    return "\n".join([f"SwanLab run 目录: {display_path(run_folder)}",
+                      f"上传（offline）: {sync_command(run_folder)}",
+                      f"本地看板（local）: {dashboard_command(swanlog)}"])
+
+
+def read_scalars(run_folder: str | os.PathLike | None) -> dict[str, list[tuple[int, float]]]:
     """Read every logged scalar back from a finished run's ``.swanlab`` file.
 
-    Returns ``{key: [(step, value), ...]}`` using swanlab's own record reader.
+    Returns ``{key: [(step, value), ...]}`` using swanlab's own record reader ({} for ``None``: a run
+    :func:`finish_run` found nothing recorded for, as with SwanLab disabled).
     System metrics (``__swanlab__.*``) are left out.
     """
     from swanlab.proto.swanlab.record.v1.record_pb2 import Record
     from swanlab.sdk.internal.core_python.store import DataStoreReader
 
+    if run_folder is None:
+        return {}
     files = glob.glob(os.path.join(os.fspath(run_folder), "run-*.swanlab"))
     if len(files) != 1:
         raise FileNotFoundError(f"expected one run-*.swanlab file in {display_path(run_folder)}, found {len(files)}")

@@ -554,12 +554,17 @@ def test_a_disabled_run_names_no_folder(tmp_path):
     """Mode disabled records nothing: no folder for a run summary or a `swanlab sync` command to name."""
     import swanlab
 
-    from helpers import tracking
+    from helpers import evaluate, settings, tracking
 
     spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
                          QWEN3_TUTORIAL_SWANLAB_MODE="disabled")
     run = swanlab.init(mode=tracking.safe_mode(spec), logdir=tracking.logdir(spec), project="p")   # as notebook 04
-    assert tracking.finish_run(run) is None
+    folder = tracking.finish_run(run)
+    assert folder is None
+    # what notebooks 04, 06 and 08 do next: read the record back (nothing) and say where it is (nowhere, and how to record)
+    assert tracking.read_scalars(folder) == {}
+    assert settings.SWANLAB_MODE_ENV + "=offline" in tracking.describe_record(folder, spec.paths.swanlog)
+    assert evaluate.swanlab_folder(spec, {"swanlab_run": None}) is None
 
 
 @pytest.mark.parametrize("error,state", [(None, "RUN_STATE_FINISHED"), (RuntimeError("CUDA out of memory"),
