@@ -66,6 +66,7 @@ from .workspace import (
     MissingArtifactError,
     atomic_path,
     display_path,
+    sha256_file,
     shareable_path,
     shell_path,
 )
@@ -135,7 +136,7 @@ def _user_text(record: dict) -> str:
 
 
 def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: Sequence[str],
-                 system_prompt: str | None, max_length: int) -> tuple[dict, dict]:
+                 system_prompt: str | None, max_length: int, name: str = "held_out") -> tuple[dict, dict]:
     """Loss, ROUGE-L, persona, boilerplate and degeneration of base vs LoRA on ``records``.
 
     Returns (metrics, generations) where generations holds the prompts, references and both replies.
@@ -143,6 +144,10 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
 
     model, tokenizer = loaded.model, loaded.tokenizer
     samples, _ = encode_records(records, tokenizer, system_prompt, max_length)
+    if not samples:
+        raise data_files.SplitSizeError(
+            f"all {len(records)} {name} rows are longer than data.max_length={max_length} tokens, so no loss can be "
+            "measured on them: raise data.max_length (e.g. --set data.max_length=2048).")
     loss = {side: answer_loss(model, tokenizer, samples, adapter=side == "lora",
                               batch_size=options.batch_size) for side in ("base", "lora")}
     chosen = records[: options.limit] if options.limit else records
@@ -154,6 +159,7 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
     texts = {side: [g.content for g in replies[side]] for side in replies}
     metrics = {
         "rows": len(records),
+        "loss_rows": len(samples),    # rows longer than max_length are left out of the loss (never cut)
         "prompts": len(chosen),
         "answer_tokens": loss["lora"]["tokens"],
         "loss": {side: loss[side]["loss"] for side in loss},
@@ -265,7 +271,11 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
     for name, records in sets.items():
         say(f"评估 {name}：{len(records)} 条（生成 {min(len(records), options.limit or len(records))} 条）……")
         metrics[name], generations[name] = evaluate_set(loaded, records, options, role.words, system_prompt,
-                                                        spec.data.max_length)
+                                                        spec.data.max_length, name)
+        if metrics[name]["loss_rows"] < len(records):
+            notes.append(f"{name}: {len(records) - metrics[name]['loss_rows']} of {len(records)} rows are longer than "
+                         f"data.max_length={spec.data.max_length} tokens and left out of the loss (the answers are "
+                         "still generated for them)")
 
     probes, seen = unseen_probes(IDENTITY_PROBES, [_user_text(r) for r in train_records])
     if seen:
@@ -301,14 +311,20 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
 
 
 def _adapter_data_notes(spec, checkpoint: Path) -> list[str]:
-    """A warning when the run that made the adapter used other data settings than this spec."""
+    """A warning when the run that made the adapter used another data file or other split settings than this
+    spec: then some held-out rows may have been trained on."""
     summary = Path(checkpoint).parent / "run_summary.json"
     if not summary.is_file():
         return []
-    data = json.loads(summary.read_text(encoding="utf-8")).get("spec", {}).get("data", {})
-    wanted = dataclasses.asdict(spec.data)
-    keys = ("source", "max_rows", "eval_fraction", "split_seed")
+    saved = json.loads(summary.read_text(encoding="utf-8"))
+    data, wanted = saved.get("spec", {}).get("data", {}), spec.to_dict()["data"]
+    keys = ("max_rows", "eval_fraction", "split_seed")
     differing = [f"{k}={data[k]!r}" for k in keys if k in data and data[k] != wanted[k]]
+    if saved.get("dataset_sha256"):     # the file itself, wherever it was given from
+        if spec.paths.dataset.is_file() and sha256_file(spec.paths.dataset) != saved["dataset_sha256"]:
+            differing.insert(0, f"another data file than {display_path(spec.paths.dataset)}")
+    elif "source" in data and data["source"] != wanted["source"]:   # a summary from before the hash was kept
+        differing.insert(0, f"source={data['source']!r}")
     if not differing:
         return []
     return [f"the adapter's run used other data settings ({', '.join(differing)}): "

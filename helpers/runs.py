@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import checkpoints, tracking
 from .hardware import is_main_process
-from .workspace import atomic_path, display_path, record_made, shareable_path
+from .workspace import atomic_path, display_path, record_made, sha256_file, shareable_path
 
 #: One JSON line per micro-batch: which dataset rows each process trained on.
 SAMPLE_LOG = "sample_log.jsonl"
@@ -185,6 +185,8 @@ def save_run_summary(spec, summary: dict) -> Path:
     for key in ("checkpoint", "output_dir", "swanlab_run", "plot"):
         saved[key] = shareable_path(summary.get(key), spec.paths.run_dir, spec.paths.workspace)
     saved["spec"] = spec.to_dict()
+    # which data file it trained on, wherever it lives (the spec keeps only a shareable name): evaluate compares it
+    saved["dataset_sha256"] = sha256_file(spec.paths.dataset) if spec.paths.dataset.is_file() else None
     path = spec.paths.run_dir / RUN_SUMMARY
     with atomic_path(path) as partial:
         partial.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")

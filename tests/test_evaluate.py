@@ -408,3 +408,46 @@ def test_a_learners_data_file_leaves_no_machine_path_in_the_spec(tmp_path):
     shared = json.dumps(spec.to_dict(), ensure_ascii=False)
     assert str(tmp_path) not in shared and "my-data.json" in shared
 
+
+
+def test_held_out_rows_longer_than_max_length_are_counted_or_refused(memorised):
+    """Rows too long for max_length are left out of the loss (never cut) and the report says how many;
+    when none is left, one error instead of a NaN loss."""
+    import dataclasses
+
+    from helpers.data import encode_records
+
+    spec, _, loaded, _, eval_records = memorised
+    samples, _ = encode_records(eval_records, loaded.tokenizer, spec.data.system_prompt, 100_000)
+    lengths = sorted(len(s["input_ids"]) for s in samples)
+    options = dataclasses.replace(ev.EvalOptions.for_spec(spec), limit=1, max_new_tokens=4)
+    found, _ = ev.evaluate_set(loaded, eval_records, options, ["臣妾"], spec.data.system_prompt,
+                               lengths[len(lengths) // 2])
+    assert found["rows"] == len(eval_records) and 0 < found["loss_rows"] < len(eval_records)
+    assert found["loss_rows"] == sum(1 for n in lengths if n <= lengths[len(lengths) // 2])
+    assert math.isfinite(found["loss"]["lora"]) and math.isfinite(found["loss"]["base"])
+    with pytest.raises(data_files.SplitSizeError, match=f"all {len(eval_records)} held_out rows .*max_length={lengths[0] - 1} "):
+        ev.evaluate_set(loaded, eval_records, options, ["臣妾"], spec.data.system_prompt, lengths[0] - 1)
+
+
+def test_the_adapter_data_warning_compares_the_data_file_itself(tmp_path):
+    """A learner's own data file, given as a path: the same file (from anywhere) is no warning; another file
+    with the same name is one."""
+    from helpers.workspace import sha256_file
+    from tests.conftest import tiny_spec_for
+
+    records = json.loads((REPO_ROOT / "data" / "huanhuan_sample.json").read_text(encoding="utf-8"))
+    mine, other = tmp_path / "my data" / "mine.json", tmp_path / "elsewhere" / "mine.json"
+    for path, rows in ((mine, records), (other, records[:-1])):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    trained = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={mine}"])
+    checkpoint = trained.paths.run_dir / "checkpoint-1"
+    checkpoint.mkdir(parents=True)
+    summary = {"spec": trained.to_dict(), "dataset_sha256": sha256_file(mine)}
+    (trained.paths.run_dir / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert ev._adapter_data_notes(trained, checkpoint) == []
+    changed = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={other}"])
+    assert "another data file" in ev._adapter_data_notes(changed, checkpoint)[0]
+    resplit = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={mine}", "data.split_seed=7"])
+    assert "split_seed=42" in ev._adapter_data_notes(resplit, checkpoint)[0]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from helpers import checkpoints, models, runs, train
-from helpers.workspace import REPO_ROOT
+from helpers.workspace import REPO_ROOT, sha256_file
 from tests.cli_runner import run_cli
 from tests.conftest import tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER as MEMORISED
@@ -77,6 +77,7 @@ def test_final_checkpoint_is_complete_and_proves_itself(memorised_run):
         spec.training["per_device_train_batch_size"] * spec.training["gradient_accumulation_steps"]
     saved = json.loads((spec.paths.run_dir / runs.RUN_SUMMARY).read_text())
     assert str(REPO_ROOT) not in json.dumps(saved), "the shared run summary holds no machine path"
+    assert saved["dataset_sha256"] == sha256_file(spec.paths.dataset)   # what evaluate compares its data with
 
 
 def test_half_written_checkpoint_is_never_picked(tmp_path):
