@@ -344,11 +344,14 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
                                            "data.max_length", "data.max_length")
         if is_main_process():  # one writer per launch; the other ranks use what they encoded
             record_made(data_files.save_encoded(samples, encoded, stamp))
-        if verbose and is_main_process():
-            print(report.summary())
+        if verbose and is_main_process():   # dropped rows named by their row in the data file
+            print(report.summary(rows=[i + 1 for i in split.train_rows] if split is not None else None))
     eval_samples = []
     if eval_records:
-        eval_samples, _ = encode_records(eval_records, tokenizer, spec.data.system_prompt, spec.data.max_length)
+        eval_samples, eval_report = encode_records(eval_records, tokenizer, spec.data.system_prompt,
+                                                   spec.data.max_length)
+        if verbose and is_main_process() and eval_report.too_long:
+            print("留出集：" + eval_report.summary(rows=[i + 1 for i in split.eval_rows]))
         if not eval_samples:
             raise data_files.SplitSizeError(
                 f"all {len(eval_records)} held-out rows are longer than data.max_length={spec.data.max_length} "
@@ -393,7 +396,7 @@ def _run(args) -> int:
     if args.command == "split":
         result = validation.load_records(args.path)
         print(result.report.format(limit=validation.SHOWN_PROBLEMS))
-        split = data_files.grouped_split(result.records, args.eval_fraction, args.seed)
+        split = data_files.grouped_split(result.records, args.eval_fraction, args.seed, setting="--eval-fraction")
         written = data_files.save_split(split, args.out_dir, source=Path(args.path))
         print(split.summary())
         for path in written:

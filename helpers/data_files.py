@@ -255,12 +255,13 @@ class Split:
                 "没有任何一组同时出现在两边")
 
 
-def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, keep_in_train: int = 0) -> Split:
+def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, keep_in_train: int = 0,
+                  setting: str = "data.eval_fraction") -> Split:
     """Hold out about ``eval_fraction`` of the rows, whole groups at a time (leak-free), seeded.
 
     ``keep_in_train``: the first N rows must train (e.g. a memorisation subset); their groups never
     go to the held-out side, and the training side is then exactly those N rows. A side of 0 rows
-    stops with the numbers and the fix.
+    stops with the numbers and the fix (``setting``: how the user sets the fraction).
     """
     all_groups = duplicate_groups(records)
     groups = [g for g in all_groups if min(g) >= keep_in_train]
@@ -282,13 +283,18 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
         train_rows = list(range(keep_in_train))
     eval_rows = sorted(held_set)
     total = len(records)
+    if not eval_rows and keep_in_train and not groups:
+        rest = " (the others share a prompt or answer with them)" if total > keep_in_train else ""
+        raise SplitSizeError(f"data.max_rows keeps the first {keep_in_train} of the {total} rows for training and no "
+                             f"other row is left to hold out{rest}: set data.max_rows=null to hold out a share of "
+                             "every row, or data.eval_fraction=0 for no held-out set.")
     if not eval_rows:
-        raise SplitSizeError(f"data.eval_fraction={eval_fraction} of {total} rows rounds to 0 held-out rows: "
-                             f"set data.eval_fraction to at least {1 / max(total, 1):.2g} (one row), or to 0 for "
+        raise SplitSizeError(f"{setting}={eval_fraction} of {total} rows rounds to 0 held-out rows: "
+                             f"set {setting} to at least {1 / max(total, 1):.2g} (one row), or to 0 for "
                              "no held-out set.")
     if not train_rows:
-        raise SplitSizeError(f"data.eval_fraction={eval_fraction} of {total} rows leaves 0 rows to train on "
-                             f"(held out: {len(eval_rows)}): lower data.eval_fraction (e.g. 0.05) or add rows.")
+        raise SplitSizeError(f"{setting}={eval_fraction} of {total} rows leaves 0 rows to train on "
+                             f"(held out: {len(eval_rows)}): lower {setting} (e.g. 0.05) or add rows.")
     return Split([records[i] for i in train_rows], [records[i] for i in eval_rows], train_rows, eval_rows,
                  len(all_groups), held_groups, seed, eval_fraction)
 

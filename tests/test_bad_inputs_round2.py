@@ -357,6 +357,19 @@ def test_a_split_side_of_zero_rows_stops_with_the_numbers(arena, rows, fraction,
     result = cli("data", "split", "small.json", "out", "--eval-fraction", fraction)
     one_line(result, phrase)
     assert f"of {rows} rows" in result.err and not (arena / "out").exists()
+    assert f"--eval-fraction={fraction}" in result.err and "data.eval_fraction" not in result.err   # the flag it has
+
+
+def test_a_data_file_no_longer_than_max_rows_names_max_rows(arena):
+    """tiny.yaml trains on the first 8 rows (max_rows: 8); a learner's 5-row file leaves nothing to hold out,
+    and no eval_fraction could change that: the fix is max_rows."""
+    small = arena / "small.json"
+    small.write_text(json.dumps(json.loads(SAMPLE.read_text(encoding="utf-8"))[:5], ensure_ascii=False),
+                     encoding="utf-8")
+    for fraction in ("0.2", "0.5"):
+        one_line(cli("train", "--set", f"data.source={small}", "--set", f"data.eval_fraction={fraction}"),
+                 "set data.max_rows=null")
+    assert not (arena / "ws" / "checkpoints" / "tiny").exists()
 
 
 def test_training_with_a_held_out_side_of_zero_rows_stops_before_training(arena):

@@ -571,3 +571,29 @@ def test_notebook_03_states_the_real_padding_numbers(real, original_samples):
                 f"{ours.computed:,} | {ours.padding_share:.1%} |") in prose
     full_recipe = padding.padding_table([len(s["input_ids"]) for s in real[1]], gradient_accumulation_steps=4)
     assert f"填充占比是 {full_recipe[1].padding_share:.1%}" in prose
+
+
+def test_rows_dropped_for_length_are_named_by_their_row_in_the_file(tokenizer, tiny_model_dir, tmp_path, capsys):
+    """Training on a learner's file: the too-long rows, on the training side and on the held-out side, are
+    reported by their row in the file (what `python -m helpers.data check` shows), not by list position."""
+    import re
+
+    from tests.conftest import tiny_spec_for
+
+    records = json.loads((REPO_ROOT / "data" / "huanhuan_sample.json").read_text(encoding="utf-8"))
+    long_rows = {31, 37, 40, 41, 44, 47}                  # 1-based rows of the file, past the start
+    for row in long_rows:
+        records[row - 1] = {**records[row - 1], "output": "臣妾" * 200}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "ws" / "models").mkdir(parents=True)
+    (tmp_path / "ws" / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    spec = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={path}", "data.max_rows=null",
+                                                     "data.max_length=300"],
+                         QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
+    train_samples, eval_samples = data.training_data(spec, tokenizer)
+    out = capsys.readouterr().out
+    named = [int(n) for line in out.splitlines() if "丢弃了" in line
+             for n in re.search(r"第 ([\d, ]+) 条", line).group(1).split(", ")]
+    assert sorted(named) == sorted(long_rows)
+    assert len(train_samples) + len(eval_samples) == len(records) - len(long_rows)
