@@ -98,6 +98,9 @@ def course_dataset_path(spec, progress: bool = True) -> Path:
     path = spec.paths.dataset
     if path.is_file():
         return path
+    if spec.data.source != "course":    # a learner's own file: never downloaded over
+        raise DatasetDownloadError(f"{display_path(spec.config_file)}: data.source={spec.data.source!r} does not "
+                                   "exist: give a JSON/JSONL data file, or `course` for the profile's own dataset.")
     if "dataset" in spec.given:
         raise DatasetDownloadError(f"The dataset {display_path(path)} (from {spec.origin['dataset']}) does not exist.")
     if path.name == "huanhuan.json":

@@ -357,12 +357,12 @@ def config_path(config: str | os.PathLike) -> Path:
 
 
 def data_source_path(text: str, source: str) -> Path:
-    """``data.source``: a JSON/JSONL file, checked now."""
+    """``data.source``: a JSON/JSONL file. A folder is refused now; a missing file only when the data is read
+    (``data_files.course_dataset_path``): chatting with or exporting an adapter needs no data."""
     path = config_path(text)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise SpecError(f"{source}: data.source={text!r} {what}: give a JSON/JSONL data file, or `course` for the "
-                        "profile's own dataset.")
+    if path.is_dir():
+        raise SpecError(f"{source}: data.source={text!r} is a folder: give a JSON/JSONL data file, or `course` for "
+                        "the profile's own dataset.")
     return path
 
 

@@ -249,6 +249,24 @@ def test_data_source_takes_a_path_or_course(arena):
     assert tiny_spec_for(overrides=["data.source=course"]).paths.dataset == SAMPLE
     one_line(cli("train", "--set", "data.source=nope.json"), "data.source='nope.json' does not exist")
     one_line(cli("train", "--set", f"data.source={arena}"), "is a folder")
+    assert not (arena / "ws" / "checkpoints" / "tiny").exists()
+
+
+def test_a_config_whose_data_file_is_gone_still_chats_and_is_never_downloaded_over(arena, tiny_checkpoint, monkeypatch):
+    """Chatting with an adapter needs no data (a classmate's config names a file on their machine); reading the
+    data names the file, and a learner's missing huanhuan.json is not mistaken for the course's download."""
+    gone = arena / "elsewhere" / "huanhuan.json"
+    config = arena / "mine.yaml"
+    raw = yaml.safe_load((REPO_ROOT / "configs" / "train" / "tiny.yaml").read_text(encoding="utf-8"))
+    config.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], "source": str(gone)}}), encoding="utf-8")
+    result = cli("inference", "ask", "你是谁？", "--config", str(config), "--checkpoint", str(tiny_checkpoint),
+                 "--max-new-tokens", "2")
+    assert result.code == 0, result
+    monkeypatch.setattr(data_files, "download_huanhuan", lambda *a, **k: pytest.fail("downloaded over a learner's path"))
+    with pytest.raises(data_files.DatasetDownloadError, match=r"mine.yaml: data.source=.*huanhuan.json' does not exist"):
+        data_files.course_dataset_path(tiny_spec_for(config=str(config)))
+    one_line(cli("train", "--config", str(config)), "does not exist")
+    assert not gone.exists()
 
 
 def config_keys() -> set[str]:
