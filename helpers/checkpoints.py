@@ -6,6 +6,7 @@ the previous run aside."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -273,6 +274,18 @@ def share_safe_adapter_config(folder: Path, base_model: str) -> None:
         card = Path(folder) / "README.md"
         if machine_path and machine_path != base_model and card.is_file():
             card.write_text(card.read_text(encoding="utf-8").replace(machine_path, base_model), encoding="utf-8")
+
+
+class _BestByName(logging.Filter):
+    """Drops transformers' resume warning that the best checkpoint "does not exist anymore" when the state names it
+    by the bare folder name :func:`share_safe_trainer_state` wrote: transformers looks for that name in the working
+    directory, and ``train.CheckpointComplete`` finds it in the run folder again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not re.match(r"The best checkpoint checkpoint-\d+ recorded in the resumed state", record.getMessage())
+
+
+logging.getLogger("transformers.trainer").addFilter(_BestByName())
 
 
 def share_safe_trainer_state(folder: Path) -> None:

@@ -277,11 +277,12 @@ class CheckpointComplete(TrainerCallback):
         self.recipe = adapter_recipe(spec)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # a resumed state names its best checkpoint by folder name (see checkpoints.share_safe_trainer_state):
-        # the Trainer's rotation needs the full path again to keep it
-        best = state.best_model_checkpoint
-        if best and not Path(best).is_absolute():
-            state.best_model_checkpoint = str(Path(args.output_dir) / best)
+        # a resumed state names its best checkpoint by folder name (see checkpoints.share_safe_trainer_state), which
+        # transformers looks for in the working directory and drops; the Trainer's rotation needs the full path to
+        # keep it: found in the run folder by its step, as transformers itself does at its next save
+        best = Path(args.output_dir) / f"checkpoint-{state.best_global_step}" if state.best_global_step else None
+        if best is not None and best.is_dir():
+            state.best_model_checkpoint = str(best)
         return control
 
     def on_save(self, args, state, control, **kwargs):

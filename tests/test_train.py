@@ -248,6 +248,24 @@ def test_killed_run_resumes_to_the_same_end_with_the_same_data_order(tmp_path, t
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+def test_a_resumed_run_finds_its_best_checkpoint_without_a_false_warning(tmp_path, tiny_model_dir):
+    """trainer_state.json names the best checkpoint by its folder name (no machine path); resuming must neither
+    warn that it "does not exist anymore" nor lose track of it."""
+    out = tmp_path / "run"
+    common = ["--config", "configs/train/tiny.yaml", "--output-dir", str(out), "--set", "swanlab=null",
+              "--set", "training.save_steps=2", "--set", "training.eval_steps=2", "--set", "training.disable_tqdm=true"]
+    first = run_cli("train", [*common, "--set", "training.max_steps=4"], env=_train_env(), cwd=REPO_ROOT)
+    assert first.code == 0, first.output[-3000:]
+    best = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert best in ("checkpoint-2", "checkpoint-4")
+    resumed = run_cli("train", [*common, "--set", "training.max_steps=6"], env=_train_env(), cwd=REPO_ROOT)
+    assert resumed.code == 0, resumed.output[-3000:]
+    assert "resumed state does not exist" not in resumed.output
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == f"checkpoint-{state['best_global_step']}"
+    assert (out / state["best_model_checkpoint"]).is_dir()
+
+
 def test_a_printed_command_works_in_a_fresh_relocated_workspace(tmp_path):
     """A terminal user on a fresh clone, workspace on a data disk under ~, no notebook run first:
     the run prepares the tiny model itself, and the paths it prints exist when pasted at the repo root."""
