@@ -142,6 +142,8 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
             report.add(None, "(json)", f"应当是记录组成的 JSON 数组，实际是 {_json_type(data)}")
             return []
         return list(enumerate(data, start=1))
+    if _whole_object(text, report):
+        return []
     report.file_format = "jsonl"
     items = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -154,6 +156,25 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
         except RecursionError:
             report.add(number, "(json)", "嵌套太深（括号套括号）")
     return items
+
+
+def _whole_object(text: str, report: ValidationReport) -> bool:
+    """Whether the file is one JSON object over several lines (records wrapped as ``{"data": [...]}``), not JSONL:
+    then one error says so, instead of one per line."""
+    body = text.strip()
+    if not body.startswith("{") or "\n" not in body:
+        return False
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    report.file_format = "json"
+    arrays = [key for key, value in data.items() if isinstance(value, list)]
+    inside = f"；其中 {arrays[0]!r} 是 {len(data[arrays[0]])} 项的数组：把这个数组单独存成文件" if arrays else ""
+    report.add(None, "(json)", f"应当是记录组成的 JSON 数组（[...]）或每行一条记录的 JSONL，实际是一个跨多行的 JSON 对象{inside}")
+    return True
 
 
 def _check_row(value) -> tuple[dict | None, list[tuple[str, str, str]]]:

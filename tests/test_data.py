@@ -219,6 +219,22 @@ def test_json_array_rows_are_numbered_from_one(tmp_path):
     assert [(p.row, p.field) for p in report.errors] == [(2, "output"), (3, "(row)")]
 
 
+@pytest.mark.parametrize("wrapped", [{"data": [{"instruction": "问", "input": "", "output": "答"}] * 3},
+                                     {"instruction": "问", "input": "", "output": "答"}])
+def test_a_pretty_printed_json_object_is_one_error_not_one_per_line(tmp_path, wrapped):
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps(wrapped, ensure_ascii=False, indent=2), encoding="utf-8")
+    with pytest.raises(validation.DataValidationError) as refused:
+        validation.load_records(path, skip_invalid=True)
+    report = refused.value.report
+    assert report.file_format == "json" and [(p.row, p.field) for p in report.errors] == [(None, "(json)")]
+    assert ("'data' 是 3 项的数组" in report.errors[0].reason) == ("data" in wrapped)
+    one_line = tmp_path / "one.jsonl"            # one record on one line is still JSONL with one row
+    one_line.write_text(json.dumps({"instruction": "问", "input": "", "output": "答"}, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+    assert len(validation.load_records(one_line).records) == 1
+
+
 def test_sample_file_is_clean_and_short(tokenizer):
     result = data.check_lengths(validation.load_records(data_files.SAMPLE_PATH), tokenizer)
     assert len(result.records) == 48 and not result.report.problems
