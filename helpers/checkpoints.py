@@ -95,6 +95,17 @@ def damaged_file(folder: Path, full: bool = True) -> str | None:
     return None
 
 
+def whole_safetensors(path: Path) -> bool:
+    """Whether ``path`` is a complete safetensors file (safetensors refuses one cut short)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except (OSError, SafetensorError):
+        return False
+
+
 @dataclass
 class Found:
     checkpoint: Path | None
@@ -165,6 +176,11 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     if chosen is not None:
         if not chosen.exists():
             raise MissingArtifactError(f"The adapter folder {display_path(chosen)} does not exist.")
+        if chosen.is_file():
+            unpack = " (an archive: unpack it, e.g. `unzip`, and name the folder inside)" \
+                if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""
+            raise MissingArtifactError(f"{display_path(chosen)} is a file, not an adapter folder{unpack}: name the "
+                                       "folder that holds adapter_config.json and adapter_model.safetensors.")
         if (chosen / "adapter_config.json").is_file():
             marked = (chosen / COMPLETE_MARKER).is_file()
             # a checkpoint-N written by training must prove itself; a plain adapter folder (shared, exported) need not
@@ -178,6 +194,11 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
             for candidate in reversed(earlier):
                 if damaged_file(candidate) is None:
                     return candidate, [note, f"using the previous complete {display_path(candidate)} instead"]
+            if not marked and whole_safetensors(chosen / "adapter_model.safetensors"):
+                # an adapter handed over as its two files, in a folder still named checkpoint-N: nothing to fall
+                # back to, and safetensors itself proves the weights whole
+                return chosen, [f"{display_path(chosen)} has no completion marker (only the adapter files were "
+                                "copied?): its adapter_model.safetensors is whole, so it is loaded as it is"]
             raise CheckpointError(f"{display_path(chosen)} is damaged: {problem}; no earlier complete "
                                               "checkpoint beside it to fall back to.")
     found = latest_good_checkpoint(folder)

@@ -202,9 +202,15 @@ def load_run_summary(spec) -> dict:
         summary["swanlab_run"] = spec.paths.workspace / summary["swanlab_run"]
     if summary.get("plot"):
         summary["plot"] = spec.paths.workspace / summary["plot"]
-    state = json.loads((summary["checkpoint"] / "trainer_state.json").read_text(encoding="utf-8"))
-    summary["log_history"] = state["log_history"]
+    summary["log_history"] = checkpoint_history(summary["checkpoint"])
     return summary
+
+
+def checkpoint_history(checkpoint: Path) -> list[dict]:
+    """The log history the Trainer saved in a checkpoint (``trainer_state.json``): every logged step up to it;
+    [] for an adapter handed over without it (only the two adapter files)."""
+    path = Path(checkpoint) / "trainer_state.json"
+    return json.loads(path.read_text(encoding="utf-8"))["log_history"] if path.is_file() else []
 
 
 def describe_summary(summary: dict) -> str:

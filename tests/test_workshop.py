@@ -26,6 +26,7 @@ from helpers.data_files import grouped_split
 from helpers.environment import write_settings
 from helpers.settings import ADAPTER_DIR_ENV
 from helpers.spec import CONFIG_DIR, build_spec
+from helpers.workspace import MissingArtifactError
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
 WORKSHOP = CONFIG_DIR / "qwen3-8b-workshop.yaml"
@@ -143,3 +144,25 @@ def test_export_refuses_an_adapter_for_another_base_and_keeps_the_old_export(tin
     with pytest.raises(models.AdapterMismatchError, match="down_proj has 384, the adapter's matrix 4096"):
         export_merged(tiny_spec, checkpoint=adapter, target=target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+
+def test_the_two_adapter_files_in_a_folder_named_checkpoint_n_are_loaded(tiny_checkpoint, tmp_path):
+    """teaching.md section 8: the teacher hands over adapter_config.json + adapter_model.safetensors; kept in a
+    folder still named checkpoint-60 they are loaded (a note says so), unless the weights were cut short."""
+    from helpers.checkpoints import CheckpointError
+
+    handed = tmp_path / "teacher-adapter" / "checkpoint-60"
+    handed.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(tiny_checkpoint / name, handed / name)
+    spec = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: str(handed)}, settings_file=None, cuda=False)
+    path, notes = inf.resolve_checkpoint(spec)
+    assert path == handed and len(notes) == 1 and "no completion marker" in notes[0]
+    weights = (handed / "adapter_model.safetensors").read_bytes()
+    (handed / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])    # a copy cut short
+    with pytest.raises(CheckpointError, match="is damaged: no completion marker"):
+        inf.resolve_checkpoint(spec)
+    archive = shutil.make_archive(str(tmp_path / "teacher-adapter"), "zip", tmp_path / "teacher-adapter")
+    zipped = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: archive}, settings_file=None, cuda=False)
+    with pytest.raises(MissingArtifactError, match="is a file, not an adapter folder .*unpack it"):
+        inf.resolve_checkpoint(zipped)
