@@ -182,3 +182,21 @@ def test_make_run_writes_into_the_relocated_workspace_and_make_reset_removes_it(
     result = run_reset(workspace, "reset", make=True, EXECUTED="")
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (workspace / "executed").exists()
+
+
+def test_a_run_folder_first_made_by_evaluating_a_shared_adapter_is_reset_whole(tmp_path, tiny_model_dir):
+    """A student evaluates the teacher's adapter (the report goes into their empty run folder), then trains
+    into that folder: make reset removes the report and the checkpoints, not only what evaluate wrote."""
+    from helpers import evaluate
+    from tests.conftest import tiny_spec_for
+
+    workspace = tmp_path / "ws"
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(workspace))
+    report = evaluate.save_report(spec, {"sets": {}}, adapter=tmp_path / "teacher-adapter" / "checkpoint-60")
+    assert report.parent == spec.paths.run_dir
+    course_folder(spec.paths.run_dir)                           # what train does before its first checkpoint
+    (spec.paths.run_dir / "checkpoint-2").mkdir()
+    (spec.paths.run_dir / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"x" * 1000)
+    plan = reset.plan(workspace)
+    assert not plan.left_alone
+    assert any(spec.paths.run_dir.is_relative_to(item.path) for item in plan)
