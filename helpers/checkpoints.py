@@ -175,7 +175,12 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     folder = chosen if chosen is not None else spec.paths.run_dir
     if chosen is not None:
         if not chosen.exists():
-            raise MissingArtifactError(f"The adapter folder {display_path(chosen)} does not exist.")
+            setting = checkpoint is None and "adapter_dir" in spec.origin   # not --checkpoint: the adapter_dir setting
+            raise MissingArtifactError(
+                f"The adapter folder {display_path(chosen)}"
+                + (f" (adapter_dir, from {spec.origin['adapter_dir']}) does not exist. Fix the path, or use your own "
+                   "run again: python -m helpers.environment setup --adapter-dir \"\" (and unset "
+                   "QWEN3_TUTORIAL_ADAPTER_DIR)." if setting else " does not exist."))
         if chosen.is_file():
             unpack = " (an archive: unpack it, e.g. `unzip`, and name the folder inside)" \
                 if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""

@@ -119,6 +119,9 @@ class RunSpec:
             f"  工作目录: {display_path(self.paths.workspace)}",
             f"  模型目录: {display_path(self.paths.model_dir)}",
         ]
+        if self.paths.adapter_dir is not None:
+            lines.append(f"  适配器: {display_path(self.paths.adapter_dir)}（adapter_dir，来自 {self.origin['adapter_dir']}）："
+                         "推理和评估用它，不用自己训练的结果；恢复: python -m helpers.environment setup --adapter-dir \"\"")
         if self.quantization:
             lines.append(f"  量化: {self.quantization} (QLoRA)")
         if self.kernels:

@@ -166,3 +166,17 @@ def test_the_two_adapter_files_in_a_folder_named_checkpoint_n_are_loaded(tiny_ch
     zipped = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: archive}, settings_file=None, cuda=False)
     with pytest.raises(MissingArtifactError, match="is a file, not an adapter folder .*unpack it"):
         inf.resolve_checkpoint(zipped)
+
+
+def test_a_stale_adapter_setting_is_visible_and_named_with_its_fix(tmp_path):
+    """After a class the settings file may still name the teacher's adapter: every spec report shows it, and
+    once that folder is gone the error names the setting and how to drop it."""
+    gone = tmp_path / "teacher-adapter"
+    settings = tmp_path / "course-settings.yaml"
+    write_settings({"adapter_dir": str(gone)}, path=settings)
+    spec = build_spec(profile="tiny", settings_file=settings, env={}, cuda=False)
+    assert str(gone) in spec.describe() and "--adapter-dir" in spec.describe()
+    with pytest.raises(MissingArtifactError, match=r"adapter_dir, from 设置文件 .*setup --adapter-dir"):
+        inf.resolve_checkpoint(spec)
+    with pytest.raises(MissingArtifactError, match=r"does not exist\.$"):     # --checkpoint: the learner's own word
+        inf.resolve_checkpoint(spec, tmp_path / "typo")
