@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -138,13 +139,20 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     return path
 
 
-def kernel_registered() -> bool:
+def kernel_problem() -> str | None:
+    """What is wrong with the course's Jupyter kernel (None: registered, and it starts this Python). A kernel
+    registered from a moved or deleted clone cannot start, or runs that clone's helpers."""
     try:
-        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-        return KERNEL_NAME in KernelSpecManager().find_kernel_specs()
-    except Exception:  # noqa: BLE001 - no jupyter_client: not registered
-        return False
+        python = KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv[0]
+    except (ImportError, NoSuchKernel, IndexError):
+        return "没有注册"
+    if not Path(python).exists():
+        return f"已注册，但它的 Python {python} 不存在（仓库被移动或删除过？）"
+    if os.path.abspath(python) != os.path.abspath(sys.executable):
+        return f"已注册，但它启动的是另一个 Python（{python}），不是这里的 {display_path(Path(sys.executable))}"
+    return None
 
 
 # --------------------------------------------------------------------------- the pre-flight check
@@ -197,8 +205,8 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     checks += _files_checks(spec, model_present, dataset_reachable)
     checks.append(Check("swanlab", True, f"模式 {spec.swanlab.mode}"
                         + ("" if spec.swanlab.mode == "online" else "（记录留在本机，之后可以 `swanlab sync` 上传）")))
-    kernel = kernel_registered() if kernel is None else kernel
-    checks.append(Check("kernel", kernel, f"Jupyter 内核 {KERNEL_NAME!r} " + ("已注册" if kernel else "没有注册"),
+    problem = kernel_problem() if kernel is None else (None if kernel else "没有注册")
+    checks.append(Check("kernel", problem is None, f"Jupyter 内核 {KERNEL_NAME!r} {problem or '已注册'}",
                         f"make kernel   (then pick “{KERNEL_DISPLAY}” in JupyterLab: Kernel → Change Kernel)"))
     return [check if not check.ok else Check(check.name, True, check.detail) for check in checks]
 

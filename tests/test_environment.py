@@ -327,3 +327,19 @@ def test_helpers_silences_bitsandbytes_missing_kernel_warning():
                                    text=True, timeout=300).stderr for case, code in imports.items()}
     assert "gemm_4bit_forward" in stderr["bare"], "bitsandbytes no longer warns: drop the filter in helpers/__init__"
     assert "gemm_4bit_forward" not in stderr["helpers first"], stderr["helpers first"]
+
+
+def test_the_kernel_check_fails_for_a_kernel_that_cannot_start_or_runs_another_python(tmp_path, monkeypatch):
+    """A kernel registered from a moved, deleted or other clone passes no more: it would not start, or would
+    import that clone's helpers."""
+    kernels = tmp_path / "jupyter" / "kernels" / env.KERNEL_NAME
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
+    assert env.kernel_problem() == "没有注册"
+    kernels.mkdir(parents=True)
+    for python, problem in ((str(tmp_path / "old-clone" / ".venv" / "bin" / "python"), "不存在"),
+                            (shutil.which("true"), "另一个 Python"), (sys.executable, None)):
+        (kernels / "kernel.json").write_text(json.dumps({"argv": [python, "-m", "ipykernel_launcher", "-f",
+                                                                  "{connection_file}"], "display_name": "x",
+                                                         "language": "python"}), encoding="utf-8")
+        found = env.kernel_problem()
+        assert found is None if problem is None else problem in found
