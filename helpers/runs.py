@@ -235,6 +235,19 @@ def describe_summary(summary: dict) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def record_run(spec, trainer, metrics: dict, swanlab_folder, resumed_from: Path | None = None) -> dict:
+    """After ``trainer.train()`` (notebook 04 and ``python -m helpers.train``): the run summary, saved with its loss
+    plot. A run resumed at its last step trained nothing: its saved summary stays (see :func:`already_finished`)."""
+    if resumed_from is not None and trainer.state.global_step == checkpoints.checkpoint_step(resumed_from):
+        return already_finished(spec, trainer, metrics, swanlab_folder)
+    summary = run_summary(spec, trainer, metrics, swanlab_folder)
+    if trainer.args.process_index == 0:
+        summary["plot"] = spec.paths.plots / f"train-{spec.profile.name}.png"
+        plot_history(trainer.state.log_history, summary["plot"], title=f"{spec.profile.name}：损失")
+        save_run_summary(spec, summary)
+    return summary
+
+
 def already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
     """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0")."""
     if (spec.paths.run_dir / RUN_SUMMARY).is_file():
@@ -243,6 +256,6 @@ def already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
         summary = {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None}
     if is_main_process():
         print(f"{display_path(spec.paths.run_dir)} 已经训练完成（第 {trainer.state.global_step} 步），本次没有再训练；"
-              "要从头训练请加 --no-resume")
+              "要从头训练：命令行加 --no-resume，第 04 课设 START_FRESH = True")
     summary["trainer"] = trainer
     return summary

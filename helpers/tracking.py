@@ -124,6 +124,14 @@ def shareable_settings(swanlab):
     return swanlab.Settings(probe=swanlab.Settings.Probe(runtime=False, swanlab=False, git=False))
 
 
+def active_run(swanlab):
+    """The SwanLab run that is open in this process, or None."""
+    try:
+        return swanlab.get_run()
+    except RuntimeError:
+        return None
+
+
 def finish_run(run=None, error: BaseException | None = None) -> Path | None:
     """Finish the active run (the records reach the disk now); return its folder, or None when nothing was
     recorded (mode ``disabled``: the folder swanlab names is never written). ``error``: what ended it, if
@@ -131,10 +139,7 @@ def finish_run(run=None, error: BaseException | None = None) -> Path | None:
     machine paths, and ``swanlab sync`` uploads it)."""
     import swanlab
 
-    try:
-        run = run or swanlab.get_run()
-    except RuntimeError:
-        return None
+    run = run or active_run(swanlab)
     if run is None:
         return None
     folder = Path(run.dir).resolve()
@@ -229,6 +234,16 @@ def share_safe_swanlab(trainer, base_model: str, shareable_args) -> None:
         return
 
     class ShareSafeSwanLabCallback(SwanLabCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            # without an open run transformers would log into a finished one (an error at the first log) or
+            # start its own, without the course's mode and folder (a prompt, records in the working directory)
+            if state.is_world_process_zero and active_run(self._swanlab) is None:
+                raise SwanLabSetupError(
+                    "No SwanLab run is open (it was finished after the last training, or never started): run the "
+                    "swanlab.init cell again (notebook 08: tracking.start_run), then train; or train without "
+                    "SwanLab with report_to=\"none\".")
+            return super().on_train_begin(args, state, control, model=model, **kwargs)
+
         def setup(self, args, state, model, **kwargs):
             with _shareable_model_names(model, base_model):
                 super().setup(shareable_args(args), state, model, **kwargs)

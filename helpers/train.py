@@ -35,16 +35,7 @@ from .models import (
     require_model_dir,
 )
 from .recipes import auto_recipe
-from .runs import (
-    SAMPLE_LOG,
-    already_finished,
-    describe_summary,
-    plot_history,
-    resume_point,
-    run_summary,
-    save_run_summary,
-    start_fresh,
-)
+from .runs import SAMPLE_LOG, describe_summary, record_run, resume_point, start_fresh
 from .settings import SpecError
 from .spec import build_spec
 from .workspace import DiskFullError, course_folder, display_path, is_disk_full, shareable_path
@@ -269,6 +260,15 @@ def shareable_args(args, spec):
     return shared
 
 
+class TrainingStateError(CourseError, RuntimeError):
+    """The model in memory is not what a fresh run starts from."""
+
+
+def lora_trained(model) -> bool:
+    """Whether any LoRA B matrix is non-zero: PEFT starts every one at zero, so a fresh adapter has none."""
+    return any(bool(param.detach().abs().sum()) for name, param in model.named_parameters() if "lora_B" in name)
+
+
 class CheckpointComplete(TrainerCallback):
     """Marks a checkpoint complete only after the Trainer finished writing all of it (recipe + sha256 marker)."""
 
@@ -276,7 +276,13 @@ class CheckpointComplete(TrainerCallback):
         self.spec = spec
         self.recipe = adapter_recipe(spec)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0 and args.world_size == 1 and model is not None and lora_trained(model):
+            raise TrainingStateError(
+                "This model's LoRA weights are trained already (a training ran in this kernel, perhaps interrupted "
+                "before its first checkpoint), so this run would not start from step 0's weights: run the cell that "
+                "loads the model (from_pretrained) and the one that adds LoRA (get_peft_model; notebook 08: SFTTrainer) again, "
+                "then train.")
         # a resumed state names its best checkpoint by folder name (see checkpoints.share_safe_trainer_state), which
         # transformers looks for in the working directory and drops; the Trainer's rotation needs the full path to
         # keep it: found in the run folder by its step, as transformers itself does at its next save
@@ -425,14 +431,7 @@ def train(spec, resume: bool | str | None = True) -> dict:
                                 "from the last complete checkpoint.") from err
         finally:   # a failed or interrupted training is recorded as such, not as a success
             swanlab_folder = tracking.finish_run(run, error=sys.exc_info()[1]) if run is not None else None
-        if checkpoint is not None and trainer.state.global_step == checkpoints.checkpoint_step(checkpoint):
-            return already_finished(spec, trainer, result.metrics, swanlab_folder)
-        summary = run_summary(spec, trainer, result.metrics, swanlab_folder)
-        if is_main:
-            plot = spec.paths.plots / f"train-{spec.profile.name}.png"
-            plot_history(trainer.state.log_history, plot, title=f"{spec.profile.name}: loss")
-            summary["plot"] = plot
-            save_run_summary(spec, summary)
+        summary = record_run(spec, trainer, result.metrics, swanlab_folder, checkpoint)
     summary["trainer"] = trainer
     return summary
 

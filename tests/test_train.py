@@ -372,3 +372,53 @@ def test_another_rank_waits_for_the_whole_model_folder(tmp_path, monkeypatch):
         train._wait_for_model(spec, timeout=0.3, poll=0.1)
     (spec.paths.model_dir / "model.safetensors").write_bytes(b"w")
     train._wait_for_model(spec, timeout=0.3, poll=0.1)
+
+
+def test_training_again_in_the_same_kernel_stops_with_what_to_rerun(tmp_path, tiny_model_dir):
+    """What a learner does in notebooks 04 and 08: train once, then run the training cell again. Without an open
+    SwanLab run, or with LoRA weights trained already and nothing to resume, training stops with what to re-run,
+    instead of a swanlab error at the first log or a "step 0" run that starts from trained weights."""
+    from helpers import data, tracking
+    from helpers.tracking import SwanLabSetupError
+
+    (tmp_path / "ws" / "models").mkdir(parents=True)
+    (tmp_path / "ws" / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    spec = tiny_spec_for(tmp_path / "run", overrides=["training.max_steps=1", "training.save_steps=1",
+                                                      "training.eval_strategy=no", "training.disable_tqdm=true"],
+                         QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
+    tokenizer = models.load_tokenizer(spec)
+    samples, _ = data.training_data(spec, tokenizer, verbose=False)
+    model = train.add_lora(spec, train.load_model_for_training(spec))
+    assert not train.lora_trained(model)
+    trainer = train.build_trainer(spec, model, tokenizer, train.to_train_dataset(samples))
+    tracking.finish_run()                                       # no run open (the learner skipped swanlab.init)
+    with pytest.raises(SwanLabSetupError, match="No SwanLab run is open"):
+        trainer.train()
+    run = tracking.start_run(spec)
+    trainer.train()
+    tracking.finish_run(run)
+    assert train.lora_trained(model)
+    with pytest.raises(train.TrainingStateError, match="LoRA weights are trained already"):
+        trainer.train()                                         # nothing to resume: it would start from trained weights
+    with pytest.raises(SwanLabSetupError, match="run the swanlab.init cell again"):   # resuming, after finish_run
+        trainer.train(resume_from_checkpoint=str(spec.paths.run_dir / "checkpoint-1"))
+
+
+def test_a_run_resumed_at_its_end_keeps_its_summary(tmp_path):
+    """Run All again in notebook 04 resumes at the last checkpoint and trains nothing: the saved summary (its
+    train loss, its SwanLab run) stays as it was, as with python -m helpers.train."""
+    from types import SimpleNamespace
+
+    spec = tiny_spec_for(tmp_path / "run")
+    checkpoint = spec.paths.run_dir / "checkpoint-60"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 60, "loss": 0.01}]}))
+    saved = {"profile": "tiny", "global_step": 60, "train_loss": 1.5, "checkpoint": "checkpoint-60",
+             "swanlab_run": "swanlog/run-1", "effective_batch_size": 4, "world_size": 1}
+    (spec.paths.run_dir / runs.RUN_SUMMARY).write_text(json.dumps(saved))
+    before = (spec.paths.run_dir / runs.RUN_SUMMARY).read_bytes()
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=60, log_history=[]),
+                              args=SimpleNamespace(process_index=0))
+    summary = runs.record_run(spec, trainer, {"train_loss": 0.0}, tmp_path / "swanlog" / "run-2", checkpoint)
+    assert summary["train_loss"] == 1.5 and summary["swanlab_run"] == spec.paths.workspace / "swanlog/run-1"
+    assert (spec.paths.run_dir / runs.RUN_SUMMARY).read_bytes() == before
