@@ -120,7 +120,7 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     unknown = sorted(set(values) - set(SETTINGS_KEYS))
     if unknown:
         raise SpecError(f"unknown setting {unknown[0]!r}; known: {', '.join(SETTINGS_KEYS)}")
-    choices = {"profile": tuple(PROFILES), "swanlab_mode": SWANLAB_MODES}
+    choices = {"profile": (*PROFILES, "auto"), "swanlab_mode": SWANLAB_MODES}
     for key, known in choices.items():
         if values.get(key) and values[key] not in known:
             raise SpecError(f"--{key.replace('_', '-')} {values[key]!r} is not one of {', '.join(known)}"

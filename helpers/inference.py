@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
 from .data import Reply, prompt_ids_as_text, split_thinking
+from .download import prepare_model
 from .errors import CourseError, positive_int, run_cli, utf8_text
 from .export import export_merged
 from .models import adapter_switch, check_adapter_fits, load_base_model, load_tokenizer
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         spec = build_spec(args.config, output_dir=args.output_dir)
+        resolve_checkpoint(spec, args.checkpoint)   # a missing adapter stops before any model is built or downloaded
+        prepare_model(spec)                         # as train and evaluate do: no notebook needed first
         if args.command == "export":
             target = export_merged(spec, args.checkpoint, args.target)
             print(f"merged model written to {display_path(target)}")

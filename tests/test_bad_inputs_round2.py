@@ -441,6 +441,11 @@ def test_a_settings_file_that_is_a_folder_or_unreadable_is_one_line(arena):
 def test_setup_refuses_an_unknown_profile(arena):
     one_line(cli("environment", "setup", "--profile", "bogus"), "'bogus' is not one of")
     assert not (arena / "course-settings.yaml").exists()
+    # auto (full with CUDA, else tiny) is a value the README lists and a settings file may hold
+    assert cli("environment", "setup", "--profile", "auto").code == 0
+    assert settings.read_settings_file(arena / "course-settings.yaml")["profile"] == "auto"
+    spec = spec_module.build_spec(settings_file=arena / "course-settings.yaml", env={}, cuda=False)
+    assert spec.profile.name == "tiny" and "auto" in spec.origin["profile"]   # the file's auto, read back on a CPU
 
 
 @pytest.mark.parametrize("argv,phrase", [(("--max-new-tokens", "0"), "at least 1"),
@@ -634,3 +639,15 @@ def test_the_made_marker_is_never_a_learners_file(tmp_path):
     assert not (existing / MADE_MARKER).exists()
     assert (course_folder(tmp_path / "new" / "run") / MADE_MARKER).read_text(encoding="utf-8").split() == ["*", "."]
     assert sys.version_info >= (3, 10)
+
+
+def test_ask_and_export_prepare_the_tiny_model_in_an_empty_workspace(arena, tiny_checkpoint, monkeypatch):
+    """The README: each command prepares what it needs. A classmate's adapter and nothing else: ask builds the
+    tiny model itself; a missing adapter stops before anything is built."""
+    empty = arena / "empty-ws"
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(empty))
+    one_line(cli("inference", "ask", "你是谁？", "--checkpoint", str(arena / "nope")), "does not exist")
+    assert not (empty / "models").exists()
+    result = cli("inference", "ask", "你是谁？", "--checkpoint", str(tiny_checkpoint), "--max-new-tokens", "2")
+    assert result.code == 0, result
+    assert (empty / "models" / "tiny-qwen3" / "model.safetensors").is_file()
