@@ -93,16 +93,25 @@ def download_huanhuan(
     return dest
 
 
+def require_given_dataset(spec) -> None:
+    """Stop when the data file the learner named (``data.source``, the ``dataset`` setting) is missing: train and
+    evaluate ask first, before any model is built or downloaded. The course's own dataset is fetched when read."""
+    if spec.paths.dataset.is_file() or "dataset" not in spec.given:
+        return
+    if spec.data.source != "course":    # a learner's own file: never downloaded over
+        where = spec.origin["dataset"].removeprefix("data.source in ")
+        raise DatasetDownloadError(f"{where}: data.source={spec.data.source!r} does not exist: give a JSON/JSONL data "
+                                   "file, or `course` for the profile's own dataset.")
+    raise DatasetDownloadError(f"The dataset {display_path(spec.paths.dataset)} (from {spec.origin['dataset']}) "
+                               "does not exist.")
+
+
 def course_dataset_path(spec, progress: bool = True) -> Path:
     """The spec's training data: the shipped sample, a local file, or the real set (downloaded once)."""
     path = spec.paths.dataset
     if path.is_file():
         return path
-    if spec.data.source != "course":    # a learner's own file: never downloaded over
-        raise DatasetDownloadError(f"{display_path(spec.config_file)}: data.source={spec.data.source!r} does not "
-                                   "exist: give a JSON/JSONL data file, or `course` for the profile's own dataset.")
-    if "dataset" in spec.given:
-        raise DatasetDownloadError(f"The dataset {display_path(path)} (from {spec.origin['dataset']}) does not exist.")
+    require_given_dataset(spec)
     if path.name == "huanhuan.json":
         return record_made(download_huanhuan(path, progress=progress))
     raise DatasetDownloadError(f"The dataset {display_path(path)} does not exist.")

@@ -130,6 +130,7 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
         raise MissingArtifactError(
             f"{display_path(spec.paths.run_dir)} holds no trained LoRA adapter yet. Train one first: "
             f"python -m helpers.train --config {shell_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
+    data_files.require_given_dataset(spec)   # before the model is built or downloaded
     prepare_model(spec)
 
 

@@ -388,6 +388,7 @@ def train(spec, resume: bool | str | None = True) -> dict:
     """Run the whole recipe with the same steps as notebook 04; return where everything went."""
     refuse_without_gpu(spec, "trains")
     tracking.require_key(spec)
+    data_files.require_given_dataset(spec)   # a missing data file stops before the model is built or downloaded
     if spec.quantization and _launched_with("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         # their loading path takes no quantization_config: the base would train unquantised, in fp32
         raise SpecError(f"quantization: {spec.quantization} (QLoRA) does not combine with FSDP or DeepSpeed in this "

@@ -252,6 +252,18 @@ def test_data_source_takes_a_path_or_course(arena):
     assert not (arena / "ws" / "checkpoints" / "tiny").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_missing_data_file_stops_before_any_model_is_made(arena, monkeypatch, tiny_checkpoint, command):
+    """On the full profile the model is a 16 GB download: a typo in data.source must stop before it, naming
+    where the value came from (here --set)."""
+    empty = arena / "empty-ws"
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(empty))
+    extra = ("--checkpoint", str(tiny_checkpoint)) if command == "evaluate" else ()
+    one_line(cli(command, "--set", "data.source=nope.json", *extra),
+             "tiny.yaml with --set data.source=nope.json: data.source='nope.json' does not exist")
+    assert not (empty / "models").exists() and not (empty / "checkpoints").exists()
+
+
 def test_a_config_whose_data_file_is_gone_still_chats_and_is_never_downloaded_over(arena, tiny_checkpoint, monkeypatch):
     """Chatting with an adapter needs no data (a classmate's config names a file on their machine); reading the
     data names the file, and a learner's missing huanhuan.json is not mistaken for the course's download."""

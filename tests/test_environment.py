@@ -336,8 +336,9 @@ def test_the_kernel_check_fails_for_a_kernel_that_cannot_start_or_runs_another_p
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
     assert env.kernel_problem() == "没有注册"
     kernels.mkdir(parents=True)
+    same_folder = os.path.join(os.path.dirname(sys.executable), "python3")   # the same venv under another name
     for python, problem in ((str(tmp_path / "old-clone" / ".venv" / "bin" / "python"), "不存在"),
-                            (shutil.which("true"), "另一个 Python"), (sys.executable, None)):
+                            (shutil.which("true"), "不是这里的"), (sys.executable, None), (same_folder, None)):
         (kernels / "kernel.json").write_text(json.dumps({"argv": [python, "-m", "ipykernel_launcher", "-f",
                                                                   "{connection_file}"], "display_name": "x",
                                                          "language": "python"}), encoding="utf-8")
