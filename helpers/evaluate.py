@@ -484,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"distinct-2 {row['distinct_2']:.3f}  ROUGE-L {row['rouge_l']:.3f}")
         print(describe_report(report))
         print(f"报告: {report['report_file']}")
-        if swanlab_folder(spec, report):
-            print(f"SwanLab: {display_path(swanlab_folder(spec, report))}")
+        folder = swanlab_folder(spec, report)
+        if folder is not None:
+            print(f"SwanLab: {display_path(folder)}")
         return 0
 
     return run_cli(work, debug=args.debug)

@@ -281,8 +281,7 @@ class CheckpointComplete(TrainerCallback):
             raise TrainingStateError(
                 "This model's LoRA weights are trained already (a training ran in this kernel, perhaps interrupted "
                 "before its first checkpoint), so this run would not start from step 0's weights: run the cell that "
-                "loads the model (from_pretrained) and the one that adds LoRA (get_peft_model; notebook 08: SFTTrainer) again, "
-                "then train.")
+                "loads the model (from_pretrained) and the get_peft_model cell again, then train.")
         # a resumed state names its best checkpoint by folder name (see checkpoints.share_safe_trainer_state), which
         # transformers looks for in the working directory and drops; the Trainer's rotation needs the full path to
         # keep it: found in the run folder by its step, as transformers itself does at its next save
