@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 #: exit code of a known course error
 ERROR_EXIT = 2
+#: the line :func:`run_cli` prints after a course error (tests compare with it, not with its wording)
+DEBUG_HINT = "（加上 --debug 可查看完整的 traceback）"
 
 
 class CourseError(Exception):
@@ -25,13 +27,13 @@ def run_cli(work: Callable[[], int], debug: bool = False) -> int:
     try:
         return work()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("已中断", file=sys.stderr)
         return 130
     except CourseError as err:
         if debug:
             raise
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        print("(add --debug for the full traceback)", file=sys.stderr)
+        print(DEBUG_HINT, file=sys.stderr)
         return ERROR_EXIT
 
 
@@ -39,21 +41,20 @@ def _number(text: str, kind: type, ok: Callable, must: str):
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
-                                         f"not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"应当是{'整数' if kind is int else '数字'}，实际是 {text!r}") from None
     if not ok(value):
-        raise argparse.ArgumentTypeError(f"must be {must}, not {value}")
+        raise argparse.ArgumentTypeError(f"必须{must}，实际是 {value}")
     return value
 
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
-    return _number(text, int, lambda v: v >= 1, "at least 1")
+    return _number(text, int, lambda v: v >= 1, "至少为 1")
 
 
 def fraction(text: str) -> float:
     """argparse type: a number strictly between 0 and 1."""
-    return _number(text, float, lambda v: 0 < v < 1, "between 0 and 1 (e.g. 0.05)")
+    return _number(text, float, lambda v: 0 < v < 1, "在 0 和 1 之间（例如 0.05）")
 
 
 def utf8_text(text: str) -> str:
@@ -61,6 +62,5 @@ def utf8_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError("is not UTF-8 text: set the terminal to UTF-8 (e.g. "
-                                         "export LANG=C.UTF-8) and type it again") from None
+        raise argparse.ArgumentTypeError("不是 UTF-8 文本：请把终端设为 UTF-8（例如 export LANG=C.UTF-8）后重新输入") from None
     return text

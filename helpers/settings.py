@@ -44,7 +44,7 @@ class SpecError(CourseError, ValueError):
 
 def suggest(key: str, known) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f"（是不是想写 {close[0]!r}？）" if close else ""
 
 
 def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
@@ -53,35 +53,35 @@ def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
     if not (path.exists() or path.is_symlink()):
         return {}
     if path.is_dir():
-        raise SpecError(f"{display_path(path)} is a folder, not a settings file: remove it (or move it away).")
+        raise SpecError(f"{display_path(path)} 是文件夹，不是设置文件：请删除它（或移到别处）。")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise SpecError(f"{display_path(path)} is not UTF-8 text (saved as GBK?): save it again as UTF-8, "
-                        "or delete it and run `python -m helpers.environment setup`.") from None
+        raise SpecError(f"{display_path(path)} 不是 UTF-8 文本（存成了 GBK？）：请另存为 UTF-8，"
+                        "或者删除它，再运行 `python -m helpers.environment setup`。") from None
     except OSError as err:
-        raise SpecError(f"{display_path(path)} cannot be read ({err.strerror}): fix its permissions "
-                        f"(chmod u+r) or delete it.") from None
+        raise SpecError(f"无法读取 {display_path(path)}（{err.strerror}）：请修正它的权限（chmod u+r），"
+                        "或者删除它。") from None
     try:
         import yaml
     except ImportError:
-        raise SpecError(f"reading {display_path(path)} needs PyYAML: run it with the course's .venv "
-                        "(`make venv`), or set the values as QWEN3_TUTORIAL_* environment variables.") from None
+        raise SpecError(f"读取 {display_path(path)} 需要 PyYAML：请用课程的 .venv 运行（`make venv`），"
+                        "或者改用 QWEN3_TUTORIAL_* 环境变量设置这些值。") from None
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise SpecError(f"{display_path(path)} is not valid YAML ({err}). Fix or delete it.") from None
+        raise SpecError(f"{display_path(path)} 不是有效的 YAML（{err}）：请修正或删除它。") from None
     if not isinstance(values, dict):
-        raise SpecError(f"{display_path(path)} must hold `key: value` lines.")
+        raise SpecError(f"{display_path(path)} 应当由 `key: value` 形式的行组成。")
     unknown = sorted(set(map(str, values)) - set(SETTINGS_KEYS))
     if unknown:
-        raise SpecError(f"{display_path(path)}: unknown setting {unknown[0]!r}{suggest(unknown[0], SETTINGS_KEYS)}. "
-                        f"Known: {', '.join(SETTINGS_KEYS)}.")
+        raise SpecError(f"{display_path(path)}：未知的设置 {unknown[0]!r}{suggest(unknown[0], SETTINGS_KEYS)}。"
+                        f"可用的设置：{', '.join(SETTINGS_KEYS)}。")
     values = {k: v for k, v in values.items() if v is not None and v != ""}
     for key, value in values.items():
         if not isinstance(value, str):
-            raise SpecError(f"{display_path(path)}: {key} must be text (a name or a path), not {value!r}; "
-                            f"quote it, e.g. {key}: \"...\"")
+            raise SpecError(f"{display_path(path)}：{key} 应当是文本（名称或路径），实际是 {value!r}；"
+                            f"请给它加上引号，例如 {key}: \"...\"")
     return values
 
 
@@ -105,7 +105,7 @@ def resolve_swanlab_mode(forced: str | None, env: Mapping[str, str]) -> str:
     forced = (forced or "").strip().lower()
     if forced:
         if forced not in SWANLAB_MODES:
-            raise SpecError(f"{SWANLAB_MODE_ENV}={forced!r}: choose one of {', '.join(SWANLAB_MODES)}")
+            raise SpecError(f"{SWANLAB_MODE_ENV}={forced!r} 不是可用的模式：请从 {', '.join(SWANLAB_MODES)} 中选一个")
         return forced
     return "online" if has_swanlab_key(env) else "offline"
 
@@ -134,15 +134,20 @@ def saved_swanlab_login() -> bool:
 # --------------------------------------------------------------------------- paths a config names
 
 
+#: what each protected path of :func:`refuse_run_dir` is called in its message
+PROTECTED_LABELS = {"workspace": "工作目录", "model_dir": "模型目录", "dataset": "数据集"}
+
+
 def refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:
-    """--output-dir is never the workspace, the model or the dataset, a folder holding them, or inside the model."""
+    """--output-dir is never the workspace, the model or the dataset, a folder holding them, or inside the model.
+    ``protected``: {``workspace`` | ``model_dir`` | ``dataset``: path}."""
     run = run_dir.resolve()
     for what, path in protected.items():
         path = path.resolve()
-        if run == path or run in path.parents or (what == "the model folder" and path in run.parents):
-            raise SpecError(f"--output-dir {display_path(run_dir)} is (or holds) {what} {display_path(path)}: starting "
-                            "fresh there would move it aside. Give a folder of its own, e.g. "
-                            "--output-dir workspace/checkpoints/mine")
+        if run == path or run in path.parents or (what == "model_dir" and path in run.parents):
+            raise SpecError(f"--output-dir {display_path(run_dir)} 就是（或包含）{PROTECTED_LABELS.get(what, what)} "
+                            f"{display_path(path)}：在那里重新开始训练会把它移到一边。请给运行目录一个单独的文件夹，"
+                            "例如 --output-dir workspace/checkpoints/mine")
     if run == Path.home().resolve() or run == REPO_ROOT or run.parent == run:
-        raise SpecError(f"--output-dir {display_path(run_dir)} is a whole folder of other files: give a folder of its "
-                        "own, e.g. --output-dir workspace/checkpoints/mine")
+        raise SpecError(f"--output-dir {display_path(run_dir)} 是一个放着其他文件的大文件夹：请给运行目录一个单独的文件夹，"
+                        "例如 --output-dir workspace/checkpoints/mine")

@@ -169,11 +169,11 @@ def check_kernels(kernels: str | None, cuda: bool, source: str = "config") -> st
     if kernels != "liger":
         return kernels
     if not cuda:
-        raise SpecError(f"{source}: kernels: liger needs a CUDA GPU (Liger's kernels are Triton GPU code); "
-                        "this machine has none: remove the line or set kernels: null")
+        raise SpecError(f"{source}：kernels: liger 需要 CUDA GPU（Liger 的内核是 Triton GPU 代码），这台机器没有："
+                        "请删掉这一行，或者设置 kernels: null")
     if not liger_installed():
-        raise SpecError(f"{source}: kernels: liger needs the liger-kernel package, which is not installed: "
-                        "pip install liger-kernel==0.8.5 (or set kernels: null)")
+        raise SpecError(f"{source}：kernels: liger 需要 liger-kernel 包，但它没有安装：请运行 "
+                        "pip install liger-kernel==0.8.5（或者设置 kernels: null）")
     return kernels
 
 
@@ -182,22 +182,18 @@ def choose_profile(requested: str | None, file_profile: str | None, *, cuda: boo
     """The precedence rule for the profile. Returns (profile, why)."""
     requested = (requested or "").strip().lower() or None
     if requested is not None and requested != "auto" and requested not in PROFILES:
-        raise SpecError(f"{requested_origin}={requested!r} is not a profile. "
-                        f"Choose one of: {', '.join([*PROFILES, 'auto'])}.")
+        raise SpecError(f"{requested_origin}={requested!r} 不是已知的 profile。可选：{', '.join([*PROFILES, 'auto'])}。")
     if file_profile is not None:
         if file_profile not in PROFILES:
-            raise SpecError(f"{display_path(config_file)}: profile {file_profile!r} is not a profile. "
-                            f"Choose one of: {', '.join(PROFILES)}.")
+            raise SpecError(f"{display_path(config_file)}：未知的 profile {file_profile!r}。可选：{', '.join(PROFILES)}。")
         if requested in (None, "auto") or requested == file_profile:
             return PROFILES[file_profile], f"由训练配置 {display_path(config_file)} 指定"
         if PROFILES[requested].recipe == file_profile:
             return PROFILES[requested], (f"{requested_origin}={requested}（使用 {file_profile} 的训练配方 "
                                          f"{display_path(config_file)}）")
-        raise SpecError(
-            f"{requested_origin}={requested} contradicts {display_path(config_file)}, which says profile: "
-            f"{file_profile}. Either use the config made for {requested} "
-            f"(configs/train/{PROFILES[requested].train_config}.yaml), or unset {requested_origin}."
-        )
+        raise SpecError(f"{requested_origin}={requested} 与 {display_path(config_file)} 矛盾：这个文件写的是 profile: "
+                        f"{file_profile}。请改用为 {requested} 准备的配置 configs/train/"
+                        f"{PROFILES[requested].train_config}.yaml，或者取消 {requested_origin}。")
     if requested in (None, "auto"):
         profile = PROFILES["full" if cuda else "tiny"]
         why = "auto: 找到 CUDA GPU" if cuda else "auto: 没有 CUDA GPU，tiny 配置在 CPU 上运行同样的代码"
@@ -232,7 +228,7 @@ def _coerce(value, action, dotted: str):
     if action.choices:
         value = "no" if value is False and "no" in action.choices else value
         if not isinstance(value, str) or value not in action.choices:
-            raise SpecError(f"{dotted} must be one of {', '.join(map(str, action.choices))}, not {value!r}")
+            raise SpecError(f"{dotted} 应当是 {', '.join(map(str, action.choices))} 之一，实际是 {value!r}")
         return value
     kind = action.type if action.type is not None else string_to_bool  # store_true flags are booleans
     try:
@@ -246,8 +242,8 @@ def _coerce(value, action, dotted: str):
         if kind is str and not isinstance(value, str):
             raise ValueError
     except (TypeError, ValueError, argparse.ArgumentTypeError):
-        what = {string_to_bool: "true or false", int: "a whole number", float: "a number", str: "text"}
-        raise SpecError(f"{dotted} must be {what.get(kind, kind)}, not {value!r}") from None
+        what = {string_to_bool: "布尔值（true 或 false）", int: "整数", float: "数字", str: "文本"}
+        raise SpecError(f"{dotted} 应当是{what.get(kind, kind)}，实际是 {value!r}") from None
     return value
 
 
@@ -259,19 +255,19 @@ REQUIRED_TRAINING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_
 
 #: (dotted key, predicate, what it must be)
 RANGES = (
-    ("data.max_length", lambda v: v >= 1, "at least 1"),
-    ("data.max_rows", lambda v: v is None or v >= 1, "at least 1, or null for all rows"),
-    ("data.eval_fraction", lambda v: 0 <= v < 1, "between 0 and 1 (0: no held-out split)"),
-    ("lora.r", lambda v: v >= 1, "at least 1"),
-    ("lora.lora_alpha", lambda v: v > 0, "positive"),
-    ("lora.lora_dropout", lambda v: 0 <= v < 1, "between 0 and 1"),
-    ("training.per_device_train_batch_size", lambda v: v >= 1, "at least 1"),
-    ("training.gradient_accumulation_steps", lambda v: v >= 1, "at least 1"),
-    ("training.learning_rate", lambda v: 0 < v < 1, "between 0 and 1 (e.g. 1e-4)"),
-    ("training.num_train_epochs", lambda v: v > 0, "positive"),
-    ("training.logging_steps", lambda v: v > 0, "positive"),
-    ("training.save_steps", lambda v: v > 0, "positive"),
-    ("training.save_total_limit", lambda v: v is None or v >= 1, "at least 1, or null to keep all"),
+    ("data.max_length", lambda v: v >= 1, "至少为 1"),
+    ("data.max_rows", lambda v: v is None or v >= 1, "至少为 1，或者为 null（使用全部数据）"),
+    ("data.eval_fraction", lambda v: 0 <= v < 1, "在 0 和 1 之间（0 表示不划分留出集）"),
+    ("lora.r", lambda v: v >= 1, "至少为 1"),
+    ("lora.lora_alpha", lambda v: v > 0, "大于 0"),
+    ("lora.lora_dropout", lambda v: 0 <= v < 1, "在 0 和 1 之间"),
+    ("training.per_device_train_batch_size", lambda v: v >= 1, "至少为 1"),
+    ("training.gradient_accumulation_steps", lambda v: v >= 1, "至少为 1"),
+    ("training.learning_rate", lambda v: 0 < v < 1, "在 0 和 1 之间（例如 1e-4）"),
+    ("training.num_train_epochs", lambda v: v > 0, "大于 0"),
+    ("training.logging_steps", lambda v: v > 0, "大于 0"),
+    ("training.save_steps", lambda v: v > 0, "大于 0"),
+    ("training.save_total_limit", lambda v: v is None or v >= 1, "至少为 1，或者为 null（全部保留）"),
 )
 
 
@@ -284,7 +280,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     out = {}
     for key, value in config.items():
         if key not in TOP_LEVEL_KEYS:
-            raise SpecError(f"{source}: unknown key {key!r}{suggest(key, TOP_LEVEL_KEYS)}")
+            raise SpecError(f"{source}：未知的键 {key!r}{suggest(key, TOP_LEVEL_KEYS)}")
         out[key] = value
     from transformers import TrainingArguments
 
@@ -292,18 +288,18 @@ def validate_config(config: dict, source: str = "config") -> dict:
     for section, schema in schemas.items():
         values = out.get(section) or {}
         if not isinstance(values, dict):
-            raise SpecError(f"{source}: {section} must be a mapping of keys")
+            raise SpecError(f"{source}：{section} 下面应当是 key: value 形式的映射")
         actions = _actions(schema)
         if section == "swanlab":
             actions.pop("mode")  # resolved from the settings, not the config
         checked = {}
         for key, value in values.items():
             if key not in actions:
-                known = " (training takes transformers.TrainingArguments keys)" if section == "training" else ""
-                raise SpecError(f"{source}: unknown key {section}.{key}{suggest(key, actions)}{known}")
+                known = "（training 接受的是 transformers.TrainingArguments 的参数）" if section == "training" else ""
+                raise SpecError(f"{source}：未知的键 {section}.{key}{suggest(key, actions)}{known}")
             if key == "target_modules":
                 if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
-                    raise SpecError(f"{source}: lora.target_modules must be a list of module names")
+                    raise SpecError(f"{source}：lora.target_modules 应当是由模块名组成的列表")
                 checked[key] = tuple(value)
             else:
                 checked[key] = _coerce(value, actions[key], f"{section}.{key}")
@@ -311,17 +307,21 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
     batching = out.get("batching", "packed")
     if batching not in BATCHINGS:
-        raise SpecError(f"{source}: batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
+        raise SpecError(f"{source}：batching 应当是 {', '.join(BATCHINGS)} 之一，实际是 {batching!r}")
     if out.get("quantization") not in (None, "nf4"):
-        raise SpecError(f"{source}: quantization must be null or nf4, not {out.get('quantization')!r}")
+        raise SpecError(f"{source}：quantization 应当是 null 或 nf4，实际是 {out.get('quantization')!r}")
     if out.get("kernels") not in (None, "liger"):
-        raise SpecError(f"{source}: kernels must be null or liger, not {out.get('kernels')!r}")
+        raise SpecError(f"{source}：kernels 应当是 null 或 liger，实际是 {out.get('kernels')!r}")
     for dotted, ok, must in RANGES:
         section, key = dotted.split(".")
         if key in (out.get(section) or {}):
             value = out[section][key]
-            if (value is None and "null" not in must) or (value is not None and not ok(value)):
-                raise SpecError(f"{source}: {dotted}={value!r} must be {must}")
+            try:
+                fine = ok(value)
+            except TypeError:   # null where the predicate needs a number
+                fine = False
+            if not fine:
+                raise SpecError(f"{source}：{dotted}={value!r} 必须{must}")
     return out
 
 
@@ -330,16 +330,16 @@ def read_config(path: Path) -> dict:
 
     path = Path(path)
     if path.is_dir():
-        raise SpecError(f"--config {display_path(path)} is a folder; pass a YAML file such as configs/train/tiny.yaml")
+        raise SpecError(f"--config {display_path(path)} 是文件夹：请传入 YAML 文件，例如 configs/train/tiny.yaml")
     if not path.is_file():
         known = ", ".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml")))
-        raise SpecError(f"--config {path}: no such file. The course's configs: {known} (in configs/train/)")
+        raise SpecError(f"--config {path}：没有这个文件。课程自带的配置：{known}（在 configs/train/ 里）")
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise SpecError(f"--config {display_path(path)} is not valid YAML: {err}") from None
+        raise SpecError(f"--config {display_path(path)} 不是有效的 YAML：{err}") from None
     if config is not None and not isinstance(config, dict):
-        raise SpecError(f"{display_path(path)}: a training config is a YAML mapping")
+        raise SpecError(f"{display_path(path)}：训练配置应当是 YAML 映射（key: value 形式的行）")
     return config or {}
 
 
@@ -364,8 +364,8 @@ def data_source_path(text: str, source: str) -> Path:
     (``data_files.course_dataset_path``): chatting with or exporting an adapter needs no data."""
     path = config_path(text)
     if path.is_dir():
-        raise SpecError(f"{source}: data.source={text!r} is a folder: give a JSON/JSONL data file, or `course` for "
-                        "the profile's own dataset.")
+        raise SpecError(f"{source}：data.source={text!r} 是文件夹：请给出一个 JSON/JSONL 数据文件，"
+                        "或者写 `course` 使用 profile 自带的数据集。")
     return path
 
 
@@ -377,7 +377,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     for item in overrides or ():
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SpecError(f"--set {item!r} must look like section.key=value (e.g. training.max_steps=20)")
+            raise SpecError(f"--set {item!r} 应当写成 section.key=value 的形式（例如 training.max_steps=20）")
         keys = key.strip().split(".")
         try:
             value = yaml.safe_load(value)
@@ -389,7 +389,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
             target[part] = dict(section) if isinstance(section, dict) else ({} if section is None else section)
             target = target[part]
             if not isinstance(target, dict):
-                raise SpecError(f"--set {'.'.join(keys)}: {part} is not a section")
+                raise SpecError(f"--set {'.'.join(keys)}：{part} 不是配置段（section）")
         target[keys[-1]] = value
     return raw
 
@@ -401,7 +401,7 @@ def requested_profile(flag: str | None, settings: dict, env: Mapping[str, str],
         return flag, "--profile"
     requested = settings.get("profile", (None, None))[0]
     if requested is not None and not env.get(PROFILE_ENV, "").strip():
-        return requested, f"profile in {display_path(settings_file)}"
+        return requested, f"{display_path(settings_file)} 中的 profile"
     return requested, PROFILE_ENV
 
 
@@ -428,12 +428,12 @@ def build_spec(
     if path is None:
         path = CONFIG_DIR / f"{chosen.train_config}.yaml"
         raw = read_config(path)
-    source = display_path(path) + (" with --set " + " ".join(overrides) if overrides else "")
+    source = display_path(path) + (f"（--set {' '.join(overrides)}）" if overrides else "")
     checked = validate_config(apply_overrides(raw, overrides), source=source)
     missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked["training"]]
     if missing:
-        raise SpecError(f"{display_path(path)}: training.{missing[0]} is missing (every training config sets "
-                        f"{', '.join(REQUIRED_TRAINING_KEYS)})")
+        raise SpecError(f"{display_path(path)}：缺少 training.{missing[0]}（每个训练配置都要设置 "
+                        f"{', '.join(REQUIRED_TRAINING_KEYS)}）")
     if checked.get("profile") not in (None, chosen.name, chosen.recipe):
         # an override changed profile: after the file was read; apply the rule again
         chosen, why = choose_profile(requested, checked["profile"], cuda=cuda, requested_origin=requested_origin,
@@ -484,7 +484,7 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
         dataset = workspace / "data" / "huanhuan.json"
     run_dir = _absolute(output_dir) if output_dir else workspace / "checkpoints" / profile.name
     if output_dir:
-        refuse_run_dir(run_dir, {"the workspace": workspace, "the model folder": model_dir, "the dataset": dataset})
+        refuse_run_dir(run_dir, {"workspace": workspace, "model_dir": model_dir, "dataset": dataset})
     return Paths(
         workspace=workspace,
         model_dir=model_dir,

@@ -220,8 +220,9 @@ def test_output_dir_is_never_the_workspace_or_the_model(arena):
     (ws / "data").mkdir()
     (ws / "data" / "mine.json").write_text("[]", encoding="utf-8")
     before = shas(ws)
-    for target, phrase in ((ws, "the workspace"), (ws / "models" / "tiny-qwen3", "the model folder"),
-                           (arena, "the workspace")):
+    labels = settings.PROTECTED_LABELS
+    for target, phrase in ((ws, labels["workspace"]), (ws / "models" / "tiny-qwen3", labels["model_dir"]),
+                           (arena, labels["workspace"])):
         one_line(cli("train", "--output-dir", str(target), "--no-resume"), phrase)
     assert shas(ws) == before
 
@@ -248,7 +249,7 @@ def test_data_source_takes_a_path_or_course(arena):
     assert data_files.course_dataset_path(spec) == mine.resolve()
     assert tiny_spec_for(overrides=["data.source=course"]).paths.dataset == SAMPLE
     one_line(cli("train", "--set", "data.source=nope.json"), "data.source='nope.json' does not exist")
-    one_line(cli("train", "--set", f"data.source={arena}"), "is a folder")
+    one_line(cli("train", "--set", f"data.source={arena}"), f"data.source={str(arena)!r} 是文件夹")
     assert not (arena / "ws" / "checkpoints" / "tiny").exists()
 
 
@@ -259,8 +260,9 @@ def test_a_missing_data_file_stops_before_any_model_is_made(arena, monkeypatch, 
     empty = arena / "empty-ws"
     monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(empty))
     extra = ("--checkpoint", str(tiny_checkpoint)) if command == "evaluate" else ()
-    one_line(cli(command, "--set", "data.source=nope.json", *extra),
-             "tiny.yaml with --set data.source=nope.json: data.source='nope.json' does not exist")
+    result = cli(command, "--set", "data.source=nope.json", *extra)
+    one_line(result, "data.source='nope.json'")
+    assert "tiny.yaml（--set data.source=nope.json）" in result.error_lines[0]
     assert not (empty / "models").exists() and not (empty / "checkpoints").exists()
 
 
@@ -424,10 +426,10 @@ def test_an_adapter_from_elsewhere_gets_a_report_of_its_own(tmp_path):
 # --------------------------------------------------------------------------- 5. one line for every known mistake
 
 
-SETTINGS_CASES = [("gbk", "workspace: 工作目录\n".encode("gbk"), "not UTF-8"),
-                  ("number", b"workspace: 123\n", "must be text"),
-                  ("list", b"workspace: [a, b]\n", "must be text"),
-                  ("yes", b"workspace: yes\n", "must be text")]
+SETTINGS_CASES = [("gbk", "workspace: 工作目录\n".encode("gbk"), "UTF-8"),
+                  ("number", b"workspace: 123\n", 'workspace: "..."'),
+                  ("list", b"workspace: [a, b]\n", 'workspace: "..."'),
+                  ("yes", b"workspace: yes\n", 'workspace: "..."')]
 
 
 @pytest.mark.parametrize("name,content,phrase", SETTINGS_CASES, ids=[c[0] for c in SETTINGS_CASES])
@@ -444,10 +446,10 @@ def test_a_broken_settings_file_is_one_line(arena, name, content, phrase):
 
 def test_a_settings_file_that_is_a_folder_or_unreadable_is_one_line(arena):
     (arena / "course-settings.yaml").mkdir()
-    one_line(cli("train"), "is a folder")
+    one_line(cli("train"), "course-settings.yaml 是文件夹")
     (arena / "course-settings.yaml").rmdir()
     (arena / "course-settings.yaml").symlink_to("course-settings.yaml")   # a loop: no user can read it
-    one_line(cli("train"), "cannot be read")
+    one_line(cli("train"), "无法读取")
 
 
 def test_setup_refuses_an_unknown_profile(arena):
@@ -460,8 +462,8 @@ def test_setup_refuses_an_unknown_profile(arena):
     assert spec.profile.name == "tiny" and "auto" in spec.origin["profile"]   # the file's auto, read back on a CPU
 
 
-@pytest.mark.parametrize("argv,phrase", [(("--max-new-tokens", "0"), "at least 1"),
-                                         (("--max-new-tokens", "-5"), "at least 1")])
+@pytest.mark.parametrize("argv,phrase", [(("--max-new-tokens", "0"), "至少为 1，实际是 0"),
+                                         (("--max-new-tokens", "-5"), "至少为 1，实际是 -5")])
 def test_ask_refuses_bad_generation_numbers(arena, argv, phrase):
     result = cli("inference", "ask", "你是谁？", *argv)
     assert result.code == 2 and phrase in result.err and "Traceback" not in result.err
@@ -470,7 +472,7 @@ def test_ask_refuses_bad_generation_numbers(arena, argv, phrase):
 def test_ask_refuses_text_that_is_not_utf8(arena):
     message = b"\xff\xfe\xc4\xe3".decode("utf-8", "surrogateescape")   # what a GBK terminal hands Python
     result = cli("inference", "ask", message)
-    assert result.code == 2 and "not UTF-8" in result.err and "Traceback" not in result.err
+    assert result.code == 2 and "LANG=C.UTF-8" in result.err and "Traceback" not in result.err
 
 
 def test_a_workspace_that_is_a_file_or_not_writable_is_one_line(arena, monkeypatch):

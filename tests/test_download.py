@@ -102,7 +102,7 @@ def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path
     assert "[配置] random8b" in out and "model directory ready: " in out and "dataset ready: " in out
     assert (tmp_path / "models" / "Qwen3-8B-random" / "config.json").is_file()
     assert download.main(["--profile", "huge"]) == 2
-    assert "'huge' is not a profile" in capsys.readouterr().err
+    assert "--profile='huge'" in (err := capsys.readouterr().err) and "full, small, tiny, random8b, auto" in err
 
 
 def test_random8b_dir_has_the_real_config(tmp_path):

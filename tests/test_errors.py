@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.errors import ERROR_EXIT, CourseError, run_cli
+from helpers.errors import DEBUG_HINT, ERROR_EXIT, CourseError, run_cli
 from helpers.workspace import REPO_ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
@@ -39,7 +39,7 @@ def assert_one_line(code: int, err: str, *words: str) -> None:
     assert code == ERROR_EXIT, err
     assert "Traceback" not in err
     assert [line for line in lines if line.startswith("error: ")] == lines[-2:-1], lines
-    assert lines[-1] == "(add --debug for the full traceback)"
+    assert lines[-1] == DEBUG_HINT and "--debug" in DEBUG_HINT
     for word in words:
         assert word in lines[-2]
 
@@ -80,7 +80,7 @@ def test_data_check_of_a_missing_file(workspace, monkeypatch, capsys):
 
 def test_environment_check_with_an_unknown_profile(workspace, monkeypatch, capsys):
     code, _, err = run_as_main("environment", ["check", "--profile", "bogus"], monkeypatch, capsys)
-    assert_one_line(code, err, "'bogus' is not a profile")
+    assert_one_line(code, err, "--profile='bogus'", "full, small, tiny, random8b, auto")
 
 
 def test_train_with_a_wrong_type(workspace, monkeypatch, capsys):

@@ -298,11 +298,11 @@ def test_cli_refuses_a_contradiction_and_a_typo_in_one_line(tmp_path):
     env = _clean_env(HOME=str(tmp_path), QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
     done = run_cli("train", common, env={**env, "QWEN3_TUTORIAL_PROFILE": "full"}, cwd=REPO_ROOT)
     assert done.code == 2
-    assert done.stderr.startswith("error: QWEN3_TUTORIAL_PROFILE=full contradicts configs/train/tiny.yaml")
+    assert re.match(r"error: QWEN3_TUTORIAL_PROFILE=full .*configs/train/tiny\.yaml.*profile: tiny", done.stderr)
     assert "Traceback" not in done.stderr and "--debug" in done.stderr
     done = run_cli("train", [*common, "--set", "training.learning_rat=1e-4"], env=env, cwd=REPO_ROOT)
     assert done.code == 2
-    assert "unknown key training.learning_rat (did you mean 'learning_rate'?)" in done.stderr
+    assert "training.learning_rat" in done.stderr and "'learning_rate'" in done.stderr   # the key and a suggestion
     assert not (tmp_path / "ws").exists(), "a refused run writes nothing"
 
 
