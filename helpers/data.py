@@ -193,8 +193,8 @@ def _encode_or_refuse(records, tokenizer, system_prompt, max_length, setting: st
     """``encode_records``, refusing when no row is left: ``setting=max_length`` is named, ``flag`` is how to raise it."""
     samples, report = encode_records(records, tokenizer, system_prompt, max_length)
     if not samples:
-        raise data_files.EncodedFileError(f"no usable rows: all {report.rows_in} rows are longer than "
-                                          f"{setting}={max_length} tokens. Raise {flag}.")
+        raise data_files.EncodedFileError(f"没有可用的数据：全部 {report.rows_in} 条都超过 "
+                                          f"{setting}={max_length} 个 token。请调大 {flag}。")
     return samples, report
 
 
@@ -324,8 +324,8 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
     source = data_files.course_dataset_path(spec, progress=verbose)
     stamp = data_files.spec_stamp(spec, source)
     records = validation.load_records(source, fix_hint=(
-        f"Fix these rows in {display_path(source)} and train again (`python -m helpers.data check "
-        f"{shell_path(source)}` lists them).")).records
+        f"请修正 {display_path(source)} 里的这些行，然后重新训练（`python -m helpers.data check "
+        f"{shell_path(source)}` 会列出它们）。")).records
     train_records, eval_records, split = data_files.split_records(spec, records)
     if split is not None and is_main_process():  # one writer per launch
         data_files.save_split(split, spec.paths.split_dir, source=source)
@@ -338,7 +338,7 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
             if verbose:
                 print(f"使用已编码的训练集 {display_path(encoded)}（与本次配置一致）")
         elif verbose:
-            print(f"重新编码：{display_path(encoded)} 与本次配置不同（{'; '.join(differences)}）")
+            print(f"重新编码：{display_path(encoded)} 与本次配置不同（{'；'.join(differences)}）")
     if samples is None:
         samples, report = _encode_or_refuse(train_records, tokenizer, spec.data.system_prompt, spec.data.max_length,
                                            "data.max_length", "data.max_length")
@@ -354,8 +354,8 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
             print("留出集：" + eval_report.summary(rows=[i + 1 for i in split.eval_rows]))
         if not eval_samples:
             raise data_files.SplitSizeError(
-                f"all {len(eval_records)} held-out rows are longer than data.max_length={spec.data.max_length} "
-                "tokens, so nothing is left to evaluate: raise data.max_length or set data.eval_fraction=0.")
+                f"留出集的全部 {len(eval_records)} 条都超过 data.max_length={spec.data.max_length} 个 token，"
+                "没有可以评估的数据：调大 data.max_length，或者设 data.eval_fraction=0。")
     if verbose and is_main_process() and split is not None:
         print(split.summary())
     return samples, eval_samples
@@ -367,27 +367,27 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.data",
-        description="Check, encode or split an instruction/input/output data file (JSON array or JSONL).")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+        description="检查、编码或切分 instruction/input/output 数据文件（JSON 数组或 JSONL）。")
+    parser.add_argument("--debug", action="store_true", help="出错时显示完整的 traceback")
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="print the validation report and statistics; exit 1 when any "
-                                "row is invalid (with --skip-invalid: only when no valid row is left)")
+    check = commands.add_parser("check", help="打印校验报告和统计；有任何无效行时退出码为 1"
+                                "（加 --skip-invalid：只在一条有效数据也不剩时）")
     check.add_argument("path")
-    encode = commands.add_parser("encode", help="write one JSON object per row: input_ids, attention_mask, labels")
+    encode = commands.add_parser("encode", help="每条数据写一个 JSON 对象：input_ids、attention_mask、labels")
     encode.add_argument("path")
-    encode.add_argument("out", help="output .jsonl file (never the input file)")
+    encode.add_argument("out", help="输出的 .jsonl 文件（不能是输入文件）")
     encode.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
-                        help="system prompt of every sample ('' for none); default: the course's")
+                        help="每条样本的系统提示（'' 表示不用）；默认：课程的系统提示")
     for command in (check, encode):
         command.add_argument("--max-length", type=positive_int, default=DEFAULT_MAX_LENGTH,
-                             help=f"longest sample in tokens; longer rows are dropped (default {DEFAULT_MAX_LENGTH})")
+                             help=f"样本最长的 token 数；更长的数据会被丢弃（默认 {DEFAULT_MAX_LENGTH}）")
         command.add_argument("--skip-invalid", action="store_true",
-                             help="skip invalid rows (they are listed) instead of refusing the file")
-    split = commands.add_parser("split", help="hold out a leak-free evaluation split: OUT_DIR/train.json, eval.json")
+                             help="跳过无效行（会列出它们），而不是拒绝整个文件")
+    split = commands.add_parser("split", help="切出不泄漏的留出集：OUT_DIR/train.json、eval.json")
     split.add_argument("path")
     split.add_argument("out_dir")
-    split.add_argument("--eval-fraction", type=fraction, default=0.05, help="share held out (default 0.05)")
-    split.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
+    split.add_argument("--eval-fraction", type=fraction, default=0.05, help="留出的比例（默认 0.05）")
+    split.add_argument("--seed", type=int, default=42, help="切分的随机种子（默认 42）")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args), debug=args.debug)
 
@@ -400,15 +400,15 @@ def _run(args) -> int:
         written = data_files.save_split(split, args.out_dir, source=Path(args.path))
         print(split.summary())
         for path in written:
-            print(f"wrote {display_path(path)}")
+            print(f"已写入 {display_path(path)}")
         return 0
 
     validation.require_data_file(args.path)  # before the tokenizer loads: a wrong path fails at once
     if args.command == "encode":
         refuse_same_file(args.path, args.out)
         if Path(args.out).is_dir():
-            raise UnsafeWriteError(f"OUT {display_path(args.out)} is a folder: give a file name, "
-                                   f"e.g. {display_path(Path(args.out) / 'train.jsonl')}")
+            raise UnsafeWriteError(f"OUT {display_path(args.out)} 是文件夹：请给出一个文件名，"
+                                   f"例如 {display_path(Path(args.out) / 'train.jsonl')}。")
     tokenizer, folder = course_tokenizer()
     system_prompt = getattr(args, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None
     # check always reads past invalid rows to report statistics, but still fails on them
@@ -428,7 +428,7 @@ def _run(args) -> int:
     stamp = data_files.encoding_stamp(folder, args.max_length, system_prompt, Path(args.path))
     data_files.save_encoded(samples, args.out, stamp)
     print(report.summary(rows=result.rows, unit=result.report.unit))
-    print(f"wrote {len(samples)} rows to {display_path(args.out)}")
+    print(f"已把 {len(samples)} 条写入 {display_path(args.out)}")
     return 0
 
 

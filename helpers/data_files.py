@@ -79,16 +79,16 @@ def download_huanhuan(
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", None) or err
             raise DatasetDownloadError(
-                f"Could not download {url}: {reason}. Are you offline, or is the host blocked? "
-                f"Either run this where the URL is reachable, or copy huanhuan.json (sha256 {HUANHUAN_SHA256}) "
-                f"to {display_path(dest)} yourself: a file with that hash is used without any download."
+                f"无法下载 {url}：{reason}。是没有联网，还是这个网站被屏蔽了？"
+                f"请在能访问这个网址的地方运行，或者自己把 huanhuan.json（sha256 {HUANHUAN_SHA256}）"
+                f"复制到 {display_path(dest)}：哈希一致的文件会直接使用，不再下载。"
             ) from err
         if (found := sha256_file(partial)) != HUANHUAN_SHA256:
             raise DatasetDownloadError(
-                f"The file downloaded from {url} has sha256 {found}, but the course pins {HUANHUAN_SHA256}. "
-                "The upstream file may have changed since the course was written (or the download was "
-                f"altered). Use the pinned version ({HUANHUAN_PINNED_URL}), or a local copy with "
-                "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json."
+                f"从 {url} 下载的文件 sha256 是 {found}，但课程固定的是 {HUANHUAN_SHA256}。"
+                "上游文件可能在课程写成之后改过（或者下载内容被篡改）。"
+                f"请使用固定的版本（{HUANHUAN_PINNED_URL}），或者用 "
+                "QWEN3_TUTORIAL_DATASET=/path/to/huanhuan.json 指定本地副本。"
             )
     return dest
 
@@ -100,10 +100,10 @@ def require_given_dataset(spec) -> None:
         return
     if spec.data.source != "course":    # a learner's own file: never downloaded over
         where = spec.origin["dataset"].removeprefix("data.source in ")
-        raise DatasetDownloadError(f"{where}: data.source={spec.data.source!r} does not exist: give a JSON/JSONL data "
-                                   "file, or `course` for the profile's own dataset.")
-    raise DatasetDownloadError(f"The dataset {display_path(spec.paths.dataset)} (from {spec.origin['dataset']}) "
-                               "does not exist.")
+        raise DatasetDownloadError(f"{where}：data.source={spec.data.source!r} 不存在：请给出一个 JSON/JSONL "
+                                   "数据文件，或者用 `course` 表示 profile 自带的数据集。")
+    raise DatasetDownloadError(f"数据集 {display_path(spec.paths.dataset)}（来自 {spec.origin['dataset']}）"
+                               "不存在。")
 
 
 def course_dataset_path(spec, progress: bool = True) -> Path:
@@ -114,7 +114,7 @@ def course_dataset_path(spec, progress: bool = True) -> Path:
     require_given_dataset(spec)
     if path.name == "huanhuan.json":
         return record_made(download_huanhuan(path, progress=progress))
-    raise DatasetDownloadError(f"The dataset {display_path(path)} does not exist.")
+    raise DatasetDownloadError(f"数据集 {display_path(path)} 不存在。")
 
 
 # --------------------------------------------------------------------------- encoded files and their stamp
@@ -177,8 +177,8 @@ def read_stamp(path: str | os.PathLike) -> dict | None:
 def stamp_differences(found: dict | None, wanted: dict) -> list[str]:
     """Which settings differ between an encoded file's stamp and this run's (empty: the file fits)."""
     if found is None:
-        return ["the file has no stamp (made by an older version)"]
-    return [f"{key}: file {found.get(key)!r} vs this run {value!r}" for key, value in wanted.items()
+        return ["文件里没有记录编码设置（旧版本生成的）"]
+    return [f"{key}：文件里是 {found.get(key)!r}，本次是 {value!r}" for key, value in wanted.items()
             if found.get(key) != value]
 
 
@@ -186,27 +186,27 @@ def load_encoded(path: str | os.PathLike) -> list[dict]:
     """Read a file written by ``save_encoded``, checking each line."""
     path = Path(path)
     if not path.is_file():
-        raise EncodedFileError(f"the encoded file {display_path(path)} does not exist")
+        raise EncodedFileError(f"编码后的文件 {display_path(path)} 不存在")
     samples = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 sample = json.loads(line)
             except json.JSONDecodeError as err:
-                raise EncodedFileError(f"{display_path(path)} line {number}: not JSON ({err.msg}). Re-create the "
-                                       "file with `python -m helpers.data encode`.") from None
+                raise EncodedFileError(f"{display_path(path)} 第 {number} 行不是 JSON（{err.msg}）：请用 "
+                                       "`python -m helpers.data encode` 重新生成这个文件。") from None
             if isinstance(sample, dict) and STAMP_KEY in sample:
                 continue
             keys = set(sample) - {"row"} if isinstance(sample, dict) else set()
             lengths = {len(sample.get(k) or []) for k in ENCODED_KEYS} if keys else {0}
             if keys != set(ENCODED_KEYS) or len(lengths) != 1 or 0 in lengths:
                 raise EncodedFileError(
-                    f"{display_path(path)} line {number}: expected {', '.join(ENCODED_KEYS)} of equal, "
-                    "non-zero length. Re-create the file with `python -m helpers.data encode`.")
+                    f"{display_path(path)} 第 {number} 行：应当有 {', '.join(ENCODED_KEYS)}，长度相同且不为 0："
+                    "请用 `python -m helpers.data encode` 重新生成这个文件。")
             sample.setdefault("row", len(samples))
             samples.append(sample)
     if not samples:
-        raise EncodedFileError(f"{display_path(path)} holds no samples")
+        raise EncodedFileError(f"{display_path(path)} 里没有任何样本")
     return samples
 
 
@@ -296,17 +296,15 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
     eval_rows = sorted(held_set)
     total = len(records)
     if not eval_rows and keep_in_train and not groups:
-        rest = " (the others share a prompt or answer with them)" if total > keep_in_train else ""
-        raise SplitSizeError(f"data.max_rows keeps the first {keep_in_train} of the {total} rows for training and no "
-                             f"other row is left to hold out{rest}: set data.max_rows=null to hold out a share of "
-                             "every row, or data.eval_fraction=0 for no held-out set.")
+        rest = "（其余的数据与它们有相同的问题或回答）" if total > keep_in_train else ""
+        raise SplitSizeError(f"data.max_rows 把 {total} 条中的前 {keep_in_train} 条留作训练，没有别的数据可以留出{rest}："
+                             "设 data.max_rows=null 从全部数据中留出一部分，或者设 data.eval_fraction=0 不要留出集。")
     if not eval_rows:
-        raise SplitSizeError(f"{setting}={eval_fraction} of {total} rows rounds to 0 held-out rows: "
-                             f"set {setting} to at least {1 / max(total, 1):.2g} (one row), or to 0 for "
-                             "no held-out set.")
+        raise SplitSizeError(f"{total} 条数据按 {setting}={eval_fraction} 切分，四舍五入后留出 0 条："
+                             f"把 {setting} 设为至少 {1 / max(total, 1):.2g}（一条），或者设为 0 不要留出集。")
     if not train_rows:
-        raise SplitSizeError(f"{setting}={eval_fraction} of {total} rows leaves 0 rows to train on "
-                             f"(held out: {len(eval_rows)}): lower {setting} (e.g. 0.05) or add rows.")
+        raise SplitSizeError(f"{total} 条数据按 {setting}={eval_fraction} 切分，训练 0 条（留出 {len(eval_rows)} 条）："
+                             f"调小 {setting}（例如 0.05），或者增加数据。")
     return Split([records[i] for i in train_rows], [records[i] for i in eval_rows], train_rows, eval_rows,
                  len(all_groups), held_groups, seed, eval_fraction)
 
@@ -334,18 +332,18 @@ def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = N
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise UnsafeWriteError(f"{display_path(out_dir)} is a file, not a folder: give a folder for the split.")
+        raise UnsafeWriteError(f"{display_path(out_dir)} 是文件，不是文件夹：请为切分结果指定一个文件夹。")
     if source is not None and out_dir.resolve() in Path(source).resolve().parents:
-        raise UnsafeWriteError(f"{display_path(out_dir)} holds the input {display_path(source)}: the split would "
-                               "write beside (or over) it. Give an empty or new folder, e.g. workspace/data/split-mine.")
+        raise UnsafeWriteError(f"{display_path(out_dir)} 里有输入文件 {display_path(source)}：切分结果会写在它旁边"
+                               "（或覆盖它）。请指定一个空的或新的文件夹，例如 workspace/data/split-mine。")
     if out_dir.is_dir():
         if made_names(out_dir) is None and (_old_split_folder(out_dir) or not any(out_dir.iterdir())):
             claim_folder(out_dir)      # empty, or an older split of the course's own
         ours = SPLIT_FILES + (MADE_MARKER,) if made_names(out_dir) is not None else ()
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
         if foreign:
-            raise UnsafeWriteError(f"{display_path(out_dir)} holds files the split did not make "
-                                   f"({', '.join(foreign[:3])}): give an empty or new folder. Nothing was written.")
+            raise UnsafeWriteError(f"{display_path(out_dir)} 里有不是切分生成的文件"
+                                   f"（{', '.join(foreign[:3])}）：请指定一个空的或新的文件夹。没有写入任何文件。")
     meta = {"seed": split.seed, "eval_fraction": split.eval_fraction, "train_rows": len(split.train),
             "eval_rows": len(split.eval), "groups": split.groups, "eval_groups": split.eval_groups,
             "source_sha256": sha256_file(source) if source else None,

@@ -118,7 +118,7 @@ class RoleWords:
         for kind, name in (("candidate", "候选词"), ("neutral", "中性词")):
             absent = [row["word"] for row in self.table if row["kind"] == kind and not row["answers"]]
             if absent:
-                lines.append(f"  一次也没出现的{name}: {'、'.join(absent)}")
+                lines.append(f"  一次也没出现的{name}：{'、'.join(absent)}")
         return "\n".join(lines)
 
 

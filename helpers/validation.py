@@ -118,7 +118,7 @@ SPECIAL_TOKEN_PATTERN = re.compile(r"<\|[a-z_]+\|>|</?think>|</?tool_call>|</?to
 
 def list_numbers(numbers: Sequence[int], limit: int = 30) -> str:
     text = ", ".join(str(n) for n in numbers[:limit])
-    return text + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+    return text + (f" 及另外 {len(numbers) - limit} 个" if len(numbers) > limit else "")
 
 
 def _json_type(value) -> str:
@@ -227,10 +227,10 @@ def require_data_file(path: str | os.PathLike) -> ValidationReport:
     path = Path(path)
     report = ValidationReport(source=display_path(path), file_format="jsonl" if path.suffix == ".jsonl" else "json")
     if path.is_dir():
-        raise DataValidationError(report, f"{display_path(path)} is a folder, not a data file: pass the .json or "
-                                  ".jsonl file inside it.")
+        raise DataValidationError(report, f"{display_path(path)} 是文件夹，不是数据文件：请传入其中的 .json 或 "
+                                  ".jsonl 文件。")
     if not path.is_file():
-        raise DataValidationError(report, f"{display_path(path)} does not exist (check the path).")
+        raise DataValidationError(report, f"{display_path(path)} 不存在（请检查路径）。")
     return report
 
 
@@ -259,7 +259,7 @@ def load_records(
     if report.rows_read == 0 and report.ok:
         report.add(None, "(file)", "文件里没有任何记录")
     if any(p.row is None for p in report.errors):
-        raise DataValidationError(report, "The whole file is unreadable: fix it first.")
+        raise DataValidationError(report, "整个文件都读不出记录：请先修正上面的问题。")
 
     records, rows, first_seen = [], [], {}
     for row, value in items:
@@ -284,5 +284,5 @@ def load_records(
                 f"只用其中 {len(records)} 条有效数据，跳过的行会列在报告里。"))
         report.skipped = report.invalid_rows
         if not records:
-            raise DataValidationError(report, "No valid row is left.")
+            raise DataValidationError(report, "跳过无效数据后，一条有效数据也不剩了。")
     return LoadResult(records=records, report=report, rows=rows)

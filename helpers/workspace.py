@@ -104,8 +104,8 @@ def in_notebook() -> bool:
 def how_to_make(notebook: str, command: str) -> str:
     """The fix for a missing artifact, worded for where the user stands."""
     if in_notebook():
-        return f"Run notebooks/{notebook} first (or in a terminal: `{command}`), then re-run this cell."
-    return f"Make it with `{command}` (or run notebooks/{notebook})."
+        return f"请先运行 notebooks/{notebook}（或在终端里运行 `{command}`），再重新运行这个单元格。"
+    return f"请用 `{command}` 生成它（或者运行 notebooks/{notebook}）。"
 
 
 # --------------------------------------------------------------------------- files
@@ -129,17 +129,16 @@ def _raise_disk_full(err: Exception, path: Path):
     """Re-raise ``err``; a full disk as one :class:`DiskFullError` that says what was not written."""
     if isinstance(err, DiskFullError) or not is_disk_full(err):
         raise err
-    raise DiskFullError(errno.ENOSPC, f"the disk is full: {display_path(path)} was not written (the partial "
-                        f"copy was removed{', the old one is unchanged' if path.exists() else ''}). "
-                        "Free some space and run it again.") from err
+    raise DiskFullError(errno.ENOSPC, f"磁盘满了：{display_path(path)} 没有写入（写了一半的副本已删除"
+                        f"{'，原来的文件没有变' if path.exists() else ''}）。请腾出一些空间后再运行一次。") from err
 
 
 def _not_writable(err: OSError, folder: Path, path: Path):
     """Raise ``err`` met while writing ``path`` in ``folder`` as one line: a full disk, no rights, a read-only disk."""
     if is_disk_full(err):
         _raise_disk_full(err, path)
-    raise UnsafeWriteError(f"{display_path(folder)} is not writable ({err.strerror or err}): {display_path(path)} "
-                           "cannot be written. Choose a folder you can write to (or fix its permissions).") from None
+    raise UnsafeWriteError(f"{display_path(folder)} 不可写（{err.strerror or err}）：无法写入 {display_path(path)}。"
+                           "请换一个有写权限的文件夹（或者修改它的权限）。") from None
 
 
 @contextlib.contextmanager
@@ -150,7 +149,7 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     if path.is_dir():
-        raise UnsafeWriteError(f"{display_path(path)} is a folder: give a file name to write to.")
+        raise UnsafeWriteError(f"{display_path(path)} 是文件夹：请给出要写入的文件名。")
     course_folder(path.parent, whole=False)
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -184,8 +183,8 @@ def _claim_partial(partial: Path, remove: bool = True) -> None:
         if remove:
             shutil.rmtree(partial)
         return
-    raise UnsafeWriteError(f"{display_path(partial)} is in the way and the course did not make it: move it "
-                           "away (or rename it) and run this again. Nothing was written.")
+    raise UnsafeWriteError(f"{display_path(partial)} 占着课程要用的位置，而且不是课程生成的：请把它移走（或者改名）"
+                           "后再运行一次。没有写入任何文件。")
 
 
 def refuse_foreign_partial(path: str | os.PathLike) -> None:
@@ -219,13 +218,13 @@ def _foreign_entries(path: Path) -> list[Path]:
     if not path.exists():
         return []
     if not path.is_dir() or path.is_symlink():
-        raise UnsafeWriteError(f"{display_path(path)} exists and is not a folder: choose another target.")
+        raise UnsafeWriteError(f"{display_path(path)} 已存在，而且不是文件夹：请换一个目标。")
     names = made_names(path)
     entries = [p for p in path.iterdir() if p.name != MADE_MARKER]
     if names is None:
         if entries:
-            raise UnsafeWriteError(f"{display_path(path)} holds files the course did not make "
-                                   f"({entries[0].name}, ...): choose another target, or move them away.")
+            raise UnsafeWriteError(f"{display_path(path)} 里有不是课程生成的文件"
+                                   f"（{entries[0].name} 等）：请换一个目标，或者把它们移走。")
         return []
     return [] if WHOLE in names else [p for p in entries if p.name not in names]
 
@@ -248,8 +247,8 @@ def atomic_folder(path: str | os.PathLike):
         made = {p.name for p in partial.iterdir()} - {MADE_MARKER}
         clash = [p.name for p in keep if p.name in made]
         if clash:
-            raise UnsafeWriteError(f"{display_path(path / clash[0])} is the learner's file and the new output has "
-                                   "a file of that name: move it away and run this again. Nothing was replaced.")
+            raise UnsafeWriteError(f"{display_path(path / clash[0])} 是你自己的文件，而新的输出里有同名文件："
+                                   "请把它移走后再运行一次。没有替换任何文件。")
         for entry in keep:
             entry.rename(partial / entry.name)
         _write_marker(partial, {CREATED} | made)
@@ -270,8 +269,8 @@ def refuse_same_file(source: str | os.PathLike, target: str | os.PathLike) -> No
     source, target = Path(source), Path(target)
     same = source.exists() and target.exists() and os.path.samefile(source, target)
     if same or source.resolve() == target.resolve():
-        raise UnsafeWriteError(f"the output {target} is the input file itself: it would be overwritten. "
-                               "Write to another file, e.g. workspace/data/train.jsonl.")
+        raise UnsafeWriteError(f"输出 {target} 就是输入文件本身：写入会覆盖它。"
+                               "请写到另一个文件，例如 workspace/data/train.jsonl。")
 
 
 # --------------------------------------------------------------------------- disk
@@ -290,9 +289,9 @@ def check_disk_space(need_gb: float, path: str | os.PathLike) -> float:
     free = free_disk_gb(path)
     if free < need_gb:
         raise NotEnoughDiskError(
-            f"Only {free:.1f} GB free where the workspace lives ({display_path(path)}), but {need_gb:.1f} GB "
-            "are needed (model, checkpoints and the merged export). On AutoDL put the workspace on the data "
-            "disk: python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace"
+            f"工作目录所在的磁盘（{display_path(path)}）只剩 {free:.1f} GB，但需要 {need_gb:.1f} GB"
+            "（模型、检查点和导出的合并后的模型）。在 AutoDL 上请把工作目录放到数据盘："
+            "python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace"
         )
     return free
 
@@ -341,8 +340,8 @@ def course_folder(path: str | os.PathLike, whole: bool = True) -> Path:
         created.append(probe)
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UnsafeWriteError(f"{display_path(probe)} is a file, not a folder: the course cannot write "
-                               f"{display_path(path)} under it. Choose another folder.")
+        raise UnsafeWriteError(f"{display_path(probe)} 是文件，不是文件夹：课程无法在它下面写入 "
+                               f"{display_path(path)}。请换一个文件夹。")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -53,12 +53,12 @@ class Case(NamedTuple):
 
 CASES = [
     # ---- data loss: an output never overwrites what the command does not own
-    Case("encode OUT is IN", ("data", "encode", "in.json", "in.json"), 2, ("input file itself",), (), ("in.json",)),
-    Case("encode OUT is a hard link to IN", ("data", "encode", "in.json", "hard.json"), 2, ("input file itself",), (),
+    Case("encode OUT is IN", ("data", "encode", "in.json", "in.json"), 2, ("workspace/data/train.jsonl",), (), ("in.json",)),
+    Case("encode OUT is a hard link to IN", ("data", "encode", "in.json", "hard.json"), 2, ("hard.json", "workspace/data/train.jsonl"), (),
          ("in.json",)),
-    Case("encode OUT is a symlink to IN", ("data", "encode", "in.json", "soft.json"), 2, ("input file itself",), (),
+    Case("encode OUT is a symlink to IN", ("data", "encode", "in.json", "soft.json"), 2, ("soft.json", "workspace/data/train.jsonl"), (),
          ("in.json",)),
-    Case("encode OUT is a folder", ("data", "encode", "in.json", "outdir"), 2, ("is a folder",), (), ("in.json",)),
+    Case("encode OUT is a folder", ("data", "encode", "in.json", "outdir"), 2, ("outdir/train.jsonl",), (), ("in.json",)),
     Case("export into the checkpoint folder", ("inference", "export", "--checkpoint", "run", "--target",
          "run/checkpoint-60"), 2, ("overlaps",), (),
          ("run/checkpoint-60/adapter_model.safetensors", "run/checkpoint-60/checkpoint_complete")),
@@ -70,7 +70,7 @@ CASES = [
     Case("typo in --set", ("train", "--set", "trainng.learning_rate=0.1"), 2,
          ("'trainng'", "'training'", "--set trainng.learning_rate=0.1")),
     Case("encode --max-length 10", ("data", "encode", "in.json", "short.jsonl", "--max-length", "10"), 2,
-         ("all 48 rows are longer than max_length=10",), (), ("in.json",), ("short.jsonl",)),
+         ("全部 48 条", "max_length=10", "--max-length"), (), ("in.json",), ("short.jsonl",)),
     Case("encode --max-length 0", ("data", "encode", "in.json", "zero.jsonl", "--max-length", "0"), 2,
          ("--max-length", "至少为 1"), (), (), ("zero.jsonl",)),
     Case("encode --max-length -1", ("data", "encode", "in.json", "neg.jsonl", "--max-length", "-1"), 2,
@@ -100,7 +100,7 @@ CASES = [
          ("context of 2048 tokens", "Shorten the message")),
     # ---- messages that send the user the right way
     Case("no adapter yet: shell wording", ("inference", "ask", "你是谁？"), 2, ("python -m helpers.train",),
-         ("re-run this cell",)),
+         ("重新运行这个单元格",)),
     Case("model dir variable at an empty folder", ("download", "--profile", "full"), 2,
          ("QWEN3_TUTORIAL_MODEL_DIR", "is empty"), ("01-download",), (), (),
          {"QWEN3_TUTORIAL_MODEL_DIR": "{arena}/empty_model"}),
@@ -112,7 +112,7 @@ CASES = [
     Case("invalid rows in the training data: train's own hint", ("train",), 2,
          ("第 3 条", "python -m helpers.data check"), ("--skip-invalid", "skip_invalid"), ("tok.json",), (),
          {"QWEN3_TUTORIAL_DATASET": "{arena}/tok.json"}),
-    Case("check on a folder", ("data", "check", "outdir"), 2, ("is a folder",), ("does not exist",)),
+    Case("check on a folder", ("data", "check", "outdir"), 2, ("outdir", "是文件夹", ".jsonl"), ("不存在",)),
     Case("lone surrogate", ("data", "check", "surrogate.json"), 2, ("第 1 条", "代理字符")),
     Case("100k nested brackets (JSON)", ("data", "check", "deep.json"), 2, ("嵌套太深",)),
     Case("100k nested brackets (JSONL)", ("data", "check", "deep.jsonl"), 2, ("第 1 行", "嵌套太深")),
@@ -121,7 +121,7 @@ CASES = [
          ("跳过 1 条无效数据（第 1 条）", "丢弃了 1 条超过 max_length 的数据", "第 4 条（从 1 数起）"),
          ("第 3 条（从 1 数起）",)),
     # ---- --debug shows the traceback the others hide
-    Case("--debug shows the traceback", ("data", "--debug", "check", "outdir"), 1, ("Traceback", "is a folder")),
+    Case("--debug shows the traceback", ("data", "--debug", "check", "outdir"), 1, ("Traceback", "是文件夹")),
 ]
 
 
@@ -415,7 +415,7 @@ def test_full_disk_during_encode_leaves_the_old_file_and_no_partial(tmp_path, mo
     monkeypatch.setattr(data_files, "open", full_open, raising=False)
     code = data.main(["encode", str(REPO_ROOT / "data" / "huanhuan_sample.json"), str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "disk is full" in err and "Traceback" not in err
+    assert code == 2 and "磁盘满了" in err and "train.jsonl" in err and "Traceback" not in err
     assert out.read_text(encoding="utf-8") == "the previous good file\n"
     assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
 
@@ -460,11 +460,11 @@ def test_messages_fit_where_the_user_stands(monkeypatch):
 
     assert not in_notebook()
     shell = how_to_make("04-train.ipynb", "python -m helpers.train")
-    assert "re-run this cell" not in shell and "`python -m helpers.train`" in shell
+    assert "重新运行这个单元格" not in shell and "`python -m helpers.train`" in shell
     kernel = type("ZMQInteractiveShell", (), {})()   # what IPython's get_ipython() returns in a Jupyter kernel
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
     assert in_notebook()
-    assert "re-run this cell" in how_to_make("04-train.ipynb", "python -m helpers.train")
+    assert "重新运行这个单元格" in how_to_make("04-train.ipynb", "python -m helpers.train")
 
 
 def test_load_encoded_errors_name_the_file_and_the_line(tmp_path, tokenizer):
@@ -477,12 +477,12 @@ def test_load_encoded_errors_name_the_file_and_the_line(tmp_path, tokenizer):
     lines = path.read_text(encoding="utf-8").splitlines()   # line 1 is the stamp
     broken = tmp_path / "broken.jsonl"
     broken.write_text("\n".join([*lines[:2], lines[2][:40], lines[3]]) + "\n", encoding="utf-8")
-    with pytest.raises(EncodedFileError, match=r"broken\.jsonl line 3: not JSON"):
+    with pytest.raises(EncodedFileError, match=r"broken\.jsonl 第 3 行.*JSON"):
         load_encoded(broken)
     row = json.loads(lines[3])
     row["labels"] = row["labels"][:-1]
     broken.write_text("\n".join([*lines[:3], json.dumps(row)]) + "\n", encoding="utf-8")
-    with pytest.raises(EncodedFileError, match=r"broken\.jsonl line 4: expected input_ids"):
+    with pytest.raises(EncodedFileError, match=r"broken\.jsonl 第 4 行.*input_ids, attention_mask, labels"):
         load_encoded(broken)
 
 

@@ -248,8 +248,8 @@ def test_data_source_takes_a_path_or_course(arena):
     assert spec.paths.dataset == mine.resolve()
     assert data_files.course_dataset_path(spec) == mine.resolve()
     assert tiny_spec_for(overrides=["data.source=course"]).paths.dataset == SAMPLE
-    one_line(cli("train", "--set", "data.source=nope.json"), "data.source='nope.json' does not exist")
-    one_line(cli("train", "--set", f"data.source={arena}"), f"data.source={str(arena)!r} 是文件夹")
+    one_line(cli("train", "--set", "data.source=nope.json"), "data.source='nope.json'")
+    one_line(cli("train", "--set", f"data.source={arena}"), f"data.source={str(arena)!r}")
     assert not (arena / "ws" / "checkpoints" / "tiny").exists()
 
 
@@ -277,9 +277,9 @@ def test_a_config_whose_data_file_is_gone_still_chats_and_is_never_downloaded_ov
                  "--max-new-tokens", "2")
     assert result.code == 0, result
     monkeypatch.setattr(data_files, "download_huanhuan", lambda *a, **k: pytest.fail("downloaded over a learner's path"))
-    with pytest.raises(data_files.DatasetDownloadError, match=r"mine.yaml: data.source=.*huanhuan.json' does not exist"):
+    with pytest.raises(data_files.DatasetDownloadError, match=r"mine\.yaml\W+data\.source=.*huanhuan\.json'"):
         data_files.course_dataset_path(tiny_spec_for(config=str(config)))
-    one_line(cli("train", "--config", str(config)), "does not exist")
+    one_line(cli("train", "--config", str(config)), f"data.source={str(gone)!r}")
     assert not gone.exists()
 
 
@@ -359,13 +359,13 @@ def test_split_never_writes_over_its_input_or_a_learners_file(arena):
     mydir.mkdir()
     (mydir / "split.json").write_text(SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
     before = shas(mydir)
-    one_line(cli("data", "split", "mydir/split.json", "mydir"), "holds the input")
+    one_line(cli("data", "split", "mydir/split.json", "mydir"), "mydir/split.json")
     assert shas(mydir) == before
     out = arena / "out"
     out.mkdir()
     (out / "train.json").write_text("my own", encoding="utf-8")
     before = shas(out)
-    one_line(cli("data", "split", str(SAMPLE), "out"), "did not make")
+    one_line(cli("data", "split", str(SAMPLE), "out"), "train.json")
     assert shas(out) == before
 
 
@@ -375,20 +375,20 @@ def test_split_is_one_unit_on_a_full_disk(arena, monkeypatch):
     monkeypatch.setattr(Path, "write_text", fail_with(errno.ENOSPC, after=1)(Path.write_text))
     result = cli("data", "split", str(SAMPLE), "out", "--seed", "7")
     monkeypatch.undo()
-    one_line(result, "the disk is full")
+    one_line(result, "磁盘满了")
     assert shas(arena / "out") == before        # the old split whole: no new train file beside an old eval file
     assert not (arena / "out.partial").exists()
 
 
-@pytest.mark.parametrize("rows,fraction,phrase", [(10, "0.05", "rounds to 0 held-out rows"),
-                                                  (1, "0.9", "leaves 0 rows to train on")])
+@pytest.mark.parametrize("rows,fraction,phrase", [(10, "0.05", "留出 0 条"),
+                                                  (1, "0.9", "训练 0 条")])
 def test_a_split_side_of_zero_rows_stops_with_the_numbers(arena, rows, fraction, phrase):
     small = arena / "small.json"
     small.write_text(json.dumps(json.loads(SAMPLE.read_text(encoding="utf-8"))[:rows], ensure_ascii=False),
                      encoding="utf-8")
     result = cli("data", "split", "small.json", "out", "--eval-fraction", fraction)
     one_line(result, phrase)
-    assert f"of {rows} rows" in result.err and not (arena / "out").exists()
+    assert f"{rows} 条数据" in result.err and not (arena / "out").exists()
     assert f"--eval-fraction={fraction}" in result.err and "data.eval_fraction" not in result.err   # the flag it has
 
 
@@ -400,7 +400,7 @@ def test_a_data_file_no_longer_than_max_rows_names_max_rows(arena):
                      encoding="utf-8")
     for fraction in ("0.2", "0.5"):
         one_line(cli("train", "--set", f"data.source={small}", "--set", f"data.eval_fraction={fraction}"),
-                 "set data.max_rows=null")
+                 "data.max_rows=null")
     assert not (arena / "ws" / "checkpoints" / "tiny").exists()
 
 
@@ -409,7 +409,7 @@ def test_training_with_a_held_out_side_of_zero_rows_stops_before_training(arena)
     small.write_text(json.dumps(json.loads(SAMPLE.read_text(encoding="utf-8"))[:10], ensure_ascii=False),
                      encoding="utf-8")
     one_line(cli("train", "--set", f"data.source={small}", "--set", "data.max_rows=null",
-                 "--set", "data.eval_fraction=0.05"), "rounds to 0 held-out rows")
+                 "--set", "data.eval_fraction=0.05"), "留出 0 条")
     assert not (arena / "ws" / "checkpoints" / "tiny").exists()
 
 
@@ -478,16 +478,16 @@ def test_ask_refuses_text_that_is_not_utf8(arena):
 def test_a_workspace_that_is_a_file_or_not_writable_is_one_line(arena, monkeypatch):
     mkdir = Path.mkdir
     (arena / "file").write_text("x", encoding="utf-8")
-    one_line(cli("data", "encode", str(SAMPLE), "file/out.jsonl"), "is a file")
-    one_line(cli("data", "split", str(SAMPLE), "file/out"), "is a file")
+    one_line(cli("data", "encode", str(SAMPLE), "file/out.jsonl"), "是文件，不是文件夹")
+    one_line(cli("data", "split", str(SAMPLE), "file/out"), "是文件，不是文件夹")
     monkeypatch.setenv(settings.WORKSPACE_ENV, str(arena / "file"))
-    one_line(cli("download"), "is a file")
-    one_line(cli("train"), "is a file")
+    one_line(cli("download"), "是文件，不是文件夹")
+    one_line(cli("train"), "是文件，不是文件夹")
     assert (arena / "file").read_text(encoding="utf-8") == "x"
     monkeypatch.setenv(settings.WORKSPACE_ENV, str(arena / "locked"))
     monkeypatch.setattr(Path, "mkdir", fail_with(errno.EACCES)(Path.mkdir))   # root ignores modes: refuse the call
-    one_line(cli("train"), "not writable")
-    one_line(cli("data", "split", str(SAMPLE), "locked-out"), "not writable")
+    one_line(cli("train"), "Permission denied")
+    one_line(cli("data", "split", str(SAMPLE), "locked-out"), "Permission denied")
     monkeypatch.setattr(Path, "mkdir", fail_with(errno.EROFS)(Path.mkdir))    # a read-only disk (AutoDL's /autodl-pub)
     one_line(cli("train"), "Read-only file system")
     monkeypatch.setattr(Path, "mkdir", mkdir)
@@ -595,13 +595,13 @@ def test_export_keeps_a_learners_file_and_refuses_a_foreign_partial(arena, tiny_
     (arena / "mymodel.partial" / "keep.txt").write_text("mine", encoding="utf-8")
     before = shas(arena / "mymodel.partial")
     one_line(cli("inference", "export", "--checkpoint", str(tiny_checkpoint), "--target", "mymodel"),
-             "the course did not make it")
+             "mymodel.partial")
     assert shas(arena / "mymodel.partial") == before and not (arena / "mymodel").exists()
 
     from transformers import PreTrainedModel
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", fail_with(errno.ENOSPC)(PreTrainedModel.save_pretrained))
-    one_line(cli("inference", "export", "--checkpoint", str(tiny_checkpoint), "--target", "full"), "disk is full")
+    one_line(cli("inference", "export", "--checkpoint", str(tiny_checkpoint), "--target", "full"), "磁盘满了")
     assert not (arena / "full.partial").exists() and not (arena / "full").exists()
 
 
@@ -641,7 +641,7 @@ def test_the_adapters_recipe_wins_over_the_config(arena, tiny_checkpoint):
 
 def test_evaluate_refuses_zero_held_out_rows(arena, tiny_checkpoint):
     result = cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--set", "data.eval_fraction=0.01")
-    one_line(result, "rounds to 0 held-out rows")
+    one_line(result, "留出 0 条")
     assert not list((arena / "ws").rglob("eval_report*.json"))
 
 

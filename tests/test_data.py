@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -258,14 +259,14 @@ def test_encoded_file_round_trip_and_errors(tmp_path, tokenizer):
     dataset = data_files.to_dataset(loaded)
     assert dataset.column_names == list(data_files.ENCODED_KEYS) and dataset[5]["labels"] == samples[5]["labels"]
     assert data_files.stamp_differences(data_files.read_stamp(path), stamp) == []
-    assert data_files.stamp_differences(data_files.read_stamp(path), {**stamp, "max_length": 512}) == \
-        ["max_length: file 1024 vs this run 512"]
-    with pytest.raises(data_files.EncodedFileError, match="does not exist"):
+    [difference] = data_files.stamp_differences(data_files.read_stamp(path), {**stamp, "max_length": 512})
+    assert re.fullmatch(r"max_length\D+1024\D+512\D*", difference)
+    with pytest.raises(data_files.EncodedFileError, match=r"missing\.jsonl"):
         data_files.load_encoded(tmp_path / "missing.jsonl")
     path.write_text('{"input_ids": [1, 2], "attention_mask": [1], "labels": [1, 2]}\n', encoding="utf-8")
-    with pytest.raises(data_files.EncodedFileError, match="line 1"):
+    with pytest.raises(data_files.EncodedFileError, match=r"train\.jsonl 第 1 行"):
         data_files.load_encoded(path)
-    assert "has no stamp" in data_files.stamp_differences(data_files.read_stamp(path), stamp)[0]
+    assert "旧版本" in data_files.stamp_differences(data_files.read_stamp(path), stamp)[0]
 
 
 def test_encoded_path_is_per_profile_and_in_the_workspace(tmp_path):
@@ -317,9 +318,9 @@ def test_training_data_reuses_the_encoded_file_only_when_its_stamp_matches(stamp
 
 
 @pytest.mark.parametrize(("change", "reason"), [
-    ("max_length", "max_length: file 1024 vs this run 47"),
-    ("system_prompt", "system_prompt: file '现在你要扮演皇帝身边的女人--甄嬛' vs this run '你是甄嬛'"),
-    ("source", "source_sha256: file '"),
+    ("max_length", r"max_length\D+1024\D+47\D"),
+    ("system_prompt", r"system_prompt\W.*'现在你要扮演皇帝身边的女人--甄嬛'.*'你是甄嬛'"),
+    ("source", r"source_sha256\W.*'[0-9a-f]{64}'.*'[0-9a-f]{64}'"),
 ])
 def test_training_data_re_encodes_and_says_why(stamped_workspace, tokenizer, capsys, change, reason):
 
@@ -338,7 +339,7 @@ def test_training_data_re_encodes_and_says_why(stamped_workspace, tokenizer, cap
         changed.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
         spec = make(QWEN3_TUTORIAL_DATASET=str(changed))
     samples, _ = data.training_data(spec, tokenizer)
-    assert reason in capsys.readouterr().out      # the stamp field that differs, and both values
+    assert re.search(reason, capsys.readouterr().out)      # the stamp field that differs, and both values
     assert len(samples) == (5 if change == "max_length" else 8)
     stamp = data_files.read_stamp(spec.paths.encoded)
     records = validation.load_records(data_files.course_dataset_path(spec)).records[:8]
@@ -358,7 +359,7 @@ def test_training_data_re_encodes_and_says_why(stamped_workspace, tokenizer, cap
 def test_training_data_refuses_when_every_row_is_too_long(stamped_workspace, tokenizer):
 
     _, make = stamped_workspace
-    with pytest.raises(data_files.EncodedFileError, match="all 8 rows are longer than data.max_length=10"):
+    with pytest.raises(data_files.EncodedFileError, match=r"\b8\b.*data\.max_length=10\b"):
         data.training_data(make("data.max_length=10"), tokenizer, verbose=False)
 
 
@@ -463,7 +464,7 @@ def test_download_refuses_a_corrupted_file(serve, huanhuan_path, tmp_path):
     raw[1000] ^= 1
     corrupt.write_bytes(bytes(raw))
     dest = tmp_path / "ws" / "huanhuan.json"
-    with pytest.raises(data_files.DatasetDownloadError, match="upstream file may have changed") as caught:
+    with pytest.raises(data_files.DatasetDownloadError, match=data_files.sha256_file(corrupt)) as caught:
         data_files.download_huanhuan(dest, serve(corrupt.parent) + "/huanhuan.json", progress=False)
     assert data_files.HUANHUAN_PINNED_URL in str(caught.value)
     assert not dest.exists() and not dest.with_name("huanhuan.json.partial").exists()
@@ -474,7 +475,7 @@ def test_download_fails_clearly_when_the_server_is_unreachable(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dest = tmp_path / "huanhuan.json"
-    with pytest.raises(data_files.DatasetDownloadError, match="offline") as caught:
+    with pytest.raises(data_files.DatasetDownloadError, match="联网") as caught:
         data_files.download_huanhuan(dest, f"http://127.0.0.1:{port}/huanhuan.json", timeout=5, progress=False)
     assert "huanhuan.json" in str(caught.value) and data_files.HUANHUAN_SHA256 in str(caught.value)
     assert not dest.exists()
@@ -493,7 +494,7 @@ def test_a_local_dataset_copy_is_used_and_a_missing_one_named(tmp_path, huanhuan
                          QWEN3_TUTORIAL_DATASET=str(huanhuan_path))
     assert data_files.course_dataset_path(full) == huanhuan_path.resolve()
     missing = tiny_spec_for(config="configs/train/qwen3-8b.yaml", QWEN3_TUTORIAL_DATASET=str(tmp_path / "no.json"))
-    with pytest.raises(data_files.DatasetDownloadError, match="from 环境变量 QWEN3_TUTORIAL_DATASET.*does not exist"):
+    with pytest.raises(data_files.DatasetDownloadError, match=r"no\.json.*环境变量 QWEN3_TUTORIAL_DATASET"):
         data_files.course_dataset_path(missing)
     assert not (tmp_path / "ws").exists(), "nothing was downloaded"
 

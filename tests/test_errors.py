@@ -75,7 +75,7 @@ def test_download_without_network_is_one_line(workspace, monkeypatch, capsys, hu
 
 def test_data_check_of_a_missing_file(workspace, monkeypatch, capsys):
     code, _, err = run_as_main("data", ["check", str(workspace / "nope.json")], monkeypatch, capsys)
-    assert_one_line(code, err, "does not exist")
+    assert_one_line(code, err, "nope.json", "不存在")
 
 
 def test_environment_check_with_an_unknown_profile(workspace, monkeypatch, capsys):
@@ -160,6 +160,6 @@ def test_download_in_a_fresh_process_is_one_line(tmp_path, huanhuan_path):
     result = subprocess.run([sys.executable, "-c", bootstrap], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     free = shutil.disk_usage(tmp_path).free / 1e9
-    expected = "Could not download" if free > 40 else "GB free where the workspace lives"
+    expected = "Could not download" if free > 40 else "--workspace ~/autodl-tmp/qwen3-workspace"
     assert_one_line(result.returncode, result.stderr, expected)
     assert not (tmp_path / "ws" / "models" / "modelscope" / "Qwen" / "Qwen3-8B" / "config.json").exists()
