@@ -74,24 +74,24 @@ def damaged_file(folder: Path, full: bool = True) -> str | None:
     folder = Path(folder)
     marker = folder / COMPLETE_MARKER
     if not marker.is_file():
-        return "no completion marker (saving was interrupted)"
+        return f"没有完成标记 {COMPLETE_MARKER}（保存被中断了）"
     if not (folder / "adapter_model.safetensors").is_file():
-        return "adapter_model.safetensors is missing"
+        return "缺少 adapter_model.safetensors"
     try:
         record = json.loads(marker.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"{COMPLETE_MARKER} is unreadable"
+        return f"{COMPLETE_MARKER} 无法读取"
     files = record.get("files")
     if files is None:
         return None  # a marker of the older format: nothing to verify against
     for name, facts in files.items():
         path = folder / name
         if not path.is_file():
-            return f"{name} is missing"
+            return f"缺少 {name}"
         if path.stat().st_size != facts["size"]:
-            return f"{name} has {path.stat().st_size} bytes, {facts['size']} were saved (truncated?)"
+            return f"{name} 有 {path.stat().st_size} 字节，保存时是 {facts['size']} 字节（被截断了？）"
         if full and sha256_file(path) != facts["sha256"]:
-            return f"{name} does not match the sha256 recorded when it was saved"
+            return f"{name} 与保存时记下的 sha256 不一致"
     return None
 
 
@@ -112,7 +112,7 @@ class Found:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     def notes(self) -> list[str]:
-        return [f"skipped {display_path(path)}: {why}" for path, why in self.skipped]
+        return [f"跳过 {display_path(path)}：{why}" for path, why in self.skipped]
 
 
 def checkpoints_in(folder: Path) -> list[Path]:
@@ -150,8 +150,8 @@ def read_recipe(checkpoint: Path) -> dict:
     try:
         recipe = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{display_path(path)} is damaged ({err}): train again, or delete that file "
-                              "to load the adapter on the config's base.") from None
+        raise CheckpointError(f"{display_path(path)} 已损坏（{err}）：重新训练，或删掉这个文件，"
+                              "按配置里的基座模型加载适配器。") from None
     return recipe if isinstance(recipe, dict) else {}
 
 
@@ -160,8 +160,8 @@ def spec_as_trained(spec, adapter: Path, notes: list[str] = ()) -> tuple:
     recipe, notes = read_recipe(adapter), list(notes)
     if "quantization" not in recipe or recipe["quantization"] == spec.quantization:
         return spec, notes
-    notes.append(f"{Path(adapter).name} was trained with quantization={recipe['quantization']} ({RECIPE_FILE}); "
-                 f"the config's quantization={spec.quantization} is corrected to match")
+    notes.append(f"{Path(adapter).name} 训练时用的是 quantization={recipe['quantization']}（见 {RECIPE_FILE}）；"
+                 f"配置里的 quantization={spec.quantization} 已改为与它一致")
     return spec.replace(quantization=recipe["quantization"]), notes
 
 
@@ -177,47 +177,47 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
         if not chosen.exists():
             setting = checkpoint is None and "adapter_dir" in spec.origin   # not --checkpoint: the adapter_dir setting
             raise MissingArtifactError(
-                f"The adapter folder {display_path(chosen)}"
-                + (f" (adapter_dir, from {spec.origin['adapter_dir']}) does not exist. Fix the path, or use your own "
-                   "run again: python -m helpers.environment setup --adapter-dir \"\" (and unset "
-                   "QWEN3_TUTORIAL_ADAPTER_DIR)." if setting else " does not exist."))
+                f"适配器文件夹 {display_path(chosen)}"
+                + (f"（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径，或改回用你自己训练的结果："
+                   "python -m helpers.environment setup --adapter-dir \"\"（并取消 "
+                   "QWEN3_TUTORIAL_ADAPTER_DIR）。" if setting else " 不存在。"))
         if chosen.is_file():
-            unpack = " (an archive: unpack it, e.g. `unzip`, and name the folder inside)" \
+            unpack = "（这是压缩包：先解压，例如用 `unzip`，再指定解压出来的文件夹）" \
                 if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""
-            raise MissingArtifactError(f"{display_path(chosen)} is a file, not an adapter folder{unpack}: name the "
-                                       "folder that holds adapter_config.json and adapter_model.safetensors.")
+            raise MissingArtifactError(f"{display_path(chosen)} 是文件，不是适配器文件夹{unpack}：请指定存有 "
+                                       "adapter_config.json 和 adapter_model.safetensors 的文件夹。")
         if (chosen / "adapter_config.json").is_file():
             marked = (chosen / COMPLETE_MARKER).is_file()
             # a checkpoint-N written by training must prove itself; a plain adapter folder (shared, exported) need not
             problem = damaged_file(chosen) if marked or is_checkpoint_name(chosen) else None
             if problem is None:
                 return chosen, []
-            note = f"skipped {display_path(chosen)}: {problem}"
+            note = f"跳过 {display_path(chosen)}：{problem}"
             earlier = [c for c in checkpoints_in(chosen.parent)
                        if is_checkpoint_name(chosen) and
                        checkpoint_step(c) < checkpoint_step(chosen)]
             for candidate in reversed(earlier):
                 if damaged_file(candidate) is None:
-                    return candidate, [note, f"using the previous complete {display_path(candidate)} instead"]
+                    return candidate, [note, f"改用前一个完整的检查点 {display_path(candidate)}"]
             if not marked and whole_safetensors(chosen / "adapter_model.safetensors"):
                 # an adapter handed over as its two files, in a folder still named checkpoint-N: nothing to fall
                 # back to, and safetensors itself proves the weights whole
-                return chosen, [f"{display_path(chosen)} has no completion marker (only the adapter files were "
-                                "copied?): its adapter_model.safetensors is whole, so it is loaded as it is"]
-            raise CheckpointError(f"{display_path(chosen)} is damaged: {problem}; no earlier complete "
-                                              "checkpoint beside it to fall back to.")
+                return chosen, [f"{display_path(chosen)} 没有完成标记 {COMPLETE_MARKER}（大概只复制了适配器文件？）："
+                                "它的 adapter_model.safetensors 是完整的，所以按原样加载"]
+            raise CheckpointError(f"{display_path(chosen)} 已损坏：{problem}；旁边没有更早的完整检查点"
+                                  "可以改用。")
     found = latest_good_checkpoint(folder)
     if found.checkpoint is None:
         if chosen is not None:
             raise MissingArtifactError(
-                f"{display_path(chosen)} holds no adapter_config.json and no complete checkpoint-N: it is not a "
-                "LoRA adapter folder.")
+                f"{display_path(chosen)} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：不是 LoRA "
+                "适配器文件夹。")
         raise MissingArtifactError(
-            f"No complete LoRA checkpoint in {display_path(folder)}. "
+            f"{display_path(folder)} 里没有完整的 LoRA 检查点。"
             + how_to_make("04-train.ipynb", f"python -m helpers.train --config {shell_path(spec.config_file)}"))
     notes = found.notes()
     if notes:
-        notes.append(f"using {display_path(found.checkpoint)} instead")
+        notes.append(f"改用 {display_path(found.checkpoint)}")
     return found.checkpoint, notes
 
 
@@ -242,10 +242,10 @@ def lock_run(run_dir: Path):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        who = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "another process"
+        who = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "另一个进程"
         raise RunLockedError(
-            f"{display_path(run_dir)} is being trained into by {who}. Wait for it to finish, stop it, or "
-            "train into another folder (--output-dir).") from None
+            f"{display_path(run_dir)} 正被 {who} 用于训练（它持有这个运行目录的锁）。等它结束，或者停掉它，"
+            "或者训练到另一个文件夹（--output-dir）。") from None
     owner.write_text(f"process {os.getpid()}", encoding="utf-8")
     return lock
 
@@ -265,8 +265,8 @@ def move_aside(run_dir: Path) -> tuple[Path | None, list[Path]]:
     # a folder the course trained into: marked so, or (written before the marks) holding its checkpoints
     if not (is_course_made(run_dir) or any(is_checkpoint_name(p) for p in run_dir.iterdir())
             or (run_dir / "run_summary.json").is_file()):
-        raise UnsafeWriteError(f"{display_path(run_dir)} holds files the course did not make, so it is not moved "
-                               "aside: train into another folder (--output-dir workspace/checkpoints/mine).")
+        raise UnsafeWriteError(f"{display_path(run_dir)} 里有不是课程创建的文件，所以不会把它移到一旁："
+                               "请训练到另一个文件夹（--output-dir workspace/checkpoints/mine）。")
     target = run_dir.with_name(f"{run_dir.name}-previous-{time.strftime('%Y%m%d-%H%M%S')}")
     suffix = 1
     while target.exists():

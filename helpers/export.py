@@ -47,16 +47,16 @@ def check_export_target(target: Path, protected: list[Path]) -> None:
     for path in protected:
         path = Path(path).resolve()
         if target == path or target in path.parents or path in target.parents:
-            raise ExportTargetError(f"cannot export into {display_path(target)}: it overlaps {display_path(path)}, "
-                                    "which the export reads (the checkpoints or the base model).")
+            raise ExportTargetError(f"不能导出到 {display_path(target)}：它与 {display_path(path)} 重叠，"
+                                    "而导出要读取那里（检查点或基座模型）。")
     if target.exists():
         if not target.is_dir():
-            raise ExportTargetError(f"{display_path(target)} is a file, not a folder")
+            raise ExportTargetError(f"{display_path(target)} 是文件，不是文件夹：请另选一个导出文件夹。")
         # (a marker that names nothing: an export that failed after the old one was cleared)
         if any(target.iterdir()) and not (target / EXPORT_MARKER).is_file() and made_names(target) != {CREATED}:
             raise ExportTargetError(
-                f"{display_path(target)} is not empty and was not written by this course's export (no "
-                f"{EXPORT_MARKER}): nothing was changed. Choose an empty or new folder.")
+                f"{display_path(target)} 不是空的，也不是本课程导出的（没有 {EXPORT_MARKER}）：没有做任何改动。"
+                "请选一个空的或新的文件夹。")
 
 
 def _base_for_merge(spec):

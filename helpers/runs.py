@@ -39,8 +39,8 @@ def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path |
     if isinstance(resume, (str, os.PathLike)):
         problem = checkpoints.damaged_file(resume)
         if problem:
-            raise checkpoints.CheckpointError(f"{display_path(resume)} is damaged: {problem}. "
-                                              "Use an earlier checkpoint.")
+            raise checkpoints.CheckpointError(f"{display_path(resume)} 已损坏：{problem}。"
+                                              "请改用更早的检查点。")
         return Path(resume)
     found = checkpoints.latest_good_checkpoint(spec.paths.run_dir)
     if is_main_process():

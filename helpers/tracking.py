@@ -73,8 +73,8 @@ def require_key(spec) -> None:
     """A forced ``online`` mode without an API key stops here, before any work (swanlab would fail late)."""
     if spec.swanlab.enabled and spec.swanlab.mode == "online" and not has_swanlab_key(os.environ):
         raise SwanLabSetupError(
-            "SwanLab online mode needs an API key: run `swanlab login` in a terminal once (it is saved "
-            f"for every kernel), or set SWANLAB_API_KEY. Or choose {SWANLAB_MODE_ENV}=offline.")
+            "SwanLab 的 online 模式需要 API key：在终端里运行一次 `swanlab login`（保存后每个内核都能用），"
+            f"或者设置 SWANLAB_API_KEY；也可以改用 {SWANLAB_MODE_ENV}=offline。")
 
 
 def safe_mode(spec, reachable=swanlab_reachable) -> str:
@@ -89,14 +89,14 @@ def safe_mode(spec, reachable=swanlab_reachable) -> str:
     for name in ("SWANLAB_PROJECT", "SWANLAB_RUN", "SWANLAB_EXPERIMENT"):   # nested settings groups
         if name in os.environ:
             raise SwanLabSetupError(
-                f"{name} is set in the environment; swanlab 0.10 cannot parse it and fails in init. "
-                f"Unset it (`unset {name}`) and use {name}_NAME instead, or pass project= in the config."
+                f"环境变量里设置了 {name}：swanlab 0.10 无法解析它，init 时会失败。取消它（`unset {name}`），"
+                f"改用 {name}_NAME，或者在配置里写 project=。"
             )
     for name in ("swanlab.yaml", "swanlab.yml", ".env"):
         path = Path.cwd() / name
         if path.is_file() and (name != ".env" or "SWANLAB_" in path.read_text(encoding="utf-8", errors="ignore")):
-            print(f"SwanLab: {name} in the working directory overrides SWANLAB_* environment variables "
-                  "(mode and logdir are passed explicitly, so they still apply).")
+            print(f"SwanLab: 当前目录里的 {name} 会覆盖 SWANLAB_* 环境变量（mode 和 logdir 是显式传入的，"
+                  "所以仍然有效）。")
     mode = spec.swanlab.mode if spec.swanlab.enabled else "disabled"
     if mode == "online" and not reachable():
         print(f"SwanLab: {SWANLAB_HOST[0]} 无法连接（没有网络？），本次改为 offline 记录；有网络后用 "
@@ -184,7 +184,8 @@ def read_scalars(run_folder: str | os.PathLike | None) -> dict[str, list[tuple[i
         return {}
     files = glob.glob(os.path.join(os.fspath(run_folder), "run-*.swanlab"))
     if len(files) != 1:
-        raise FileNotFoundError(f"expected one run-*.swanlab file in {display_path(run_folder)}, found {len(files)}")
+        raise FileNotFoundError(f"{display_path(run_folder)} 里应当正好有一个 run-*.swanlab 文件，"
+                                f"实际有 {len(files)} 个")
     out: dict[str, list[tuple[int, float]]] = defaultdict(list)
     reader = DataStoreReader()
     reader.open(files[0])
@@ -239,9 +240,8 @@ def share_safe_swanlab(trainer, base_model: str, shareable_args) -> None:
             # start its own, without the course's mode and folder (a prompt, records in the working directory)
             if state.is_world_process_zero and active_run(self._swanlab) is None:
                 raise SwanLabSetupError(
-                    "No SwanLab run is open (it was finished after the last training, or never started): run the "
-                    "swanlab.init cell again (notebook 08: tracking.start_run), then train; or train without "
-                    "SwanLab with report_to=\"none\".")
+                    "没有打开的 SwanLab 运行（上次训练后已经结束，或者从没开始）：重新运行 swanlab.init 那个单元格"
+                    "（第 08 课：tracking.start_run），再训练；或者用 report_to=\"none\" 不带 SwanLab 训练。")
             return super().on_train_begin(args, state, control, model=model, **kwargs)
 
         def setup(self, args, state, model, **kwargs):

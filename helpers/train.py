@@ -80,7 +80,7 @@ def make_collator(batching: str, tokenizer):
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     if batching in ("padded", "grouped"):
         return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    raise ValueError(f"batching must be packed, padded or grouped, not {batching!r}")
+    raise ValueError(f"batching 只能是 packed、padded 或 grouped，不能是 {batching!r}")
 
 
 # --------------------------------------------------------------------------- model
@@ -217,13 +217,13 @@ def training_arguments(spec, **extra):
     try:
         args = TrainingArguments(output_dir=str(spec.paths.run_dir), **settings)
     except ValueError as err:  # a value (or combination) that passed the type checks but not TrainingArguments'
-        raise SpecError(f"{display_path(spec.config_file)}: TrainingArguments refuses the training section: "
+        raise SpecError(f"{display_path(spec.config_file)}：TrainingArguments 不接受 training 部分的设置："
                         f"{err}") from None
     if processes > 1 and args.world_size != processes:
         raise CourseError(
-            f"{processes} processes were launched (WORLD_SIZE) but the Trainer sees world_size={args.world_size}: "
-            "every process would train the whole dataset on its own. Launch with "
-            "`accelerate launch --config_file configs/accelerate/<name>.yaml -m helpers.train ...`."
+            f"启动了 {processes} 个进程（WORLD_SIZE），但 Trainer 看到的是 world_size={args.world_size}："
+            "每个进程都会各自训练整个数据集。请这样启动："
+            "`accelerate launch --config_file configs/accelerate/<name>.yaml -m helpers.train ...`。"
         )
     if processes == 1 and args.n_gpu > 1:
         # one process sees several GPUs: the Trainer would wrap the model in nn.DataParallel (a copy of the 8B
@@ -279,9 +279,9 @@ class CheckpointComplete(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0 and args.world_size == 1 and model is not None and lora_trained(model):
             raise TrainingStateError(
-                "This model's LoRA weights are trained already (a training ran in this kernel, perhaps interrupted "
-                "before its first checkpoint), so this run would not start from step 0's weights: run the cell that "
-                "loads the model (from_pretrained) and the get_peft_model cell again, then train.")
+                "这个模型的 LoRA 权重已经训练过了（这个内核里跑过一次训练，也许在第一个检查点之前被中断了），"
+                "所以这次训练不会从第 0 步的权重开始：重新运行加载模型的单元格（from_pretrained）和 get_peft_model "
+                "单元格，然后再训练。")
         # a resumed state names its best checkpoint by folder name (see checkpoints.share_safe_trainer_state), which
         # transformers looks for in the working directory and drops; the Trainer's rotation needs the full path to
         # keep it: found in the run folder by its step, as transformers itself does at its next save
@@ -390,9 +390,9 @@ def train(spec, resume: bool | str | None = True) -> dict:
     data_files.require_given_dataset(spec)   # a missing data file stops before the model is built or downloaded
     if spec.quantization and _launched_with("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         # their loading path takes no quantization_config: the base would train unquantised, in fp32
-        raise SpecError(f"quantization: {spec.quantization} (QLoRA) does not combine with FSDP or DeepSpeed in this "
-                        "course: launch QLoRA with configs/accelerate/ddp.yaml, or shard a bf16 config "
-                        "(configs/train/qwen3-8b.yaml) with fsdp.yaml / zero3.yaml.")
+        raise SpecError(f"quantization: {spec.quantization}（QLoRA）在本课程里不能和 FSDP 或 DeepSpeed 一起用："
+                        "QLoRA 请用 configs/accelerate/ddp.yaml 启动，或者用 fsdp.yaml / zero3.yaml 切分 bf16 的配置"
+                        "（configs/train/qwen3-8b.yaml）。")
     if is_main_process():
         prepare_model(spec)  # a terminal user never needs a notebook first
     else:
@@ -426,9 +426,8 @@ def train(spec, resume: bool | str | None = True) -> dict:
         except Exception as err:
             if isinstance(err, CourseError) or not is_disk_full(err):
                 raise
-            raise DiskFullError(errno.ENOSPC, f"the disk filled up while training wrote {display_path(spec.paths.run_dir)} "
-                                "(a checkpoint save): free some space, then run the same command again: it resumes "
-                                "from the last complete checkpoint.") from err
+            raise DiskFullError(errno.ENOSPC, f"训练写入 {display_path(spec.paths.run_dir)} 时（保存检查点）磁盘满了："
+                                "腾出一些空间，再运行同一条命令：它会从最后一个完整的检查点继续。") from err
         finally:   # a failed or interrupted training is recorded as such, not as a success
             swanlab_folder = tracking.finish_run(run, error=sys.exc_info()[1]) if run is not None else None
         summary = record_run(spec, trainer, result.metrics, swanlab_folder, checkpoint)
@@ -444,8 +443,8 @@ def _wait_for_model(spec, timeout: float = 4 * 3600, poll: float = 2.0) -> None:
     deadline = time.time() + timeout
     while not model_ready(spec):
         if time.time() > deadline:
-            raise CourseError(f"process 0 did not prepare {display_path(spec.paths.model_dir)} in {timeout:.0f} s: "
-                              "download the model first (python -m helpers.download), then launch again.")
+            raise CourseError(f"进程 0 在 {timeout:.0f} s 内没有准备好 {display_path(spec.paths.model_dir)}："
+                              "先下载模型（python -m helpers.download），再重新启动。")
         time.sleep(poll)
 
 
@@ -455,19 +454,18 @@ def _wait_for_model(spec, timeout: float = 4 * 3600, poll: float = 2.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.train",
-        description="Train the course's LoRA adapter (the same steps as notebook 04).",
+        description="训练课程的 LoRA 适配器（与第 04 课的步骤相同）。",
     )
-    parser.add_argument("--config", help="configs/train/tiny.yaml, qwen3-8b.yaml, ... (default: the profile's own)")
-    parser.add_argument("--output-dir", help="where checkpoints go (default workspace/checkpoints/<profile>)")
+    parser.add_argument("--config", help="训练配置：configs/train/tiny.yaml、qwen3-8b.yaml 等（默认：当前 profile 自己的）")
+    parser.add_argument("--output-dir", help="检查点保存到哪里（默认 workspace/checkpoints/<profile>）")
     parser.add_argument("--no-resume", action="store_true",
-                        help="start fresh: the previous run is moved aside (not deleted) and its path printed")
+                        help="从头训练：上一次的运行目录移到一旁（不删除），并打印它的新路径")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set training.max_steps=20 (repeatable)")
+                        help="覆盖一个配置值，例如 --set training.max_steps=20（可重复）")
     parser.add_argument("--recipe", choices=["auto"],
-                        help="auto: the fastest recipe (bf16 LoRA or 4-bit QLoRA, checkpointing, micro-batch) whose "
-                             "memory estimate fits this GPU's free memory; prints what it picked and why. "
-                             "Without a GPU the given config is kept")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+                        help="auto：选显存估计放得下这张 GPU 空闲显存的最快配方（bf16 LoRA 或 4-bit QLoRA、"
+                             "activation checkpointing、微批次大小），并打印选了什么、为什么。没有 GPU 时保留给定的配置")
+    parser.add_argument("--debug", action="store_true", help="出错时显示完整的 traceback")
     args = parser.parse_args(argv)
 
     def work() -> int:

@@ -60,11 +60,11 @@ CASES = [
          ("in.json",)),
     Case("encode OUT is a folder", ("data", "encode", "in.json", "outdir"), 2, ("outdir/train.jsonl",), (), ("in.json",)),
     Case("export into the checkpoint folder", ("inference", "export", "--checkpoint", "run", "--target",
-         "run/checkpoint-60"), 2, ("overlaps",), (),
+         "run/checkpoint-60"), 2, ("run/checkpoint-60", "重叠"), (),
          ("run/checkpoint-60/adapter_model.safetensors", "run/checkpoint-60/checkpoint_complete")),
     Case("damaged checkpoint: inference names the file and falls back",
          ("inference", "ask", "你是谁？", "--checkpoint", "damaged", "--max-new-tokens", "4"), 0,
-         ("adapter_model.safetensors", "truncated", "checkpoint-50 instead"), (),
+         ("checkpoint-60", "adapter_model.safetensors", "截断", "checkpoint-50"), (),
          ("damaged/checkpoint-60/adapter_model.safetensors",)),
     # ---- silent wrong results become errors
     Case("typo in --set", ("train", "--set", "trainng.learning_rate=0.1"), 2,
@@ -88,12 +88,12 @@ CASES = [
          ("第 3 条", "output", "<|im_start|>"), (), ("tok.json",), ("tok.jsonl",)),
     Case("ask finds the adapter of a run trained with --output-dir",
          ("inference", "ask", "你是谁？", "--output-dir", "{arena}/run", "--max-new-tokens", "4"), 0,
-         ("run/checkpoint-60",), ("No complete LoRA checkpoint",)),
+         ("run/checkpoint-60",), ("没有完整的 LoRA 检查点",)),
     Case("forced online without a key: ask never tracks, so it works",
          ("inference", "ask", "你是谁？", "--checkpoint", "run", "--max-new-tokens", "2"), 0, (), ("API key",), (),
          (), {"QWEN3_TUTORIAL_SWANLAB_MODE": "online"}),
     Case("forced online without a key: train stops before any work",
-         ("train", "--output-dir", "{arena}/online-run"), 2, ("needs an API key", "swanlab login"), (), (),
+         ("train", "--output-dir", "{arena}/online-run"), 2, ("SWANLAB_API_KEY", "swanlab login"), (), (),
          ("online-run",), {"QWEN3_TUTORIAL_SWANLAB_MODE": "online"}),
     Case("an empty message", ("inference", "ask", "  ", "--checkpoint", "run"), 2, ("the message is empty",)),
     Case("prompt longer than the context", ("inference", "ask", LONG_MESSAGE, "--checkpoint", "run"), 2,
@@ -102,7 +102,7 @@ CASES = [
     Case("no adapter yet: shell wording", ("inference", "ask", "你是谁？"), 2, ("python -m helpers.train",),
          ("重新运行这个单元格",)),
     Case("model dir variable at an empty folder", ("download", "--profile", "full"), 2,
-         ("QWEN3_TUTORIAL_MODEL_DIR", "is empty"), ("01-download",), (), (),
+         ("QWEN3_TUTORIAL_MODEL_DIR", "是空的"), ("01-download",), (), (),
          {"QWEN3_TUTORIAL_MODEL_DIR": "{arena}/empty_model"}),
     Case("model dir variable at a folder with only config.json", ("download", "--profile", "full"), 2,
          ("QWEN3_TUTORIAL_MODEL_DIR", "tokenizer.json"), ("sentencepiece", "tiktoken"), ("config_only/config.json",),
@@ -356,9 +356,9 @@ def test_export_never_deletes_what_it_reads(arena):
     checkpoint = arena / "run" / "checkpoint-60"
     before = {p.name: sha256(p) for p in checkpoint.iterdir()}
     for target in (checkpoint, arena / "run", spec.paths.model_dir):
-        with pytest.raises(ExportTargetError, match="overlaps"):
+        with pytest.raises(ExportTargetError, match="重叠"):
             export_merged(spec, target=target)
-    with pytest.raises(ExportTargetError, match=r"not empty and was not written by this course.*nothing was changed"):
+    with pytest.raises(ExportTargetError, match=r"mine .*course_export\.json.*没有做任何改动"):
         export_merged(spec, target=arena / "mine")
     assert {p.name: sha256(p) for p in checkpoint.iterdir()} == before
     assert (arena / "mine" / "notes.txt").read_text(encoding="utf-8") == "my own notes\n"
@@ -374,7 +374,7 @@ def test_truncated_checkpoint_files_are_named_and_skipped(arena, tmp_path, capsy
     truncate(run / "checkpoint-60" / "optimizer.pt")
     assert resume_point(spec) == run / "checkpoint-50"
     printed = capsys.readouterr().out
-    assert "checkpoint-60" in printed and "optimizer.pt" in printed and "truncated" in printed
+    assert "checkpoint-60" in printed and "optimizer.pt" in printed and "截断" in printed
 
     truncate(run / "checkpoint-50" / "adapter_model.safetensors")
     loaded = load_finetuned(spec)

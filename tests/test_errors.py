@@ -104,7 +104,7 @@ def test_inference_export_onto_a_file(workspace, monkeypatch, capsys):
     target.write_bytes(b"the learner's file")
     code, _, err = run_as_main("inference", ["export", "--config", "configs/train/tiny.yaml", "--checkpoint",
                                              str(adapter), "--target", str(target)], monkeypatch, capsys)
-    assert_one_line(code, err, "is a file, not a folder")
+    assert_one_line(code, err, "model.bin", "不是文件夹")
     assert target.read_bytes() == b"the learner's file"
 
 

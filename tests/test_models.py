@@ -164,15 +164,15 @@ def test_an_offloaded_layer_stops_loading_naming_the_free_memory(tmp_path, fake_
     with pytest.raises(models.GpuPlacementError) as caught:
         models.load_base_model(full_spec(tmp_path))
     message = str(caught.value)
-    assert "3.2 GB free" in message and "shut down the other kernel" in message
-    assert "cpu/disk" in message and "2 part(s)" in message
+    assert "3.2 GB" in message and "Shut Down Kernel" in message and "nvidia-smi" in message
+    assert "cpu/disk" in message and "2 部分" in message
     assert seen["device_map"] == {"": 0}
 
 
 def test_check_placement_accepts_a_model_wholly_on_the_gpu():
     models.check_placement(SimpleNamespace(hf_device_map={"": 0}), free_gb=1.0)
     models.check_placement(SimpleNamespace(), free_gb=None)  # loaded without a device map
-    with pytest.raises(models.GpuPlacementError, match="too little free"):
+    with pytest.raises(models.GpuPlacementError, match="空闲显存不够"):
         models.check_placement(SimpleNamespace(hf_device_map={"model": "cpu"}))
 
 

@@ -309,7 +309,8 @@ def test_a_model_dir_variable_without_a_model_names_the_variable(tmp_path, state
         with pytest.raises(MissingArtifactError) as caught:
             step(spec)
         message = str(caught.value)
-        assert course_settings_module.MODEL_DIR_ENV in message and state in message and display_path(local) in message
+        said = {"is empty": "是空的", "does not exist": "不存在", "holds no config.json": "没有 config.json"}[state]
+        assert course_settings_module.MODEL_DIR_ENV in message and said in message and display_path(local) in message
     if state == "does not exist":
         assert not local.exists(), "nothing was created or downloaded"
     else:

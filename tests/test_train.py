@@ -115,19 +115,19 @@ def test_resume_point_given_a_path_is_verified(run_with_two_checkpoints, capsys)
     raw[len(raw) // 2] ^= 1  # one flipped bit, same size
     weights.write_bytes(bytes(raw))
     with pytest.raises(checkpoints.CheckpointError,
-                       match=r"checkpoint-9 is damaged: adapter_model.safetensors does not match the sha256"):
+                       match=r"checkpoint-9\W.*adapter_model\.safetensors .*sha256"):
         runs.resume_point(spec, run / "checkpoint-9")
     # asked for no particular one: the damaged one is named and skipped, the previous one used
     capsys.readouterr()
     assert runs.resume_point(spec, True) == run / "checkpoint-4"
-    assert "skipped" in capsys.readouterr().out and "adapter_model.safetensors does not match" in \
-        "".join(n for n in checkpoints.latest_good_checkpoint(run).notes())
+    assert "checkpoint-9" in capsys.readouterr().out and re.search(r"adapter_model\.safetensors .*sha256",
+                                                                   "".join(checkpoints.latest_good_checkpoint(run).notes()))
 
     weights.write_bytes(bytes(raw[:100]))
-    with pytest.raises(checkpoints.CheckpointError, match=r"adapter_model.safetensors has 100 bytes"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"adapter_model\.safetensors\D+100\D"):
         runs.resume_point(spec, run / "checkpoint-9")
     (run / "checkpoint-4" / checkpoints.COMPLETE_MARKER).unlink()
-    with pytest.raises(checkpoints.CheckpointError, match="no completion marker"):
+    with pytest.raises(checkpoints.CheckpointError, match="checkpoint_complete"):
         runs.resume_point(spec, run / "checkpoint-4")
 
 
@@ -368,7 +368,7 @@ def test_another_rank_waits_for_the_whole_model_folder(tmp_path, monkeypatch):
     spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
     spec.paths.model_dir.mkdir(parents=True)
     (spec.paths.model_dir / "config.json").write_text("{}", encoding="utf-8")   # not the whole folder yet
-    with pytest.raises(CourseError, match="did not prepare"):
+    with pytest.raises(CourseError, match=r"tiny-qwen3.*python -m helpers\.download"):
         train._wait_for_model(spec, timeout=0.3, poll=0.1)
     (spec.paths.model_dir / "model.safetensors").write_bytes(b"w")
     train._wait_for_model(spec, timeout=0.3, poll=0.1)
@@ -392,15 +392,15 @@ def test_training_again_in_the_same_kernel_stops_with_what_to_rerun(tmp_path, ti
     assert not train.lora_trained(model)
     trainer = train.build_trainer(spec, model, tokenizer, train.to_train_dataset(samples))
     tracking.finish_run()                                       # no run open (the learner skipped swanlab.init)
-    with pytest.raises(SwanLabSetupError, match="No SwanLab run is open"):
+    with pytest.raises(SwanLabSetupError, match=r"swanlab\.init.*tracking\.start_run"):
         trainer.train()
     run = tracking.start_run(spec)
     trainer.train()
     tracking.finish_run(run)
     assert train.lora_trained(model)
-    with pytest.raises(train.TrainingStateError, match="LoRA weights are trained already"):
+    with pytest.raises(train.TrainingStateError, match=r"LoRA .*from_pretrained.*get_peft_model"):
         trainer.train()                                         # nothing to resume: it would start from trained weights
-    with pytest.raises(SwanLabSetupError, match="run the swanlab.init cell again"):   # resuming, after finish_run
+    with pytest.raises(SwanLabSetupError, match=r"swanlab\.init.*tracking\.start_run"):   # resuming, after finish_run
         trainer.train(resume_from_checkpoint=str(spec.paths.run_dir / "checkpoint-1"))
 
 

@@ -125,13 +125,13 @@ def deeper(weights: dict) -> dict:
 
 
 @pytest.mark.parametrize(("change", "problem"), [
-    (wider, "has 384, the adapter's matrix 4096"),
-    (deeper, "has no layer model.layers.40."),
+    (wider, r"384\D+4096"),
+    (deeper, re.escape("model.layers.40.")),
 ])
 def test_an_adapter_for_another_base_model_is_refused_naming_the_layer(tiny_checkpoint, tmp_path, change, problem):
     adapter = foreign_adapter(tiny_checkpoint, tmp_path, change)
     spec = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: str(adapter)}, settings_file=None, cuda=False)
-    with pytest.raises(models.AdapterMismatchError, match=rf"hidden size 128\).*profile 'tiny'.*{re.escape(problem)}"):
+    with pytest.raises(models.AdapterMismatchError, match=rf"hidden size 128\W.*profile 'tiny'.*{problem}"):
         inf.load_finetuned(spec)
 
 
@@ -141,7 +141,7 @@ def test_export_refuses_an_adapter_for_another_base_and_keeps_the_old_export(tin
     target = export_merged(tiny_spec, checkpoint=tiny_checkpoint, target=tmp_path / "merged")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     adapter = foreign_adapter(tiny_checkpoint, tmp_path, wider)
-    with pytest.raises(models.AdapterMismatchError, match="down_proj has 384, the adapter's matrix 4096"):
+    with pytest.raises(models.AdapterMismatchError, match=r"down_proj\D+384\D+4096"):
         export_merged(tiny_spec, checkpoint=adapter, target=target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
 
@@ -157,14 +157,14 @@ def test_the_two_adapter_files_in_a_folder_named_checkpoint_n_are_loaded(tiny_ch
         shutil.copyfile(tiny_checkpoint / name, handed / name)
     spec = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: str(handed)}, settings_file=None, cuda=False)
     path, notes = inf.resolve_checkpoint(spec)
-    assert path == handed and len(notes) == 1 and "no completion marker" in notes[0]
+    assert path == handed and len(notes) == 1 and "checkpoint_complete" in notes[0]
     weights = (handed / "adapter_model.safetensors").read_bytes()
     (handed / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])    # a copy cut short
-    with pytest.raises(CheckpointError, match="is damaged: no completion marker"):
+    with pytest.raises(CheckpointError, match=r"checkpoint-60 .*checkpoint_complete"):
         inf.resolve_checkpoint(spec)
     archive = shutil.make_archive(str(tmp_path / "teacher-adapter"), "zip", tmp_path / "teacher-adapter")
     zipped = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: archive}, settings_file=None, cuda=False)
-    with pytest.raises(MissingArtifactError, match="is a file, not an adapter folder .*unpack it"):
+    with pytest.raises(MissingArtifactError, match=r"teacher-adapter\.zip .*unzip.*adapter_config\.json"):
         inf.resolve_checkpoint(zipped)
 
 
@@ -176,7 +176,7 @@ def test_a_stale_adapter_setting_is_visible_and_named_with_its_fix(tmp_path):
     write_settings({"adapter_dir": str(gone)}, path=settings)
     spec = build_spec(profile="tiny", settings_file=settings, env={}, cuda=False)
     assert str(gone) in spec.describe() and "--adapter-dir" in spec.describe()
-    with pytest.raises(MissingArtifactError, match=r"adapter_dir, from 设置文件 .*setup --adapter-dir"):
+    with pytest.raises(MissingArtifactError, match=r"adapter_dir\W+来自 设置文件 .*setup --adapter-dir"):
         inf.resolve_checkpoint(spec)
-    with pytest.raises(MissingArtifactError, match=r"does not exist\.$"):     # --checkpoint: the learner's own word
+    with pytest.raises(MissingArtifactError, match=r"typo 不存在。$"):     # --checkpoint: the learner's own word
         inf.resolve_checkpoint(spec, tmp_path / "typo")
