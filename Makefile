@@ -42,7 +42,7 @@ run: $(STAMP)
 	  grep -qxF -e '*' -e "$$(basename $$nb)" "$$dest/.course-made" 2>/dev/null || \
 	    basename $$nb >> "$$dest/.course-made"; \
 	done; \
-	echo "Executed notebooks are in $$dest/"
+	echo "执行过的 notebook 在 $$dest/"
 
 # The whole suite: unit tests and every notebook under nbval (tiny profile, CPU), on two worker processes
 # (pytest-xdist: a test module stays on one worker, the notebooks run in order on one worker; `-n 0` runs

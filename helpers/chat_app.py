@@ -275,7 +275,7 @@ class ChatApp:
         if thread is not None:
             thread.join(timeout)
             if thread.is_alive():
-                raise TimeoutError(f"the reply was still being generated after {timeout} s")
+                raise TimeoutError(f"过了 {timeout} 秒，回复还在生成")
 
     def clear(self) -> None:
         """Stop any running reply and forget the conversation."""

@@ -100,8 +100,8 @@ def build_tiny_model(target: Path, seed: int = 1234, overwrite: bool = False) ->
     if (target / "model.safetensors").is_file() and not overwrite:
         return target
     if (target / "config.json").is_file() and not overwrite:   # a finished tiny build always has its weights
-        raise UnsafeWriteError(f"{display_path(target)} holds another model (a config.json without the tiny model's "
-                               "weights): the tiny model is never built over it. Give it a folder of its own.")
+        raise UnsafeWriteError(f"{display_path(target)} 里已有别的模型（有 config.json，却没有 tiny 模型的权重），"
+                               "tiny 模型不会建在它上面：请给 tiny 模型换一个单独的文件夹。")
     config = {k: v for k, v in qwen3_config().items() if k not in ("architectures", "model_type")}
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(Qwen3Config(**{**config, **TINY_CONFIG, "pad_token_id": 151643}))
@@ -145,10 +145,10 @@ def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revis
         path = snapshot_download(model_id, local_dir=str(target), revision=revision)
     except Exception as err:  # network errors come in many types
         raise DownloadError(
-            f"Could not download {model_id} from ModelScope ({type(err).__name__}: {err}). "
-            "Check the network (on AutoDL: `source /etc/network_turbo` may help), or download "
-            "the model elsewhere and set QWEN3_TUTORIAL_MODEL_DIR to that folder. "
-            "Without a GPU or network, use the tiny profile (QWEN3_TUTORIAL_PROFILE=tiny)."
+            f"无法从 ModelScope 下载 {model_id}（{type(err).__name__}: {err}）。"
+            "请检查网络（AutoDL 上先 `source /etc/network_turbo` 可能有帮助），或者在别处下好模型，"
+            "把 QWEN3_TUTORIAL_MODEL_DIR 设为那个文件夹。"
+            "没有 GPU 或网络时，用 tiny profile（QWEN3_TUTORIAL_PROFILE=tiny）。"
         ) from err
     return Path(path)
 
@@ -199,26 +199,25 @@ def prepare_model(spec) -> Path:
             check_model_files(path, origin=spec.origin["model_dir"])
             if not any(path.glob("*.safetensors")):
                 raise MissingArtifactError(
-                    f"The model directory {display_path(path)} (from {spec.origin['model_dir']}) holds no "
-                    f"*.safetensors weights. Point it at a complete {spec.profile.model} folder, or unset it to "
-                    "download the model.")
+                    f"模型目录 {display_path(path)}（来自 {spec.origin['model_dir']}）里没有 *.safetensors 权重。"
+                    f"请让它指向一个完整的 {spec.profile.model} 文件夹，或者去掉这个设置，由课程下载模型。")
             return path
         return download_qwen3(target, spec.paths.workspace, spec.profile.model)
     if source == "tiny":
         return build_tiny_model(target)
     if source == "config-only":
         return write_config_dir(target, spec.profile.model)
-    raise ValueError(f"Profile {spec.profile.name!r} has unknown source {source!r}")
+    raise ValueError(f"profile {spec.profile.name!r} 的来源 {source!r} 未知")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.download``: the profile's dataset and model directory (notebook 01's job)."""
     parser = argparse.ArgumentParser(prog="python -m helpers.download",
-                                     description="Get the profile's dataset, then download (full, small), build (tiny) "
-                                                 "or write (random8b) its model directory.")
-    parser.add_argument("--profile", help=f"{' | '.join([*PROFILES, 'auto'])} (default: the settings / environment)")
-    parser.add_argument("--config", help="a training config whose profile to prepare")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+                                     description="准备 profile 的数据集，再下载（full、small）、构建（tiny）"
+                                                 "或写出（random8b）它的模型目录。")
+    parser.add_argument("--profile", help=f"{' | '.join([*PROFILES, 'auto'])}（默认：设置文件 / 环境变量）")
+    parser.add_argument("--config", help="按这个训练配置的 profile 准备")
+    parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     args = parser.parse_args(argv)
 
     def work() -> int:
@@ -226,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         print(spec.describe())
         budget = disk_budget_gb((spec.paths.model_dir / "config.json").is_file(), spec.profile.model)
         if spec.profile.source == "modelscope":
-            print("disk budget (GB): " + ", ".join(f"{k} {v}" for k, v in budget.items()))
+            print("磁盘预算（GB）：" + "，".join(f"{k} {v}" for k, v in budget.items()))
         if "model_dir" in spec.given:  # the user's own model folder: check it before anything is fetched
-            print(f"model directory ready: {display_path(prepare_model(spec))}")
-        print(f"dataset ready: {display_path(course_dataset_path(spec))}")   # 0.9 MB, before the 16.4 GB
+            print(f"模型目录已就绪：{display_path(prepare_model(spec))}")
+        print(f"数据集已就绪：{display_path(course_dataset_path(spec))}")   # 0.9 MB, before the 16.4 GB
         if "model_dir" not in spec.given:
-            print(f"model directory ready: {display_path(prepare_model(spec))}")
+            print(f"模型目录已就绪：{display_path(prepare_model(spec))}")
         return 0
 
     return run_cli(work, debug=args.debug)

@@ -36,16 +36,18 @@ KEY_PACKAGES = [
 #: The Jupyter kernel ``make kernel`` registers for the course's .venv.
 KERNEL_NAME = "qwen3-lora-course"
 KERNEL_DISPLAY = "Qwen3 LoRA course (.venv)"
+#: :func:`package_versions`' value for a package that is missing
+NOT_INSTALLED = "没有安装"
 
 
 def package_versions() -> dict[str, str]:
-    """Installed version of each course package, or 'not installed'."""
+    """Installed version of each course package, or :data:`NOT_INSTALLED`."""
     out = {"python": platform.python_version()}
     for name in KEY_PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
+            out[name] = NOT_INSTALLED
     return out
 
 
@@ -119,20 +121,20 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     """Merge ``values`` into the settings file (None removes a key); never holds an API key."""
     unknown = sorted(set(values) - set(SETTINGS_KEYS))
     if unknown:
-        raise SpecError(f"unknown setting {unknown[0]!r}; known: {', '.join(SETTINGS_KEYS)}")
+        raise SpecError(f"没有 {unknown[0]!r} 这个设置；可用的设置：{', '.join(SETTINGS_KEYS)}。")
     choices = {"profile": (*PROFILES, "auto"), "swanlab_mode": SWANLAB_MODES}
     for key, known in choices.items():
         if values.get(key) and values[key] not in known:
-            raise SpecError(f"--{key.replace('_', '-')} {values[key]!r} is not one of {', '.join(known)}"
-                            f"{suggest(values[key], known)}; nothing was written.")
+            raise SpecError(f"--{key.replace('_', '-')} {values[key]!r} 不是 {', '.join(known)} 之一"
+                            f"{suggest(values[key], known)}；什么都没有写入。")
     current = read_settings_file(path)
     for key, value in values.items():
         if value is None or value == "":
             current.pop(key, None)
         else:
             current[key] = str(value)
-    lines = ["# Course settings for every kernel and command (git-ignored). Environment variables win over it.",
-             "# Written by `python -m helpers.environment setup` or notebook 00."]
+    lines = ["# 课程设置：每个内核和命令都读它（git 忽略此文件）。环境变量优先于它。",
+             "# 由 `python -m helpers.environment setup` 或 notebook 00 写入。"]
     lines += [f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in current.items()]
     with atomic_path(path) as partial:
         partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -179,14 +181,14 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     python_ok = sys.version_info >= (3, 10) if "python" not in versions else \
         tuple(int(x) for x in versions["python"].split(".")[:2]) >= (3, 10)
     checks.append(Check("python", python_ok, versions.get("python", platform.python_version()),
-                        "" if python_ok else "install Python 3.10 or newer"))
+                        "" if python_ok else "安装 Python 3.10 或更新的版本"))
     wrong = [f"{name} {versions.get(name)}（固定为 {pin}）" for name, pin in pins.items()
              if name in versions and name != "torch" and versions[name] != pin]
-    missing = [name for name in KEY_PACKAGES if versions.get(name) == "not installed" and name in pins]
+    missing = [name for name in KEY_PACKAGES if versions.get(name) == NOT_INSTALLED and name in pins]
     checks.append(Check("packages", not wrong and not missing,
                         "固定的版本全部已安装" if not wrong and not missing else
                         "; ".join(wrong + [f"{m} 没有安装" for m in missing]),
-                        "make venv   (or: pip install -r requirements.txt)"))
+                        "make venv（或者：pip install -r requirements.txt）"))
     gpu_list = gpus() if gpu_list is None else gpu_list
     gpu_profile = spec.profile.needs_gpu
     checks.append(_gpu_check(spec, gpu_list, gpu_profile))
@@ -195,20 +197,20 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     need_memory = 8.0 if gpu_profile else 2.0
     checks.append(Check("memory", available >= need_memory,
                         f"可用 {available:.1f} GB / 共 {total:.1f} GB，需要 {need_memory:.0f} GB",
-                        "close other programs and notebooks' kernels, or rent a machine with more memory"))
+                        "关掉其他程序和 notebook 的内核，或者换一台内存更大的机器"))
     free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
     need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
     checks.append(Check("disk", free >= need, f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，"
                         f"需要 {need:.1f} GB",
-                        "put the workspace on the data disk: python -m helpers.environment setup "
+                        "把工作目录放到数据盘上：python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace"))
     checks += _files_checks(spec, model_present, dataset_reachable)
     checks.append(Check("swanlab", True, f"模式 {spec.swanlab.mode}"
                         + ("" if spec.swanlab.mode == "online" else "（记录留在本机，之后可以 `swanlab sync` 上传）")))
     problem = kernel_problem() if kernel is None else (None if kernel else "没有注册")
     checks.append(Check("kernel", problem is None, f"Jupyter 内核 {KERNEL_NAME!r} {problem or '已注册'}",
-                        f"make kernel   (then pick “{KERNEL_DISPLAY}” in JupyterLab: Kernel → Change Kernel)"))
+                        f"make kernel（然后在 JupyterLab 里选 “{KERNEL_DISPLAY}”：Kernel → Change Kernel）"))
     return [check if not check.ok else Check(check.name, True, check.detail) for check in checks]
 
 
@@ -218,15 +220,15 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
                      + (f"（找到 {len(gpu_list)} 块）" if gpu_list else ""))
     if not gpu_list:
         return Check("gpu", False, "没有找到 CUDA GPU",
-                     "use a GPU machine, or the tiny profile: python -m helpers.environment setup --profile tiny")
+                     "换一台有 GPU 的机器，或者用 tiny profile：python -m helpers.environment setup --profile tiny")
     gpu = gpu_list[0]
     choice = choose(gpu["memory_gb"])
     held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
     ok = choice.recipe is not None and held < 2
     detail = (f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}; "
               f"{choice.reason}")
-    fix = "" if ok else ("a previous kernel holds GPU memory: shut it down (nvidia-smi shows it)"
-                         if choice.recipe is not None else "rent a card with more memory")
+    fix = "" if ok else ("之前的内核还占着显存：把它关掉（nvidia-smi 能看到它）"
+                         if choice.recipe is not None else "换一块显存更大的卡")
     return Check("gpu", ok, detail + (f"；已有 {held:.1f} GB 被占用" if held >= 2 else ""), fix)
 
 
@@ -237,7 +239,7 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
     elif spec.profile.source == "modelscope":
         out.append(Check("model", False, f"还没有下载（{display_path(spec.paths.model_dir)}）",
                                f"python -m helpers.download --profile {spec.profile.name}   "
-                               f"({weights_gb(spec.profile.model)} GB, before class)"))
+                               f"（{weights_gb(spec.profile.model)} GB，请在上课前下载）"))
     else:
         out.append(Check("model", True, "第一次使用时在本机构建（不需要下载）"))
     dataset = spec.paths.dataset
@@ -245,12 +247,12 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
         out.append(Check("dataset", True, f"已在 {display_path(dataset)}"))
     elif "dataset" in spec.given:  # a file the user named: a download would not put it there
         out.append(Check("dataset", False, f"{display_path(dataset)} 不存在（{spec.origin['dataset']}）",
-                               "fix the path: python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
+                               "改正路径：python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
     else:
         online = dataset_reachable() if dataset_reachable is not None else \
             reachable((urlsplit(HUANHUAN_PINNED_URL).hostname, 443))
         out.append(Check("dataset", online, f"还没有下载；{'可以下载' if online else '网络不通，无法下载'}",
-                               "copy huanhuan.json (0.9 MB) onto the machine, then: python -m helpers.environment "
+                               "把 huanhuan.json（0.9 MB）拷到这台机器上，然后：python -m helpers.environment "
                                "setup --dataset /path/to/huanhuan.json"))
     return out
 
@@ -271,16 +273,16 @@ def format_checks(checks: list[Check]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.environment",
-                                     description="Course settings and the pre-flight check.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+                                     description="课程设置和课前检查。")
+    parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     commands = parser.add_subparsers(dest="command", required=True)
-    setup = commands.add_parser("setup", help="write course-settings.yaml (read by every kernel and command)")
+    setup = commands.add_parser("setup", help="写入 course-settings.yaml（每个内核和命令都读它）")
     for key in SETTINGS_KEYS:
-        setup.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"{key} (empty string removes it)")
-    commands.add_parser("kernel", help=f"register this Python as the Jupyter kernel {KERNEL_NAME!r} (make kernel)")
-    check = commands.add_parser("check", help="pass/fail checklist with a fix for each failure")
-    check.add_argument("--json", action="store_true", help="print JSON (collect a whole room's results)")
-    check.add_argument("--profile", help="check for this profile instead of the configured one")
+        setup.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"{key}（传空字符串即删除这一项）")
+    commands.add_parser("kernel", help=f"把这个 Python 注册为 Jupyter 内核 {KERNEL_NAME!r}（make kernel）")
+    check = commands.add_parser("check", help="逐项检查通过 / 未通过，未通过的附修复方法")
+    check.add_argument("--json", action="store_true", help="输出 JSON（便于收集整个教室的结果）")
+    check.add_argument("--profile", help="按这个 profile 检查，而不是设置里的那个")
     args = parser.parse_args(argv)
 
     def work() -> int:
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 if values.get(key) and not values[key].startswith("~"):
                     values[key] = str(Path(values[key]).resolve())  # relative to where the command ran
             path = write_settings(values)
-            print(f"wrote {display_path(path)}:")
+            print(f"已写入 {display_path(path)}：")
             print(path.read_text(encoding="utf-8"))
             return 0
         if args.command == "kernel":
@@ -299,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             # the user's Jupyter folder (~/.local/share/jupyter/kernels): a JupyterLab started by the
             # platform (AutoDL) finds it there too
             folder = install(user=True, kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY)
-            print(f"registered the Jupyter kernel {KERNEL_NAME!r} ({sys.executable}) in {display_path(folder)}")
-            print(f"In JupyterLab pick “{KERNEL_DISPLAY}”: Kernel → Change Kernel (reload the page if it is not listed).")
+            print(f"已把 Jupyter 内核 {KERNEL_NAME!r}（{sys.executable}）注册到 {display_path(folder)}")
+            print(f"在 JupyterLab 里选 “{KERNEL_DISPLAY}”：Kernel → Change Kernel（列表里没有就刷新页面）。")
             return 0
         try:
             spec = build_spec(profile=args.profile)

@@ -123,13 +123,13 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
     tracking.require_key(spec)
     if spec.data.eval_fraction <= 0:
         raise MissingArtifactError(
-            f"{display_path(spec.config_file)}: data.eval_fraction is 0, so no rows are held out. "
-            "Set it (e.g. --set data.eval_fraction=0.05) and train again.")
+            f"{display_path(spec.config_file)}：data.eval_fraction 是 0，没有留出任何数据。"
+            "请设置它（例如 --set data.eval_fraction=0.05），再重新训练。")
     named = checkpoint is not None or spec.paths.adapter_dir is not None
     if not named and checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is None:
         raise MissingArtifactError(
-            f"{display_path(spec.paths.run_dir)} holds no trained LoRA adapter yet. Train one first: "
-            f"python -m helpers.train --config {shell_path(spec.config_file)} (or run notebooks/04-train.ipynb).")
+            f"{display_path(spec.paths.run_dir)} 里还没有训练好的 LoRA 适配器。请先训练一个："
+            f"python -m helpers.train --config {shell_path(spec.config_file)}（或者运行 notebooks/04-train.ipynb）。")
     data_files.require_given_dataset(spec)   # before the model is built or downloaded
     prepare_model(spec)
 
@@ -149,8 +149,8 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
     samples, _ = encode_records(records, tokenizer, system_prompt, max_length)
     if not samples:
         raise data_files.SplitSizeError(
-            f"all {len(records)} {name} rows are longer than data.max_length={max_length} tokens, so no loss can be "
-            "measured on them: raise data.max_length (e.g. --set data.max_length=2048).")
+            f"{name} 的 {len(records)} 条数据全都超过 data.max_length={max_length} 个 token，无法在上面计算 loss："
+            "请调大 data.max_length（例如 --set data.max_length=2048）。")
     loss = {side: answer_loss(model, tokenizer, samples, adapter=side == "lora",
                               batch_size=options.batch_size) for side in ("base", "lora")}
     chosen = records[: options.limit] if options.limit else records
@@ -259,7 +259,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
     prepare(spec, checkpoint)
     train_records, eval_records = data_files.load_split(spec, say)
     if not eval_records:    # (a split saved before empty sides were refused)
-        raise data_files.SplitSizeError(f"0 held-out rows (data.eval_fraction={spec.data.eval_fraction}): raise it.")
+        raise data_files.SplitSizeError(f"留出集是 0 条（data.eval_fraction={spec.data.eval_fraction}）：请调大它。")
     loaded = load_finetuned(spec, checkpoint)
     for note in loaded.notes:
         say(note)
@@ -276,13 +276,12 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         metrics[name], generations[name] = evaluate_set(loaded, records, options, role.words, system_prompt,
                                                         spec.data.max_length, name)
         if metrics[name]["loss_rows"] < len(records):
-            notes.append(f"{name}: {len(records) - metrics[name]['loss_rows']} of {len(records)} rows are longer than "
-                         f"data.max_length={spec.data.max_length} tokens and left out of the loss (the answers are "
-                         "still generated for them)")
+            notes.append(f"{name}：{len(records)} 条里有 {len(records) - metrics[name]['loss_rows']} 条超过 "
+                         f"data.max_length={spec.data.max_length} 个 token，没有计入 loss（仍然为它们生成回答）")
 
     probes, seen = unseen_probes(IDENTITY_PROBES, [_user_text(r) for r in train_records])
     if seen:
-        notes.append(f"identity probes left out because the training data holds them: {', '.join(seen)}")
+        notes.append(f"这些身份问题训练数据里就有，所以没有用：{'、'.join(seen)}")
     identity = identity_check(loaded, probes, system_prompt, options)
     held = generations["held_out"]
     thinking = thinking_check(loaded, held["conversations"][: options.thinking_prompts], options)
@@ -325,13 +324,13 @@ def _adapter_data_notes(spec, checkpoint: Path) -> list[str]:
     differing = [f"{k}={data[k]!r}" for k in keys if k in data and data[k] != wanted[k]]
     if saved.get("dataset_sha256"):     # the file itself, wherever it was given from
         if spec.paths.dataset.is_file() and sha256_file(spec.paths.dataset) != saved["dataset_sha256"]:
-            differing.insert(0, f"another data file than {display_path(spec.paths.dataset)}")
+            differing.insert(0, f"数据文件不是 {display_path(spec.paths.dataset)}")
     elif "source" in data and data["source"] != wanted["source"]:   # a summary from before the hash was kept
         differing.insert(0, f"source={data['source']!r}")
     if not differing:
         return []
-    return [f"the adapter's run used other data settings ({', '.join(differing)}): "
-            "some held-out rows may have been trained on"]
+    return [f"训练这个适配器的那次运行用了不同的数据设置（{'，'.join(differing)}）："
+            "留出集里可能有些数据已经被训练过"]
 
 
 def side_by_side(generations: dict, rows: int = 20) -> list[dict]:
@@ -455,19 +454,19 @@ def describe_report(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.evaluate",
-        description="Evaluate the LoRA adapter against its base model on held-out prompts (notebook 06).")
+        description="在留出集的提示上，对比 LoRA 适配器和它的基座模型（notebook 06）。")
     parser.add_argument("--config",
-                        help="configs/train/tiny.yaml, qwen3-8b.yaml, ... (default: the profile's own)")
-    parser.add_argument("--checkpoint", help="the adapter folder (default: the run's latest good checkpoint; "
-                        "without one it stops with the command that trains it)")
-    parser.add_argument("--output-dir", help="the run folder (default workspace/checkpoints/<profile>)")
+                        help="configs/train/tiny.yaml、qwen3-8b.yaml 等（默认：profile 自己的训练配置）")
+    parser.add_argument("--checkpoint", help="适配器文件夹（默认：这次运行最新的完好检查点；"
+                        "没有的话会停下，并给出训练它的命令）")
+    parser.add_argument("--output-dir", help="运行目录（默认 workspace/checkpoints/<profile>）")
     parser.add_argument("--limit", type=positive_int,
-                        help="prompts generated per set (tiny: 16; a real model on a GPU: all; without one: 32)")
+                        help="每个集合生成回答的提示数（tiny：16；真实模型在 GPU 上：全部；没有 GPU：32）")
     parser.add_argument("--max-new-tokens", type=positive_int,
-                        help="reply length limit (tiny: 24; a real model on a GPU: 256; without one: 128)")
+                        help="回答长度上限（tiny：24；真实模型在 GPU 上：256；没有 GPU：128）")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.eval_fraction=0.1 (repeatable)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+                        help="覆盖一个配置项，例如 --set data.eval_fraction=0.1（可重复）")
+    parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     args = parser.parse_args(argv)
 
     def work() -> int:

@@ -69,7 +69,7 @@ class GenerationSettings:
         config = copy.deepcopy(base)
         if self.cache is not None:
             if self.cache not in CACHES:
-                raise ValueError(f"cache must be one of {', '.join(CACHES)} or None, not {self.cache!r}")
+                raise ValueError(f"cache 只能是 {', '.join(CACHES)} 或 None，不能是 {self.cache!r}")
             config.cache_implementation = self.cache
         if self.do_sample:
             config.update(do_sample=True, temperature=self.temperature, top_p=self.top_p,
@@ -158,12 +158,12 @@ def load_finetuned(spec, checkpoint: str | Path | None = None, merged: bool = Fa
     model.eval()
     model.course_recipe = recipe  # the chat widget defaults to the system prompt the adapter was trained with
     if spec.quantization:
-        notes.append("the adapter runs on the 4-bit NF4 base" + (" (as trained)" if recipe else ""))
+        notes.append("适配器加载在 4-bit NF4 基座上" + ("（和训练时一样）" if recipe else ""))
     if merged and spec.quantization:
-        notes.append("not merged: merging into the 4-bit base would round the adapter; the adapter stays on top")
+        notes.append("没有合并：合并进 4-bit 基座会把适配器舍入成 4-bit 权重；适配器仍然叠加在基座上")
     elif merged:
         model = merged_in_memory(model)
-        notes.append("the adapter is merged into the weights in memory (faster; no adapter switch)")
+        notes.append("适配器已在内存中合并进权重（更快；不能再开关适配器）")
     return Loaded(model, tokenizer, path, recipe, notes)
 
 
@@ -200,13 +200,13 @@ def _inputs(model, tokenizer, messages, settings):
         first_turn = next((i for i, m in enumerate(trimmed) if m["role"] != "system"), None)
         if first_turn is None or first_turn == len(trimmed) - 1:
             raise PromptTooLongError(
-                f"the prompt has {len(ids)} tokens; with max_new_tokens={settings.max_new_tokens} the model's "
-                f"context of {limit} tokens is exceeded. Shorten the message or lower max_new_tokens.")
+                f"提示有 {len(ids)} 个 token，加上 max_new_tokens={settings.max_new_tokens} 超出了模型 "
+                f"{limit} 个 token 的上下文。请缩短消息，或调小 max_new_tokens。")
         del trimmed[first_turn]
         ids = prompt_ids_as_text(tokenizer, trimmed, settings.enable_thinking)
     if len(trimmed) < len(messages):
-        warnings.warn(f"the chat was longer than the context ({limit} tokens): the oldest "
-                      f"{len(messages) - len(trimmed)} message(s) were left out", stacklevel=3)
+        warnings.warn(f"对话超出了上下文（{limit} 个 token）：最早的 "
+                      f"{len(messages) - len(trimmed)} 条消息没有放进提示", stacklevel=3)
     input_ids = torch.tensor([ids], device=model.device)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
@@ -292,32 +292,32 @@ def trained_system_prompt(model) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.inference ask "你是谁？"`` / ``python -m helpers.inference export`` (notebook 05)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="the training config of the run (default: the profile's own)")
-    common.add_argument("--checkpoint", help="an adapter folder (checkpoint-N or a run folder; default: the run's "
-                        "latest complete checkpoint)")
-    common.add_argument("--output-dir", help="the run folder train wrote (its --output-dir; default "
-                        "workspace/checkpoints/<profile>)")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument("--config", help="这次运行的训练配置（默认：profile 自己的训练配置）")
+    common.add_argument("--checkpoint", help="适配器文件夹（checkpoint-N 或运行目录；默认：这次运行"
+                        "最新的完整检查点）")
+    common.add_argument("--output-dir", help="train 写入的运行目录（即它的 --output-dir；默认 "
+                        "workspace/checkpoints/<profile>）")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="显示完整的 traceback")
     parser = argparse.ArgumentParser(prog="python -m helpers.inference",
-                                     description="Ask the fine-tuned model a question, or export the merged model.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+                                     description="向微调后的模型提一个问题，或者导出合并后的模型。")
+    parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     commands = parser.add_subparsers(dest="command", required=True)
-    ask = commands.add_parser("ask", parents=[common], help="one answer from base model + LoRA adapter")
-    ask.add_argument("message", type=utf8_text, help="the user message (tokenized as plain text, control tokens included)")
-    ask.add_argument("--system-prompt", type=utf8_text, help="default: the one the adapter was trained with (course_recipe.json)")
-    ask.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest reply in tokens (default 128)")
-    ask.add_argument("--thinking", action="store_true", help="thinking mode (enable_thinking=True)")
-    ask.add_argument("--sample", action="store_true", help="Qwen3's recommended sampling instead of greedy decoding")
+    ask = commands.add_parser("ask", parents=[common], help="基座模型 + LoRA 适配器回答一个问题")
+    ask.add_argument("message", type=utf8_text, help="用户消息（按纯文本分词，控制 token 也当作普通文字）")
+    ask.add_argument("--system-prompt", type=utf8_text, help="默认：适配器训练时用的那个（course_recipe.json）")
+    ask.add_argument("--max-new-tokens", type=positive_int, default=128, help="回答最多多少个 token（默认 128）")
+    ask.add_argument("--thinking", action="store_true", help="思考模式（enable_thinking=True）")
+    ask.add_argument("--sample", action="store_true", help="用 Qwen3 推荐的采样参数，而不是贪心解码")
     ask.add_argument("--merged", action="store_true",
-                     help="merge the adapter into the weights in memory first (faster replies; nothing is written)")
-    ask.add_argument("--cache", choices=CACHES, help="static: a preallocated KV cache (transformers then compiles "
-                     "the decode step on a GPU; the first reply pays the compilation)")
-    export = commands.add_parser("export", parents=[common], help="merge the adapter into the base model and save it")
-    export.add_argument("--target", help="an empty folder, or an earlier export of this course "
-                        "(default: workspace/export/<profile>-merged)")
+                     help="先在内存中把适配器合并进权重（回答更快；不写任何文件）")
+    ask.add_argument("--cache", choices=CACHES, help="static：预先分配的 KV 缓存（transformers 会在 GPU 上编译"
+                     "解码步骤，第一次回答要花编译的时间）")
+    export = commands.add_parser("export", parents=[common], help="把适配器合并进基座模型并保存")
+    export.add_argument("--target", help="一个空文件夹，或本课程之前导出的文件夹"
+                        "（默认：workspace/export/<profile>-merged）")
     args = parser.parse_args(argv)
     if args.command == "ask" and not args.message.strip():
-        parser.error('the message is empty: ask something, e.g. python -m helpers.inference ask "你是谁？"')
+        parser.error('消息是空的：请写一个问题，例如 python -m helpers.inference ask "你是谁？"')
 
     def work() -> int:
         spec = build_spec(args.config, output_dir=args.output_dir)
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_model(spec)                         # as train and evaluate do: no notebook needed first
         if args.command == "export":
             target = export_merged(spec, args.checkpoint, args.target)
-            print(f"merged model written to {display_path(target)}")
+            print(f"合并后的模型已写入 {display_path(target)}")
             return 0
         loaded = load_finetuned(spec, args.checkpoint, merged=args.merged)
         for note in loaded.notes:
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         system_prompt = loaded.system_prompt if args.system_prompt is None else (args.system_prompt or None)
         settings = (recommended_settings if args.sample else greedy_settings)(args.thinking, args.max_new_tokens)
         settings = replace(settings, cache=args.cache)
-        print(f"adapter: {display_path(loaded.checkpoint)}; system prompt: {system_prompt!r}; {settings.describe()}")
+        print(f"适配器：{display_path(loaded.checkpoint)}；系统提示：{system_prompt!r}；{settings.describe()}")
         reply = generate(loaded.model, loaded.tokenizer, chat_messages([], args.message, system_prompt), settings)
         if reply.thinking:
             print(f"<think>\n{reply.thinking}\n</think>")

@@ -106,10 +106,10 @@ def _what(path: Path, workspace: Path) -> str:
     try:
         top = path.relative_to(workspace).parts[0]
     except ValueError:
-        return "executed notebooks"
+        return "执行过的 notebook"
     if top == "data":
-        return "encoded data" if any(fnmatch.fnmatch(path.name, p) for p in DERIVED_DATA) else "dataset (downloaded)"
-    return {"executed": "executed notebooks", "models": "models (downloaded / built)"}.get(top, top)
+        return "编码后的数据" if any(fnmatch.fnmatch(path.name, p) for p in DERIVED_DATA) else "数据集（下载的）"
+    return {"executed": "执行过的 notebook", "models": "模型（下载或构建的）"}.get(top, top)
 
 
 def plan(workspace: Path, *, everything: bool = False, executed: Path | None = None) -> Plan:
@@ -186,9 +186,9 @@ def confirm(question: str, force: bool) -> bool:
     if force:
         return True
     if not (sys.stdin is not None and sys.stdin.isatty()):
-        raise ResetRefused("removing the model needs a yes, and there is no terminal to ask on: "
-                           "run `make reset-all FORCE=1` (or `python -m helpers.reset --all --force`). "
-                           "Nothing was removed.")
+        raise ResetRefused("删除模型需要你确认，但这里没有终端可以询问："
+                           "请运行 `make reset-all FORCE=1`（或 `python -m helpers.reset --all --force`）。"
+                           "什么都没有删除。")
     answer = input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes", "是")
 
@@ -200,38 +200,38 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
     workspace = Path(workspace)
     busy = running_trainings(workspace)
     if busy:
-        raise ResetRefused(f"a training run is in progress in {', '.join(display_path(p) for p in busy)}: "
-                           "stop it (or wait for it) first. Nothing was removed.")
+        raise ResetRefused(f"{'、'.join(display_path(p) for p in busy)} 里正在训练："
+                           "请先停止训练（或等它结束）。什么都没有删除。")
     items = plan(workspace, everything=everything, executed=executed)
-    print(f"workspace: {display_path(workspace)}", file=out)
+    print(f"工作目录：{display_path(workspace)}", file=out)
     if items.left_alone:
         shown = items.left_alone[:20]
-        print(f"not the course's, left alone ({len(items.left_alone)}):", file=out)
+        print(f"不是课程生成的，保持不动（{len(items.left_alone)} 项）：", file=out)
         for path in shown:
             print(f"  {display_path(path)}", file=out)
         if len(items.left_alone) > len(shown):
-            print(f"  ... and {len(items.left_alone) - len(shown)} more", file=out)
+            print(f"  ……还有 {len(items.left_alone) - len(shown)} 项", file=out)
     if not items:
-        print("nothing to remove: the workspace holds no runs, exports or other files the course made.", file=out)
+        print("没有要删除的东西：工作目录里没有课程生成的运行、导出或其他文件。", file=out)
         return 0
     total = sum(item.bytes for item in items)
-    print(f"to remove ({human(total)}):", file=out)
+    print(f"将删除（{human(total)}）：", file=out)
     for item in items:
-        print(f"  {display_path(item.path):<60} {human(item.bytes):>9}  ({item.what})", file=out)
+        print(f"  {display_path(item.path):<60} {human(item.bytes):>9}  （{item.what}）", file=out)
     kept = [p for p in (workspace / "models", workspace / "data" / "huanhuan.json") if p.exists()]
     if dry_run:
-        print(f"dry run: {human(total)} would be freed; nothing was removed.", file=out)
+        print(f"演练（dry run）：会释放 {human(total)}；什么都没有删除。", file=out)
         return 0
     models = [item for item in items if workspace / "models" in (item.path, *item.path.parents)]
     if everything and models:
-        if not confirm(f"Remove the models too ({human(sum(m.bytes for m in models))}; Qwen3-8B takes a 16.4 GB download to "
-                       "get back)?", force):
-            print("not confirmed: nothing was removed.", file=out)
+        if not confirm(f"模型也删除吗（{human(sum(m.bytes for m in models))}；删掉的 Qwen3-8B 要重新下载 16.4 GB "
+                       "才能找回）？", force):
+            print("没有确认：什么都没有删除。", file=out)
             return 0
     freed = remove(items)
-    print(f"freed {human(freed)}.", file=out)
+    print(f"已释放 {human(freed)}。", file=out)
     if not everything and kept:
-        print("kept: " + ", ".join(f"{display_path(p)} ({human(size_of(p))})" for p in kept), file=out)
+        print("保留：" + "，".join(f"{display_path(p)}（{human(size_of(p))}）" for p in kept), file=out)
     return freed
 
 
@@ -242,25 +242,25 @@ def switch(name: str, value: str | None) -> bool:
         return True
     if word in ("", "0", "false", "no", "off", "n"):
         return False
-    raise ResetRefused(f"{name}={value!r} is neither yes nor no: use {name}=1 (or true/yes/on) or leave it out. "
-                       "Nothing was removed.")
+    raise ResetRefused(f"{name}={value!r} 既不表示“是”也不表示“否”：请用 {name}=1（或 true/yes/on），或者不写它。"
+                       "什么都没有删除。")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.reset",
-        description="Remove runs, checkpoints, exports, plots, SwanLab records, encoded data, the scale-out demo "
-                    "and executed notebooks; keep the downloaded model and dataset (--all removes those too).")
+        description="删除运行、检查点、导出、图表、SwanLab 记录、编码后的数据、多卡演示和执行过的 notebook；"
+                    "保留下载的模型和数据集（--all 连它们也删除）。")
     parser.add_argument("--all", action="store_true", dest="everything",
-                        help="also remove the models and the downloaded dataset (asks first)")
-    parser.add_argument("--force", action="store_true", help="do not ask (needed for --all without a terminal)")
-    parser.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    parser.add_argument("--dry-run-value", metavar="WORD", help="make's DRY_RUN: true/yes/1/on or false/no/0/off")
-    parser.add_argument("--force-value", metavar="WORD", help="make's FORCE: true/yes/1/on or false/no/0/off")
-    parser.add_argument("--executed", help="another folder of executed notebooks (make run's EXECUTED)")
+                        help="也删除模型和下载的数据集（会先询问）")
+    parser.add_argument("--force", action="store_true", help="不询问（没有终端时 --all 需要它）")
+    parser.add_argument("--dry-run", action="store_true", help="只列出会删除什么")
+    parser.add_argument("--dry-run-value", metavar="WORD", help="make 的 DRY_RUN：true/yes/1/on 或 false/no/0/off")
+    parser.add_argument("--force-value", metavar="WORD", help="make 的 FORCE：true/yes/1/on 或 false/no/0/off")
+    parser.add_argument("--executed", help="另一个放执行过的 notebook 的文件夹（make run 的 EXECUTED）")
     parser.add_argument("--print-executed", action="store_true",
-                        help="only print where make run puts the executed notebooks (<workspace>/executed)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+                        help="只打印 make run 把执行过的 notebook 放在哪里（<workspace>/executed）")
+    parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     args = parser.parse_args(argv)
 
     def work() -> int:

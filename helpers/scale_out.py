@@ -156,7 +156,7 @@ def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) 
         proc.wait()
         raise
     if proc.returncode != 0:
-        raise RuntimeError(f"accelerate launch failed (exit {proc.returncode}):\n{log[-3000:]}")
+        raise RuntimeError(f"accelerate launch 失败（退出码 {proc.returncode}）：\n{log[-3000:]}")
     return out, log
 
 
@@ -176,7 +176,7 @@ def shards_per_step(entries: list[dict], pids: set[int] | None = None) -> list[d
         if pids is not None and entry["pid"] not in pids:
             continue
         if entry["rank"] in by_call[entry["call"]]:
-            raise ValueError(f"rank {entry['rank']} logged call {entry['call']} twice: pass the pids of one launch")
+            raise ValueError(f"rank {entry['rank']} 把第 {entry['call']} 次调用记录了两次：请只传入同一次启动的 pids")
         by_call[entry["call"]][entry["rank"]] = entry["rows"]
     return [by_call[call] for call in sorted(by_call)]
 
@@ -202,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.scale_out``: notebook 07's tables and commands, and its live CPU run."""
     parser = argparse.ArgumentParser(
         prog="python -m helpers.scale_out",
-        description="The ESTIMATED GPU memory of each multi-GPU strategy and its accelerate launch command; "
-                    "--demo trains the tiny model with 2 CPU processes and shows each rank's rows (notebook 07).")
-    parser.add_argument("--model", choices=list(QWEN3_SHAPES), default="Qwen3-8B", help="Qwen3 size of the table")
-    parser.add_argument("--gpus", type=positive_int, default=4, help="GPUs in the launch commands (default 4)")
-    parser.add_argument("--demo", action="store_true", help="also train the tiny model with 2 CPU processes "
-                        "(about a minute; in <workspace>/scale-out-demo)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+        description="每种多卡做法的显存估计值（ESTIMATED）和它的 accelerate launch 命令；"
+                    "--demo 用 2 个 CPU 进程训练 tiny 模型，并显示每个 rank 训练了哪些数据（notebook 07）。")
+    parser.add_argument("--model", choices=list(QWEN3_SHAPES), default="Qwen3-8B", help="表格用哪个 Qwen3 尺寸")
+    parser.add_argument("--gpus", type=positive_int, default=4, help="启动命令里的 GPU 数（默认 4）")
+    parser.add_argument("--demo", action="store_true", help="再用 2 个 CPU 进程训练 tiny 模型"
+                        "（约一分钟；在 <workspace>/scale-out-demo 里）")
+    parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     args = parser.parse_args(argv)
 
     def work() -> int:
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             out, _ = run_cpu_demo(build_spec(), "data.max_rows=10", "training.per_device_train_batch_size=2",
                                   "training.num_train_epochs=1", "training.save_steps=3", "swanlab=null")
-            print(f"\n{format_shards(shards_per_step(read_sample_log(out)))}\ncheckpoints: {display_path(out)}")
+            print(f"\n{format_shards(shards_per_step(read_sample_log(out)))}\n检查点：{display_path(out)}")
         return 0
 
     return run_cli(work, debug=args.debug)

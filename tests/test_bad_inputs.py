@@ -95,9 +95,9 @@ CASES = [
     Case("forced online without a key: train stops before any work",
          ("train", "--output-dir", "{arena}/online-run"), 2, ("SWANLAB_API_KEY", "swanlab login"), (), (),
          ("online-run",), {"QWEN3_TUTORIAL_SWANLAB_MODE": "online"}),
-    Case("an empty message", ("inference", "ask", "  ", "--checkpoint", "run"), 2, ("the message is empty",)),
+    Case("an empty message", ("inference", "ask", "  ", "--checkpoint", "run"), 2, ('inference ask "你是谁？"',)),
     Case("prompt longer than the context", ("inference", "ask", LONG_MESSAGE, "--checkpoint", "run"), 2,
-         ("context of 2048 tokens", "Shorten the message")),
+         ("max_new_tokens=128", " 2048 ")),
     # ---- messages that send the user the right way
     Case("no adapter yet: shell wording", ("inference", "ask", "你是谁？"), 2, ("python -m helpers.train",),
          ("重新运行这个单元格",)),
@@ -442,11 +442,11 @@ def test_prompts_over_the_context_are_refused_or_lose_their_oldest_turns(tiny_ch
 
     loaded = inf.load_finetuned(tiny_spec_for(tiny_checkpoint.parent))
     settings = inf.greedy_settings(max_new_tokens=4)
-    with pytest.raises(inf.PromptTooLongError, match="context of 2048 tokens"):
+    with pytest.raises(inf.PromptTooLongError, match=r"max_new_tokens=4 .*\b2048 "):
         inf.generate(loaded.model, loaded.tokenizer, inf.chat_messages([], LONG_MESSAGE), settings)
     history = [{"role": "user", "content": "你好" * 1500}, {"role": "assistant", "content": "好"},
                {"role": "user", "content": "你好" * 700}, {"role": "assistant", "content": "好"}]
-    with pytest.warns(UserWarning, match=r"oldest 1 message"):
+    with pytest.warns(UserWarning, match=r"\b2048\D+ 1 "):
         reply = inf.generate(loaded.model, loaded.tokenizer, inf.chat_messages(history, "你是谁？"), settings)
     assert reply.finished
 

@@ -99,7 +99,9 @@ def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path
     monkeypatch.delenv("QWEN3_TUTORIAL_PROFILE", raising=False)
     assert download.main(["--profile", "random8b"]) == 0
     out = capsys.readouterr().out
-    assert "[配置] random8b" in out and "model directory ready: " in out and "dataset ready: " in out
+    lines = out.splitlines()   # the dataset's line, then the model directory's: each ends with its path
+    assert "[配置] random8b" in out and lines[-1].endswith(workspace.display_path(tmp_path / "models" / "Qwen3-8B-random"))
+    assert lines[-2].endswith(workspace.display_path(huanhuan_path))
     assert (tmp_path / "models" / "Qwen3-8B-random" / "config.json").is_file()
     assert download.main(["--profile", "huge"]) == 2
     assert "--profile='huge'" in (err := capsys.readouterr().err) and "full, small, tiny, random8b, auto" in err
@@ -122,7 +124,7 @@ def test_the_tiny_model_is_never_built_over_another_model(tmp_path):
     other = workspace.course_folder(tmp_path / "Qwen3-8B")   # a downloaded model: course-made, no model.safetensors
     (other / "config.json").write_text("{}", encoding="utf-8")
     (other / "model-00001-of-00005.safetensors").write_bytes(b"weights")
-    with pytest.raises(workspace.UnsafeWriteError, match="another model"):
+    with pytest.raises(workspace.UnsafeWriteError, match=r"Qwen3-8B .*config\.json"):
         download.build_tiny_model(other)
     assert sorted(p.name for p in other.iterdir()) == [".course-made", "config.json", "model-00001-of-00005.safetensors"]
 

@@ -100,11 +100,11 @@ FAILURES = {
     # name: (fakes, change to the workspace, the failing check, words in its fix)
     "no GPU": ({"gpu_list": []}, None, "gpu", "--profile tiny"),
     "GPU held by a previous kernel": (
-        {"gpu_list": [{**GOOD_GPU, "free_gb": 6.0}]}, None, "gpu", "shut it down"),
+        {"gpu_list": [{**GOOD_GPU, "free_gb": 6.0}]}, None, "gpu", "nvidia-smi"),
     "card too small": ({"gpu_list": [{**GOOD_GPU, "memory_gb": 8.0, "free_gb": 8.0}]}, None, "gpu",
-                       "more memory"),
+                       "显存更大"),
     "low disk": ({"free_gb": 3.0}, None, "disk", "setup --workspace"),
-    "low memory": ({"memory": (16.0, 1.5)}, None, "memory", "close other programs"),
+    "low memory": ({"memory": (16.0, 1.5)}, None, "memory", "内存更大"),
     "model missing": ({}, _remove_model, "model", "python -m helpers.download --profile full"),
     "dataset unreachable": ({"dataset_reachable": lambda: False}, _remove_dataset, "dataset",
                             "setup --dataset"),
@@ -217,7 +217,7 @@ def test_settings_file_is_read_and_the_environment_wins(tmp_path):
 
 def test_settings_file_never_takes_an_api_key(tmp_path):
     settings = tmp_path / "course-settings.yaml"
-    with pytest.raises(SpecError, match="unknown setting"):
+    with pytest.raises(SpecError, match="'swanlab_api_key'"):
         env.write_settings({"swanlab_api_key": "secret-key-123"}, path=settings)
     assert not settings.exists()
 

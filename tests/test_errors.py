@@ -69,7 +69,7 @@ def test_download_without_network_is_one_line(workspace, monkeypatch, capsys, hu
     monkeypatch.setattr(files, "free_disk_gb", lambda path: 500.0)
     monkeypatch.setenv("QWEN3_TUTORIAL_DATASET", str(huanhuan_path))
     code, out, err = run_as_main("download", ["--profile", "full"], monkeypatch, capsys)
-    assert_one_line(code, err, "Could not download Qwen/Qwen3-8B from ModelScope", "QWEN3_TUTORIAL_MODEL_DIR")
+    assert_one_line(code, err, "ModelScope", "Qwen/Qwen3-8B", "ConnectionError", "QWEN3_TUTORIAL_MODEL_DIR")
     assert not (workspace / "models" / "modelscope" / "Qwen" / "Qwen3-8B" / "config.json").exists()
 
 
@@ -160,6 +160,6 @@ def test_download_in_a_fresh_process_is_one_line(tmp_path, huanhuan_path):
     result = subprocess.run([sys.executable, "-c", bootstrap], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     free = shutil.disk_usage(tmp_path).free / 1e9
-    expected = "Could not download" if free > 40 else "--workspace ~/autodl-tmp/qwen3-workspace"
+    expected = "ConnectionError" if free > 40 else "--workspace ~/autodl-tmp/qwen3-workspace"
     assert_one_line(result.returncode, result.stderr, expected)
     assert not (tmp_path / "ws" / "models" / "modelscope" / "Qwen" / "Qwen3-8B" / "config.json").exists()

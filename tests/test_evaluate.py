@@ -426,14 +426,14 @@ def test_held_out_rows_longer_than_max_length_are_counted_or_refused(memorised):
     assert found["rows"] == len(eval_records) and 0 < found["loss_rows"] < len(eval_records)
     assert found["loss_rows"] == sum(1 for n in lengths if n <= lengths[len(lengths) // 2])
     assert math.isfinite(found["loss"]["lora"]) and math.isfinite(found["loss"]["base"])
-    with pytest.raises(data_files.SplitSizeError, match=f"all {len(eval_records)} held_out rows .*max_length={lengths[0] - 1} "):
+    with pytest.raises(data_files.SplitSizeError, match=f"held_out .*{len(eval_records)} .*data.max_length={lengths[0] - 1} "):
         ev.evaluate_set(loaded, eval_records, options, ["臣妾"], spec.data.system_prompt, lengths[0] - 1)
 
 
 def test_the_adapter_data_warning_compares_the_data_file_itself(tmp_path):
     """A learner's own data file, given as a path: the same file (from anywhere) is no warning; another file
     with the same name is one."""
-    from helpers.workspace import sha256_file
+    from helpers.workspace import display_path, sha256_file
     from tests.conftest import tiny_spec_for
 
     records = json.loads((REPO_ROOT / "data" / "huanhuan_sample.json").read_text(encoding="utf-8"))
@@ -448,6 +448,6 @@ def test_the_adapter_data_warning_compares_the_data_file_itself(tmp_path):
     (trained.paths.run_dir / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     assert ev._adapter_data_notes(trained, checkpoint) == []
     changed = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={other}"])
-    assert "another data file" in ev._adapter_data_notes(changed, checkpoint)[0]
+    assert display_path(other) in ev._adapter_data_notes(changed, checkpoint)[0]
     resplit = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={mine}", "data.split_seed=7"])
     assert "split_seed=42" in ev._adapter_data_notes(resplit, checkpoint)[0]

@@ -75,8 +75,8 @@ def test_reset_keeps_the_model_and_the_dataset(tmp_path):
     for derived in ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "executed", "data/train-tiny.jsonl",
                     "data/split-tiny"):
         assert f"  {display_path(workspace / derived)} " in result.stdout
-    assert "freed 9.0 kB." in result.stdout      # nine derived files of 1,000 bytes
-    assert "kept:" in result.stdout and "models" in result.stdout
+    assert "已释放 9.0 kB" in result.stdout      # nine derived files of 1,000 bytes
+    assert "保留：" in result.stdout and display_path(workspace / "models") in result.stdout
 
 
 def test_make_reset_keeps_the_model_and_the_dataset(tmp_path):
@@ -99,9 +99,9 @@ def test_dry_run_lists_and_removes_nothing(tmp_path):
     result = run_reset(workspace, "reset", make=True, DRY_RUN="1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert present(workspace) == before
-    listed = result.stdout.split("to remove (")[1].splitlines()[1:-1]
+    listed = result.stdout.split("将删除（")[1].splitlines()[1:-1]
     assert len(listed) == 8, result.stdout      # 6 folders, the encoded file and the split
-    assert "nothing was removed" in result.stdout
+    assert "什么都没有删除" in result.stdout
 
 
 def test_reset_all_without_force_and_without_a_terminal_stops(tmp_path):
@@ -109,7 +109,7 @@ def test_reset_all_without_force_and_without_a_terminal_stops(tmp_path):
     before = present(workspace)
     result = run_reset(workspace, "reset-all", make=True)
     assert result.returncode != 0
-    assert "FORCE=1" in result.stderr and "Nothing was removed" in result.stderr
+    assert "FORCE=1" in result.stderr and "什么都没有删除" in result.stderr
     assert present(workspace) == before
 
 
@@ -120,7 +120,7 @@ def test_reset_all_with_force_removes_the_models(tmp_path):
     assert present(workspace) == {"my-notes.txt"}      # only what the course did not make
     assert not (workspace / "models").exists()
     freed = MODEL_BYTES + 9 * 1000 + 2 * 1000       # the 8B shard, the derived files, tiny config, dataset
-    assert f"freed {reset.human(freed)}." in result.stdout
+    assert f"已释放 {reset.human(freed)}。" in result.stdout
 
 
 def test_reset_all_asks_on_a_terminal(tmp_path, monkeypatch):
@@ -134,7 +134,7 @@ def test_reset_all_asks_on_a_terminal(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     out = io.StringIO()
     assert reset.reset(workspace, everything=True, out=out) == 0
-    assert "not confirmed" in out.getvalue()
+    assert "没有确认" in out.getvalue()
     assert "models/modelscope/Qwen/Qwen3-8B/model-00001-of-00005.safetensors" in present(workspace)
     assert "checkpoints/tiny/checkpoint-10/adapter_model.safetensors" in present(workspace)
 
@@ -147,7 +147,7 @@ def test_a_training_in_progress_stops_the_reset(tmp_path):
     workspace = make_workspace(tmp_path)
     before = present(workspace)
     with lock_run(workspace / "checkpoints" / "tiny"):
-        with pytest.raises(reset.ResetRefused, match="training run is in progress"):
+        with pytest.raises(reset.ResetRefused, match="checkpoints/tiny"):
             reset.reset(workspace, out=io.StringIO())
     assert present(workspace) - {"checkpoints/tiny.run.lock", "checkpoints/tiny.run.lock.pid"} == before
     reset.reset(workspace, out=io.StringIO())   # the lock released: the reset goes ahead
