@@ -99,9 +99,8 @@ def require_given_dataset(spec) -> None:
     if spec.paths.dataset.is_file() or "dataset" not in spec.given:
         return
     if spec.data.source != "course":    # a learner's own file: never downloaded over
-        where = spec.origin["dataset"].removeprefix("data.source in ")
-        raise DatasetDownloadError(f"{where}：data.source={spec.data.source!r} 不存在：请给出一个 JSON/JSONL "
-                                   "数据文件，或者用 `course` 表示 profile 自带的数据集。")
+        raise DatasetDownloadError(f"data.source={spec.data.source!r}（来自 {spec.origin['dataset']}）不存在："
+                                   "请给出一个 JSON/JSONL 数据文件，或者用 `course` 表示 profile 自带的数据集。")
     raise DatasetDownloadError(f"数据集 {display_path(spec.paths.dataset)}（来自 {spec.origin['dataset']}）"
                                "不存在。")
 

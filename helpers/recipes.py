@@ -116,7 +116,6 @@ class Recipe:
     #: ESTIMATED speed relative to the course default (bf16, checkpointing, micro-batch 4); used only to rank
     #: recipes that have no measurement
     relative_speed: float
-    note: str = ""
     kernels: str | None = None          # "liger": needs CUDA and liger-kernel
     lora_dropout: float | None = None   # None: the config's (0.1); 0: PEFT skips the dropout copies
     #: False: never picked by ``--recipe auto`` (a trade-off the learner opts into)
@@ -158,26 +157,22 @@ class Recipe:
 
 #: from the most to the least memory-hungry
 RECIPES = (
-    Recipe("bf16_mb16", "bf16 LoRA, no checkpointing, micro-batch 16", "qwen3-8b", None, False, 16, 1.45,
-           "fastest: no recomputation, 16 x 1 micro-batches"),
+    Recipe("bf16_mb16", "bf16 LoRA, no checkpointing, micro-batch 16", "qwen3-8b", None, False, 16, 1.45),
     Recipe("bf16_mb16_liger", "bf16 LoRA, no checkpointing, micro-batch 16, Liger", "qwen3-8b", None, False, 16,
-           1.6, "Liger's fused kernels: no logits held", kernels="liger"),
+           1.6, kernels="liger"),
     Recipe("bf16_mb4", "bf16 LoRA, no checkpointing, micro-batch 4", "qwen3-8b", None, False, 4, 1.3),
     Recipe("bf16_ckpt_mb16", "bf16 LoRA, checkpointing, micro-batch 16", "qwen3-8b", None, True, 16, 1.1),
     Recipe("bf16_ckpt_mb16_liger", "bf16 LoRA, checkpointing, micro-batch 16, Liger", "qwen3-8b", None, True, 16,
-           1.2, "Liger's fused kernels: the worst micro-batch of 16 fits a 24 GB card", kernels="liger"),
+           1.2, kernels="liger"),
     Recipe("bf16_ckpt_mb16_nodrop", "bf16 LoRA, checkpointing, micro-batch 16, lora_dropout 0", "qwen3-8b", None,
-           True, 16, 1.15, "no dropout copies: less memory, a little faster; but the adapter loses dropout's "
-           "regularisation and may overfit sooner (watch eval/loss)", lora_dropout=0.0, auto=False),
-    Recipe("bf16_ckpt_mb4", "bf16 LoRA, checkpointing, micro-batch 4", "qwen3-8b", None, True, 4, 1.0,
-           "the course default"),
+           True, 16, 1.15, lora_dropout=0.0, auto=False),
+    Recipe("bf16_ckpt_mb4", "bf16 LoRA, checkpointing, micro-batch 4", "qwen3-8b", None, True, 4, 1.0),
     Recipe("qlora_ckpt_mb16", "QLoRA 4-bit, checkpointing, micro-batch 16", "qwen3-8b-qlora", "nf4", True, 16, 0.8),
-    Recipe("qlora_ckpt_mb4", "QLoRA 4-bit, checkpointing, micro-batch 4", "qwen3-8b-qlora", "nf4", True, 4, 0.7,
-           "for 12-16 GB cards"),
+    Recipe("qlora_ckpt_mb4", "QLoRA 4-bit, checkpointing, micro-batch 4", "qwen3-8b-qlora", "nf4", True, 4, 0.7),
 )
 #: the ``small`` profile's recipe (configs/train/qwen3-0.6b.yaml): real Qwen3-0.6B on a 6-8 GB card or a CPU
 SMALL = Recipe("small_ckpt_mb4", "Qwen3-0.6B (small) bf16 LoRA, checkpointing, micro-batch 4", "qwen3-0.6b", None,
-               True, 4, 1.0, "the small profile: real answers without a big GPU", auto=False, model="Qwen3-0.6B")
+               True, 4, 1.0, auto=False, model="Qwen3-0.6B")
 BY_KEY = {r.key: r for r in (*RECIPES, SMALL)}
 
 

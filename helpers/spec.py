@@ -444,7 +444,7 @@ def build_spec(
     data = DataSpec(**checked.get("data", {}))
     paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"), (data.source, source))
     origin = {**{k: v[1] for k, v in settings.items()}, "profile": why,
-              **({"dataset": f"data.source in {source}"} if data.source != "course" else {})}
+              **({"dataset": source} if data.source != "course" else {})}
     return RunSpec(
         profile=chosen,
         config_file=path,

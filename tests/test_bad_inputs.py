@@ -247,9 +247,9 @@ def test_no_hint_recommends_a_flag_the_command_lacks(outcomes):
         module = case.argv[0]
         output = outcomes["results"][case.name][1]
         # `python -m helpers.other --flag ...` names its own flags
-        own = re.sub(r"python -m helpers\.(\w+)[^`\n)]*",
+        own = re.sub(r"python -m helpers\.(\w+)[^`\n)）；，。]*",
                      lambda m, own=module: m.group(0) if m.group(1) == own else "", output)
-        named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", own))
+        named = set(re.findall(r"(?<![A-Za-z0-9_-])--[a-z][a-z-]*", own))
         assert named <= flags[module], f"{case.name}: {sorted(named - flags[module])} are not flags of {module}"
 
 
