@@ -225,11 +225,11 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
     choice = choose(gpu["memory_gb"])
     held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
     ok = choice.recipe is not None and held < 2
-    detail = (f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}; "
+    detail = (f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}；"
               f"{choice.reason}")
     fix = "" if ok else ("之前的内核还占着显存：把它关掉（nvidia-smi 能看到它）"
                          if choice.recipe is not None else "换一块显存更大的卡")
-    return Check("gpu", ok, detail + (f"；已有 {held:.1f} GB 被占用" if held >= 2 else ""), fix)
+    return Check("gpu", ok, detail.rstrip("。") + (f"；已有 {held:.1f} GB 被占用" if held >= 2 else ""), fix)
 
 
 def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:

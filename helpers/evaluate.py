@@ -119,7 +119,7 @@ class EvalOptions:
 def prepare(spec, checkpoint: str | Path | None = None) -> None:
     """Everything the evaluation needs: held-out rows, an adapter and the model folder. It never trains:
     without an adapter it stops (before any download) with the command that makes one."""
-    refuse_without_gpu(spec, "evaluates")
+    refuse_without_gpu(spec, "评估")
     tracking.require_key(spec)
     if spec.data.eval_fraction <= 0:
         raise MissingArtifactError(

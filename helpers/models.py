@@ -181,16 +181,12 @@ def compute_dtype(spec, cuda: bool | None = None, bf16: bool | None = None):
     return wanted
 
 
-#: what ``refuse_without_gpu``'s ``work`` says in the learner's language
-_WORK = {"trains": "训练", "evaluates": "评估"}
-
-
 def refuse_without_gpu(spec, work: str) -> None:
     """A profile meant for a GPU (``full``: Qwen3-8B) stops on a machine without CUDA before any download.
 
-    ``work``: what the command does with the model (``"trains"``, ``"evaluates"``)."""
+    ``work``: what the command does with the model, as the learner reads it (``"训练"``, ``"评估"``)."""
     if spec.profile.needs_gpu and not cuda_available():
-        raise CourseError(f"profile {spec.profile.name} 要{_WORK.get(work, work)} {spec.profile.model}，这需要 CUDA "
+        raise CourseError(f"profile {spec.profile.name} 要{work} {spec.profile.model}，这需要 CUDA "
                           "GPU，而这台机器没有（在 AutoDL 上要用 GPU 实例，不是无卡模式）：请到有 GPU 的机器上运行，"
                           "或在这里用 QWEN3_TUTORIAL_PROFILE=small 或 tiny。没有下载任何东西。")
 

@@ -385,7 +385,7 @@ def build_trainer(spec, model, tokenizer, train_dataset, eval_dataset=None, args
 
 def train(spec, resume: bool | str | None = True) -> dict:
     """Run the whole recipe with the same steps as notebook 04; return where everything went."""
-    refuse_without_gpu(spec, "trains")
+    refuse_without_gpu(spec, "训练")
     tracking.require_key(spec)
     data_files.require_given_dataset(spec)   # a missing data file stops before the model is built or downloaded
     if spec.quantization and _launched_with("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):

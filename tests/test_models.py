@@ -186,7 +186,7 @@ def test_the_gpu_report_and_preflight_see_the_other_kernel(tmp_path, fake_gpu):
     checks = {c.name: c for c in environment.preflight(full_spec(tmp_path), versions={}, pins={}, kernel=True,
                                                        free_gb=500.0, dataset_reachable=lambda: True)}
     assert not checks["gpu"].ok and "已有 60.0 GB 被占用" in checks["gpu"].detail
-    assert "shut it down" in checks["gpu"].fix
+    assert "nvidia-smi" in checks["gpu"].fix
 
 
 # --------------------------------------------------------------------------- attention and the KV cache
