@@ -23,6 +23,7 @@ from .workspace import (
     display_path,
     how_to_make,
     is_course_made,
+    named_path,
     record_made,
     sha256_file,
     shell_path,
@@ -171,7 +172,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     A given folder may be a ``checkpoint-N`` or a run folder holding several (its latest good one is
     used). A damaged checkpoint is named with its damaged file and the previous complete one is used.
     """
-    chosen = Path(checkpoint) if checkpoint is not None else spec.paths.adapter_dir
+    chosen = named_path(checkpoint) if checkpoint is not None else spec.paths.adapter_dir
     folder = chosen if chosen is not None else spec.paths.run_dir
     if chosen is not None:
         if not chosen.exists():

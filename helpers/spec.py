@@ -35,7 +35,7 @@ from .settings import (
     resolve_swanlab_mode,
     suggest,
 )
-from .workspace import REPO_ROOT, display_path, shareable_path
+from .workspace import REPO_ROOT, display_path, named_path, shareable_path
 
 CONFIG_DIR = REPO_ROOT / "configs" / "train"
 DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
@@ -351,18 +351,10 @@ def _absolute(path: str | os.PathLike) -> Path:
     return path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
-def config_path(config: str | os.PathLike) -> Path:
-    """A file a user names: absolute, relative to the working directory, or to the repository."""
-    path = Path(config).expanduser()
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-        path = REPO_ROOT / path
-    return path.resolve()
-
-
 def data_source_path(text: str, source: str) -> Path:
     """``data.source``: a JSON/JSONL file. A folder is refused now; a missing file only when the data is read
     (``data_files.course_dataset_path``): chatting with or exporting an adapter needs no data."""
-    path = config_path(text)
+    path = named_path(text)
     if path.is_dir():
         raise SpecError(f"{source}：data.source={text!r} 是文件夹：请给出一个 JSON/JSONL 数据文件，"
                         "或者写 `course` 使用 profile 自带的数据集。")
@@ -416,12 +408,14 @@ def build_spec(
     cuda: bool | None = None,
 ) -> RunSpec:
     """Every course setting in one frozen :class:`RunSpec` (module docstring). ``config``: a YAML path (None: the
-    profile's own); ``profile``: a caller's choice (a CLI flag) in the variable's place in the precedence rule."""
+    profile's own); ``profile``: a caller's choice (a CLI flag) in the variable's place in the precedence rule;
+    ``output_dir``: a run folder a caller names (``--output-dir``), relative to the working directory like any path
+    typed in a shell (a config's ``output_dir:`` is relative to the repository, like every path in a setting)."""
     env = os.environ if env is None else env
     settings = course_settings(env, settings_file)
     cuda = cuda_available() if cuda is None else cuda
     requested, requested_origin = requested_profile(profile, settings, env, settings_file)
-    path = None if config is None else config_path(config)
+    path = None if config is None else named_path(config)
     raw = {} if path is None else read_config(path)
     chosen, why = choose_profile(requested, raw.get("profile"), cuda=cuda, requested_origin=requested_origin,
                                  config_file=path)
@@ -442,7 +436,8 @@ def build_spec(
     swanlab = SwanLabSpec(**{"enabled": bool(checked.get("swanlab")), **(checked.get("swanlab") or {}),
                              "mode": resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env)})
     data = DataSpec(**checked.get("data", {}))
-    paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"), (data.source, source))
+    run_dir = Path(output_dir).expanduser().absolute() if output_dir else checked.get("output_dir")
+    paths = resolve_paths(chosen, settings, run_dir, (data.source, source))
     origin = {**{k: v[1] for k, v in settings.items()}, "profile": why,
               **({"dataset": source} if data.source != "course" else {})}
     return RunSpec(

@@ -46,6 +46,16 @@ class NotEnoughDiskError(CourseError, RuntimeError):
 # --------------------------------------------------------------------------- printed and shared paths
 
 
+def named_path(path: str | os.PathLike) -> Path:
+    """A file or folder a learner names as input (a config, a data file, a checkpoint): absolute, relative to the
+    working directory, or else relative to the repository, where every path the course prints starts (so a printed
+    path also works in a notebook, whose working directory is ``notebooks/``)."""
+    path = Path(path).expanduser()
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
+    return path.resolve()
+
+
 def display_path(path: str | os.PathLike | None) -> str:
     """A path as it can be pasted into a terminal at the repository root, with no machine prefix.
 

@@ -367,3 +367,12 @@ def test_a_saved_swanlab_login_counts_as_a_key(tmp_path, monkeypatch):
     assert online.swanlab.mode == "online"
     # the key itself is never part of the spec that is printed, saved or sent to SwanLab as config
     assert "k" * 21 not in json.dumps(online.to_dict(), default=str) + online.describe()
+
+
+def test_a_run_folder_typed_in_a_shell_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # --output-dir runs/a from any folder: the run lands there, never inside the repository
+    assert spec_of(TINY, output_dir="runs/a").paths.run_dir == tmp_path / "runs" / "a"
+    # a config's output_dir is relative to the repository, the same from a notebook and from a terminal
+    assert spec_of(TINY, ["output_dir=runs/b"]).paths.run_dir == REPO_ROOT / "runs" / "b"
+    assert not (REPO_ROOT / "runs").exists()

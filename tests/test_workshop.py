@@ -180,3 +180,17 @@ def test_a_stale_adapter_setting_is_visible_and_named_with_its_fix(tmp_path):
         inf.resolve_checkpoint(spec)
     with pytest.raises(MissingArtifactError, match=r"typo 不存在。$"):     # --checkpoint: the learner's own word
         inf.resolve_checkpoint(spec, tmp_path / "typo")
+
+
+def test_a_checkpoint_path_the_course_printed_works_from_a_notebook_and_elsewhere(tiny_checkpoint, tiny_spec,
+                                                                                 tmp_path, monkeypatch):
+    from helpers.workspace import REPO_ROOT, display_path
+
+    printed = display_path(tiny_checkpoint)   # relative to the repository, as every message prints it
+    assert not Path(printed).is_absolute()
+    for folder in (REPO_ROOT / "notebooks", tmp_path):   # a notebook's working directory; a terminal elsewhere
+        monkeypatch.chdir(folder)
+        assert inf.resolve_checkpoint(tiny_spec, printed) == (tiny_checkpoint, [])
+    (tmp_path / printed).mkdir(parents=True)   # a folder of that name in the working directory is the one meant
+    with pytest.raises(MissingArtifactError):
+        inf.resolve_checkpoint(tiny_spec, printed)
