@@ -151,8 +151,8 @@ def read_recipe(checkpoint: Path) -> dict:
     try:
         recipe = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{display_path(path)} 已损坏（{err}）：重新训练，或删掉这个文件，"
-                              "按配置里的基座模型加载适配器。") from None
+        raise CheckpointError(f"{display_path(path)} 已损坏（{err}）：请重新训练；或者删掉这个文件，"
+                              "之后会按配置里的基座模型加载适配器。") from None
     return recipe if isinstance(recipe, dict) else {}
 
 
@@ -243,11 +243,11 @@ def lock_run(run_dir: Path):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        who = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "另一个进程"
+        who = f"进程 {owner.read_text(encoding='utf-8').strip()}" if owner.is_file() else "另一个进程"
         raise RunLockedError(
             f"{display_path(run_dir)} 正被 {who} 用于训练（它持有这个运行目录的锁）。等它结束，或者停掉它，"
             "或者训练到另一个文件夹（--output-dir）。") from None
-    owner.write_text(f"process {os.getpid()}", encoding="utf-8")
+    owner.write_text(str(os.getpid()), encoding="utf-8")
     return lock
 
 

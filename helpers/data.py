@@ -152,7 +152,7 @@ class EncodeReport:
             numbers = [rows[i] if rows is not None else i + 1 for i, _ in self.too_long]
             text += (
                 f"；丢弃了 {len(self.too_long)} 条超过 max_length 的数据（截断会让回答丢掉 <|im_end|>）："
-                f"第 {list_numbers(numbers, 10)} {unit}（从 1 数起）"
+                f"{list_numbers(numbers, unit, 10)}（从 1 数起）"
             )
         return text
 

@@ -176,7 +176,7 @@ def read_stamp(path: str | os.PathLike) -> dict | None:
 def stamp_differences(found: dict | None, wanted: dict) -> list[str]:
     """Which settings differ between an encoded file's stamp and this run's (empty: the file fits)."""
     if found is None:
-        return ["文件里没有记录编码设置（旧版本生成的）"]
+        return ["文件里没有记录编码设置，是旧版本生成的"]
     return [f"{key}：文件里是 {found.get(key)!r}，本次是 {value!r}" for key, value in wanted.items()
             if found.get(key) != value]
 
@@ -200,7 +200,7 @@ def load_encoded(path: str | os.PathLike) -> list[dict]:
             lengths = {len(sample.get(k) or []) for k in ENCODED_KEYS} if keys else {0}
             if keys != set(ENCODED_KEYS) or len(lengths) != 1 or 0 in lengths:
                 raise EncodedFileError(
-                    f"{display_path(path)} 第 {number} 行：应当有 {', '.join(ENCODED_KEYS)}，长度相同且不为 0："
+                    f"{display_path(path)} 第 {number} 行：应当有 {', '.join(ENCODED_KEYS)}，长度相同且不为 0。"
                     "请用 `python -m helpers.data encode` 重新生成这个文件。")
             sample.setdefault("row", len(samples))
             samples.append(sample)

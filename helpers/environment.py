@@ -187,7 +187,7 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     missing = [name for name in KEY_PACKAGES if versions.get(name) == NOT_INSTALLED and name in pins]
     checks.append(Check("packages", not wrong and not missing,
                         "固定的版本全部已安装" if not wrong and not missing else
-                        "; ".join(wrong + [f"{m} 没有安装" for m in missing]),
+                        "；".join(wrong + [f"{m} 没有安装" for m in missing]),
                         "make venv（或者：pip install -r requirements.txt）"))
     gpu_list = gpus() if gpu_list is None else gpu_list
     gpu_profile = spec.profile.needs_gpu
@@ -225,11 +225,11 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
     choice = choose(gpu["memory_gb"])
     held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
     ok = choice.recipe is not None and held < 2
-    detail = (f"{gpu['name']} {gpu['memory_gb']} GB, bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}；"
-              f"{choice.reason}")
+    detail = (f"{gpu['name']} {gpu['memory_gb']} GB，bf16 {'支持' if gpu['bf16'] else '不支持（改用 fp16）'}"
+              + (f"，已有 {held:.1f} GB 被占用" if held >= 2 else "") + f"；{choice.reason}")
     fix = "" if ok else ("之前的内核还占着显存：把它关掉（nvidia-smi 能看到它）"
                          if choice.recipe is not None else "换一块显存更大的卡")
-    return Check("gpu", ok, detail.rstrip("。") + (f"；已有 {held:.1f} GB 被占用" if held >= 2 else ""), fix)
+    return Check("gpu", ok, detail, fix)
 
 
 def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:

@@ -281,7 +281,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
 
     probes, seen = unseen_probes(IDENTITY_PROBES, [_user_text(r) for r in train_records])
     if seen:
-        notes.append(f"这些身份问题训练数据里就有，所以没有用：{'、'.join(seen)}")
+        notes.append(f"训练数据里已有这些身份问题，所以评估时没有使用它们：{'、'.join(seen)}")
     identity = identity_check(loaded, probes, system_prompt, options)
     held = generations["held_out"]
     thinking = thinking_check(loaded, held["conversations"][: options.thinking_prompts], options)

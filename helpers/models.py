@@ -369,10 +369,10 @@ def _mismatch_message(adapter, recipe, name, size, module, expected, hidden) -> 
     layer = name.removeprefix("base_model.model.")
     trained = (f"用 profile {recipe['profile']!r}（{recipe.get('base_model', '另一个基座模型')}）训练的"
                if "profile" in recipe else "在另一个基座模型上训练的")
-    found = (f"加载的基座模型没有 {layer} 这一层" if module is None
-             else f"{layer} 的维度是 {expected}，适配器的矩阵是 {size}")
-    return (f"适配器 {display_path(adapter)} 与这个基座模型（hidden size {hidden}）不匹配：它是{trained}，"
-            f"而{found}。请用在这个 profile 的模型上训练的适配器，或换回训练它时用的 profile"
+    found = (f"加载的基座模型却没有 {layer} 这一层" if module is None
+             else f"其中 {layer} 的维度是 {expected}，适配器的矩阵却是 {size}")
+    return (f"适配器 {display_path(adapter)} 与这个基座模型（hidden_size={hidden}）不匹配：它是{trained}，"
+            f"{found}。请用在这个 profile 的模型上训练的适配器，或换回训练它时用的 profile"
             "（--profile / QWEN3_TUTORIAL_PROFILE）。")
 
 

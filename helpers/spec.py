@@ -295,7 +295,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
         checked = {}
         for key, value in values.items():
             if key not in actions:
-                known = "（training 接受的是 transformers.TrainingArguments 的参数）" if section == "training" else ""
+                known = "；training 下可以写 transformers.TrainingArguments 的参数" if section == "training" else ""
                 raise SpecError(f"{source}：未知的键 {section}.{key}{suggest(key, actions)}{known}")
             if key == "target_modules":
                 if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
@@ -422,7 +422,7 @@ def build_spec(
     if path is None:
         path = CONFIG_DIR / f"{chosen.train_config}.yaml"
         raw = read_config(path)
-    source = display_path(path) + (f"（--set {' '.join(overrides)}）" if overrides else "")
+    source = display_path(path) + (f" 加上 --set {' '.join(overrides)}" if overrides else "")
     checked = validate_config(apply_overrides(raw, overrides), source=source)
     missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked["training"]]
     if missing:

@@ -427,7 +427,7 @@ def train(spec, resume: bool | str | None = True) -> dict:
             if isinstance(err, CourseError) or not is_disk_full(err):
                 raise
             raise DiskFullError(errno.ENOSPC, f"训练写入 {display_path(spec.paths.run_dir)} 时（保存检查点）磁盘满了："
-                                "腾出一些空间，再运行同一条命令：它会从最后一个完整的检查点继续。") from err
+                                "腾出一些空间后，再运行同一条命令，它会从最后一个完整的检查点继续。") from err
         finally:   # a failed or interrupted training is recorded as such, not as a success
             swanlab_folder = tracking.finish_run(run, error=sys.exc_info()[1]) if run is not None else None
         summary = record_run(spec, trainer, result.metrics, swanlab_folder, checkpoint)
@@ -463,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="覆盖一个配置值，例如 --set training.max_steps=20（可重复）")
     parser.add_argument("--recipe", choices=["auto"],
-                        help="auto：选显存估计放得下这张 GPU 空闲显存的最快配方（bf16 LoRA 或 4-bit QLoRA、"
-                             "activation checkpointing、微批次大小），并打印选了什么、为什么。没有 GPU 时保留给定的配置")
+                        help="auto：在估计显存放得下这张 GPU 空闲显存的配方里选最快的（bf16 LoRA 或 4-bit QLoRA、"
+                             "activation checkpointing、微批次大小），并打印选了哪个、为什么。没有 GPU 时保留给定的配置")
     parser.add_argument("--debug", action="store_true", help="出错时显示完整的 traceback")
     args = parser.parse_args(argv)
 

@@ -84,7 +84,7 @@ class ValidationReport:
             f"错误 {len(self.errors)} 个，警告 {len(self.warnings)} 个"
         )
         if self.skipped:
-            text += f"；跳过 {len(self.skipped)} 条无效数据（第 {list_numbers(self.skipped)} {self.unit}）"
+            text += f"；跳过 {len(self.skipped)} 条无效数据（{list_numbers(self.skipped, self.unit)}）"
         return text
 
     def format(self, limit: int | None = None) -> str:
@@ -116,9 +116,10 @@ class LoadResult:
 SPECIAL_TOKEN_PATTERN = re.compile(r"<\|[a-z_]+\|>|</?think>|</?tool_call>|</?tool_response>")
 
 
-def list_numbers(numbers: Sequence[int], limit: int = 30) -> str:
-    text = ", ".join(str(n) for n in numbers[:limit])
-    return text + (f" 及另外 {len(numbers) - limit} 个" if len(numbers) > limit else "")
+def list_numbers(numbers: Sequence[int], unit: str, limit: int = 30) -> str:
+    """``第 2、3、5 行``: at most ``limit`` numbers, then how many more."""
+    text = f"第 {'、'.join(str(n) for n in numbers[:limit])} {unit}"
+    return text + (f"，另有 {len(numbers) - limit} {unit}" if len(numbers) > limit else "")
 
 
 def _json_type(value) -> str:
@@ -259,7 +260,7 @@ def load_records(
     if report.rows_read == 0 and report.ok:
         report.add(None, "(file)", "文件里没有任何记录")
     if any(p.row is None for p in report.errors):
-        raise DataValidationError(report, "整个文件都读不出记录：请先修正上面的问题。")
+        raise DataValidationError(report, "整个文件都读不出记录：请先修正前面列出的问题。")
 
     records, rows, first_seen = [], [], {}
     for row, value in items:

@@ -271,7 +271,7 @@ def story(arena):
     owner = run_dir.with_name(run_dir.name + ".run.lock.pid")
     try:
         deadline = time.time() + 300
-        while not (owner.is_file() and owner.read_text().strip() == f"process {first.pid}"):
+        while not (owner.is_file() and owner.read_text().strip() == str(first.pid)):
             assert first.poll() is None, (arena / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "the first training never took the lock"
             time.sleep(0.5)
@@ -294,7 +294,7 @@ def test_second_training_stops_at_once_naming_the_first(story):
     code, output = story["second"]
     assert story["first_alive"], "the first training ended before the second started: nothing was tested"
     assert code == 2, output[-3000:]
-    assert f"process {story['first_pid']}" in output and "--output-dir" in output
+    assert f"进程 {story['first_pid']}" in output and "--output-dir" in output
     assert "Loading weights" not in output and "Traceback" not in output  # stopped before any model loaded
 
 
@@ -309,7 +309,7 @@ def test_rerun_after_a_kill_is_not_blocked_and_moves_the_old_run_aside(story, ar
     assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-1"]  # no old checkpoint-60 served
     summary = json.loads((run_dir / "run_summary.json").read_text(encoding="utf-8"))
     assert summary["checkpoint"] == "checkpoint-1" and summary["global_step"] == 1
-    assert story["owner"].read_text().strip() != f"process {story['first_pid']}"
+    assert story["owner"].read_text().strip() != str(story["first_pid"])
 
 
 def test_set_learning_rate_1e_4_is_a_number(story):

@@ -262,7 +262,7 @@ def test_a_missing_data_file_stops_before_any_model_is_made(arena, monkeypatch, 
     extra = ("--checkpoint", str(tiny_checkpoint)) if command == "evaluate" else ()
     result = cli(command, "--set", "data.source=nope.json", *extra)
     one_line(result, "data.source='nope.json'")
-    assert "tiny.yaml（--set data.source=nope.json）" in result.error_lines[0]
+    assert "tiny.yaml 加上 --set data.source=nope.json" in result.error_lines[0]
     assert not (empty / "models").exists() and not (empty / "checkpoints").exists()
 
 

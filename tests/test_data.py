@@ -194,7 +194,7 @@ def test_skip_invalid_keeps_valid_rows_and_reports_the_skipped_ones(tokenizer):
     assert result.report.skipped == errors
     assert result.rows == BROKEN_VALID_LINES
     assert result.report.rows_read == len(errors) + len(BROKEN_VALID_LINES)
-    assert f"跳过 {len(errors)} 条无效数据（第 {', '.join(map(str, errors))} 行）" in result.report.summary()
+    assert f"跳过 {len(errors)} 条无效数据（第 {'、'.join(map(str, errors))} 行）" in result.report.summary()
     # the over-long row is loaded with a warning, and encode_records drops and counts it
     samples, report = data.encode_records(result.records, tokenizer, max_length=128)
     assert [result.rows[i] for i, _ in report.too_long] == [7] and len(samples) == 3
@@ -611,6 +611,6 @@ def test_rows_dropped_for_length_are_named_by_their_row_in_the_file(tokenizer, t
     train_samples, eval_samples = data.training_data(spec, tokenizer)
     out = capsys.readouterr().out
     named = [int(n) for line in out.splitlines() if "丢弃了" in line
-             for n in re.search(r"第 ([\d, ]+) 条", line).group(1).split(", ")]
+             for n in re.search(r"第 ([\d、]+) 条", line).group(1).split("、")]
     assert sorted(named) == sorted(long_rows)
     assert len(train_samples) + len(eval_samples) == len(records) - len(long_rows)

@@ -274,7 +274,7 @@ def test_recipe_auto_on_a_16_gb_card_picks_qlora(monkeypatch, captured, capsys):
     assert spec.training["per_device_train_batch_size"] == 4
     assert spec.training["learning_rate"] == pytest.approx(2e-4)
     out = capsys.readouterr().out
-    assert "Fake 16GB" in out and "QLoRA 4-bit, checkpointing, micro-batch 4" in out
+    assert "Fake 16GB" in out and recipes.BY_KEY["qlora_ckpt_mb4"].name in out
     assert "--set quantization=nf4" in out
 
 
@@ -286,7 +286,7 @@ def test_recipe_auto_on_an_80_gb_card_picks_bf16_without_checkpointing(monkeypat
     assert spec.training["activation_checkpointing"] is False
     assert spec.training["per_device_train_batch_size"] == 16
     assert spec.training["gradient_accumulation_steps"] == 1   # the effective batch stays 16
-    assert "bf16 LoRA, no checkpointing, micro-batch 16" in capsys.readouterr().out
+    assert recipes.BY_KEY["bf16_mb16"].name in capsys.readouterr().out
 
 
 def test_recipe_auto_uses_free_memory_and_the_users_settings_win(monkeypatch, captured, capsys):
