@@ -11,13 +11,15 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def gpus() -> list[dict]:
-    """Each CUDA GPU: index, name, total and free memory (GB = 1e9 bytes), capability, bf16 support."""
+def gpus(only: int | None = None) -> list[dict]:
+    """Each CUDA GPU (or GPU ``only``): index, name, total and free memory (GB = 1e9 bytes), capability, bf16
+    support. Asking a GPU its free memory opens a CUDA context on it (hundreds of MB, for the process's life)."""
     import torch
 
     found = []
     if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
+        count = torch.cuda.device_count()
+        for index in range(count) if only is None else [min(only, count - 1)]:
             props = torch.cuda.get_device_properties(index)
             free, total = torch.cuda.mem_get_info(index)
             found.append({
@@ -38,7 +40,12 @@ def free_gpu_gb() -> float | None:
 
     if not torch.cuda.is_available():
         return None
-    return round(torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))[0] / 1e9, 1)
+    return round(torch.cuda.mem_get_info(local_gpu())[0] / 1e9, 1)
+
+
+def local_gpu() -> int:
+    """The GPU this process trains on: ``LOCAL_RANK`` under ``accelerate launch`` / ``torchrun``, else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def default_device() -> str:

@@ -25,7 +25,7 @@ from .checkpoints import RECIPE_FILE
 from .data import training_data
 from .download import model_ready, prepare_model
 from .errors import CourseError, run_cli
-from .hardware import cuda_available, gpus, is_main_process, launched_processes, peak_memory_gib
+from .hardware import cuda_available, gpus, is_main_process, launched_processes, local_gpu, peak_memory_gib
 from .models import (
     add_lora_adapter,
     compute_dtype,
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
         if args.recipe == "auto":
-            found = gpus()
+            found = gpus(only=local_gpu())   # this process's GPU only: no CUDA context on the others
             config, overrides, why = auto_recipe(args.config, args.overrides, spec.profile.name,
                                                  found[0] if found else None)
             if is_main_process():

@@ -381,3 +381,20 @@ def test_kernels_liger_patches_qwen3_before_the_model_is_built(monkeypatch, tiny
         "rope", "rms_norm", "swiglu", "fused_linear_cross_entropy"]
     assert calls == [{"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
                       "fused_linear_cross_entropy": True}]
+
+
+def test_recipe_auto_in_a_launch_asks_only_its_own_gpu(monkeypatch, captured, capsys):
+    # rank 1 of a two-GPU launch: its own card is the 80 GB one; asking card 0 would open a CUDA context there
+    import torch
+
+    fake_gpu(monkeypatch, 80, name="Fake 80GB")
+    asked = []
+    free_of = torch.cuda.mem_get_info
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=0: asked.append(device) or free_of(device))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_main(["--recipe", "auto"]) == "trained"
+    assert asked == [1]
+    (spec,) = captured
+    assert spec.training["per_device_train_batch_size"] == 16
