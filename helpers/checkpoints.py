@@ -267,7 +267,7 @@ def move_aside(run_dir: Path) -> tuple[Path | None, list[Path]]:
     if not (is_course_made(run_dir) or any(is_checkpoint_name(p) for p in run_dir.iterdir())
             or (run_dir / "run_summary.json").is_file()):
         raise UnsafeWriteError(f"{display_path(run_dir)} 里有不是课程创建的文件，所以不会把它移到一旁："
-                               "请训练到另一个文件夹（--output-dir workspace/checkpoints/mine）。")
+                               f"请训练到另一个文件夹（例如 --output-dir {shell_path(run_dir.with_name(run_dir.name + '-run'))}）。")
     target = run_dir.with_name(f"{run_dir.name}-previous-{time.strftime('%Y%m%d-%H%M%S')}")
     suffix = 1
     while target.exists():

@@ -28,7 +28,7 @@ from .models import course_tokenizer
 from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, padding_table
 from .spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
 from .validation import list_numbers
-from .workspace import UnsafeWriteError, display_path, record_made, refuse_same_file, shell_path
+from .workspace import UnsafeWriteError, display_path, record_made, refuse_same_file, shell_path, typed_paths
 
 IGNORE_INDEX = -100
 END_TOKEN = "<|im_end|>"
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     split.add_argument("out_dir")
     split.add_argument("--eval-fraction", type=fraction, default=0.05, help="留出的比例（默认 0.05）")
     split.add_argument("--seed", type=int, default=42, help="切分的随机种子（默认 42）")
-    args = parser.parse_args(argv)
+    args = typed_paths(parser.parse_args(argv), "path")
     return run_cli(lambda: _run(args), debug=args.debug)
 
 

@@ -26,7 +26,7 @@ from .profiles import PROFILES
 from .recipes import choose
 from .settings import SETTINGS_FILE, SETTINGS_KEYS, SWANLAB_MODES, SpecError, read_settings_file, suggest
 from .spec import build_spec
-from .workspace import REPO_ROOT, atomic_path, display_path, free_disk_gb
+from .workspace import REPO_ROOT, atomic_path, display_path, free_disk_gb, named_path
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
 KEY_PACKAGES = [
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             values = {k: getattr(args, k) for k in SETTINGS_KEYS if getattr(args, k) is not None}
             for key in ("workspace", "model_dir", "dataset", "adapter_dir"):
                 if values.get(key) and not values[key].startswith("~"):
-                    values[key] = str(Path(values[key]).resolve())  # relative to where the command ran
+                    values[key] = str(named_path(values[key]))  # as typed where the command ran
             path = write_settings(values)
             print(f"已写入 {display_path(path)}：")
             print(path.read_text(encoding="utf-8"))

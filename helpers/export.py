@@ -27,6 +27,7 @@ from .workspace import (
     display_path,
     made_names,
     refuse_foreign_partial,
+    repo_path,
     shell_path,
 )
 
@@ -92,7 +93,7 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     spec, notes = spec_as_trained(spec, path, notes)
     for note in notes:
         print(note)
-    target = Path(target) if target else spec.paths.export_dir
+    target = repo_path(target) if target else spec.paths.export_dir
     check_export_target(target, [spec.paths.run_dir, path, spec.paths.model_dir])
     refuse_foreign_partial(target)
     # a previous course export goes first (it can always be made again: never two copies on disk);

@@ -34,7 +34,7 @@ from .errors import CourseError, positive_int, run_cli, utf8_text
 from .export import export_merged
 from .models import adapter_switch, check_adapter_fits, load_base_model, load_tokenizer
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
-from .workspace import display_path
+from .workspace import display_path, typed_paths
 
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
 QWEN3_SAMPLING = {
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", parents=[common], help="把适配器合并进基座模型并保存")
     export.add_argument("--target", help="一个空文件夹，或本课程之前导出的文件夹"
                         "（默认：workspace/export/<profile>-merged）")
-    args = parser.parse_args(argv)
+    args = typed_paths(parser.parse_args(argv), "output_dir", "checkpoint", "target")
     if args.command == "ask" and not args.message.strip():
         parser.error('消息是空的：请写一个问题，例如 python -m helpers.inference ask "你是谁？"')
 

@@ -23,7 +23,7 @@ from .profiles import PROFILES
 from .recipes import estimate_lora_memory_gb
 from .runs import SAMPLE_LOG
 from .spec import build_spec, resolve_paths
-from .workspace import REPO_ROOT, course_folder, display_path
+from .workspace import REPO_ROOT, course_folder, display_path, named_path
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
 
@@ -162,7 +162,7 @@ def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) 
 
 def read_sample_log(output_dir: str | os.PathLike) -> list[dict]:
     """Every line of a run's ``sample_log.jsonl``."""
-    path = Path(output_dir) / SAMPLE_LOG
+    path = named_path(output_dir) / SAMPLE_LOG
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import CourseError
-from .workspace import REPO_ROOT, display_path
+from .workspace import REPO_ROOT, display_path, shell_path
 
 PROFILE_ENV = "QWEN3_TUTORIAL_PROFILE"
 WORKSPACE_ENV = "QWEN3_TUTORIAL_WORKSPACE"
@@ -147,7 +147,7 @@ def refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:
         if run == path or run in path.parents or (what == "model_dir" and path in run.parents):
             raise SpecError(f"--output-dir {display_path(run_dir)} 就是（或包含）{PROTECTED_LABELS.get(what, what)} "
                             f"{display_path(path)}：在那里重新开始训练会把它移到一边。请给运行目录一个单独的文件夹，"
-                            "例如 --output-dir workspace/checkpoints/mine")
+                            f"例如 --output-dir {shell_path(protected['workspace'] / 'checkpoints' / 'mine')}")
     if run == Path.home().resolve() or run == REPO_ROOT or run.parent == run:
         raise SpecError(f"--output-dir {display_path(run_dir)} 是一个放着其他文件的大文件夹：请给运行目录一个单独的文件夹，"
-                        "例如 --output-dir workspace/checkpoints/mine")
+                        f"例如 --output-dir {shell_path(protected['workspace'] / 'checkpoints' / 'mine')}")

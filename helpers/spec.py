@@ -35,7 +35,7 @@ from .settings import (
     resolve_swanlab_mode,
     suggest,
 )
-from .workspace import REPO_ROOT, display_path, named_path, shareable_path
+from .workspace import REPO_ROOT, display_path, named_path, repo_path, shareable_path
 
 CONFIG_DIR = REPO_ROOT / "configs" / "train"
 DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
@@ -346,11 +346,6 @@ def read_config(path: Path) -> dict:
 # --------------------------------------------------------------------------- building the spec
 
 
-def _absolute(path: str | os.PathLike) -> Path:
-    path = Path(path).expanduser()
-    return path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
-
-
 def data_source_path(text: str, source: str) -> Path:
     """``data.source``: a JSON/JSONL file. A folder is refused now; a missing file only when the data is read
     (``data_files.course_dataset_path``): chatting with or exporting an adapter needs no data."""
@@ -409,8 +404,8 @@ def build_spec(
 ) -> RunSpec:
     """Every course setting in one frozen :class:`RunSpec` (module docstring). ``config``: a YAML path (None: the
     profile's own); ``profile``: a caller's choice (a CLI flag) in the variable's place in the precedence rule;
-    ``output_dir``: a run folder a caller names (``--output-dir``), relative to the working directory like any path
-    typed in a shell (a config's ``output_dir:`` is relative to the repository, like every path in a setting)."""
+    ``output_dir``: the run folder, relative paths from the repository like every path in a setting or a config (a
+    command resolves what was typed in the shell first: :func:`~helpers.workspace.typed_paths`)."""
     env = os.environ if env is None else env
     settings = course_settings(env, settings_file)
     cuda = cuda_available() if cuda is None else cuda
@@ -436,8 +431,7 @@ def build_spec(
     swanlab = SwanLabSpec(**{"enabled": bool(checked.get("swanlab")), **(checked.get("swanlab") or {}),
                              "mode": resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env)})
     data = DataSpec(**checked.get("data", {}))
-    run_dir = Path(output_dir).expanduser().absolute() if output_dir else checked.get("output_dir")
-    paths = resolve_paths(chosen, settings, run_dir, (data.source, source))
+    paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"), (data.source, source))
     origin = {**{k: v[1] for k, v in settings.items()}, "profile": why,
               **({"dataset": source} if data.source != "course" else {})}
     return RunSpec(
@@ -461,10 +455,10 @@ def build_spec(
 def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None,
                   data_source: tuple[str, str] = ("course", "")) -> Paths:
     """Every path of a run; ``data_source``: (``data.source``, the config it came from)."""
-    workspace = _absolute(settings["workspace"][0]) if "workspace" in settings else REPO_ROOT / "workspace"
+    workspace = repo_path(settings["workspace"][0]) if "workspace" in settings else REPO_ROOT / "workspace"
     models = workspace / "models"
     if "model_dir" in settings and profile.source == "modelscope":
-        model_dir = _absolute(settings["model_dir"][0])
+        model_dir = repo_path(settings["model_dir"][0])
     elif profile.source == "modelscope":
         model_dir = models / "modelscope" / "Qwen" / profile.model
     else:
@@ -472,12 +466,12 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
     if data_source[0] != "course":
         dataset = data_source_path(*data_source)
     elif "dataset" in settings:
-        dataset = _absolute(settings["dataset"][0])
+        dataset = repo_path(settings["dataset"][0])
     elif profile.source == "tiny":  # the shipped sample
         dataset = REPO_ROOT / "data" / "huanhuan_sample.json"
     else:
         dataset = workspace / "data" / "huanhuan.json"
-    run_dir = _absolute(output_dir) if output_dir else workspace / "checkpoints" / profile.name
+    run_dir = repo_path(output_dir) if output_dir else workspace / "checkpoints" / profile.name
     if output_dir:
         refuse_run_dir(run_dir, {"workspace": workspace, "model_dir": model_dir, "dataset": dataset})
     return Paths(
@@ -490,5 +484,5 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
         export_dir=workspace / "export" / f"{profile.name}-merged",
         plots=workspace / "plots",
         swanlog=workspace / "swanlog",
-        adapter_dir=_absolute(settings["adapter_dir"][0]) if "adapter_dir" in settings else None,
+        adapter_dir=repo_path(settings["adapter_dir"][0]) if "adapter_dir" in settings else None,
     )

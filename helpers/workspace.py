@@ -46,14 +46,30 @@ class NotEnoughDiskError(CourseError, RuntimeError):
 # --------------------------------------------------------------------------- printed and shared paths
 
 
+def repo_path(path: str | os.PathLike) -> Path:
+    """A path a setting, a config or a function call names: relative ones start at the repository root, the same
+    for every notebook (working directory ``notebooks/``) and every command."""
+    path = Path(path).expanduser()
+    return path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
 def named_path(path: str | os.PathLike) -> Path:
-    """A file or folder a learner names as input (a config, a data file, a checkpoint): absolute, relative to the
-    working directory, or else relative to the repository, where every path the course prints starts (so a printed
-    path also works in a notebook, whose working directory is ``notebooks/``)."""
+    """A file or folder a learner names (a config, a data file, a checkpoint, a path typed in a shell): absolute,
+    relative to the working directory, or else, when only that exists, relative to the repository, where every path
+    the course prints starts (so a printed path also works in a notebook and in a terminal elsewhere)."""
     path = Path(path).expanduser()
     if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
         path = REPO_ROOT / path
     return path.resolve()
+
+
+def typed_paths(args, *names: str):
+    """A command's path arguments (``argparse`` attributes ``names``) as typed in a shell (:func:`named_path`),
+    resolved once, at the edge: the functions below take relative paths from the repository (:func:`repo_path`)."""
+    for name in names:
+        if getattr(args, name, None):
+            setattr(args, name, named_path(getattr(args, name)))
+    return args
 
 
 def display_path(path: str | os.PathLike | None) -> str:

@@ -224,6 +224,9 @@ def test_output_dir_is_never_the_workspace_or_the_model(arena):
     for target, phrase in ((ws, labels["workspace"]), (ws / "models" / "tiny-qwen3", labels["model_dir"]),
                            (arena, labels["workspace"])):
         one_line(cli("train", "--output-dir", str(target), "--no-resume"), phrase)
+        # the fix is a folder in this workspace (the arena's ws), not the default ./workspace
+        one_line(cli("train", "--output-dir", str(target), "--no-resume"),
+                 f"--output-dir {workspace.shell_path(ws / 'checkpoints' / 'mine')}")
     assert shas(ws) == before
 
 
@@ -232,7 +235,8 @@ def test_a_folder_of_the_learners_is_not_moved_aside(arena):
     mine.mkdir(parents=True)
     (mine / "notes.md").write_text("mine", encoding="utf-8")
     before = shas(mine)
-    with pytest.raises(workspace.UnsafeWriteError, match="--output-dir workspace/checkpoints/mine"):
+    # the fix names a free folder beside it, not the workspace of a default setup
+    with pytest.raises(workspace.UnsafeWriteError, match=re.escape(f"--output-dir {workspace.display_path(mine)}-run")):
         checkpoints.move_aside(mine)
     assert shas(mine) == before
 

@@ -369,10 +369,19 @@ def test_a_saved_swanlab_login_counts_as_a_key(tmp_path, monkeypatch):
     assert "k" * 21 not in json.dumps(online.to_dict(), default=str) + online.describe()
 
 
-def test_a_run_folder_typed_in_a_shell_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+def test_a_path_typed_in_a_shell_and_a_path_given_to_a_function(tmp_path, monkeypatch):
+    import argparse
+
+    from helpers.workspace import typed_paths
+
     monkeypatch.chdir(tmp_path)
-    # --output-dir runs/a from any folder: the run lands there, never inside the repository
-    assert spec_of(TINY, output_dir="runs/a").paths.run_dir == tmp_path / "runs" / "a"
-    # a config's output_dir is relative to the repository, the same from a notebook and from a terminal
+    typed = typed_paths(argparse.Namespace(output_dir="runs/a", checkpoint="configs/train", target=None),
+                        "output_dir", "checkpoint", "target")
+    # a new folder typed in a shell is made where the command runs, never inside the repository
+    assert spec_of(TINY, output_dir=typed.output_dir).paths.run_dir == tmp_path / "runs" / "a"
+    # an existing folder named as the course prints it (from the repository root) is found from anywhere
+    assert (typed.checkpoint, typed.target) == (REPO_ROOT / "configs" / "train", None)
+    # a function call (a notebook, working directory notebooks/) and a config: relative to the repository
+    assert spec_of(TINY, output_dir="runs/a").paths.run_dir == REPO_ROOT / "runs" / "a"
     assert spec_of(TINY, ["output_dir=runs/b"]).paths.run_dir == REPO_ROOT / "runs" / "b"
     assert not (REPO_ROOT / "runs").exists()

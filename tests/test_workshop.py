@@ -194,3 +194,12 @@ def test_a_checkpoint_path_the_course_printed_works_from_a_notebook_and_elsewher
     (tmp_path / printed).mkdir(parents=True)   # a folder of that name in the working directory is the one meant
     with pytest.raises(MissingArtifactError):
         inf.resolve_checkpoint(tiny_spec, printed)
+
+
+def test_the_run_folder_train_printed_answers_from_another_folder(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    from helpers.workspace import display_path
+
+    monkeypatch.chdir(tmp_path)
+    printed = display_path(tiny_checkpoint.parent)   # "checkpoints / 检查点目录" of the run summary
+    assert inf.main(["ask", MEMORISED_QUESTION, "--output-dir", printed, "--max-new-tokens", "2"]) == 0
+    assert display_path(tiny_checkpoint) in capsys.readouterr().out
