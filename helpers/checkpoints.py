@@ -181,7 +181,9 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
                 f"适配器文件夹 {display_path(chosen)}"
                 + (f"（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径，或改回用你自己训练的结果："
                    "python -m helpers.environment setup --adapter-dir \"\"（并取消 "
-                   "QWEN3_TUTORIAL_ADAPTER_DIR）。" if setting else " 不存在。"))
+                   "QWEN3_TUTORIAL_ADAPTER_DIR）。" if setting else " 不存在。" + (
+                       f"这次运行的检查点在 {display_path(spec.paths.run_dir)}：不加 --checkpoint 就用其中最新的完整检查点。"
+                       if spec.paths.adapter_dir is None else "")))
         if chosen.is_file():
             unpack = "（这是压缩包：先解压，例如用 `unzip`，再指定解压出来的文件夹）" \
                 if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""
@@ -210,12 +212,15 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     found = latest_good_checkpoint(folder)
     if found.checkpoint is None:
         if chosen is not None:
+            whole = "这是一个完整的模型（例如合并导出的），用 from_pretrained 或 vLLM 直接加载它，不用当适配器" \
+                if (chosen / "config.json").is_file() else "不是 LoRA 适配器文件夹"
             raise MissingArtifactError(
-                f"{display_path(chosen)} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：不是 LoRA "
-                "适配器文件夹。")
+                f"{display_path(chosen)} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：{whole}。")
+        own = "" if folder == spec.paths.workspace / "checkpoints" / spec.profile.name else \
+            f" --output-dir {shell_path(folder)}"   # a run folder of the learner's: train into that one
         raise MissingArtifactError(
             f"{display_path(folder)} 里没有完整的 LoRA 检查点。"
-            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {shell_path(spec.config_file)}"))
+            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {shell_path(spec.config_file)}{own}"))
     notes = found.notes()
     if notes:
         notes.append(f"改用 {display_path(found.checkpoint)}")
@@ -243,9 +248,10 @@ def lock_run(run_dir: Path):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        who = f"进程 {owner.read_text(encoding='utf-8').strip()}" if owner.is_file() else "另一个进程"
+        pid = owner.read_text(encoding="utf-8").strip() if owner.is_file() else ""
+        who, stop = (f"进程 {pid} ", f"（kill {pid}）") if pid.isdigit() else ("另一个进程", "")
         raise RunLockedError(
-            f"{display_path(run_dir)} 正被 {who} 用于训练（它持有这个运行目录的锁）。等它结束，或者停掉它，"
+            f"{display_path(run_dir)} 正被{who}用于训练（它持有这个运行目录的锁）。等它结束，或者停掉它{stop}，"
             "或者训练到另一个文件夹（--output-dir）。") from None
     owner.write_text(str(os.getpid()), encoding="utf-8")
     return lock

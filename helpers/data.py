@@ -372,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="打印校验报告和统计；有任何无效行时退出码为 1"
                                 "（加 --skip-invalid：只在一条有效数据也不剩时）")
-    check.add_argument("path")
+    check.add_argument("path", help="要检查的数据文件（JSON 数组或 JSONL）")
     encode = commands.add_parser("encode", help="每条数据写一个 JSON 对象：input_ids、attention_mask、labels")
-    encode.add_argument("path")
+    encode.add_argument("path", help="要编码的数据文件（JSON 数组或 JSONL）")
     encode.add_argument("out", help="输出的 .jsonl 文件（不能是输入文件）")
     encode.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
                         help="每条样本的系统提示（'' 表示不用）；默认：课程的系统提示")
@@ -384,10 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--skip-invalid", action="store_true",
                              help="跳过无效行（会列出它们），而不是拒绝整个文件")
     split = commands.add_parser("split", help="切出不泄漏的留出集：OUT_DIR/train.json、eval.json")
-    split.add_argument("path")
-    split.add_argument("out_dir")
+    split.add_argument("path", help="要切分的数据文件（JSON 数组或 JSONL）")
+    split.add_argument("out_dir", help="切分结果写到这个文件夹（空的或新的）")
     split.add_argument("--eval-fraction", type=fraction, default=0.05, help="留出的比例（默认 0.05）")
     split.add_argument("--seed", type=int, default=42, help="切分的随机种子（默认 42）")
+    for command in (check, encode, split):   # --debug also after the command, where the error hint suggests it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="出错时显示完整的 traceback")
     args = typed_paths(parser.parse_args(argv), "path")
     return run_cli(lambda: _run(args), debug=args.debug)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import validation
 from .errors import CourseError
+from .settings import DATASET_ENV
 from .workspace import (
     MADE_MARKER,
     REPO_ROOT,
@@ -101,8 +102,10 @@ def require_given_dataset(spec) -> None:
     if spec.data.source != "course":    # a learner's own file: never downloaded over
         raise DatasetDownloadError(f"data.source={spec.data.source!r}（来自 {spec.origin['dataset']}）不存在："
                                    "请给出一个 JSON/JSONL 数据文件，或者用 `course` 表示 profile 自带的数据集。")
-    raise DatasetDownloadError(f"数据集 {display_path(spec.paths.dataset)}（来自 {spec.origin['dataset']}）"
-                               "不存在。")
+    what = "是文件夹：请指向其中的 JSON/JSONL 数据文件" if spec.paths.dataset.is_dir() else "不存在：改正路径"
+    raise DatasetDownloadError(f"数据集 {display_path(spec.paths.dataset)}（来自 {spec.origin['dataset']}）{what}，"
+                               f"或者取消这个设置，用课程的数据集（unset {DATASET_ENV}；设置文件里的用 "
+                               "python -m helpers.environment setup --dataset \"\" 删除）。")
 
 
 def course_dataset_path(spec, progress: bool = True) -> Path:

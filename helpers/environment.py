@@ -279,10 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     setup = commands.add_parser("setup", help="写入 course-settings.yaml（每个内核和命令都读它）")
     for key in SETTINGS_KEYS:
         setup.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"{key}（传空字符串即删除这一项）")
-    commands.add_parser("kernel", help=f"把这个 Python 注册为 Jupyter 内核 {KERNEL_NAME!r}（make kernel）")
+    kernel = commands.add_parser("kernel", help=f"把这个 Python 注册为 Jupyter 内核 {KERNEL_NAME!r}（make kernel）")
     check = commands.add_parser("check", help="逐项检查通过 / 未通过，未通过的附修复方法")
     check.add_argument("--json", action="store_true", help="输出 JSON（便于收集整个教室的结果）")
     check.add_argument("--profile", help="按这个 profile 检查，而不是设置里的那个")
+    for command in (setup, kernel, check):   # --debug also after the command, where the error hint suggests it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="显示完整的 traceback")
     args = parser.parse_args(argv)
 
     def work() -> int:

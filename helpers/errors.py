@@ -32,9 +32,19 @@ def run_cli(work: Callable[[], int], debug: bool = False) -> int:
     except CourseError as err:
         if debug:
             raise
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         print(DEBUG_HINT, file=sys.stderr)
         return ERROR_EXIT
+
+
+def one_line(text: str) -> str:
+    """A message of several lines (a data report: a summary, then a line per problem) as one line: each line's
+    spaces collapsed, the lines joined by "；" unless one already ends in punctuation."""
+    out = ""
+    for line in (" ".join(line.split()) for line in text.splitlines()):
+        if line:
+            out += ("" if not out else " " if out[-1] in ".:;,!?" else "" if out[-1] in "。；：，！？" else "；") + line
+    return out
 
 
 def _number(text: str, kind: type, ok: Callable, must: str):

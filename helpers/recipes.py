@@ -318,8 +318,8 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
 
     if gpu is None or profile == "tiny":
         why = "没有检测到 CUDA GPU" if gpu is None else "tiny profile 的模型很小"
-        return config, list(overrides), (f"--recipe auto: {why}。配方表只适用于 GPU 上的 Qwen3-8B，"
-                                          f"保留给定的配置 {config or f'（{profile} 的默认配置）'}。")
+        kept = f"保留给定的配置 {config}。" if config else f"保留 {profile} 的默认配置。"
+        return config, list(overrides), f"--recipe auto: {why}。配方表只适用于 GPU 上的 Qwen3-8B，{kept}"
     if profile == "small":
         need = SMALL.estimate_gb()
         if need > gpu["free_gb"] * MARGIN:

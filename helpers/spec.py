@@ -182,10 +182,10 @@ def choose_profile(requested: str | None, file_profile: str | None, *, cuda: boo
     """The precedence rule for the profile. Returns (profile, why)."""
     requested = (requested or "").strip().lower() or None
     if requested is not None and requested != "auto" and requested not in PROFILES:
-        raise SpecError(f"{requested_origin}={requested!r} 不是已知的 profile。可选：{', '.join([*PROFILES, 'auto'])}。")
+        raise SpecError(f"{requested_origin}={requested!r} 不是已知的 profile。可选：{'、'.join([*PROFILES, 'auto'])}。")
     if file_profile is not None:
         if file_profile not in PROFILES:
-            raise SpecError(f"{display_path(config_file)}：未知的 profile {file_profile!r}。可选：{', '.join(PROFILES)}。")
+            raise SpecError(f"{display_path(config_file)}：未知的 profile {file_profile!r}。可选：{'、'.join(PROFILES)}。")
         if requested in (None, "auto") or requested == file_profile:
             return PROFILES[file_profile], f"由训练配置 {display_path(config_file)} 指定"
         if PROFILES[requested].recipe == file_profile:
@@ -332,8 +332,10 @@ def read_config(path: Path) -> dict:
     if path.is_dir():
         raise SpecError(f"--config {display_path(path)} 是文件夹：请传入 YAML 文件，例如 configs/train/tiny.yaml")
     if not path.is_file():
-        known = ", ".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml")))
-        raise SpecError(f"--config {path}：没有这个文件。课程自带的配置：{known}（在 configs/train/ 里）")
+        ours = CONFIG_DIR / path.name
+        hint = (f"是不是想写 --config {display_path(ours)}？" if ours.is_file() else
+                "课程自带的配置在 configs/train/ 里：" + "、".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml"))))
+        raise SpecError(f"--config {path}：没有这个文件。{hint}")
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -417,7 +419,7 @@ def build_spec(
     if path is None:
         path = CONFIG_DIR / f"{chosen.train_config}.yaml"
         raw = read_config(path)
-    source = display_path(path) + (f" 加上 --set {' '.join(overrides)}" if overrides else "")
+    source = display_path(path) + (" 加上 " + " ".join(f"--set {item}" for item in overrides) if overrides else "")
     checked = validate_config(apply_overrides(raw, overrides), source=source)
     missing = [key for key in REQUIRED_TRAINING_KEYS if key not in checked["training"]]
     if missing:

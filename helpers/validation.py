@@ -281,8 +281,8 @@ def load_records(
     if not report.ok:
         if not skip_invalid:
             raise DataValidationError(report, fix_hint or (
-                f"请修正这些行；或者传入 skip_invalid=True（命令行 `python -m helpers.data check/encode --skip-invalid`），"
-                f"只用其中 {len(records)} 条有效数据，跳过的行会列在报告里。"))
+                f"请修正这些行；或者只用其中 {len(records)} 条有效数据，跳过的行会列在报告里（命令行："
+                "python -m helpers.data encode 加 --skip-invalid；Python：skip_invalid=True）。"))
         report.skipped = report.invalid_rows
         if not records:
             raise DataValidationError(report, "跳过无效数据后，一条有效数据也不剩了。")

@@ -614,3 +614,13 @@ def test_rows_dropped_for_length_are_named_by_their_row_in_the_file(tokenizer, t
              for n in re.search(r"第 ([\d、]+) 条", line).group(1).split("、")]
     assert sorted(named) == sorted(long_rows)
     assert len(train_samples) + len(eval_samples) == len(records) - len(long_rows)
+
+
+def test_a_dataset_setting_that_points_nowhere_says_how_to_drop_it(tmp_path):
+    from helpers.settings import DATASET_ENV
+    from helpers.spec import build_spec
+
+    for where, words in ((tmp_path / "nothere.json", "不存在"), (tmp_path, "是文件夹")):
+        spec = build_spec(profile="tiny", env={DATASET_ENV: str(where)}, settings_file=None, cuda=False)
+        with pytest.raises(data_files.DatasetDownloadError, match=rf"{words}.*unset {DATASET_ENV}.*--dataset"):
+            data_files.require_given_dataset(spec)

@@ -163,3 +163,23 @@ def test_download_in_a_fresh_process_is_one_line(tmp_path, huanhuan_path):
     expected = "ConnectionError" if free > 40 else "--workspace ~/autodl-tmp/qwen3-workspace"
     assert_one_line(result.returncode, result.stderr, expected)
     assert not (tmp_path / "ws" / "models" / "modelscope" / "Qwen" / "Qwen3-8B" / "config.json").exists()
+
+
+def test_a_message_of_several_lines_is_one_readable_line():
+    from helpers.errors import one_line
+
+    report = "bad.json（json）：读到 3 条\n  错误  第 2 条    instruction  是空的\n  警告  第 3 条\n请修正这些行。"
+    assert one_line(report) == "bad.json（json）：读到 3 条；错误 第 2 条 instruction 是空的；警告 第 3 条；请修正这些行。"
+    assert one_line("a line:\n  next") == "a line: next" and one_line("第一行。\n第二行") == "第一行。第二行"
+
+
+def test_debug_after_the_subcommand_shows_the_traceback(tmp_path):
+    # the hint under every error says "add --debug": learners add it at the end of the command
+    from helpers import data, environment
+    from helpers.errors import CourseError
+
+    with pytest.raises(CourseError):
+        data.main(["check", str(tmp_path / "nothere.json"), "--debug"])
+    with pytest.raises(CourseError):
+        environment.main(["setup", "--profile", "bogus", "--debug"])
+    assert data.main(["check", str(tmp_path / "nothere.json")]) == 2

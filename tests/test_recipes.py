@@ -398,3 +398,9 @@ def test_recipe_auto_in_a_launch_asks_only_its_own_gpu(monkeypatch, captured, ca
     assert asked == [1]
     (spec,) = captured
     assert spec.training["per_device_train_batch_size"] == 16
+
+
+def test_recipe_auto_without_a_gpu_keeps_the_config_and_says_so():
+    assert recipes.auto_recipe(None, ["training.max_steps=2"], "tiny", None)[:2] == (None, ["training.max_steps=2"])
+    assert "保留 tiny 的默认配置" in recipes.auto_recipe(None, [], "tiny", None)[2]
+    assert "configs/train/qwen3-8b.yaml" in recipes.auto_recipe("configs/train/qwen3-8b.yaml", [], "full", None)[2]

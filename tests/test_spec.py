@@ -385,3 +385,12 @@ def test_a_path_typed_in_a_shell_and_a_path_given_to_a_function(tmp_path, monkey
     assert spec_of(TINY, output_dir="runs/a").paths.run_dir == REPO_ROOT / "runs" / "a"
     assert spec_of(TINY, ["output_dir=runs/b"]).paths.run_dir == REPO_ROOT / "runs" / "b"
     assert not (REPO_ROOT / "runs").exists()
+
+
+def test_a_config_named_without_its_folder_and_several_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError, match=r"是不是想写 --config configs/train/tiny\.yaml"):
+        spec_of("tiny.yaml")
+    # every override is named as it was typed: --set before each one
+    with pytest.raises(SpecError, match=r"加上 --set training\.max_steps=1 --set data\.max_rows=-1："):
+        spec_of(TINY, ["training.max_steps=1", "data.max_rows=-1"])

@@ -26,7 +26,7 @@ from helpers.data_files import grouped_split
 from helpers.environment import write_settings
 from helpers.settings import ADAPTER_DIR_ENV
 from helpers.spec import CONFIG_DIR, build_spec
-from helpers.workspace import MissingArtifactError
+from helpers.workspace import MissingArtifactError, display_path, shell_path
 from tests.memorised import MEMORISED_ANSWER, MEMORISED_QUESTION
 
 WORKSHOP = CONFIG_DIR / "qwen3-8b-workshop.yaml"
@@ -180,6 +180,19 @@ def test_a_stale_adapter_setting_is_visible_and_named_with_its_fix(tmp_path):
         inf.resolve_checkpoint(spec)
     with pytest.raises(MissingArtifactError, match=r"typo 不存在。$"):     # --checkpoint: the learner's own word
         inf.resolve_checkpoint(spec, tmp_path / "typo")
+    # without an adapter setting, a wrong --checkpoint names where this run's checkpoints are
+    plain = build_spec(profile="tiny", settings_file=None, env={}, cuda=False)
+    with pytest.raises(MissingArtifactError, match=re.escape(f"typo 不存在。这次运行的检查点在 {display_path(plain.paths.run_dir)}")):
+        inf.resolve_checkpoint(plain, tmp_path / "typo")
+    # a run folder of the learner's with no checkpoint yet: the fix trains into that folder
+    empty_run = tmp_path / "myrun"
+    empty_run.mkdir()
+    with pytest.raises(MissingArtifactError, match=re.escape(f"--output-dir {shell_path(empty_run)}")):
+        inf.resolve_checkpoint(plain.with_run_dir(empty_run))
+    # a merged export given as an adapter: it is a whole model, loaded with from_pretrained
+    (empty_run / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(MissingArtifactError, match="from_pretrained"):
+        inf.resolve_checkpoint(plain, empty_run)
 
 
 def test_a_checkpoint_path_the_course_printed_works_from_a_notebook_and_elsewhere(tiny_checkpoint, tiny_spec,
