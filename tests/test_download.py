@@ -104,7 +104,7 @@ def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path
     assert lines[-2].endswith(workspace.display_path(huanhuan_path))
     assert (tmp_path / "models" / "Qwen3-8B-random" / "config.json").is_file()
     assert download.main(["--profile", "huge"]) == 2
-    assert "--profile='huge'" in (err := capsys.readouterr().err) and "full, small, tiny, random8b, auto" in err
+    assert "--profile='huge'" in (err := capsys.readouterr().err) and "full、small、tiny、random8b、auto" in err
 
 
 def test_random8b_dir_has_the_real_config(tmp_path):

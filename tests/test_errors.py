@@ -80,7 +80,7 @@ def test_data_check_of_a_missing_file(workspace, monkeypatch, capsys):
 
 def test_environment_check_with_an_unknown_profile(workspace, monkeypatch, capsys):
     code, _, err = run_as_main("environment", ["check", "--profile", "bogus"], monkeypatch, capsys)
-    assert_one_line(code, err, "--profile='bogus'", "full, small, tiny, random8b, auto")
+    assert_one_line(code, err, "--profile='bogus'", "full、small、tiny、random8b、auto")
 
 
 def test_train_with_a_wrong_type(workspace, monkeypatch, capsys):

@@ -99,7 +99,7 @@ def test_random8b_may_run_the_full_recipe_but_not_the_tiny_one():
 
 
 def test_an_unknown_profile_name_lists_the_choices(tmp_path):
-    with pytest.raises(SpecError, match=r"PROFILE='huge'.*full, small, tiny, random8b, auto"):
+    with pytest.raises(SpecError, match=r"PROFILE='huge'.*full、small、tiny、random8b、auto"):
         spec_of(env={course_settings_module.PROFILE_ENV: "huge"})
     with pytest.raises(SpecError, match=r"config\.yaml.*profile 'huge'.*full, small, tiny, random8b"):
         spec_of(write_config(tmp_path, "profile: huge\n"))
@@ -227,7 +227,7 @@ def test_overrides_change_only_what_they_name():
 
 
 def test_a_missing_or_odd_config_file_is_named(tmp_path):
-    with pytest.raises(SpecError, match=r"--config .*nope\.yaml.*qwen3-8b\.yaml.*tiny\.yaml.*configs/train/"):
+    with pytest.raises(SpecError, match=r"--config .*nope\.yaml.*configs/train/.*qwen3-8b\.yaml.*tiny\.yaml"):
         spec_of(tmp_path / "nope.yaml")
     with pytest.raises(SpecError, match="是文件夹"):
         spec_of(tmp_path)
