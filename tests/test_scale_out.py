@@ -209,10 +209,10 @@ def test_config_parses_and_documents_itself(name):
         assert "--machine_rank 0" in text and "--machine_rank 1" in text
         return
     assert config.mixed_precision == "bf16", "the course trains Qwen3-8B in bf16"
-    assert "Suits:" in text
+    assert "适用：" in text                  # what the strategy suits
     key = next(k for k, s in scale_out.STRATEGIES.items() if s.config == name)
-    claims = re.findall(r"(\d+) GPUs? ([\d.]+) GB", text)
-    assert claims and "ESTIMATE" in text
+    claims = re.findall(r"(\d+) 卡 ([\d.]+) GB", text)   # "2 卡 19.2 GB": 2 GPUs, 19.2 GB on each
+    assert claims and "估算" in text
     for gpus, gb in claims:
         assert float(gb) == pytest.approx(scale_out.per_gpu_memory_gb(key, int(gpus))["total"], abs=0.06)
 

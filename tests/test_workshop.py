@@ -60,9 +60,9 @@ def test_workshop_estimate_in_the_comments_matches_the_numbers():
     # measured on an H200 (4.7 samples/s for this shape, the recipe table's measurement), estimated up to the
     # original's 12.7 samples/s
     measured = recipes.load_measurements()["bf16_ckpt_mb4"].samples_per_s
-    assert "H200" in text and f"ESTIMATED at {measured}-12.7 samples/s" in text
+    assert "H200" in text and f"估算为 {measured}-12.7 samples/s" in text
     fastest, slowest = rows / ORIGINAL_SAMPLES_PER_S / 60, rows / measured / 60
-    assert f"about {fastest:.0f}-{slowest:.0f} minutes" in text
+    assert f"约 {fastest:.0f}-{slowest:.0f} 分钟" in text
     # plus loading the model (up to 2 minutes) and two evaluations: inside a 15-minute slot
     assert slowest + 2 + 1 <= 15
 
