@@ -101,7 +101,7 @@ def test_random8b_may_run_the_full_recipe_but_not_the_tiny_one():
 def test_an_unknown_profile_name_lists_the_choices(tmp_path):
     with pytest.raises(SpecError, match=r"PROFILE='huge'.*full、small、tiny、random8b、auto"):
         spec_of(env={course_settings_module.PROFILE_ENV: "huge"})
-    with pytest.raises(SpecError, match=r"config\.yaml.*profile 'huge'.*full, small, tiny, random8b"):
+    with pytest.raises(SpecError, match=r"config\.yaml.*profile 'huge'.*full、small、tiny、random8b"):
         spec_of(write_config(tmp_path, "profile: huge\n"))
 
 
