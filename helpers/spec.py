@@ -277,14 +277,16 @@ def validate_config(config: dict, source: str = "config") -> dict:
     Unknown keys (with a close-match suggestion), wrong types and out-of-range values stop
     here, before any tokenizer or model loads, with the key's dotted name.
     """
-    out = {}
-    for key, value in config.items():
-        if key not in TOP_LEVEL_KEYS:
-            raise SpecError(f"{source}：未知的键 {key!r}{suggest(key, TOP_LEVEL_KEYS)}")
-        out[key] = value
     from transformers import TrainingArguments
 
     schemas = {"data": DataSpec, "lora": LoraSpec, "swanlab": SwanLabSpec, "training": TrainingArguments}
+    out = {}
+    for key, value in config.items():
+        if key not in TOP_LEVEL_KEYS:   # a section's key without its section (--set max_steps=4): name the section
+            owner = next((f"{s}.{key}" for s, schema in schemas.items() if key in _actions(schema)), None)
+            hint = f"（是不是想写 {owner}？）" if owner else suggest(key, TOP_LEVEL_KEYS)
+            raise SpecError(f"{source}：未知的键 {key!r}{hint}")
+        out[key] = value
     for section, schema in schemas.items():
         values = out.get(section) or {}
         if not isinstance(values, dict):

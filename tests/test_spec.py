@@ -394,3 +394,10 @@ def test_a_config_named_without_its_folder_and_several_overrides(tmp_path, monke
     # every override is named as it was typed: --set before each one
     with pytest.raises(SpecError, match=r"加上 --set training\.max_steps=1 --set data\.max_rows=-1："):
         spec_of(TINY, ["training.max_steps=1", "data.max_rows=-1"])
+
+
+def test_a_key_without_its_section_names_the_section():
+    with pytest.raises(SpecError, match=r"'max_steps'（是不是想写 training\.max_steps？）"):
+        spec_of(TINY, ["max_steps=4"])
+    with pytest.raises(SpecError, match=r"'eval_fraction'（是不是想写 data\.eval_fraction？）"):
+        spec_of(TINY, ["eval_fraction=0.1"])
