@@ -424,7 +424,12 @@ def _run(args) -> int:
     print(result.report.format())
     if args.command == "check":
         print(statistics_text(result, args.max_length))
-        return 1 if result.report.skipped and not args.skip_invalid else 0
+        if result.report.skipped and not args.skip_invalid:   # the verdict last, where the learner looks
+            invalid = result.report.skipped
+            print(f"{display_path(args.path)} 有 {len(invalid)} 条无效数据（{list_numbers(invalid, result.report.unit)}）："
+                  "修正后再运行；或者 encode 时加 --skip-invalid 跳过它们。", file=sys.stderr)
+            return 1
+        return 0
     samples, report = _encode_or_refuse(result.records, tokenizer, system_prompt, args.max_length,
                                        "max_length", "--max-length")
     stamp = data_files.encoding_stamp(folder, args.max_length, system_prompt, Path(args.path))

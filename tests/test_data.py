@@ -624,3 +624,11 @@ def test_a_dataset_setting_that_points_nowhere_says_how_to_drop_it(tmp_path):
         spec = build_spec(profile="tiny", env={DATASET_ENV: str(where)}, settings_file=None, cuda=False)
         with pytest.raises(data_files.DatasetDownloadError, match=rf"{words}.*unset {DATASET_ENV}.*--dataset"):
             data_files.require_given_dataset(spec)
+
+
+def test_check_ends_with_its_verdict_on_invalid_rows(capsys):
+    assert data.main(["check", str(BROKEN)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--skip-invalid" in err[-1] and "第 2" in err[-1]
+    assert data.main(["check", str(BROKEN), "--skip-invalid"]) == 0
+    assert capsys.readouterr().err == ""
