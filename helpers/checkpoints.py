@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CourseError
+from .spec import default_run_dir
 from .workspace import (
     MissingArtifactError,
     UnsafeWriteError,
@@ -216,7 +217,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
                 if (chosen / "config.json").is_file() else "不是 LoRA 适配器文件夹"
             raise MissingArtifactError(
                 f"{display_path(chosen)} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：{whole}。")
-        own = "" if folder == spec.paths.workspace / "checkpoints" / spec.profile.name else \
+        own = "" if folder == default_run_dir(spec.paths.workspace, spec.profile.name) else \
             f" --output-dir {shell_path(folder)}"   # a run folder of the learner's: train into that one
         raise MissingArtifactError(
             f"{display_path(folder)} 里没有完整的 LoRA 检查点。"

@@ -456,6 +456,11 @@ def build_spec(
     )
 
 
+def default_run_dir(workspace: Path, profile: str) -> Path:
+    """Where a profile's run goes without ``--output-dir``."""
+    return workspace / "checkpoints" / profile
+
+
 def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLike | None = None,
                   data_source: tuple[str, str] = ("course", "")) -> Paths:
     """Every path of a run; ``data_source``: (``data.source``, the config it came from)."""
@@ -475,7 +480,7 @@ def resolve_paths(profile: Profile, settings: dict, output_dir: str | os.PathLik
         dataset = REPO_ROOT / "data" / "huanhuan_sample.json"
     else:
         dataset = workspace / "data" / "huanhuan.json"
-    run_dir = repo_path(output_dir) if output_dir else workspace / "checkpoints" / profile.name
+    run_dir = repo_path(output_dir) if output_dir else default_run_dir(workspace, profile.name)
     if output_dir:
         refuse_run_dir(run_dir, {"workspace": workspace, "model_dir": model_dir, "dataset": dataset})
     return Paths(
