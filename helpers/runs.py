@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import checkpoints, tracking
 from .hardware import is_main_process
+from .spec import default_run_dir
 from .workspace import atomic_path, display_path, record_made, sha256_file, shareable_path
 
 #: One JSON line per micro-batch: which dataset rows each process trained on.
@@ -169,6 +170,16 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
     }
 
 
+def plot_path(spec) -> Path:
+    """Where a run's loss plot goes: ``<workspace>/plots/train-<profile>.png`` for the profile's own run folder; a run
+    in a folder of its own (``--output-dir``) gets a name of its own, so it never overwrites another run's plot."""
+    run_dir = spec.paths.run_dir.resolve()
+    if run_dir == default_run_dir(spec.paths.workspace, spec.profile.name).resolve():
+        return spec.paths.plots / f"train-{spec.profile.name}.png"
+    tag = hashlib.sha256(str(run_dir).encode("utf-8")).hexdigest()[:8]
+    return spec.paths.plots / f"train-{spec.profile.name}-{run_dir.name}-{tag}.png"
+
+
 def report_path(run_dir: Path, adapter: Path, name: str = "eval_report.json") -> Path:
     """Where the evaluation of ``adapter`` goes: ``<run>/eval_report.json`` for this run's own adapter;
     an adapter from elsewhere gets a name of its own (its folder name and a hash of where it lives)."""
@@ -242,7 +253,7 @@ def record_run(spec, trainer, metrics: dict, swanlab_folder, resumed_from: Path 
         return already_finished(spec, trainer, metrics, swanlab_folder)
     summary = run_summary(spec, trainer, metrics, swanlab_folder)
     if trainer.args.process_index == 0:
-        summary["plot"] = spec.paths.plots / f"train-{spec.profile.name}.png"
+        summary["plot"] = plot_path(spec)
         plot_history(trainer.state.log_history, summary["plot"], title=f"{spec.profile.name}：损失")
         save_run_summary(spec, summary)
     return summary

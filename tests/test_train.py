@@ -422,3 +422,27 @@ def test_a_run_resumed_at_its_end_keeps_its_summary(tmp_path):
     summary = runs.record_run(spec, trainer, {"train_loss": 0.0}, tmp_path / "swanlog" / "run-2", checkpoint)
     assert summary["train_loss"] == 1.5 and summary["swanlab_run"] == spec.paths.workspace / "swanlog/run-1"
     assert (spec.paths.run_dir / runs.RUN_SUMMARY).read_bytes() == before
+
+
+def test_runs_in_folders_of_their_own_keep_their_own_loss_plots(tmp_path):
+    """Two runs trained with --output-dir beside the profile's own run: each run summary names its own loss plot,
+    and no run overwrites another's."""
+    from types import SimpleNamespace
+
+    workspace = tmp_path / "ws"
+    plots = {}
+    for name, run_dir in (("default", None), ("a", tmp_path / "runs" / "a"), ("other-a", tmp_path / "other" / "a")):
+        spec = tiny_spec_for(run_dir, QWEN3_TUTORIAL_WORKSPACE=str(workspace))
+        history = [{"step": 1, "loss": 2.0, "learning_rate": 1e-4}, {"step": 2, "loss": 1.0 + len(plots),
+                                                                     "learning_rate": 5e-5}]
+        trainer = SimpleNamespace(state=SimpleNamespace(global_step=2, log_history=history),
+                                  args=SimpleNamespace(process_index=0, per_device_train_batch_size=1,
+                                                       gradient_accumulation_steps=1, world_size=1))
+        summary = runs.record_run(spec, trainer, {"train_loss": 1.5}, None)
+        plots[name] = (summary["plot"], summary["plot"].read_bytes())
+        saved = json.loads((spec.paths.run_dir / runs.RUN_SUMMARY).read_text(encoding="utf-8"))
+        assert workspace / saved["plot"] == summary["plot"]               # the saved summary names the same file
+    assert plots["default"][0] == workspace / "plots" / "train-tiny.png"
+    assert len({path for path, _ in plots.values()}) == 3
+    for path, content in plots.values():
+        assert path.parent == workspace / "plots" and path.read_bytes() == content, f"{path.name} was overwritten"
