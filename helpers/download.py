@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="准备 profile 的数据集，再下载（full、small）、构建（tiny）"
                                                  "或写出（random8b）它的模型目录。")
     parser.add_argument("--profile", help=f"{' | '.join([*PROFILES, 'auto'])}（默认：设置文件 / 环境变量）")
-    parser.add_argument("--config", help="按这个训练配置的 profile 准备")
+    parser.add_argument("--config", help="按这个训练配置的档位准备")
     parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     args = parser.parse_args(argv)
 

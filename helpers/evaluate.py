@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m helpers.evaluate",
         description="在留出集的提示上，对比 LoRA 适配器和它的基座模型（notebook 06）。")
     parser.add_argument("--config",
-                        help="configs/train/tiny.yaml、qwen3-8b.yaml 等（默认：profile 自己的训练配置）")
+                        help="configs/train/tiny.yaml、qwen3-8b.yaml 等（默认：档位自己的训练配置）")
     parser.add_argument("--checkpoint", help="适配器文件夹（默认：这次运行最新的完好检查点；"
                         "没有的话会停下，并给出训练它的命令）")
     parser.add_argument("--output-dir", help="运行目录（默认 workspace/checkpoints/<profile>）")

@@ -292,7 +292,7 @@ def trained_system_prompt(model) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.inference ask "你是谁？"`` / ``python -m helpers.inference export`` (notebook 05)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="这次运行的训练配置（默认：profile 自己的训练配置）")
+    common.add_argument("--config", help="这次运行的训练配置（默认：档位自己的训练配置）")
     common.add_argument("--checkpoint", help="适配器文件夹（checkpoint-N 或运行目录；默认：这次运行"
                         "最新的完整检查点）")
     common.add_argument("--output-dir", help="train 写入的运行目录（即它的 --output-dir；默认 "

@@ -373,7 +373,7 @@ def _mismatch_message(adapter, recipe, name, size, module, expected, hidden) -> 
     found = (f"加载的基座模型却没有 {layer} 这一层" if module is None
              else f"其中 {layer} 的维度是 {expected}，适配器的矩阵却是 {size}")
     return (f"适配器 {display_path(adapter)} 与这个基座模型（hidden_size={hidden}）不匹配：它是{trained}，"
-            f"{found}。请用在这个 profile 的模型上训练的适配器，或换回训练它时用的 profile"
+            f"{found}。请用在这个档位的模型上训练的适配器，或换回训练它时用的档位"
             "（--profile / QWEN3_TUTORIAL_PROFILE）。")
 
 

@@ -251,7 +251,7 @@ def choose(gpu_gb: float | None, measured: dict[str, Measurement] | None = None,
     """
     measured = load_measurements() if measured is None else measured
     if gpu_gb is None:
-        return Choice(None, "no_gpu", reason="没有检测到 CUDA GPU：Qwen3-8B 的配方都需要 GPU（CPU 上请用 tiny 配置）。")
+        return Choice(None, "no_gpu", reason="没有检测到 CUDA GPU：Qwen3-8B 的配方都需要 GPU（CPU 上请用 tiny 档位）。")
     limit = round(gpu_gb * MARGIN, 1)
     passed = []
     for recipe in ranked(measured):

@@ -226,7 +226,7 @@ def checkpoint_history(checkpoint: Path) -> list[dict]:
 
 def describe_summary(summary: dict) -> str:
     lines = [
-        f"profile / 配置                 {summary['profile']}",
+        f"profile / 档位                 {summary['profile']}",
         f"global step / 全局步数         {summary['global_step']}",
         f"effective batch / 有效批次     {summary['effective_batch_size']}（每卡批次 × 梯度累积 × {summary['world_size']} 个进程）",
         f"train loss / 训练损失          {summary['train_loss']:.4f}" if summary.get("train_loss") is not None else "",

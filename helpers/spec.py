@@ -113,7 +113,7 @@ class RunSpec:
     def describe(self) -> str:
         """A short report (Chinese) of what this run will use and why."""
         lines = [
-            f"[配置] {self.profile.name}: {self.profile.description}",
+            f"[档位] {self.profile.name}: {self.profile.description}",
             f"  选择依据: {self.origin.get('profile', '-')}",
             f"  训练配置: {display_path(self.config_file)}",
             f"  工作目录: {display_path(self.paths.workspace)}",
@@ -196,7 +196,7 @@ def choose_profile(requested: str | None, file_profile: str | None, *, cuda: boo
                         f"{PROFILES[requested].train_config}.yaml，或者取消 {requested_origin}。")
     if requested in (None, "auto"):
         profile = PROFILES["full" if cuda else "tiny"]
-        why = "auto: 找到 CUDA GPU" if cuda else "auto: 没有 CUDA GPU，tiny 配置在 CPU 上运行同样的代码"
+        why = "auto: 找到 CUDA GPU" if cuda else "auto: 没有 CUDA GPU，tiny 档位在 CPU 上运行同样的代码"
         return profile, why
     return PROFILES[requested], f"由 {requested_origin}={requested} 指定"
 

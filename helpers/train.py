@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m helpers.train",
         description="训练课程的 LoRA 适配器（与第 04 课的步骤相同）。",
     )
-    parser.add_argument("--config", help="训练配置：configs/train/tiny.yaml、qwen3-8b.yaml 等（默认：当前 profile 自己的）")
+    parser.add_argument("--config", help="训练配置：configs/train/tiny.yaml、qwen3-8b.yaml 等（默认：当前档位自己的）")
     parser.add_argument("--output-dir", help="检查点保存到哪里（默认 workspace/checkpoints/<profile>）")
     parser.add_argument("--no-resume", action="store_true",
                         help="从头训练：上一次的运行目录移到一旁（不删除），并打印它的新路径")

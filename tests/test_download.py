@@ -100,7 +100,7 @@ def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path
     assert download.main(["--profile", "random8b"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()   # the dataset's line, then the model directory's: each ends with its path
-    assert "[配置] random8b" in out and lines[-1].endswith(workspace.display_path(tmp_path / "models" / "Qwen3-8B-random"))
+    assert "[档位] random8b" in out and lines[-1].endswith(workspace.display_path(tmp_path / "models" / "Qwen3-8B-random"))
     assert lines[-2].endswith(workspace.display_path(huanhuan_path))
     assert (tmp_path / "models" / "Qwen3-8B-random" / "config.json").is_file()
     assert download.main(["--profile", "huge"]) == 2

@@ -325,7 +325,7 @@ def test_output_dir_and_run_dir_overrides(tmp_path):
 
 def test_describe_says_what_was_chosen_and_why():
     text = spec_of(env={course_settings_module.PROFILE_ENV: "tiny"}).describe()
-    assert text.startswith("[配置] tiny: ")
+    assert text.startswith("[档位] tiny: ")
     assert f"选择依据: 由 {course_settings_module.PROFILE_ENV}=tiny 指定" in text
     assert "训练配置: configs/train/tiny.yaml" in text and "模型目录: workspace/models/tiny-qwen3" in text
 
