@@ -15,7 +15,7 @@ import torch
 
 from helpers import checkpoints, models, runs, scale_out
 from helpers.recipes import estimate_lora_memory_gb
-from helpers.workspace import REPO_ROOT
+from helpers.workspace import REPO_ROOT, course_folder
 from tests.conftest import tiny_spec_for
 
 ROWS, PER_DEVICE, EPOCHS, RANKS = 16, 2, 2, 2
@@ -325,3 +325,54 @@ def test_the_command_line_prints_every_strategy_command():
     assert [c.split()[3] for c in commands] == [f"configs/accelerate/{s.config}" for s in scale_out.STRATEGIES.values()]
     assert all(("--num_processes 8" in c) == ("single-gpu" not in c) for c in commands)
     assert "Qwen3-14B" in done.stdout.splitlines()[0]
+
+
+def test_notebook_07s_equivalent_command_launches_what_the_demo_launches(tmp_path, monkeypatch):
+    """The command notebook 07 prints as equivalent to its live demo trains the same thing into the same folder of
+    the demo's own workspace (pasted at the repository root, it leaves lesson 04's run and data alone)."""
+    import ast
+    import json
+    import shlex
+
+    cells = json.loads((REPO_ROOT / "notebooks" / "07-scale-out.ipynb").read_text(encoding="utf-8"))["cells"]
+    [text] = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown" and "cpu-2proc.yaml" in
+              "".join(c["source"]) and "```bash" in "".join(c["source"])]
+    words = shlex.split(text.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " "))
+    typed_env = dict(w.split("=", 1) for w in words[:words.index("accelerate")])
+    typed = words[words.index("accelerate"):]
+    [call] = [node for c in cells if c["cell_type"] == "code" and "run_cpu_demo" in "".join(c["source"])
+              for node in ast.walk(ast.parse("".join(c["source"])))
+              if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "run_cpu_demo"]
+    overrides = [arg.value for arg in call.args[1:]]
+
+    launched = {}
+
+    class Finished:
+        returncode = 0
+
+        def __init__(self, cmd, env, **_):
+            launched.update(cmd=cmd, env=env)
+
+        def communicate(self, timeout=None):
+            return "", None
+
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "workspace"))
+    monkeypatch.setattr(scale_out, "build_tiny_model", lambda folder: course_folder(folder))
+    monkeypatch.setattr(scale_out.subprocess, "Popen", Finished)
+    scale_out.run_cpu_demo(spec, *overrides)
+
+    def where(path: str) -> Path:      # a path typed at the repository root; workspace/... is the spec's workspace
+        parts = Path(path).parts
+        return (spec.paths.workspace.joinpath(*parts[1:]) if parts[0] == "workspace" else REPO_ROOT / path).resolve()
+
+    def meaning(argv: list[str]) -> dict:
+        argv = argv[1:]
+        sets = {argv[i + 1] for i, word in enumerate(argv) if word == "--set"} - {"training.disable_tqdm=true"}
+        paths = {flag: where(argv[argv.index(flag) + 1]) if not Path(argv[argv.index(flag) + 1]).is_absolute()
+                 else Path(argv[argv.index(flag) + 1]).resolve() for flag in ("--config_file", "--config", "--output-dir")}
+        return {"module": argv[argv.index("-m") + 1], "no-resume": "--no-resume" in argv, "sets": sets, **paths}
+
+    assert meaning(typed) == meaning(launched["cmd"])      # the progress bar (disable_tqdm) aside
+    assert where(typed_env["QWEN3_TUTORIAL_WORKSPACE"]) == Path(launched["env"]["QWEN3_TUTORIAL_WORKSPACE"]).resolve()
+    for name in ("QWEN3_TUTORIAL_PROFILE", "CUDA_VISIBLE_DEVICES"):
+        assert typed_env[name] == launched["env"][name]
