@@ -157,21 +157,21 @@ class Recipe:
 
 #: from the most to the least memory-hungry
 RECIPES = (
-    Recipe("bf16_mb16", "bf16 LoRA，不开 checkpointing，微批次 16", "qwen3-8b", None, False, 16, 1.45),
-    Recipe("bf16_mb16_liger", "bf16 LoRA，不开 checkpointing，微批次 16，Liger", "qwen3-8b", None, False, 16,
+    Recipe("bf16_mb16", "bf16 LoRA，不重计算，微批次 16", "qwen3-8b", None, False, 16, 1.45),
+    Recipe("bf16_mb16_liger", "bf16 LoRA，不重计算，微批次 16，Liger", "qwen3-8b", None, False, 16,
            1.6, kernels="liger"),
-    Recipe("bf16_mb4", "bf16 LoRA，不开 checkpointing，微批次 4", "qwen3-8b", None, False, 4, 1.3),
-    Recipe("bf16_ckpt_mb16", "bf16 LoRA，开 checkpointing，微批次 16", "qwen3-8b", None, True, 16, 1.1),
-    Recipe("bf16_ckpt_mb16_liger", "bf16 LoRA，开 checkpointing，微批次 16，Liger", "qwen3-8b", None, True, 16,
+    Recipe("bf16_mb4", "bf16 LoRA，不重计算，微批次 4", "qwen3-8b", None, False, 4, 1.3),
+    Recipe("bf16_ckpt_mb16", "bf16 LoRA，开重计算，微批次 16", "qwen3-8b", None, True, 16, 1.1),
+    Recipe("bf16_ckpt_mb16_liger", "bf16 LoRA，开重计算，微批次 16，Liger", "qwen3-8b", None, True, 16,
            1.2, kernels="liger"),
-    Recipe("bf16_ckpt_mb16_nodrop", "bf16 LoRA，开 checkpointing，微批次 16，lora_dropout=0", "qwen3-8b", None,
+    Recipe("bf16_ckpt_mb16_nodrop", "bf16 LoRA，开重计算，微批次 16，lora_dropout=0", "qwen3-8b", None,
            True, 16, 1.15, lora_dropout=0.0, auto=False),
-    Recipe("bf16_ckpt_mb4", "bf16 LoRA，开 checkpointing，微批次 4", "qwen3-8b", None, True, 4, 1.0),
-    Recipe("qlora_ckpt_mb16", "QLoRA 4-bit，开 checkpointing，微批次 16", "qwen3-8b-qlora", "nf4", True, 16, 0.8),
-    Recipe("qlora_ckpt_mb4", "QLoRA 4-bit，开 checkpointing，微批次 4", "qwen3-8b-qlora", "nf4", True, 4, 0.7),
+    Recipe("bf16_ckpt_mb4", "bf16 LoRA，开重计算，微批次 4", "qwen3-8b", None, True, 4, 1.0),
+    Recipe("qlora_ckpt_mb16", "QLoRA 4-bit，开重计算，微批次 16", "qwen3-8b-qlora", "nf4", True, 16, 0.8),
+    Recipe("qlora_ckpt_mb4", "QLoRA 4-bit，开重计算，微批次 4", "qwen3-8b-qlora", "nf4", True, 4, 0.7),
 )
 #: the ``small`` profile's recipe (configs/train/qwen3-0.6b.yaml): real Qwen3-0.6B on a 6-8 GB card or a CPU
-SMALL = Recipe("small_ckpt_mb4", "Qwen3-0.6B（small）bf16 LoRA，开 checkpointing，微批次 4", "qwen3-0.6b", None,
+SMALL = Recipe("small_ckpt_mb4", "Qwen3-0.6B（small）bf16 LoRA，开重计算，微批次 4", "qwen3-0.6b", None,
                True, 4, 1.0, auto=False, model="Qwen3-0.6B")
 BY_KEY = {r.key: r for r in (*RECIPES, SMALL)}
 
