@@ -31,7 +31,7 @@ def stop_at_im_end(chat_template):
     last_turn_stops = ("        {{- '<|im_end|>' }}\n        {%- if not loop.last %}{{- '\\n' }}{%- endif %}\n"
                        "    {%- elif message.role == \"tool\" %}")
     if chat_template.count(turn_end) != 1:
-        raise ValueError("this chat template does not end an assistant turn the way Qwen3's does")
+        raise ValueError("这份对话模板结束 assistant 轮次的写法和 Qwen3 的不同，无法只改最后一轮")
     return chat_template.replace(turn_end, last_turn_stops)
 
 
