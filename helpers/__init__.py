@@ -21,8 +21,6 @@ The modules form layers; an import only ever points down a layer or sideways wit
 ``bench/``, ``solutions/`` and ``tests/`` import ``helpers``; ``helpers`` never imports them.
 """
 
-__version__ = "0.1.0"
-
 import logging as _logging
 import warnings as _warnings
 

@@ -98,7 +98,8 @@ def _splits_cleanly(text: str) -> bool:
     return bool(text) and not text[0].isspace()
 
 
-def _user_text(record: dict) -> str:
+def user_text(record: dict) -> str:
+    """The user turn of a record: its instruction, and its input (if any) on the next line."""
     return f"{record['instruction']}\n{record['input']}" if record.get("input") else record["instruction"]
 
 
@@ -106,7 +107,7 @@ def _encode_pieces(records: list[dict], tokenizer, system_prompt: str | None) ->
     """Prompt ids and answer ids (``<|im_end|>`` appended) of every record, batched."""
     end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
     head, tail = prompt_frame(tokenizer, system_prompt)
-    instructions = [_user_text(r) for r in records]
+    instructions = [user_text(r) for r in records]
     # One batched call for every distinct variable piece (real data repeats some questions and
     # answers); the fixed head/tail are tokenized once.
     texts = instructions + [r["output"] for r in records]

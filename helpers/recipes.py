@@ -21,7 +21,6 @@ from .settings import SpecError
 #: 16 rows -> 3,255 tokens (the mean row is 70.2 tokens: a mean micro-batch of 16 is ~1,120).
 LONGEST_ROWS = (252, 252, 243, 218, 216, 210, 204, 197, 196, 190, 183, 183, 180, 179, 177, 175,
                 174, 171, 169, 168, 168, 167, 167, 164, 164, 163, 162, 162, 162, 161, 161, 160)
-MEAN_ROW_TOKENS = 70.2
 #: headroom on top of the tensors: CUDA context, allocator fragmentation (~1.5 GB)
 CUDA_OVERHEAD_GB = 1.5
 #: the share of the card a recipe may plan to use (10% kept free for spikes)
@@ -173,7 +172,6 @@ RECIPES = (
 #: the ``small`` profile's recipe (configs/train/qwen3-0.6b.yaml): real Qwen3-0.6B on a 6-8 GB card or a CPU
 SMALL = Recipe("small_ckpt_mb4", "Qwen3-0.6B（small）bf16 LoRA，开重计算，微批次 4", "qwen3-0.6b", None,
                True, 4, 1.0, auto=False, model="Qwen3-0.6B")
-BY_KEY = {r.key: r for r in (*RECIPES, SMALL)}
 
 
 # --------------------------------------------------------------------------- measurements

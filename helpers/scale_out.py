@@ -102,14 +102,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cpu_launch(output_dir: str | os.PathLike, *overrides: str, processes: int = 2, resume: bool = False,
-               env: dict | None = None, **popen) -> subprocess.Popen:
+def cpu_launch(output_dir: str | os.PathLike, *overrides: str, resume: bool = False,
+               env: dict | None = None) -> subprocess.Popen:
     """Start ``accelerate launch`` with ``configs/accelerate/cpu-2proc.yaml`` on the tiny config (CPU, gloo)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [
         str(accelerate) if accelerate.is_file() else "accelerate",
         "launch", "--config_file", str(ACCELERATE_CONFIG_DIR / "cpu-2proc.yaml"),
-        "--num_processes", str(processes), "--main_process_port", str(free_port()),
+        "--main_process_port", str(free_port()),
         "-m", "helpers.train", "--config", str(REPO_ROOT / "configs" / "train" / "tiny.yaml"),
         "--output-dir", str(output_dir),
     ]
@@ -121,7 +121,7 @@ def cpu_launch(output_dir: str | os.PathLike, *overrides: str, processes: int = 
     full_env = {"QWEN3_TUTORIAL_PROFILE": "tiny", "OMP_NUM_THREADS": "1", **os.environ, **(env or {}),
                 "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, **popen)
+                            text=True, start_new_session=True)
 
 
 def demo_workspace(spec) -> Path:
@@ -138,8 +138,8 @@ def demo_workspace(spec) -> Path:
     return root
 
 
-def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) -> tuple[Path, str]:
-    """Train the tiny profile with ``processes`` CPU processes in :func:`demo_workspace` (its plot, checkpoints
+def run_cpu_demo(spec, *overrides: str) -> tuple[Path, str]:
+    """Train the tiny profile with 2 CPU processes in :func:`demo_workspace` (its plot, checkpoints
     and logs stay apart from notebook 04's); return (checkpoint folder, the launch's console output).
     Raises with the output's tail on failure.
     """
@@ -147,10 +147,9 @@ def run_cpu_demo(spec, *overrides: str, processes: int = 2, timeout: int = 600) 
     out = root / "checkpoints" / "tiny-2proc"
     if out.exists():
         shutil.rmtree(out)
-    proc = cpu_launch(out, *overrides, processes=processes,
-                      env={"QWEN3_TUTORIAL_WORKSPACE": str(root), "QWEN3_TUTORIAL_PROFILE": "tiny"})
+    proc = cpu_launch(out, *overrides, env={"QWEN3_TUTORIAL_WORKSPACE": str(root), "QWEN3_TUTORIAL_PROFILE": "tiny"})
     try:
-        log, _ = proc.communicate(timeout=timeout)
+        log, _ = proc.communicate(timeout=600)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

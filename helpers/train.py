@@ -316,10 +316,8 @@ class MemoryLog(TrainerCallback):
         if logs is not None and "loss" in logs and state.is_world_process_zero:
             memory = round(peak_memory_gib(), 3)
             logs["memory_gib"] = memory
-            run = _active_swanlab_run()
-            if run is not None:
-                import swanlab
-
+            swanlab = sys.modules.get("swanlab")  # never imported (or not installed): no run can be active
+            if swanlab is not None and tracking.active_run(swanlab) is not None:
                 swanlab.log({"train/memory_gib": memory}, step=state.global_step)
         return control
 
@@ -339,17 +337,6 @@ class SaveBestEval(TrainerCallback):
 def course_callbacks(spec) -> list:
     """The checkpoint proof (recipe + marker with sha256), the memory log and the save-on-best, as callbacks."""
     return [CheckpointComplete(spec), MemoryLog(), SaveBestEval()]
-
-
-def _active_swanlab_run():
-    swanlab = sys.modules.get("swanlab")
-    if swanlab is None:  # never imported (or not installed): no run can be active
-        return None
-
-    try:
-        return swanlab.get_run()
-    except Exception:  # noqa: BLE001 - no active run
-        return None
 
 
 def share_safe_swanlab(trainer, spec) -> None:

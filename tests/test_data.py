@@ -92,7 +92,7 @@ def test_prompt_frame_reproduces_render_prompt_on_every_row(real, tokenizer):
     head, tail = data.prompt_frame(tokenizer)
     for r in records:
         expected = data.render_prompt(tokenizer, data.build_messages(r["instruction"], r["input"]))
-        assert head + data._user_text(r) + tail == expected
+        assert head + data.user_text(r) + tail == expected
 
 
 NOTEBOOK_03 = REPO_ROOT / "notebooks" / "03-data.ipynb"

@@ -85,7 +85,7 @@ def test_the_fit_table_and_recipe_auto_know_the_small_profile():
     assert recipes.SMALL.config_path == "configs/train/qwen3-0.6b.yaml" and recipes.SMALL.model == "Qwen3-0.6B"
     estimate = recipes.SMALL.estimate_gb()
     assert estimate < 8 * recipes.MARGIN  # a 6-8 GB card, by the estimate
-    assert estimate < recipes.BY_KEY["qlora_ckpt_mb4"].estimate_gb() / 2
+    assert estimate < next(r for r in recipes.RECIPES if r.key == "qlora_ckpt_mb4").estimate_gb() / 2
     row = next(line for line in recipes.fit_table().splitlines() if "Qwen3-0.6B" in line)
     assert f"| {recipes.SMALL.worst_tokens} | {estimate} |" in row
     config, overrides, _ = recipes.auto_recipe(None, [], "small", {"name": "8 GB", "memory_gb": 8.0, "free_gb": 7.6})
