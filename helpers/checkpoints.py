@@ -146,6 +146,59 @@ def find_latest_checkpoint(folder: Path) -> Path | None:
 # --------------------------------------------------------------------------- the recipe an adapter was trained with
 
 
+def base_model_name(spec) -> str:
+    """What a shared adapter names as its base: the hub id, or the model folder relative to the workspace."""
+    if spec.profile.source in ("modelscope", "config-only"):  # the real model, or its architecture
+        return spec.profile.model_id
+    try:
+        return spec.paths.model_dir.relative_to(spec.paths.workspace).as_posix()
+    except ValueError:
+        return spec.paths.model_dir.name
+
+
+#: the training settings a resumed run must share with its checkpoint (max_steps, epochs, saving and logging may
+#: change: they say how much longer and how often, not what is trained)
+RESUMED_TRAINING = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "seed")
+
+
+def adapter_recipe(spec) -> dict:
+    """What the adapter was trained with; inference and the chat widget default to it, a resumed run must match it."""
+    return {
+        "profile": spec.profile.name,
+        "base_model": base_model_name(spec),
+        "system_prompt": spec.data.system_prompt,
+        "max_length": spec.data.max_length,
+        "quantization": spec.quantization,
+        "lora": {"r": spec.lora.r, "lora_alpha": spec.lora.lora_alpha, "target_modules": list(spec.lora.target_modules),
+                 "lora_dropout": spec.lora.lora_dropout},
+        "data": {key: value for key, value in spec.to_dict()["data"].items() if key not in ("system_prompt", "max_length")},
+        "training": {key: spec.training[key] for key in RESUMED_TRAINING if key in spec.training},
+    }
+
+
+def refuse_other_recipe(spec, checkpoint: Path) -> None:
+    """Stop before resuming ``checkpoint`` with other settings than it was trained with: a LoRA of another shape
+    would not load, and anything else would mix two recipes in one run. (An older checkpoint's recipe lacks some
+    keys: those are not compared.)"""
+    saved, ours = read_recipe(checkpoint), adapter_recipe(spec)
+    changed = []
+    for key, value in ours.items():
+        if key == "profile" or key not in saved:
+            continue
+        if isinstance(value, dict):
+            changed += [(f"{key}.{k}", saved[key][k], v) for k, v in value.items()
+                        if isinstance(saved[key], dict) and k in saved[key] and saved[key][k] != v]
+        elif saved[key] != value:
+            changed.append((key, saved[key], value))
+    if changed:
+        shown = "；".join(f"{name}: {old!r} → {new!r}" for name, old, new in changed[:4])
+        raise CheckpointError(
+            f"{display_path(checkpoint)} 是用另一套设置训练的（{shown}{'……' if len(changed) > 4 else ''}），"
+            "接着它训练会把两套设置混在同一次运行里。要用新设置从头训练：命令行加 --no-resume（第 04 课设 START_FRESH = True）；"
+            "要保留这次运行：训练到另一个文件夹（--output-dir）。")
+
+
 def read_recipe(checkpoint: Path) -> dict:
     """The checkpoint's ``course_recipe.json`` ({} for an adapter from elsewhere)."""
     path = Path(checkpoint) / RECIPE_FILE

@@ -42,11 +42,14 @@ def resume_point(spec, resume: bool | str | os.PathLike | None = True) -> Path |
         if problem:
             raise checkpoints.CheckpointError(f"{display_path(resume)} 已损坏：{problem}。"
                                               "请改用更早的检查点。")
+        checkpoints.refuse_other_recipe(spec, Path(resume))
         return Path(resume)
     found = checkpoints.latest_good_checkpoint(spec.paths.run_dir)
     if is_main_process():
         for note in found.notes():
             print(note)
+    if found.checkpoint is not None:
+        checkpoints.refuse_other_recipe(spec, found.checkpoint)
     return found.checkpoint
 
 

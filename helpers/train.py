@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import checkpoints, data_files, tracking
-from .checkpoints import RECIPE_FILE
+from .checkpoints import RECIPE_FILE, adapter_recipe, base_model_name
 from .data import training_data
 from .download import model_ready, prepare_model
 from .errors import CourseError, run_cli
@@ -84,16 +84,6 @@ def make_collator(batching: str, tokenizer):
 
 
 # --------------------------------------------------------------------------- model
-
-
-def base_model_name(spec) -> str:
-    """What a shared adapter names as its base: the hub id, or the model folder relative to the workspace."""
-    if spec.profile.source in ("modelscope", "config-only"):  # the real model, or its architecture
-        return spec.profile.model_id
-    try:
-        return spec.paths.model_dir.relative_to(spec.paths.workspace).as_posix()
-    except ValueError:
-        return spec.paths.model_dir.name
 
 
 def apply_kernels(spec) -> list[str]:
@@ -234,18 +224,6 @@ def training_arguments(spec, **extra):
                   "--config_file configs/accelerate/ddp.yaml -m helpers.train ...（第 07 课）")
         args._n_gpu = 1
     return args
-
-
-def adapter_recipe(spec) -> dict:
-    """What the adapter was trained with; inference and the chat widget default to it."""
-    return {
-        "profile": spec.profile.name,
-        "base_model": base_model_name(spec),
-        "system_prompt": spec.data.system_prompt,
-        "max_length": spec.data.max_length,
-        "quantization": spec.quantization,
-        "lora": {"r": spec.lora.r, "lora_alpha": spec.lora.lora_alpha, "target_modules": list(spec.lora.target_modules)},
-    }
 
 
 def shareable_args(args, spec):
@@ -389,6 +367,10 @@ def train(spec, resume: bool | str | None = True) -> dict:
             stack.callback(checkpoints.lock_run(spec.paths.run_dir).release)
         if resume is False and is_main_process():   # rank 0 holds the lock: only it may move a run aside
             start_fresh(spec)
+        # where to resume, checked against these settings before anything is loaded
+        checkpoint = resume_point(spec, resume if resume is not False else None)
+        if checkpoint is not None and is_main_process():
+            print(f"从 {display_path(checkpoint)} 继续训练")
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
         # the arguments before the model, as transformers' own example scripts do: a value TrainingArguments
@@ -402,9 +384,6 @@ def train(spec, resume: bool | str | None = True) -> dict:
         model = add_lora(spec, load_model_for_training(spec))
         trainer = build_trainer(spec, model, tokenizer, dataset, eval_dataset, args=args)
         is_main = trainer.args.process_index == 0
-        checkpoint = resume_point(spec, resume if resume is not False else None)   # before a run opens
-        if checkpoint is not None and is_main:
-            print(f"从 {display_path(checkpoint)} 继续训练")
         run = None
         if is_main and "swanlab" in (trainer.args.report_to or []):
             run = tracking.start_run(spec)

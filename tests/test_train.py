@@ -131,6 +131,31 @@ def test_resume_point_given_a_path_is_verified(run_with_two_checkpoints, capsys)
         runs.resume_point(spec, run / "checkpoint-4")
 
 
+def test_resuming_with_other_settings_stops_before_training(run_with_two_checkpoints, tmp_path):
+    """A run resumed with another LoRA shape would crash loading the checkpoint, and one resumed with another base
+    (QLoRA), other data or another learning rate would mix two recipes in one run: both stop with the two ways on.
+    Training longer (max_steps, epochs) is a resume like any other."""
+    run = run_with_two_checkpoints
+    assert runs.resume_point(tiny_spec_for(run, overrides=["training.max_steps=99"]), True) == run / "checkpoint-9"
+    for overrides, config, changed in ((["lora.r=16"], None, "lora.r: 8 → 16"),
+                                       ([], "configs/train/tiny-qlora.yaml", "quantization: None → 'nf4'"),
+                                       (["data.max_rows=4"], None, "data.max_rows: 8 → 4"),
+                                       (["training.learning_rate=0.5"], None, "training.learning_rate")):
+        spec = tiny_spec_for(run, config=config, overrides=overrides)
+        for resume in (True, run / "checkpoint-4"):
+            with pytest.raises(checkpoints.CheckpointError) as refused:
+                runs.resume_point(spec, resume)
+            assert changed in str(refused.value) and "--no-resume" in str(refused.value)
+            assert "--output-dir" in str(refused.value)
+
+    done = run_cli("train", ["--config", "configs/train/tiny.yaml", "--output-dir", str(run), "--set", "lora.r=16",
+                             "--set", "swanlab=null"], env=_clean_env(HOME=str(tmp_path)), cwd=REPO_ROOT)
+    assert done.code == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert "lora.r: 8 → 16" in error and "Loading weights" not in done.stderr    # refused before the model loads
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-4", "checkpoint-9"]
+
+
 # --------------------------------------------------------------------------- the recipe's switches
 
 
