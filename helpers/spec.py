@@ -268,6 +268,8 @@ RANGES = (
     ("training.logging_steps", lambda v: v > 0, "大于 0"),
     ("training.save_steps", lambda v: v > 0, "大于 0"),
     ("training.save_total_limit", lambda v: v is None or v >= 1, "至少为 1，或者为 null（全部保留）"),
+    ("training.report_to", lambda v: set([v] if isinstance(v, str) else v) <= {"none", "swanlab"},
+     "是 none 或 swanlab：课程只装了 SwanLab，它的设置在 swanlab: 段（--set swanlab=null 关掉记录）"),
 )
 
 
@@ -299,6 +301,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
             if key not in actions:
                 known = "；training 下可以写 transformers.TrainingArguments 的参数" if section == "training" else ""
                 raise SpecError(f"{source}：未知的键 {section}.{key}{suggest(key, actions)}{known}")
+            if (section, key) == ("training", "output_dir"):
+                raise SpecError(f"{source}：training.output_dir 不能写在配置里：运行目录用 --output-dir 指定"
+                                "（notebook 里用 spec.with_run_dir）")
             if key == "target_modules":
                 if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
                     raise SpecError(f"{source}：lora.target_modules 应当是由模块名组成的列表")

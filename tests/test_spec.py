@@ -174,12 +174,19 @@ def test_unknown_keys_stop_with_their_dotted_name_and_a_suggestion(tmp_path, tex
     ("lora.target_modules=q_proj", ("lora.target_modules 应当是", "列表")),
     ("batching=sorted", ("batching", "packed, padded, grouped", "'sorted'")),
     ("quantization=int8", ("quantization", "null", "nf4", "'int8'")),
+    # TrainingArguments' own keys that the course decides elsewhere (they crashed inside TrainingArguments / the Trainer)
+    ("training.output_dir=runs/x", ("training.output_dir", "--output-dir")),
+    ("training.report_to=wandb", ("training.report_to", "'wandb'", "swanlab")),
 ])
 def test_wrong_types_stop_with_the_dotted_name(override, expected):
     with pytest.raises(SpecError) as caught:
         spec_of(TINY, [override])
     for words in expected:
         assert words in str(caught.value)
+
+
+def test_report_to_none_still_turns_every_tracker_off():
+    assert spec_of(TINY, ["training.report_to=none"]).training["report_to"] == "none"
 
 
 def test_numbers_written_as_yaml_text_become_numbers(tmp_path):
