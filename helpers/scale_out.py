@@ -88,11 +88,15 @@ def memory_table(model: str = "Qwen3-8B") -> str:
     return "\n".join(lines)
 
 
-def launch_command(strategy: str, gpus: int | None = None) -> str:
+#: the shipped training config of each model the course trains (the other sizes' tables are estimates only)
+TRAIN_CONFIGS = {"Qwen3-8B": "configs/train/qwen3-8b.yaml", "Qwen3-0.6B": "configs/train/qwen3-0.6b.yaml"}
+
+
+def launch_command(strategy: str, gpus: int | None = None, model: str = "Qwen3-8B") -> str:
     """The exact shell command for one strategy (relative paths: run it in the repository root)."""
     config = f"configs/accelerate/{STRATEGIES[strategy].config}"
     procs = f" --num_processes {gpus}" if gpus and strategy != "single-gpu" else ""
-    return f"accelerate launch --config_file {config}{procs} -m helpers.train --config configs/train/qwen3-8b.yaml"
+    return f"accelerate launch --config_file {config}{procs} -m helpers.train --config {TRAIN_CONFIGS[model]}"
 
 
 def free_port() -> int:
@@ -212,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         print(memory_table(args.model))
+        trained = args.model if args.model in TRAIN_CONFIGS else "Qwen3-8B"
+        if trained != args.model:
+            print(f"\n课程没有 {args.model} 的训练配置（只有 {'、'.join(TRAIN_CONFIGS)} 的）：上面的表格只是估算，"
+                  f"下面的命令训练的是 {trained}。")
         for key, strategy in STRATEGIES.items():
             print(f"\n# {strategy.name}: {strategy.summary}")
-            print(launch_command(key, gpus=None if key == "single-gpu" else args.gpus))
+            print(launch_command(key, gpus=None if key == "single-gpu" else args.gpus, model=trained))
         if args.demo:
             out, _ = run_cpu_demo(build_spec(), "data.max_rows=10", "training.per_device_train_batch_size=2",
                                   "training.num_train_epochs=1", "training.save_steps=3", "swanlab=null")

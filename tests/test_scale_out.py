@@ -376,3 +376,15 @@ def test_notebook_07s_equivalent_command_launches_what_the_demo_launches(tmp_pat
     assert where(typed_env["QWEN3_TUTORIAL_WORKSPACE"]) == Path(launched["env"]["QWEN3_TUTORIAL_WORKSPACE"]).resolve()
     for name in ("QWEN3_TUTORIAL_PROFILE", "CUDA_VISIBLE_DEVICES"):
         assert typed_env[name] == launched["env"][name]
+
+
+@pytest.mark.parametrize(("model", "config"), [("Qwen3-0.6B", "qwen3-0.6b.yaml"), ("Qwen3-8B", "qwen3-8b.yaml"),
+                                              ("Qwen3-32B", "qwen3-8b.yaml")])
+def test_the_printed_commands_train_the_model_of_the_table_or_say_they_do_not(model, config, capsys):
+    assert scale_out.main(["--model", model, "--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    commands = [line for line in out.splitlines() if line.startswith("accelerate launch")]
+    assert len(commands) == len(scale_out.STRATEGIES)
+    assert all(c.endswith(f"--config configs/train/{config}") for c in commands)
+    assert (REPO_ROOT / "configs" / "train" / config).is_file()
+    assert (f"{model} 的训练配置" in out) == (model not in scale_out.TRAIN_CONFIGS)   # an estimate-only size says so
