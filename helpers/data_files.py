@@ -32,6 +32,7 @@ from .workspace import (
     display_path,
     made_names,
     record_made,
+    refuse_working_folder,
     sha256_file,
 )
 
@@ -332,7 +333,7 @@ def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = N
     Written as one unit: the three files go into ``<out>.partial`` and that folder is renamed over
     ``out``, so a full disk never leaves a new train file beside an old eval file.
     """
-    out_dir = Path(out_dir)
+    out_dir = refuse_working_folder(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UnsafeWriteError(f"{display_path(out_dir)} 是文件，不是文件夹：请为切分结果指定一个文件夹。")
     if source is not None and out_dir.resolve() in Path(source).resolve().parents:

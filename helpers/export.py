@@ -27,6 +27,7 @@ from .workspace import (
     display_path,
     made_names,
     refuse_foreign_partial,
+    refuse_working_folder,
     repo_path,
     shell_path,
 )
@@ -44,7 +45,7 @@ class ExportTargetError(CourseError, ValueError):
 
 def check_export_target(target: Path, protected: list[Path]) -> None:
     """Refuse a target that is not empty and not a previous export of this course, or that holds our inputs."""
-    target = Path(target).resolve()
+    target = refuse_working_folder(target).resolve()
     for path in protected:
         path = Path(path).resolve()
         if target == path or target in path.parents or path in target.parents:

@@ -255,6 +255,16 @@ def _foreign_entries(path: Path) -> list[Path]:
     return [] if WHOLE in names else [p for p in entries if p.name not in names]
 
 
+def refuse_working_folder(path: str | os.PathLike) -> Path:
+    """``path`` made absolute; stop when it is the working directory or holds it: an output folder is replaced
+    whole, which would leave the shell (or notebook) standing in a deleted folder."""
+    path, here = Path(os.path.abspath(path)), Path.cwd()
+    if path == here or path in here.parents:
+        raise UnsafeWriteError(f"{display_path(path)} 是当前所在的文件夹{'' if path == here else '的上级'}，而输出文件夹会被整个替换："
+                               f"请给一个新的子文件夹，例如 {shell_path(path / 'out')}。没有写入任何文件。")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike):
     """Yield ``<path>.partial``; it replaces ``path`` on success, is removed on failure.
@@ -263,7 +273,7 @@ def atomic_folder(path: str | os.PathLike):
     earlier ``path`` (a NOTES.md beside an export) is carried into the new folder, never deleted;
     a ``.partial`` or a ``path`` full of files the course did not make stops it before anything is written.
     """
-    path = Path(path)
+    path = refuse_working_folder(path)
     partial = path.with_name(path.name + ".partial")
     _claim_partial(partial)
     keep = _foreign_entries(path)

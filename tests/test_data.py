@@ -632,3 +632,30 @@ def test_check_ends_with_its_verdict_on_invalid_rows(capsys):
     assert "--skip-invalid" in err[-1] and "第 2" in err[-1]
     assert data.main(["check", str(BROKEN), "--skip-invalid"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_a_split_into_the_working_folder_or_above_is_refused_and_writes_nothing(tmp_path, out):
+    """`data split FILE .` used to crash (a folder with an empty name) after marking the folder; an output folder is
+    replaced whole, so the working folder (or one above it) is refused with a sub-folder to use instead."""
+    from pathlib import Path
+
+    from helpers.export import check_export_target
+    from helpers.workspace import UnsafeWriteError
+    from tests.cli_runner import run_cli
+
+    here = tmp_path / "learner" / "here"
+    here.mkdir(parents=True)
+    done = run_cli("data", ["split", REPO_ROOT / "data" / "huanhuan_sample.json", out], env={"PATH": os.environ["PATH"]},
+                   cwd=here)
+    assert done.code == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: ") and "out" in done.stderr.splitlines()[0]
+    assert not any(tmp_path.rglob("*.*")), "nothing written (no marker, no split files)"
+    cwd = os.getcwd()
+    os.chdir(here)
+    try:
+        with pytest.raises(UnsafeWriteError):   # inference export --target . : checked before the merge
+            check_export_target(Path(out), [])
+    finally:
+        os.chdir(cwd)
+    assert here.is_dir()
