@@ -97,7 +97,7 @@ def build_tiny_model(target: Path, seed: int = 1234, overwrite: bool = False) ->
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     target = Path(target)
-    if (target / "model.safetensors").is_file() and not overwrite:
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file() and not overwrite:
         return target
     if (target / "config.json").is_file() and not overwrite:   # a finished tiny build always has its weights
         raise UnsafeWriteError(f"{display_path(target)} 里已有别的模型（有 config.json，却没有 tiny 模型的权重），"
@@ -180,10 +180,12 @@ def model_ready(spec) -> bool:
     whole in a ``.partial`` folder), a written config and all tokenizer files, or the downloaded weights and the
     tokenizer. The other processes of a launch wait for this while process 0 prepares the folder."""
     target = spec.paths.model_dir
+    if not (target / "config.json").is_file():    # what from_pretrained reads first, whatever the source
+        return False
     if spec.profile.source == "tiny":
         return (target / "model.safetensors").is_file()
     if spec.profile.source == "config-only":
-        return (target / "config.json").is_file() and all((target / name).is_file() for name in TOKENIZER_FILES)
+        return all((target / name).is_file() for name in TOKENIZER_FILES)
     return weights_present(target) and all((target / name).is_file() for name in TOKENIZER_FILES[:2])
 
 

@@ -132,15 +132,14 @@ def require_model_dir(spec) -> Path:
     path = spec.paths.model_dir
     if (path / "config.json").is_file():
         return path
+    contents = "是空的" if path.is_dir() and not any(path.iterdir()) else (
+        "不存在" if not path.exists() else "里没有 config.json")
     if "model_dir" in spec.given:
-        where = spec.origin["model_dir"]
-        contents = "是空的" if path.is_dir() and not any(path.iterdir()) else (
-            "不存在" if not path.exists() else "里没有 config.json")
         raise MissingArtifactError(
-            f"模型目录 {display_path(path)}（来自 {where}）{contents}。把它指向存有 Qwen3-8B 的 config.json、"
-            "分词器和 *.safetensors 的文件夹，或者取消这个设置，让课程下载模型。")
+            f"模型目录 {display_path(path)}（来自 {spec.origin['model_dir']}）{contents}。把它指向存有 Qwen3-8B 的 "
+            "config.json、分词器和 *.safetensors 的文件夹，或者取消这个设置，让课程下载模型。")
     raise MissingArtifactError(
-        f"模型目录 {display_path(path)} 不存在。"
+        f"模型目录 {display_path(path)} {contents}。"
         + how_to_make("01-download.ipynb", f"python -m helpers.download --profile {spec.profile.name}"))
 
 

@@ -209,3 +209,21 @@ def test_the_notebook_download_cell_leaves_a_folder_that_reset_all_removes(tmp_p
     assert any(model_dir.is_relative_to(item.path) for item in reset.plan(tmp_path, everything=True))
     assert not any(model_dir.is_relative_to(item.path) or item.path.is_relative_to(model_dir)
                    for item in reset.plan(tmp_path))
+
+
+def test_a_model_folder_that_lost_its_config_is_named_so_and_the_fix_repairs_it(tmp_path, tiny_model_dir):
+    """A tiny model folder without config.json: the error says what is missing (not "does not exist"), and the
+    command it gives rebuilds the folder (it used to answer "ready" and repair nothing)."""
+    import shutil
+
+    from helpers.models import require_model_dir
+    from helpers.spec import build_spec
+
+    spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path)}, settings_file=None)
+    shutil.copytree(tiny_model_dir, spec.paths.model_dir)
+    (spec.paths.model_dir / "config.json").unlink()
+    assert not download.model_ready(spec)
+    with pytest.raises(workspace.MissingArtifactError, match=r"里没有 config\.json.*helpers\.download --profile tiny"):
+        require_model_dir(spec)
+    download.prepare_model(spec)
+    assert require_model_dir(spec) == spec.paths.model_dir and download.model_ready(spec)
