@@ -246,7 +246,8 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
     if dataset.is_file():
         out.append(Check("dataset", True, f"已在 {display_path(dataset)}"))
     elif "dataset" in spec.given:  # a file the user named: a download would not put it there
-        out.append(Check("dataset", False, f"{display_path(dataset)} 不存在（{spec.origin['dataset']}）",
+        what = "是文件夹，不是数据文件" if dataset.is_dir() else "不存在"
+        out.append(Check("dataset", False, f"{display_path(dataset)} {what}（{spec.origin['dataset']}）",
                                "改正路径：python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
     else:
         online = dataset_reachable() if dataset_reachable is not None else \
@@ -296,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
             path = write_settings(values)
             print(f"已写入 {display_path(path)}：")
             print(path.read_text(encoding="utf-8"))
+            for key in ("model_dir", "dataset", "adapter_dir"):   # written all the same: it may be copied there later
+                named = Path(values[key]).expanduser() if values.get(key) else None
+                if named is not None and (not named.exists() or (key == "dataset") == named.is_dir()):
+                    what = "还不存在" if not named.exists() else "是文件夹，不是数据文件" if key == "dataset" else "不是文件夹"
+                    print(f"注意：{key} 指向的 {display_path(named)} {what}。之后把它放到那里，或者改正路径再运行一次 setup。")
             return 0
         if args.command == "kernel":
             from ipykernel.kernelspec import install

@@ -144,7 +144,24 @@ def test_a_dataset_path_the_user_named_must_exist(tmp_path):
                       settings_file=None, cuda=False)
     checks = env.preflight(spec, kernel=True, dataset_reachable=lambda: True)
     assert [c.name for c in checks if not c.ok] == ["dataset"]
-    assert "QWEN3_TUTORIAL_DATASET" in by_name(checks)["dataset"].detail
+    assert "QWEN3_TUTORIAL_DATASET" in by_name(checks)["dataset"].detail and "不存在" in by_name(checks)["dataset"].detail
+    spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_DATASET": str(tmp_path)}, settings_file=None, cuda=False)
+    checks = env.preflight(spec, kernel=True, dataset_reachable=lambda: True)   # a folder exists, but is no data file
+    assert [c.name for c in checks if not c.ok] == ["dataset"] and "是文件夹" in by_name(checks)["dataset"].detail
+
+
+def test_setup_writes_a_path_that_is_not_there_yet_and_says_so(tmp_path, monkeypatch):
+    settings = tmp_path / "course-settings.yaml"
+    write = env.write_settings
+    monkeypatch.setattr(env, "write_settings", lambda values: write(values, settings))
+    (tmp_path / "adapter").mkdir()
+    done = run_cli("environment", ["setup", "--dataset", str(tmp_path), "--model-dir", str(tmp_path / "nowhere"),
+                                   "--adapter-dir", str(tmp_path / "adapter")], env=clean_env(), cwd=REPO_ROOT)
+    assert done.code == 0, done.stderr
+    notes = [line for line in done.stdout.splitlines() if line.startswith("注意：")]
+    assert [line.split()[0] for line in notes] == ["注意：model_dir", "注意：dataset"]
+    assert "还不存在" in notes[0] and "是文件夹" in notes[1]
+    assert str(tmp_path / "nowhere") in settings.read_text(encoding="utf-8")     # written all the same
 
 
 # --------------------------------------------------------------------------- the CLI: make preflight / make kernel
