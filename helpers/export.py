@@ -8,10 +8,11 @@ runs it from a shell.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
-from .errors import CourseError
+from .errors import CourseError, run_cli
 from .models import (
     check_adapter_fits,
     ensure_random_weights,
@@ -123,3 +124,17 @@ def vllm_command(export_dir: Path) -> str:
     """The command that serves an exported model with vLLM (printed, not run here)."""
     return (f"vllm serve {shell_path(export_dir)} --served-model-name huanhuan "
             "--max-model-len 8192 --reasoning-parser qwen3 --host 127.0.0.1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.export`` is not the command (exporting is part of notebook 05's twin): say which one is."""
+
+    def work() -> int:
+        raise CourseError("合并导出的命令是 `python -m helpers.inference export`（加 --help 看它的参数）；"
+                          "python -m helpers.export 本身不做任何事。")
+
+    return run_cli(work, debug="--debug" in (sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -108,6 +108,11 @@ def test_inference_export_onto_a_file(workspace, monkeypatch, capsys):
     assert target.read_bytes() == b"the learner's file"
 
 
+def test_export_points_at_the_command_that_exports(workspace, monkeypatch, capsys):
+    code, _, err = run_as_main("export", [], monkeypatch, capsys)
+    assert_one_line(code, err, "python -m helpers.inference export")
+
+
 def test_reset_all_without_a_terminal(workspace, monkeypatch, capsys):
     from helpers.workspace import course_folder
 
