@@ -227,6 +227,8 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     used). A damaged checkpoint is named with its damaged file and the previous complete one is used.
     """
     chosen = named_path(checkpoint) if checkpoint is not None else spec.paths.adapter_dir
+    if checkpoint is not None and not chosen.exists() and (spec.paths.run_dir / checkpoint).exists():
+        chosen = spec.paths.run_dir / checkpoint    # a checkpoint-N of this run, named by itself
     folder = chosen if chosen is not None else spec.paths.run_dir
     if chosen is not None:
         if not chosen.exists():
@@ -236,7 +238,9 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
                 + (f"（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径，或改回用你自己训练的结果："
                    "python -m helpers.environment setup --adapter-dir \"\"（并取消 "
                    "QWEN3_TUTORIAL_ADAPTER_DIR）。" if setting else " 不存在。" + (
-                       f"这次运行的检查点在 {display_path(spec.paths.run_dir)}：不加 --checkpoint 就用其中最新的完整检查点。"
+                       f"这次运行的检查点在 {display_path(spec.paths.run_dir)}"
+                       f"（{'、'.join(c.name for c in checkpoints_in(spec.paths.run_dir)) or '还没有'}）："
+                       "不加 --checkpoint 就用其中最新的完整检查点。"
                        if spec.paths.adapter_dir is None else "")))
         if chosen.is_file():
             unpack = "（这是压缩包：先解压，例如用 `unzip`，再指定解压出来的文件夹）" \

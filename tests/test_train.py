@@ -131,6 +131,17 @@ def test_resume_point_given_a_path_is_verified(run_with_two_checkpoints, capsys)
         runs.resume_point(spec, run / "checkpoint-4")
 
 
+def test_a_checkpoint_named_by_itself_is_the_runs(run_with_two_checkpoints, tmp_path, monkeypatch):
+    """--checkpoint checkpoint-4 (as --help says: checkpoint-N or a run folder) means the run's own checkpoint-4,
+    wherever the command runs; a wrong name lists the run's checkpoints."""
+    run = run_with_two_checkpoints
+    spec = tiny_spec_for(run)
+    monkeypatch.chdir(tmp_path)
+    assert checkpoints.resolve_checkpoint(spec, "checkpoint-4")[0] == run / "checkpoint-4"
+    with pytest.raises(checkpoints.MissingArtifactError, match=r"checkpoint-7 .*checkpoint-4、checkpoint-9"):
+        checkpoints.resolve_checkpoint(spec, "checkpoint-7")
+
+
 def test_resuming_with_other_settings_stops_before_training(run_with_two_checkpoints, tmp_path):
     """A run resumed with another LoRA shape would crash loading the checkpoint, and one resumed with another base
     (QLoRA), other data or another learning rate would mix two recipes in one run: both stop with the two ways on.
