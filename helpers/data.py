@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data_files, validation
-from .errors import fraction, positive_int, run_cli
+from .errors import ArgumentParser, fraction, positive_int, run_cli
 from .hardware import is_main_process
 from .models import course_tokenizer
 from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, padding_table
@@ -366,7 +366,7 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m helpers.data",
         description="检查、编码或切分 instruction/input/output 数据文件（JSON 数组或 JSONL）。")
     parser.add_argument("--debug", action="store_true", help="出错时显示完整的 traceback")

@@ -8,13 +8,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 from .data_files import course_dataset_path
-from .errors import CourseError, run_cli
+from .errors import ArgumentParser, CourseError, run_cli
 from .models import (
     QWEN3_GENERATION_CONFIG,
     check_model_files,
@@ -214,7 +213,7 @@ def prepare_model(spec) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.download``: the profile's dataset and model directory (notebook 01's job)."""
-    parser = argparse.ArgumentParser(prog="python -m helpers.download",
+    parser = ArgumentParser(prog="python -m helpers.download",
                                      description="准备 profile 的数据集，再下载（full、small）、构建（tiny）"
                                                  "或写出（random8b）它的模型目录。")
     parser.add_argument("--profile", help=f"{' | '.join([*PROFILES, 'auto'])}（默认：设置文件 / 环境变量）")

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from .data_files import HUANHUAN_PINNED_URL
 from .download import BUDGET_TOTAL, disk_budget_gb, weights_gb
-from .errors import CourseError, run_cli
+from .errors import ArgumentParser, CourseError, run_cli
 from .hardware import gpus, memory_gb, reachable
 from .profiles import PROFILES
 from .recipes import choose
@@ -273,7 +273,7 @@ def format_checks(checks: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.environment",
+    parser = ArgumentParser(prog="python -m helpers.environment",
                                      description="课程设置和课前检查。")
     parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     commands = parser.add_subparsers(dest="command", required=True)

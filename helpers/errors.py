@@ -9,6 +9,7 @@ it also holds when a module runs as ``__main__`` (its own classes are new there,
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
@@ -45,6 +46,26 @@ def one_line(text: str) -> str:
         if line:
             out += ("" if not out else " " if out[-1] in ".:;,!?" else "" if out[-1] in "。；：，！？" else "；") + line
     return out
+
+
+#: argparse's own error messages (a mistyped flag, a missing subcommand) in the course's language
+ARGPARSE_MESSAGES = (
+    (r"unrecognized arguments: (.*)", r"不认识的参数 \1（--help 列出全部参数）"),
+    (r"argument (\S+): invalid choice: (.*) \(choose from (.*)\)", r"参数 \1 的值 \2 无效，可选：\3"),
+    (r"the following arguments are required: (.*)", r"缺少参数：\1（--help 列出全部参数）"),
+    (r"argument (\S+): expected one argument", r"参数 \1 后面要跟一个值"),
+    (r"argument (\S+): ignored explicit argument (.*)", r"参数 \1 不接受值 \2"),
+    (r"ambiguous option: (\S+) could match (.*)", r"参数 \1 不明确，可能是：\2"),
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose own error messages are Chinese (exit 2, the usage line first, as before)."""
+
+    def error(self, message: str):
+        for pattern, chinese in ARGPARSE_MESSAGES:
+            message = re.sub(f"^{pattern}$", chinese, message)
+        super().error(message)
 
 
 def _number(text: str, kind: type, ok: Callable, must: str):

@@ -25,7 +25,6 @@ prove the code path; on Qwen3-8B they mean something.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -37,7 +36,7 @@ from pathlib import Path
 from . import checkpoints, data_files, tracking
 from .data import encode_records, user_text
 from .download import prepare_model
-from .errors import positive_int, run_cli
+from .errors import ArgumentParser, positive_int, run_cli
 from .hardware import cuda_available
 from .inference import chat_messages, greedy_settings, load_finetuned, recommended_settings
 from .metrics import (
@@ -448,7 +447,7 @@ def describe_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m helpers.evaluate",
         description="在留出集的提示上，对比 LoRA 适配器和它的基座模型（notebook 06）。")
     parser.add_argument("--config",

@@ -30,7 +30,7 @@ from typing import NamedTuple
 from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
 from .data import Reply, prompt_ids_as_text, split_thinking
 from .download import prepare_model
-from .errors import CourseError, positive_int, run_cli, utf8_text
+from .errors import ArgumentParser, CourseError, positive_int, run_cli, utf8_text
 from .export import export_merged
 from .models import adapter_switch, check_adapter_fits, load_base_model, load_tokenizer
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
@@ -291,14 +291,14 @@ def trained_system_prompt(model) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.inference ask "你是谁？"`` / ``python -m helpers.inference export`` (notebook 05)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--config", help="这次运行的训练配置（默认：档位自己的训练配置）")
     common.add_argument("--checkpoint", help="适配器文件夹（checkpoint-N 或运行目录；默认：这次运行"
                         "最新的完整检查点）")
     common.add_argument("--output-dir", help="train 写入的运行目录（即它的 --output-dir；默认 "
                         "workspace/checkpoints/<profile>）")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="显示完整的 traceback")
-    parser = argparse.ArgumentParser(prog="python -m helpers.inference",
+    parser = ArgumentParser(prog="python -m helpers.inference",
                                      description="向微调后的模型提一个问题，或者导出合并后的模型。")
     parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -13,7 +13,6 @@ held) stops the reset before anything is removed.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import shutil
 import sys
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import LOCK_FILE
-from .errors import CourseError, run_cli
+from .errors import ArgumentParser, CourseError, run_cli
 from .profiles import PROFILES
 from .settings import course_settings
 from .spec import resolve_paths
@@ -247,7 +246,7 @@ def switch(name: str, value: str | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m helpers.reset",
         description="删除运行、检查点、导出、图表、SwanLab 记录、编码后的数据、多卡演示和执行过的 notebook；"
                     "保留下载的模型和数据集（--all 连它们也删除）。")

@@ -4,7 +4,6 @@ rank trained on (read back from a run's ``sample_log.jsonl``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .download import build_tiny_model
-from .errors import positive_int, run_cli
+from .errors import ArgumentParser, positive_int, run_cli
 from .models import QWEN3_SHAPES, qwen3_counts
 from .profiles import PROFILES
 from .recipes import estimate_lora_memory_gb
@@ -203,7 +202,7 @@ def format_shards(steps: list[dict[int, list[int]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.scale_out``: notebook 07's tables and commands, and its live CPU run."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m helpers.scale_out",
         description="每种多卡做法的显存估计值（ESTIMATED）和它的 accelerate launch 命令；"
                     "--demo 用 2 个 CPU 进程训练 tiny 模型，并显示每个 rank 训练了哪些数据（notebook 07）。")

@@ -9,7 +9,6 @@ step functions both use and the plumbing around them (sample log, memory log).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import errno
@@ -24,7 +23,7 @@ from . import checkpoints, data_files, tracking
 from .checkpoints import RECIPE_FILE, adapter_recipe, base_model_name
 from .data import training_data
 from .download import model_ready, prepare_model
-from .errors import CourseError, run_cli
+from .errors import ArgumentParser, CourseError, run_cli
 from .hardware import cuda_available, gpus, is_main_process, launched_processes, local_gpu, peak_memory_gib
 from .models import (
     add_lora_adapter,
@@ -418,7 +417,7 @@ def _wait_for_model(spec, timeout: float = 4 * 3600, poll: float = 2.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m helpers.train",
         description="训练课程的 LoRA 适配器（与第 04 课的步骤相同）。",
     )

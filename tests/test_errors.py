@@ -188,3 +188,20 @@ def test_debug_after_the_subcommand_shows_the_traceback(tmp_path):
     with pytest.raises(CourseError):
         environment.main(["setup", "--profile", "bogus", "--debug"])
     assert data.main(["check", str(tmp_path / "nothere.json")]) == 2
+
+
+@pytest.mark.parametrize("module", ["data", "download", "environment", "evaluate", "inference", "reset", "scale_out",
+                                    "train"])
+def test_argparse_own_errors_speak_the_courses_language(module):
+    """A mistyped flag, a wrong choice or a missing subcommand: argparse's own message, translated (exit 2)."""
+    from tests.cli_runner import run_cli as run_module
+
+    english = re.compile(r"unrecognized arguments|invalid choice|arguments are required|expected one argument")
+    first = {"data": ["check", "x.json"], "environment": ["check"], "inference": ["ask", "你是谁？"]}.get(module, [])
+    cases = [[*first, "--no-such-flag"]] + {"train": [["--recipe", "aoto"]], "data": [[]], "environment": [[]],
+                                            "evaluate": [["--limit"]]}.get(module, [])
+    for argv in cases:
+        done = run_module(module, argv, env={"PATH": os.environ["PATH"]}, cwd=REPO_ROOT)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.code == 2 and "error: " in last and not english.search(done.stderr), (argv, done.stderr)
+        assert all(word in last for word in argv if word.startswith("--")), (argv, last)
