@@ -220,6 +220,21 @@ def spec_as_trained(spec, adapter: Path, notes: list[str] = ()) -> tuple:
     return spec.replace(quantization=recipe["quantization"]), notes
 
 
+def _missing_adapter(spec, chosen: Path, by_setting: bool) -> MissingArtifactError:
+    """The error for an adapter folder that is not there: named by the adapter_dir setting, or by --checkpoint
+    (then the run's own checkpoints are listed)."""
+    if by_setting:
+        return MissingArtifactError(
+            f"适配器文件夹 {display_path(chosen)}（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径，"
+            "或改回用你自己训练的结果：python -m helpers.environment setup --adapter-dir \"\"（并取消 "
+            "QWEN3_TUTORIAL_ADAPTER_DIR）。")
+    found = "、".join(c.name for c in checkpoints_in(spec.paths.run_dir)) or "还没有"
+    return MissingArtifactError(
+        f"适配器文件夹 {display_path(chosen)} 不存在。" + (
+            f"这次运行的检查点在 {display_path(spec.paths.run_dir)}（{found}）：不加 --checkpoint 就用其中最新的完整检查点。"
+            if spec.paths.adapter_dir is None else ""))
+
+
 def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path, list[str]]:
     """The adapter to load and any notes: ``checkpoint``, else the spec's adapter folder, else the run's latest.
 
@@ -232,16 +247,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     folder = chosen if chosen is not None else spec.paths.run_dir
     if chosen is not None:
         if not chosen.exists():
-            setting = checkpoint is None and "adapter_dir" in spec.origin   # not --checkpoint: the adapter_dir setting
-            raise MissingArtifactError(
-                f"适配器文件夹 {display_path(chosen)}"
-                + (f"（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径，或改回用你自己训练的结果："
-                   "python -m helpers.environment setup --adapter-dir \"\"（并取消 "
-                   "QWEN3_TUTORIAL_ADAPTER_DIR）。" if setting else " 不存在。" + (
-                       f"这次运行的检查点在 {display_path(spec.paths.run_dir)}"
-                       f"（{'、'.join(c.name for c in checkpoints_in(spec.paths.run_dir)) or '还没有'}）："
-                       "不加 --checkpoint 就用其中最新的完整检查点。"
-                       if spec.paths.adapter_dir is None else "")))
+            raise _missing_adapter(spec, chosen, by_setting=checkpoint is None and "adapter_dir" in spec.origin)
         if chosen.is_file():
             unpack = "（这是压缩包：先解压，例如用 `unzip`，再指定解压出来的文件夹）" \
                 if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""

@@ -96,3 +96,10 @@ def reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def liger_installed() -> bool:
+    """Whether Liger Kernel (pyproject's ``gpu`` extra) is installed here."""
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None

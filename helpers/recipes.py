@@ -312,7 +312,7 @@ def auto_recipe(config: str | None, overrides: list[str], profile: str,
     values, which win. Without a GPU, or for the tiny profile, the given config is kept unchanged.
     Nothing fits: a :class:`~helpers.spec.SpecError`.
     """
-    from .spec import liger_installed
+    from .hardware import liger_installed
 
     if gpu is None or profile == "tiny":
         why = "没有检测到 CUDA GPU" if gpu is None else "tiny profile 的模型很小"

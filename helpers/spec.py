@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from .hardware import cuda_available
+from .hardware import cuda_available, liger_installed
 from .profiles import PROFILES, Profile
 from .settings import (
     PROFILE_ENV,
@@ -155,12 +155,6 @@ class RunSpec:
 
 
 # --------------------------------------------------------------------------- the precedence rule
-
-
-def liger_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def check_kernels(kernels: str | None, cuda: bool, source: str = "config") -> str | None:
