@@ -27,9 +27,9 @@ from .spec import resolve_paths
 from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, is_course_made, made_names
 
 #: folders under the workspace where the course makes things it can make again
-DERIVED_FOLDERS = ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "executed")
-#: what under ``<workspace>/data`` is made from the dataset (glob patterns); the rest is downloaded
-DERIVED_DATA = ("train-*.jsonl", "split-*", ".split-*")
+DERIVED_FOLDERS = ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "solutions", "executed")
+#: what under ``<workspace>/data`` is made from the dataset (glob patterns), or by notebook 03; the rest is downloaded
+DERIVED_DATA = ("train-*.jsonl", "split-*", ".split-*", "broken-demo.jsonl")
 
 
 class ResetRefused(CourseError, RuntimeError):

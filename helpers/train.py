@@ -37,7 +37,16 @@ from .recipes import auto_recipe
 from .runs import SAMPLE_LOG, describe_summary, record_run, resume_point, start_fresh
 from .settings import SpecError
 from .spec import build_spec
-from .workspace import DiskFullError, course_folder, display_path, is_disk_full, shareable_path, typed_paths
+from .workspace import (
+    DiskFullError,
+    claim_folder,
+    course_folder,
+    display_path,
+    is_disk_full,
+    made_names,
+    shareable_path,
+    typed_paths,
+)
 
 # --------------------------------------------------------------------------- data
 
@@ -252,8 +261,17 @@ class CheckpointComplete(TrainerCallback):
     def __init__(self, spec):
         self.spec = spec
         self.recipe = adapter_recipe(spec)
+        # made before the Trainer (whose __init__ creates output_dir): a folder already there without a marker is
+        # someone else's (or older), never claimed
+        run_dir = spec.paths.run_dir
+        self.foreign = run_dir.exists() and made_names(run_dir) is None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        run_dir = Path(args.output_dir)
+        if state.is_world_process_zero and not run_dir.exists():   # moved aside by a fresh start: made anew
+            course_folder(run_dir)
+        elif state.is_world_process_zero and made_names(run_dir) is None and not self.foreign:
+            claim_folder(run_dir)      # the run folder the Trainer made (notebook 04): make reset removes it
         if state.global_step == 0 and args.world_size == 1 and model is not None and lora_trained(model):
             raise TrainingStateError(
                 "这个模型的 LoRA 权重已经训练过了（这个内核里跑过一次训练，也许在第一个检查点之前被中断了），"

@@ -39,8 +39,8 @@ def run(argv: list[str] | None = None) -> None:
     chosen = {int(a) for a in argv if a.isdigit()} or known
     unknown = chosen - known
     if unknown or any(not a.isdigit() for a in argv):
-        raise SystemExit(f"usage: python {Path(sys.argv[0]).name} [exercise number ...]; "
-                         f"this script has exercises {sorted(known)}")
+        raise SystemExit(f"error: 没有这个练习：{' '.join(argv)}。这个脚本的练习是 {sorted(known)}，例如 "
+                         f"python {sys.argv[0]} {min(known)}（不写编号就做全部练习）")
     for number, title, function in sorted(_EXERCISES, key=lambda item: item[0]):
         if number not in chosen:
             continue
@@ -81,12 +81,14 @@ def scratch_spec(run_name: str, *overrides: str):
     from helpers.download import prepare_model
     from helpers.settings import WORKSPACE_ENV
     from helpers.spec import build_spec
+    from helpers.workspace import course_folder
 
     main = tiny_spec()
     model = prepare_model(main)
     root = main.paths.workspace / "solutions"
     link = root / "models" / model.name
     if not link.exists():
+        course_folder(root)    # the solutions' own workspace: make reset removes it (the model it links stays)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(model, target_is_directory=True)
     env = {**os.environ, WORKSPACE_ENV: str(root)}

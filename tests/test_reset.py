@@ -200,3 +200,43 @@ def test_a_run_folder_first_made_by_evaluating_a_shared_adapter_is_reset_whole(t
     plan = reset.plan(workspace)
     assert not plan.left_alone
     assert any(spec.paths.run_dir.is_relative_to(item.path) for item in plan)
+
+
+def test_what_the_notebooks_and_solutions_write_is_removed_by_reset(tmp_path):
+    """Notebook 04's run folder (made by the Trainer, not by the CLI), a fresh start's new one, notebook 03's demo file,
+    notebook 08's template and the solutions' workspace are the course's: ``make reset`` removes them. A folder of the
+    learner's given as the run folder is never claimed."""
+    from types import SimpleNamespace
+
+    from helpers import train
+    from tests.conftest import tiny_spec_for
+
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
+    workspace, run_dir = spec.paths.workspace, spec.paths.run_dir
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, best_global_step=None)
+
+    def notebook_04(fresh_start: bool = False) -> None:
+        callback = train.CheckpointComplete(spec)      # train.course_callbacks(spec), passed to Trainer(...)
+        run_dir.mkdir(parents=True, exist_ok=True)     # Trainer.__init__: os.makedirs(output_dir)
+        if fresh_start:                                # START_FRESH = True: runs.start_fresh(spec)
+            run_dir.rename(run_dir.with_name("tiny-previous-1"))
+        callback.on_train_begin(SimpleNamespace(output_dir=str(run_dir), world_size=1), state, None)
+        (run_dir / "checkpoint-2").mkdir(exist_ok=True)   # the Trainer saves
+
+    notebook_04()
+    notebook_04(fresh_start=True)
+    record_made(workspace / "data" / "broken-demo.jsonl").write_text("{}\n", encoding="utf-8")         # notebook 03
+    record_made(workspace / "checkpoints" / "tiny-trl-chat_template.jinja").write_text("x", encoding="utf-8")  # 08
+    course_folder(workspace / "solutions" / "checkpoints" / "lr-sweep")                                # solutions
+    removed = {item.path.relative_to(workspace).as_posix() for item in reset.plan(workspace)}
+    assert {"checkpoints/tiny", "checkpoints/tiny-previous-1", "data/broken-demo.jsonl",
+            "checkpoints/tiny-trl-chat_template.jinja", "solutions"} <= removed, removed
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("my notes", encoding="utf-8")
+    spec = tiny_spec_for(mine, QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"))
+    run_dir = spec.paths.run_dir
+    callback = train.CheckpointComplete(spec)
+    callback.on_train_begin(SimpleNamespace(output_dir=str(run_dir), world_size=1), state, None)
+    assert (mine / MADE_MARKER).exists() is False      # a learner's folder is never claimed
