@@ -191,5 +191,5 @@ def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
     common.run([])
     assert ran == [2, 1, 2]
     for wrong in (["9"], ["two"]):
-        with pytest.raises(SystemExit, match=r"exercises \[1, 2\]"):
+        with pytest.raises(SystemExit, match=r"^error: .*\[1, 2\]"):
             common.run(wrong)
