@@ -179,8 +179,12 @@ def plot_path(spec) -> Path:
     run_dir = spec.paths.run_dir.resolve()
     if run_dir == default_run_dir(spec.paths.workspace, spec.profile.name).resolve():
         return spec.paths.plots / f"train-{spec.profile.name}.png"
-    tag = hashlib.sha256(str(run_dir).encode("utf-8")).hexdigest()[:8]
-    return spec.paths.plots / f"train-{spec.profile.name}-{run_dir.name}-{tag}.png"
+    return spec.paths.plots / f"train-{spec.profile.name}-{run_dir.name}-{_place_tag(run_dir)}.png"
+
+
+def _place_tag(path: Path) -> str:
+    """Eight hex digits naming where ``path`` lives: two folders of the same name get different file names."""
+    return hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:8]
 
 
 def report_path(run_dir: Path, adapter: Path, name: str = "eval_report.json") -> Path:
@@ -189,8 +193,7 @@ def report_path(run_dir: Path, adapter: Path, name: str = "eval_report.json") ->
     adapter = Path(adapter).resolve()
     if Path(run_dir).resolve() in adapter.parents or adapter == Path(run_dir).resolve():
         return Path(run_dir) / name
-    tag = hashlib.sha256(str(adapter).encode("utf-8")).hexdigest()[:8]
-    return Path(run_dir) / f"{Path(name).stem}-{adapter.parent.name}-{adapter.name}-{tag}.json"
+    return Path(run_dir) / f"{Path(name).stem}-{adapter.parent.name}-{adapter.name}-{_place_tag(adapter)}.json"
 
 
 def save_run_summary(spec, summary: dict) -> Path:
