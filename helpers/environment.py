@@ -298,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"已写入 {display_path(path)}：")
             print(path.read_text(encoding="utf-8"))
             for key in ("model_dir", "dataset", "adapter_dir"):   # written all the same: it may be copied there later
-                named = Path(values[key]).expanduser() if values.get(key) else None
-                if named is not None and (not named.exists() or (key == "dataset") == named.is_dir()):
-                    what = "还不存在" if not named.exists() else "是文件夹，不是数据文件" if key == "dataset" else "不是文件夹"
-                    print(f"注意：{key} 指向的 {display_path(named)} {what}。之后把它放到那里，或者改正路径再运行一次 setup。")
+                named, folder = (Path(values[key]).expanduser() if values.get(key) else None), key != "dataset"
+                if named is None or (named.exists() and named.is_dir() == folder):   # a data file, or a folder
+                    continue
+                what = "还不存在" if not named.exists() else "不是文件夹" if folder else "是文件夹，不是数据文件"
+                print(f"注意：{key} 指向的 {display_path(named)} {what}。之后把它放到那里，或者改正路径再运行一次 setup。")
             return 0
         if args.command == "kernel":
             from ipykernel.kernelspec import install
