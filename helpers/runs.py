@@ -271,8 +271,28 @@ def already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
         summary = load_run_summary(spec)
     else:
         summary = {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None}
-    if is_main_process():
-        print(f"{display_path(spec.paths.run_dir)} 已经训练完成（第 {trainer.state.global_step} 步），本次没有再训练；"
-              "要从头训练：命令行加 --no-resume，第 04 课设 START_FRESH = True")
+    _say_finished(spec, trainer.state.global_step)
     summary["trainer"] = trainer
     return summary
+
+
+def finished_summary(spec, checkpoint: Path | None, args) -> dict | None:
+    """The saved summary when ``checkpoint`` is the end these ``TrainingArguments`` train to (``max_steps``, or else
+    ``num_train_epochs``) and the summary is of that step: nothing is left to train, so the command loads no model
+    and opens no SwanLab run. None otherwise (the Trainer decides)."""
+    state_file = Path(checkpoint) / "trainer_state.json" if checkpoint is not None else None
+    if state_file is None or not state_file.is_file() or not (spec.paths.run_dir / RUN_SUMMARY).is_file():
+        return None
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    done = state["global_step"] >= args.max_steps if args.max_steps > 0 else state["epoch"] >= args.num_train_epochs
+    summary = load_run_summary(spec)
+    if not done or summary["global_step"] != state["global_step"]:
+        return None
+    _say_finished(spec, state["global_step"])
+    return summary
+
+
+def _say_finished(spec, step: int) -> None:
+    if is_main_process():
+        print(f"{display_path(spec.paths.run_dir)} 已经训练完成（第 {step} 步），本次没有再训练；"
+              "要从头训练：命令行加 --no-resume，第 04 课设 START_FRESH = True")

@@ -34,7 +34,7 @@ from .models import (
     require_model_dir,
 )
 from .recipes import auto_recipe
-from .runs import SAMPLE_LOG, describe_summary, record_run, resume_point, start_fresh
+from .runs import SAMPLE_LOG, describe_summary, finished_summary, record_run, resume_point, start_fresh
 from .settings import SpecError
 from .spec import build_spec
 from .workspace import (
@@ -386,14 +386,17 @@ def train(spec, resume: bool | str | None = True) -> dict:
             start_fresh(spec)
         # where to resume, checked against these settings before anything is loaded
         checkpoint = resume_point(spec, resume if resume is not False else None)
+        # the arguments before the data and the model, as transformers' own example scripts do: a value
+        # TrainingArguments refuses stops the run before anything is written or loaded, and DeepSpeed ZeRO-3
+        # partitions the weights while from_pretrained loads them only if TrainingArguments exist already
+        args = training_arguments(spec)
+        finished = finished_summary(spec, checkpoint, args)
+        if finished is not None:          # nothing left to train: no model loaded, no empty SwanLab run
+            return {**finished, "trainer": None}
         if checkpoint is not None and is_main_process():
             print(f"从 {display_path(checkpoint)} 继续训练")
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
-        # the arguments before the model, as transformers' own example scripts do: a value TrainingArguments
-        # refuses stops the run before anything is written or loaded, and DeepSpeed ZeRO-3 partitions the
-        # weights while from_pretrained loads them only if TrainingArguments exist already
-        args = training_arguments(spec)
         course_folder(spec.paths.run_dir)     # after the data and argument checks: a refused run leaves no folder
         dataset = to_train_dataset(samples)
         # no "row" column: the sample log records training batches only, never evaluation ones
@@ -463,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():
             print(spec.describe())
         summary = train(spec, resume=False if args.no_resume else True)
-        if summary["trainer"].args.process_index == 0:
+        if is_main_process():
             print(describe_summary(summary))
         return 0
 

@@ -538,15 +538,39 @@ def test_evaluate_and_train_of_the_8b_on_cpu_stop_before_anything_is_fetched(are
     assert not (arena / "ws" / "models" / "modelscope").exists() and not (arena / "ws" / "models" / "Qwen3-8B-random").exists()
 
 
-def test_rerunning_a_finished_run_keeps_its_summary(arena):
-    argv = ("train", "--set", "training.max_steps=2", "--set", "training.save_steps=2", "--set",
-            "data.eval_fraction=0")
-    assert cli(*argv).code == 0
+def test_rerunning_a_finished_run_keeps_its_summary(arena, monkeypatch):
+    from helpers import train
+
+    argv = ("train", "--set", "training.save_steps=2", "--set", "data.eval_fraction=0")
+    assert cli(*argv, "--set", "training.max_steps=2").code == 0
     summary = arena / "ws" / "checkpoints" / "tiny" / "run_summary.json"
     before = sha(summary)
-    result = cli(*argv)
+    loaded = train.load_model_for_training
+    # nothing left to train: the command stops before the model loads (and before a SwanLab run opens)
+    monkeypatch.setattr(train, "load_model_for_training", lambda spec: pytest.fail("the model was loaded"))
+    result = cli(*argv, "--set", "training.max_steps=2")
     assert result.code == 0, result
     assert sha(summary) == before and "0.0000" not in result.out
+    monkeypatch.setattr(train, "load_model_for_training", loaded)   # training longer is a resume
+    assert cli(*argv, "--set", "training.max_steps=4").code == 0
+    assert json.loads(summary.read_text(encoding="utf-8"))["global_step"] == 4
+
+
+def test_a_run_trained_to_its_last_epoch_is_finished(tmp_path):
+    from types import SimpleNamespace
+
+    from helpers import runs
+
+    run_dir = tmp_path / "run"
+    checkpoint = run_dir / "checkpoint-60"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 60, "epoch": 30.0, "log_history": []}))
+    (run_dir / runs.RUN_SUMMARY).write_text(json.dumps({"global_step": 60, "checkpoint": "checkpoint-60"}))
+    spec = SimpleNamespace(paths=SimpleNamespace(run_dir=run_dir, workspace=tmp_path))
+    assert runs.finished_summary(spec, checkpoint, SimpleNamespace(max_steps=-1, num_train_epochs=30)) is not None
+    assert runs.finished_summary(spec, checkpoint, SimpleNamespace(max_steps=-1, num_train_epochs=31)) is None
+    assert runs.finished_summary(spec, checkpoint, SimpleNamespace(max_steps=80, num_train_epochs=30)) is None
+    assert runs.finished_summary(spec, None, SimpleNamespace(max_steps=60, num_train_epochs=30)) is None
 
 
 def test_printed_commands_survive_spaces_and_chinese(tmp_path):
