@@ -30,6 +30,7 @@ from .workspace import (
     atomic_path,
     claim_folder,
     display_path,
+    is_course_made,
     made_names,
     record_made,
     refuse_working_folder,
@@ -175,6 +176,17 @@ def read_stamp(path: str | os.PathLike) -> dict | None:
     except json.JSONDecodeError:
         return None
     return value.get(STAMP_KEY) if isinstance(value, dict) else None
+
+
+def is_encoded_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file the course encoded (its stamp line, or the course's marker names it): one that
+    ``data encode`` may replace. A learner's own file is never overwritten."""
+    if is_course_made(path):
+        return True
+    try:
+        return read_stamp(path) is not None
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def stamp_differences(found: dict | None, wanted: dict) -> list[str]:

@@ -389,8 +389,8 @@ def test_truncated_checkpoint_files_are_named_and_skipped(arena, tmp_path, capsy
 def test_full_disk_during_encode_leaves_the_old_file_and_no_partial(tmp_path, monkeypatch, capsys):
     from helpers import data, data_files
 
-    out = tmp_path / "train.jsonl"
-    out.write_text("the previous good file\n", encoding="utf-8")
+    out = data_files.save_encoded([], tmp_path / "train.jsonl", {"previous": "good file"})
+    previous = out.read_text(encoding="utf-8")
     real_open = open
 
     class FullDisk:
@@ -416,7 +416,7 @@ def test_full_disk_during_encode_leaves_the_old_file_and_no_partial(tmp_path, mo
     code = data.main(["encode", str(REPO_ROOT / "data" / "huanhuan_sample.json"), str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "磁盘满了" in err and "train.jsonl" in err and "Traceback" not in err
-    assert out.read_text(encoding="utf-8") == "the previous good file\n"
+    assert out.read_text(encoding="utf-8") == previous
     assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
 
 

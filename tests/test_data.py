@@ -420,6 +420,17 @@ def test_cli_encode_equals_encode_records(tmp_path, huanhuan_path, real):
     assert data_files.load_encoded(out) == real[1]
 
 
+def test_cli_encode_never_overwrites_a_learners_file(tmp_path, capsys):
+    mine = tmp_path / "重要.jsonl"
+    mine.write_text("我的重要文件\n", encoding="utf-8")
+    assert data.main(["encode", str(data_files.SAMPLE_PATH), str(mine)]) == 2
+    assert mine.read_text(encoding="utf-8") == "我的重要文件\n" and "重要.jsonl" in capsys.readouterr().err
+    out = tmp_path / "train.jsonl"            # the course's own encoded file is replaced by a new encoding
+    assert data.main(["encode", str(data_files.SAMPLE_PATH), str(out)]) == 0
+    assert data.main(["encode", str(data_files.SAMPLE_PATH), str(out), "--max-length", "512"]) == 0
+    assert data_files.read_stamp(out)["max_length"] == 512
+
+
 def test_cli_encode_refuses_a_broken_file(tmp_path, capsys):
     assert data.main(["encode", str(BROKEN), str(tmp_path / "x.jsonl")]) == 2  # a known error: one message
     assert "第 12 行" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
