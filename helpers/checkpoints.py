@@ -235,6 +235,14 @@ def _missing_adapter(spec, chosen: Path, by_setting: bool) -> MissingArtifactErr
             if spec.paths.adapter_dir is None else ""))
 
 
+def train_command(spec, run_dir: Path | None = None) -> str:
+    """The command that trains the adapter a command looked for in ``run_dir`` (default: the spec's run folder)."""
+    folder = Path(run_dir if run_dir is not None else spec.paths.run_dir)
+    own = "" if folder == default_run_dir(spec.paths.workspace, spec.profile.name) else \
+        f" --output-dir {shell_path(folder)}"   # a run folder of the learner's: train into that one
+    return f"python -m helpers.train --config {shell_path(spec.config_file)}{own}"
+
+
 def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path, list[str]]:
     """The adapter to load and any notes: ``checkpoint``, else the spec's adapter folder, else the run's latest.
 
@@ -280,11 +288,8 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
                 if (chosen / "config.json").is_file() else "不是 LoRA 适配器文件夹"
             raise MissingArtifactError(
                 f"{display_path(chosen)} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：{whole}。")
-        own = "" if folder == default_run_dir(spec.paths.workspace, spec.profile.name) else \
-            f" --output-dir {shell_path(folder)}"   # a run folder of the learner's: train into that one
-        raise MissingArtifactError(
-            f"{display_path(folder)} 里没有完整的 LoRA 检查点。"
-            + how_to_make("04-train.ipynb", f"python -m helpers.train --config {shell_path(spec.config_file)}{own}"))
+        raise MissingArtifactError(f"{display_path(folder)} 里没有完整的 LoRA 检查点。"
+                                   + how_to_make("04-train.ipynb", train_command(spec, folder)))
     notes = found.notes()
     if notes:
         notes.append(f"改用 {display_path(found.checkpoint)}")

@@ -66,10 +66,10 @@ from .workspace import (
     atomic_path,
     course_folder,
     display_path,
+    how_to_make,
     record_made,
     sha256_file,
     shareable_path,
-    shell_path,
     typed_paths,
 )
 
@@ -127,9 +127,8 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
             "请设置它（例如 --set data.eval_fraction=0.05），再重新训练。")
     named = checkpoint is not None or spec.paths.adapter_dir is not None
     if not named and checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is None:
-        raise MissingArtifactError(
-            f"{display_path(spec.paths.run_dir)} 里还没有训练好的 LoRA 适配器。请先训练一个："
-            f"python -m helpers.train --config {shell_path(spec.config_file)}（或者运行 notebooks/04-train.ipynb）。")
+        raise MissingArtifactError(f"{display_path(spec.paths.run_dir)} 里还没有训练好的 LoRA 适配器。"
+                                   + how_to_make("04-train.ipynb", checkpoints.train_command(spec)))
     data_files.require_given_dataset(spec)   # before the model is built or downloaded
     prepare_model(spec)
 

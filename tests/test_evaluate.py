@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 from collections import Counter
 from types import SimpleNamespace
@@ -314,6 +315,10 @@ def test_prepare_never_trains_and_names_the_command_without_an_adapter(tmp_path,
     with pytest.raises(MissingArtifactError, match="python -m helpers.train --config configs/train/tiny.yaml"):
         ev.prepare(spec)
     assert not spec.paths.run_dir.exists()           # nothing was trained
+    own = tiny_spec_for(tmp_path / "新 运行", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))   # --output-dir: train into it
+    with pytest.raises(MissingArtifactError) as caught:
+        ev.prepare(own)
+    assert shlex.split(str(caught.value).split("`")[1])[-2:] == ["--output-dir", str(tmp_path / "新 运行")]
     ev.prepare(spec, checkpoint=tiny_checkpoint)     # an adapter named: ready
     shutil.copytree(tiny_checkpoint, spec.paths.run_dir / tiny_checkpoint.name)
     ev.prepare(spec)                                 # an adapter in the run folder: ready
