@@ -201,8 +201,10 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
     need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
-    checks.append(Check("disk", free >= need, f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，"
-                        f"需要 {need:.1f} GB",
+    a_file = spec.paths.workspace.exists() and not spec.paths.workspace.is_dir()
+    checks.append(Check("disk", free >= need and not a_file,
+                        f"工作目录 {display_path(spec.paths.workspace)} 是文件，不是文件夹" if a_file else
+                        f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，需要 {need:.1f} GB",
                         "把工作目录放到数据盘上：python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace"))
     checks += _files_checks(spec, model_present, dataset_reachable)
@@ -294,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("workspace", "model_dir", "dataset", "adapter_dir"):
                 if values.get(key) and not values[key].startswith("~"):
                     values[key] = str(named_path(values[key]))  # as typed where the command ran
+            workspace = Path(values["workspace"]).expanduser() if values.get("workspace") else None
+            if workspace is not None and workspace.exists() and not workspace.is_dir():
+                raise SpecError(f"--workspace {display_path(workspace)} 是文件，不是文件夹：工作目录要放模型、数据和检查点。"
+                                "请给一个文件夹（还不存在也可以，第一次使用时创建）。没有写入设置。")
             path = write_settings(values)
             print(f"已写入 {display_path(path)}：")
             print(path.read_text(encoding="utf-8"))

@@ -164,6 +164,19 @@ def test_setup_writes_a_path_that_is_not_there_yet_and_says_so(tmp_path, monkeyp
     assert str(tmp_path / "nowhere") in settings.read_text(encoding="utf-8")     # written all the same
 
 
+def test_a_workspace_that_is_a_file_is_refused_by_setup_and_fails_the_check(tmp_path, monkeypatch):
+    settings = tmp_path / "course-settings.yaml"
+    write = env.write_settings
+    monkeypatch.setattr(env, "write_settings", lambda values: write(values, settings))
+    (tmp_path / "f.json").write_text("x", encoding="utf-8")
+    done = run_cli("environment", ["setup", "--workspace", str(tmp_path / "f.json")], env=clean_env(), cwd=REPO_ROOT)
+    assert done.code == 2 and "f.json" in done.stderr and not settings.exists()
+    spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "f.json")},
+                      settings_file=None, cuda=False)
+    checks = env.preflight(spec, kernel=True, dataset_reachable=lambda: True)
+    assert not by_name(checks)["disk"].ok and "setup --workspace" in by_name(checks)["disk"].fix
+
+
 # --------------------------------------------------------------------------- the CLI: make preflight / make kernel
 
 
