@@ -256,9 +256,12 @@ def _foreign_entries(path: Path) -> list[Path]:
 
 
 def refuse_working_folder(path: str | os.PathLike) -> Path:
-    """``path`` made absolute; stop when it is the working directory or holds it: an output folder is replaced
-    whole, which would leave the shell (or notebook) standing in a deleted folder."""
+    """``path`` made absolute (a link to a folder: the folder it points at, the link stays); stop when it is the
+    working directory or holds it: an output folder is replaced whole, which would leave the shell (or notebook)
+    standing in a deleted folder."""
     path, here = Path(os.path.abspath(path)), Path.cwd()
+    if path.is_symlink() and path.is_dir():
+        path = path.resolve()
     if path == here or path in here.parents:
         raise UnsafeWriteError(f"{display_path(path)} 是当前所在的文件夹{'' if path == here else '的上级'}，而输出文件夹会被整个替换："
                                f"请给一个新的子文件夹，例如 {shell_path(path / 'out')}。没有写入任何文件。")

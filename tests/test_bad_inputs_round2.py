@@ -373,6 +373,16 @@ def test_split_never_writes_over_its_input_or_a_learners_file(arena):
     assert shas(out) == before
 
 
+def test_a_split_into_a_linked_folder_writes_into_the_folder_and_keeps_the_link(arena):
+    real = arena / "S 结果"
+    real.mkdir()
+    (arena / "slink").symlink_to(real, target_is_directory=True)
+    result = cli("data", "split", str(SAMPLE), "slink/")
+    assert result.code == 0, result
+    assert (arena / "slink").is_symlink() and {"train.json", "eval.json", "split.json"} <= set(os.listdir(real))
+    assert not list(arena.glob("*.partial"))
+
+
 def test_split_is_one_unit_on_a_full_disk(arena, monkeypatch):
     assert cli("data", "split", str(SAMPLE), "out").code == 0
     before = shas(arena / "out")
