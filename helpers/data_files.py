@@ -35,6 +35,7 @@ from .workspace import (
     record_made,
     refuse_working_folder,
     sha256_file,
+    shell_path,
 )
 
 #: The team-written 48-row sample (tiny profile). Its first 8 rows are the memorisation subset.
@@ -350,7 +351,7 @@ def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = N
         raise UnsafeWriteError(f"{display_path(out_dir)} 是文件，不是文件夹：请为切分结果指定一个文件夹。")
     if source is not None and out_dir.resolve() in Path(source).resolve().parents:
         raise UnsafeWriteError(f"{display_path(out_dir)} 里有输入文件 {display_path(source)}：切分结果会写在它旁边"
-                               "（或覆盖它）。请指定一个空的或新的文件夹，例如 workspace/data/split-mine。")
+                               f"（或覆盖它）。请指定一个空的或新的文件夹，例如 {shell_path(out_dir / 'split')}。")
     if out_dir.is_dir():
         if made_names(out_dir) is None and (_old_split_folder(out_dir) or not any(out_dir.iterdir())):
             claim_folder(out_dir)      # empty, or an older split of the course's own

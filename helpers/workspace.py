@@ -309,7 +309,7 @@ def refuse_same_file(source: str | os.PathLike, target: str | os.PathLike) -> No
     same = source.exists() and target.exists() and os.path.samefile(source, target)
     if same or source.resolve() == target.resolve():
         raise UnsafeWriteError(f"输出 {target} 就是输入文件本身：写入会覆盖它。"
-                               "请写到另一个文件，例如 workspace/data/train.jsonl。")
+                               f"请写到另一个文件，例如 {shell_path(target.with_name(target.stem + '-encoded.jsonl'))}。")
 
 
 # --------------------------------------------------------------------------- disk

@@ -53,10 +53,10 @@ class Case(NamedTuple):
 
 CASES = [
     # ---- data loss: an output never overwrites what the command does not own
-    Case("encode OUT is IN", ("data", "encode", "in.json", "in.json"), 2, ("workspace/data/train.jsonl",), (), ("in.json",)),
-    Case("encode OUT is a hard link to IN", ("data", "encode", "in.json", "hard.json"), 2, ("hard.json", "workspace/data/train.jsonl"), (),
+    Case("encode OUT is IN", ("data", "encode", "in.json", "in.json"), 2, ("in-encoded.jsonl",), (), ("in.json",)),
+    Case("encode OUT is a hard link to IN", ("data", "encode", "in.json", "hard.json"), 2, ("hard.json", "hard-encoded.jsonl"), (),
          ("in.json",)),
-    Case("encode OUT is a symlink to IN", ("data", "encode", "in.json", "soft.json"), 2, ("soft.json", "workspace/data/train.jsonl"), (),
+    Case("encode OUT is a symlink to IN", ("data", "encode", "in.json", "soft.json"), 2, ("soft.json", "soft-encoded.jsonl"), (),
          ("in.json",)),
     Case("encode OUT is a folder", ("data", "encode", "in.json", "outdir"), 2, ("outdir/train.jsonl",), (), ("in.json",)),
     Case("export into the checkpoint folder", ("inference", "export", "--checkpoint", "run", "--target",
