@@ -249,8 +249,11 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
         out.append(Check("dataset", True, f"已在 {display_path(dataset)}"))
     elif "dataset" in spec.given:  # a file the user named: a download would not put it there
         what = "是文件夹，不是数据文件" if dataset.is_dir() else "不存在"
+        variable = SETTINGS_KEYS["dataset"]
+        fix = f"改正环境变量 {variable}（写绝对路径：相对路径从仓库根目录算起），或者 `unset {variable}` 后用 " \
+            if spec.origin["dataset"].endswith(variable) else "改正路径："
         out.append(Check("dataset", False, f"{display_path(dataset)} {what}（{spec.origin['dataset']}）",
-                               "改正路径：python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
+                         fix + "python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
     else:
         online = dataset_reachable() if dataset_reachable is not None else \
             reachable((urlsplit(HUANHUAN_PINNED_URL).hostname, 443))
@@ -303,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             path = write_settings(values)
             print(f"已写入 {display_path(path)}：")
             print(path.read_text(encoding="utf-8"))
+            for key in values:   # the environment beats the settings file: say so, or the setup seems not to work
+                if os.environ.get(SETTINGS_KEYS[key], "").strip():
+                    print(f"注意：环境变量 {SETTINGS_KEYS[key]} 也设置了 {key}，它优先于设置文件："
+                          f"要让这次的设置生效，先 `unset {SETTINGS_KEYS[key]}`。")
             for key in ("model_dir", "dataset", "adapter_dir"):   # written all the same: it may be copied there later
                 named, folder = (Path(values[key]).expanduser() if values.get(key) else None), key != "dataset"
                 if named is None or (named.exists() and named.is_dir() == folder):   # a data file, or a folder

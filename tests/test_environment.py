@@ -145,6 +145,7 @@ def test_a_dataset_path_the_user_named_must_exist(tmp_path):
     checks = env.preflight(spec, kernel=True, dataset_reachable=lambda: True)
     assert [c.name for c in checks if not c.ok] == ["dataset"]
     assert "QWEN3_TUTORIAL_DATASET" in by_name(checks)["dataset"].detail and "不存在" in by_name(checks)["dataset"].detail
+    assert "unset QWEN3_TUTORIAL_DATASET" in by_name(checks)["dataset"].fix   # setup alone would not win over it
     spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_DATASET": str(tmp_path)}, settings_file=None, cuda=False)
     checks = env.preflight(spec, kernel=True, dataset_reachable=lambda: True)   # a folder exists, but is no data file
     assert [c.name for c in checks if not c.ok] == ["dataset"] and "是文件夹" in by_name(checks)["dataset"].detail
@@ -162,6 +163,10 @@ def test_setup_writes_a_path_that_is_not_there_yet_and_says_so(tmp_path, monkeyp
     assert [line.split()[0] for line in notes] == ["注意：model_dir", "注意：dataset"]
     assert "还不存在" in notes[0] and "是文件夹" in notes[1]
     assert str(tmp_path / "nowhere") in settings.read_text(encoding="utf-8")     # written all the same
+    # a variable that beats the file is named, with how to let the file's value count
+    done = run_cli("environment", ["setup", "--adapter-dir", str(tmp_path / "adapter")], cwd=REPO_ROOT,
+                   env=clean_env(QWEN3_TUTORIAL_ADAPTER_DIR=str(tmp_path)))
+    assert done.code == 0 and "unset QWEN3_TUTORIAL_ADAPTER_DIR" in done.stdout
 
 
 def test_a_workspace_that_is_a_file_is_refused_by_setup_and_fails_the_check(tmp_path, monkeypatch):
