@@ -28,6 +28,7 @@ from .workspace import (
     record_made,
     sha256_file,
     shell_path,
+    unlisted,
 )
 
 COMPLETE_MARKER = "checkpoint_complete"
@@ -37,6 +38,9 @@ LOCK_FILE = ".run.lock"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 #: how many earlier runs ``move_aside`` keeps next to the current one
 KEEP_PREVIOUS_RUNS = 2
+#: what the course writes in a run folder (the Trainer's checkpoints, the run summary, the sample log, the
+#: evaluation reports): ``make reset`` removes these and keeps a file the learner put beside them
+RUN_FILES = ("checkpoint-*", "run_summary.json", "sample_log.jsonl", "eval_report*.json")
 
 
 class CheckpointError(CourseError, RuntimeError):
@@ -350,7 +354,7 @@ def move_aside(run_dir: Path) -> tuple[Path | None, list[Path]]:
         suffix += 1
     run_dir.rename(target)
     previous = sorted(run_dir.parent.glob(f"{run_dir.name}-previous-*"), key=lambda p: p.stat().st_mtime)
-    previous = [p for p in previous if is_course_made(p)]
+    previous = [p for p in previous if is_course_made(p) and not unlisted(p)]   # a learner's file inside: kept
     removed = previous[:-KEEP_PREVIOUS_RUNS]
     for old in removed:
         shutil.rmtree(old, ignore_errors=True)

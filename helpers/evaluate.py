@@ -406,7 +406,7 @@ def log_to_swanlab(spec, report: dict) -> Path | None:
 def save_report(spec, report: dict, adapter: Path | None = None) -> Path:
     """The report beside this run's adapter, or under a name of its own for an adapter from elsewhere."""
     path = report_path(spec.paths.run_dir, adapter or spec.paths.run_dir, REPORT_FILE)
-    course_folder(spec.paths.run_dir)    # a run folder made here (no training yet) is the course's, like train's
+    course_folder(spec.paths.run_dir, only=checkpoints.RUN_FILES)   # made here (no training yet): as train marks it
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     return record_made(path)             # also in a learner's own --output-dir: make reset removes it

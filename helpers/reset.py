@@ -24,7 +24,7 @@ from .errors import ArgumentParser, CourseError, run_cli
 from .profiles import PROFILES
 from .settings import course_settings
 from .spec import resolve_paths
-from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, is_course_made, made_names
+from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, is_course_made, listed, made_names
 
 #: folders under the workspace where the course makes things it can make again
 DERIVED_FOLDERS = ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "solutions", "executed")
@@ -74,7 +74,7 @@ def sweep(folder: Path, depth: int = 0) -> tuple[list[Path], list[Path]]:
     for child in sorted(folder.iterdir()):
         if child.name == MADE_MARKER:
             continue
-        if names is not None and child.name in names:
+        if names is not None and listed(names, child.name):
             mine.append(child)
         elif child.is_dir() and not child.is_symlink() and made_names(child) is not None and depth < 8:
             found, foreign = sweep(child, depth + 1)
@@ -94,7 +94,7 @@ def _data_items(data: Path, everything: bool) -> tuple[list[Path], list[Path]]:
         if child.name == MADE_MARKER:
             continue
         derived = any(fnmatch.fnmatch(child.name, pattern) for pattern in DERIVED_DATA)
-        if not (WHOLE in names or child.name in names or (child.is_dir() and is_course_made(child))):
+        if not (listed(names, child.name) or (child.is_dir() and is_course_made(child))):
             others.append(child)
         elif everything or derived:
             mine.append(child)

@@ -269,9 +269,9 @@ class CheckpointComplete(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         run_dir = Path(args.output_dir)
         if state.is_world_process_zero and not run_dir.exists():   # moved aside by a fresh start: made anew
-            course_folder(run_dir)
+            course_folder(run_dir, only=checkpoints.RUN_FILES)
         elif state.is_world_process_zero and made_names(run_dir) is None and not self.foreign:
-            claim_folder(run_dir)      # the run folder the Trainer made (notebook 04): make reset removes it
+            claim_folder(run_dir, only=checkpoints.RUN_FILES)   # the run folder the Trainer made (notebook 04)
         if state.global_step == 0 and args.world_size == 1 and model is not None and lora_trained(model):
             raise TrainingStateError(
                 "这个模型的 LoRA 权重已经训练过了（这个内核里跑过一次训练，也许在第一个检查点之前被中断了），"
@@ -397,7 +397,8 @@ def train(spec, resume: bool | str | None = True) -> dict:
             print(f"从 {display_path(checkpoint)} 继续训练")
         tokenizer = load_tokenizer(spec)
         samples, eval_samples = training_data(spec, tokenizer, verbose=is_main_process())
-        course_folder(spec.paths.run_dir)     # after the data and argument checks: a refused run leaves no folder
+        # after the data and argument checks: a refused run leaves no folder
+        course_folder(spec.paths.run_dir, only=checkpoints.RUN_FILES)
         dataset = to_train_dataset(samples)
         # no "row" column: the sample log records training batches only, never evaluation ones
         eval_dataset = data_files.to_dataset(eval_samples) if eval_samples else None

@@ -233,7 +233,7 @@ def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...]) -> No
     entries = [p for p in folder.iterdir() if p.name != MADE_MARKER]
     if names is None:
         names = {p.name for p in entries if any(fnmatch.fnmatch(p.name, pattern) for pattern in legacy)}
-    ours = entries if WHOLE in names else [p for p in entries if p.name in names]
+    ours = [p for p in entries if listed(names, p.name)]
     for entry in ours:
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     _write_marker(folder, {CREATED})
@@ -252,7 +252,7 @@ def _foreign_entries(path: Path) -> list[Path]:
             raise UnsafeWriteError(f"{display_path(path)} 里有不是课程生成的文件"
                                    f"（{entries[0].name} 等）：请换一个目标，或者把它们移走。")
         return []
-    return [] if WHOLE in names else [p for p in entries if p.name not in names]
+    return [p for p in entries if not listed(names, p.name)]
 
 
 def refuse_working_folder(path: str | os.PathLike) -> Path:
@@ -346,7 +346,7 @@ WHOLE = "*"
 
 
 def made_names(folder: str | os.PathLike) -> set[str] | None:
-    """The marker's lines (``.``, ``*`` or names of entries the course made), or None: no marker."""
+    """The marker's lines (``.``, ``*``, names of entries the course made or patterns of them), or None: no marker."""
     marker = Path(folder) / MADE_MARKER
     if marker.is_symlink() or not marker.is_file():
         return None
@@ -355,6 +355,19 @@ def made_names(folder: str | os.PathLike) -> set[str] | None:
     except (OSError, UnicodeDecodeError):
         return None
     return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def listed(names: set[str], name: str) -> bool:
+    """Whether a marker's lines name the entry ``name``: itself, ``*`` (everything) or a pattern (``checkpoint-*``)."""
+    import fnmatch
+
+    return name in names or any("*" in line and fnmatch.fnmatchcase(name, line) for line in names)
+
+
+def unlisted(folder: str | os.PathLike) -> list[Path]:
+    """What in ``folder`` its marker does not name (a learner's file): all of it when there is no marker."""
+    names = made_names(folder) or set()
+    return [p for p in Path(folder).iterdir() if p.name != MADE_MARKER and not listed(names, p.name)]
 
 
 def _write_marker(folder: Path, names: set[str]) -> None:
@@ -366,12 +379,13 @@ def _write_marker(folder: Path, names: set[str]) -> None:
     os.chmod(marker, _umask_mode())
 
 
-def course_folder(path: str | os.PathLike, whole: bool = True) -> Path:
+def course_folder(path: str | os.PathLike, whole: bool = True, only: tuple[str, ...] = ()) -> Path:
     """Create ``path`` (and its parents) and mark each folder this call created as the course's.
 
-    ``whole``: everything that will be in ``path`` is the course's (a run, an export, a split).
-    A folder that already existed is not claimed: what the course writes there is recorded by name
-    (:func:`record_made`), so a learner's own folder never becomes the course's.
+    ``whole``: everything that will be in ``path`` is the course's (an export, a split, a downloaded model).
+    ``only``: the names (or patterns) of what the course writes in ``path`` (a run folder): a file the learner
+    adds there stays the learner's. A folder that already existed is not claimed: what the course writes there is
+    recorded by name (:func:`record_made`), so a learner's own folder never becomes the course's.
     """
     path = Path(path)
     created, probe = [], path
@@ -386,13 +400,13 @@ def course_folder(path: str | os.PathLike, whole: bool = True) -> Path:
     except OSError as err:
         _not_writable(err, probe, path)
     for folder in reversed(created):
-        _write_marker(folder, {CREATED, WHOLE} if whole and folder == path else {CREATED})
+        _write_marker(folder, {CREATED, *(only or [WHOLE])} if (whole or only) and folder == path else {CREATED})
     return path
 
 
-def claim_folder(path: str | os.PathLike) -> None:
-    """Mark an existing folder as wholly the course's (one it wrote before it marked its folders)."""
-    _write_marker(Path(path), {CREATED, WHOLE})
+def claim_folder(path: str | os.PathLike, only: tuple[str, ...] = ()) -> None:
+    """Mark an existing folder as the course's: wholly, or (``only``) what these names and patterns match."""
+    _write_marker(Path(path), {CREATED, *(only or [WHOLE])})
 
 
 def record_made(path: str | os.PathLike) -> Path:
@@ -401,7 +415,7 @@ def record_made(path: str | os.PathLike) -> Path:
     if not path.parent.exists():
         course_folder(path.parent, whole=False)
     names = made_names(path.parent) or set()
-    if WHOLE not in names and path.name not in names:
+    if not listed(names, path.name):
         _write_marker(path.parent, names | {path.name})
     return path
 
@@ -412,5 +426,4 @@ def is_course_made(path: str | os.PathLike) -> bool:
     own = made_names(path) if path.is_dir() and not path.is_symlink() else None
     if own is not None and (CREATED in own or WHOLE in own):
         return True
-    names = made_names(path.parent) or set()
-    return WHOLE in names or path.name in names
+    return listed(made_names(path.parent) or set(), path.name)

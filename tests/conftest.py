@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import runs
-from helpers.workspace import REPO_ROOT
+from helpers.workspace import REPO_ROOT, record_made
 
 
 def tiny_spec_for(run_dir: Path | None = None, config: str | None = None, overrides=(), **env):
@@ -133,6 +133,7 @@ def cached_training(spec) -> tuple:
     with FileLock(str(run_dir.with_name(run_dir.name + ".tests-cache.lock"))):
         if not (stamp.is_file() and stamp.read_text() == wanted and (run_dir / runs.RUN_SUMMARY).is_file()):
             train.train(spec, resume=False)
+            record_made(stamp)     # a file of the course's in the run folder: make reset removes it with the run
             stamp.write_text(wanted)
     return spec, runs.load_run_summary(spec)
 

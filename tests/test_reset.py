@@ -202,6 +202,29 @@ def test_a_run_folder_first_made_by_evaluating_a_shared_adapter_is_reset_whole(t
     assert any(spec.paths.run_dir.is_relative_to(item.path) for item in plan)
 
 
+def test_a_learners_file_in_a_run_folder_is_kept_by_reset_and_by_start_fresh(tmp_path):
+    from helpers.checkpoints import RUN_FILES, move_aside
+
+    workspace = tmp_path / "ws"
+    run = course_folder(workspace / "checkpoints" / "tiny", only=RUN_FILES)   # as train and notebook 04 mark it
+    for name in ("checkpoint-2/adapter_model.safetensors", "run_summary.json", "sample_log.jsonl",
+                 "eval_report.json", "eval_report-teacher-checkpoint-60-0a1b2c3d.json"):
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_bytes(b"x")
+    (run / "我的笔记.md").write_text("笔记", encoding="utf-8")
+    found = reset.plan(workspace)
+    assert found.left_alone == [run / "我的笔记.md"]
+    assert {item.path.name for item in found} == {"checkpoint-2", "run_summary.json", "sample_log.jsonl",
+                                                   "eval_report.json", "eval_report-teacher-checkpoint-60-0a1b2c3d.json"}
+    # start fresh moves runs aside and prunes all but the newest two: never one holding a learner's file
+    for _ in range(3):
+        (run / "checkpoint-2").mkdir(parents=True, exist_ok=True)
+        moved, removed = move_aside(run)
+        assert not removed
+        course_folder(run, only=RUN_FILES)
+    assert len(list(run.parent.glob("tiny-previous-*"))) == 3
+
+
 def test_what_the_notebooks_and_solutions_write_is_removed_by_reset(tmp_path):
     """Notebook 04's run folder (made by the Trainer, not by the CLI), a fresh start's new one, notebook 03's demo file,
     notebook 08's template and the solutions' workspace are the course's: ``make reset`` removes them. A folder of the
