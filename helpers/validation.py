@@ -127,6 +127,25 @@ def _json_type(value) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+#: what Python's JSON parser says, in the learner's words (its message starts with one of these)
+JSON_PROBLEMS = {
+    "Expecting value": "这里缺一个值（多了逗号，或者少了引号、括号）",
+    "Expecting ',' delimiter": "缺逗号或右括号",
+    "Expecting ':' delimiter": "键后面缺冒号",
+    "Expecting property name enclosed in double quotes": "键名要用英文双引号（或者最后一项后面多了逗号）",
+    "Illegal trailing comma": "最后一项后面多了逗号",
+    "Unterminated string": "字符串没有结束（缺右边的英文双引号）",
+    "Invalid control character": "字符串里有控制字符（换行要写成 \\n）",
+    "Invalid \\escape": "无效的转义（反斜杠后面的字符不对）",
+    "Extra data": "一个完整的 JSON 值后面还有多余的内容",
+}
+
+
+def json_problem(err: json.JSONDecodeError) -> str:
+    """The parser's message in Chinese (its English words only for a message not in :data:`JSON_PROBLEMS`)."""
+    return next((words for start, words in JSON_PROBLEMS.items() if err.msg.startswith(start)), err.msg)
+
+
 def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]]:
     """(row, value) pairs of a JSON array or a JSONL file; JSON errors go into ``report``."""
     if text.lstrip().startswith("["):
@@ -134,7 +153,7 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            report.add(None, "(json)", f"JSON 格式错误（第 {err.lineno} 行第 {err.colno} 列：{err.msg}）")
+            report.add(None, "(json)", f"JSON 格式错误（第 {err.lineno} 行第 {err.colno} 列：{json_problem(err)}）")
             return []
         except RecursionError:
             report.add(None, "(json)", "嵌套太深，不是数据文件（括号套括号）")
@@ -153,7 +172,7 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
         try:
             items.append((number, json.loads(line)))
         except json.JSONDecodeError as err:
-            report.add(number, "(json)", f"JSON 格式错误（第 {err.colno} 列：{err.msg}）")
+            report.add(number, "(json)", f"JSON 格式错误（第 {err.colno} 列：{json_problem(err)}）")
         except RecursionError:
             report.add(number, "(json)", "嵌套太深（括号套括号）")
     return items

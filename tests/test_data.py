@@ -211,6 +211,19 @@ def test_a_json_array_with_a_syntax_error_is_refused_whole(tmp_path, huanhuan_pa
             validation.load_records(bad, skip_invalid=skip)
 
 
+@pytest.mark.parametrize("line, words", [
+    ('{"instruction": "今日可好？", "input": "", "output": "尚好" ', "缺逗号或右括号"),
+    ('{"instruction": "你是谁", "input": "", "output": "我是甄嬛。}', "缺右边的英文双引号"),
+    ("{'instruction': '你是谁', 'output': '甄嬛'}", "英文双引号"),
+    ('{"instruction": "你是谁", "output": "甄嬛",}', "多了逗号"),
+])
+def test_a_broken_json_line_is_explained_in_chinese(tmp_path, line, words):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"instruction": "你是谁？", "input": "", "output": "我是甄嬛。"}\n' + line + "\n", encoding="utf-8")
+    problem = next(p for p in validation.load_records(path, skip_invalid=True).report.errors if p.row == 2)
+    assert words in problem.reason and not re.search(r"[A-Za-z]{4,}", problem.reason.replace("JSON", "")), problem
+
+
 def test_json_array_rows_are_numbered_from_one(tmp_path):
     rows = [{"instruction": "问", "input": "", "output": "答"}, {"instruction": "问", "output": ""}, "x"]
     path = tmp_path / "rows.json"
