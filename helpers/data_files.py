@@ -103,8 +103,10 @@ def require_given_dataset(spec) -> None:
     if spec.paths.dataset.is_file() or "dataset" not in spec.given:
         return
     if spec.data.source != "course":    # a learner's own file: never downloaded over
-        raise DatasetDownloadError(f"data.source={spec.data.source!r}（来自 {spec.origin['dataset']}）不存在："
-                                   "请给出一个 JSON/JSONL 数据文件，或者用 `course` 表示 profile 自带的数据集。")
+        looked = "" if Path(spec.data.source).expanduser().is_absolute() else \
+            f"；相对路径先从当前文件夹找，再从仓库根目录找，这里找的是 {display_path(spec.paths.dataset)}"
+        raise DatasetDownloadError(f"data.source={spec.data.source!r}（来自 {spec.origin['dataset']}）不存在{looked}："
+                                   "请给出一个 JSON/JSONL 数据文件（最好写绝对路径），或者用 `course` 表示 profile 自带的数据集。")
     what = "是文件夹：请指向其中的 JSON/JSONL 数据文件" if spec.paths.dataset.is_dir() else "不存在：改正路径"
     raise DatasetDownloadError(f"数据集 {display_path(spec.paths.dataset)}（来自 {spec.origin['dataset']}）{what}，"
                                f"或者取消这个设置，用课程的数据集（unset {DATASET_ENV}；设置文件里的用 "

@@ -253,6 +253,7 @@ def test_data_source_takes_a_path_or_course(arena):
     assert data_files.course_dataset_path(spec) == mine.resolve()
     assert tiny_spec_for(overrides=["data.source=course"]).paths.dataset == SAMPLE
     one_line(cli("train", "--set", "data.source=nope.json"), "data.source='nope.json'")
+    assert str(arena / "nope.json") in cli("train", "--set", "data.source=nope.json").err   # where it looked
     one_line(cli("train", "--set", f"data.source={arena}"), f"data.source={str(arena)!r}")
     assert not (arena / "ws" / "checkpoints" / "tiny").exists()
 
