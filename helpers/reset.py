@@ -152,9 +152,10 @@ def _held(lock_path: Path) -> bool:
 
 
 def running_trainings(workspace: Path) -> list[Path]:
-    """Run folders whose run lock another process holds (a training in progress)."""
+    """Run folders whose run lock another process holds (a training in progress), at any depth of the workspace
+    (``--output-dir checkpoints/sweep/a``, the solutions' runs)."""
     return [lock_path.with_name(lock_path.name[: -len(LOCK_FILE)])
-            for lock_path in sorted((Path(workspace) / "checkpoints").glob(f"*{LOCK_FILE}"))
+            for lock_path in sorted(Path(workspace).rglob(f"*{LOCK_FILE}"))
             if lock_path.is_file() and _held(lock_path)]
 
 

@@ -152,6 +152,10 @@ def test_a_training_in_progress_stops_the_reset(tmp_path):
     assert present(workspace) - {"checkpoints/tiny.run.lock", "checkpoints/tiny.run.lock.pid"} == before
     reset.reset(workspace, out=io.StringIO())   # the lock released: the reset goes ahead
     assert present(workspace) == set(KEPT)
+    deeper = course_folder(workspace / "checkpoints" / "sweep" / "a")   # --output-dir one folder deeper
+    with lock_run(deeper), pytest.raises(reset.ResetRefused, match="checkpoints/sweep/a"):
+        reset.reset(workspace, out=io.StringIO())
+    assert deeper.is_dir()
 
 
 def test_links_are_removed_not_followed(tmp_path):
