@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from .checkpoints import read_recipe, resolve_checkpoint, spec_as_trained
+from .checkpoints import CheckpointError, read_recipe, resolve_checkpoint, spec_as_trained
 from .data import Reply, prompt_ids_as_text, split_thinking
 from .download import prepare_model
 from .errors import ArgumentParser, CourseError, positive_int, run_cli, utf8_text
@@ -153,8 +153,15 @@ def load_finetuned(spec, checkpoint: str | Path | None = None, merged: bool = Fa
     recipe = read_recipe(path)
     tokenizer = load_tokenizer(spec)
     base = load_base_model(spec)
-    check_adapter_fits(base, path, recipe)
-    model = PeftModel.from_pretrained(base, path, is_trainable=False)
+    try:
+        check_adapter_fits(base, path, recipe)
+        model = PeftModel.from_pretrained(base, path, is_trainable=False)
+    except FileNotFoundError:
+        if (Path(path) / "adapter_config.json").is_file():
+            raise
+        # a training still running removed it (save_total_limit keeps only its newest checkpoints)
+        raise CheckpointError(f"{display_path(path)} 在加载时被删除了（正在进行的训练按 save_total_limit 只保留"
+                              "最近的几个检查点）：再运行一次会用最新的检查点；或者等训练结束。") from None
     model.eval()
     model.course_recipe = recipe  # the chat widget defaults to the system prompt the adapter was trained with
     if spec.quantization:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 import threading
 import time
 
@@ -89,6 +90,22 @@ def test_split_thinking(text, thinking, content, finished):
 
 
 # ----------------------------------------------------------------------------- finding and loading checkpoints
+
+
+def test_a_checkpoint_removed_while_it_loads_is_one_clear_error(tmp_path, tiny_checkpoint, monkeypatch):
+    from helpers.checkpoints import CheckpointError
+
+    spec = tiny_spec_for(tmp_path / "run")
+    chosen = shutil.copytree(tiny_checkpoint, spec.paths.run_dir / tiny_checkpoint.name)
+    load_base = inf.load_base_model
+
+    def load_while_a_training_rotates(spec):   # the Trainer's save_total_limit removes it meanwhile
+        shutil.rmtree(chosen)
+        return load_base(spec)
+
+    monkeypatch.setattr(inf, "load_base_model", load_while_a_training_rotates)
+    with pytest.raises(CheckpointError, match=f"{tiny_checkpoint.name} 在加载时被删除了"):
+        inf.load_finetuned(spec)
 
 
 def test_missing_checkpoint_names_notebook_04_and_the_command(tmp_path, tiny_model_dir):
