@@ -257,7 +257,11 @@ def record_run(spec, trainer, metrics: dict, swanlab_folder, resumed_from: Path 
     plot. A run resumed at its last step trained nothing: its saved summary stays (see :func:`already_finished`)."""
     if resumed_from is not None and trainer.state.global_step == checkpoints.checkpoint_step(resumed_from):
         return already_finished(spec, trainer, metrics, swanlab_folder)
-    summary = run_summary(spec, trainer, metrics, swanlab_folder)
+    return _saved(spec, trainer, run_summary(spec, trainer, metrics, swanlab_folder))
+
+
+def _saved(spec, trainer, summary: dict) -> dict:
+    """``summary`` with its loss plot, both written by process 0."""
     if trainer.args.process_index == 0:
         summary["plot"] = plot_path(spec)
         plot_history(trainer.state.log_history, summary["plot"], title=f"{spec.profile.name}：损失")
@@ -266,11 +270,12 @@ def record_run(spec, trainer, metrics: dict, swanlab_folder, resumed_from: Path 
 
 
 def already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
-    """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0")."""
+    """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0"). One killed
+    after its last checkpoint, before its summary was written, gets it now (the plot from the checkpoint's log)."""
     if (spec.paths.run_dir / RUN_SUMMARY).is_file():
         summary = load_run_summary(spec)
     else:
-        summary = {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None}
+        summary = _saved(spec, trainer, {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None})
     _say_finished(spec, trainer.state.global_step)
     summary["trainer"] = trainer
     return summary

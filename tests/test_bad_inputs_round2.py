@@ -565,6 +565,12 @@ def test_rerunning_a_finished_run_keeps_its_summary(arena, monkeypatch):
     monkeypatch.setattr(train, "load_model_for_training", loaded)   # training longer is a resume
     assert cli(*argv, "--set", "training.max_steps=4").code == 0
     assert json.loads(summary.read_text(encoding="utf-8"))["global_step"] == 4
+    # killed after its last checkpoint, before the summary was written: the rerun writes it and the plot
+    plot = arena / "ws" / json.loads(summary.read_text(encoding="utf-8"))["plot"]
+    summary.unlink()
+    plot.unlink()
+    assert cli(*argv, "--set", "training.max_steps=4").code == 0
+    assert json.loads(summary.read_text(encoding="utf-8"))["global_step"] == 4 and plot.is_file()
 
 
 def test_a_run_trained_to_its_last_epoch_is_finished(tmp_path):
