@@ -22,7 +22,15 @@ The modules form layers; an import only ever points down a layer or sideways wit
 """
 
 import logging as _logging
+import sys as _sys
 import warnings as _warnings
+
+from .errors import quiet_interrupt as _quiet_interrupt
+
+# ``python -m helpers.<topic>``: argv[0] is "-m" while the module is found (Python's documented behaviour); a
+# Ctrl-C during the imports that follow is one line, like one during the command's work (errors.run_cli)
+if _sys.argv[:1] == ["-m"]:
+    _sys.excepthook = _quiet_interrupt
 
 # peft 0.21 still asks transformers 5 for a renamed attribute; the warning is noise for learners.
 _warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

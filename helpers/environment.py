@@ -277,6 +277,32 @@ def format_checks(checks: list[Check]) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
+def _setup(args) -> int:
+    """``setup``: write the settings file, then say what of it is not there yet or is overridden."""
+    values = {k: getattr(args, k) for k in SETTINGS_KEYS if getattr(args, k) is not None}
+    for key in ("workspace", "model_dir", "dataset", "adapter_dir"):
+        if values.get(key) and not values[key].startswith("~"):
+            values[key] = str(named_path(values[key]))  # as typed where the command ran
+    workspace = Path(values["workspace"]).expanduser() if values.get("workspace") else None
+    if workspace is not None and workspace.exists() and not workspace.is_dir():
+        raise SpecError(f"--workspace {display_path(workspace)} 是文件，不是文件夹：工作目录要放模型、数据和检查点。"
+                        "请给一个文件夹（还不存在也可以，第一次使用时创建）。没有写入设置。")
+    path = write_settings(values)
+    print(f"已写入 {display_path(path)}：")
+    print(path.read_text(encoding="utf-8"))
+    for key in values:   # the environment beats the settings file: say so, or the setup seems not to work
+        if os.environ.get(SETTINGS_KEYS[key], "").strip():
+            print(f"注意：环境变量 {SETTINGS_KEYS[key]} 也设置了 {key}，它优先于设置文件："
+                  f"要让这次的设置生效，先 `unset {SETTINGS_KEYS[key]}`。")
+    for key in ("model_dir", "dataset", "adapter_dir"):   # written all the same: it may be copied there later
+        named, folder = (Path(values[key]).expanduser() if values.get(key) else None), key != "dataset"
+        if named is None or (named.exists() and named.is_dir() == folder):   # a data file, or a folder
+            continue
+        what = "还不存在" if not named.exists() else "不是文件夹" if folder else "是文件夹，不是数据文件"
+        print(f"注意：{key} 指向的 {display_path(named)} {what}。之后把它放到那里，或者改正路径再运行一次 setup。")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m helpers.environment",
                                      description="课程设置和课前检查。")
@@ -295,28 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         if args.command == "setup":
-            values = {k: getattr(args, k) for k in SETTINGS_KEYS if getattr(args, k) is not None}
-            for key in ("workspace", "model_dir", "dataset", "adapter_dir"):
-                if values.get(key) and not values[key].startswith("~"):
-                    values[key] = str(named_path(values[key]))  # as typed where the command ran
-            workspace = Path(values["workspace"]).expanduser() if values.get("workspace") else None
-            if workspace is not None and workspace.exists() and not workspace.is_dir():
-                raise SpecError(f"--workspace {display_path(workspace)} 是文件，不是文件夹：工作目录要放模型、数据和检查点。"
-                                "请给一个文件夹（还不存在也可以，第一次使用时创建）。没有写入设置。")
-            path = write_settings(values)
-            print(f"已写入 {display_path(path)}：")
-            print(path.read_text(encoding="utf-8"))
-            for key in values:   # the environment beats the settings file: say so, or the setup seems not to work
-                if os.environ.get(SETTINGS_KEYS[key], "").strip():
-                    print(f"注意：环境变量 {SETTINGS_KEYS[key]} 也设置了 {key}，它优先于设置文件："
-                          f"要让这次的设置生效，先 `unset {SETTINGS_KEYS[key]}`。")
-            for key in ("model_dir", "dataset", "adapter_dir"):   # written all the same: it may be copied there later
-                named, folder = (Path(values[key]).expanduser() if values.get(key) else None), key != "dataset"
-                if named is None or (named.exists() and named.is_dir() == folder):   # a data file, or a folder
-                    continue
-                what = "还不存在" if not named.exists() else "不是文件夹" if folder else "是文件夹，不是数据文件"
-                print(f"注意：{key} 指向的 {display_path(named)} {what}。之后把它放到那里，或者改正路径再运行一次 setup。")
-            return 0
+            return _setup(args)
         if args.command == "kernel":
             from ipykernel.kernelspec import install
 

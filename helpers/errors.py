@@ -23,6 +23,19 @@ class CourseError(Exception):
     """Something the learner can fix; the message names it and the fix."""
 
 
+def quiet_interrupt(kind, value, traceback, default=sys.excepthook) -> None:
+    """``sys.excepthook`` of a ``python -m helpers.<topic>`` command: Ctrl-C before :func:`run_cli` runs (while
+    torch or transformers import) is the same one line as after, not a traceback (a half-finished import may
+    raise its own error on top of it)."""
+    seen = value
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__context__
+    if seen is None:
+        default(kind, value, traceback)
+    else:
+        print("已中断", file=sys.stderr)
+
+
 def run_cli(work: Callable[[], int], debug: bool = False) -> int:
     """Run a CLI's body; course errors become one line on stderr and exit code 2."""
     try:

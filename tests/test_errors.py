@@ -170,6 +170,22 @@ def test_download_in_a_fresh_process_is_one_line(tmp_path, huanhuan_path):
     assert not (tmp_path / "ws" / "models" / "modelscope" / "Qwen" / "Qwen3-8B" / "config.json").exists()
 
 
+@pytest.mark.parametrize("raised", ["raise KeyboardInterrupt",
+                                    "try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt:\n"
+                                    "    raise ModuleNotFoundError('half-imported')"])
+def test_ctrl_c_while_a_command_imports_is_one_line(tmp_path, raised):
+    """Ctrl-C while ``python -m helpers.train`` still imports transformers (here: a stand-in that is interrupted)."""
+    (tmp_path / "transformers").mkdir()
+    (tmp_path / "transformers" / "__init__.py").write_text(raised + "\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path)])}
+    result = subprocess.run([sys.executable, "-m", "helpers.train"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stderr.strip() == "已中断" and result.returncode != 0, result.stderr
+    elsewhere = subprocess.run([sys.executable, "-c", "import helpers, sys; print(sys.excepthook is sys.__excepthook__)"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert elsewhere.stdout.strip() == "True"     # imported by a notebook or a script: Python's own hook stays
+
+
 def test_a_message_of_several_lines_is_one_readable_line():
     from helpers.errors import one_line
 
