@@ -139,11 +139,14 @@ def finish_run(run=None, error: BaseException | None = None) -> Path | None:
     machine paths, and ``swanlab sync`` uploads it)."""
     import swanlab
 
-    run = run or active_run(swanlab)
+    still_open = active_run(swanlab)    # None after Ctrl+C: swanlab finished the run itself ("aborted")
+    run = run or still_open
     if run is None:
         return None
     folder = Path(run.dir).resolve()
-    if error is None:
+    if still_open is None:
+        pass
+    elif error is None:
         swanlab.finish()
     else:
         swanlab.finish(state="aborted" if isinstance(error, KeyboardInterrupt) else "crashed",

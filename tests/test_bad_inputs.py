@@ -579,6 +579,27 @@ def test_a_failed_or_interrupted_run_is_not_recorded_as_a_success(tmp_path, erro
     assert error is None or f'error: "{type(error).__name__}"' in record   # the type only: no traceback, no paths
 
 
+def test_ctrl_c_finishes_the_run_once(tmp_path, monkeypatch):
+    """Ctrl+C: swanlab marks its run aborted itself; finishing it again would print swanlab's English warning."""
+    import signal
+    import time
+
+    import swanlab
+
+    from helpers import tracking
+
+    spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
+                         QWEN3_TUTORIAL_SWANLAB_MODE="offline")
+    run = tracking.start_run(spec)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    again = []
+    monkeypatch.setattr(swanlab, "finish", lambda *args, **kwargs: again.append(kwargs))
+    record = finish_record(tracking.finish_run(run, error=caught.value))
+    assert "state: RUN_STATE_ABORTED" in record and again == []
+
+
 # ----------------------------------------------------------------------------- machine paths in shared files
 
 
