@@ -235,7 +235,9 @@ def describe_summary(summary: dict) -> str:
         f"profile / 档位                 {summary['profile']}",
         f"global step / 全局步数         {summary['global_step']}",
         f"effective batch / 有效批次     {summary['effective_batch_size']}（每卡批次 × 梯度累积 × {summary['world_size']} 个进程）",
-        f"train loss / 训练损失          {summary['train_loss']:.4f}" if summary.get("train_loss") is not None else "",
+        f"train loss / 训练损失          {summary['train_loss']:.4f}"
+        + (f"（第 {summary['resumed_from_step'] + 1}–{summary['global_step']} 步的平均：这次续训的部分）"
+           if summary.get("resumed_from_step") else "") if summary.get("train_loss") is not None else "",
         f"adapter / 适配器               {display_path(summary['checkpoint']) if summary['checkpoint'] else '-'}",
         f"checkpoints / 检查点目录       {display_path(summary['output_dir'])}",
     ]
@@ -257,7 +259,10 @@ def record_run(spec, trainer, metrics: dict, swanlab_folder, resumed_from: Path 
     plot. A run resumed at its last step trained nothing: its saved summary stays (see :func:`already_finished`)."""
     if resumed_from is not None and trainer.state.global_step == checkpoints.checkpoint_step(resumed_from):
         return already_finished(spec, trainer, metrics, swanlab_folder)
-    return _saved(spec, trainer, run_summary(spec, trainer, metrics, swanlab_folder))
+    summary = run_summary(spec, trainer, metrics, swanlab_folder)
+    # the Trainer's train_loss averages the steps of this call only: a resumed run says from which step
+    summary["resumed_from_step"] = checkpoints.checkpoint_step(resumed_from) if resumed_from is not None else 0
+    return _saved(spec, trainer, summary)
 
 
 def _saved(spec, trainer, summary: dict) -> dict:

@@ -563,7 +563,9 @@ def test_rerunning_a_finished_run_keeps_its_summary(arena, monkeypatch):
     assert result.code == 0, result
     assert sha(summary) == before and "0.0000" not in result.out
     monkeypatch.setattr(train, "load_model_for_training", loaded)   # training longer is a resume
-    assert cli(*argv, "--set", "training.max_steps=4").code == 0
+    longer = cli(*argv, "--set", "training.max_steps=4")
+    assert longer.code == 0 and "第 3–4 步的平均" in longer.out    # the Trainer's loss covers this call's steps
+    assert json.loads(summary.read_text(encoding="utf-8"))["resumed_from_step"] == 2
     assert json.loads(summary.read_text(encoding="utf-8"))["global_step"] == 4
     # killed after its last checkpoint, before the summary was written: the rerun writes it and the plot
     plot = arena / "ws" / json.loads(summary.read_text(encoding="utf-8"))["plot"]
