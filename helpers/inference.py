@@ -157,8 +157,8 @@ def load_finetuned(spec, checkpoint: str | Path | None = None, merged: bool = Fa
         check_adapter_fits(base, path, recipe)
         model = PeftModel.from_pretrained(base, path, is_trainable=False)
     except FileNotFoundError:
-        if (Path(path) / "adapter_config.json").is_file():
-            raise
+        if all((Path(path) / name).is_file() for name in ("adapter_config.json", "adapter_model.safetensors")):
+            raise     # the adapter is there: something else is missing
         # a training still running removed it (save_total_limit keeps only its newest checkpoints)
         raise CheckpointError(f"{display_path(path)} 在加载时被删除了（正在进行的训练按 save_total_limit 只保留"
                               "最近的几个检查点）：再运行一次会用最新的检查点；或者等训练结束。") from None
