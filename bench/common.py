@@ -19,9 +19,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 from helpers.data import IGNORE_INDEX, encode_records
+from helpers.data_files import HUANHUAN_SHA256
+from helpers.errors import CourseError
 from helpers.original import original_process_func
 from helpers.padding import PaddingRow, display_width, pad_text, padding_table
-from helpers.workspace import REPO_ROOT
+from helpers.spec import build_spec
+from helpers.workspace import REPO_ROOT, display_path, sha256_file
 
 #: The original tutorial's own report (Qwen3-8B, huanhuan, 3 epochs, 699 steps; GPU not stated).
 ORIGINAL_REPORTED = {"train_runtime_s": 880.0, "train_samples_per_second": 12.713, "steps": 699, "epochs": 3}
@@ -33,14 +36,25 @@ ORIGINAL_REPORTED = {"train_runtime_s": 880.0, "train_samples_per_second": 12.71
 def real_dataset_path(env) -> Path:
     """The real 3,729-row set for tests and benchmarks (their edges pass ``os.environ``).
 
-    ``$HUANHUAN_JSON``, else ``../shared/data/huanhuan.json`` beside the repository.
+    ``$HUANHUAN_JSON``, else ``../shared/data/huanhuan.json`` beside the repository, else the course's own copy
+    (the ``full`` profile's dataset: ``<workspace>/data/huanhuan.json`` or the ``dataset`` setting) when it is the
+    pinned file.
     """
     candidates = [Path(env["HUANHUAN_JSON"]).expanduser()] if env.get("HUANHUAN_JSON") else []
     candidates.append(REPO_ROOT.parent / "shared" / "data" / "huanhuan.json")
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError("The real huanhuan.json (3,729 rows) is needed here. Set HUANHUAN_JSON to its path.")
+    try:
+        course = build_spec(profile="full", env=env).paths.dataset
+    except CourseError:        # settings that do not build: the other places were all there was
+        course = None
+    if course is not None and course.is_file() and sha256_file(course) == HUANHUAN_SHA256:
+        return course
+    raise FileNotFoundError(
+        f"这里需要真实的 huanhuan.json（3,729 条）：{display_path(candidates[-1])}"
+        + (f" 和 {display_path(course)}" if course is not None else "") + " 都没有。"
+        "把它放到后者，设置 HUANHUAN_JSON=它的路径，或者用 --data 指定（下载地址见 docs/teaching.md 第 4 节）。")
 
 
 # --------------------------------------------------------------------------- tokens per epoch: the original vs the course

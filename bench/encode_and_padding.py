@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         parser.error(str(err))
     if not args.data.is_file():
-        parser.error(f"{args.data} not found: pass --data PATH or set HUANHUAN_JSON")
+        parser.error(f"{args.data} 不存在：用 --data 指定 huanhuan.json，或者设置 HUANHUAN_JSON")
     result = run(args.data, args.repeats)
     print(report(result))
     if args.json:

@@ -179,3 +179,20 @@ def test_helpers_never_import_bench():
         assert "sys.path" not in text, path.name
     for path in sorted((REPO_ROOT / "bench").glob("*.py")):
         assert "sys.path" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_the_benchmarks_find_the_course_copy_of_the_dataset(tmp_path, monkeypatch, huanhuan_path):
+    """Without $HUANHUAN_JSON and ../shared (a learner's clone): the full profile's own huanhuan.json, if pinned."""
+    import shutil
+
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path / "clone")          # no ../shared beside it
+    env = {"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "ws")}
+    with pytest.raises(FileNotFoundError, match="HUANHUAN_JSON"):
+        common.real_dataset_path(env)
+    course = tmp_path / "ws" / "data" / "huanhuan.json"
+    course.parent.mkdir(parents=True)
+    course.write_text("[]", encoding="utf-8")                             # not the pinned file: not used
+    with pytest.raises(FileNotFoundError, match="huanhuan.json"):
+        common.real_dataset_path(env)
+    shutil.copyfile(huanhuan_path, course)
+    assert common.real_dataset_path(env) == course
