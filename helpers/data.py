@@ -335,9 +335,14 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
     if encoded.is_file():
         differences = data_files.stamp_differences(data_files.read_stamp(encoded), stamp)
         if not differences:
-            samples = data_files.load_encoded(encoded)
-            if verbose:
-                print(f"使用已编码的训练集 {display_path(encoded)}（与本次配置一致）")
+            try:
+                samples = data_files.load_encoded(encoded)
+            except data_files.EncodedFileError as err:    # damaged after it was written: made again from the data
+                if verbose:
+                    print(f"重新编码：{err}")
+            else:
+                if verbose:
+                    print(f"使用已编码的训练集 {display_path(encoded)}（与本次配置一致）")
         elif verbose:
             print(f"重新编码：{display_path(encoded)} 与本次配置不同（{'；'.join(differences)}）")
     if samples is None:

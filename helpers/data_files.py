@@ -211,16 +211,14 @@ def load_encoded(path: str | os.PathLike) -> list[dict]:
             try:
                 sample = json.loads(line)
             except json.JSONDecodeError as err:
-                raise EncodedFileError(f"{display_path(path)} 第 {number} 行不是 JSON（{err.msg}）：请用 "
-                                       "`python -m helpers.data encode` 重新生成这个文件。") from None
+                raise EncodedFileError(f"{display_path(path)} 第 {number} 行不是 JSON（{validation.json_problem(err)}）") from None
             if isinstance(sample, dict) and STAMP_KEY in sample:
                 continue
             keys = set(sample) - {"row"} if isinstance(sample, dict) else set()
             lengths = {len(sample.get(k) or []) for k in ENCODED_KEYS} if keys else {0}
             if keys != set(ENCODED_KEYS) or len(lengths) != 1 or 0 in lengths:
                 raise EncodedFileError(
-                    f"{display_path(path)} 第 {number} 行：应当有 {', '.join(ENCODED_KEYS)}，长度相同且不为 0。"
-                    "请用 `python -m helpers.data encode` 重新生成这个文件。")
+                    f"{display_path(path)} 第 {number} 行：应当有 {', '.join(ENCODED_KEYS)}，长度相同且不为 0")
             sample.setdefault("row", len(samples))
             samples.append(sample)
     if not samples:

@@ -329,6 +329,11 @@ def test_training_data_reuses_the_encoded_file_only_when_its_stamp_matches(stamp
     again, _ = data.training_data(spec, tokenizer)
     assert again[0]["labels"][-2] == 7 and again[1:] == samples[1:]
 
+    # damaged after it was written (cut short by hand, a broken copy): encoded again, never a dead end
+    encoded.write_text(encoded.read_text(encoding="utf-8")[:-40], encoding="utf-8")
+    again, _ = data.training_data(spec, tokenizer)
+    assert again == samples and _train_rows(encoded) == samples
+
 
 @pytest.mark.parametrize(("change", "reason"), [
     ("max_length", r"max_length\D+1024\D+47\D"),
