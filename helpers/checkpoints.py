@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CourseError
-from .spec import default_run_dir
+from .spec import CONFIG_DIR, default_run_dir
 from .workspace import (
     MissingArtifactError,
     UnsafeWriteError,
@@ -239,12 +239,15 @@ def _missing_adapter(spec, chosen: Path, by_setting: bool) -> MissingArtifactErr
             if spec.paths.adapter_dir is None else ""))
 
 
-def train_command(spec, run_dir: Path | None = None) -> str:
-    """The command that trains the adapter a command looked for in ``run_dir`` (default: the spec's run folder)."""
+def how_to_train(spec, run_dir: Path | None = None) -> str:
+    """How to train the adapter a command looked for in ``run_dir`` (default: the spec's run folder): the command,
+    and notebook 04 only where it trains that very run (the profile's own folder and config)."""
     folder = Path(run_dir if run_dir is not None else spec.paths.run_dir)
     own = "" if folder == default_run_dir(spec.paths.workspace, spec.profile.name) else \
         f" --output-dir {shell_path(folder)}"   # a run folder of the learner's: train into that one
-    return f"python -m helpers.train --config {shell_path(spec.config_file)}{own}"
+    notebook_04 = not own and spec.config_file.resolve() == (CONFIG_DIR / f"{spec.profile.train_config}.yaml").resolve()
+    return how_to_make("04-train.ipynb" if notebook_04 else None,
+                       f"python -m helpers.train --config {shell_path(spec.config_file)}{own}")
 
 
 def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path, list[str]]:
@@ -293,7 +296,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
             raise MissingArtifactError(
                 f"{display_path(chosen)} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：{whole}。")
         raise MissingArtifactError(f"{display_path(folder)} 里没有完整的 LoRA 检查点。"
-                                   + how_to_make("04-train.ipynb", train_command(spec, folder)))
+                                   + how_to_train(spec, folder))
     notes = found.notes()
     if notes:
         notes.append(f"改用 {display_path(found.checkpoint)}")

@@ -66,7 +66,6 @@ from .workspace import (
     atomic_path,
     course_folder,
     display_path,
-    how_to_make,
     record_made,
     sha256_file,
     shareable_path,
@@ -128,7 +127,7 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
     named = checkpoint is not None or spec.paths.adapter_dir is not None
     if not named and checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is None:
         raise MissingArtifactError(f"{display_path(spec.paths.run_dir)} 里还没有训练好的 LoRA 适配器。"
-                                   + how_to_make("04-train.ipynb", checkpoints.train_command(spec)))
+                                   + checkpoints.how_to_train(spec))
     data_files.require_given_dataset(spec)   # before the model is built or downloaded
     prepare_model(spec)
 

@@ -229,7 +229,7 @@ def training_arguments(spec, **extra):
         # as the Trainer does itself for a model placed across GPUs
         if is_main_process():
             print(f"这台机器有 {args.n_gpu} 块 GPU，单进程训练只用第一块；要用全部：accelerate launch "
-                  "--config_file configs/accelerate/ddp.yaml -m helpers.train ...（第 07 课）")
+                  f"--config_file configs/accelerate/ddp.yaml --num_processes {args.n_gpu} -m helpers.train ...（第 07 课）")
         args._n_gpu = 1
     return args
 

@@ -127,8 +127,11 @@ def in_notebook() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def how_to_make(notebook: str, command: str) -> str:
-    """The fix for a missing artifact, worded for where the user stands."""
+def how_to_make(notebook: str | None, command: str) -> str:
+    """The fix for a missing artifact, worded for where the user stands; ``notebook`` None: no notebook makes
+    this one (another run folder or config than the notebook's), only the command does."""
+    if notebook is None:
+        return f"请{'在终端里' if in_notebook() else ''}用 `{command}` 生成它。"
     if in_notebook():
         return f"请先运行 notebooks/{notebook}（或在终端里运行 `{command}`），再重新运行这个单元格。"
     return f"请用 `{command}` 生成它（或者运行 notebooks/{notebook}）。"

@@ -319,6 +319,7 @@ def test_prepare_never_trains_and_names_the_command_without_an_adapter(tmp_path,
     with pytest.raises(MissingArtifactError) as caught:
         ev.prepare(own)
     assert shlex.split(str(caught.value).split("`")[1])[-2:] == ["--output-dir", str(tmp_path / "新 运行")]
+    assert "04-train.ipynb" not in str(caught.value)      # notebook 04 trains the profile's own folder, not this one
     ev.prepare(spec, checkpoint=tiny_checkpoint)     # an adapter named: ready
     shutil.copytree(tiny_checkpoint, spec.paths.run_dir / tiny_checkpoint.name)
     ev.prepare(spec)                                 # an adapter in the run folder: ready
