@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import CourseError
 from .spec import CONFIG_DIR, default_run_dir
 from .workspace import (
+    MADE_MARKER,
     MissingArtifactError,
     UnsafeWriteError,
     atomic_path,
@@ -41,6 +42,24 @@ KEEP_PREVIOUS_RUNS = 2
 #: what the course writes in a run folder (the Trainer's checkpoints, the run summary, the sample log, the
 #: evaluation reports): ``make reset`` removes these and keeps a file the learner put beside them
 RUN_FILES = ("checkpoint-*", "run_summary.json", "sample_log.jsonl", "eval_report*.json")
+
+
+class TrainingStateError(CourseError, RuntimeError):
+    """The model in memory is not what a fresh run starts from."""
+
+
+def lora_trained(model) -> bool:
+    """Whether any LoRA B matrix is non-zero: PEFT starts every one at zero, so a fresh adapter has none."""
+    return any(bool(param.detach().abs().sum()) for name, param in model.named_parameters() if "lora_B" in name)
+
+
+def refuse_trained_lora(model) -> None:
+    """Stop a training from step 0 (or a fresh start) on LoRA weights this kernel has trained already."""
+    if lora_trained(model):
+        raise TrainingStateError(
+            "这个模型的 LoRA 权重已经训练过了（这个内核里跑过一次训练，也许在第一个检查点之前被中断了），"
+            "所以这次训练不会从第 0 步的权重开始：重新运行加载模型的单元格（from_pretrained）和 get_peft_model "
+            "单元格，然后再训练。")
 
 
 class CheckpointError(CourseError, RuntimeError):
@@ -343,8 +362,8 @@ def move_aside(run_dir: Path) -> tuple[Path | None, list[Path]]:
     checkpoints of about 0.8 GB for Qwen3-8B). Returns (where the run went, removed runs).
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return None, []
+    if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != MADE_MARKER]:
+        return None, []   # nothing in it (a refused start left only the marker): no "earlier run" to keep
     # a folder the course trained into: marked so, or (written before the marks) holding its checkpoints
     if not (is_course_made(run_dir) or any(is_checkpoint_name(p) for p in run_dir.iterdir())
             or (run_dir / "run_summary.json").is_file()):

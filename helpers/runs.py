@@ -23,8 +23,11 @@ SAMPLE_LOG = "sample_log.jsonl"
 RUN_SUMMARY = "run_summary.json"
 
 
-def start_fresh(spec) -> Path | None:
-    """Move an earlier run aside so a new run starts clean (notebook 04 and ``--no-resume``); print where."""
+def start_fresh(spec, model=None) -> Path | None:
+    """Move an earlier run aside so a new run starts clean (notebook 04 and ``--no-resume``); print where.
+    ``model``: the notebook's model, refused before anything moves when this kernel has trained it already."""
+    if model is not None:
+        checkpoints.refuse_trained_lora(model)
     moved, removed = checkpoints.move_aside(spec.paths.run_dir)
     if moved is not None and is_main_process():
         print(f"上一次的训练结果已移到 {display_path(moved)}（只保留最近 {checkpoints.KEEP_PREVIOUS_RUNS} 次）")

@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import checkpoints, data_files, tracking
-from .checkpoints import RECIPE_FILE, adapter_recipe, base_model_name
+from .checkpoints import RECIPE_FILE, adapter_recipe, base_model_name, refuse_trained_lora
 from .data import training_data
 from .download import model_ready, prepare_model
 from .errors import ArgumentParser, CourseError, run_cli
@@ -246,15 +246,6 @@ def shareable_args(args, spec):
     return shared
 
 
-class TrainingStateError(CourseError, RuntimeError):
-    """The model in memory is not what a fresh run starts from."""
-
-
-def lora_trained(model) -> bool:
-    """Whether any LoRA B matrix is non-zero: PEFT starts every one at zero, so a fresh adapter has none."""
-    return any(bool(param.detach().abs().sum()) for name, param in model.named_parameters() if "lora_B" in name)
-
-
 class CheckpointComplete(TrainerCallback):
     """Marks a checkpoint complete only after the Trainer finished writing all of it (recipe + sha256 marker)."""
 
@@ -272,11 +263,8 @@ class CheckpointComplete(TrainerCallback):
             course_folder(run_dir, only=checkpoints.RUN_FILES)
         elif state.is_world_process_zero and made_names(run_dir) is None and not self.foreign:
             claim_folder(run_dir, only=checkpoints.RUN_FILES)   # the run folder the Trainer made (notebook 04)
-        if state.global_step == 0 and args.world_size == 1 and model is not None and lora_trained(model):
-            raise TrainingStateError(
-                "这个模型的 LoRA 权重已经训练过了（这个内核里跑过一次训练，也许在第一个检查点之前被中断了），"
-                "所以这次训练不会从第 0 步的权重开始：重新运行加载模型的单元格（from_pretrained）和 get_peft_model "
-                "单元格，然后再训练。")
+        if state.global_step == 0 and args.world_size == 1 and model is not None:
+            refuse_trained_lora(model)
         # a resumed state names its best checkpoint by folder name (see checkpoints.share_safe_trainer_state), which
         # transformers looks for in the working directory and drops; the Trainer's rotation needs the full path to
         # keep it: found in the run folder by its step, as transformers itself does at its next save

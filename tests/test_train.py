@@ -425,7 +425,7 @@ def test_training_again_in_the_same_kernel_stops_with_what_to_rerun(tmp_path, ti
     tokenizer = models.load_tokenizer(spec)
     samples, _ = data.training_data(spec, tokenizer, verbose=False)
     model = train.add_lora(spec, train.load_model_for_training(spec))
-    assert not train.lora_trained(model)
+    assert not checkpoints.lora_trained(model)
     trainer = train.build_trainer(spec, model, tokenizer, train.to_train_dataset(samples))
     tracking.finish_run()                                       # no run open (the learner skipped swanlab.init)
     with pytest.raises(SwanLabSetupError, match=r"swanlab\.init.*tracking\.start_run"):
@@ -433,9 +433,12 @@ def test_training_again_in_the_same_kernel_stops_with_what_to_rerun(tmp_path, ti
     run = tracking.start_run(spec)
     trainer.train()
     tracking.finish_run(run)
-    assert train.lora_trained(model)
-    with pytest.raises(train.TrainingStateError, match=r"LoRA .*from_pretrained.*get_peft_model"):
+    assert checkpoints.lora_trained(model)
+    with pytest.raises(checkpoints.TrainingStateError, match=r"LoRA .*from_pretrained.*get_peft_model"):
         trainer.train()                                         # nothing to resume: it would start from trained weights
+    with pytest.raises(checkpoints.TrainingStateError):
+        runs.start_fresh(spec, model)                           # notebook 04's START_FRESH: refused before any move
+    assert (spec.paths.run_dir / "checkpoint-1").is_dir() and not list(tmp_path.glob("run-previous-*"))
     with pytest.raises(SwanLabSetupError, match=r"swanlab\.init.*tracking\.start_run"):   # resuming, after finish_run
         trainer.train(resume_from_checkpoint=str(spec.paths.run_dir / "checkpoint-1"))
 
@@ -482,3 +485,13 @@ def test_runs_in_folders_of_their_own_keep_their_own_loss_plots(tmp_path):
     assert len({path for path, _ in plots.values()}) == 3
     for path, content in plots.values():
         assert path.parent == workspace / "plots" and path.read_bytes() == content, f"{path.name} was overwritten"
+
+
+def test_a_run_folder_holding_only_its_marker_is_not_an_earlier_run(tmp_path):
+    """A refused start leaves the run folder with only its marker: moving it aside would make an empty "earlier
+    run" that counts toward the two kept, and pushes a real one out."""
+    from helpers.workspace import course_folder
+
+    run = course_folder(tmp_path / "tiny", only=checkpoints.RUN_FILES)
+    assert checkpoints.move_aside(run) == (None, [])
+    assert run.is_dir() and not list(tmp_path.glob("tiny-previous-*"))
