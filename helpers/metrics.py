@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from . import data_files
 from .data import IGNORE_INDEX, THINK_OPEN, prompt_ids_as_text, split_thinking
-from .models import adapter_switch
+from .models import adapter_switch, require_model
 
 #: Words of address and self-reference at the Qing court: the candidates for persona markers.
 ROLE_WORD_CANDIDATES = (
@@ -275,6 +275,7 @@ def generate_replies(model, tokenizer, conversations: Sequence[list[dict]], sett
     """
     import torch
 
+    require_model(model)
     config = settings.generation_config(model.generation_config)
     if extra:
         config.update(**extra)
@@ -303,6 +304,7 @@ def answer_loss(model, tokenizer, samples: Sequence[dict], adapter: bool = True,
     import torch
     from transformers import DataCollatorForSeq2Seq
 
+    require_model(model)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
     total, count = 0.0, 0
     for start in range(0, len(samples), batch_size):

@@ -404,6 +404,13 @@ _MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
+def require_model(model) -> None:
+    """Stop with what to re-run when a cell's model was released (``loaded = model = None`` in notebook 06)."""
+    if model is None:
+        raise MissingArtifactError("model 是 None：这个内核里的模型已经释放了（例如 `loaded = model = None`）。"
+                                   "先重新运行加载模型的单元格（inf.load_finetuned 或 from_pretrained），再运行这个单元格。")
+
+
 @contextlib.contextmanager
 def adapter_switch(model, adapter: bool):
     """Context in which the LoRA adapter is on (``adapter=True``) or off (PEFT's ``disable_adapter``); one

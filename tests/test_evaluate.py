@@ -457,3 +457,15 @@ def test_the_adapter_data_warning_compares_the_data_file_itself(tmp_path):
     assert display_path(other) in ev._adapter_data_notes(changed, checkpoint)[0]
     resplit = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={mine}", "data.split_seed=7"])
     assert "split_seed=42" in ev._adapter_data_notes(resplit, checkpoint)[0]
+
+
+def test_scoring_with_a_released_model_says_which_cell_to_run(tokenizer):
+    """Notebook 06 releases its model before ev.evaluate (``loaded = model = None``); a scoring cell run again
+    afterwards stops with what to re-run, not an AttributeError deep in generate."""
+    from helpers.inference import greedy_settings
+    from helpers.workspace import MissingArtifactError
+
+    with pytest.raises(MissingArtifactError, match="inf.load_finetuned"):
+        metrics.generate_replies(None, tokenizer, [[{"role": "user", "content": "你是谁？"}]], greedy_settings())
+    with pytest.raises(MissingArtifactError, match="inf.load_finetuned"):
+        metrics.answer_loss(None, tokenizer, [{"input_ids": [1], "attention_mask": [1], "labels": [1]}])
