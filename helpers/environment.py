@@ -152,8 +152,10 @@ def kernel_problem() -> str | None:
         return "没有注册"
     if not Path(python).exists():
         return f"已注册，但它的 Python {python} 不存在（仓库被移动或删除过？）"
-    kernel_bin, this_bin = (Path(os.path.abspath(p)).parent for p in (python, sys.executable))
-    if kernel_bin != this_bin:   # by folder: .venv/bin/python and .venv/bin/python3 are the same environment
+    # by folder (.venv/bin/python and .venv/bin/python3 are the same environment), a linked folder followed (a .venv
+    # reached through a link is the same one); the python in it is a link to the system's, never followed
+    kernel_bin, this_bin = (Path(os.path.abspath(p)).parent.resolve() for p in (python, sys.executable))
+    if kernel_bin != this_bin:
         return f"已注册，但它启动的是 {display_path(kernel_bin)} 里的 Python，不是这里的 {display_path(this_bin)}"
     return None
 

@@ -372,8 +372,11 @@ def test_the_kernel_check_fails_for_a_kernel_that_cannot_start_or_runs_another_p
     assert env.kernel_problem() == "没有注册"
     kernels.mkdir(parents=True)
     same_folder = os.path.join(os.path.dirname(sys.executable), "python3")   # the same venv under another name
+    (tmp_path / "linked-venv-bin").symlink_to(os.path.dirname(sys.executable), target_is_directory=True)
+    linked = str(tmp_path / "linked-venv-bin" / os.path.basename(sys.executable))   # the same venv through a link
     for python, problem in ((str(tmp_path / "old-clone" / ".venv" / "bin" / "python"), "不存在"),
-                            (shutil.which("true"), "不是这里的"), (sys.executable, None), (same_folder, None)):
+                            (shutil.which("true"), "不是这里的"), (sys.executable, None), (same_folder, None),
+                            (linked, None)):
         (kernels / "kernel.json").write_text(json.dumps({"argv": [python, "-m", "ipykernel_launcher", "-f",
                                                                   "{connection_file}"], "display_name": "x",
                                                          "language": "python"}), encoding="utf-8")
