@@ -280,28 +280,38 @@ def _saved(spec, trainer, summary: dict) -> dict:
 def already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
     """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0"). One killed
     after its last checkpoint, before its summary was written, gets it now (the plot from the checkpoint's log)."""
-    if (spec.paths.run_dir / RUN_SUMMARY).is_file():
-        summary = load_run_summary(spec)
-    else:
-        summary = _saved(spec, trainer, {**run_summary(spec, trainer, metrics, swanlab_folder), "train_loss": None})
+    summary = _summary_at(spec, trainer)
     _say_finished(spec, trainer.state.global_step)
     summary["trainer"] = trainer
     return summary
 
 
+def _summary_at(spec, trainer) -> dict:
+    """The saved summary of the run's last step; else (killed after its last checkpoint, before the summary was
+    written) one made now from the Trainer's state, with its plot: no train loss, and no SwanLab run (the one that
+    trained is not known; one opened now recorded nothing)."""
+    saved = spec.paths.run_dir / RUN_SUMMARY
+    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("global_step") == trainer.state.global_step:
+        return load_run_summary(spec)
+    return _saved(spec, trainer, {**run_summary(spec, trainer, {}, None), "train_loss": None})
+
+
 def finished_summary(spec, checkpoint: Path | None, args) -> dict | None:
-    """The saved summary when ``checkpoint`` is the end these ``TrainingArguments`` train to (``max_steps``, or else
-    ``num_train_epochs``) and the summary is of that step: nothing is left to train, so the command loads no model
-    and opens no SwanLab run. None otherwise (the Trainer decides)."""
+    """The run's summary when ``checkpoint`` is the end these ``TrainingArguments`` train to (``max_steps``, or else
+    ``num_train_epochs``): nothing is left to train, so the command loads no model and opens no SwanLab run.
+    None otherwise (the Trainer decides)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerState
+
     state_file = Path(checkpoint) / "trainer_state.json" if checkpoint is not None else None
-    if state_file is None or not state_file.is_file() or not (spec.paths.run_dir / RUN_SUMMARY).is_file():
+    if state_file is None or not state_file.is_file():
         return None
-    state = json.loads(state_file.read_text(encoding="utf-8"))
-    done = state["global_step"] >= args.max_steps if args.max_steps > 0 else state["epoch"] >= args.num_train_epochs
-    summary = load_run_summary(spec)
-    if not done or summary["global_step"] != state["global_step"]:
+    state = TrainerState.load_from_json(str(state_file))
+    if not (state.global_step >= args.max_steps if args.max_steps > 0 else (state.epoch or 0) >= args.num_train_epochs):
         return None
-    _say_finished(spec, state["global_step"])
+    summary = _summary_at(spec, SimpleNamespace(state=state, args=args))   # the Trainer's state and arguments
+    _say_finished(spec, state.global_step)
     return summary
 
 

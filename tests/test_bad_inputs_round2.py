@@ -567,12 +567,15 @@ def test_rerunning_a_finished_run_keeps_its_summary(arena, monkeypatch):
     assert longer.code == 0 and "第 3–4 步的平均" in longer.out    # the Trainer's loss covers this call's steps
     assert json.loads(summary.read_text(encoding="utf-8"))["resumed_from_step"] == 2
     assert json.loads(summary.read_text(encoding="utf-8"))["global_step"] == 4
-    # killed after its last checkpoint, before the summary was written: the rerun writes it and the plot
+    # killed after its last checkpoint, before the summary was written: the rerun writes it and the plot from the
+    # checkpoint's state, still without loading the model (or opening a SwanLab run that would record nothing)
     plot = arena / "ws" / json.loads(summary.read_text(encoding="utf-8"))["plot"]
     summary.unlink()
     plot.unlink()
+    monkeypatch.setattr(train, "load_model_for_training", lambda spec: pytest.fail("the model was loaded"))
     assert cli(*argv, "--set", "training.max_steps=4").code == 0
-    assert json.loads(summary.read_text(encoding="utf-8"))["global_step"] == 4 and plot.is_file()
+    rebuilt = json.loads(summary.read_text(encoding="utf-8"))
+    assert (rebuilt["global_step"], rebuilt["train_loss"], rebuilt["swanlab_run"]) == (4, None, None) and plot.is_file()
 
 
 def test_a_run_trained_to_its_last_epoch_is_finished(tmp_path):
