@@ -30,7 +30,6 @@ from .workspace import (
     atomic_path,
     claim_folder,
     display_path,
-    is_course_made,
     made_names,
     record_made,
     refuse_working_folder,
@@ -182,10 +181,8 @@ def read_stamp(path: str | os.PathLike) -> dict | None:
 
 
 def is_encoded_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a file the course encoded (its stamp line, or the course's marker names it): one that
-    ``data encode`` may replace. A learner's own file is never overwritten."""
-    if is_course_made(path):
-        return True
+    """Whether ``path`` is a file the course encoded (its first line is the stamp every encoded file starts with):
+    one that ``data encode`` may replace. A learner's file, a downloaded dataset or a split is never overwritten."""
     try:
         return read_stamp(path) is not None
     except (OSError, UnicodeDecodeError):

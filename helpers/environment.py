@@ -26,7 +26,7 @@ from .profiles import PROFILES
 from .recipes import choose
 from .settings import SETTINGS_FILE, SETTINGS_KEYS, SWANLAB_MODES, SpecError, read_settings_file, suggest
 from .spec import build_spec
-from .workspace import REPO_ROOT, atomic_path, display_path, free_disk_gb, named_path
+from .workspace import REPO_ROOT, atomic_path, blocking_file, display_path, free_disk_gb, named_path
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
 KEY_PACKAGES = [
@@ -203,9 +203,10 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = (spec.paths.model_dir / "config.json").is_file()
     need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
-    a_file = spec.paths.workspace.exists() and not spec.paths.workspace.is_dir()
-    checks.append(Check("disk", free >= need and not a_file,
-                        f"工作目录 {display_path(spec.paths.workspace)} 是文件，不是文件夹" if a_file else
+    a_file = blocking_file(spec.paths.workspace)
+    checks.append(Check("disk", free >= need and a_file is None,
+                        f"工作目录 {display_path(spec.paths.workspace)} 放不下：{display_path(a_file)} 是文件，不是文件夹"
+                        if a_file is not None else
                         f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，需要 {need:.1f} GB",
                         "把工作目录放到数据盘上：python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace"))
@@ -285,9 +286,9 @@ def _setup(args) -> int:
     for key in ("workspace", "model_dir", "dataset", "adapter_dir"):
         if values.get(key) and not values[key].startswith("~"):
             values[key] = str(named_path(values[key]))  # as typed where the command ran
-    workspace = Path(values["workspace"]).expanduser() if values.get("workspace") else None
-    if workspace is not None and workspace.exists() and not workspace.is_dir():
-        raise SpecError(f"--workspace {display_path(workspace)} 是文件，不是文件夹：工作目录要放模型、数据和检查点。"
+    blocked = blocking_file(values["workspace"]) if values.get("workspace") else None
+    if blocked is not None:
+        raise SpecError(f"--workspace：{display_path(blocked)} 是文件，不是文件夹：工作目录要放模型、数据和检查点。"
                         "请给一个文件夹（还不存在也可以，第一次使用时创建）。没有写入设置。")
     path = write_settings(values)
     print(f"已写入 {display_path(path)}：")

@@ -38,6 +38,8 @@ from .runs import SAMPLE_LOG, describe_summary, finished_summary, record_run, re
 from .settings import SpecError
 from .spec import build_spec
 from .workspace import (
+    CREATED,
+    WHOLE,
     DiskFullError,
     claim_folder,
     course_folder,
@@ -263,6 +265,8 @@ class CheckpointComplete(TrainerCallback):
             course_folder(run_dir, only=checkpoints.RUN_FILES)
         elif state.is_world_process_zero and made_names(run_dir) is None and not self.foreign:
             claim_folder(run_dir, only=checkpoints.RUN_FILES)   # the run folder the Trainer made (notebook 04)
+        elif state.is_world_process_zero and made_names(run_dir) == {CREATED, WHOLE}:
+            claim_folder(run_dir, only=checkpoints.RUN_FILES)   # marked whole by an older course: a note there is kept
         if state.global_step == 0 and args.world_size == 1 and model is not None:
             refuse_trained_lora(model)
         # a resumed state names its best checkpoint by folder name (see checkpoints.share_safe_trainer_state), which

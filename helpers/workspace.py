@@ -265,6 +265,9 @@ def refuse_working_folder(path: str | os.PathLike) -> Path:
     path, here = Path(os.path.abspath(path)), Path.cwd()
     if path.is_symlink() and path.is_dir():
         path = path.resolve()
+    elif path.is_symlink() and not path.exists():
+        raise UnsafeWriteError(f"{display_path(path.parent)}/{path.name} 是一个链接，指向的 {os.readlink(path)} 不存在："
+                               "先创建那个文件夹，或者换一个输出文件夹。没有写入任何文件。")
     if path == here or path in here.parents:
         raise UnsafeWriteError(f"{display_path(path)} 是当前所在的文件夹{'' if path == here else '的上级'}，而输出文件夹会被整个替换："
                                f"请给一个新的子文件夹，例如 {shell_path(path / 'out')}。没有写入任何文件。")
@@ -380,6 +383,15 @@ def _write_marker(folder: Path, names: set[str]) -> None:
     except OSError as err:
         _not_writable(err, folder, marker)
     os.chmod(marker, _umask_mode())
+
+
+def blocking_file(path: str | os.PathLike) -> Path | None:
+    """The file that stops ``path`` from being (or becoming) a folder: ``path`` itself or the nearest existing
+    folder above it when that is a file; None when ``path`` is, or can be made, a folder."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe if probe.exists() and not probe.is_dir() else None
 
 
 def course_folder(path: str | os.PathLike, whole: bool = True, only: tuple[str, ...] = ()) -> Path:

@@ -382,6 +382,11 @@ def test_a_split_into_a_linked_folder_writes_into_the_folder_and_keeps_the_link(
     assert result.code == 0, result
     assert (arena / "slink").is_symlink() and {"train.json", "eval.json", "split.json"} <= set(os.listdir(real))
     assert not list(arena.glob("*.partial"))
+    (arena / "dangling").symlink_to(arena / "nowhere", target_is_directory=True)   # a link to nothing: one line
+    broken = cli("data", "split", str(SAMPLE), "dangling")
+    one_line(broken, "dangling 是一个链接")
+    assert "nowhere" in broken.error_lines[0]
+    assert (arena / "dangling").is_symlink() and not (arena / "nowhere").exists()
 
 
 def test_split_is_one_unit_on_a_full_disk(arena, monkeypatch):

@@ -18,7 +18,7 @@ from bench.common import expected_padded_tokens
 from helpers import data, data_files, models, padding, validation
 from helpers import original as tutorial
 from helpers.spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
-from helpers.workspace import REPO_ROOT
+from helpers.workspace import REPO_ROOT, record_made
 from tests.cli_runner import run_cli
 from tests.conftest import tiny_spec_for
 
@@ -447,6 +447,9 @@ def test_cli_encode_never_overwrites_a_learners_file(tmp_path, capsys):
     assert data.main(["encode", str(data_files.SAMPLE_PATH), str(out)]) == 0
     assert data.main(["encode", str(data_files.SAMPLE_PATH), str(out), "--max-length", "512"]) == 0
     assert data_files.read_stamp(out)["max_length"] == 512
+    made = record_made(tmp_path / "huanhuan.json")       # a file the course made that is no encoded file (a download)
+    made.write_text("[]", encoding="utf-8")
+    assert data.main(["encode", str(data_files.SAMPLE_PATH), str(made)]) == 2 and made.read_text(encoding="utf-8") == "[]"
 
 
 def test_cli_encode_refuses_a_broken_file(tmp_path, capsys):

@@ -176,10 +176,16 @@ def test_a_workspace_that_is_a_file_is_refused_by_setup_and_fails_the_check(tmp_
     (tmp_path / "f.json").write_text("x", encoding="utf-8")
     done = run_cli("environment", ["setup", "--workspace", str(tmp_path / "f.json")], env=clean_env(), cwd=REPO_ROOT)
     assert done.code == 2 and "f.json" in done.stderr and not settings.exists()
+    done = run_cli("environment", ["setup", "--workspace", str(tmp_path / "f.json" / "sub")], env=clean_env(),
+                   cwd=REPO_ROOT)                                                   # a folder below a file: neither
+    assert done.code == 2 and "f.json" in done.stderr and not settings.exists()
     spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "f.json")},
                       settings_file=None, cuda=False)
     checks = env.preflight(spec, kernel=True, dataset_reachable=lambda: True)
     assert not by_name(checks)["disk"].ok and "setup --workspace" in by_name(checks)["disk"].fix
+    spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "f.json" / "sub")},
+                      settings_file=None, cuda=False)
+    assert not by_name(env.preflight(spec, kernel=True, dataset_reachable=lambda: True))["disk"].ok
 
 
 # --------------------------------------------------------------------------- the CLI: make preflight / make kernel

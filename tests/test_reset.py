@@ -267,3 +267,11 @@ def test_what_the_notebooks_and_solutions_write_is_removed_by_reset(tmp_path):
     callback = train.CheckpointComplete(spec)
     callback.on_train_begin(SimpleNamespace(output_dir=str(run_dir), world_size=1), state, None)
     assert (mine / MADE_MARKER).exists() is False      # a learner's folder is never claimed
+
+    # a run folder an older course marked whole ("*"): training into it again marks only what the course writes
+    old = course_folder(tmp_path / "ws" / "checkpoints" / "old")
+    (old / "checkpoint-2").mkdir()
+    (old / "笔记.md").write_text("笔记", encoding="utf-8")
+    callback = train.CheckpointComplete(tiny_spec_for(old, QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws")))
+    callback.on_train_begin(SimpleNamespace(output_dir=str(old), world_size=1), state, None)
+    assert old / "笔记.md" in reset.plan(workspace).left_alone
