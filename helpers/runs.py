@@ -261,7 +261,7 @@ def record_run(spec, trainer, metrics: dict, swanlab_folder, resumed_from: Path 
     """After ``trainer.train()`` (notebook 04 and ``python -m helpers.train``): the run summary, saved with its loss
     plot. A run resumed at its last step trained nothing: its saved summary stays (see :func:`already_finished`)."""
     if resumed_from is not None and trainer.state.global_step == checkpoints.checkpoint_step(resumed_from):
-        return already_finished(spec, trainer, metrics, swanlab_folder)
+        return already_finished(spec, trainer)
     summary = run_summary(spec, trainer, metrics, swanlab_folder)
     # the Trainer's train_loss averages the steps of this call only: a resumed run says from which step
     summary["resumed_from_step"] = checkpoints.checkpoint_step(resumed_from) if resumed_from is not None else 0
@@ -277,7 +277,7 @@ def _saved(spec, trainer, summary: dict) -> dict:
     return summary
 
 
-def already_finished(spec, trainer, metrics: dict, swanlab_folder) -> dict:
+def already_finished(spec, trainer) -> dict:
     """A run resumed at its last step trained nothing: its saved summary stays (no "train loss 0"). One killed
     after its last checkpoint, before its summary was written, gets it now (the plot from the checkpoint's log)."""
     summary = _summary_at(spec, trainer)
