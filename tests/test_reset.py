@@ -207,8 +207,13 @@ def test_a_run_folder_first_made_by_evaluating_a_shared_adapter_is_reset_whole(t
 
 
 def test_a_learners_file_in_a_run_folder_is_kept_by_reset_and_by_start_fresh(tmp_path):
+    from helpers import evaluate, runs
     from helpers.checkpoints import RUN_FILES, move_aside
+    from helpers.workspace import listed
 
+    # the patterns name what the course writes there, by the names its writers use
+    assert all(listed(set(RUN_FILES), name) for name in (runs.RUN_SUMMARY, runs.SAMPLE_LOG, evaluate.REPORT_FILE,
+                                                          "checkpoint-60"))
     workspace = tmp_path / "ws"
     run = course_folder(workspace / "checkpoints" / "tiny", only=RUN_FILES)   # as train and notebook 04 mark it
     for name in ("checkpoint-2/adapter_model.safetensors", "run_summary.json", "sample_log.jsonl",
