@@ -321,12 +321,17 @@ def refuse_same_file(source: str | os.PathLike, target: str | os.PathLike) -> No
 # --------------------------------------------------------------------------- disk
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path``, or the nearest folder above it that exists (where a folder that is not there yet would go)."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
 def free_disk_gb(path: str | os.PathLike) -> float:
     """Free space, in GB (10^9 bytes), on the disk holding ``path`` (its nearest existing parent)."""
-    path = Path(path)
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free / 1e9
+    return shutil.disk_usage(nearest_existing(path)).free / 1e9
 
 
 def check_disk_space(need_gb: float, path: str | os.PathLike) -> float:
@@ -388,9 +393,7 @@ def _write_marker(folder: Path, names: set[str]) -> None:
 def blocking_file(path: str | os.PathLike) -> Path | None:
     """The file that stops ``path`` from being (or becoming) a folder: ``path`` itself or the nearest existing
     folder above it when that is a file; None when ``path`` is, or can be made, a folder."""
-    probe = Path(path).expanduser().absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(path)
     return probe if probe.exists() and not probe.is_dir() else None
 
 
