@@ -96,13 +96,14 @@ def test_longest_rows_are_the_real_datas(huanhuan_path):
         assert recipe.estimate_tensors_gb() > recipe.estimate_tensors_gb(round(recipe.micro_batch * 70.2))
 
 
-def test_estimates_land_within_15_percent_of_every_measurement():
-    """Each measured peak (tensors) against the formula at the measured micro-batch's tokens."""
+def test_estimates_land_within_1_percent_of_every_measurement():
+    """Each measured peak (tensors) against the formula at the measured micro-batch's tokens: the README, the
+    teaching guide and bench/RESULTS.md say the fit lands within 1% of every measured point."""
     measured = recipes.load_measurements()
     assert {"bf16_ckpt_mb4", "bf16_ckpt_mb16", "bf16_mb16"} <= set(measured)
     for key, m in measured.items():
         estimate = BY_KEY[key].estimate_tensors_gb(m.tokens)
-        assert abs(estimate / m.peak_gb - 1) <= 0.15, (key, estimate, m.peak_gb)
+        assert abs(estimate / m.peak_gb - 1) < 0.01, (key, estimate, m.peak_gb)
         assert m.gpu == "NVIDIA H200"
 
 
