@@ -41,12 +41,18 @@ def run(argv: list[str] | None = None) -> None:
     if unknown or any(not a.isdigit() for a in argv):
         raise SystemExit(f"error: 没有这个练习：{' '.join(argv)}。这个脚本的练习是 {sorted(known)}，例如 "
                          f"python {sys.argv[0]} {min(known)}（不写编号就做全部练习）")
+    from helpers.errors import ERROR_EXIT, CourseError, one_line
+
     for number, title, function in sorted(_EXERCISES, key=lambda item: item[0]):
         if number not in chosen:
             continue
         print(f"\n=== 练习 {number}：{title} ===")
         start = time.perf_counter()
-        function()
+        try:
+            function()
+        except CourseError as err:   # something to fix before the exercise can run (a setting, a missing file)
+            print(f"error: {one_line(str(err))}", file=sys.stderr)
+            raise SystemExit(ERROR_EXIT) from None
         print(f"--- 练习 {number} 通过（{time.perf_counter() - start:.1f} 秒）")
 
 
@@ -105,12 +111,25 @@ def train_fresh(spec) -> dict:
     return train.train(spec, resume=False)
 
 
+def finished_training(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is the last one of its training (its TrainerState reached ``max_steps``): an
+    interrupted run's checkpoint has not memorised the answers yet."""
+    import json
+
+    state = Path(checkpoint) / "trainer_state.json"
+    if not state.is_file():
+        return False
+    saved = json.loads(state.read_text(encoding="utf-8"))
+    return saved["max_steps"] > 0 and saved["global_step"] >= saved["max_steps"]
+
+
 def memorised_adapter(spec) -> Path:
     """A LoRA adapter of the tiny memorisation recipe (``configs/train/tiny.yaml``).
 
     In this order: the adapter folder of the settings (``QWEN3_TUTORIAL_ADAPTER_DIR`` or ``adapter_dir``
-    in ``course-settings.yaml``); the latest complete checkpoint of notebook 04's tiny run; one trained
-    here once into ``<workspace>/solutions/checkpoints/tiny-memorisation`` (a minute or two on a CPU).
+    in ``course-settings.yaml``) when it was trained on the tiny profile; the last checkpoint of notebook
+    04's tiny run when that training has finished; one trained here once into
+    ``<workspace>/solutions/checkpoints/tiny-memorisation`` (a minute or two on a CPU).
     """
     from helpers import checkpoints
     from helpers.download import prepare_model
@@ -119,14 +138,20 @@ def memorised_adapter(spec) -> Path:
     prepare_model(spec)
     if spec.paths.adapter_dir is not None:
         adapter, notes = checkpoints.resolve_checkpoint(spec)
-        for note in notes:
-            print(note)
-        return adapter
+        profile = checkpoints.read_recipe(adapter).get("profile", "tiny")   # an adapter from elsewhere: try it
+        if profile == "tiny":
+            for note in notes:
+                print(note)
+            return adapter
+        print(f"设置里的适配器 {display_path(adapter)}（adapter_dir）是在 {profile} 档位上训练的，"
+              "参考答案只用 tiny 档位：改用 tiny 的适配器")
     fallback = scratch_spec(SOLUTIONS_RUN, "swanlab=null", "training.disable_tqdm=true")
     for run_dir in (spec.paths.run_dir, fallback.paths.run_dir):
         found = checkpoints.latest_good_checkpoint(run_dir).checkpoint if run_dir.is_dir() else None
-        if found is not None:
+        if found is not None and finished_training(found):
             return found
+        if found is not None:
+            print(f"{display_path(run_dir)} 的训练还没有做完（最新的检查点是 {found.name}），还没背下训练数据：不用它")
     print(f"没有找到 tiny 的 LoRA 适配器：现在训练一个（CPU 上一两分钟）→ {display_path(fallback.paths.run_dir)}")
     return Path(train_fresh(fallback)["checkpoint"])
 

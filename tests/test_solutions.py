@@ -177,12 +177,20 @@ def test_solution_runs_and_passes(script, solution_runs, solutions_env):
     print(f"{script.name}: {run['seconds']:.1f} s")
 
 
-def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
+def load_common():
+    """A fresh copy of solutions/_common.py (its own exercise registry)."""
     import importlib.util
 
     loader = importlib.util.spec_from_file_location("solutions_common", SOLUTIONS_DIR / "_common.py")
     common = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(common)
+    return common
+
+
+def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
+    from helpers.errors import CourseError
+
+    common = load_common()
     ran = []
     common.exercise(1, "one")(lambda: ran.append(1))
     common.exercise(2, "two")(lambda: ran.append(2))
@@ -193,3 +201,60 @@ def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
     for wrong in (["9"], ["two"]):
         with pytest.raises(SystemExit, match=r"^error: .*\[1, 2\]"):
             common.run(wrong)
+
+    # an error the learner can fix (a setting, a missing file) is one line and exit 2, not a traceback
+    def needs_a_fix():
+        raise CourseError("适配器文件夹不存在。\n改正路径")
+
+    common.exercise(3, "three")(needs_a_fix)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        common.run(["3"])
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "改正路径" in lines[0], lines
+
+
+def test_the_memorised_adapter_is_a_finished_tiny_one(tmp_path, monkeypatch, tiny_checkpoint, tiny_model_dir):
+    """Solutions 05 and 06 assert memorised answers: an interrupted notebook-04 run, or an adapter_dir trained
+    on another profile, is passed over (with a note) for an adapter that has them."""
+    import shutil
+
+    from helpers import checkpoints
+
+    common = load_common()
+    fresh = tmp_path / "trained-here"
+    monkeypatch.setattr(common, "train_fresh", lambda spec: {"checkpoint": str(fresh)})
+    workspace = tmp_path / "workspace"
+    (workspace / "models").mkdir(parents=True)
+    (workspace / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir, target_is_directory=True)
+    for key in ("QWEN3_TUTORIAL_ADAPTER_DIR", "QWEN3_TUTORIAL_MODEL_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(workspace))
+    monkeypatch.setenv("QWEN3_TUTORIAL_SWANLAB_MODE", "disabled")
+    spec = common.tiny_spec()
+
+    def copy(to: Path, step: int | None = None, profile: str | None = None) -> Path:
+        shutil.copytree(tiny_checkpoint, to)
+        state = json.loads((to / "trainer_state.json").read_text(encoding="utf-8"))
+        if step is not None:
+            state["global_step"] = step
+        (to / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+        if profile is not None:
+            recipe = json.loads((to / checkpoints.RECIPE_FILE).read_text(encoding="utf-8"))
+            (to / checkpoints.RECIPE_FILE).write_text(json.dumps({**recipe, "profile": profile}), encoding="utf-8")
+        checkpoints.write_marker(to, state["global_step"])
+        return to
+
+    max_steps = json.loads((tiny_checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["max_steps"]
+    stopped = copy(spec.paths.run_dir / "checkpoint-2", step=2)
+    assert checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint == stopped
+    assert common.memorised_adapter(spec) == fresh            # interrupted at step 2: trained here instead
+    finished = copy(spec.paths.run_dir / f"checkpoint-{max_steps}")
+    assert common.memorised_adapter(spec) == finished         # notebook 04's finished run
+    other = copy(tmp_path / "teacher-8b", profile="full")
+    monkeypatch.setenv("QWEN3_TUTORIAL_ADAPTER_DIR", str(other))
+    assert common.memorised_adapter(common.tiny_spec()) == finished   # an 8B adapter cannot load on tiny
+    ours = copy(tmp_path / "classmate-tiny", profile="tiny")
+    monkeypatch.setenv("QWEN3_TUTORIAL_ADAPTER_DIR", str(ours))
+    assert common.memorised_adapter(common.tiny_spec()) == ours
