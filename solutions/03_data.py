@@ -55,7 +55,7 @@ def label_mask_off():
     print(f"遮罩时参与损失的 token: {trained} 个；不遮罩时: {len(sample['input_ids']) - 1} 个（第一个 token 没有前文，不预测）")
     print(f"遮罩时的 loss {out.loss.item():.4f}，手算 {by_hand.item():.4f}；不遮罩时的 loss {unmasked_loss.item():.4f}")
     print(f"这条样本的提示有 {prompt_length} 个 token，其中 {start + end} 个在全部 {len(samples)} 条样本里一模一样"
-          f"（开头 {start} 个：系统提示；结尾 {end} 个：assistant 开头和空思考块）")
+          f"（开头 {start} 个：系统提示那一轮和 user 的开头；结尾 {end} 个：assistant 开头和空思考块）")
     assert torch.allclose(out.loss, by_hand, atol=1e-4), "the model's loss is the mean over the unmasked positions"
     assert trained < prompt_length, "unmasked, most of the loss comes from the prompt"
     assert start + end > prompt_length / 2 and start + end > trained, "and most of the prompt is the same everywhere"

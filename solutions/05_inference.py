@@ -102,12 +102,11 @@ def moved_system_prompt():
     losses, exact = {}, {}
     for name, messages_for in layouts.items():
         losses[name] = [answer_loss(loaded, messages_for(r["instruction"]), r["output"]) for r in memorised]
-        if name in ("训练时的系统提示", "换一句系统提示"):
-            exact[name] = sum(
-                inference.generate(loaded.model, loaded.tokenizer, messages_for(r["instruction"]), settings).content
-                == r["output"] for r in memorised)
-        hits = f"，一字不差 {exact[name]}/{len(memorised)}" if name in exact else ""
-        print(f"{name:<14} 训练答案的平均损失 {sum(losses[name]) / len(memorised):.3f}{hits}")
+        exact[name] = sum(
+            inference.generate(loaded.model, loaded.tokenizer, messages_for(r["instruction"]), settings).content
+            == r["output"] for r in memorised)
+        print(f"{name:<14} 训练答案的平均损失 {sum(losses[name]) / len(memorised):.3f}，"
+              f"一字不差 {exact[name]}/{len(memorised)}")
     trained = losses["训练时的系统提示"]
     assert exact["训练时的系统提示"] == len(memorised)
     assert exact["换一句系统提示"] < len(memorised), "another system prompt breaks some memorised answers"
