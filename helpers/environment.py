@@ -24,7 +24,15 @@ from .errors import ArgumentParser, CourseError, run_cli
 from .hardware import gpus, memory_gb, reachable
 from .profiles import PROFILES
 from .recipes import choose
-from .settings import SETTINGS_FILE, SETTINGS_KEYS, SWANLAB_MODES, SpecError, read_settings_file, suggest
+from .settings import (
+    SETTINGS_FILE,
+    SETTINGS_KEYS,
+    SWANLAB_MODES,
+    SpecError,
+    has_swanlab_key,
+    read_settings_file,
+    suggest,
+)
 from .spec import build_spec
 from .workspace import REPO_ROOT, atomic_path, blocking_file, display_path, free_disk_gb, named_path
 
@@ -172,10 +180,11 @@ class Check:
 
 
 def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, kernel=None,
-              dataset_reachable=None, memory=None) -> list[Check]:
+              dataset_reachable=None, memory=None, swanlab_key=None) -> list[Check]:
     """Every check of ``make preflight``; the keyword arguments let tests fake each failure.
 
-    ``memory``: (total, available) system memory in GB. A check that passes carries no fix.
+    ``memory``: (total, available) system memory in GB. ``swanlab_key``: whether SwanLab has an API key.
+    A check that passes carries no fix.
     """
     checks = []
     versions = package_versions() if versions is None else versions
@@ -211,8 +220,12 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         "把工作目录放到数据盘上：python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace"))
     checks += _files_checks(spec, model_present, dataset_reachable)
-    checks.append(Check("swanlab", True, f"模式 {spec.swanlab.mode}"
-                        + ("" if spec.swanlab.mode == "online" else "（记录留在本机，之后可以 `swanlab sync` 上传）")))
+    keyless = spec.swanlab.mode == "online" and not (has_swanlab_key(os.environ) if swanlab_key is None else swanlab_key)
+    checks.append(Check("swanlab", not keyless, "模式 online，但没有 API key：训练会在开始前停下" if keyless else
+                        f"模式 {spec.swanlab.mode}"
+                        + ("" if spec.swanlab.mode == "online" else "（记录留在本机，之后可以 `swanlab sync` 上传）"),
+                        "在终端里运行一次 `swanlab login`（或者设置 SWANLAB_API_KEY）；不联网上课：python -m "
+                        "helpers.environment setup --swanlab-mode offline"))
     problem = kernel_problem() if kernel is None else (None if kernel else "没有注册")
     checks.append(Check("kernel", problem is None, f"Jupyter 内核 {KERNEL_NAME!r} {problem or '已注册'}",
                         f"make kernel（然后在 JupyterLab 里选 “{KERNEL_DISPLAY}”：Kernel → Change Kernel）"))

@@ -98,14 +98,15 @@ def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | 
     return out
 
 
-def resolve_swanlab_mode(forced: str | None, env: Mapping[str, str]) -> str:
-    """offline | online | local | disabled: a forced mode, else online when a key is known. A forced ``online``
-    without a key is refused where a run starts (:func:`helpers.tracking.require_key`), not here: commands
-    that never track (``inference ask``, ``export``) work whatever the mode."""
+def resolve_swanlab_mode(forced: str | None, origin: str, env: Mapping[str, str]) -> str:
+    """offline | online | local | disabled: a forced mode (set where ``origin`` says), else online when a key is
+    known. A forced ``online`` without a key is refused where a run starts (:func:`helpers.tracking.require_key`),
+    not here: commands that never track (``inference ask``, ``export``) work whatever the mode."""
     forced = (forced or "").strip().lower()
     if forced:
         if forced not in SWANLAB_MODES:
-            raise SpecError(f"{SWANLAB_MODE_ENV}={forced!r} 不是可用的模式：请从 {', '.join(SWANLAB_MODES)} 中选一个")
+            raise SpecError(f"swanlab_mode={forced!r}（来自 {origin}）不是可用的模式："
+                            f"请从 {', '.join(SWANLAB_MODES)} 中选一个")
         return forced
     return "online" if has_swanlab_key(env) else "offline"
 

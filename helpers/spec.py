@@ -432,7 +432,7 @@ def build_spec(
                                      config_file=path)
 
     swanlab = SwanLabSpec(**{"enabled": bool(checked.get("swanlab")), **(checked.get("swanlab") or {}),
-                             "mode": resolve_swanlab_mode(settings.get("swanlab_mode", (None, ""))[0], env)})
+                             "mode": resolve_swanlab_mode(*settings.get("swanlab_mode", (None, "")), env)})
     data = DataSpec(**checked.get("data", {}))
     paths = resolve_paths(chosen, settings, output_dir or checked.get("output_dir"), (data.source, source))
     origin = {**{k: v[1] for k, v in settings.items()}, "profile": why,

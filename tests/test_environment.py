@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -131,6 +132,27 @@ def test_wrong_version_names_the_package_and_its_pin(full_spec):
     checks = env.preflight(full_spec, **full_fakes(versions=_wrong_version()))
     pin = env.pinned_versions()["transformers"]
     assert f"transformers 4.0.0（固定为 {pin}）" in by_name(checks)["packages"].detail
+
+
+def test_online_swanlab_without_a_key_fails_its_check(full_spec):
+    """``train`` refuses online mode without a key before any work: the check before class says so first."""
+    online = full_spec.replace(swanlab=dataclasses.replace(full_spec.swanlab, mode="online"))
+    checks = env.preflight(online, **full_fakes(swanlab_key=False))
+    assert [c.name for c in checks if not c.ok] == ["swanlab"], env.format_checks(checks)
+    assert "swanlab login" in by_name(checks)["swanlab"].fix
+    assert all(c.ok for c in env.preflight(online, **full_fakes(swanlab_key=True)))
+    offline = full_spec.replace(swanlab=dataclasses.replace(full_spec.swanlab, mode="offline"))
+    assert all(c.ok for c in env.preflight(offline, **full_fakes(swanlab_key=False)))
+
+
+def test_a_wrong_swanlab_mode_names_where_it_was_set(tmp_path):
+    settings = tmp_path / "course-settings.yaml"
+    settings.write_text("swanlab_mode: cloud\n", encoding="utf-8")
+    with pytest.raises(SpecError, match="设置文件") as error:
+        build_spec(profile="tiny", settings_file=settings, env={}, cuda=False)
+    assert "QWEN3_TUTORIAL_SWANLAB_MODE" not in str(error.value)
+    with pytest.raises(SpecError, match="环境变量 QWEN3_TUTORIAL_SWANLAB_MODE"):
+        build_spec(profile="tiny", settings_file=settings, env={"QWEN3_TUTORIAL_SWANLAB_MODE": "nope"}, cuda=False)
 
 
 def test_the_dataset_is_downloadable_when_reachable(full_spec):
