@@ -193,7 +193,7 @@ def prepare_model(spec) -> Path:
     target = spec.paths.model_dir
     source = spec.profile.source
     if model_ready(spec):   # complete already: never rebuilt or rewritten (other processes of a launch may read it)
-        return target
+        return require_model_dir(spec) if source == "modelscope" else target   # and the profile's Qwen3 size
     if source == "modelscope":
         if "model_dir" in spec.given:
             path = require_model_dir(spec)  # the user's own folder: never download over it

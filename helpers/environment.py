@@ -22,6 +22,7 @@ from .data_files import HUANHUAN_PINNED_URL
 from .download import BUDGET_TOTAL, disk_budget_gb, weights_gb
 from .errors import ArgumentParser, CourseError, run_cli
 from .hardware import gpus, memory_gb, reachable
+from .models import other_model
 from .profiles import PROFILES
 from .recipes import choose
 from .settings import (
@@ -252,12 +253,20 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
 
 def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
     out = []
-    if model_present:
+    differs = other_model(spec) if model_present else None
+    if model_present and differs is None:
         out.append(Check("model", True, f"已在 {display_path(spec.paths.model_dir)}"))
+    elif "model_dir" in spec.given and spec.profile.source == "modelscope":
+        out.append(Check("model", False, f"{display_path(spec.paths.model_dir)}（来自 {spec.origin['model_dir']}）"
+                         + (f"不是 {spec.profile.model}：{differs}" if differs else "里没有 config.json"),
+                         f"把 model_dir 指向存有 {spec.profile.model} 的文件夹，或者取消这个设置、由课程下载："
+                         "python -m helpers.environment setup --model-dir \"\"（并取消 QWEN3_TUTORIAL_MODEL_DIR）"))
     elif spec.profile.source == "modelscope":
-        out.append(Check("model", False, f"还没有下载（{display_path(spec.paths.model_dir)}）",
-                               f"python -m helpers.download --profile {spec.profile.name}   "
-                               f"（{weights_gb(spec.profile.model)} GB，请在上课前下载）"))
+        out.append(Check("model", False, f"不是 {spec.profile.model}：{differs}" if differs else
+                         f"还没有下载（{display_path(spec.paths.model_dir)}）",
+                         (f"删掉 {display_path(spec.paths.model_dir)}，然后 " if differs else "")
+                         + f"python -m helpers.download --profile {spec.profile.name}   "
+                         f"（{weights_gb(spec.profile.model)} GB，请在上课前下载）"))
     else:
         out.append(Check("model", True, "第一次使用时在本机构建（不需要下载）"))
     dataset = spec.paths.dataset

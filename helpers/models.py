@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import threading
 import weakref
@@ -127,16 +128,40 @@ def verify_tokenizer_files(folder: str | os.PathLike | None = None) -> dict[str,
     return found
 
 
+def other_model(spec) -> str | None:
+    """How the downloaded (or the learner's) model folder differs from the profile's Qwen3 size, read from its
+    config.json (``model_type``, ``hidden_size``, ``num_hidden_layers``); None when it matches or has no config."""
+    if spec.profile.source != "modelscope" or spec.profile.model not in QWEN3_SHAPES:
+        return None
+    try:
+        found = json.loads((spec.paths.model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    expected = qwen3_config(spec.profile.model)
+    differs = [f"{key}={found[key]!r}（{spec.profile.model} 是 {expected[key]!r}）"
+               for key in ("model_type", "hidden_size", "num_hidden_layers")
+               if isinstance(found, dict) and key in found and found[key] != expected[key]]
+    return "、".join(differs) or None
+
+
 def require_model_dir(spec) -> Path:
-    """The spec's model directory, or a clear error naming what is missing and the fix."""
+    """The spec's model directory, or a clear error naming what is missing (or which other model it holds) and
+    the fix."""
     path = spec.paths.model_dir
+    where = f"（来自 {spec.origin['model_dir']}）" if "model_dir" in spec.given else ""
     if (path / "config.json").is_file():
-        return path
+        differs = other_model(spec)
+        if differs is None:
+            return path
+        raise MissingArtifactError(
+            f"模型目录 {display_path(path)}{where} 里不是 {spec.profile.model}：{differs}。"
+            + (f"把它指向 {spec.profile.model} 的文件夹，或者取消这个设置，让课程下载模型。" if where else
+               f"删掉这个文件夹，重新下载：python -m helpers.download --profile {spec.profile.name}"))
     contents = "是空的" if path.is_dir() and not any(path.iterdir()) else (
         "不存在" if not path.exists() else "里没有 config.json")
-    if "model_dir" in spec.given:
+    if where:
         raise MissingArtifactError(
-            f"模型目录 {display_path(path)}（来自 {spec.origin['model_dir']}）{contents}。把它指向存有 Qwen3-8B 的 "
+            f"模型目录 {display_path(path)}{where}{contents}。把它指向存有 {spec.profile.model} 的 "
             "config.json、分词器和 *.safetensors 的文件夹，或者取消这个设置，让课程下载模型。")
     raise MissingArtifactError(
         f"模型目录 {display_path(path)} {contents}。"
@@ -150,7 +175,8 @@ def check_model_files(path: Path, origin: str | None = None) -> None:
         where = f"（来自 {origin}）" if origin else ""
         raise MissingArtifactError(
             f"{display_path(path)}{where} 有 config.json，但没有 {'、'.join(missing)}：不是完整的模型文件夹。"
-            "重新下载（python -m helpers.download），或把模型目录指向别的文件夹。")
+            + ("把模型目录指向完整的模型文件夹，或者取消这个设置，让课程下载模型。" if origin else
+               "删掉这个文件夹，重新下载（python -m helpers.download），或把模型目录指向别的文件夹。"))
 
 
 def load_tokenizer(spec):

@@ -105,7 +105,8 @@ CASES = [
          ("QWEN3_TUTORIAL_MODEL_DIR", "是空的"), ("01-download",), (), (),
          {"QWEN3_TUTORIAL_MODEL_DIR": "{arena}/empty_model"}),
     Case("model dir variable at a folder with only config.json", ("download", "--profile", "full"), 2,
-         ("QWEN3_TUTORIAL_MODEL_DIR", "tokenizer.json"), ("sentencepiece", "tiktoken"), ("config_only/config.json",),
+         ("QWEN3_TUTORIAL_MODEL_DIR", "tokenizer.json"), ("sentencepiece", "tiktoken", "helpers.download"),
+         ("config_only/config.json",),
          (), {"QWEN3_TUTORIAL_MODEL_DIR": "{arena}/config_only"}),
     Case("--config foo.yml.bak that does not exist", ("train", "--config", "missing.yml.bak"), 2,
          ("missing.yml.bak", "qwen3-8b.yaml"), ("QWEN3_TUTORIAL_PROFILE",)),
@@ -173,7 +174,9 @@ def arena(tmp_path_factory, tiny_model_dir, tiny_checkpoint) -> Path:
     (root / "deep.jsonl").write_text('{"a":' * 100_000 + "1" + "}" * 100_000 + "\n", encoding="utf-8")
     (root / "empty_model").mkdir()
     (root / "config_only").mkdir()
-    shutil.copyfile(tiny_model_dir / "config.json", root / "config_only" / "config.json")
+    from helpers.models import qwen3_config
+
+    (root / "config_only" / "config.json").write_text(json.dumps(qwen3_config("Qwen3-8B")), encoding="utf-8")
     (root / "mine").mkdir()
     (root / "mine" / "notes.txt").write_text("my own notes\n", encoding="utf-8")
     shutil.copyfile(REPO_ROOT / "configs" / "train" / "tiny.yaml", root / "tiny.yml.bak")

@@ -155,6 +155,37 @@ def test_a_wrong_swanlab_mode_names_where_it_was_set(tmp_path):
         build_spec(profile="tiny", settings_file=settings, env={"QWEN3_TUTORIAL_SWANLAB_MODE": "nope"}, cuda=False)
 
 
+def test_a_model_folder_of_another_qwen3_size_or_architecture_fails_the_check_and_the_loading(tmp_path):
+    """One model_dir setting serves full and small: a folder of the wrong model is named before anything loads."""
+    from helpers import download, models
+    from helpers.workspace import MissingArtifactError
+
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 4096,
+                                                   "num_hidden_layers": 32}), encoding="utf-8")
+    given = build_spec(profile="small", env={WORKSPACE_ENV: str(tmp_path / "ws"), "QWEN3_TUTORIAL_MODEL_DIR": str(llama)},
+                       settings_file=None, cuda=False)
+    model = by_name(env.preflight(given, **full_fakes()))["model"]
+    assert not model.ok and "model_type='llama'" in model.detail and "setup --model-dir" in model.fix
+    with pytest.raises(MissingArtifactError, match="hidden_size=4096"):
+        models.require_model_dir(given)
+    (llama / "model.safetensors").write_bytes(b"")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (llama / name).write_text("{}", encoding="utf-8")
+    with pytest.raises(MissingArtifactError, match="Qwen3-0.6B"):
+        download.prepare_model(given)          # complete files of another model are not "ready"
+
+    own = build_spec(profile="small", env={WORKSPACE_ENV: str(tmp_path / "ws2")}, settings_file=None, cuda=False)
+    own.paths.model_dir.mkdir(parents=True)
+    (own.paths.model_dir / "config.json").write_text(json.dumps(models.qwen3_config("Qwen3-8B")), encoding="utf-8")
+    model = by_name(env.preflight(own, **full_fakes()))["model"]
+    assert not model.ok and "hidden_size=4096" in model.detail and "download --profile small" in model.fix
+    (own.paths.model_dir / "config.json").write_text(json.dumps(models.qwen3_config("Qwen3-0.6B")), encoding="utf-8")
+    assert by_name(env.preflight(own, **full_fakes()))["model"].ok
+    assert models.require_model_dir(own) == own.paths.model_dir
+
+
 def test_the_dataset_is_downloadable_when_reachable(full_spec):
     _remove_dataset(full_spec)
     checks = env.preflight(full_spec, **full_fakes())
