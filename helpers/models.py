@@ -213,8 +213,10 @@ def refuse_without_gpu(spec, work: str) -> None:
     if spec.profile.needs_gpu and not cuda_available():
         raise CourseError(f"profile {spec.profile.name} 要{work} {spec.profile.model}，这需要 CUDA "
                           "GPU，而这台机器没有（在 AutoDL 上要用 GPU 实例，不是无卡模式）：请到有 GPU 的机器上运行，"
-                          "或在这里改用 tiny 或 small（--config configs/train/tiny.yaml 或 qwen3-0.6b.yaml；不给 --config 时设 "
-                          "QWEN3_TUTORIAL_PROFILE=tiny）。没有下载任何东西。")
+                          + ("或在这里改用 tiny：python -m helpers.environment setup --profile tiny，并取消（或改成 tiny）"
+                             "QWEN3_TUTORIAL_PROFILE。" if "profile" in spec.given else
+                             "或在这里改用 tiny 或 small（--config configs/train/tiny.yaml 或 qwen3-0.6b.yaml；不给 --config "
+                             "时设 QWEN3_TUTORIAL_PROFILE=tiny）。") + "没有下载任何东西。")
 
 
 def attention_implementation() -> str:

@@ -106,8 +106,8 @@ class RunSpec:
     origin: Mapping = field(default_factory=dict)
     #: None or "liger" (``kernels:`` in the config; checked by :func:`check_kernels` when the spec is built)
     kernels: str | None = None
-    #: the paths the learner named (``model_dir``, ``dataset``, ...: a setting or ``data.source``); the course
-    #: never downloads over them
+    #: the paths the learner named (``model_dir``, ``dataset``, ...: a setting or ``data.source``), which the course
+    #: never downloads over, and ``profile`` when a setting (not a flag, a config or auto) chose it
     given: frozenset[str] = frozenset()
 
     def describe(self) -> str:
@@ -451,7 +451,10 @@ def build_spec(
         origin=MappingProxyType(origin),
         given=frozenset({*(k for k in ("workspace", "dataset", "adapter_dir") if k in settings),
                          *(["model_dir"] if "model_dir" in settings and chosen.source == "modelscope" else []),
-                         *(["dataset"] if data.source != "course" else [])}),
+                         *(["dataset"] if data.source != "course" else []),
+                         # the profile named by the variable or the settings file (not a flag, a config or auto)
+                         *(["profile"] if requested_origin != "--profile"
+                           and (requested or "").strip().lower() not in ("", "auto") else [])}),
     )
 
 

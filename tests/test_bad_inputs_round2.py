@@ -541,7 +541,14 @@ def test_profile_full_on_cpu_stops_before_the_download_and_small_does_not(arena,
 
     monkeypatch.setattr(train, "prepare_model", reached)
     monkeypatch.setenv(settings.PROFILE_ENV, "full")
-    one_line(cli("train", *argv), "要训练 Qwen3-8B，这需要 CUDA GPU")
+    result = cli("train", *argv)
+    one_line(result, "要训练 Qwen3-8B，这需要 CUDA GPU")
+    # the profile came from the variable: the fix changes the setting, not the config (that would contradict it)
+    assert "setup --profile tiny" in result.err and "--config configs/train/tiny.yaml" not in result.err
+    monkeypatch.delenv(settings.PROFILE_ENV)
+    result = cli("train", "--config", "configs/train/qwen3-8b.yaml", *argv)
+    one_line(result, "要训练 Qwen3-8B，这需要 CUDA GPU")
+    assert "--config configs/train/tiny.yaml" in result.err
     monkeypatch.setenv(settings.PROFILE_ENV, "small")   # meant for a CPU: it goes on to get its model
     one_line(cli("train", *argv), "prepare_model(small)")
 

@@ -292,7 +292,8 @@ def test_model_dir_variable_points_the_full_profile_at_a_local_copy(tmp_path):
     spec = spec_of(env={course_settings_module.PROFILE_ENV: "full", course_settings_module.MODEL_DIR_ENV: str(local)})
     assert spec.paths.model_dir == local.resolve()
     assert spec.origin["model_dir"] == f"环境变量 {course_settings_module.MODEL_DIR_ENV}"
-    assert spec.given == {"model_dir"}  # what the code asks; origin is the banner's text
+    assert spec.given == {"model_dir", "profile"}  # what the code asks; origin is the banner's text
+    assert "profile" not in spec_of(env={course_settings_module.PROFILE_ENV: "auto"}).given
     # the tiny profile builds its own model: the variable is for Qwen3-8B only
     tiny = spec_of(TINY, env={course_settings_module.MODEL_DIR_ENV: str(local)})
     assert tiny.paths.model_dir.name == "tiny-qwen3" and tiny.given == frozenset()
