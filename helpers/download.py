@@ -147,7 +147,8 @@ def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revis
             f"无法从 ModelScope 下载 {model_id}（{type(err).__name__}: {err}）。"
             "请检查网络（AutoDL 上先 `source /etc/network_turbo` 可能有帮助），或者在别处下好模型，"
             "把 QWEN3_TUTORIAL_MODEL_DIR 设为那个文件夹。"
-            "没有 GPU 或网络时，用 tiny profile（QWEN3_TUTORIAL_PROFILE=tiny）。"
+            "没有 GPU 或网络时，改用 tiny 档位：python -m helpers.download --profile tiny（笔记本里："
+            "python -m helpers.environment setup --profile tiny）。"
         ) from err
     return Path(path)
 

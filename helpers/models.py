@@ -401,7 +401,9 @@ def _mismatch_message(adapter, recipe, name, size, module, expected, hidden) -> 
              else f"其中 {layer} 的维度是 {expected}，适配器的矩阵却是 {size}")
     return (f"适配器 {display_path(adapter)} 与这个基座模型（hidden_size={hidden}）不匹配：它是{trained}，"
             f"{found}。请用在这个档位的模型上训练的适配器，或换回训练它时用的档位"
-            "（--profile / QWEN3_TUTORIAL_PROFILE）。")
+            + (f"（python -m helpers.environment setup --profile {recipe['profile']}，或设 "
+               f"QWEN3_TUTORIAL_PROFILE={recipe['profile']}）。" if "profile" in recipe else
+               "（python -m helpers.environment setup --profile ……，或设 QWEN3_TUTORIAL_PROFILE）。"))
 
 
 def qwen3_on_meta(name: str = "Qwen3-8B"):

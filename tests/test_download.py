@@ -89,8 +89,10 @@ def test_offline_download_fails_with_actionable_message(monkeypatch, tmp_path):
 
     monkeypatch.setattr(modelscope, "snapshot_download", no_network)
     monkeypatch.setattr(download, "check_disk_space", lambda *a, **k: 100.0)
-    with pytest.raises(download.DownloadError, match="QWEN3_TUTORIAL_MODEL_DIR"):
+    with pytest.raises(download.DownloadError, match="QWEN3_TUTORIAL_MODEL_DIR") as error:
         download.download_qwen3(tmp_path / "Qwen3-8B", tmp_path)
+    # the way to tiny works pasted after `download --profile full` (a variable would lose to the flag)
+    assert "python -m helpers.download --profile tiny" in str(error.value)
 
 
 def test_download_cli_prepares_the_profiles_model_in_an_empty_workspace(tmp_path, monkeypatch, capsys, huanhuan_path):

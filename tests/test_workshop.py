@@ -131,8 +131,9 @@ def deeper(weights: dict) -> dict:
 def test_an_adapter_for_another_base_model_is_refused_naming_the_layer(tiny_checkpoint, tmp_path, change, problem):
     adapter = foreign_adapter(tiny_checkpoint, tmp_path, change)
     spec = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: str(adapter)}, settings_file=None, cuda=False)
-    with pytest.raises(models.AdapterMismatchError, match=rf"hidden_size=128\W.*profile 'tiny'.*{problem}"):
+    with pytest.raises(models.AdapterMismatchError, match=rf"hidden_size=128\W.*profile 'tiny'.*{problem}") as error:
         inf.load_finetuned(spec)
+    assert "setup --profile tiny" in str(error.value)   # a command that exists (inference has no --profile flag)
 
 
 def test_export_refuses_an_adapter_for_another_base_and_keeps_the_old_export(tiny_checkpoint, tiny_spec, tmp_path):
