@@ -89,6 +89,8 @@ def memory_table(model: str = "Qwen3-8B") -> str:
 
 #: the shipped training config of each model the course trains (the other sizes' tables are estimates only)
 TRAIN_CONFIGS = {"Qwen3-8B": "configs/train/qwen3-8b.yaml", "Qwen3-0.6B": "configs/train/qwen3-0.6b.yaml"}
+#: the profile each of those configs names (``profile:`` in the file)
+CONFIG_PROFILES = {"Qwen3-8B": "full", "Qwen3-0.6B": "small"}
 
 
 def launch_command(strategy: str, gpus: int | None = None, model: str = "Qwen3-8B") -> str:
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m helpers.scale_out",
         description="每种多卡做法的显存估计值（ESTIMATED）和它的 accelerate launch 命令；"
                     "--demo 用 2 个 CPU 进程训练 tiny 模型，并显示每个 rank 训练了哪些数据（notebook 07）。")
-    parser.add_argument("--model", choices=list(QWEN3_SHAPES), default="Qwen3-8B", help="表格用哪个 Qwen3 尺寸")
+    parser.add_argument("--model", choices=list(QWEN3_SHAPES), help="表格用哪个 Qwen3 尺寸（默认：当前档位的模型，"
+                        "tiny 档位是 Qwen3-8B）")
     parser.add_argument("--gpus", type=positive_int, default=4, help="启动命令里的 GPU 数（默认 4）")
     parser.add_argument("--demo", action="store_true", help="再用 2 个 CPU 进程训练 tiny 模型"
                         "（约一分钟；在 <workspace>/scale-out-demo 里）")
@@ -214,16 +217,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        print(memory_table(args.model))
-        trained = args.model if args.model in TRAIN_CONFIGS else "Qwen3-8B"
-        if trained != args.model:
-            print(f"\n课程没有 {args.model} 的训练配置（只有 {'、'.join(TRAIN_CONFIGS)} 的）：上面的表格只是估算，"
+        spec = build_spec()
+        model = args.model or spec.profile.model
+        print(memory_table(model))
+        trained = model if model in TRAIN_CONFIGS else "Qwen3-8B"
+        if trained != model:
+            print(f"\n课程没有 {model} 的训练配置（只有 {'、'.join(TRAIN_CONFIGS)} 的）：上面的表格只是估算，"
                   f"下面的命令训练的是 {trained}。")
+        if "profile" in spec.given and spec.profile.recipe != CONFIG_PROFILES[trained]:
+            print(f"\n注意：你的设置选的是 {spec.profile.name} 档位（{spec.origin['profile']}），下面的命令用的是 "
+                  f"{CONFIG_PROFILES[trained]} 档位的配置，两者矛盾时训练会拒绝开始。在 GPU 机器上先运行 python -m "
+                  f"helpers.environment setup --profile {CONFIG_PROFILES[trained]}，并取消（或改掉）QWEN3_TUTORIAL_PROFILE。")
         for key, strategy in STRATEGIES.items():
             print(f"\n# {strategy.name}: {strategy.summary}")
             print(launch_command(key, gpus=None if key == "single-gpu" else args.gpus, model=trained))
         if args.demo:
-            out, _ = run_cpu_demo(build_spec(), "data.max_rows=10", "training.per_device_train_batch_size=2",
+            out, _ = run_cpu_demo(spec, "data.max_rows=10", "training.per_device_train_batch_size=2",
                                   "training.num_train_epochs=1", "training.save_steps=3", "swanlab=null")
             print(f"\n{format_shards(shards_per_step(read_sample_log(out)))}\n检查点：{display_path(out)}")
         return 0

@@ -388,3 +388,17 @@ def test_the_printed_commands_train_the_model_of_the_table_or_say_they_do_not(mo
     assert all(c.endswith(f"--config configs/train/{config}") for c in commands)
     assert (REPO_ROOT / "configs" / "train" / config).is_file()
     assert (f"{model} 的训练配置" in out) == (model not in scale_out.TRAIN_CONFIGS)   # an estimate-only size says so
+
+
+@pytest.mark.parametrize(("profile", "config", "note"), [("small", "qwen3-0.6b.yaml", False),
+                                                         ("full", "qwen3-8b.yaml", False),
+                                                         ("tiny", "qwen3-8b.yaml", True)])
+def test_the_commands_follow_the_profile_of_the_settings(profile, config, note, monkeypatch, capsys):
+    """A command printed under QWEN3_TUTORIAL_PROFILE=small trains small (an 8B config would contradict the
+    variable); a tiny setting cannot run an 8B command, so the output says which setting to change first."""
+    monkeypatch.setenv("QWEN3_TUTORIAL_PROFILE", profile)
+    assert scale_out.main(["--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    commands = [line for line in out.splitlines() if line.startswith("accelerate launch")]
+    assert commands and all(c.endswith(f"--config configs/train/{config}") for c in commands)
+    assert ("setup --profile full" in out) == note
