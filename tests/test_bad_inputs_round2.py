@@ -487,6 +487,7 @@ def test_setup_refuses_an_unknown_profile(arena):
 def test_ask_refuses_bad_generation_numbers(arena, argv, phrase):
     result = cli("inference", "ask", "你是谁？", *argv)
     assert result.code == 2 and phrase in result.err and "Traceback" not in result.err
+    assert "参数 --max-new-tokens：" in result.err and "argument" not in result.err   # argparse's prefix too
 
 
 def test_ask_refuses_text_that_is_not_utf8(arena):
