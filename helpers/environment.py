@@ -226,7 +226,8 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         f"模式 {spec.swanlab.mode}"
                         + ("" if spec.swanlab.mode == "online" else "（记录留在本机，之后可以 `swanlab sync` 上传）"),
                         "在终端里运行一次 `swanlab login`（或者设置 SWANLAB_API_KEY）；不联网上课：python -m "
-                        "helpers.environment setup --swanlab-mode offline"))
+                        "helpers.environment setup --swanlab-mode offline，并取消（或改成 offline）"
+                        "QWEN3_TUTORIAL_SWANLAB_MODE"))
     problem = kernel_problem() if kernel is None else (None if kernel else "没有注册")
     checks.append(Check("kernel", problem is None, f"Jupyter 内核 {KERNEL_NAME!r} {problem or '已注册'}",
                         f"make kernel（然后在 JupyterLab 里选 “{KERNEL_DISPLAY}”：Kernel → Change Kernel）"))

@@ -69,6 +69,9 @@ ARGPARSE_MESSAGES = (
     (r"argument (\S+): expected one argument", r"参数 \1 后面要跟一个值"),
     (r"argument (\S+): ignored explicit argument (.*)", r"参数 \1 不接受值 \2"),
     (r"ambiguous option: (\S+) could match (.*)", r"参数 \1 不明确，可能是：\2"),
+    (r"argument (\S+): invalid int value: (.*)", r"参数 \1 应当是整数，实际是 \2"),
+    (r"argument (\S+): invalid float value: (.*)", r"参数 \1 应当是数字，实际是 \2"),
+    (r"argument (\S+): invalid \S+ value: (.*)", r"参数 \1 的值 \2 无效"),
     (r"argument (\S+): (.*)", r"参数 \1：\2"),   # a value the argument's type refused (its message is Chinese)
 )
 

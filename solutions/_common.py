@@ -111,16 +111,20 @@ def train_fresh(spec) -> dict:
     return train.train(spec, resume=False)
 
 
-def finished_training(checkpoint: Path) -> bool:
-    """Whether ``checkpoint`` is the last one of its training (its TrainerState reached ``max_steps``): an
-    interrupted run's checkpoint has not memorised the answers yet."""
+def finished_training(checkpoint: Path, spec) -> bool:
+    """Whether ``checkpoint`` has trained all the steps ``spec``'s recipe plans (its ``max_steps``, or its epochs at
+    the checkpoint's own steps per epoch): an interrupted or shortened run has not memorised the answers yet."""
     import json
 
     state = Path(checkpoint) / "trainer_state.json"
     if not state.is_file():
         return False
     saved = json.loads(state.read_text(encoding="utf-8"))
-    return saved["max_steps"] > 0 and saved["global_step"] >= saved["max_steps"]
+    if saved["max_steps"] <= 0 or saved["num_train_epochs"] <= 0:
+        return False
+    planned = spec.training["max_steps"] if spec.training["max_steps"] > 0 else \
+        saved["max_steps"] / saved["num_train_epochs"] * spec.training["num_train_epochs"]
+    return saved["global_step"] >= planned
 
 
 def memorised_adapter(spec) -> Path:
@@ -138,17 +142,17 @@ def memorised_adapter(spec) -> Path:
     prepare_model(spec)
     if spec.paths.adapter_dir is not None:
         adapter, notes = checkpoints.resolve_checkpoint(spec)
-        profile = checkpoints.read_recipe(adapter).get("profile", "tiny")   # an adapter from elsewhere: try it
+        profile = checkpoints.read_recipe(adapter).get("profile")   # None: an adapter from elsewhere
         if profile == "tiny":
             for note in notes:
                 print(note)
             return adapter
-        print(f"设置里的适配器 {display_path(adapter)}（adapter_dir）是在 {profile} 档位上训练的，"
-              "参考答案只用 tiny 档位：改用 tiny 的适配器")
+        trained = f"是在 {profile} 档位上训练的" if profile else f"没有 {checkpoints.RECIPE_FILE}，不知道是在哪个档位上训练的"
+        print(f"设置里的适配器 {display_path(adapter)}（adapter_dir）{trained}，参考答案只用 tiny 档位：改用 tiny 的适配器")
     fallback = scratch_spec(SOLUTIONS_RUN, "swanlab=null", "training.disable_tqdm=true")
     for run_dir in (spec.paths.run_dir, fallback.paths.run_dir):
         found = checkpoints.latest_good_checkpoint(run_dir).checkpoint if run_dir.is_dir() else None
-        if found is not None and finished_training(found):
+        if found is not None and finished_training(found, spec):
             return found
         if found is not None:
             print(f"{display_path(run_dir)} 的训练还没有做完（最新的检查点是 {found.name}），还没背下训练数据：不用它")

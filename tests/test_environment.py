@@ -139,7 +139,7 @@ def test_online_swanlab_without_a_key_fails_its_check(full_spec):
     online = full_spec.replace(swanlab=dataclasses.replace(full_spec.swanlab, mode="online"))
     checks = env.preflight(online, **full_fakes(swanlab_key=False))
     assert [c.name for c in checks if not c.ok] == ["swanlab"], env.format_checks(checks)
-    assert "swanlab login" in by_name(checks)["swanlab"].fix
+    assert "swanlab login" in by_name(checks)["swanlab"].fix and "QWEN3_TUTORIAL_SWANLAB_MODE" in by_name(checks)["swanlab"].fix
     assert all(c.ok for c in env.preflight(online, **full_fakes(swanlab_key=True)))
     offline = full_spec.replace(swanlab=dataclasses.replace(full_spec.swanlab, mode="offline"))
     assert all(c.ok for c in env.preflight(offline, **full_fakes(swanlab_key=False)))

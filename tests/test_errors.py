@@ -212,9 +212,12 @@ def test_argparse_own_errors_speak_the_courses_language(module):
     """A mistyped flag, a wrong choice or a missing subcommand: argparse's own message, translated (exit 2)."""
     from tests.cli_runner import run_cli as run_module
 
-    english = re.compile(r"unrecognized arguments|invalid choice|arguments are required|expected one argument")
+    english = re.compile(r"unrecognized arguments|invalid choice|arguments are required|expected one argument|"
+                         r"argument --|invalid \w+ value")
     first = {"data": ["check", "x.json"], "environment": ["check"], "inference": ["ask", "你是谁？"]}.get(module, [])
-    cases = [[*first, "--no-such-flag"]] + {"train": [["--recipe", "aoto"]], "data": [[]], "environment": [[]],
+    cases = [[*first, "--no-such-flag"]] + {"train": [["--recipe", "aoto"]], "environment": [[]],
+                                            "data": [[], ["split", "x.json", "out", "--seed", "4a"]],
+                                            "scale_out": [["--gpus", "0"]],
                                             "evaluate": [["--limit"]]}.get(module, [])
     for argv in cases:
         done = run_module(module, argv, env={"PATH": os.environ["PATH"]}, cwd=REPO_ROOT)

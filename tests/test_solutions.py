@@ -234,27 +234,33 @@ def test_the_memorised_adapter_is_a_finished_tiny_one(tmp_path, monkeypatch, tin
     monkeypatch.setenv("QWEN3_TUTORIAL_SWANLAB_MODE", "disabled")
     spec = common.tiny_spec()
 
-    def copy(to: Path, step: int | None = None, profile: str | None = None) -> Path:
+    def copy(to: Path, profile: str | None = "tiny", **state_changes) -> Path:
         shutil.copytree(tiny_checkpoint, to)
         state = json.loads((to / "trainer_state.json").read_text(encoding="utf-8"))
-        if step is not None:
-            state["global_step"] = step
+        state.update(state_changes)
         (to / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
-        if profile is not None:
-            recipe = json.loads((to / checkpoints.RECIPE_FILE).read_text(encoding="utf-8"))
+        recipe = json.loads((to / checkpoints.RECIPE_FILE).read_text(encoding="utf-8"))
+        if profile is None:
+            (to / checkpoints.RECIPE_FILE).unlink()
+        else:
             (to / checkpoints.RECIPE_FILE).write_text(json.dumps({**recipe, "profile": profile}), encoding="utf-8")
         checkpoints.write_marker(to, state["global_step"])
         return to
 
-    max_steps = json.loads((tiny_checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["max_steps"]
-    stopped = copy(spec.paths.run_dir / "checkpoint-2", step=2)
+    state = json.loads((tiny_checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    max_steps, per_epoch = state["max_steps"], state["max_steps"] // state["num_train_epochs"]
+    stopped = copy(spec.paths.run_dir / "checkpoint-2", global_step=2)
     assert checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint == stopped
     assert common.memorised_adapter(spec) == fresh            # interrupted at step 2: trained here instead
+    # a run shortened with --set training.max_steps=4: it finished, but not the recipe's steps
+    shortened = copy(spec.paths.run_dir / "checkpoint-4", global_step=4, max_steps=4, num_train_epochs=4 // per_epoch)
+    assert checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint == shortened
+    assert common.memorised_adapter(spec) == fresh
     finished = copy(spec.paths.run_dir / f"checkpoint-{max_steps}")
     assert common.memorised_adapter(spec) == finished         # notebook 04's finished run
-    other = copy(tmp_path / "teacher-8b", profile="full")
-    monkeypatch.setenv("QWEN3_TUTORIAL_ADAPTER_DIR", str(other))
-    assert common.memorised_adapter(common.tiny_spec()) == finished   # an 8B adapter cannot load on tiny
+    for name, profile in (("teacher-8b", "full"), ("handed-over", None)):
+        monkeypatch.setenv("QWEN3_TUTORIAL_ADAPTER_DIR", str(copy(tmp_path / name, profile=profile)))
+        assert common.memorised_adapter(common.tiny_spec()) == finished   # an 8B (or unknown) adapter: not on tiny
     ours = copy(tmp_path / "classmate-tiny", profile="tiny")
     monkeypatch.setenv("QWEN3_TUTORIAL_ADAPTER_DIR", str(ours))
     assert common.memorised_adapter(common.tiny_spec()) == ours
