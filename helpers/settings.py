@@ -98,6 +98,16 @@ def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | 
     return out
 
 
+def learner_given(settings: dict, *, modelscope: bool, data_file: bool, set_profile: str | None) -> frozenset[str]:
+    """What the learner named: the paths of ``settings`` (``model_dir`` only for a downloaded model), ``dataset``
+    for a config's own data file (``data_file``), and ``profile`` when ``set_profile`` (the variable's or the
+    settings file's value, not a flag's) chose it rather than a config or auto."""
+    return frozenset({*(k for k in ("workspace", "dataset", "adapter_dir") if k in settings),
+                      *(["model_dir"] if "model_dir" in settings and modelscope else []),
+                      *(["dataset"] if data_file else []),
+                      *(["profile"] if (set_profile or "").strip().lower() not in ("", "auto") else [])})
+
+
 def resolve_swanlab_mode(forced: str | None, origin: str, env: Mapping[str, str]) -> str:
     """offline | online | local | disabled: a forced mode (set where ``origin`` says), else online when a key is
     known. A forced ``online`` without a key is refused where a run starts (:func:`helpers.tracking.require_key`),

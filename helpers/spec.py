@@ -31,6 +31,7 @@ from .settings import (
     SETTINGS_FILE,
     SpecError,
     course_settings,
+    learner_given,
     refuse_run_dir,
     resolve_swanlab_mode,
     suggest,
@@ -106,8 +107,7 @@ class RunSpec:
     origin: Mapping = field(default_factory=dict)
     #: None or "liger" (``kernels:`` in the config; checked by :func:`check_kernels` when the spec is built)
     kernels: str | None = None
-    #: the paths the learner named (``model_dir``, ``dataset``, ...: a setting or ``data.source``), which the course
-    #: never downloads over, and ``profile`` when a setting (not a flag, a config or auto) chose it
+    #: what the learner named (:func:`~helpers.settings.learner_given`): the course never downloads over those paths
     given: frozenset[str] = frozenset()
 
     def describe(self) -> str:
@@ -449,12 +449,8 @@ def build_spec(
         swanlab=swanlab,
         paths=paths,
         origin=MappingProxyType(origin),
-        given=frozenset({*(k for k in ("workspace", "dataset", "adapter_dir") if k in settings),
-                         *(["model_dir"] if "model_dir" in settings and chosen.source == "modelscope" else []),
-                         *(["dataset"] if data.source != "course" else []),
-                         # the profile named by the variable or the settings file (not a flag, a config or auto)
-                         *(["profile"] if requested_origin != "--profile"
-                           and (requested or "").strip().lower() not in ("", "auto") else [])}),
+        given=learner_given(settings, modelscope=chosen.source == "modelscope", data_file=data.source != "course",
+                            set_profile=requested if requested_origin != "--profile" else None),
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from .errors import CourseError
 from .hardware import reachable
 from .settings import SWANLAB_MODE_ENV, has_swanlab_key
+from .spec import default_run_dir
 from .workspace import course_folder, display_path, record_made, shell_path
 
 
@@ -53,14 +54,22 @@ def swanlab_reachable() -> bool:
     return reachable(SWANLAB_HOST)
 
 
+def experiment_name(spec) -> str:
+    """The run's name in SwanLab: the config's, plus the run folder's name when the run is not in the profile's own
+    folder (an ``--output-dir`` sweep, notebook 08's TRL run): two trainings never share a name on the dashboard."""
+    own = default_run_dir(spec.paths.workspace, spec.profile.name).resolve()
+    name = spec.swanlab.experiment_name
+    return name if spec.paths.run_dir.resolve() == own else f"{name}-{spec.paths.run_dir.name}"
+
+
 def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
-    """Start a SwanLab run that can never prompt (see :func:`safe_mode`); a wrong key with network stays an
-    error."""
+    """Start a SwanLab run that can never prompt (see :func:`safe_mode`), named by :func:`experiment_name`; a wrong
+    key with network stays an error."""
     import swanlab
 
     return swanlab.init(
         project=spec.swanlab.project,
-        experiment_name=spec.swanlab.experiment_name,
+        experiment_name=experiment_name(spec),
         config=config if config is not None else spec.to_dict(),
         mode=safe_mode(spec, reachable),
         logdir=logdir(spec),

@@ -509,6 +509,11 @@ def test_swanlab_online_without_network_falls_back_to_offline(tmp_path, monkeypa
     calls.clear()
     tracking.start_run(spec, reachable=lambda: True)
     assert calls[0]["mode"] == "online"
+    # a run outside the profile's own folder (--output-dir, notebook 08's "-trl" run) has a name of its own
+    assert calls[0]["experiment_name"] == f"{spec.swanlab.experiment_name}-run"
+    calls.clear()
+    tracking.start_run(tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path)), reachable=lambda: False)
+    assert calls[0]["experiment_name"] == spec.swanlab.experiment_name
 
 
 def test_a_token_in_the_git_remote_never_reaches_swanlabs_files(tmp_path, monkeypatch):
