@@ -15,6 +15,9 @@ STAMP     := $(VENV)/.installed-$(notdir $(REQS))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]-*.ipynb))
 # where make run puts the executed notebooks (empty: <workspace>/executed, the workspace every notebook uses)
 EXECUTED  ?=
+# the kernels nbconvert starts log errors only (ipykernel warns in English on every start that its local TCP
+# connection is unencrypted: nbconvert's kernel listens on 127.0.0.1 only)
+KERNEL_QUIET := "--ExecutePreprocessor.extra_arguments=['--IPKernelApp.log_level=ERROR']"
 # the Python that runs the reset (no venv build just to delete files)
 RESET_PY  := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
@@ -37,7 +40,7 @@ run: $(STAMP)
 	test -d "$$dest" || { mkdir -p "$$dest" && printf '.\n*\n' > "$$dest/.course-made"; } || exit 1; \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
-	  $(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
+	  $(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 $(KERNEL_QUIET) \
 	    --output-dir "$$dest" $$nb || exit 1; \
 	  grep -qxF -e '*' -e "$$(basename $$nb)" "$$dest/.course-made" 2>/dev/null || \
 	    basename $$nb >> "$$dest/.course-made"; \
@@ -59,7 +62,7 @@ test: $(STAMP) chromium
 notebooks: $(STAMP) chromium
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
-	  (cd notebooks && QWEN3_TUTORIAL_PROFILE=tiny ../$(PY) -m jupyter nbconvert --to notebook --execute \
+	  (cd notebooks && QWEN3_TUTORIAL_PROFILE=tiny ../$(PY) -m jupyter nbconvert --to notebook --execute $(KERNEL_QUIET) \
 	    --inplace --ExecutePreprocessor.timeout=1200 $$(basename $$nb)) || exit 1; \
 	done
 	$(PY) -m nbstripout --keep-output --keep-count $(NOTEBOOKS)  # drop saved widget state, keep outputs

@@ -314,3 +314,24 @@ def test_helpers_is_imported_before_bitsandbytes(path):
     own = [i for i, n in enumerate(imports) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("helpers")]
     late = [i for i, n in enumerate(imports) if _loads_bitsandbytes(n)]
     assert not late or (own and own[0] < late[0]), f"{path.name}: import helpers before peft / trl / the Trainer"
+
+
+def test_make_run_executes_into_the_executed_folder_without_the_kernels_english_warning(tmp_path):
+    """``make run`` (the README's first command), on a one-cell notebook: the executed copy lands in EXECUTED and
+    the terminal shows no ipykernel warning about its local TCP connection (English, on every kernel start)."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    notebook = tmp_path / "00-one-cell.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), notebook)
+    executed = tmp_path / "executed"
+    stamp = tmp_path / "stamp"   # -o: the venv counts as built (this test's Python is the course's)
+    done = subprocess.run(["make", "--no-print-directory", "-o", str(stamp), "run", f"STAMP={stamp}",
+                           f"PY={sys.executable}", f"NOTEBOOKS={notebook}", f"EXECUTED={executed}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    outputs = nbformat.read(executed / notebook.name, as_version=4).cells[0].outputs
+    assert [o.get("text") for o in outputs] == ["42\n"]
+    assert "without encryption" not in done.stdout + done.stderr and "WARNING" not in done.stderr
