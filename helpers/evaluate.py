@@ -55,6 +55,7 @@ from .metrics import (
     thinking_conclusion,
     thinking_cut_off,
     thinking_rate,
+    unrelated_baseline,
     unseen_probes,
 )
 from .models import refuse_without_gpu
@@ -161,7 +162,8 @@ def evaluate_set(loaded, records: list[dict], options: EvalOptions, role_words: 
         "answer_tokens": loss["lora"]["tokens"],
         "loss": {side: loss[side]["loss"] for side in loss},
         "perplexity": {side: loss[side]["perplexity"] for side in loss},
-        "rouge_l": change(mean_rouge_l(texts["base"], references), mean_rouge_l(texts["lora"], references)),
+        "rouge_l": {**change(mean_rouge_l(texts["base"], references), mean_rouge_l(texts["lora"], references)),
+                    "baseline": unrelated_baseline(references)},
         "persona": {"reference": marker_rate(references, role_words),
                     **{side: marker_rate(texts[side], role_words) for side in texts}},
         "boilerplate": {"reference": boilerplate_rate(references),
@@ -431,7 +433,8 @@ def describe_report(report: dict) -> str:
         lines.append(
             f"[{name}] loss 基座 {m['loss']['base']:.3f} → LoRA {m['loss']['lora']:.3f}；"
             f"困惑度 {m['perplexity']['base']:.1f} → {m['perplexity']['lora']:.1f}；"
-            f"ROUGE-L {m['rouge_l']['base']:.3f} → {m['rouge_l']['lora']:.3f}（{m['rouge_l']['change']:+.3f}）；"
+            f"ROUGE-L {m['rouge_l']['base']:.3f} → {m['rouge_l']['lora']:.3f}（{m['rouge_l']['change']:+.3f}；"
+            f"两条不相关回答的基线 {m['rouge_l']['baseline']:.3f}）；"
             f"角色词 参考 {m['persona']['reference']:.0%} / 基座 {m['persona']['base']:.0%} / "
             f"LoRA {m['persona']['lora']:.0%}；套话 基座 {m['boilerplate']['base']:.0%} / "
             f"LoRA {m['boilerplate']['lora']:.0%}")

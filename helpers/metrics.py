@@ -81,6 +81,12 @@ def mean_rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float
     return mean(rouge_l(p, r) for p, r in zip(predictions, references, strict=True))
 
 
+def unrelated_baseline(references: Sequence[str]) -> float:
+    """ROUGE-L of two unrelated answers: each reference against the next question's (Chinese answers share
+    characters such as 我、的、是, so this is never 0). A reply scores above it only by its content."""
+    return mean_rouge_l(references, [*references[1:], *references[:1]])
+
+
 def contains_any(text: str, words: Iterable[str]) -> bool:
     lowered = text.lower()
     return any(word.lower() in lowered for word in words)

@@ -57,6 +57,10 @@ def test_rouge_l_exact_match_disjoint_and_partial():
     # whitespace is not a token
     assert metrics.rouge_l("我 是 甄 嬛", "我是甄嬛") == 1.0
     assert metrics.mean_rouge_l([ANSWER, "春花秋月"], [ANSWER, "皇上万福"]) == 0.5
+    # the baseline pairs each answer with the next question's: unrelated answers, shared characters only
+    assert metrics.unrelated_baseline(["我是甄嬛", "我是皇上", "春花秋月"]) == pytest.approx(
+        (metrics.rouge_l("我是甄嬛", "我是皇上") + metrics.rouge_l("我是皇上", "春花秋月")
+         + metrics.rouge_l("春花秋月", "我是甄嬛")) / 3)
 
 
 @pytest.mark.parametrize(("prediction", "reference"), [
@@ -347,6 +351,9 @@ def test_evaluate_cli_on_a_fresh_workspace(tmp_path, tiny_model_dir, memorised_r
     memorised = report["sets"]["memorised"]
     assert memorised["prompts"] == 4 and memorised["rows"] == 8
     assert memorised["rouge_l"]["lora"] == 1.0 and memorised["rouge_l"]["base"] < 1.0
+    # each set's ROUGE-L comes with the unrelated-answers baseline the course compares it with, printed too
+    assert all(0 < s["rouge_l"]["baseline"] < 1 for s in report["sets"].values())
+    assert f"基线 {report['sets']['held_out']['rouge_l']['baseline']:.3f}" in result.stdout
     assert memorised["loss"]["lora"] < 0.1 < memorised["loss"]["base"]
     assert report["sets"]["held_out"]["rows"] == 12
     assert [row["decoding"] for row in report["decoding"]] == [
