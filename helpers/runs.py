@@ -308,11 +308,16 @@ def finished_summary(spec, checkpoint: Path | None, args) -> dict | None:
     if state_file is None or not state_file.is_file():
         return None
     state = TrainerState.load_from_json(str(state_file))
-    if not (state.global_step >= args.max_steps if args.max_steps > 0 else (state.epoch or 0) >= args.num_train_epochs):
+    if not reached_end(state, args.max_steps, args.num_train_epochs):
         return None
     summary = _summary_at(spec, SimpleNamespace(state=state, args=args))   # the Trainer's state and arguments
     _say_finished(spec, state.global_step)
     return summary
+
+
+def reached_end(state, max_steps: int, num_train_epochs: float) -> bool:
+    """Whether a ``TrainerState`` has trained to the end these settings plan: ``max_steps``, or else the epochs."""
+    return state.global_step >= max_steps if max_steps > 0 else (state.epoch or 0) >= num_train_epochs
 
 
 def _say_finished(spec, step: int) -> None:

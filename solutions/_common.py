@@ -112,19 +112,15 @@ def train_fresh(spec) -> dict:
 
 
 def finished_training(checkpoint: Path, spec) -> bool:
-    """Whether ``checkpoint`` has trained all the steps ``spec``'s recipe plans (its ``max_steps``, or its epochs at
-    the checkpoint's own steps per epoch): an interrupted or shortened run has not memorised the answers yet."""
-    import json
+    """Whether ``checkpoint`` has trained to the end ``spec``'s recipe plans (its ``max_steps``, or else its epochs):
+    an interrupted or shortened run has not memorised the answers yet."""
+    from transformers import TrainerState
+
+    from helpers.runs import reached_end
 
     state = Path(checkpoint) / "trainer_state.json"
-    if not state.is_file():
-        return False
-    saved = json.loads(state.read_text(encoding="utf-8"))
-    if saved["max_steps"] <= 0 or saved["num_train_epochs"] <= 0:
-        return False
-    planned = spec.training["max_steps"] if spec.training["max_steps"] > 0 else \
-        saved["max_steps"] / saved["num_train_epochs"] * spec.training["num_train_epochs"]
-    return saved["global_step"] >= planned
+    return state.is_file() and reached_end(TrainerState.load_from_json(str(state)), spec.training["max_steps"],
+                                           spec.training["num_train_epochs"])
 
 
 def memorised_adapter(spec) -> Path:

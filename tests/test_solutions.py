@@ -249,11 +249,12 @@ def test_the_memorised_adapter_is_a_finished_tiny_one(tmp_path, monkeypatch, tin
 
     state = json.loads((tiny_checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     max_steps, per_epoch = state["max_steps"], state["max_steps"] // state["num_train_epochs"]
-    stopped = copy(spec.paths.run_dir / "checkpoint-2", global_step=2)
+    stopped = copy(spec.paths.run_dir / "checkpoint-2", global_step=2, epoch=2 / per_epoch)
     assert checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint == stopped
     assert common.memorised_adapter(spec) == fresh            # interrupted at step 2: trained here instead
     # a run shortened with --set training.max_steps=4: it finished, but not the recipe's steps
-    shortened = copy(spec.paths.run_dir / "checkpoint-4", global_step=4, max_steps=4, num_train_epochs=4 // per_epoch)
+    shortened = copy(spec.paths.run_dir / "checkpoint-4", global_step=4, max_steps=4, num_train_epochs=4 // per_epoch,
+                     epoch=4 / per_epoch)
     assert checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint == shortened
     assert common.memorised_adapter(spec) == fresh
     finished = copy(spec.paths.run_dir / f"checkpoint-{max_steps}")
