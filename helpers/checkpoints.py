@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CourseError
-from .spec import CONFIG_DIR, default_run_dir
+from .spec import CONFIG_DIR
 from .workspace import (
     MADE_MARKER,
     MissingArtifactError,
@@ -262,7 +262,7 @@ def how_to_train(spec, run_dir: Path | None = None) -> str:
     """How to train the adapter a command looked for in ``run_dir`` (default: the spec's run folder): the command,
     and notebook 04 only where it trains that very run (the profile's own folder and config)."""
     folder = Path(run_dir if run_dir is not None else spec.paths.run_dir)
-    own = "" if folder == default_run_dir(spec.paths.workspace, spec.profile.name) else \
+    own = "" if folder == spec.own_run_dir else \
         f" --output-dir {shell_path(folder)}"   # a run folder of the learner's: train into that one
     notebook_04 = not own and spec.config_file.resolve() == (CONFIG_DIR / f"{spec.profile.train_config}.yaml").resolve()
     return how_to_make("04-train.ipynb" if notebook_04 else None,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from . import checkpoints, tracking
 from .hardware import is_main_process
-from .spec import default_run_dir
 from .workspace import atomic_path, display_path, record_made, sha256_file, shareable_path
 
 #: One JSON line per micro-batch: which dataset rows each process trained on.
@@ -180,7 +179,7 @@ def plot_path(spec) -> Path:
     """Where a run's loss plot goes: ``<workspace>/plots/train-<profile>.png`` for the profile's own run folder; a run
     in a folder of its own (``--output-dir``) gets a name of its own, so it never overwrites another run's plot."""
     run_dir = spec.paths.run_dir.resolve()
-    if run_dir == default_run_dir(spec.paths.workspace, spec.profile.name).resolve():
+    if run_dir == spec.own_run_dir.resolve():
         return spec.paths.plots / f"train-{spec.profile.name}.png"
     return spec.paths.plots / f"train-{spec.profile.name}-{run_dir.name}-{_place_tag(run_dir)}.png"
 

@@ -87,10 +87,10 @@ def memory_table(model: str = "Qwen3-8B") -> str:
     return "\n".join(lines)
 
 
-#: the shipped training config of each model the course trains (the other sizes' tables are estimates only)
-TRAIN_CONFIGS = {"Qwen3-8B": "configs/train/qwen3-8b.yaml", "Qwen3-0.6B": "configs/train/qwen3-0.6b.yaml"}
-#: the profile each of those configs names (``profile:`` in the file)
-CONFIG_PROFILES = {"Qwen3-8B": "full", "Qwen3-0.6B": "small"}
+#: the profile that trains each downloaded model (full: Qwen3-8B, small: Qwen3-0.6B), and its shipped training
+#: config; the other sizes' tables are estimates only
+TRAIN_PROFILES = {p.model: p.name for p in PROFILES.values() if p.source == "modelscope"}
+TRAIN_CONFIGS = {model: f"configs/train/{PROFILES[name].train_config}.yaml" for model, name in TRAIN_PROFILES.items()}
 
 
 def launch_command(strategy: str, gpus: int | None = None, model: str = "Qwen3-8B") -> str:
@@ -224,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         if trained != model:
             print(f"\n课程没有 {model} 的训练配置（只有 {'、'.join(TRAIN_CONFIGS)} 的）：上面的表格只是估算，"
                   f"下面的命令训练的是 {trained}。")
-        if "profile" in spec.given and spec.profile.recipe != CONFIG_PROFILES[trained]:
+        if "profile" in spec.given and spec.profile.recipe != TRAIN_PROFILES[trained]:
             print(f"\n注意：你的设置选的是 {spec.profile.name} 档位（{spec.origin['profile']}），下面的命令用的是 "
-                  f"{CONFIG_PROFILES[trained]} 档位的配置，两者矛盾时训练会拒绝开始。在 GPU 机器上先运行 python -m "
-                  f"helpers.environment setup --profile {CONFIG_PROFILES[trained]}，并取消（或改掉）QWEN3_TUTORIAL_PROFILE。")
+                  f"{TRAIN_PROFILES[trained]} 档位的配置，两者矛盾时训练会拒绝开始。在 GPU 机器上先运行 python -m "
+                  f"helpers.environment setup --profile {TRAIN_PROFILES[trained]}，并取消（或改掉）QWEN3_TUTORIAL_PROFILE。")
         for key, strategy in STRATEGIES.items():
             print(f"\n# {strategy.name}: {strategy.summary}")
             print(launch_command(key, gpus=None if key == "single-gpu" else args.gpus, model=trained))

@@ -150,6 +150,11 @@ class RunSpec:
     def replace(self, **changes) -> RunSpec:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def own_run_dir(self) -> Path:
+        """The profile's own run folder (``checkpoints/<profile>``, where notebook 04 trains), wherever this run is."""
+        return default_run_dir(self.paths.workspace, self.profile.name)
+
     def with_run_dir(self, run_dir: str | os.PathLike) -> RunSpec:
         return self.replace(paths=dataclasses.replace(self.paths, run_dir=Path(run_dir).expanduser().resolve()))
 

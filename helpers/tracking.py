@@ -23,7 +23,6 @@ from pathlib import Path
 from .errors import CourseError
 from .hardware import reachable
 from .settings import SWANLAB_MODE_ENV, has_swanlab_key
-from .spec import default_run_dir
 from .workspace import course_folder, display_path, record_made, shell_path
 
 
@@ -57,9 +56,8 @@ def swanlab_reachable() -> bool:
 def experiment_name(spec) -> str:
     """The run's name in SwanLab: the config's, plus the run folder's name when the run is not in the profile's own
     folder (an ``--output-dir`` sweep, notebook 08's TRL run): two trainings never share a name on the dashboard."""
-    own = default_run_dir(spec.paths.workspace, spec.profile.name).resolve()
     name = spec.swanlab.experiment_name
-    return name if spec.paths.run_dir.resolve() == own else f"{name}-{spec.paths.run_dir.name}"
+    return name if spec.paths.run_dir.resolve() == spec.own_run_dir.resolve() else f"{name}-{spec.paths.run_dir.name}"
 
 
 def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
