@@ -22,9 +22,11 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import ipywidgets as widgets
 
+from .export import EXPORT_MARKER
 from .inference import (
     QWEN3_SAMPLING,
     GenerationSettings,
@@ -60,6 +62,22 @@ class Turn:
     thinking: str = ""
     adapter: bool = True
     note: str = ""
+    who: str = "甄嬛（LoRA）"   # who answered, as the transcript names it (:func:`speaker`)
+
+
+def speaker(model, adapter: bool) -> str:
+    """Who answers: the LoRA model or the base model (a PEFT model with its switch), a model with the LoRA merged in
+    (in memory, or an export of the course's loaded with ``from_pretrained``), else just "the model"."""
+    if hasattr(model, "disable_adapter"):
+        return "甄嬛（LoRA）" if adapter else "基座模型（LoRA 关）"
+    return "甄嬛（LoRA 已合并）" if merged_in(model) else "模型"
+
+
+def merged_in(model) -> bool:
+    """Whether ``model`` holds a merged LoRA: merged in memory (``inference.merged_in_memory``) or loaded from an
+    export folder (its ``course_export.json``)."""
+    folder = getattr(model, "name_or_path", "") or ""
+    return getattr(model, "course_merged", False) or (bool(folder) and (Path(folder) / EXPORT_MARKER).is_file())
 
 
 def _escape(text: str) -> str:
@@ -74,8 +92,7 @@ def render_transcript(turns: list[Turn], empty_hint: str = "（还没有对话�
     for turn in turns:
         parts.append('<div class="turn user"><span class="who">你</span>'
                      f'<span class="qwen3-chat-user">{_escape(turn.user)}</span></div>')
-        who = "甄嬛（LoRA）" if turn.adapter else "基座模型（LoRA 关）"
-        parts.append(f'<div class="turn assistant"><span class="who">{who}</span>')
+        parts.append(f'<div class="turn assistant"><span class="who">{_escape(turn.who)}</span>')
         if turn.thinking:
             parts.append('<details class="qwen3-chat-thinking"><summary>思考过程</summary>'
                          f'<div class="qwen3-chat-think">{_escape(turn.thinking)}</div></details>')
@@ -116,7 +133,7 @@ class ChatApp:
         self.thinking = widgets.Checkbox(value=settings.enable_thinking, description="思考模式 enable_thinking",
                                          indent=False)
         has_adapter = hasattr(model, "disable_adapter")
-        merged = getattr(model, "course_merged", False)   # inference.merged_in_memory: LoRA folded in, no switch
+        merged = merged_in(model)   # LoRA folded in, no switch
         self.adapter = widgets.Checkbox(value=has_adapter or merged, disabled=not has_adapter, indent=False,
                                         description="LoRA 适配器" if has_adapter else
                                         "LoRA 已合并（无开关）" if merged else "LoRA 适配器（未加载）")
@@ -233,7 +250,7 @@ class ChatApp:
             return True
 
     def _run_turn(self, text, messages, settings, adapter, stop_event) -> None:
-        pending = Turn(user=text, adapter=adapter, note="生成中…")
+        pending = Turn(user=text, adapter=adapter, note="生成中…", who=speaker(self.model, adapter))
         raw = ""
         started = time.perf_counter()
         try:

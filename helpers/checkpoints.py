@@ -120,15 +120,25 @@ def damaged_file(folder: Path, full: bool = True) -> str | None:
     return None
 
 
-def whole_safetensors(path: Path) -> bool:
-    """Whether ``path`` is a complete safetensors file (safetensors refuses one cut short)."""
+def unmarked_adapter_problem(folder: Path) -> str | None:
+    """The first problem with an adapter folder that has no completion marker (a shared or copied adapter), from
+    the files themselves: the weights must be a whole safetensors file (safetensors refuses one cut short) and
+    ``adapter_config.json`` a JSON object. None: PEFT can load it."""
     from safetensors import SafetensorError, safe_open
 
+    weights = Path(folder) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return "缺少 adapter_model.safetensors"
     try:
-        with safe_open(str(path), framework="pt"):
-            return True
+        with safe_open(str(weights), framework="pt"):
+            pass
     except (OSError, SafetensorError):
-        return False
+        return "adapter_model.safetensors 不完整（被截断了？）"
+    try:
+        config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        config = None
+    return None if isinstance(config, dict) else "adapter_config.json 不是有效的 JSON"
 
 
 @dataclass
@@ -289,8 +299,13 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
                                        "adapter_config.json 和 adapter_model.safetensors 的文件夹。")
         if (chosen / "adapter_config.json").is_file():
             marked = (chosen / COMPLETE_MARKER).is_file()
-            # a checkpoint-N written by training must prove itself; a plain adapter folder (shared, exported) need not
-            problem = damaged_file(chosen) if marked or is_checkpoint_name(chosen) else None
+            if not (marked or is_checkpoint_name(chosen)):   # a plain adapter folder (shared, copied): its files
+                problem = unmarked_adapter_problem(chosen)
+                if problem is not None:
+                    raise CheckpointError(f"{display_path(chosen)} 不是完整的适配器：{problem}。请重新复制这个适配器"
+                                          "文件夹（adapter_config.json 和 adapter_model.safetensors）。")
+                return chosen, []
+            problem = damaged_file(chosen)   # a checkpoint-N written by training must prove itself
             if problem is None:
                 return chosen, []
             note = f"跳过 {display_path(chosen)}：{problem}"
@@ -300,7 +315,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
             for candidate in reversed(earlier):
                 if damaged_file(candidate) is None:
                     return candidate, [note, f"改用前一个完整的检查点 {display_path(candidate)}"]
-            if not marked and whole_safetensors(chosen / "adapter_model.safetensors"):
+            if not marked and unmarked_adapter_problem(chosen) is None:
                 # an adapter handed over as its two files, in a folder still named checkpoint-N: nothing to fall
                 # back to, and safetensors itself proves the weights whole
                 return chosen, [f"{display_path(chosen)} 没有完成标记 {COMPLETE_MARKER}（大概只复制了适配器文件？）："

@@ -23,9 +23,11 @@ from .models import (
 from .workspace import (
     CREATED,
     atomic_folder,
+    blocking_file,
     claim_folder,
     clear_course_files,
     display_path,
+    is_course_made,
     made_names,
     refuse_foreign_partial,
     refuse_working_folder,
@@ -52,14 +54,18 @@ def check_export_target(target: Path, protected: list[Path]) -> None:
         if target == path or target in path.parents or path in target.parents:
             raise ExportTargetError(f"不能导出到 {display_path(target)}：它与 {display_path(path)} 重叠，"
                                     "而导出要读取那里（检查点或基座模型）。")
-    if target.exists():
-        if not target.is_dir():
-            raise ExportTargetError(f"{display_path(target)} 是文件，不是文件夹：请另选一个导出文件夹。")
-        # (a marker that names nothing: an export that failed after the old one was cleared)
-        if any(target.iterdir()) and not (target / EXPORT_MARKER).is_file() and made_names(target) != {CREATED}:
-            raise ExportTargetError(
-                f"{display_path(target)} 不是空的，也不是本课程导出的（没有 {EXPORT_MARKER}）：没有做任何改动。"
-                "请选一个空的或新的文件夹。")
+    blocking = blocking_file(target)
+    if blocking is not None:
+        below = "" if blocking == target else f"：无法在它下面导出 {display_path(target)}"
+        raise ExportTargetError(f"{display_path(blocking)} 是文件，不是文件夹{below}。请另选一个导出文件夹。")
+    entries = list(target.iterdir()) if target.exists() else []
+    # a marker that names nothing, beside only the learner's files: an export that failed after the old one was
+    # cleared (a folder that holds other course folders, such as the workspace's export/, is no export)
+    failed_export = made_names(target) == {CREATED} and not any(is_course_made(entry) for entry in entries)
+    if entries and not (target / EXPORT_MARKER).is_file() and not failed_export:
+        raise ExportTargetError(
+            f"{display_path(target)} 不是空的，也不是本课程导出的（没有 {EXPORT_MARKER}）：没有做任何改动。"
+            "请选一个空的或新的文件夹。")
 
 
 def _base_for_merge(spec):

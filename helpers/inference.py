@@ -194,7 +194,8 @@ class PromptTooLongError(CourseError, ValueError):
 
 
 def _inputs(model, tokenizer, messages, settings):
-    """Prompt ids with user text kept as text; over-long chats drop their oldest turns (with a warning)."""
+    """Prompt ids with user text kept as text; over-long chats drop their oldest exchanges (a question with its
+    answer, so no answer is left without its question), with a warning."""
     import warnings
 
     import torch
@@ -202,18 +203,20 @@ def _inputs(model, tokenizer, messages, settings):
     limit = getattr(model.config, "max_position_embeddings", None) or 40960
     budget = limit - settings.max_new_tokens
     ids = prompt_ids_as_text(tokenizer, messages, settings.enable_thinking)
-    trimmed = list(messages)
+    trimmed, dropped = list(messages), 0
     while len(ids) > budget:
-        first_turn = next((i for i, m in enumerate(trimmed) if m["role"] != "system"), None)
-        if first_turn is None or first_turn == len(trimmed) - 1:
+        first = next((i for i, m in enumerate(trimmed) if m["role"] != "system"), len(trimmed))
+        following = next((i for i in range(first + 1, len(trimmed)) if trimmed[i]["role"] == "user"), None)
+        if following is None:    # only the last question is left
             raise PromptTooLongError(
                 f"提示有 {len(ids)} 个 token，加上 max_new_tokens={settings.max_new_tokens} 超出了模型 "
                 f"{limit} 个 token 的上下文。请缩短消息，或调小 max_new_tokens。")
-        del trimmed[first_turn]
+        del trimmed[first:following]
+        dropped += 1
         ids = prompt_ids_as_text(tokenizer, trimmed, settings.enable_thinking)
-    if len(trimmed) < len(messages):
-        warnings.warn(f"对话超出了上下文（{limit} 个 token）：最早的 "
-                      f"{len(messages) - len(trimmed)} 条消息没有放进提示", stacklevel=3)
+    if dropped:
+        warnings.warn(f"对话超出了上下文（{limit} 个 token）：最早的 {dropped} 轮对话"
+                      f"（{len(messages) - len(trimmed)} 条消息）没有放进提示", stacklevel=3)
     input_ids = torch.tensor([ids], device=model.device)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 

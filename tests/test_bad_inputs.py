@@ -66,6 +66,16 @@ CASES = [
          ("inference", "ask", "你是谁？", "--checkpoint", "damaged", "--max-new-tokens", "4"), 0,
          ("checkpoint-60", "adapter_model.safetensors", "截断", "checkpoint-50"), (),
          ("damaged/checkpoint-60/adapter_model.safetensors",)),
+    Case("a shared adapter with cut weights", ("inference", "ask", "你是谁？", "--checkpoint", "shared-cut"), 2,
+         ("shared-cut", "adapter_model.safetensors", "截断")),
+    Case("a shared adapter whose config is not JSON", ("inference", "ask", "你是谁？", "--checkpoint",
+         "shared-badjson"), 2, ("shared-badjson", "adapter_config.json")),
+    Case("export a shared adapter without its weights", ("inference", "export", "--checkpoint", "shared-noweights",
+         "--target", "{arena}/noweights-export"), 2, ("缺少 adapter_model.safetensors",), ("训练",), (),
+         ("noweights-export",)),
+    Case("export into a folder that holds another export", ("inference", "export", "--checkpoint", "run",
+         "--target", "exports"), 2, ("exports", "不是空的"), (), ("exports/tiny-merged/model.safetensors",),
+         ("exports/model.safetensors", "exports/config.json")),
     # ---- silent wrong results become errors
     Case("typo in --set", ("train", "--set", "trainng.learning_rate=0.1"), 2,
          ("'trainng'", "'training'", "--set trainng.learning_rate=0.1")),
@@ -185,6 +195,17 @@ def arena(tmp_path_factory, tiny_model_dir, tiny_checkpoint) -> Path:
     for name in ("run", "damaged", "story"):
         shutil.copytree(run, root / name)
     truncate(root / "damaged" / "checkpoint-60" / "adapter_model.safetensors")
+    for name in ("shared-cut", "shared-badjson", "shared-noweights"):   # an adapter handed over as its two files
+        (root / name).mkdir()
+        for file in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(tiny_checkpoint / file, root / name / file)
+    truncate(root / "shared-cut" / "adapter_model.safetensors")
+    (root / "shared-badjson" / "adapter_config.json").write_text("{bad", encoding="utf-8")
+    (root / "shared-noweights" / "adapter_model.safetensors").unlink()
+    from helpers.workspace import course_folder
+
+    course_folder(root / "exports", whole=False)   # a course folder holding an export, like <workspace>/export
+    (course_folder(root / "exports" / "tiny-merged") / "model.safetensors").write_bytes(b"an earlier export")
     return root
 
 

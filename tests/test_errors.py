@@ -97,9 +97,13 @@ def test_evaluate_without_an_adapter_never_trains(workspace, monkeypatch, capsys
 
 
 def test_inference_export_onto_a_file(workspace, monkeypatch, capsys):
+    import torch
+    from safetensors.torch import save_file
+
     adapter = workspace / "shared-adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}), encoding="utf-8")
+    save_file({"lora_A.weight": torch.zeros(1)}, adapter / "adapter_model.safetensors")
     target = workspace / "model.bin"
     target.write_bytes(b"the learner's file")
     code, _, err = run_as_main("inference", ["export", "--config", "configs/train/tiny.yaml", "--checkpoint",

@@ -65,3 +65,20 @@ def test_chat_widget_on_a_merged_model_has_no_adapter_switch(adapter_model):
     app.send("皇上")
     app.wait(120)
     assert app.last_error is None and app.turns[-1].adapter is True and app.turns[-1].content
+    assert app.turns[-1].who == "甄嬛（LoRA 已合并）"
+
+
+def test_the_transcript_names_who_answered(adapter_model, tmp_path):
+    """The LoRA model, the base model (switch off), a merged model (in memory or a course export loaded with
+    from_pretrained) and a plain base model each get their own name: a base model is never called the LoRA."""
+    from helpers.chat_app import speaker
+    from helpers.export import EXPORT_MARKER
+
+    model, _ = adapter_model
+    base = model.get_base_model()
+    assert (speaker(model, True), speaker(model, False)) == ("甄嬛（LoRA）", "基座模型（LoRA 关）")
+    assert speaker(base, True) == "模型"
+    (tmp_path / EXPORT_MARKER).write_text("{}", encoding="utf-8")
+    exported = copy.copy(base)
+    exported.name_or_path = str(tmp_path)
+    assert speaker(exported, True) == "甄嬛（LoRA 已合并）"

@@ -7,6 +7,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 
 import pytest
 import torch
@@ -41,6 +42,30 @@ def greedy_ids(model, tokenizer, question, adapter=True, max_new_tokens=24):
 
 
 # ----------------------------------------------------------------------------- prompts and settings
+
+
+def test_an_over_long_chat_drops_whole_exchanges_never_a_lone_answer(tokenizer):
+    """Trimming keeps the prompt a conversation: the oldest question goes with its answer."""
+    import types
+
+    history = []
+    for n in range(3):
+        history += [{"role": "user", "content": f"问题{n}" + "好" * 40}, {"role": "assistant", "content": f"回答{n}"}]
+    messages = inf.chat_messages(history, "你是谁？")
+    settings = inf.greedy_settings(max_new_tokens=16)
+    full = len(inf.prompt_ids_as_text(tokenizer, messages, False))
+    for window in range(full - 60, full + 16):   # every size from "drop nearly all" to "drop nothing"
+        model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=window), device="cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ids = inf._inputs(model, tokenizer, messages, settings)["input_ids"][0].tolist()
+        assert len(ids) <= window - 16
+        prompt = tokenizer.decode(ids)
+        kept = [m for m in messages if m["content"] in prompt]
+        roles = [m["role"] for m in kept]
+        assert roles[:2] == ["system", "user"] and roles[-1] == "user", (window, roles)
+        assert all(a != b for a, b in zip(roles[1:-1], roles[2:], strict=True)), roles   # questions and answers alternate
+        assert bool(caught) == (len(kept) < len(messages))
 
 
 def test_single_turn_prompt_is_exactly_the_training_format(tokenizer):
@@ -268,6 +293,16 @@ def test_errors_in_the_generate_thread_reach_the_caller(loaded, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- merge and export
+
+
+def test_an_export_below_a_file_is_refused_before_the_merge(tmp_path):
+    """Checked with the target, before minutes of loading and merging (atomic_folder would refuse it only then)."""
+    from helpers.export import ExportTargetError, check_export_target
+
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(ExportTargetError, match=r"notes\.txt 是文件"):
+        check_export_target(tmp_path / "notes.txt" / "sub", [])
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_merged_export_reloads_with_plain_transformers_and_decodes_identically(loaded, tiny_spec, tiny_checkpoint,
