@@ -219,7 +219,7 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         if a_file is not None else
                         f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，需要 {need:.1f} GB",
                         "把工作目录放到数据盘上：python -m helpers.environment setup "
-                        "--workspace ~/autodl-tmp/qwen3-workspace"))
+                        "--workspace ~/autodl-tmp/qwen3-workspace" + _and_unset("workspace")))
     checks += _files_checks(spec, model_present, dataset_reachable)
     keyless = spec.swanlab.mode == "online" and not (has_swanlab_key(os.environ) if swanlab_key is None else swanlab_key)
     checks.append(Check("swanlab", not keyless, "模式 online，但没有 API key：训练会在开始前停下" if keyless else
@@ -240,7 +240,8 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
                      + (f"（找到 {len(gpu_list)} 块）" if gpu_list else ""))
     if not gpu_list:
         return Check("gpu", False, "没有找到 CUDA GPU",
-                     "换一台有 GPU 的机器，或者用 tiny profile：python -m helpers.environment setup --profile tiny")
+                     "换一台有 GPU 的机器，或者用 tiny profile：python -m helpers.environment setup --profile tiny"
+                     + _and_unset("profile"))
     gpu = gpu_list[0]
     choice = choose(gpu["memory_gb"])
     held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
@@ -250,6 +251,18 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
     fix = "" if ok else ("之前的内核还占着显存：把它关掉（nvidia-smi 能看到它）"
                          if choice.recipe is not None else "换一块显存更大的卡")
     return Check("gpu", ok, detail, fix)
+
+
+def overriding_variable(key: str) -> str | None:
+    """The environment variable that sets ``key`` in this process, if any: it beats the settings file."""
+    variable = SETTINGS_KEYS[key]
+    return variable if os.environ.get(variable, "").strip() else None
+
+
+def _and_unset(key: str) -> str:
+    """The tail of a ``setup`` fix when an environment variable would still beat what setup writes."""
+    variable = overriding_variable(key)
+    return f"，再 `unset {variable}`（环境变量优先于设置文件）" if variable else ""
 
 
 def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
@@ -317,7 +330,7 @@ def _setup(args) -> int:
     print(f"已写入 {display_path(path)}：")
     print(path.read_text(encoding="utf-8"))
     for key in values:   # the environment beats the settings file: say so, or the setup seems not to work
-        if os.environ.get(SETTINGS_KEYS[key], "").strip():
+        if overriding_variable(key):
             print(f"注意：环境变量 {SETTINGS_KEYS[key]} 也设置了 {key}，它优先于设置文件："
                   f"要让这次的设置生效，先 `unset {SETTINGS_KEYS[key]}`。")
     for key in ("model_dir", "dataset", "adapter_dir"):   # written all the same: it may be copied there later

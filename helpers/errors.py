@@ -9,6 +9,7 @@ it also holds when a module runs as ``__main__`` (its own classes are new there,
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -39,7 +40,13 @@ def quiet_interrupt(kind, value, traceback, default=sys.excepthook) -> None:
 def run_cli(work: Callable[[], int], debug: bool = False) -> int:
     """Run a CLI's body; course errors become one line on stderr and exit code 2."""
     try:
-        return work()
+        code = work()
+        sys.stdout.flush()   # a reader that went away (`| head`) shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # Python's documented recipe: the rest of the output goes nowhere, and no traceback about it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("已中断", file=sys.stderr)
         return 130

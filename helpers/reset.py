@@ -189,7 +189,11 @@ def confirm(question: str, force: bool) -> bool:
         raise ResetRefused("删除模型需要你确认，但这里没有终端可以询问："
                            "请运行 `make reset-all FORCE=1`（或 `python -m helpers.reset --all --force`）。"
                            "什么都没有删除。")
-    answer = input(f"{question} [y/N] ").strip().lower()
+    try:
+        answer = input(f"{question} [y/N] ").strip().lower()
+    except EOFError:   # Ctrl-D: no answer is a no
+        print()
+        return False
     return answer in ("y", "yes", "是")
 
 

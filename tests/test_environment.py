@@ -241,6 +241,19 @@ def test_a_workspace_that_is_a_file_is_refused_by_setup_and_fails_the_check(tmp_
     assert not by_name(env.preflight(spec, kernel=True, dataset_reachable=lambda: True))["disk"].ok
 
 
+
+def test_a_setup_fix_also_unsets_the_variable_that_would_beat_it(full_spec, tmp_path, monkeypatch):
+    """`setup --profile tiny` / `setup --workspace ...` change the settings file; a variable set in the shell beats
+    that file, so the fix names the `unset` too (only then)."""
+    for variable in ("QWEN3_TUTORIAL_PROFILE", WORKSPACE_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    plain = by_name(env.preflight(full_spec, **full_fakes(gpu_list=[], free_gb=1.0)))
+    assert "unset" not in plain["gpu"].fix and "unset" not in plain["disk"].fix
+    monkeypatch.setenv("QWEN3_TUTORIAL_PROFILE", "full")
+    monkeypatch.setenv(WORKSPACE_ENV, str(full_spec.paths.workspace))
+    checks = by_name(env.preflight(full_spec, **full_fakes(gpu_list=[], free_gb=1.0)))
+    assert "setup --profile tiny" in checks["gpu"].fix and "unset QWEN3_TUTORIAL_PROFILE" in checks["gpu"].fix
+    assert "setup --workspace" in checks["disk"].fix and f"unset {WORKSPACE_ENV}" in checks["disk"].fix
 # --------------------------------------------------------------------------- the CLI: make preflight / make kernel
 
 

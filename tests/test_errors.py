@@ -190,6 +190,16 @@ def test_ctrl_c_while_a_command_imports_is_one_line(tmp_path, raised):
     assert elsewhere.stdout.strip() == "True"     # imported by a notebook or a script: Python's own hook stays
 
 
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
+    """`python -m helpers.<topic> ... | head -1`: the pipe's reader is gone before the command's output is written."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "ws")}
+    process = subprocess.Popen([sys.executable, "-m", "helpers.reset", "--print-executed"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()   # the reader is gone: every write to stdout now fails with EPIPE
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1 and err == "", err
+
+
 def test_a_message_of_several_lines_is_one_readable_line():
     from helpers.errors import one_line
 

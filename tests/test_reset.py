@@ -131,8 +131,10 @@ def test_reset_all_asks_on_a_terminal(tmp_path, monkeypatch):
             return True
 
     monkeypatch.setattr("sys.stdin", Terminal())
-    monkeypatch.setattr("builtins.input", lambda prompt: "n")
     out = io.StringIO()
+    assert reset.reset(workspace, everything=True, out=out) == 0   # Ctrl-D at the question (end of input): a no
+    assert "没有确认" in out.getvalue() and present(workspace) >= set(DERIVED + KEPT)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
     assert reset.reset(workspace, everything=True, out=out) == 0
     assert "没有确认" in out.getvalue()
     assert "models/modelscope/Qwen/Qwen3-8B/model-00001-of-00005.safetensors" in present(workspace)
