@@ -15,8 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoints import lock_run
 from .download import build_tiny_model
-from .errors import ArgumentParser, positive_int, run_cli
+from .errors import ArgumentParser, CourseError, positive_int, run_cli
 from .models import QWEN3_SHAPES, qwen3_counts
 from .profiles import PROFILES
 from .recipes import estimate_lora_memory_gb
@@ -25,6 +26,10 @@ from .spec import build_spec, resolve_paths
 from .workspace import REPO_ROOT, course_folder, display_path, named_path
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
+
+
+class DemoError(CourseError, RuntimeError):
+    """The CPU demo's ranks stopped on a course error; the message is their one line."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +155,9 @@ def run_cpu_demo(spec, *overrides: str) -> tuple[Path, str]:
     """
     root = demo_workspace(spec)
     out = root / "checkpoints" / "tiny-2proc"
-    if out.exists():
-        shutil.rmtree(out)
+    with lock_run(out):   # a demo still training there (another cell, a terminal) keeps its run
+        if out.exists():
+            shutil.rmtree(out)
     proc = cpu_launch(out, *overrides, env={"QWEN3_TUTORIAL_WORKSPACE": str(root), "QWEN3_TUTORIAL_PROFILE": "tiny"})
     try:
         log, _ = proc.communicate(timeout=600)
@@ -160,6 +166,9 @@ def run_cpu_demo(spec, *overrides: str) -> tuple[Path, str]:
         proc.wait()
         raise
     if proc.returncode != 0:
+        known = next((line for line in log.splitlines() if line.startswith("error: ")), None)
+        if known is not None:   # a course error in the ranks (a missing dataset, a held lock): their one line
+            raise DemoError(f"多进程演示没有完成：{known.removeprefix('error: ')}")
         raise RuntimeError(f"accelerate launch 失败（退出码 {proc.returncode}）：\n{log[-3000:]}")
     return out, log
 

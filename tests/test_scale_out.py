@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from helpers import checkpoints, models, runs, scale_out
+from helpers.errors import CourseError
 from helpers.recipes import estimate_lora_memory_gb
 from helpers.workspace import REPO_ROOT, course_folder
 from tests.conftest import tiny_spec_for
@@ -325,6 +326,41 @@ def test_the_command_line_prints_every_strategy_command():
     assert [c.split()[3] for c in commands] == [f"configs/accelerate/{s.config}" for s in scale_out.STRATEGIES.values()]
     assert all(("--num_processes 8" in c) == ("single-gpu" not in c) for c in commands)
     assert "Qwen3-14B" in done.stdout.splitlines()[0]
+
+
+def test_the_demo_keeps_a_run_still_training_and_reports_its_ranks_error_in_one_line(tmp_path, monkeypatch):
+    """A second demo (another cell, a terminal) never deletes the run a first one trains into; a course error in the
+    ranks (here: the dataset) is their one line, a CourseError, not accelerate's pages of traceback."""
+    from helpers.checkpoints import RunLockedError, lock_run
+
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "workspace"))
+    monkeypatch.setattr(scale_out, "build_tiny_model", lambda folder: course_folder(folder))
+    out = scale_out.demo_workspace(spec) / "checkpoints" / "tiny-2proc"
+    (course_folder(out) / "sample_log.jsonl").write_text("{}\n", encoding="utf-8")
+    log = ("Traceback (most recent call last):\n  ...\nerror: 数据集 /nope/huanhuan.json 不存在：请先下载\n"
+           "（加上 --debug 可查看完整的 traceback）\nerror: 数据集 /nope/huanhuan.json 不存在：请先下载\n")
+
+    class Failed:
+        returncode = 1
+
+        def __init__(self, cmd, **_):
+            pass
+
+        def communicate(self, timeout=None):
+            return log, None
+
+    monkeypatch.setattr(scale_out.subprocess, "Popen", Failed)
+    with lock_run(out), pytest.raises(RunLockedError):
+        scale_out.run_cpu_demo(spec)
+    assert (out / "sample_log.jsonl").is_file()
+    with pytest.raises(scale_out.DemoError) as caught:
+        scale_out.run_cpu_demo(spec)
+    assert isinstance(caught.value, CourseError) and str(caught.value).count("\n") == 0
+    assert "/nope/huanhuan.json 不存在" in str(caught.value) and not out.exists()
+    log = "Segmentation fault\n"      # no course error: a bug keeps its output for the traceback
+    with pytest.raises(RuntimeError, match="Segmentation fault") as caught:
+        scale_out.run_cpu_demo(spec)
+    assert not isinstance(caught.value, CourseError)
 
 
 def test_notebook_07s_equivalent_command_launches_what_the_demo_launches(tmp_path, monkeypatch):
