@@ -34,15 +34,16 @@ def exercise(number: int, title: str):
 
 def run(argv: list[str] | None = None) -> None:
     """Run the exercises named on the command line (numbers), or all of them."""
+    from helpers.errors import ERROR_EXIT, CourseError, one_line
+
     argv = sys.argv[1:] if argv is None else argv
     known = {number for number, _, _ in _EXERCISES}
     chosen = {int(a) for a in argv if a.isdigit()} or known
     unknown = chosen - known
-    if unknown or any(not a.isdigit() for a in argv):
-        raise SystemExit(f"error: 没有这个练习：{' '.join(argv)}。这个脚本的练习是 {sorted(known)}，例如 "
-                         f"python {sys.argv[0]} {min(known)}（不写编号就做全部练习）")
-    from helpers.errors import ERROR_EXIT, CourseError, one_line
-
+    if unknown or any(not a.isdigit() for a in argv):   # a mistyped number: one line and exit 2, like a course error
+        print(f"error: 没有这个练习：{' '.join(argv)}。这个脚本的练习是 {sorted(known)}，例如 "
+              f"python {sys.argv[0]} {min(known)}（不写编号就做全部练习）", file=sys.stderr)
+        raise SystemExit(ERROR_EXIT)
     for number, title, function in sorted(_EXERCISES, key=lambda item: item[0]):
         if number not in chosen:
             continue

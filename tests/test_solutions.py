@@ -198,9 +198,11 @@ def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
     assert ran == [2] and PASSED.findall(capsys.readouterr().out) == ["2"]
     common.run([])
     assert ran == [2, 1, 2]
+    capsys.readouterr()
     for wrong in (["9"], ["two"]):
-        with pytest.raises(SystemExit, match=r"^error: .*\[1, 2\]"):
+        with pytest.raises(SystemExit) as stop:
             common.run(wrong)
+        assert stop.value.code == 2 and re.match(r"error: .*\[1, 2\]", capsys.readouterr().err)
 
     # an error the learner can fix (a setting, a missing file) is one line and exit 2, not a traceback
     def needs_a_fix():
