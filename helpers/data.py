@@ -416,7 +416,7 @@ def _run(args) -> int:
         refuse_same_file(args.path, args.out)
         if Path(args.out).is_dir():
             raise UnsafeWriteError(f"OUT {display_path(args.out)} 是文件夹：请给出一个文件名，"
-                                   f"例如 {display_path(Path(args.out) / 'train.jsonl')}。")
+                                   f"例如 {shell_path(Path(args.out) / 'train.jsonl')}。")
         if Path(args.out).exists() and not data_files.is_encoded_file(args.out):
             raise UnsafeWriteError(f"OUT {display_path(args.out)} 已存在，而且不是课程编码的文件：写入会覆盖它。"
                                    "请换一个文件名，或者先把它移走。没有写入任何文件。")

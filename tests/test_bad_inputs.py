@@ -59,6 +59,8 @@ CASES = [
     Case("encode OUT is a symlink to IN", ("data", "encode", "in.json", "soft.json"), 2, ("soft.json", "soft-encoded.jsonl"), (),
          ("in.json",)),
     Case("encode OUT is a folder", ("data", "encode", "in.json", "outdir"), 2, ("outdir/train.jsonl",), (), ("in.json",)),
+    Case("encode OUT is a folder with a space: the example pastes into a shell", ("data", "encode", "in.json",
+         "out dir"), 2, ("out dir/train.jsonl'",), (), ("in.json",)),
     Case("export into the checkpoint folder", ("inference", "export", "--checkpoint", "run", "--target",
          "run/checkpoint-60"), 2, ("run/checkpoint-60", "重叠"), (),
          ("run/checkpoint-60/adapter_model.safetensors", "run/checkpoint-60/checkpoint_complete")),
@@ -174,6 +176,7 @@ def arena(tmp_path_factory, tiny_model_dir, tiny_checkpoint) -> Path:
     os.link(root / "in.json", root / "hard.json")
     (root / "soft.json").symlink_to("in.json")
     (root / "outdir").mkdir()
+    (root / "out dir").mkdir()
     rows = json.loads(sample.read_text(encoding="utf-8"))
     bad_rows = [*rows[:2], {"instruction": "你好", "input": "", "output": CONTROL_TEXT}]
     (root / "tok.json").write_text(json.dumps(bad_rows, ensure_ascii=False), encoding="utf-8")
