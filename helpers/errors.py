@@ -83,8 +83,21 @@ ARGPARSE_MESSAGES = (
 )
 
 
+class _ChineseHelpFormatter(argparse.HelpFormatter):
+    def add_usage(self, usage, actions, groups, prefix=None):
+        super().add_usage(usage, actions, groups, "用法：" if prefix is None else prefix)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose own error messages are Chinese (exit 2, the usage line first, as before)."""
+    """``argparse.ArgumentParser`` whose own words are Chinese: its error messages (exit 2, the usage line first, as
+    before) and its ``--help`` (usage line, section titles, the -h line); subcommands' parsers are of this class."""
+
+    def __init__(self, *args, add_help: bool = True, **kwargs):
+        kwargs.setdefault("formatter_class", _ChineseHelpFormatter)
+        super().__init__(*args, add_help=False, **kwargs)
+        self._positionals.title, self._optionals.title = "参数", "选项"
+        if add_help:
+            self.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS, help="显示这条帮助并退出")
 
     def error(self, message: str):
         for pattern, chinese in ARGPARSE_MESSAGES:

@@ -142,6 +142,29 @@ def test_every_entry_point_has_a_case_here():
     assert entries == driven, f"entry points without a case: {sorted(entries - driven)}"
 
 
+def test_every_help_speaks_the_courses_language(capsys):
+    """`--help` of every command and subcommand: argparse's own words (usage, the section titles, the -h line) are
+    Chinese like the rest of what the learner reads."""
+    import importlib
+
+    entries = sorted(p.stem for p in (REPO_ROOT / "helpers").glob("*.py")
+                     if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8") and p.stem != "export")
+    for module in entries:
+        main = importlib.import_module(f"helpers.{module}").main
+        with pytest.raises(SystemExit) as done:
+            main(["--help"])
+        text = capsys.readouterr().out
+        commands = re.findall(r"^ {4}(\w+) ", text, flags=re.M) if "{" in text.split("\n", 1)[0] else []
+        for command in commands:       # each subcommand's own --help
+            with pytest.raises(SystemExit):
+                main([command, "--help"])
+            text += capsys.readouterr().out
+        assert done.value.code == 0 and text.startswith("用法：python -m helpers."), (module, text[:200])
+        assert "显示这条帮助并退出" in text and "选项" in text, module
+        english = [w for w in ("usage:", "options:", "positional arguments", "show this help") if w in text]
+        assert not english, (module, english)
+
+
 def test_run_cli_only_shortens_course_errors():
     class Mine(CourseError):
         pass
