@@ -99,9 +99,17 @@ class ArgumentParser(argparse.ArgumentParser):
         if add_help:
             self.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS, help="显示这条帮助并退出")
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._typed = list(sys.argv[1:] if args is None else args)   # what error() may point at
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
         for pattern, chinese in ARGPARSE_MESSAGES:
             message = re.sub(f"^{pattern}$", chinese, message)
+        dashed = [a for a in getattr(self, "_typed", []) if a.startswith("-") and a.split("=")[0] not in
+                  self._option_string_actions and "--" not in self._typed]
+        if dashed and message.startswith("缺少参数"):   # `ask "-你好"`: argparse took the text for an unknown flag
+            message += f"。以 - 开头的文字要写在 -- 后面，例如 -- {dashed[0]!r}"
         super().error(message)
 
 

@@ -261,3 +261,19 @@ def test_argparse_own_errors_speak_the_courses_language(module):
         last = done.stderr.strip().splitlines()[-1]
         assert done.code == 2 and "error: " in last and not english.search(done.stderr), (argv, done.stderr)
         assert all(word in last for word in argv if word.startswith("--")), (argv, last)
+
+
+def test_a_message_that_starts_with_a_dash_is_shown_how_to_pass_it(monkeypatch):
+    """`ask "-你好"`: argparse reads the text as an unknown flag and says the message is missing; the error says how
+    to pass it (after --), and that way works."""
+    from tests.cli_runner import run_cli as run_module
+
+    done = run_module("inference", ["ask", "-你好"], env={"PATH": os.environ["PATH"]}, cwd=REPO_ROOT)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.code == 2 and "-- '-你好'" in last, done.stderr
+    plain = run_module("data", ["check"], env={"PATH": os.environ["PATH"]}, cwd=REPO_ROOT)
+    assert plain.code == 2 and " -- " not in plain.stderr      # nothing dashed was typed: no such hint
+    from helpers import inference
+
+    monkeypatch.setattr(inference, "run_cli", lambda work, debug=False: 0)   # parse only, load no model
+    assert inference.main(["ask", "--", "-你好"]) == 0                          # the hinted form parses
