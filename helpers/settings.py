@@ -66,7 +66,7 @@ def read_settings_file(path: Path = SETTINGS_FILE) -> dict:
         import yaml
     except ImportError:
         raise SpecError(f"读取 {display_path(path)} 需要 PyYAML：请用课程的 .venv 运行（`make venv`），"
-                        "或者改用 QWEN3_TUTORIAL_* 环境变量设置这些值。") from None
+                        "或者把这个文件移走、改用 QWEN3_TUTORIAL_* 环境变量设置这些值。") from None
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:

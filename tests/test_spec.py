@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,17 @@ def test_the_settings_file_refuses_unknown_keys_with_a_suggestion(tmp_path):
         spec_of(settings=settings)
 
 
+
+def test_a_python_without_pyyaml_names_a_fix_that_works(tmp_path, monkeypatch):
+    """`make reset` may run on the system python3: without PyYAML, the fix is the venv or moving the file away
+    (the file is read even when every value comes from the environment)."""
+    settings = write_config(tmp_path, "profile: tiny\n", "course-settings.yaml")
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    with pytest.raises(SpecError, match=r"PyYAML.*make venv.*移走") as caught:
+        course_settings_module.read_settings_file(settings)
+    assert "\n" not in str(caught.value)
+    settings.unlink()
+    assert course_settings_module.read_settings_file(settings) == {}   # the fix: no file, nothing to read
 # --------------------------------------------------------------------------- config validation
 
 
