@@ -376,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         description="检查、编码或切分 instruction/input/output 数据文件（JSON 数组或 JSONL）。")
     parser.add_argument("--debug", action="store_true", help="出错时显示完整的 traceback")
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="打印校验报告和统计；有任何无效行时退出码为 1"
-                                "（加 --skip-invalid：只在一条有效数据也不剩时）")
+    check = commands.add_parser("check", help="打印校验报告和统计。退出码：0 全部有效（加 --skip-invalid：有有效的行）；"
+                                "1 有无效行；2 整个文件读不出记录，或者一条有效数据也没有")
     check.add_argument("path", help="要检查的数据文件（JSON 数组或 JSONL）")
     encode = commands.add_parser("encode", help="每条数据写一个 JSON 对象：input_ids、attention_mask、labels")
     encode.add_argument("path", help="要编码的数据文件（JSON 数组或 JSONL）")
@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     if args.command == "split":
-        result = validation.load_records(args.path)
+        result = validation.load_records(args.path, fix_hint=(
+            f"请修正这些行，再切分（`python -m helpers.data check {shell_path(args.path)}` 会列出它们）。"))
         print(result.report.format(limit=validation.SHOWN_PROBLEMS))
         split = data_files.grouped_split(result.records, args.eval_fraction, args.seed, setting="--eval-fraction")
         written = data_files.save_split(split, args.out_dir, source=Path(args.path))

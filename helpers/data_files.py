@@ -313,8 +313,9 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
         raise SplitSizeError(f"data.max_rows 把 {total} 条中的前 {keep_in_train} 条留作训练，没有别的数据可以留出{rest}："
                              "设 data.max_rows=null 从全部数据中留出一部分，或者设 data.eval_fraction=0 不要留出集。")
     if not eval_rows:
+        no_split = "，或者设为 0 不要留出集" if setting == "data.eval_fraction" else ""   # the CLI's flag must be > 0
         raise SplitSizeError(f"{total} 条数据按 {setting}={eval_fraction} 切分，四舍五入后留出 0 条："
-                             f"把 {setting} 设为至少 {1 / max(total, 1):.2g}（一条），或者设为 0 不要留出集。")
+                             f"把 {setting} 设为至少 {1 / max(total, 1):.2g}（一条）{no_split}。")
     if not train_rows:
         raise SplitSizeError(f"{total} 条数据按 {setting}={eval_fraction} 切分，训练 0 条（留出 {len(eval_rows)} 条）："
                              f"调小 {setting}（例如 0.05），或者增加数据。")

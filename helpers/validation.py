@@ -138,6 +138,7 @@ JSON_PROBLEMS = {
     "Invalid control character": "字符串里有控制字符（换行要写成 \\n）",
     "Invalid \\escape": "无效的转义（反斜杠后面的字符不对）",
     "Extra data": "一个完整的 JSON 值后面还有多余的内容",
+    "Unexpected UTF-8 BOM": "这里有一个 UTF-8 BOM（几个文件拼在一起时带进来的）：删掉它，或者把这些行另存为不带 BOM 的 UTF-8",
 }
 
 
@@ -178,19 +179,36 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
     return items
 
 
+def _json_values(body: str) -> list | None:
+    """The JSON values written one after another in ``body`` (whitespace or a comma between two); None: not that."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    while at < len(body):
+        try:
+            value, at = decoder.raw_decode(body, at)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+        values.append(value)
+        rest = body[at:].lstrip()
+        at = len(body) - len(rest[1:].lstrip() if rest.startswith(",") else rest)
+    return values
+
+
 def _whole_object(text: str, report: ValidationReport) -> bool:
-    """Whether the file is one JSON object over several lines (records wrapped as ``{"data": [...]}``), not JSONL:
-    then one error says so, instead of one per line."""
+    """Whether the file is JSON objects over several lines, not JSONL: one object (records wrapped as
+    ``{"data": [...]}``) or several pretty-printed records with no ``[ ]`` around them. Then one error says so,
+    instead of one per line."""
     body = text.strip()
     if not body.startswith("{") or "\n" not in body:
         return False
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, RecursionError):
-        return False
-    if not isinstance(data, dict):
-        return False
+    values = _json_values(body)
+    if values is None or len(values) == sum(1 for line in body.splitlines() if line.strip()):
+        return False   # not JSON at all, or one value per line: JSONL, its rows are checked one by one
     report.file_format = "json"
+    if len(values) > 1:
+        report.add(None, "(json)", f"应当是记录组成的 JSON 数组（[...]）或每行一条记录的 JSONL，实际是 {len(values)} 个"
+                   "跨多行的 JSON 对象一个接一个，外面没有 [ ]：在最前面加 [、最后面加 ]，对象之间用逗号隔开")
+        return True
+    data = values[0]
     arrays = [key for key, value in data.items() if isinstance(value, list)]
     inside = f"；其中 {arrays[0]!r} 是 {len(data[arrays[0]])} 项的数组：把这个数组单独存成文件" if arrays else ""
     report.add(None, "(json)", f"应当是记录组成的 JSON 数组（[...]）或每行一条记录的 JSONL，实际是一个跨多行的 JSON 对象{inside}")

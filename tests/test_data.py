@@ -249,6 +249,49 @@ def test_a_pretty_printed_json_object_is_one_error_not_one_per_line(tmp_path, wr
     assert len(validation.load_records(one_line).records) == 1
 
 
+@pytest.mark.parametrize("between", ["\n", ",\n"])
+def test_pretty_printed_records_without_brackets_are_one_error_that_names_the_brackets(tmp_path, huanhuan_path,
+                                                                                     between):
+    """Records written one after another with json.dumps(indent=2), no [ ] around them (the commonest hand-made
+    file): one file-level error that says to add the brackets, not one per line; JSONL stays JSONL."""
+    rows = json.loads(huanhuan_path.read_text(encoding="utf-8"))[:3]
+    path = tmp_path / "pretty.json"
+    path.write_text(between.join(json.dumps(r, ensure_ascii=False, indent=2) for r in rows), encoding="utf-8")
+    with pytest.raises(validation.DataValidationError) as refused:
+        validation.load_records(path, skip_invalid=True)
+    [problem] = refused.value.report.errors
+    assert problem.row is None and "3 个" in problem.reason and "[" in problem.reason and "]" in problem.reason
+    path.write_text("[" + ",\n".join(json.dumps(r, ensure_ascii=False, indent=2) for r in rows) + "]",
+                    encoding="utf-8")   # the fix the message gives
+    assert [r["output"] for r in validation.load_records(path).records] == [r["output"] for r in rows]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    assert len(validation.load_records(jsonl).records) == 3
+
+
+def test_a_byte_order_mark_inside_a_jsonl_file_is_explained_in_chinese(tmp_path):
+    """Two Windows files put together: the second one's BOM lands at the start of a line."""
+    row = '{"instruction": "你是谁？", "input": "", "output": "我是甄嬛。"}'
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(("\ufeff" + row + "\n\ufeff" + row.replace("谁", "何人") + "\n").encode("utf-8"))
+    [problem] = validation.load_records(path, skip_invalid=True).report.errors
+    assert problem.row == 2 and "BOM" in problem.reason and "utf-8-sig" not in problem.reason
+
+
+def test_split_messages_name_only_what_the_split_command_accepts(tmp_path):
+    """`data split` has no --skip-invalid and no --eval-fraction 0: its messages do not suggest them."""
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps([{"instruction": f"问{i}", "input": "", "output": f"答{i}"} for i in range(2)],
+                              ensure_ascii=False), encoding="utf-8")
+    done = run_cli("data", ["split", str(two), str(tmp_path / "out")], env={"PATH": os.environ["PATH"]}, cwd=tmp_path)
+    assert done.code == 2 and "--eval-fraction" in done.stderr and "设为 0" not in done.stderr, done.stderr
+    with pytest.raises(data_files.SplitSizeError, match="设为 0 不要留出集"):   # the config's setting may be 0
+        data_files.grouped_split(validation.load_records(two).records, 0.05)
+    done = run_cli("data", ["split", str(BROKEN), str(tmp_path / "out2")], env={"PATH": os.environ["PATH"]},
+                   cwd=tmp_path)
+    assert done.code == 2 and "helpers.data check" in done.stderr and "--skip-invalid" not in done.stderr, done.stderr
+
+
 def test_sample_file_is_clean_and_short(tokenizer):
     result = data.check_lengths(validation.load_records(data_files.SAMPLE_PATH), tokenizer)
     assert len(result.records) == 48 and not result.report.problems
