@@ -36,8 +36,9 @@ def original_inference_messages(question: str) -> list[dict]:
 
 
 def token_differences(tokenizer, a: str, b: str) -> list[tuple[int, str, str]]:
-    """Where two texts tokenize differently: (token position in ``a``, tokens of ``a``, tokens of ``b``)."""
+    """Where two texts tokenize differently: (token position in ``a`` counted from 1, as the lesson prints it,
+    tokens of ``a``, tokens of ``b``)."""
     ids_a, ids_b = tokenize_batch(tokenizer, [a, b])
     matcher = difflib.SequenceMatcher(None, ids_a, ids_b, autojunk=False)
-    return [(i1, tokenizer.decode(ids_a[i1:i2]), tokenizer.decode(ids_b[j1:j2]))
+    return [(i1 + 1, tokenizer.decode(ids_a[i1:i2]), tokenizer.decode(ids_b[j1:j2]))
             for op, i1, i2, j1, j2 in matcher.get_opcodes() if op != "equal"]

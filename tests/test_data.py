@@ -632,6 +632,8 @@ def test_original_differs_from_ours_only_by_its_pitfalls(real, original_samples,
         tokenizer, tutorial.original_prompt_text(records[0]) + records[0]["output"] + "<|endoftext|>",
         data.render_conversation(tokenizer, records[0]))
     assert [(a, b) for _, a, b in differences] == [("<s>", ""), ("<|endoftext|>", "<|im_end|>\n")]
+    ends = tutorial.tokenize_batch(tokenizer, [tutorial.original_prompt_text(records[0]) + records[0]["output"]])[0]
+    assert [position for position, _, _ in differences] == [1, len(ends) + 1]   # counted from 1: <s> is the first
 
 
 def test_original_inference_sends_the_role_as_a_user_turn(tokenizer):
