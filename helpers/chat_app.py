@@ -65,12 +65,12 @@ class Turn:
     who: str = "甄嬛（LoRA）"   # who answered, as the transcript names it (:func:`speaker`)
 
 
-def speaker(model, adapter: bool) -> str:
+def speaker(model, adapter: bool, merged: bool) -> str:
     """Who answers: the LoRA model or the base model (a PEFT model with its switch), a model with the LoRA merged in
-    (in memory, or an export of the course's loaded with ``from_pretrained``), else just "the model"."""
+    (``merged``: :func:`merged_in`), else just "the model"."""
     if hasattr(model, "disable_adapter"):
         return "甄嬛（LoRA）" if adapter else "基座模型（LoRA 关）"
-    return "甄嬛（LoRA 已合并）" if merged_in(model) else "模型"
+    return "甄嬛（LoRA 已合并）" if merged else "模型"
 
 
 def merged_in(model) -> bool:
@@ -133,7 +133,7 @@ class ChatApp:
         self.thinking = widgets.Checkbox(value=settings.enable_thinking, description="思考模式 enable_thinking",
                                          indent=False)
         has_adapter = hasattr(model, "disable_adapter")
-        merged = merged_in(model)   # LoRA folded in, no switch
+        self._merged = merged = merged_in(model)   # LoRA folded in, no switch (read once: the folder may be relative)
         self.adapter = widgets.Checkbox(value=has_adapter or merged, disabled=not has_adapter, indent=False,
                                         description="LoRA 适配器" if has_adapter else
                                         "LoRA 已合并（无开关）" if merged else "LoRA 适配器（未加载）")
@@ -250,7 +250,7 @@ class ChatApp:
             return True
 
     def _run_turn(self, text, messages, settings, adapter, stop_event) -> None:
-        pending = Turn(user=text, adapter=adapter, note="生成中…", who=speaker(self.model, adapter))
+        pending = Turn(user=text, adapter=adapter, note="生成中…", who=speaker(self.model, adapter, self._merged))
         raw = ""
         started = time.perf_counter()
         try:

@@ -123,7 +123,7 @@ def damaged_file(folder: Path, full: bool = True) -> str | None:
 def unmarked_adapter_problem(folder: Path) -> str | None:
     """The first problem with an adapter folder that has no completion marker (a shared or copied adapter), from
     the files themselves: the weights must be a whole safetensors file (safetensors refuses one cut short) and
-    ``adapter_config.json`` a JSON object. None: PEFT can load it."""
+    ``adapter_config.json`` a PEFT config (a JSON object with ``peft_type``). None: PEFT can load it."""
     from safetensors import SafetensorError, safe_open
 
     weights = Path(folder) / "adapter_model.safetensors"
@@ -137,8 +137,10 @@ def unmarked_adapter_problem(folder: Path) -> str | None:
     try:
         config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        config = None
-    return None if isinstance(config, dict) else "adapter_config.json 不是有效的 JSON"
+        return "adapter_config.json 不是有效的 JSON"
+    if not isinstance(config, dict) or "peft_type" not in config:
+        return "adapter_config.json 不是 PEFT 适配器的配置（没有 peft_type；是不是复制成了模型的 config.json？）"
+    return None
 
 
 @dataclass
@@ -342,8 +344,9 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
 # --------------------------------------------------------------------------- the run lock
 
 
-def lock_run(run_dir: Path):
-    """An acquired lock on ``run_dir`` (use as a context manager), or :class:`RunLockedError` at once.
+def lock_run(run_dir: Path, elsewhere: str = "，或者训练到另一个文件夹（--output-dir）"):
+    """An acquired lock on ``run_dir`` (use as a context manager), or :class:`RunLockedError` at once; ``elsewhere``:
+    the message's way round the lock, for a command that has one.
 
     ``filelock`` uses the operating system's lock, so a killed process leaves no stale lock.
     """
@@ -362,8 +365,8 @@ def lock_run(run_dir: Path):
         pid = owner.read_text(encoding="utf-8").strip() if owner.is_file() else ""
         who, stop = (f"进程 {pid} ", f"（kill {pid}）") if pid.isdigit() else ("另一个进程", "")
         raise RunLockedError(
-            f"{display_path(run_dir)} 正被{who}用于训练（它持有这个运行目录的锁）。等它结束，或者停掉它{stop}，"
-            "或者训练到另一个文件夹（--output-dir）。") from None
+            f"{display_path(run_dir)} 正被{who}用于训练（它持有这个运行目录的锁）。等它结束，或者停掉它{stop}"
+            f"{elsewhere}。") from None
     owner.write_text(str(os.getpid()), encoding="utf-8")
     return lock
 

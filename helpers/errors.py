@@ -44,9 +44,7 @@ def run_cli(work: Callable[[], int], debug: bool = False) -> int:
         sys.stdout.flush()   # a reader that went away (`| head`) shows here, not at the interpreter's exit
         return code
     except BrokenPipeError:
-        # Python's documented recipe: the rest of the output goes nowhere, and no traceback about it
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return reader_gone()
     except KeyboardInterrupt:
         print("已中断", file=sys.stderr)
         return 130
@@ -56,6 +54,13 @@ def run_cli(work: Callable[[], int], debug: bool = False) -> int:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         print(DEBUG_HINT, file=sys.stderr)
         return ERROR_EXIT
+
+
+def reader_gone() -> int:
+    """The exit code after the reader of stdout went away (``| head``): Python's documented recipe, the rest of the
+    output goes nowhere and no traceback is printed about it."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def one_line(text: str) -> str:
@@ -73,7 +78,7 @@ ARGPARSE_MESSAGES = (
     (r"unrecognized arguments: (.*)", r"不认识的参数 \1（--help 列出全部参数）"),
     (r"argument (\S+): invalid choice: (.*) \(choose from (.*)\)", r"参数 \1 的值 \2 无效，可选：\3"),
     (r"the following arguments are required: (.*)", r"缺少参数：\1（--help 列出全部参数）"),
-    (r"argument (\S+): expected one argument", r"参数 \1 后面要跟一个值"),
+    (r"argument (\S+): expected one argument", r"参数 \1 后面要跟一个值（值以 - 开头时写成 \1=值）"),
     (r"argument (\S+): ignored explicit argument (.*)", r"参数 \1 不接受值 \2"),
     (r"ambiguous option: (\S+) could match (.*)", r"参数 \1 不明确，可能是：\2"),
     (r"argument (\S+): invalid int value: (.*)", r"参数 \1 应当是整数，实际是 \2"),
@@ -92,12 +97,15 @@ class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose own words are Chinese: its error messages (exit 2, the usage line first, as
     before) and its ``--help`` (usage line, section titles, the -h line); subcommands' parsers are of this class."""
 
-    def __init__(self, *args, add_help: bool = True, **kwargs):
+    def __init__(self, *args, add_help: bool = True, parents=(), **kwargs):
         kwargs.setdefault("formatter_class", _ChineseHelpFormatter)
         super().__init__(*args, add_help=False, **kwargs)
         self._positionals.title, self._optionals.title = "参数", "选项"
         if add_help:
             self.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS, help="显示这条帮助并退出")
+        for parent in parents:   # argparse's own step, after the titles: a parent's sections join these
+            self._add_container_actions(parent)
+            self._defaults.update(parent._defaults)
 
     def parse_known_args(self, args=None, namespace=None):
         self._typed = list(sys.argv[1:] if args is None else args)   # what error() may point at
@@ -106,10 +114,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         for pattern, chinese in ARGPARSE_MESSAGES:
             message = re.sub(f"^{pattern}$", chinese, message)
-        dashed = [a for a in getattr(self, "_typed", []) if a.startswith("-") and a.split("=")[0] not in
-                  self._option_string_actions and "--" not in self._typed]
-        if dashed and message.startswith("缺少参数"):   # `ask "-你好"`: argparse took the text for an unknown flag
-            message += f"。以 - 开头的文字要写在 -- 后面，例如 -- {dashed[0]!r}"
+        typed = getattr(self, "_typed", [])
+        dashed = [a for a in typed if a.startswith("-") and not re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", a)]
+        if dashed and "--" not in typed and message.startswith("缺少参数"):   # `ask "-你好"`: taken for a flag
+            message += f"。以 - 开头的文字要放在最后、前面加 --（选项都写在 -- 之前），例如 -- {dashed[0]!r}"
         super().error(message)
 
 

@@ -155,7 +155,7 @@ def run_cpu_demo(spec, *overrides: str) -> tuple[Path, str]:
     """
     root = demo_workspace(spec)
     out = root / "checkpoints" / "tiny-2proc"
-    with lock_run(out):   # a demo still training there (another cell, a terminal) keeps its run
+    with lock_run(out, elsewhere=""):   # a demo still training there (another cell, a terminal) keeps its run
         if out.exists():
             shutil.rmtree(out)
     proc = cpu_launch(out, *overrides, env={"QWEN3_TUTORIAL_WORKSPACE": str(root), "QWEN3_TUTORIAL_PROFILE": "tiny"})

@@ -34,7 +34,7 @@ def exercise(number: int, title: str):
 
 def run(argv: list[str] | None = None) -> None:
     """Run the exercises named on the command line (numbers), or all of them."""
-    from helpers.errors import ERROR_EXIT, CourseError, one_line
+    from helpers.errors import ERROR_EXIT, CourseError, one_line, reader_gone
 
     argv = sys.argv[1:] if argv is None else argv
     known = {number for number, _, _ in _EXERCISES}
@@ -44,17 +44,21 @@ def run(argv: list[str] | None = None) -> None:
         print(f"error: 没有这个练习：{' '.join(argv)}。这个脚本的练习是 {sorted(known)}，例如 "
               f"python {sys.argv[0]} {min(known)}（不写编号就做全部练习）", file=sys.stderr)
         raise SystemExit(ERROR_EXIT)
-    for number, title, function in sorted(_EXERCISES, key=lambda item: item[0]):
-        if number not in chosen:
-            continue
-        print(f"\n=== 练习 {number}：{title} ===")
-        start = time.perf_counter()
-        try:
-            function()
-        except CourseError as err:   # something to fix before the exercise can run (a setting, a missing file)
-            print(f"error: {one_line(str(err))}", file=sys.stderr)
-            raise SystemExit(ERROR_EXIT) from None
-        print(f"--- 练习 {number} 通过（{time.perf_counter() - start:.1f} 秒）")
+    try:
+        for number, title, function in sorted(_EXERCISES, key=lambda item: item[0]):
+            if number not in chosen:
+                continue
+            print(f"\n=== 练习 {number}：{title} ===")
+            start = time.perf_counter()
+            try:
+                function()
+            except CourseError as err:   # something to fix before the exercise can run (a setting, a missing file)
+                print(f"error: {one_line(str(err))}", file=sys.stderr)
+                raise SystemExit(ERROR_EXIT) from None
+            print(f"--- 练习 {number} 通过（{time.perf_counter() - start:.1f} 秒）")
+        sys.stdout.flush()
+    except BrokenPipeError:   # `python solutions/03_data.py | head`: no traceback about the reader going away
+        raise SystemExit(reader_gone()) from None
 
 
 def tiny_spec(*overrides: str, run_dir: str | Path | None = None):

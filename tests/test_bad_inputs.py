@@ -72,6 +72,8 @@ CASES = [
          ("shared-cut", "adapter_model.safetensors", "截断")),
     Case("a shared adapter whose config is not JSON", ("inference", "ask", "你是谁？", "--checkpoint",
          "shared-badjson"), 2, ("shared-badjson", "adapter_config.json")),
+    Case("a shared adapter whose config is the model's config.json", ("inference", "ask", "你是谁？", "--checkpoint",
+         "shared-notpeft"), 2, ("shared-notpeft", "peft_type")),
     Case("export a shared adapter without its weights", ("inference", "export", "--checkpoint", "shared-noweights",
          "--target", "{arena}/noweights-export"), 2, ("缺少 adapter_model.safetensors",), ("训练",), (),
          ("noweights-export",)),
@@ -198,13 +200,14 @@ def arena(tmp_path_factory, tiny_model_dir, tiny_checkpoint) -> Path:
     for name in ("run", "damaged", "story"):
         shutil.copytree(run, root / name)
     truncate(root / "damaged" / "checkpoint-60" / "adapter_model.safetensors")
-    for name in ("shared-cut", "shared-badjson", "shared-noweights"):   # an adapter handed over as its two files
+    for name in ("shared-cut", "shared-badjson", "shared-noweights", "shared-notpeft"):   # handed over as two files
         (root / name).mkdir()
         for file in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copyfile(tiny_checkpoint / file, root / name / file)
     truncate(root / "shared-cut" / "adapter_model.safetensors")
     (root / "shared-badjson" / "adapter_config.json").write_text("{bad", encoding="utf-8")
     (root / "shared-noweights" / "adapter_model.safetensors").unlink()
+    shutil.copyfile(tiny_model_dir / "config.json", root / "shared-notpeft" / "adapter_config.json")   # wrong file
     from helpers.workspace import course_folder
 
     course_folder(root / "exports", whole=False)   # a course folder holding an export, like <workspace>/export

@@ -102,7 +102,7 @@ def test_inference_export_onto_a_file(workspace, monkeypatch, capsys):
 
     adapter = workspace / "shared-adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}), encoding="utf-8")
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}), encoding="utf-8")
     save_file({"lora_A.weight": torch.zeros(1)}, adapter / "adapter_model.safetensors")
     target = workspace / "model.bin"
     target.write_bytes(b"the learner's file")
@@ -161,6 +161,7 @@ def test_every_help_speaks_the_courses_language(capsys):
             text += capsys.readouterr().out
         assert done.value.code == 0 and text.startswith("用法：python -m helpers."), (module, text[:200])
         assert "显示这条帮助并退出" in text and "选项" in text, module
+        assert text.count("\n选项:") == 1 + len(commands), (module, "one options section per help")
         english = [w for w in ("usage:", "options:", "positional arguments", "show this help") if w in text]
         assert not english, (module, english)
 
@@ -273,6 +274,13 @@ def test_a_message_that_starts_with_a_dash_is_shown_how_to_pass_it(monkeypatch):
     assert done.code == 2 and "-- '-你好'" in last, done.stderr
     plain = run_module("data", ["check"], env={"PATH": os.environ["PATH"]}, cwd=REPO_ROOT)
     assert plain.code == 2 and " -- " not in plain.stderr      # nothing dashed was typed: no such hint
+    for flags in (["data", "split", "x.json", "--eval", "0.1"], ["inference", "ask", "--think"],
+                  ["inference", "--version"]):   # an abbreviated or unknown flag is no text: no hint either
+        done = run_module(flags[0], flags[1:], env={"PATH": os.environ["PATH"]}, cwd=REPO_ROOT)
+        assert done.code == 2 and " -- " not in done.stderr, (flags, done.stderr)
+    value = run_module("inference", ["ask", "--system-prompt", "-x", "你好"], env={"PATH": os.environ["PATH"]},
+                       cwd=REPO_ROOT)   # a flag's value that starts with a dash: the form that works
+    assert value.code == 2 and "--system-prompt=" in value.stderr.strip().splitlines()[-1], value.stderr
     from helpers import inference
 
     monkeypatch.setattr(inference, "run_cli", lambda work, debug=False: 0)   # parse only, load no model

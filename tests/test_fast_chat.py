@@ -68,17 +68,23 @@ def test_chat_widget_on_a_merged_model_has_no_adapter_switch(adapter_model):
     assert app.turns[-1].who == "甄嬛（LoRA 已合并）"
 
 
-def test_the_transcript_names_who_answered(adapter_model, tmp_path):
+def test_the_transcript_names_who_answered(adapter_model, tmp_path, monkeypatch):
     """The LoRA model, the base model (switch off), a merged model (in memory or a course export loaded with
     from_pretrained) and a plain base model each get their own name: a base model is never called the LoRA."""
-    from helpers.chat_app import speaker
+    from helpers.chat_app import ChatApp, merged_in, speaker
     from helpers.export import EXPORT_MARKER
 
-    model, _ = adapter_model
+    model, tokenizer = adapter_model
     base = model.get_base_model()
-    assert (speaker(model, True), speaker(model, False)) == ("甄嬛（LoRA）", "基座模型（LoRA 关）")
-    assert speaker(base, True) == "模型"
-    (tmp_path / EXPORT_MARKER).write_text("{}", encoding="utf-8")
+    assert (speaker(model, True, False), speaker(model, False, False)) == ("甄嬛（LoRA）", "基座模型（LoRA 关）")
+    assert speaker(base, True, merged_in(base)) == "模型"
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / EXPORT_MARKER).write_text("{}", encoding="utf-8")
     exported = copy.copy(base)
-    exported.name_or_path = str(tmp_path)
-    assert speaker(exported, True) == "甄嬛（LoRA 已合并）"
+    exported.name_or_path = "export"                 # from_pretrained("export"), relative to where it was loaded
+    monkeypatch.chdir(tmp_path)
+    app = ChatApp(exported, tokenizer)
+    monkeypatch.chdir(tmp_path.parent)               # the label does not change when the kernel's folder does
+    app.send("皇上")
+    app.wait(120)
+    assert merged_in(exported) is False and app.turns[-1].who == "甄嬛（LoRA 已合并）", app.status.value

@@ -350,8 +350,9 @@ def test_the_demo_keeps_a_run_still_training_and_reports_its_ranks_error_in_one_
             return log, None
 
     monkeypatch.setattr(scale_out.subprocess, "Popen", Failed)
-    with lock_run(out), pytest.raises(RunLockedError):
+    with lock_run(out), pytest.raises(RunLockedError) as locked:
         scale_out.run_cpu_demo(spec)
+    assert "--output-dir" not in str(locked.value)     # the demo has no such flag: wait for the other one
     assert (out / "sample_log.jsonl").is_file()
     with pytest.raises(scale_out.DemoError) as caught:
         scale_out.run_cpu_demo(spec)

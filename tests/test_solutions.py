@@ -217,6 +217,19 @@ def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "改正路径" in lines[0], lines
 
 
+def test_a_reader_that_goes_away_is_no_traceback_in_a_solution(tmp_path):
+    """`python solutions/03_data.py | head -1`: the exercises' output has nowhere to go, and that is no error to show."""
+    script = tmp_path / "many_lines.py"
+    script.write_text(f"import sys\nsys.path[:0] = [{str(REPO_ROOT)!r}, {str(SOLUTIONS_DIR)!r}]\n"
+                      "from _common import exercise, run\n"
+                      "exercise(1, 'print')(lambda: print('行\\n' * 100_000))\n"
+                      "run()\n", encoding="utf-8")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1 and "Traceback" not in err, err
+
+
 def test_the_memorised_adapter_is_a_finished_tiny_one(tmp_path, monkeypatch, tiny_checkpoint, tiny_model_dir):
     """Solutions 05 and 06 assert memorised answers: an interrupted notebook-04 run, or an adapter_dir trained
     on another profile, is passed over (with a note) for an adapter that has them."""
