@@ -115,7 +115,7 @@ class ArgumentParser(argparse.ArgumentParser):
         for pattern, chinese in ARGPARSE_MESSAGES:
             message = re.sub(f"^{pattern}$", chinese, message)
         typed = getattr(self, "_typed", [])
-        dashed = [a for a in typed if a.startswith("-") and not re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", a)]
+        dashed = [a for a in typed if a.startswith("-") and not re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", a, re.ASCII)]
         if dashed and "--" not in typed and message.startswith("缺少参数"):   # `ask "-你好"`: taken for a flag
             message += f"。以 - 开头的文字要放在最后、前面加 --（选项都写在 -- 之前），例如 -- {dashed[0]!r}"
         super().error(message)
