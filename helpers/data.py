@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="每条样本的系统提示（'' 表示不用）；默认：课程的系统提示")
     for command in (check, encode):
         command.add_argument("--max-length", type=positive_int, default=DEFAULT_MAX_LENGTH,
-                             help=f"样本最长的 token 数；更长的数据会被丢弃（默认 {DEFAULT_MAX_LENGTH}）")
+                             help=f"样本最长的 token 数；更长的数据 check 会指出、encode 会丢弃（默认 {DEFAULT_MAX_LENGTH}）")
         command.add_argument("--skip-invalid", action="store_true",
                              help="跳过无效行（会列出它们），而不是拒绝整个文件")
     split = commands.add_parser("split", help="切出不泄漏的留出集：OUT_DIR/train.json、eval.json")

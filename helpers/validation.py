@@ -198,11 +198,16 @@ def _whole_object(text: str, report: ValidationReport) -> bool:
     ``{"data": [...]}``) or several pretty-printed records with no ``[ ]`` around them. Then one error says so,
     instead of one per line."""
     body = text.strip()
-    if not body.startswith("{") or "\n" not in body:
+    if not body.startswith("{"):
         return False
     values = _json_values(body)
-    if values is None or len(values) == sum(1 for line in body.splitlines() if line.strip()):
-        return False   # not JSON at all, or one value per line: JSONL, its rows are checked one by one
+    if values is None:
+        return False   # not JSON as a whole: JSONL, its rows are checked one by one
+    # records wrapped in an object ({"data": [...]}), also on one line: no record's fields, an array inside
+    wrapped = len(values) == 1 and not set(values[0]) & {*FIELDS, "messages"} and \
+        any(isinstance(value, list) for value in values[0].values())
+    if len(values) == sum(1 for line in body.splitlines() if line.strip()) and not wrapped:
+        return False   # one value per line: JSONL, its rows are checked one by one
     report.file_format = "json"
     if len(values) > 1:
         report.add(None, "(json)", f"应当是记录组成的 JSON 数组（[...]）或每行一条记录的 JSONL，实际是 {len(values)} 个"
@@ -210,8 +215,9 @@ def _whole_object(text: str, report: ValidationReport) -> bool:
         return True
     data = values[0]
     arrays = [key for key, value in data.items() if isinstance(value, list)]
-    inside = f"；其中 {arrays[0]!r} 是 {len(data[arrays[0]])} 项的数组：把这个数组单独存成文件" if arrays else ""
-    report.add(None, "(json)", f"应当是记录组成的 JSON 数组（[...]）或每行一条记录的 JSONL，实际是一个跨多行的 JSON 对象{inside}")
+    found = (f"一个把记录包在里面的 JSON 对象：其中 {arrays[0]!r} 是 {len(data[arrays[0]])} 项的数组，把这个数组单独存成文件"
+             if wrapped else "一个跨多行的 JSON 对象：一条记录时写成 [ {...} ]，或者写在一行里（JSONL）")
+    report.add(None, "(json)", f"应当是记录组成的 JSON 数组（[...]）或每行一条记录的 JSONL，实际是{found}")
     return True
 
 
@@ -322,5 +328,5 @@ def load_records(
                 "python -m helpers.data encode 加 --skip-invalid；Python：skip_invalid=True）。"))
         report.skipped = report.invalid_rows
         if not records:
-            raise DataValidationError(report, "跳过无效数据后，一条有效数据也不剩了。")
+            raise DataValidationError(report, "没有一条有效数据：请先修正上面列出的问题。")
     return LoadResult(records=records, report=report, rows=rows)

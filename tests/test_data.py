@@ -249,6 +249,24 @@ def test_a_pretty_printed_json_object_is_one_error_not_one_per_line(tmp_path, wr
     assert len(validation.load_records(one_line).records) == 1
 
 
+def test_records_wrapped_in_an_object_on_one_line_are_named_as_such(tmp_path):
+    """`{"data": [...]}` saved on one line: the same one error as the pretty-printed form (it was read as a JSONL row
+    missing instruction and output); a one-line chat-format row keeps its own message."""
+    rows = [{"instruction": "问", "input": "", "output": "答"}] * 2
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"data": rows}, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(validation.DataValidationError) as refused:
+        validation.load_records(path, skip_invalid=True)
+    [problem] = refused.value.report.errors
+    assert problem.row is None and "'data' 是 2 项的数组" in problem.reason
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "问"}]}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(validation.DataValidationError) as refused:
+        validation.load_records(chat, skip_invalid=True)
+    assert [(p.row, p.field) for p in refused.value.report.errors] == [(1, "messages")]
+
+
 @pytest.mark.parametrize("between", ["\n", ",\n"])
 def test_pretty_printed_records_without_brackets_are_one_error_that_names_the_brackets(tmp_path, huanhuan_path,
                                                                                      between):
