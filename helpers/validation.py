@@ -165,7 +165,8 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
         return list(enumerate(data, start=1))
     if _whole_object(text, report):
         return []
-    report.file_format = "jsonl"
+    if text.strip():   # an empty file keeps the format its name says
+        report.file_format = "jsonl"
     items = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -249,6 +249,17 @@ def test_a_pretty_printed_json_object_is_one_error_not_one_per_line(tmp_path, wr
     assert len(validation.load_records(one_line).records) == 1
 
 
+@pytest.mark.parametrize("name, unit", [("empty.json", "条"), ("empty.jsonl", "行")])
+def test_an_empty_file_says_it_holds_no_record(tmp_path, name, unit):
+    path = tmp_path / name
+    path.write_text(" \n", encoding="utf-8")
+    with pytest.raises(validation.DataValidationError) as refused:
+        validation.load_records(path)
+    report = refused.value.report
+    assert report.file_format == name.split(".")[1] and report.unit == unit
+    assert [(p.row, p.field) for p in report.errors] == [(None, "(file)")]
+
+
 def test_records_wrapped_in_an_object_on_one_line_are_named_as_such(tmp_path):
     """`{"data": [...]}` saved on one line: the same one error as the pretty-printed form (it was read as a JSONL row
     missing instruction and output); a one-line chat-format row keeps its own message."""
