@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -63,9 +64,15 @@ def experiment_name(spec) -> str:
 def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
     """Start a SwanLab run that can never prompt (see :func:`safe_mode`), named by :func:`experiment_name`; a wrong
     key with network stays an error."""
+    import signal
+
     import swanlab
 
-    return swanlab.init(
+    # swanlab.init installs its own Ctrl-C handler, which finishes the run and then calls the one before it; when
+    # that one is "ignore" (a background job: `python -m helpers.train &`), the training went on into a finished
+    # run and failed at its next log step. Such a process keeps ignoring Ctrl-C, as its shell asked.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    run = swanlab.init(
         project=spec.swanlab.project,
         experiment_name=experiment_name(spec),
         config=config if config is not None else spec.to_dict(),
@@ -74,6 +81,9 @@ def start_run(spec, config: dict | None = None, reachable=swanlab_reachable):
         settings=shareable_settings(swanlab),
         reinit=True,   # a run left open by a cell that failed is finished first, instead of refusing this one
     )
+    if ignored and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return run
 
 
 def require_key(spec) -> None:

@@ -585,6 +585,30 @@ def test_a_run_left_open_by_a_failed_cell_does_not_block_the_next(tmp_path):
     assert folder is not None and "RUN_STATE_FINISHED" in finish_record(folder)
 
 
+def test_a_background_training_keeps_ignoring_ctrl_c(tmp_path):
+    """`python -m helpers.train &`: its shell set Ctrl-C to "ignore"; swanlab.init's own handler would finish the run
+    on a stray SIGINT and let the training fail at its next log step ("requires an active Run"), so it stays ignored.
+    In a terminal (Python's default handler) Ctrl-C still interrupts: swanlab's handler passes it on."""
+    import signal
+
+    from helpers import tracking
+
+    spec = tiny_spec_for(tmp_path / "run", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
+                         QWEN3_TUTORIAL_SWANLAB_MODE="offline")
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = tracking.start_run(spec)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        tracking.finish_run(run)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        run = tracking.start_run(spec)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)      # the handler runs between two bytecodes of this thread
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_a_disabled_run_names_no_folder(tmp_path):
     """Mode disabled records nothing: no folder for a run summary or a `swanlab sync` command to name."""
     import swanlab
