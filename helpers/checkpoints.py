@@ -192,7 +192,8 @@ def base_model_name(spec) -> str:
 
 
 #: the training settings a resumed run must share with its checkpoint (max_steps, epochs, saving and logging may
-#: change: they say how much longer and how often, not what is trained)
+#: change: they say how much longer and how often; a decaying learning-rate schedule is then recomputed for the new
+#: end, so the result differs from one run planned that long from the start)
 RESUMED_TRAINING = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
                     "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "seed")
 
