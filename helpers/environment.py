@@ -290,7 +290,7 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
         what = "是文件夹，不是数据文件" if dataset.is_dir() else "不存在"
         variable = SETTINGS_KEYS["dataset"]
         fix = f"改正环境变量 {variable}（写绝对路径：相对路径从仓库根目录算起），或者 `unset {variable}` 后用 " \
-            if spec.origin["dataset"].endswith(variable) else "改正路径："
+            if overriding_variable("dataset") and spec.data.source == "course" else "改正路径："   # not a config's file
         out.append(Check("dataset", False, f"{display_path(dataset)} {what}（{spec.origin['dataset']}）",
                          fix + "python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
     else:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 #: exit code of a known course error
 ERROR_EXIT = 2
+#: how the one line of a known course error starts (a caller reading another command's output looks for it)
+ERROR_PREFIX = "error: "
 #: the line :func:`run_cli` prints after a course error (tests compare with it, not with its wording)
 DEBUG_HINT = "（加上 --debug 可查看完整的 traceback）"
 
@@ -51,7 +53,7 @@ def run_cli(work: Callable[[], int], debug: bool = False) -> int:
     except CourseError as err:
         if debug:
             raise
-        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{one_line(str(err))}", file=sys.stderr)
         print(DEBUG_HINT, file=sys.stderr)
         return ERROR_EXIT
 

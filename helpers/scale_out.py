@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checkpoints import lock_run
 from .download import build_tiny_model
-from .errors import ArgumentParser, CourseError, positive_int, run_cli
+from .errors import ERROR_PREFIX, ArgumentParser, CourseError, positive_int, run_cli
 from .models import QWEN3_SHAPES, qwen3_counts
 from .profiles import PROFILES
 from .recipes import estimate_lora_memory_gb
@@ -166,9 +166,9 @@ def run_cpu_demo(spec, *overrides: str) -> tuple[Path, str]:
         proc.wait()
         raise
     if proc.returncode != 0:
-        known = next((line for line in log.splitlines() if line.startswith("error: ")), None)
+        known = next((line for line in log.splitlines() if line.startswith(ERROR_PREFIX)), None)
         if known is not None:   # a course error in the ranks (a missing dataset, a held lock): their one line
-            raise DemoError(f"多进程演示没有完成：{known.removeprefix('error: ')}")
+            raise DemoError(f"多进程演示没有完成：{known.removeprefix(ERROR_PREFIX)}")
         raise RuntimeError(f"accelerate launch 失败（退出码 {proc.returncode}）：\n{log[-3000:]}")
     return out, log
 

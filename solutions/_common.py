@@ -34,14 +34,14 @@ def exercise(number: int, title: str):
 
 def run(argv: list[str] | None = None) -> None:
     """Run the exercises named on the command line (numbers), or all of them."""
-    from helpers.errors import ERROR_EXIT, CourseError, one_line, reader_gone
+    from helpers.errors import ERROR_EXIT, ERROR_PREFIX, CourseError, one_line, reader_gone
 
     argv = sys.argv[1:] if argv is None else argv
     known = {number for number, _, _ in _EXERCISES}
     chosen = {int(a) for a in argv if a.isdigit()} or known
     unknown = chosen - known
     if unknown or any(not a.isdigit() for a in argv):   # a mistyped number: one line and exit 2, like a course error
-        print(f"error: 没有这个练习：{' '.join(argv)}。这个脚本的练习是 {sorted(known)}，例如 "
+        print(f"{ERROR_PREFIX}没有这个练习：{' '.join(argv)}。这个脚本的练习是 {sorted(known)}，例如 "
               f"python {sys.argv[0]} {min(known)}（不写编号就做全部练习）", file=sys.stderr)
         raise SystemExit(ERROR_EXIT)
     try:
@@ -53,7 +53,7 @@ def run(argv: list[str] | None = None) -> None:
             try:
                 function()
             except CourseError as err:   # something to fix before the exercise can run (a setting, a missing file)
-                print(f"error: {one_line(str(err))}", file=sys.stderr)
+                print(f"{ERROR_PREFIX}{one_line(str(err))}", file=sys.stderr)
                 raise SystemExit(ERROR_EXIT) from None
             print(f"--- 练习 {number} 通过（{time.perf_counter() - start:.1f} 秒）")
         sys.stdout.flush()

@@ -192,7 +192,8 @@ def test_the_dataset_is_downloadable_when_reachable(full_spec):
     assert by_name(checks)["dataset"].ok and "可以下载" in by_name(checks)["dataset"].detail
 
 
-def test_a_dataset_path_the_user_named_must_exist(tmp_path):
+def test_a_dataset_path_the_user_named_must_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("QWEN3_TUTORIAL_DATASET", str(tmp_path / "nowhere.json"))   # the variable of this process
     spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_DATASET": str(tmp_path / "nowhere.json")},
                       settings_file=None, cuda=False)
     checks = env.preflight(spec, kernel=True, dataset_reachable=lambda: True)
