@@ -261,8 +261,7 @@ def _missing_adapter(spec, chosen: Path, by_setting: bool) -> MissingArtifactErr
     (then the run's own checkpoints are listed)."""
     if by_setting:
         return MissingArtifactError(
-            f"适配器文件夹 {display_path(chosen)}（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径"
-            "（写绝对路径：相对路径从仓库根目录算起），"
+            f"适配器文件夹 {display_path(chosen)}（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径，"
             "或改回用你自己训练的结果：python -m helpers.environment setup --adapter-dir \"\"（并取消 "
             "QWEN3_TUTORIAL_ADAPTER_DIR）。")
     found = "、".join(c.name for c in checkpoints_in(spec.paths.run_dir)) or "还没有"

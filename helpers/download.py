@@ -24,6 +24,7 @@ from .models import (
     verify_tokenizer_files,
 )
 from .profiles import PROFILES
+from .settings import and_unset
 from .spec import build_spec
 from .workspace import (
     MissingArtifactError,
@@ -129,7 +130,7 @@ def write_config_dir(target: Path, model: str = "Qwen3-8B") -> Path:
 def download_folder(target: Path, workspace: Path, model: str = "Qwen3-8B") -> Path:
     """The folder to download ``Qwen/<model>`` into, made and marked as the course's (so ``make reset-all``
     may remove it), after checking the disk has room for the model, its checkpoints and its export."""
-    check_disk_space(disk_budget_gb(weights_present(target), model)[BUDGET_TOTAL], workspace)
+    check_disk_space(disk_budget_gb(weights_present(target), model)[BUDGET_TOTAL], workspace, and_unset("workspace"))
     return course_folder(target)
 
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         spec = build_spec(args.config, profile=args.profile)
         print(spec.describe())
-        budget = disk_budget_gb((spec.paths.model_dir / "config.json").is_file(), spec.profile.model)
+        budget = disk_budget_gb(weights_present(spec.paths.model_dir), spec.profile.model)
         if spec.profile.source == "modelscope":
             print("磁盘预算（GB）：" + "，".join(f"{k} {v}" for k, v in budget.items()))
         if "model_dir" in spec.given:  # the user's own model folder: check it before anything is fetched

@@ -19,18 +19,21 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .data_files import HUANHUAN_PINNED_URL
-from .download import BUDGET_TOTAL, disk_budget_gb, weights_gb
-from .errors import ArgumentParser, CourseError, run_cli
+from .download import BUDGET_TOTAL, disk_budget_gb, weights_gb, weights_present
+from .errors import ArgumentParser, CourseError, run_cli, utf8_text
 from .hardware import gpus, memory_gb, reachable
 from .models import other_model
 from .profiles import PROFILES
 from .recipes import choose
 from .settings import (
+    PATH_KEYS,
     SETTINGS_FILE,
     SETTINGS_KEYS,
     SWANLAB_MODES,
     SpecError,
+    and_unset,
     has_swanlab_key,
+    overriding_variable,
     read_settings_file,
     suggest,
 )
@@ -211,7 +214,7 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         f"可用 {available:.1f} GB / 共 {total:.1f} GB，需要 {need_memory:.0f} GB",
                         "关掉其他程序和 notebook 的内核，或者换一台内存更大的机器"))
     free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
-    model_present = (spec.paths.model_dir / "config.json").is_file()
+    model_present = weights_present(spec.paths.model_dir)   # an interrupted download has a config and some shards
     need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
     a_file = blocking_file(spec.paths.workspace)
     checks.append(Check("disk", free >= need and a_file is None,
@@ -219,7 +222,7 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         if a_file is not None else
                         f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，需要 {need:.1f} GB",
                         "把工作目录放到数据盘上：python -m helpers.environment setup "
-                        "--workspace ~/autodl-tmp/qwen3-workspace" + _and_unset("workspace")))
+                        "--workspace ~/autodl-tmp/qwen3-workspace" + and_unset("workspace")))
     checks += _files_checks(spec, model_present, dataset_reachable)
     keyless = spec.swanlab.mode == "online" and not (has_swanlab_key(os.environ) if swanlab_key is None else swanlab_key)
     checks.append(Check("swanlab", not keyless, "模式 online，但没有 API key：训练会在开始前停下" if keyless else
@@ -241,7 +244,7 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
     if not gpu_list:
         return Check("gpu", False, "没有找到 CUDA GPU",
                      "换一台有 GPU 的机器，或者用 tiny profile：python -m helpers.environment setup --profile tiny"
-                     + _and_unset("profile"))
+                     + and_unset("profile"))
     gpu = gpu_list[0]
     choice = choose(gpu["memory_gb"])
     held = gpu["memory_gb"] - gpu.get("free_gb", gpu["memory_gb"])
@@ -253,31 +256,21 @@ def _gpu_check(spec, gpu_list: list[dict], gpu_profile: bool) -> Check:
     return Check("gpu", ok, detail, fix)
 
 
-def overriding_variable(key: str) -> str | None:
-    """The environment variable that sets ``key`` in this process, if any: it beats the settings file."""
-    variable = SETTINGS_KEYS[key]
-    return variable if os.environ.get(variable, "").strip() else None
-
-
-def _and_unset(key: str) -> str:
-    """The tail of a ``setup`` fix when an environment variable would still beat what setup writes."""
-    variable = overriding_variable(key)
-    return f"，再 `unset {variable}`（环境变量优先于设置文件）" if variable else ""
-
-
 def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
     out = []
-    differs = other_model(spec) if model_present else None
+    has_config = (spec.paths.model_dir / "config.json").is_file()
+    differs = other_model(spec) if has_config else None
     if model_present and differs is None:
         out.append(Check("model", True, f"已在 {display_path(spec.paths.model_dir)}"))
     elif "model_dir" in spec.given and spec.profile.source == "modelscope":
         out.append(Check("model", False, f"{display_path(spec.paths.model_dir)}（来自 {spec.origin['model_dir']}）"
-                         + (f"不是 {spec.profile.model}：{differs}" if differs else "里没有 config.json"),
+                         + (f"不是 {spec.profile.model}：{differs}" if differs else
+                            "里的 *.safetensors 权重不全" if has_config else "里没有 config.json"),
                          f"把 model_dir 指向存有 {spec.profile.model} 的文件夹，或者取消这个设置、由课程下载："
                          "python -m helpers.environment setup --model-dir \"\"（并取消 QWEN3_TUTORIAL_MODEL_DIR）"))
     elif spec.profile.source == "modelscope":
         out.append(Check("model", False, f"不是 {spec.profile.model}：{differs}" if differs else
-                         f"还没有下载（{display_path(spec.paths.model_dir)}）",
+                         f"{'下载没有完成，权重不全' if has_config else '还没有下载'}（{display_path(spec.paths.model_dir)}）",
                          (f"删掉 {display_path(spec.paths.model_dir)}，然后 " if differs else "")
                          + f"python -m helpers.download --profile {spec.profile.name}   "
                          f"（{weights_gb(spec.profile.model)} GB，请在上课前下载）"))
@@ -289,7 +282,7 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
     elif "dataset" in spec.given:  # a file the user named: a download would not put it there
         what = "是文件夹，不是数据文件" if dataset.is_dir() else "不存在"
         variable = SETTINGS_KEYS["dataset"]
-        fix = f"改正环境变量 {variable}（写绝对路径：相对路径从仓库根目录算起），或者 `unset {variable}` 后用 " \
+        fix = f"改正环境变量 {variable}（最好写绝对路径），或者 `unset {variable}` 后用 " \
             if overriding_variable("dataset") and spec.data.source == "course" else "改正路径："   # not a config's file
         out.append(Check("dataset", False, f"{display_path(dataset)} {what}（{spec.origin['dataset']}）",
                          fix + "python -m helpers.environment setup --dataset /path/to/huanhuan.json"))
@@ -319,7 +312,7 @@ def format_checks(checks: list[Check]) -> str:
 def _setup(args) -> int:
     """``setup``: write the settings file, then say what of it is not there yet or is overridden."""
     values = {k: getattr(args, k) for k in SETTINGS_KEYS if getattr(args, k) is not None}
-    for key in ("workspace", "model_dir", "dataset", "adapter_dir"):
+    for key in PATH_KEYS:
         if values.get(key) and not values[key].startswith("~"):
             values[key] = str(named_path(values[key]))  # as typed where the command ran
     blocked = blocking_file(values["workspace"]) if values.get("workspace") else None
@@ -349,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     setup = commands.add_parser("setup", help="写入 course-settings.yaml（每个内核和命令都读它）")
     for key in SETTINGS_KEYS:
-        setup.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"{key}（传空字符串即删除这一项）")
+        setup.add_argument(f"--{key.replace('_', '-')}", dest=key, type=utf8_text, help=f"{key}（传空字符串即删除这一项）")
     kernel = commands.add_parser("kernel", help=f"把这个 Python 注册为 Jupyter 内核 {KERNEL_NAME!r}（make kernel）")
     check = commands.add_parser("check", help="逐项检查通过 / 未通过，未通过的附修复方法")
     check.add_argument("--json", action="store_true", help="输出 JSON（便于收集整个教室的结果）")

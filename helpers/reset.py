@@ -86,6 +86,17 @@ def sweep(folder: Path, depth: int = 0) -> tuple[list[Path], list[Path]]:
     return mine, others
 
 
+def _derived_data(name: str) -> bool:
+    """Whether a name in ``<workspace>/data`` is made from the dataset (the rest there is downloaded)."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in DERIVED_DATA)
+
+
+def _downloaded(path: Path, workspace: Path) -> bool:
+    """Whether ``path`` is what only --all removes: the model (downloaded or built) or the downloaded dataset."""
+    return (workspace / "models" in (path, *path.parents)
+            or (path.parent == workspace / "data" and not _derived_data(path.name)))
+
+
 def _data_items(data: Path, everything: bool) -> tuple[list[Path], list[Path]]:
     """The encoded data and splits (and with --all the downloaded dataset) the course made in ``data``."""
     names = made_names(data) or set()
@@ -93,7 +104,7 @@ def _data_items(data: Path, everything: bool) -> tuple[list[Path], list[Path]]:
     for child in sorted(data.iterdir()):
         if child.name == MADE_MARKER:
             continue
-        derived = any(fnmatch.fnmatch(child.name, pattern) for pattern in DERIVED_DATA)
+        derived = _derived_data(child.name)
         if not (listed(names, child.name) or (child.is_dir() and is_course_made(child))):
             others.append(child)
         elif everything or derived:
@@ -107,7 +118,7 @@ def _what(path: Path, workspace: Path) -> str:
     except ValueError:
         return "执行过的 notebook"
     if top == "data":
-        return "编码后的数据" if any(fnmatch.fnmatch(path.name, p) for p in DERIVED_DATA) else "数据集（下载的）"
+        return "编码后的数据" if _derived_data(path.name) else "数据集（下载的）"
     return {"executed": "执行过的 notebook", "models": "模型（下载或构建的）"}.get(top, top)
 
 
@@ -186,7 +197,7 @@ def confirm(question: str, force: bool) -> bool:
     if force:
         return True
     if not (sys.stdin is not None and sys.stdin.isatty()):
-        raise ResetRefused("删除模型需要你确认，但这里没有终端可以询问："
+        raise ResetRefused("删除模型和数据集需要你确认，但这里没有终端可以询问："
                            "请运行 `make reset-all FORCE=1`（或 `python -m helpers.reset --all --force`）。"
                            "什么都没有删除。")
     try:
@@ -226,10 +237,10 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
     if dry_run:
         print(f"演练（dry run）：会释放 {human(total)}；什么都没有删除。", file=out)
         return 0
-    models = [item for item in items if workspace / "models" in (item.path, *item.path.parents)]
-    if everything and models:
-        if not confirm(f"模型也删除吗（{human(sum(m.bytes for m in models))}；删掉的 Qwen3-8B 要重新下载 16.4 GB "
-                       "才能找回）？", force):
+    downloaded = [item for item in items if _downloaded(item.path, workspace)]
+    if everything and downloaded:
+        if not confirm(f"模型和下载的数据集也删除吗（{human(sum(d.bytes for d in downloaded))}；删掉后要重新下载"
+                       "（Qwen3-8B 16.4 GB）或重新构建才能找回）？", force):
             print("没有确认：什么都没有删除。", file=out)
             return 0
     freed = remove(items)

@@ -34,6 +34,8 @@ SETTINGS_KEYS = {
     "adapter_dir": ADAPTER_DIR_ENV,
     "swanlab_mode": SWANLAB_MODE_ENV,
 }
+#: the settings that name a file or folder
+PATH_KEYS = ("workspace", "model_dir", "dataset", "adapter_dir")
 
 SWANLAB_MODES = ("offline", "online", "local", "disabled")
 
@@ -95,7 +97,23 @@ def course_settings(env: Mapping[str, str] | None = None, settings_file: Path | 
             out[key] = (env[variable].strip(), f"环境变量 {variable}")
         elif key in from_file:
             out[key] = (from_file[key], f"设置文件 {display_path(settings_file)}")
+        else:
+            continue
+        if key in PATH_KEYS and not os.path.isabs(os.path.expanduser(out[key][0])):   # the same from any folder
+            out[key] = (out[key][0], out[key][1] + "，相对路径从仓库根目录算起")
     return out
+
+
+def overriding_variable(key: str) -> str | None:
+    """The environment variable that sets ``key`` in this process, if any: it beats the settings file."""
+    variable = SETTINGS_KEYS[key]
+    return variable if os.environ.get(variable, "").strip() else None
+
+
+def and_unset(key: str) -> str:
+    """The tail of a ``setup`` fix when an environment variable would still beat what setup writes."""
+    variable = overriding_variable(key)
+    return f"，再 `unset {variable}`（环境变量优先于设置文件）" if variable else ""
 
 
 def learner_given(settings: dict, *, modelscope: bool, data_file: bool, set_profile: str | None) -> frozenset[str]:

@@ -128,7 +128,7 @@ class RunSpec:
             lines.append(f"  内核: {self.kernels}（Liger Kernel 的 Qwen3 融合算子）")
         if self.profile.name == "tiny":
             lines.append("  注意: tiny 模型的回答没有 Qwen3-8B 的水平，它只证明整条流程是对的。"
-                         f"在 GPU 机器上设置 {PROFILE_ENV}=full 使用真正的模型。")
+                         "在 GPU 机器上运行 python -m helpers.environment setup --profile full 使用真正的模型。")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

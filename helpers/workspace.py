@@ -334,14 +334,14 @@ def free_disk_gb(path: str | os.PathLike) -> float:
     return shutil.disk_usage(nearest_existing(path)).free / 1e9
 
 
-def check_disk_space(need_gb: float, path: str | os.PathLike) -> float:
-    """Raise :class:`NotEnoughDiskError` with a fix when less than ``need_gb`` is free."""
+def check_disk_space(need_gb: float, path: str | os.PathLike, fix_tail: str = "") -> float:
+    """Raise :class:`NotEnoughDiskError` with a fix (ending in ``fix_tail``) when less than ``need_gb`` is free."""
     free = free_disk_gb(path)
     if free < need_gb:
         raise NotEnoughDiskError(
             f"工作目录所在的磁盘（{display_path(path)}）只剩 {free:.1f} GB，但需要 {need_gb:.1f} GB"
             "（模型、检查点和导出的合并后的模型）。在 AutoDL 上请把工作目录放到数据盘："
-            "python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace"
+            "python -m helpers.environment setup --workspace ~/autodl-tmp/qwen3-workspace" + fix_tail
         )
     return free
 

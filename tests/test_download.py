@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from helpers import download, models, workspace
+from helpers.settings import WORKSPACE_ENV
 from helpers.workspace import REPO_ROOT
 
 
@@ -68,6 +69,18 @@ def test_meta_model_uses_no_memory_and_has_real_shapes():
 def test_disk_check_refuses_with_a_fix(tmp_path):
     with pytest.raises(workspace.NotEnoughDiskError, match="helpers.environment setup --workspace ~/autodl-tmp/"):
         workspace.check_disk_space(10**9, tmp_path)
+
+
+def test_the_downloads_disk_fix_also_unsets_a_workspace_variable(tmp_path, monkeypatch):
+    """`setup --workspace` writes the settings file, which QWEN3_TUTORIAL_WORKSPACE beats: the fix says to unset it."""
+    monkeypatch.setattr(workspace, "free_disk_gb", lambda path: 1.0)
+    monkeypatch.delenv(WORKSPACE_ENV, raising=False)
+    with pytest.raises(workspace.NotEnoughDiskError) as plain:
+        download.download_folder(tmp_path / "Qwen3-8B", tmp_path)
+    assert "setup --workspace" in str(plain.value) and "unset" not in str(plain.value)
+    monkeypatch.setenv(WORKSPACE_ENV, str(tmp_path))
+    with pytest.raises(workspace.NotEnoughDiskError, match=f"setup --workspace .*unset {WORKSPACE_ENV}"):
+        download.download_folder(tmp_path / "Qwen3-8B", tmp_path)
 
 
 def test_the_download_budgets_for_checkpoints_and_the_merged_export(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ import nbformat
 import pytest
 import torch
 
+from helpers import download
 from helpers import environment as env
 from helpers.settings import SETTINGS_FILE, WORKSPACE_ENV, SpecError
 from helpers.spec import build_spec
@@ -64,6 +65,7 @@ def full_spec(tmp_path):
     spec = build_spec(profile="full", env={WORKSPACE_ENV: str(workspace)}, settings_file=None, cuda=False)
     spec.paths.model_dir.mkdir(parents=True)
     (spec.paths.model_dir / "config.json").write_text("{}", encoding="utf-8")
+    (spec.paths.model_dir / "model.safetensors").write_bytes(b"")
     spec.paths.dataset.parent.mkdir(parents=True)
     spec.paths.dataset.write_text("[]", encoding="utf-8")
     return spec
@@ -182,8 +184,29 @@ def test_a_model_folder_of_another_qwen3_size_or_architecture_fails_the_check_an
     model = by_name(env.preflight(own, **full_fakes()))["model"]
     assert not model.ok and "hidden_size=4096" in model.detail and "download --profile small" in model.fix
     (own.paths.model_dir / "config.json").write_text(json.dumps(models.qwen3_config("Qwen3-0.6B")), encoding="utf-8")
+    (own.paths.model_dir / "model.safetensors").write_bytes(b"")
     assert by_name(env.preflight(own, **full_fakes()))["model"].ok
     assert models.require_model_dir(own) == own.paths.model_dir
+
+
+def test_an_interrupted_download_fails_the_model_check_and_counts_its_weights_in_the_disk_budget(full_spec):
+    """A config and some of the shards its index names is a download cut short, not a model: the check says so
+    and the disk it asks for still holds the 16.4 GB of weights (what the download's own disk check wants)."""
+    folder = full_spec.paths.model_dir
+    (folder / "model.safetensors").unlink()
+    shards = [f"model-0000{i}-of-00005.safetensors" for i in range(1, 6)]
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict(zip("abcde", shards, strict=True))}),
+                                                         encoding="utf-8")
+    (folder / shards[0]).write_bytes(b"x")
+    full = download.disk_budget_gb(False)[download.BUDGET_TOTAL]
+    checks = by_name(env.preflight(full_spec, **full_fakes(free_gb=full - 1)))
+    assert not checks["model"].ok and "下载没有完成" in checks["model"].detail
+    assert "python -m helpers.download --profile full" in checks["model"].fix
+    assert not checks["disk"].ok and f"需要 {full:.1f} GB" in checks["disk"].detail
+    for shard in shards[1:]:
+        (folder / shard).write_bytes(b"x")
+    checks = by_name(env.preflight(full_spec, **full_fakes(free_gb=full - 1)))
+    assert checks["model"].ok and checks["disk"].ok
 
 
 def test_the_dataset_is_downloadable_when_reachable(full_spec):
@@ -221,6 +244,17 @@ def test_setup_writes_a_path_that_is_not_there_yet_and_says_so(tmp_path, monkeyp
     done = run_cli("environment", ["setup", "--adapter-dir", str(tmp_path / "adapter")], cwd=REPO_ROOT,
                    env=clean_env(QWEN3_TUTORIAL_ADAPTER_DIR=str(tmp_path)))
     assert done.code == 0 and "unset QWEN3_TUTORIAL_ADAPTER_DIR" in done.stdout
+
+
+def test_setup_refuses_a_path_that_is_not_utf8_in_one_line(tmp_path, monkeypatch):
+    """A terminal in another encoding (GBK) hands undecodable bytes over: one line, and no settings file written."""
+    settings = tmp_path / "course-settings.yaml"
+    write = env.write_settings
+    monkeypatch.setattr(env, "write_settings", lambda values: write(values, settings))
+    gbk = os.fsdecode(str(tmp_path).encode() + "/工作区".encode("gbk"))
+    done = run_cli("environment", ["setup", "--workspace", gbk], env=clean_env(), cwd=REPO_ROOT)
+    assert done.code == 2 and "Traceback" not in done.stderr and "UTF-8" in done.stderr, done.stderr
+    assert not settings.exists()
 
 
 def test_a_workspace_that_is_a_file_is_refused_by_setup_and_fails_the_check(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,16 @@ def test_reset_all_without_force_and_without_a_terminal_stops(tmp_path):
     assert result.returncode != 0
     assert "FORCE=1" in result.stderr and "什么都没有删除" in result.stderr
     assert present(workspace) == before
+
+
+def test_reset_all_asks_before_removing_a_downloaded_dataset_even_without_a_model(tmp_path):
+    """`--all` asks first (the help says so) for the dataset too: without a terminal and --force it removes nothing."""
+    workspace = make_workspace(tmp_path)
+    shutil.rmtree(workspace / "models")
+    before = present(workspace)
+    result = run_reset(workspace, "--all")
+    assert result.returncode == 2 and "--force" in result.stderr, result.stdout + result.stderr
+    assert present(workspace) == before and "data/huanhuan.json" in before
 
 
 def test_reset_all_with_force_removes_the_models(tmp_path):

@@ -130,6 +130,10 @@ def test_the_settings_file_reaches_the_spec_and_the_environment_beats_it(tmp_pat
     # a blank variable does not count: the file's value stays
     assert spec_of(env={course_settings_module.WORKSPACE_ENV: "  "}, settings=settings).paths.workspace == \
         (tmp_path / "from-file").resolve()
+    # a relative path is read from the repository root, not from where the command runs: the origin says so
+    relative = spec_of(env={course_settings_module.DATASET_ENV: "huanhuan.json"}, settings=settings)
+    assert relative.paths.dataset == REPO_ROOT / "huanhuan.json"
+    assert relative.origin["dataset"] == f"环境变量 {course_settings_module.DATASET_ENV}，相对路径从仓库根目录算起"
 
 
 def test_a_profile_from_the_settings_file_contradicting_a_config_names_the_file(tmp_path):

@@ -177,8 +177,12 @@ def test_a_stale_adapter_setting_is_visible_and_named_with_its_fix(tmp_path):
     write_settings({"adapter_dir": str(gone)}, path=settings)
     spec = build_spec(profile="tiny", settings_file=settings, env={}, cuda=False)
     assert str(gone) in spec.describe() and "--adapter-dir" in spec.describe()
-    with pytest.raises(MissingArtifactError, match=r"adapter_dir\W+来自 设置文件 .*相对路径从仓库根目录算起.*setup --adapter-dir"):
+    with pytest.raises(MissingArtifactError, match=r"adapter_dir\W+来自 设置文件 [^，]*）不存在.*setup --adapter-dir"):
         inf.resolve_checkpoint(spec)
+    write_settings({"adapter_dir": "teacher-adapter"}, path=settings)   # typed by hand: read from the repository root
+    relative = build_spec(profile="tiny", settings_file=settings, env={}, cuda=False)
+    with pytest.raises(MissingArtifactError, match=r"adapter_dir\W+来自 设置文件 .*相对路径从仓库根目录算起）不存在"):
+        inf.resolve_checkpoint(relative)
     with pytest.raises(MissingArtifactError, match=r"typo 不存在。$"):     # --checkpoint: the learner's own word
         inf.resolve_checkpoint(spec, tmp_path / "typo")
     # without an adapter setting, a wrong --checkpoint names where this run's checkpoints are
