@@ -366,6 +366,10 @@ def add_lora_adapter(model, lora=None):
     return get_peft_model(model, config)
 
 
+#: the linear layers whose input is the hidden state (the LoRA A matrix on them is hidden_size wide)
+HIDDEN_INPUT_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+
+
 class AdapterMismatchError(CourseError, ValueError):
     """The adapter was trained on another base model than the one loaded."""
 
@@ -389,17 +393,29 @@ def check_adapter_fits(model, adapter: Path, recipe: dict | None = None) -> None
             size, expected = ((shape[1], getattr(module, "in_features", None)) if matrix == "A.weight"
                               else (shape[0], getattr(module, "out_features", None)))
             if module is None or size != expected:
-                raise AdapterMismatchError(_mismatch_message(adapter, recipe or {}, name, size, module, expected,
-                                                             model.config.hidden_size))
+                hidden = (_adapter_hidden_size(handle), model.config.hidden_size)
+                raise AdapterMismatchError(_mismatch_message(adapter, recipe or {}, key, size, module, expected, hidden))
 
 
-def _mismatch_message(adapter, recipe, name, size, module, expected, hidden) -> str:
-    layer = name.removeprefix("base_model.model.")
+def _adapter_hidden_size(handle) -> int | None:
+    """The hidden size an adapter was trained for: what a LoRA A matrix on a layer that reads the hidden state
+    (q, k, v, gate or up projection) takes in; None when the adapter wraps none of them."""
+    for key in handle.keys():
+        if key.endswith(".lora_A.weight") and any(f".{p}." in key for p in HIDDEN_INPUT_MODULES):
+            return handle.get_slice(key).get_shape()[1]
+    return None
+
+
+def _mismatch_message(adapter, recipe, key, size, module, expected, hidden: tuple[int | None, int]) -> str:
+    layer, _, matrix = key.removeprefix("base_model.model.").rpartition(".lora_")
     trained = (f"用 profile {recipe['profile']!r}（{recipe.get('base_model', '另一个基座模型')}）训练的"
                if "profile" in recipe else "在另一个基座模型上训练的")
+    side = "输入" if matrix == "A.weight" else "输出"
     found = (f"加载的基座模型却没有 {layer} 这一层" if module is None
-             else f"其中 {layer} 的维度是 {expected}，适配器的矩阵却是 {size}")
-    return (f"适配器 {display_path(adapter)} 与这个基座模型（hidden_size={hidden}）不匹配：它是{trained}，"
+             else f"{layer} 的{side}维度在基座模型里是 {expected}，适配器的 lora_{matrix[0]} 矩阵却是 {size}")
+    sizes = (f"hidden_size：适配器 {hidden[0]}，基座模型 {hidden[1]}" if hidden[0] is not None
+             else f"基座模型的 hidden_size={hidden[1]}")
+    return (f"适配器 {display_path(adapter)} 与这个基座模型不匹配（{sizes}）：它是{trained}，"
             f"{found}。请用在这个档位的模型上训练的适配器，或换回训练它时用的档位"
             + (f"（python -m helpers.environment setup --profile {recipe['profile']}，或设 "
                f"QWEN3_TUTORIAL_PROFILE={recipe['profile']}）。" if "profile" in recipe else

@@ -38,9 +38,10 @@ def run(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     known = {number for number, _, _ in _EXERCISES}
-    chosen = {int(a) for a in argv if a.isdigit()} or known
+    numbers = [a for a in argv if a.isascii() and a.isdigit()]   # "①" and "²" are digits to isdigit, not to int
+    chosen = {int(a) for a in numbers} or known
     unknown = chosen - known
-    if unknown or any(not a.isdigit() for a in argv):   # a mistyped number: one line and exit 2, like a course error
+    if unknown or len(numbers) < len(argv):   # a mistyped number: one line and exit 2, like a course error
         print(f"{ERROR_PREFIX}没有这个练习：{' '.join(argv)}。这个脚本的练习是 {sorted(known)}，例如 "
               f"python {sys.argv[0]} {min(known)}（不写编号就做全部练习）", file=sys.stderr)
         raise SystemExit(ERROR_EXIT)

@@ -199,7 +199,7 @@ def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
     common.run([])
     assert ran == [2, 1, 2]
     capsys.readouterr()
-    for wrong in (["9"], ["two"]):
+    for wrong in (["9"], ["two"], ["①"], ["1", "²"]):   # isdigit says yes to "①" and "²", int() says no
         with pytest.raises(SystemExit) as stop:
             common.run(wrong)
         assert stop.value.code == 2 and re.match(r"error: .*\[1, 2\]", capsys.readouterr().err)

@@ -124,14 +124,16 @@ def deeper(weights: dict) -> dict:
     return {**weights, **extra}
 
 
-@pytest.mark.parametrize(("change", "problem"), [
-    (wider, r"384\D+4096"),
-    (deeper, re.escape("model.layers.40.")),
+@pytest.mark.parametrize(("change", "width", "problem"), [
+    (wider, 4096, r"输入维度\D+384\D+lora_A\D+4096"),
+    (deeper, 128, re.escape("model.layers.40.")),
 ])
-def test_an_adapter_for_another_base_model_is_refused_naming_the_layer(tiny_checkpoint, tmp_path, change, problem):
+def test_an_adapter_for_another_base_model_is_refused_naming_the_layer(tiny_checkpoint, tmp_path, change, width,
+                                                                        problem):
     adapter = foreign_adapter(tiny_checkpoint, tmp_path, change)
     spec = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: str(adapter)}, settings_file=None, cuda=False)
-    with pytest.raises(models.AdapterMismatchError, match=rf"hidden_size=128\W.*profile 'tiny'.*{problem}") as error:
+    pattern = rf"hidden_size：适配器 {width}，基座模型 128\W.*profile 'tiny'.*{problem}"   # both widths, then the layer
+    with pytest.raises(models.AdapterMismatchError, match=pattern) as error:
         inf.load_finetuned(spec)
     assert "setup --profile tiny" in str(error.value)   # a command that exists (inference has no --profile flag)
 
