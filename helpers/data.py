@@ -443,7 +443,7 @@ def _run(args) -> int:
     samples, report = _encode_or_refuse(result.records, tokenizer, system_prompt, args.max_length,
                                        "max_length", "--max-length")
     stamp = data_files.encoding_stamp(folder, args.max_length, system_prompt, Path(args.path))
-    data_files.save_encoded(samples, args.out, stamp)
+    record_made(data_files.save_encoded(samples, args.out, stamp))   # make reset removes it (it can be made again)
     print(report.summary(rows=result.rows, unit=result.report.unit))
     print(f"已把 {len(samples)} 条写入 {display_path(args.out)}")
     return 0

@@ -30,6 +30,7 @@ from .workspace import (
     atomic_path,
     claim_folder,
     display_path,
+    expand_home,
     made_names,
     record_made,
     refuse_working_folder,
@@ -102,7 +103,7 @@ def require_given_dataset(spec) -> None:
     if spec.paths.dataset.is_file() or "dataset" not in spec.given:
         return
     if spec.data.source != "course":    # a learner's own file: never downloaded over
-        looked = "" if Path(spec.data.source).expanduser().is_absolute() else \
+        looked = "" if expand_home(spec.data.source).is_absolute() else \
             f"；相对路径先从当前文件夹找，再从仓库根目录找，这里找的是 {display_path(spec.paths.dataset)}"
         raise DatasetDownloadError(f"data.source={spec.data.source!r}（来自 {spec.origin['dataset']}）不存在{looked}："
                                    "请给出一个 JSON/JSONL 数据文件（最好写绝对路径），或者用 `course` 表示 profile 自带的数据集。")
@@ -273,6 +274,7 @@ class Split:
     eval_groups: int
     seed: int
     eval_fraction: float
+    keep_in_train: int = 0      # the first N rows that had to train (data.max_rows)
 
     def summary(self) -> str:
         return (f"切分（seed {self.seed}，eval_fraction {self.eval_fraction}）：训练 {len(self.train)} 条，"
@@ -320,7 +322,7 @@ def grouped_split(records: list[dict], eval_fraction: float, seed: int = 42, kee
         raise SplitSizeError(f"{total} 条数据按 {setting}={eval_fraction} 切分，训练 0 条（留出 {len(eval_rows)} 条）："
                              f"调小 {setting}（例如 0.05），或者增加数据。")
     return Split([records[i] for i in train_rows], [records[i] for i in eval_rows], train_rows, eval_rows,
-                 len(all_groups), held_groups, seed, eval_fraction)
+                 len(all_groups), held_groups, seed, eval_fraction, keep_in_train)
 
 
 SPLIT_FILES = ("train.json", "eval.json", "split.json")
@@ -358,7 +360,8 @@ def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = N
         if foreign:
             raise UnsafeWriteError(f"{display_path(out_dir)} 里有不是切分生成的文件"
                                    f"（{', '.join(foreign[:3])}）：请指定一个空的或新的文件夹。没有写入任何文件。")
-    meta = {"seed": split.seed, "eval_fraction": split.eval_fraction, "train_rows": len(split.train),
+    meta = {"seed": split.seed, "eval_fraction": split.eval_fraction, "keep_in_train": split.keep_in_train,
+            "train_rows": len(split.train),
             "eval_rows": len(split.eval), "groups": split.groups, "eval_groups": split.eval_groups,
             "source_sha256": sha256_file(source) if source else None,
             "eval_row_numbers": [i + 1 for i in split.eval_rows]}
@@ -407,15 +410,16 @@ def split_records(spec, records: list[dict]) -> tuple[list[dict], list[dict], Sp
 def load_split(spec, say=print) -> tuple[list[dict], list[dict]]:
     """The (training, held-out) records of the spec's split, as training saved them.
 
-    The saved split is used only when its seed, fraction and source file are this spec's; otherwise
-    (stale, or a learner who skipped ahead with someone else's adapter) it is made again the same way.
+    The saved split is used only when its seed, fraction, rows kept in training (``data.max_rows``) and source
+    file are this spec's; otherwise (stale, another run's experiment, or a learner who skipped ahead with
+    someone else's adapter) it is made again the same way.
     """
     source = course_dataset_path(spec, progress=False)
     folder = spec.paths.split_dir
     if all((folder / name).is_file() for name in SPLIT_FILES):
         meta = json.loads((folder / "split.json").read_text(encoding="utf-8"))
-        if (meta.get("seed"), meta.get("eval_fraction"), meta.get("source_sha256")) == \
-                (spec.data.split_seed, spec.data.eval_fraction, sha256_file(source)):
+        made_with = (meta.get("seed"), meta.get("eval_fraction"), meta.get("keep_in_train"), meta.get("source_sha256"))
+        if made_with == (spec.data.split_seed, spec.data.eval_fraction, spec.data.max_rows or 0, sha256_file(source)):
             return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in SPLIT_FILES[:2])
     train, held, split = split_records(spec, validation.load_records(source).records)
     if split is not None:

@@ -16,18 +16,19 @@ from .data_files import course_dataset_path
 from .errors import ArgumentParser, CourseError, run_cli
 from .models import (
     QWEN3_GENERATION_CONFIG,
+    TOKENIZER_FILES,
     check_model_files,
     offline_tokenizer_dir,
     qwen3_config,
     qwen3_counts,
     require_model_dir,
     verify_tokenizer_files,
+    weights_present,
 )
 from .profiles import PROFILES
 from .settings import and_unset
 from .spec import build_spec
 from .workspace import (
-    MissingArtifactError,
     UnsafeWriteError,
     atomic_folder,
     check_disk_space,
@@ -76,10 +77,6 @@ TINY_CONFIG = {
 
 class DownloadError(CourseError, RuntimeError):
     """The download failed (usually: no network to ModelScope)."""
-
-
-#: the Qwen3 tokenizer's files, in the order they are copied
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
 def copy_tokenizer_files(target: Path) -> None:
@@ -154,22 +151,6 @@ def download_qwen3(target: Path, workspace: Path, model: str = "Qwen3-8B", revis
     return Path(path)
 
 
-def weights_present(folder: Path) -> bool:
-    """Whether ``folder`` holds a model config and all of its safetensors weights: every shard its index
-    names (an interrupted download holds only some; downloading again resumes it), or one ``model.safetensors``."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if not (folder / "config.json").is_file():
-        return False
-    if not index.is_file():
-        return (folder / "model.safetensors").is_file()
-    try:
-        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):   # a half-written index: not complete either
-        return False
-    return bool(shards) and all((folder / shard).is_file() for shard in shards)
-
-
 def needs_download(spec) -> bool:
     """True when the spec's model comes from ModelScope and its folder (the course's own) has no weights yet."""
     return (spec.profile.source == "modelscope" and "model_dir" not in spec.given
@@ -198,12 +179,8 @@ def prepare_model(spec) -> Path:
         return require_model_dir(spec) if source == "modelscope" else target   # and the profile's Qwen3 size
     if source == "modelscope":
         if "model_dir" in spec.given:
-            path = require_model_dir(spec)  # the user's own folder: never download over it
+            path = require_model_dir(spec)  # the user's own folder (its weights checked): never download over it
             check_model_files(path, origin=spec.origin["model_dir"])
-            if not any(path.glob("*.safetensors")):
-                raise MissingArtifactError(
-                    f"模型目录 {display_path(path)}（来自 {spec.origin['model_dir']}）里没有 *.safetensors 权重。"
-                    f"请让它指向一个完整的 {spec.profile.model} 文件夹，或者去掉这个设置，由课程下载模型。")
             return path
         return download_qwen3(target, spec.paths.workspace, spec.profile.model)
     if source == "tiny":

@@ -19,10 +19,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .data_files import HUANHUAN_PINNED_URL
-from .download import BUDGET_TOTAL, disk_budget_gb, weights_gb, weights_present
-from .errors import ArgumentParser, CourseError, run_cli, utf8_text
+from .download import BUDGET_TOTAL, disk_budget_gb, weights_gb
+from .errors import ArgumentParser, CourseError, run_cli
 from .hardware import gpus, memory_gb, reachable
-from .models import other_model
+from .models import other_model, weights_present
 from .profiles import PROFILES
 from .recipes import choose
 from .settings import (
@@ -38,7 +38,15 @@ from .settings import (
     suggest,
 )
 from .spec import build_spec
-from .workspace import REPO_ROOT, atomic_path, blocking_file, display_path, free_disk_gb, named_path
+from .workspace import (
+    REPO_ROOT,
+    atomic_path,
+    blocking_file,
+    display_path,
+    expand_home,
+    free_disk_gb,
+    named_path,
+)
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
 KEY_PACKAGES = [
@@ -267,7 +275,7 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
                          + (f"不是 {spec.profile.model}：{differs}" if differs else
                             "里的 *.safetensors 权重不全" if has_config else "里没有 config.json"),
                          f"把 model_dir 指向存有 {spec.profile.model} 的文件夹，或者取消这个设置、由课程下载："
-                         "python -m helpers.environment setup --model-dir \"\"（并取消 QWEN3_TUTORIAL_MODEL_DIR）"))
+                         "python -m helpers.environment setup --model-dir \"\"" + and_unset("model_dir")))
     elif spec.profile.source == "modelscope":
         out.append(Check("model", False, f"不是 {spec.profile.model}：{differs}" if differs else
                          f"{'下载没有完成，权重不全' if has_config else '还没有下载'}（{display_path(spec.paths.model_dir)}）",
@@ -327,7 +335,7 @@ def _setup(args) -> int:
             print(f"注意：环境变量 {SETTINGS_KEYS[key]} 也设置了 {key}，它优先于设置文件："
                   f"要让这次的设置生效，先 `unset {SETTINGS_KEYS[key]}`。")
     for key in ("model_dir", "dataset", "adapter_dir"):   # written all the same: it may be copied there later
-        named, folder = (Path(values[key]).expanduser() if values.get(key) else None), key != "dataset"
+        named, folder = (expand_home(values[key]) if values.get(key) else None), key != "dataset"
         if named is None or (named.exists() and named.is_dir() == folder):   # a data file, or a folder
             continue
         what = "还不存在" if not named.exists() else "不是文件夹" if folder else "是文件夹，不是数据文件"
@@ -342,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     setup = commands.add_parser("setup", help="写入 course-settings.yaml（每个内核和命令都读它）")
     for key in SETTINGS_KEYS:
-        setup.add_argument(f"--{key.replace('_', '-')}", dest=key, type=utf8_text, help=f"{key}（传空字符串即删除这一项）")
+        setup.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"{key}（传空字符串即删除这一项）")
     kernel = commands.add_parser("kernel", help=f"把这个 Python 注册为 Jupyter 内核 {KERNEL_NAME!r}（make kernel）")
     check = commands.add_parser("check", help="逐项检查通过 / 未通过，未通过的附修复方法")
     check.add_argument("--json", action="store_true", help="输出 JSON（便于收集整个教室的结果）")

@@ -50,12 +50,27 @@ def run_cli(work: Callable[[], int], debug: bool = False) -> int:
     except KeyboardInterrupt:
         print("已中断", file=sys.stderr)
         return 130
-    except CourseError as err:
-        if debug:
+    except (CourseError, UnicodeEncodeError) as err:
+        if debug or (isinstance(err, UnicodeEncodeError) and err.reason != "surrogates not allowed"):
             raise
-        print(f"{ERROR_PREFIX}{one_line(str(err))}", file=sys.stderr)
+        message = str(err) if isinstance(err, CourseError) else \
+            f"路径或文字里有不是 UTF-8 的字节（{err.object[err.start:err.end]!r}）：{UTF8_FIX}，文件夹也用 UTF-8 的名字"
+        print(f"{ERROR_PREFIX}{one_line(message)}", file=sys.stderr)
         print(DEBUG_HINT, file=sys.stderr)
         return ERROR_EXIT
+
+
+#: the fix for text or a path that is not UTF-8 (what Python makes of bytes a terminal in GBK passes)
+UTF8_FIX = "请把终端设为 UTF-8（例如 export LANG=C.UTF-8）后重新输入"
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (undecodable bytes from the system arrive as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def reader_gone() -> int:
@@ -111,6 +126,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         self._typed = list(sys.argv[1:] if args is None else args)   # what error() may point at
+        for text in self._typed:   # a terminal in another encoding (GBK) passes bytes that are not UTF-8
+            if not is_utf8(text):
+                self.error(f"{text!r} 不是 UTF-8 文本：{UTF8_FIX}")
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
@@ -141,12 +159,3 @@ def positive_int(text: str) -> int:
 def fraction(text: str) -> float:
     """argparse type: a number strictly between 0 and 1."""
     return _number(text, float, lambda v: 0 < v < 1, "在 0 和 1 之间（例如 0.05）")
-
-
-def utf8_text(text: str) -> str:
-    """argparse type: text that is valid UTF-8 (a terminal in another encoding passes undecodable bytes)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError("不是 UTF-8 文本：请把终端设为 UTF-8（例如 export LANG=C.UTF-8）后重新输入") from None
-    return text

@@ -30,7 +30,7 @@ from typing import NamedTuple
 from .checkpoints import CheckpointError, read_recipe, resolve_checkpoint, spec_as_trained
 from .data import Reply, prompt_ids_as_text, split_thinking
 from .download import prepare_model
-from .errors import ArgumentParser, CourseError, positive_int, run_cli, utf8_text
+from .errors import ArgumentParser, CourseError, positive_int, run_cli
 from .export import export_merged
 from .models import adapter_switch, check_adapter_fits, load_base_model, load_tokenizer
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
@@ -313,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", parents=[common], help="基座模型 + LoRA 适配器回答一个问题")
-    ask.add_argument("message", type=utf8_text, help="用户消息（按纯文本分词，控制 token 也当作普通文字）")
-    ask.add_argument("--system-prompt", type=utf8_text, help="默认：适配器训练时用的那个（course_recipe.json）")
+    ask.add_argument("message", help="用户消息（按纯文本分词，控制 token 也当作普通文字）")
+    ask.add_argument("--system-prompt", help="默认：适配器训练时用的那个（course_recipe.json）")
     ask.add_argument("--max-new-tokens", type=positive_int, default=128, help="回答最多多少个 token（默认 128）")
     ask.add_argument("--thinking", action="store_true", help="思考模式（enable_thinking=True）")
     ask.add_argument("--sample", action="store_true", help="用 Qwen3 推荐的采样参数，而不是贪心解码")

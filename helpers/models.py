@@ -144,6 +144,27 @@ def other_model(spec) -> str | None:
     return "、".join(differs) or None
 
 
+#: the Qwen3 tokenizer's files, in the order they are copied (the first two are what a model folder needs)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
+def weights_present(folder: Path) -> bool:
+    """Whether ``folder`` holds a model config and all of its safetensors weights: every shard its index
+    names (an interrupted download holds only some; downloading again resumes it), or one ``model.safetensors``."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if not (folder / "config.json").is_file():
+        return False
+    if not index.is_file():
+        return (folder / "model.safetensors").is_file()
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):   # a half-written index: not complete either
+        return False
+    return bool(shards) and all((folder / shard).is_file() for shard in shards)
+
+
+
 def require_model_dir(spec) -> Path:
     """The spec's model directory, or a clear error naming what is missing (or which other model it holds) and
     the fix."""
@@ -151,8 +172,16 @@ def require_model_dir(spec) -> Path:
     where = f"（来自 {spec.origin['model_dir']}）" if "model_dir" in spec.given else ""
     if (path / "config.json").is_file():
         differs = other_model(spec)
-        if differs is None:
+        if differs is None and (spec.profile.source == "config-only" or weights_present(path)):
             return path
+        if differs is None:   # a download cut short, or a folder of the config (and tokenizer) only
+            also = [name for name in TOKENIZER_FILES[:2] if not (path / name).is_file()]
+            raise MissingArtifactError(
+                f"模型目录 {display_path(path)}{where} 里的 *.safetensors 权重不全（分片缺了，或者没有权重文件）"
+                + (f"，也没有 {'、'.join(also)}。" if also else "。")
+                + (f"把它指向完整的 {spec.profile.model} 文件夹，或者取消这个设置，让课程下载模型。" if where else
+                   "再下载一次会接着下载缺的文件。"
+                   + how_to_make("01-download.ipynb", f"python -m helpers.download --profile {spec.profile.name}")))
         raise MissingArtifactError(
             f"模型目录 {display_path(path)}{where} 里不是 {spec.profile.model}：{differs}。"
             + (f"把它指向 {spec.profile.model} 的文件夹，或者取消这个设置，让课程下载模型。" if where else
@@ -170,7 +199,7 @@ def require_model_dir(spec) -> Path:
 
 def check_model_files(path: Path, origin: str | None = None) -> None:
     """Refuse a model folder that lacks the tokenizer, naming what is missing (and the setting that chose it)."""
-    missing = [name for name in ("tokenizer.json", "tokenizer_config.json") if not (path / name).is_file()]
+    missing = [name for name in TOKENIZER_FILES[:2] if not (path / name).is_file()]
     if missing:
         where = f"（来自 {origin}）" if origin else ""
         raise MissingArtifactError(
@@ -413,7 +442,7 @@ def _mismatch_message(adapter, recipe, key, size, module, expected, hidden: tupl
     side = "输入" if matrix == "A.weight" else "输出"
     found = (f"加载的基座模型却没有 {layer} 这一层" if module is None
              else f"{layer} 的{side}维度在基座模型里是 {expected}，适配器的 lora_{matrix[0]} 矩阵却是 {size}")
-    sizes = (f"hidden_size：适配器 {hidden[0]}，基座模型 {hidden[1]}" if hidden[0] is not None
+    sizes = (f"hidden_size：适配器 {hidden[0]}，基座模型 {hidden[1]}" if hidden[0] not in (None, hidden[1])
              else f"基座模型的 hidden_size={hidden[1]}")
     return (f"适配器 {display_path(adapter)} 与这个基座模型不匹配（{sizes}）：它是{trained}，"
             f"{found}。请用在这个档位的模型上训练的适配器，或换回训练它时用的档位"

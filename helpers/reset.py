@@ -29,7 +29,7 @@ from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, is_course_made
 #: folders under the workspace where the course makes things it can make again
 DERIVED_FOLDERS = ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "solutions", "executed")
 #: what under ``<workspace>/data`` is made from the dataset (glob patterns), or by notebook 03; the rest is downloaded
-DERIVED_DATA = ("train-*.jsonl", "split-*", ".split-*", "broken-demo.jsonl")
+DERIVED_DATA = ("train*.jsonl", "split*", ".split-*", "broken-demo.jsonl")
 
 
 class ResetRefused(CourseError, RuntimeError):
@@ -239,8 +239,9 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
         return 0
     downloaded = [item for item in items if _downloaded(item.path, workspace)]
     if everything and downloaded:
-        if not confirm(f"模型和下载的数据集也删除吗（{human(sum(d.bytes for d in downloaded))}；删掉后要重新下载"
-                       "（Qwen3-8B 16.4 GB）或重新构建才能找回）？", force):
+        what = "和".join(dict.fromkeys(item.what for item in downloaded))   # 模型（下载或构建的）, 数据集（下载的）
+        if not confirm(f"也删除{what}吗（{human(sum(d.bytes for d in downloaded))}；删掉后要重新下载或构建才能找回）？",
+                       force):
             print("没有确认：什么都没有删除。", file=out)
             return 0
     freed = remove(items)

@@ -36,7 +36,7 @@ from .settings import (
     resolve_swanlab_mode,
     suggest,
 )
-from .workspace import REPO_ROOT, display_path, named_path, repo_path, shareable_path
+from .workspace import REPO_ROOT, display_path, expand_home, named_path, repo_path, shareable_path
 
 CONFIG_DIR = REPO_ROOT / "configs" / "train"
 DEFAULT_SYSTEM_PROMPT = "现在你要扮演皇帝身边的女人--甄嬛"
@@ -156,7 +156,7 @@ class RunSpec:
         return default_run_dir(self.paths.workspace, self.profile.name)
 
     def with_run_dir(self, run_dir: str | os.PathLike) -> RunSpec:
-        return self.replace(paths=dataclasses.replace(self.paths, run_dir=Path(run_dir).expanduser().resolve()))
+        return self.replace(paths=dataclasses.replace(self.paths, run_dir=expand_home(run_dir).resolve()))
 
 
 # --------------------------------------------------------------------------- the precedence rule

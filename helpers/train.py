@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import checkpoints, data_files, tracking
-from .checkpoints import RECIPE_FILE, adapter_recipe, base_model_name, refuse_trained_lora
+from .checkpoints import KEEP_PREVIOUS_RUNS, RECIPE_FILE, adapter_recipe, base_model_name, refuse_trained_lora
 from .data import training_data
 from .download import model_ready, prepare_model
 from .errors import ArgumentParser, CourseError, run_cli
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="训练配置：configs/train/tiny.yaml、qwen3-8b.yaml 等（默认：当前档位自己的）")
     parser.add_argument("--output-dir", help="检查点保存到哪里（默认 workspace/checkpoints/<profile>）")
     parser.add_argument("--no-resume", action="store_true",
-                        help="从头训练：上一次的运行目录移到一旁（不删除），并打印它的新路径")
+                        help=f"从头训练：上一次的运行目录改名放在一旁并打印新路径（只保留最近 {KEEP_PREVIOUS_RUNS} 次，更早的会删除）")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="覆盖一个配置值，例如 --set training.max_steps=20（可重复）")
     parser.add_argument("--recipe", choices=["auto"],

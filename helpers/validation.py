@@ -163,7 +163,7 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
             report.add(None, "(json)", f"应当是记录组成的 JSON 数组，实际是 {_json_type(data)}")
             return []
         return list(enumerate(data, start=1))
-    if _whole_object(text, report):
+    if _whole_object(text, report) or _table(text, report):
         return []
     if text.strip():   # an empty file keeps the format its name says
         report.file_format = "jsonl"
@@ -178,6 +178,18 @@ def _parse_items(text: str, report: ValidationReport) -> list[tuple[int, object]
         except RecursionError:
             report.add(number, "(json)", "嵌套太深（括号套括号）")
     return items
+
+
+def _table(text: str, report: ValidationReport) -> bool:
+    """A CSV or TSV table whose first line names the columns (a spreadsheet's export): one error with the fix."""
+    header = text.lstrip().split("\n", 1)[0]
+    if header.startswith("{") or not {"instruction", "output"} <= {c.strip(' "') for c in re.split(r"[,\t]", header)}:
+        return False
+    report.file_format = "csv"
+    report.add(None, "(csv)", "这是 CSV/TSV 表格（第一行是列名），课程读的是 JSON 数组或 JSONL。可以用 pandas 转换："
+                              "pandas.read_csv(表格, keep_default_na=False).to_json(新文件.json, orient='records', "
+                              "force_ascii=False)（TSV 加 sep='\\t'）")
+    return True
 
 
 def _json_values(body: str) -> list | None:

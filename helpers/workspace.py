@@ -46,10 +46,24 @@ class NotEnoughDiskError(CourseError, RuntimeError):
 # --------------------------------------------------------------------------- printed and shared paths
 
 
+class HomeFolderError(CourseError, ValueError):
+    """A path starting ``~name`` where no user ``name`` exists (``~autodl-tmp`` typed for ``~/autodl-tmp``)."""
+
+
+def expand_home(path: str | os.PathLike) -> Path:
+    """``path`` with a leading ``~`` (or ``~user``) expanded; one naming a user that does not exist is refused."""
+    text = os.fspath(path)
+    expanded = os.path.expanduser(text)
+    if expanded == text and text.startswith("~"):
+        user = text[1:].split("/")[0]
+        raise HomeFolderError(f"{text}：没有叫 {user} 的用户，~{user} 不是家目录。家目录下的文件夹要写成 ~/{text[1:]}")
+    return Path(expanded)
+
+
 def repo_path(path: str | os.PathLike) -> Path:
     """A path a setting, a config or a function call names: relative ones start at the repository root, the same
     for every notebook (working directory ``notebooks/``) and every command."""
-    path = Path(path).expanduser()
+    path = expand_home(path)
     return path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
@@ -57,7 +71,7 @@ def named_path(path: str | os.PathLike) -> Path:
     """A file or folder a learner names (a config, a data file, a checkpoint, a path typed in a shell): absolute,
     relative to the working directory, or else, when only that exists, relative to the repository, where every path
     the course prints starts (so a printed path also works in a notebook and in a terminal elsewhere)."""
-    path = Path(path).expanduser()
+    path = expand_home(path)
     if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
         path = REPO_ROOT / path
     return path.resolve()
@@ -80,10 +94,11 @@ def display_path(path: str | os.PathLike | None) -> str:
     """
     if path is None:
         return "-"
+    path = Path(os.path.expanduser(path))   # never raises: a ``~name`` of no user stays as typed
     try:
-        path = Path(path).expanduser().resolve()
+        path = path.resolve()
     except (OSError, RuntimeError):     # a symbolic-link loop
-        path = Path(path).expanduser().absolute()
+        path = path.absolute()
     for base, prefix in ((REPO_ROOT, ""), (Path.home().resolve(), "~/")):
         try:
             return prefix + path.relative_to(base).as_posix()
@@ -323,7 +338,7 @@ def refuse_same_file(source: str | os.PathLike, target: str | os.PathLike) -> No
 
 def nearest_existing(path: str | os.PathLike) -> Path:
     """``path``, or the nearest folder above it that exists (where a folder that is not there yet would go)."""
-    probe = Path(path).expanduser().absolute()
+    probe = expand_home(path).absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return probe
@@ -362,8 +377,8 @@ def made_names(folder: str | os.PathLike) -> set[str] | None:
     if marker.is_symlink() or not marker.is_file():
         return None
     try:
-        text = marker.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        text = marker.read_text(encoding="utf-8", errors="surrogateescape")   # names as the file system has them
+    except OSError:
         return None
     return {line.strip() for line in text.splitlines() if line.strip()}
 
@@ -384,7 +399,7 @@ def unlisted(folder: str | os.PathLike) -> list[Path]:
 def _write_marker(folder: Path, names: set[str]) -> None:
     marker = folder / MADE_MARKER
     try:
-        marker.write_text("".join(f"{name}\n" for name in sorted(names)), encoding="utf-8")
+        marker.write_text("".join(f"{name}\n" for name in sorted(names)), encoding="utf-8", errors="surrogateescape")
     except OSError as err:
         _not_writable(err, folder, marker)
     os.chmod(marker, _umask_mode())

@@ -496,6 +496,31 @@ def test_ask_refuses_text_that_is_not_utf8(arena):
     assert result.code == 2 and "LANG=C.UTF-8" in result.err and "Traceback" not in result.err
 
 
+def test_paths_that_are_not_utf8_are_one_line_in_every_command(arena, monkeypatch):
+    """A GBK terminal: a path argument of any command, or a relative path typed in a folder whose name is not
+    UTF-8; the course's folder markers keep such names as the file system has them."""
+    gbk = "工作区".encode("gbk").decode("utf-8", "surrogateescape")
+    for args in (("train", "--output-dir", f"run-{gbk}"), ("inference", "export", "--target", gbk),
+                 ("evaluate", "--output-dir", gbk), ("data", "check", gbk), ("environment", "setup", "--dataset", gbk)):
+        one_line(cli(*args), "LANG=C.UTF-8")
+    assert not any(gbk in p.name for p in arena.rglob("*"))     # refused before anything was made
+    folder = arena / gbk
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    one_line(cli("environment", "setup", "--workspace", "ws"), "LANG=C.UTF-8")   # resolved to a path with the bytes
+    made = course_folder(arena / f"made-{gbk}" / "inner", whole=False)
+    record_made(made / f"file-{gbk}").write_text("x", encoding="utf-8")
+    assert f"file-{gbk}" in workspace.made_names(made) and workspace.made_names(made.parent) == {"."}
+
+
+def test_a_home_folder_typo_is_one_line(arena, monkeypatch):
+    """`~autodl-tmp/...` typed for `~/autodl-tmp/...` names no user's home: one line with the right spelling."""
+    one_line(cli("environment", "setup", "--workspace", "~no-such-user-x/ws"), "~/no-such-user-x/ws")
+    monkeypatch.setenv(settings.WORKSPACE_ENV, "~no-such-user-x/ws")
+    one_line(cli("download"), "~/no-such-user-x/ws")
+    one_line(cli("environment", "check"), "~/no-such-user-x/ws")
+
+
 def test_a_workspace_that_is_a_file_or_not_writable_is_one_line(arena, monkeypatch):
     mkdir = Path.mkdir
     (arena / "file").write_text("x", encoding="utf-8")

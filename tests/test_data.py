@@ -765,3 +765,37 @@ def test_a_split_into_the_working_folder_or_above_is_refused_and_writes_nothing(
     finally:
         os.chdir(cwd)
     assert here.is_dir()
+
+
+def test_a_split_saved_by_another_max_rows_is_made_again(tmp_path):
+    """Every run shares <workspace>/data/split-<profile>: after an experiment on all rows (data.max_rows=null), the
+    tiny run's evaluation must not read that split, which holds some of its 8 training rows out."""
+    spec = tiny_spec_for(QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
+    everything = tiny_spec_for(overrides=["data.max_rows=null"], QWEN3_TUTORIAL_WORKSPACE=str(tmp_path))
+    assert everything.paths.split_dir == spec.paths.split_dir
+    records = validation.load_records(data_files.course_dataset_path(spec, progress=False)).records
+    train, _ = data_files.load_split(everything, say=lambda _: None)
+    assert len(train) > spec.data.max_rows
+    said = []
+    train, held = data_files.load_split(spec, say=said.append)
+    assert train == records[: spec.data.max_rows] and said           # made again, and said so
+    assert not any(record in held for record in train)
+    assert data_files.load_split(spec, say=said.append) == (train, held) and len(said) == 1   # then reused
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_a_csv_or_tsv_table_is_one_error_whose_conversion_works(tmp_path, huanhuan_path, sep):
+    """A spreadsheet's export (first line: the column names) is no JSON: one file-level error, not one per line,
+    and the pandas conversion it gives reads back as the same records."""
+    import pandas
+
+    rows = json.loads(huanhuan_path.read_text(encoding="utf-8"))[:5]
+    table = tmp_path / "rows.csv"
+    pandas.DataFrame(rows).to_csv(table, sep=sep, index=False)
+    with pytest.raises(validation.DataValidationError) as refused:
+        validation.load_records(table, skip_invalid=True)
+    [problem] = refused.value.report.errors
+    assert problem.row is None and "pandas.read_csv" in problem.reason
+    converted = tmp_path / "rows.json"
+    pandas.read_csv(table, keep_default_na=False, sep=sep).to_json(converted, orient="records", force_ascii=False)
+    assert validation.load_records(converted).records == rows

@@ -162,6 +162,34 @@ def test_an_interrupted_download_is_not_a_model(tmp_path):
     assert not download.weights_present(folder)                   # a half-written index
 
 
+def test_a_model_folder_with_missing_shards_is_refused_before_loading(tmp_path):
+    """The learner's own folder (QWEN3_TUTORIAL_MODEL_DIR) or the course's, cut short: one error naming the missing
+    weights, from the download and from whatever loads the model, not from_pretrained's FileNotFoundError."""
+    import json
+
+    from helpers.spec import build_spec
+
+    own = tmp_path / "my-qwen3"
+    own.mkdir()
+    (own / "config.json").write_text(json.dumps(models.qwen3_config("Qwen3-8B")), encoding="utf-8")
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    (own / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict(zip("ab", shards, strict=True))}),
+                                                      encoding="utf-8")
+    (own / shards[0]).write_bytes(b"w")
+    download.copy_tokenizer_files(own)
+    given = build_spec(profile="full", env={"QWEN3_TUTORIAL_MODEL_DIR": str(own),
+                                           "QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "ws")}, settings_file=None)
+    for step in (download.prepare_model, models.require_model_dir):
+        with pytest.raises(workspace.MissingArtifactError, match="权重不全"):
+            step(given)
+    course = build_spec(profile="full", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "ws")}, settings_file=None)
+    shutil.copytree(own, course.paths.model_dir)
+    with pytest.raises(workspace.MissingArtifactError, match="权重不全.*python -m helpers.download --profile full"):
+        models.require_model_dir(course)          # what training and inference call before from_pretrained
+    (own / shards[1]).write_bytes(b"w")
+    assert download.prepare_model(given) == own
+
+
 def test_the_model_folder_is_ready_only_when_complete(tmp_path):
     """What the other processes of a launch wait for: not config.json alone (it arrives first in a download)."""
     import json

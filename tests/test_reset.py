@@ -21,6 +21,7 @@ from helpers import reset
 from helpers.checkpoints import lock_run
 from helpers.settings import WORKSPACE_ENV
 from helpers.workspace import MADE_MARKER, REPO_ROOT, course_folder, display_path, record_made
+from tests.cli_runner import run_cli
 
 MODEL_BYTES = 3_000_000
 DERIVED = ["checkpoints/tiny/checkpoint-10/adapter_model.safetensors", "checkpoints/tiny-previous-1/run_summary.json",
@@ -151,6 +152,12 @@ def test_reset_all_asks_on_a_terminal(tmp_path, monkeypatch):
     assert "models/modelscope/Qwen/Qwen3-8B/model-00001-of-00005.safetensors" in present(workspace)
     assert "checkpoints/tiny/checkpoint-10/adapter_model.safetensors" in present(workspace)
 
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "n")
+    shutil.rmtree(workspace / "models")     # the question names what is there: here only the dataset
+    reset.reset(workspace, everything=True, out=out)
+    assert "数据集" in asked[0] and "模型" not in asked[0]
+
     monkeypatch.setattr("builtins.input", lambda prompt: "y")
     reset.reset(workspace, everything=True, out=out)
     assert present(workspace) == {"my-notes.txt"}
@@ -273,9 +280,12 @@ def test_what_the_notebooks_and_solutions_write_is_removed_by_reset(tmp_path):
     record_made(workspace / "data" / "broken-demo.jsonl").write_text("{}\n", encoding="utf-8")         # notebook 03
     record_made(workspace / "checkpoints" / "tiny-trl-chat_template.jinja").write_text("x", encoding="utf-8")  # 08
     course_folder(workspace / "solutions" / "checkpoints" / "lr-sweep")                                # solutions
+    sample = REPO_ROOT / "data" / "huanhuan_sample.json"    # notebook 03's command-line twins, as it writes them
+    for command in (("encode", sample, workspace / "data" / "train.jsonl"), ("split", sample, workspace / "data" / "split")):
+        assert run_cli("data", command, env={**os.environ, WORKSPACE_ENV: str(workspace)}, cwd=REPO_ROOT).code == 0
     removed = {item.path.relative_to(workspace).as_posix() for item in reset.plan(workspace)}
-    assert {"checkpoints/tiny", "checkpoints/tiny-previous-1", "data/broken-demo.jsonl",
-            "checkpoints/tiny-trl-chat_template.jinja", "solutions"} <= removed, removed
+    assert {"checkpoints/tiny", "checkpoints/tiny-previous-1", "data/broken-demo.jsonl", "data/train.jsonl",
+            "data/split", "checkpoints/tiny-trl-chat_template.jinja", "solutions"} <= removed, removed
 
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -124,15 +124,21 @@ def deeper(weights: dict) -> dict:
     return {**weights, **extra}
 
 
-@pytest.mark.parametrize(("change", "width", "problem"), [
-    (wider, 4096, r"输入维度\D+384\D+lora_A\D+4096"),
-    (deeper, 128, re.escape("model.layers.40.")),
+def other_mlp(weights: dict) -> dict:
+    """An adapter for a model of the same width with another MLP size (as Llama-3-8B is to Qwen3-8B)."""
+    return {k: (torch.zeros(v.shape[0], 999) if "down_proj.lora_A" in k else v) for k, v in weights.items()}
+
+
+@pytest.mark.parametrize(("change", "sizes", "problem"), [
+    (wider, "hidden_size：适配器 4096，基座模型 128", r"输入维度\D+384\D+lora_A\D+4096"),   # both widths, then the layer
+    (deeper, "基座模型的 hidden_size=128", re.escape("model.layers.40.")),
+    (other_mlp, "基座模型的 hidden_size=128", r"down_proj 的输入维度\D+384\D+lora_A\D+999"),   # equal widths: not a cause
 ])
-def test_an_adapter_for_another_base_model_is_refused_naming_the_layer(tiny_checkpoint, tmp_path, change, width,
+def test_an_adapter_for_another_base_model_is_refused_naming_the_layer(tiny_checkpoint, tmp_path, change, sizes,
                                                                         problem):
     adapter = foreign_adapter(tiny_checkpoint, tmp_path, change)
     spec = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: str(adapter)}, settings_file=None, cuda=False)
-    pattern = rf"hidden_size：适配器 {width}，基座模型 128\W.*profile 'tiny'.*{problem}"   # both widths, then the layer
+    pattern = rf"{sizes}\W.*profile 'tiny'.*{problem}"
     with pytest.raises(models.AdapterMismatchError, match=pattern) as error:
         inf.load_finetuned(spec)
     assert "setup --profile tiny" in str(error.value)   # a command that exists (inference has no --profile flag)
