@@ -169,12 +169,14 @@ class ChatApp:
         self.do_sample = widgets.Checkbox(value=settings.do_sample, description="采样（关 = 贪心）", indent=False)
         slider = {"continuous_update": False, "style": {"description_width": "120px"},
                   "layout": widgets.Layout(width="360px")}
-        self.temperature = widgets.FloatSlider(value=settings.temperature, min=0.05, max=2.0, step=0.05,
+        def span(value, low, high) -> dict:   # a value given outside a slider's usual range widens it, never clamped
+            return {"value": value, "min": min(low, value), "max": max(high, value)}
+
+        self.temperature = widgets.FloatSlider(**span(settings.temperature, 0.05, 2.0), step=0.05,
                                                description="temperature", **slider)
-        self.top_p = widgets.FloatSlider(value=settings.top_p, min=0.05, max=1.0, step=0.05,
-                                         description="top_p", **slider)
-        self.top_k = widgets.IntSlider(value=settings.top_k, min=0, max=100, description="top_k", **slider)
-        self.max_new_tokens = widgets.IntSlider(value=settings.max_new_tokens, min=16, max=4096, step=16,
+        self.top_p = widgets.FloatSlider(**span(settings.top_p, 0.05, 1.0), step=0.05, description="top_p", **slider)
+        self.top_k = widgets.IntSlider(**span(settings.top_k, 0, 100), description="top_k", **slider)
+        self.max_new_tokens = widgets.IntSlider(**span(settings.max_new_tokens, 16, 4096), step=16,
                                                 description="max_new_tokens", **slider)
         self._min_p = settings.min_p
 

@@ -270,12 +270,17 @@ def prompt_ids_as_text(tokenizer, messages: list[dict], enable_thinking: bool = 
     # the template's text before each message's content, between them, and after the last one
     frames = render_prompt(tokenizer, [{**m, "content": _SENTINEL} for m in messages],
                            enable_thinking=enable_thinking).split(_SENTINEL)
+    markers = [token.content for token in tokenizer.added_tokens_decoder.values()]
     ids: list[int] = []
     for frame, message in zip(frames, [*messages, {"content": ""}], strict=True):
-        if frame:
-            ids += tokenizer(frame, add_special_tokens=False)["input_ids"]
+        # the frame's text after its last marker ("user\n") goes with the content, as in the whole rendered prompt:
+        # a newline there merges with newlines that start the content
+        cut = max((frame.rfind(m) + len(m) for m in markers if m in frame), default=0) if message["content"] else None
+        if frame[:cut]:
+            ids += tokenizer(frame[:cut], add_special_tokens=False)["input_ids"]
         if message["content"]:
-            ids += tokenizer(message["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            ids += tokenizer(frame[cut:] + message["content"], add_special_tokens=False,
+                             split_special_tokens=True)["input_ids"]
     return ids
 
 

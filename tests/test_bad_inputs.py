@@ -467,6 +467,20 @@ def test_user_text_in_chat_stays_text(tokenizer):
     assert im_end in tokenizer(CONTROL_TEXT, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.parametrize("text", ["\n\n你好", "\r\n好", "好\n", " 空格开头", "皇上\n\n", "\n"])
+@pytest.mark.parametrize("thinking", [False, True])
+def test_plain_text_gets_the_ids_of_the_whole_rendered_prompt(tokenizer, text, thinking):
+    """Training tokenizes the whole rendered template: a prompt built message by message (so that control tokens
+    stay text) gives the same ids for ordinary text, newlines at the start of a message too (they merge with the
+    template's own newline)."""
+    from helpers.data import prompt_ids_as_text, render_prompt
+
+    messages = [{"role": "system", "content": text}, {"role": "user", "content": text},
+                {"role": "assistant", "content": text}, {"role": "user", "content": text}]
+    whole = tokenizer(render_prompt(tokenizer, messages, enable_thinking=thinking), add_special_tokens=False)
+    assert prompt_ids_as_text(tokenizer, messages, thinking) == whole["input_ids"]
+
+
 def test_prompts_over_the_context_are_refused_or_lose_their_oldest_turns(tiny_checkpoint):
     from helpers import inference as inf
 

@@ -271,6 +271,12 @@ def test_the_chat_widget_talks_to_a_plain_model(loaded):
     assert app.turns[-1].content
 
 
+@pytest.mark.parametrize("settings", [inf.greedy_settings(max_new_tokens=4), inf.recommended_settings(True, 8192),
+                                      inf.GenerationSettings(temperature=0.0, top_k=200)])
+def test_the_chat_widget_uses_the_settings_it_is_given_even_outside_its_sliders_range(loaded, settings):
+    assert ChatApp(loaded.model, loaded.tokenizer, settings=settings).settings() == settings
+
+
 def test_a_reply_longer_than_the_context_is_refused_with_the_numbers(loaded):
     too_long = inf.greedy_settings(max_new_tokens=4096)
     with pytest.raises(inf.PromptTooLongError, match=r"max_new_tokens=4096 .*\b2048 "):
