@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     split.add_argument("--seed", type=int, default=42, help="切分的随机种子（默认 42）")
     for command in (check, encode, split):   # --debug also after the command, where the error hint suggests it
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="出错时显示完整的 traceback")
-    args = typed_paths(parser.parse_args(argv), "path")
+    args = typed_paths(parser, argv, "path", outputs=("out", "out_dir"))
     return run_cli(lambda: _run(args), debug=args.debug)
 
 

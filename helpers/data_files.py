@@ -416,11 +416,14 @@ def load_split(spec, say=print) -> tuple[list[dict], list[dict]]:
     """
     source = course_dataset_path(spec, progress=False)
     folder = spec.paths.split_dir
-    if all((folder / name).is_file() for name in SPLIT_FILES):
-        meta = json.loads((folder / "split.json").read_text(encoding="utf-8"))
+    try:   # a file missing, damaged or edited by hand: the split is made again, like a stale one
+        train, held, meta = (json.loads((folder / name).read_text(encoding="utf-8")) for name in SPLIT_FILES)
+    except (OSError, ValueError):
+        meta = train = held = None
+    if isinstance(meta, dict) and isinstance(train, list) and isinstance(held, list):
         made_with = (meta.get("seed"), meta.get("eval_fraction"), meta.get("keep_in_train"), meta.get("source_sha256"))
         if made_with == (spec.data.split_seed, spec.data.eval_fraction, spec.data.max_rows or 0, sha256_file(source)):
-            return tuple(json.loads((folder / name).read_text(encoding="utf-8")) for name in SPLIT_FILES[:2])
+            return train, held
     train, held, split = split_records(spec, validation.load_records(source).records)
     if split is not None:
         save_split(split, folder, source=source)

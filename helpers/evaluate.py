@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="覆盖一个配置项，例如 --set data.eval_fraction=0.1（可重复）")
     parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
-    args = typed_paths(parser.parse_args(argv), "output_dir")
+    args = typed_paths(parser, argv, "output_dir")
 
     def work() -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", parents=[common], help="把适配器合并进基座模型并保存")
     export.add_argument("--target", help="一个空文件夹，或本课程之前导出的文件夹"
                         "（默认：workspace/export/<profile>-merged）")
-    args = typed_paths(parser.parse_args(argv), "output_dir", "target")
+    args = typed_paths(parser, argv, "output_dir", "target")
     if args.command == "ask" and not args.message.strip():
         parser.error('消息是空的：请写一个问题，例如 python -m helpers.inference ask "你是谁？"')
 

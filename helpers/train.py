@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto：在估计显存放得下这张 GPU 空闲显存的配方里选最快的（bf16 LoRA 或 4-bit QLoRA、"
                              "activation checkpointing、微批次大小），并打印选了哪个、为什么。没有 GPU 时保留给定的配置")
     parser.add_argument("--debug", action="store_true", help="出错时显示完整的 traceback")
-    args = typed_paths(parser.parse_args(argv), "output_dir")
+    args = typed_paths(parser, argv, "output_dir")
 
     def work() -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)

@@ -516,6 +516,10 @@ def test_paths_that_are_not_utf8_are_one_line_in_every_command(arena, monkeypatc
 def test_a_home_folder_typo_is_one_line(arena, monkeypatch):
     """`~autodl-tmp/...` typed for `~/autodl-tmp/...` names no user's home: one line with the right spelling."""
     one_line(cli("environment", "setup", "--workspace", "~no-such-user-x/ws"), "~/no-such-user-x/ws")
+    for args in (("train", "--output-dir", "~no-such-user-x/run"), ("data", "check", "~no-such-user-x/d.json"),
+                 ("data", "encode", str(SAMPLE), "~no-such-user-x/d.jsonl"), ("inference", "export", "--target", "~no-such-user-x/m")):
+        one_line(cli(*args), "~/no-such-user-x/")
+    assert not list(arena.glob("~*"))       # no folder named "~no-such-user-x" where the command ran
     monkeypatch.setenv(settings.WORKSPACE_ENV, "~no-such-user-x/ws")
     one_line(cli("download"), "~/no-such-user-x/ws")
     one_line(cli("environment", "check"), "~/no-such-user-x/ws")

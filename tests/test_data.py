@@ -781,6 +781,11 @@ def test_a_split_saved_by_another_max_rows_is_made_again(tmp_path):
     assert train == records[: spec.data.max_rows] and said           # made again, and said so
     assert not any(record in held for record in train)
     assert data_files.load_split(spec, say=said.append) == (train, held) and len(said) == 1   # then reused
+    for name, damage in (("split.json", b"garbage{"), ("split.json", b"[1, 2]"), ("split.json", b"\xff\xfe{"),
+                         ("train.json", b"x"), ("eval.json", b'{"a": 1}')):
+        (spec.paths.split_dir / name).write_bytes(damage)     # edited by hand, or cut short: made again
+        assert data_files.load_split(spec, say=said.append) == (train, held)
+    assert len(said) == 6
 
 
 @pytest.mark.parametrize("sep", [",", "\t"])

@@ -399,7 +399,10 @@ def test_a_path_typed_in_a_shell_and_a_path_given_to_a_function(tmp_path, monkey
     from helpers.workspace import typed_paths
 
     monkeypatch.chdir(tmp_path)
-    typed = typed_paths(argparse.Namespace(output_dir="runs/a", checkpoint="configs/train", target=None),
+    parser = argparse.ArgumentParser()
+    for flag in ("--output-dir", "--checkpoint", "--target", "--out"):
+        parser.add_argument(flag)
+    typed = typed_paths(parser, ["--output-dir", "runs/a", "--checkpoint", "configs/train"],
                         "output_dir", "checkpoint", "target")
     # a new folder typed in a shell is made where the command runs, never inside the repository
     assert spec_of(TINY, output_dir=typed.output_dir).paths.run_dir == tmp_path / "runs" / "a"
@@ -409,6 +412,12 @@ def test_a_path_typed_in_a_shell_and_a_path_given_to_a_function(tmp_path, monkey
     assert spec_of(TINY, output_dir="runs/a").paths.run_dir == REPO_ROOT / "runs" / "a"
     assert spec_of(TINY, ["output_dir=runs/b"]).paths.run_dir == REPO_ROOT / "runs" / "b"
     assert not (REPO_ROOT / "runs").exists()
+    # an output file is taken from the working directory, with ~ expanded (never a folder named "~")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert typed_paths(parser, ["--out", "~/x.jsonl"], outputs=("out",)).out == str(tmp_path / "home" / "x.jsonl")
+    with pytest.raises(SystemExit) as refused:   # ~nouser: argparse's one line, exit 2
+        typed_paths(parser, ["--output-dir", "~no-such-user-x/run"], "output_dir")
+    assert refused.value.code == 2
 
 
 def test_a_config_named_without_its_folder_and_several_overrides(tmp_path, monkeypatch):
