@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoints, data_files, tracking
+from . import checkpoints, data_files, runs, tracking
 from .data import encode_records, user_text
 from .download import prepare_model
 from .errors import ArgumentParser, positive_int, run_cli
@@ -68,7 +68,6 @@ from .workspace import (
     course_folder,
     display_path,
     record_made,
-    sha256_file,
     shareable_path,
     typed_paths,
 )
@@ -252,6 +251,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
 
     options = options or EvalOptions.for_spec(spec)
     prepare(spec, checkpoint)
+    spec, split_notes = runs.split_as_trained(spec, checkpoints.resolve_checkpoint(spec, checkpoint)[0])
     train_records, eval_records = data_files.load_split(spec)
     if not eval_records:    # (a split saved before empty sides were refused)
         raise data_files.SplitSizeError(f"留出集是 0 条（data.eval_fraction={spec.data.eval_fraction}）：请调大它。")
@@ -260,7 +260,7 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
         print(note)
     system_prompt = loaded.recipe.get("system_prompt", spec.data.system_prompt)
     role = derive_role_words([r["output"] for r in train_records])
-    notes = _adapter_data_notes(spec, loaded.checkpoint)
+    notes = split_notes + runs.data_notes(spec, loaded.checkpoint)
 
     sets = {"held_out": eval_records}
     if spec.data.max_rows:  # the training set is a memorisation subset: also show that it was learnt
@@ -305,27 +305,6 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
     save_report(spec, report, loaded.checkpoint)
     report["report_file"] = display_path(path)
     return report
-
-
-def _adapter_data_notes(spec, checkpoint: Path) -> list[str]:
-    """A warning when the run that made the adapter used another data file or other split settings than this
-    spec: then some held-out rows may have been trained on."""
-    summary = Path(checkpoint).parent / "run_summary.json"
-    if not summary.is_file():
-        return []
-    saved = json.loads(summary.read_text(encoding="utf-8"))
-    data, wanted = saved.get("spec", {}).get("data", {}), spec.to_dict()["data"]
-    keys = ("max_rows", "eval_fraction", "split_seed")
-    differing = [f"{k}={data[k]!r}" for k in keys if k in data and data[k] != wanted[k]]
-    if saved.get("dataset_sha256"):     # the file itself, wherever it was given from
-        if spec.paths.dataset.is_file() and sha256_file(spec.paths.dataset) != saved["dataset_sha256"]:
-            differing.insert(0, f"数据文件不是 {display_path(spec.paths.dataset)}")
-    elif "source" in data and data["source"] != wanted["source"]:   # a summary from before the hash was kept
-        differing.insert(0, f"source={data['source']!r}")
-    if not differing:
-        return []
-    return [f"训练这个适配器的那次运行用了不同的数据设置（{'，'.join(differing)}）："
-            "留出集里可能有些数据已经被训练过"]
 
 
 def side_by_side(generations: dict, rows: int = 20) -> list[dict]:

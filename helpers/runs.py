@@ -6,6 +6,7 @@ Notebook 04 and ``python -m helpers.train`` write these; notebooks 05-07 and the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -210,6 +211,53 @@ def save_run_summary(spec, summary: dict) -> Path:
     with atomic_path(path) as partial:
         partial.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
     return path
+
+
+#: the data settings that decide which rows are held out
+SPLIT_KEYS = ("max_rows", "eval_fraction", "split_seed")
+
+
+def _trained_with(checkpoint: Path) -> tuple[dict, dict]:
+    """(the run summary, its data settings) of the run that made the adapter; ({}, {}) without a readable one."""
+    try:
+        saved = json.loads((Path(checkpoint).parent / RUN_SUMMARY).read_text(encoding="utf-8"))
+        return saved, dict(saved["spec"]["data"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, {}
+
+
+def split_as_trained(spec, checkpoint: Path) -> tuple:
+    """(spec, notes): the spec with the split settings of the run that made the adapter, when that run held rows out
+    of the same data file, so that the held-out set is exactly what it never trained on (another run's experiment
+    with other settings may have saved the split last)."""
+    saved, data = _trained_with(checkpoint)
+    same_file = (saved.get("dataset_sha256") is not None and spec.paths.dataset.is_file()
+                 and sha256_file(spec.paths.dataset) == saved["dataset_sha256"])
+    changes = {key: data[key] for key in SPLIT_KEYS if key in data and data[key] != getattr(spec.data, key)}
+    if not (same_file and changes and (data.get("eval_fraction") or 0) > 0):
+        return spec, []
+    shown = "，".join(f"{key}={value!r}" for key, value in changes.items())
+    return (spec.replace(data=dataclasses.replace(spec.data, **changes)),
+            [f"留出集按训练这个适配器的那次运行的设置切分（{shown}，见它的 {RUN_SUMMARY}）：都是它没训练过的数据"])
+
+
+def data_notes(spec, checkpoint: Path) -> list[str]:
+    """A warning when the run that made the adapter used another data file or other split settings than this
+    spec: then some held-out rows may have been trained on."""
+    saved, data = _trained_with(checkpoint)
+    if not saved:
+        return []
+    wanted = spec.to_dict()["data"]
+    differing = [f"{k}={data[k]!r}" for k in SPLIT_KEYS if k in data and data[k] != wanted[k]]
+    if saved.get("dataset_sha256"):     # the file itself, wherever it was given from
+        if spec.paths.dataset.is_file() and sha256_file(spec.paths.dataset) != saved["dataset_sha256"]:
+            differing.insert(0, f"数据文件不是 {display_path(spec.paths.dataset)}")
+    elif "source" in data and data["source"] != wanted["source"]:   # a summary from before the hash was kept
+        differing.insert(0, f"source={data['source']!r}")
+    if not differing:
+        return []
+    return [f"训练这个适配器的那次运行用了不同的数据设置（{'，'.join(differing)}）："
+            "留出集里可能有些数据已经被训练过"]
 
 
 def load_run_summary(spec) -> dict:

@@ -459,11 +459,22 @@ def test_the_adapter_data_warning_compares_the_data_file_itself(tmp_path):
     checkpoint.mkdir(parents=True)
     summary = {"spec": trained.to_dict(), "dataset_sha256": sha256_file(mine)}
     (trained.paths.run_dir / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    assert ev._adapter_data_notes(trained, checkpoint) == []
+    assert runs.data_notes(trained, checkpoint) == []
     changed = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={other}"])
-    assert display_path(other) in ev._adapter_data_notes(changed, checkpoint)[0]
+    assert display_path(other) in runs.data_notes(changed, checkpoint)[0]
     resplit = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={mine}", "data.split_seed=7"])
-    assert "split_seed=42" in ev._adapter_data_notes(resplit, checkpoint)[0]
+    assert "split_seed=42" in runs.data_notes(resplit, checkpoint)[0]
+    # the same file: the held-out set is cut as that run cut it (another run may have saved the split last)
+    adopted, notes = runs.split_as_trained(resplit, checkpoint)
+    assert adopted.data == trained.data and "split_seed=42" in notes[0] and runs.data_notes(adopted, checkpoint) == []
+    everything = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={mine}", "data.max_rows=null"])
+    assert runs.split_as_trained(everything, checkpoint)[0].data.max_rows == trained.data.max_rows == 8
+    assert runs.split_as_trained(changed, checkpoint) == (changed, [])        # another file: only the warning
+    summary["spec"]["data"]["eval_fraction"] = 0.0      # a run that held nothing out: no split is clean, warn
+    (trained.paths.run_dir / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert runs.split_as_trained(resplit, checkpoint) == (resplit, [])
+    (trained.paths.run_dir / "run_summary.json").write_text("{", encoding="utf-8")    # damaged: nothing to go by
+    assert runs.split_as_trained(resplit, checkpoint) == (resplit, []) and runs.data_notes(resplit, checkpoint) == []
 
 
 def test_scoring_with_a_released_model_says_which_cell_to_run(tokenizer):
