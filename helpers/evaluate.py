@@ -88,6 +88,7 @@ class EvalOptions:
     table_rows: int = 20
     repetition_penalty: float = 1.1
     seed: int = 42
+    split_as_trained: bool = True        # the held-out set as the adapter's run cut it (False: as the spec says)
 
     @classmethod
     def for_spec(cls, spec, limit: int | None = None, max_new_tokens: int | None = None,
@@ -251,7 +252,8 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
 
     options = options or EvalOptions.for_spec(spec)
     prepare(spec, checkpoint)
-    spec, split_notes = runs.split_as_trained(spec, checkpoints.resolve_checkpoint(spec, checkpoint)[0])
+    spec, split_notes = (runs.split_as_trained(spec, checkpoints.resolve_checkpoint(spec, checkpoint)[0])
+                         if options.split_as_trained else (spec, []))
     train_records, eval_records = data_files.load_split(spec)
     if not eval_records:    # (a split saved before empty sides were refused)
         raise data_files.SplitSizeError(f"留出集是 0 条（data.eval_fraction={spec.data.eval_fraction}）：请调大它。")
@@ -447,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         spec = build_spec(args.config, args.overrides, output_dir=args.output_dir)
         print(spec.describe())
-        options = EvalOptions.for_spec(spec, args.limit, args.max_new_tokens)
+        chosen = {item.partition("=")[0].strip() for item in args.overrides}   # a split setting typed here wins
+        options = dataclasses.replace(EvalOptions.for_spec(spec, args.limit, args.max_new_tokens),
+                                      split_as_trained=not chosen & {f"data.{key}" for key in runs.SPLIT_KEYS})
         report = evaluate(spec, args.checkpoint, options)
         print(format_table(report["table"]))
         print()
