@@ -59,7 +59,6 @@ from .metrics import (
     unseen_probes,
 )
 from .models import refuse_without_gpu
-from .runs import report_path
 from .spec import build_spec
 from .workspace import (
     REPO_ROOT,
@@ -387,7 +386,7 @@ def log_to_swanlab(spec, report: dict) -> Path | None:
 
 def save_report(spec, report: dict, adapter: Path | None = None) -> Path:
     """The report beside this run's adapter, or under a name of its own for an adapter from elsewhere."""
-    path = report_path(spec.paths.run_dir, adapter or spec.paths.run_dir, REPORT_FILE)
+    path = runs.report_path(spec.paths.run_dir, adapter or spec.paths.run_dir, REPORT_FILE)
     course_folder(spec.paths.run_dir, only=checkpoints.RUN_FILES)   # made here (no training yet): as train marks it
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")

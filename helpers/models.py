@@ -164,7 +164,6 @@ def weights_present(folder: Path) -> bool:
     return bool(shards) and all((folder / shard).is_file() for shard in shards)
 
 
-
 def require_model_dir(spec) -> Path:
     """The spec's model directory, or a clear error naming what is missing (or which other model it holds) and
     the fix."""
