@@ -251,14 +251,13 @@ def evaluate(spec, checkpoint: str | Path | None = None, options: EvalOptions | 
 
     options = options or EvalOptions.for_spec(spec)
     prepare(spec, checkpoint)
-    spec, split_notes = (runs.split_as_trained(spec, checkpoints.resolve_checkpoint(spec, checkpoint)[0])
-                         if options.split_as_trained else (spec, []))
+    loaded = load_finetuned(spec, checkpoint)   # resolves (and checks) the adapter once
+    for note in loaded.notes:
+        print(note)
+    spec, split_notes = runs.split_as_trained(spec, loaded.checkpoint) if options.split_as_trained else (spec, [])
     train_records, eval_records = data_files.load_split(spec)
     if not eval_records:    # (a split saved before empty sides were refused)
         raise data_files.SplitSizeError(f"留出集是 0 条（data.eval_fraction={spec.data.eval_fraction}）：请调大它。")
-    loaded = load_finetuned(spec, checkpoint)
-    for note in loaded.notes:
-        print(note)
     system_prompt = loaded.recipe.get("system_prompt", spec.data.system_prompt)
     role = derive_role_words([r["output"] for r in train_records])
     notes = split_notes + runs.data_notes(spec, loaded.checkpoint)
