@@ -266,10 +266,16 @@ class ChatApp:
             reply = split_thinking(raw)
             stopped = stop_event.is_set()
             pending.thinking, pending.content = reply.thinking, reply.content
-            pending.note = "（已停止）" if stopped else ("（思考未结束）" if not reply.finished else "")
             self.turns.append(pending)
-            self.history += [{"role": "user", "content": text},
-                             {"role": "assistant", "content": reply.content}]
+            if reply.content.strip():
+                pending.note = "（已停止）" if stopped else ""
+                self.history += [{"role": "user", "content": text},
+                                 {"role": "assistant", "content": reply.content}]
+            else:   # no answer to remember (the next turn would show the model an empty reply): the message comes back
+                pending.note = ("（已停止，还没有回答" if stopped else "（思考还没结束就用完了 max_new_tokens：请调大它，"
+                                "或关掉思考模式" if not reply.finished else "（回答是空的") + "；这一轮不计入对话历史）"
+                if not self.message.value:
+                    self.message.value = text
             seconds = time.perf_counter() - started
             self._render()
             self._set_status(f"{'已停止' if stopped else '完成'}：{len(raw)} 个字符，{seconds:.1f} 秒"

@@ -427,6 +427,27 @@ def test_thinking_is_shown_but_kept_out_of_the_history(app, monkeypatch):
     assert "她问我是谁，我该自报家门。" in app.transcript.value and "思考过程" in app.transcript.value
 
 
+@pytest.mark.parametrize("stop_midway", [False, True])
+def test_a_turn_without_an_answer_stays_out_of_the_history_and_gives_the_message_back(app, monkeypatch, stop_midway):
+    """Thinking cut off by max_new_tokens (or stopped): the next turn must not show the model an empty reply."""
+    def fake_stream(model, tokenizer, messages, settings, adapter, stop_event):
+        yield "<think>\n她问我是谁，"
+        if stop_midway:
+            stop_event.set()
+        yield "我该"
+
+    send(app, MEMORISED_QUESTION)
+    answered = list(app.history)
+    monkeypatch.setattr("helpers.chat_app.stream_generate", fake_stream)
+    app.thinking.value = True
+    send(app, "你住在哪里？")
+    assert app.last_error is None, app.status.value
+    assert app.history == answered and len(app.turns) == 2
+    assert app.turns[-1].thinking == "她问我是谁，我该" and app.turns[-1].content == ""
+    assert ("max_new_tokens" in app.turns[-1].note) is not stop_midway
+    assert app.message.value == "你住在哪里？"
+
+
 def test_an_error_is_shown_and_the_app_keeps_working(app, loaded, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("simulated CUDA out of memory")
