@@ -234,14 +234,16 @@ class ChatApp:
             if self.busy:
                 self._set_status("上一条回复还在生成：等它完成，或先点“停止”。")
                 return False
-            text = (self.message.value if text is None else text).strip()
+            typed = text is None   # from the message box (cleared once sent); text given in code leaves a draft alone
+            text = (self.message.value if typed else text).strip()
             if not text:
                 self._set_status("先在输入框里写一句话。")
                 return False
             settings = self.settings()
             adapter = self.adapter.value or not hasattr(self.model, "disable_adapter")   # a plain model: as it is
             messages = chat_messages(self.history, text, self.system_prompt)
-            self.message.value = ""
+            if typed:
+                self.message.value = ""
             self.last_error = None
             self._stop = threading.Event()
             self._set_busy(True)

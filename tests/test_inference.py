@@ -489,6 +489,14 @@ def test_stop_ends_a_long_reply_early_and_keeps_what_was_said(app):
     assert not app.send_button.disabled
 
 
+def test_a_message_sent_from_code_leaves_the_draft_in_the_box(app, monkeypatch):
+    monkeypatch.setattr("helpers.chat_app.stream_generate", lambda *args, **kwargs: iter(["臣妾在。"]))
+    app.message.value = "还没写完的草稿"
+    assert app.send("皇上") is True
+    app.wait(60)
+    assert app.message.value == "还没写完的草稿" and app.history[-1]["content"] == "臣妾在。"
+
+
 def test_clear_forgets_the_conversation(app):
     send(app, MEMORISED_QUESTION)
     assert app.history
