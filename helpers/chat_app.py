@@ -29,6 +29,7 @@ import ipywidgets as widgets
 from .export import EXPORT_MARKER
 from .inference import (
     QWEN3_SAMPLING,
+    THINKING_BUDGET,
     GenerationSettings,
     chat_messages,
     split_thinking,
@@ -176,7 +177,7 @@ class ChatApp:
                                                description="temperature", **slider)
         self.top_p = widgets.FloatSlider(**span(settings.top_p, 0.05, 1.0), step=0.05, description="top_p", **slider)
         self.top_k = widgets.IntSlider(**span(settings.top_k, 0, 100), description="top_k", **slider)
-        self.max_new_tokens = widgets.IntSlider(**span(settings.max_new_tokens, 16, 4096), step=16,
+        self.max_new_tokens = widgets.IntSlider(**span(settings.max_new_tokens, 16, THINKING_BUDGET), step=16,
                                                 description="max_new_tokens", **slider)
         self._min_p = settings.min_p
 

@@ -126,6 +126,15 @@ def write_export_marker(folder: Path, checkpoint: Path) -> None:
     claim_folder(folder)
 
 
+def export_recipe(folder: str | Path) -> dict:
+    """The recipe a course export holds (its ``course_export.json``), ``{}`` for any other folder."""
+    try:
+        recipe = json.loads((Path(folder) / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return recipe if isinstance(recipe, dict) else {}
+
+
 def vllm_command(export_dir: Path) -> str:
     """The command that serves an exported model with vLLM (printed, not run here)."""
     return (f"vllm serve {shell_path(export_dir)} --served-model-name huanhuan "

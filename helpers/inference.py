@@ -31,11 +31,13 @@ from .checkpoints import CheckpointError, read_recipe, resolve_checkpoint, spec_
 from .data import Reply, prompt_ids_as_text, split_thinking
 from .download import prepare_model
 from .errors import ArgumentParser, CourseError, positive_int, run_cli
-from .export import export_merged
+from .export import export_merged, export_recipe
 from .models import adapter_switch, check_adapter_fits, load_base_model, load_tokenizer
 from .spec import DEFAULT_SYSTEM_PROMPT, build_spec
 from .workspace import display_path, typed_paths
 
+#: Qwen3's advice for thinking mode's ``max_new_tokens`` on most tasks (model card, "Best Practices")
+THINKING_BUDGET = 32768
 #: Qwen3's recommended sampling (model card, "Best Practices"). ``min_p`` is 0 in both modes.
 QWEN3_SAMPLING = {
     True: {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0},   # thinking on
@@ -292,8 +294,12 @@ def compare_adapter(model, tokenizer, questions: list[str], settings: Generation
 
 
 def trained_system_prompt(model) -> str | None:
-    """The system prompt the loaded adapter was trained with (its recipe), else the course's default."""
-    return (getattr(model, "course_recipe", None) or {}).get("system_prompt", DEFAULT_SYSTEM_PROMPT)
+    """The system prompt the loaded adapter was trained with (its recipe; for a model loaded from a course export,
+    the recipe in its ``course_export.json``), else the course's default."""
+    recipe = getattr(model, "course_recipe", None)
+    if recipe is None:
+        recipe = export_recipe(getattr(model, "name_or_path", "") or "")
+    return recipe.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
 
 
 # --------------------------------------------------------------------------- command line
@@ -323,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--cache", choices=CACHES, help="static：预先分配的 KV 缓存（transformers 会在 GPU 上编译"
                      "解码步骤，第一次回答要花编译的时间）")
     export = commands.add_parser("export", parents=[common], help="把适配器合并进基座模型并保存")
-    export.add_argument("--target", help="一个空文件夹，或本课程之前导出的文件夹"
+    export.add_argument("--target", help="一个空文件夹，或本课程之前导出的文件夹；相对路径从当前目录算起"
                         "（默认：workspace/export/<profile>-merged）")
-    args = typed_paths(parser, argv, "output_dir", "target")
+    args = typed_paths(parser, argv, "output_dir", outputs=("target",))
     if args.command == "ask" and not args.message.strip():
         parser.error('消息是空的：请写一个问题，例如 python -m helpers.inference ask "你是谁？"')
 
@@ -344,10 +350,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = (recommended_settings if args.sample else greedy_settings)(args.thinking, args.max_new_tokens)
         settings = replace(settings, cache=args.cache)
         print(f"适配器：{display_path(loaded.checkpoint)}；系统提示：{system_prompt!r}；{settings.describe()}")
+        if args.thinking and not args.sample:
+            print("注意：思考模式下贪心解码容易陷入重复（Qwen3 模型卡的建议），加 --sample 用推荐的采样参数")
         reply = generate(loaded.model, loaded.tokenizer, chat_messages([], args.message, system_prompt), settings)
-        if reply.thinking:
-            print(f"<think>\n{reply.thinking}\n</think>")
+        if reply.thinking or not reply.finished:
+            print(f"<think>\n{reply.thinking}" + ("\n</think>" if reply.finished else ""))
         print(reply.content)
+        if not reply.finished:
+            print(f"（思考还没结束就用完了 --max-new-tokens {args.max_new_tokens}，所以没有回答：加大它再问一次，"
+                  f"Qwen 建议思考模式给到 {THINKING_BUDGET}）", file=sys.stderr)
         return 0
 
     return run_cli(work, debug=args.debug)

@@ -80,14 +80,14 @@ def named_path(path: str | os.PathLike) -> Path:
 def typed_paths(parser, argv, *names: str, outputs: tuple[str, ...] = ()):
     """``parser``'s arguments, with its path arguments (attributes ``names``) as typed in a shell (:func:`named_path`),
     resolved once, at the edge: the functions below take relative paths from the repository (:func:`repo_path`).
-    ``outputs``: files or folders to write, taken from the working directory (only ``~`` expanded). A path that
+    ``outputs``: files or folders to write, taken from the working directory (``~`` expanded). A path that
     cannot be one (``~nouser/x``) is refused like any other argument: one line, exit 2."""
     args = parser.parse_args(argv)
     for name in (*names, *outputs):
         if getattr(args, name, None):
             try:
                 typed = getattr(args, name)
-                setattr(args, name, named_path(typed) if name in names else str(expand_home(typed)))
+                setattr(args, name, named_path(typed) if name in names else str(expand_home(typed).absolute()))
             except CourseError as err:
                 parser.error(str(err))
     return args

@@ -682,6 +682,9 @@ def test_export_keeps_a_learners_file_and_refuses_a_foreign_partial(arena, tiny_
     result = cli("inference", "export", "--checkpoint", str(tiny_checkpoint))
     assert result.code == 0, result
     assert sha(export / "NOTES.md") == notes and (export / "model.safetensors").is_file()
+    # a relative target is a folder to write, from the working directory, even where the repository has one so named
+    assert cli("inference", "export", "--checkpoint", str(tiny_checkpoint), "--target", "notebooks").code == 0
+    assert (arena / "notebooks" / "model.safetensors").is_file()
 
     (arena / "mymodel.partial").mkdir()
     (arena / "mymodel.partial" / "keep.txt").write_text("mine", encoding="utf-8")
@@ -695,6 +698,35 @@ def test_export_keeps_a_learners_file_and_refuses_a_foreign_partial(arena, tiny_
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", fail_with(errno.ENOSPC)(PreTrainedModel.save_pretrained))
     one_line(cli("inference", "export", "--checkpoint", str(tiny_checkpoint), "--target", "full"), "磁盘满了")
     assert not (arena / "full.partial").exists() and not (arena / "full").exists()
+
+
+def test_a_model_loaded_from_an_export_chats_with_the_system_prompt_it_was_trained_with(arena, tiny_checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    from helpers.export import EXPORT_MARKER
+    from helpers.inference import trained_system_prompt
+
+    assert cli("inference", "export", "--checkpoint", str(tiny_checkpoint), "--target", "mine").code == 0
+    marker = arena / "mine" / EXPORT_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text(encoding="utf-8")), "system_prompt": "你是华妃"},
+                                 ensure_ascii=False), encoding="utf-8")
+    assert trained_system_prompt(AutoModelForCausalLM.from_pretrained(arena / "mine")) == "你是华妃"
+    marker.write_text("{broken", encoding="utf-8")   # a damaged marker: the course's default, never a traceback
+    assert trained_system_prompt(AutoModelForCausalLM.from_pretrained(arena / "mine")) == spec_module.DEFAULT_SYSTEM_PROMPT
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_ask_says_when_thinking_ran_out_of_tokens_and_when_it_decodes_greedily(arena, tiny_checkpoint, monkeypatch,
+                                                                               sample):
+    from helpers import inference
+    from helpers.data import split_thinking
+
+    monkeypatch.setattr(inference, "generate", lambda *args, **kwargs: split_thinking("<think>\n皇上问我是谁，我要"))
+    result = cli("inference", "ask", "你是谁？", "--thinking", "--max-new-tokens", "8",
+                 "--checkpoint", str(tiny_checkpoint), *(["--sample"] if sample else []))
+    assert result.code == 0, result
+    assert "</think>" not in result.out and "--max-new-tokens 8" in result.err
+    assert ("--sample" in result.out) is not sample
 
 
 def test_a_failed_export_keeps_the_old_one_and_blocks_nothing(arena, tiny_checkpoint, monkeypatch):

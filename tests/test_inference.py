@@ -364,6 +364,7 @@ def test_controls_start_on_qwens_settings_and_the_thinking_toggle_switches_them(
     app = ChatApp(loaded.model, loaded.tokenizer)
     assert app.settings() == inf.recommended_settings(False)
     assert app.adapter.value is True and not app.adapter.disabled
+    assert app.max_new_tokens.max >= inf.THINKING_BUDGET   # the slider reaches Qwen's budget for thinking mode
     app.thinking.value = True
     assert app.settings() == inf.recommended_settings(True)
     app.thinking.value = False
