@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import CourseError
-from .workspace import REPO_ROOT, display_path, shell_path
+from .workspace import REPO_ROOT, blocking_file, display_path, shell_path
 
 PROFILE_ENV = "QWEN3_TUTORIAL_PROFILE"
 WORKSPACE_ENV = "QWEN3_TUTORIAL_WORKSPACE"
@@ -177,6 +177,11 @@ def refuse_run_dir(run_dir: Path, protected: dict[str, Path]) -> None:
             raise SpecError(f"--output-dir {display_path(run_dir)} 就是（或包含）{PROTECTED_LABELS.get(what, what)} "
                             f"{display_path(path)}：在那里重新开始训练会把它移到一边。请给运行目录一个单独的文件夹，"
                             f"例如 --output-dir {shell_path(protected['workspace'] / 'checkpoints' / 'mine')}")
+    blocking = blocking_file(run)
+    if blocking is not None:   # every command says so at once (evaluate would offer a train command that fails)
+        below = "" if blocking == run else f"，--output-dir {display_path(run_dir)} 在它下面"
+        raise SpecError(f"{display_path(blocking)} 是文件，不是文件夹{below}：运行目录要是一个文件夹，"
+                        f"例如 --output-dir {shell_path(protected['workspace'] / 'checkpoints' / 'mine')}")
     if run == Path.home().resolve() or run == REPO_ROOT or run.parent == run:
         raise SpecError(f"--output-dir {display_path(run_dir)} 是一个放着其他文件的大文件夹：请给运行目录一个单独的文件夹，"
                         f"例如 --output-dir {shell_path(protected['workspace'] / 'checkpoints' / 'mine')}")

@@ -271,6 +271,29 @@ def test_a_missing_data_file_stops_before_any_model_is_made(arena, monkeypatch, 
     assert not (empty / "models").exists() and not (empty / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("named_by", ["--checkpoint", "adapter_dir"])
+def test_evaluate_says_a_mistyped_adapter_folder_before_any_model_is_made(arena, monkeypatch, named_by):
+    """On the full profile the model is a 16 GB download: a typo in the adapter's path must stop before it."""
+    empty = arena / "empty-ws"
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(empty))
+    if named_by == "adapter_dir":
+        monkeypatch.setenv("QWEN3_TUTORIAL_ADAPTER_DIR", str(arena / "nope"))
+    result = cli("evaluate", *(["--checkpoint", str(arena / "nope")] if named_by == "--checkpoint" else []))
+    one_line(result, "nope")
+    assert not (empty / "models").exists()
+
+
+@pytest.mark.parametrize("command", [("train",), ("evaluate",), ("inference", "ask", "你好")])
+def test_an_output_dir_that_is_a_file_is_said_at_once(arena, command):
+    """evaluate used to offer a train command with the same --output-dir, which then failed."""
+    (arena / "notes.txt").write_text("mine", encoding="utf-8")
+    for given in ("notes.txt", "notes.txt/run"):
+        result = cli(*command, "--output-dir", given)
+        one_line(result, "notes.txt")
+        assert "helpers.train" not in result.err
+    assert (arena / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
 def test_a_config_whose_data_file_is_gone_still_chats_and_is_never_downloaded_over(arena, tiny_checkpoint, monkeypatch):
     """Chatting with an adapter needs no data (a classmate's config names a file on their machine); reading the
     data names the file, and a learner's missing huanhuan.json is not mistaken for the course's download."""
