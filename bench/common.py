@@ -57,6 +57,22 @@ def real_dataset_path(env) -> Path:
         "把它放到后者，设置 HUANHUAN_JSON=它的路径，或者用 --data 指定（下载地址见 docs/teaching.md 第 4 节）。")
 
 
+def course_workspace(env) -> Path:
+    """The learner's workspace (settings file, ``QWEN3_TUTORIAL_WORKSPACE``): where CPU rehearsals write by default;
+    ``bench/results/`` holds only the committed GPU runs."""
+    return build_spec(REPO_ROOT / "configs" / "train" / "tiny.yaml", profile="tiny", env=env).paths.workspace
+
+
+def read_result(parser, path: str | os.PathLike) -> dict:
+    """A result JSON named on the command line (``--table``, ``--adopt``), or argparse's one-line refusal."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        parser.error(f"{path}: {err.strerror}")
+    except ValueError as err:
+        parser.error(f"{path}: not a result JSON ({err})")
+
+
 # --------------------------------------------------------------------------- tokens per epoch: the original vs the course
 
 

@@ -56,9 +56,7 @@ def run(path: Path, repeats: int) -> dict:
     import datasets
 
     datasets.disable_progress_bars()
-    tokenizer, note = course_tokenizer()
-    if note:
-        print(note, file=sys.stderr)
+    tokenizer, _ = course_tokenizer()
     records = load_records(path).records
     raw = datasets.Dataset.from_list(records)
 

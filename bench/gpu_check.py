@@ -1,7 +1,7 @@
 """One prepared GPU check: the course's whole real path on the Qwen3-8B architecture, in one script.
 
     python -m bench.gpu_check --dataset PATH --out bench/results/gpu_check.json      # one H100/H200, < 8 min
-    python -m bench.gpu_check --tiny --out workspace/bench/gpu_check-tiny.json       # same stages, CPU, tiny
+    python -m bench.gpu_check --tiny               # same stages, CPU, tiny: <workspace>/bench/gpu_check-tiny.json
     python -m bench.gpu_check --table bench/results/gpu_check.json                   # markdown for RESULTS.md
 
 The ``random8b`` profile: the real Qwen3-8B architecture with random bf16 weights (no download; speed and
@@ -41,7 +41,7 @@ from pathlib import Path
 from helpers import data, runs
 from helpers.workspace import REPO_ROOT, display_path
 
-from .common import as_train_dataset, versions, write_result
+from .common import as_train_dataset, course_workspace, read_result, versions, write_result
 
 CONFIGS = {"random8b": REPO_ROOT / "configs" / "train" / "qwen3-8b.yaml",
            "tiny": REPO_ROOT / "configs" / "train" / "tiny.yaml"}
@@ -562,7 +562,8 @@ def _notes(name: str, s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON result (default bench/results/gpu_check.json)")
+    parser.add_argument("--out", help="JSON result (default bench/results/gpu_check.json; on the tiny profile "
+                        "<workspace>/bench/gpu_check-tiny.json)")
     parser.add_argument("--dataset", type=Path, help="huanhuan.json (default: $HUANHUAN_JSON or ../shared/data; "
                         "else the shipped sample repeated)")
     parser.add_argument("--tiny", action="store_true", help="tiny profile on the CPU (automatic without CUDA)")
@@ -579,12 +580,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-export", action="store_true", help="do not write the 16 GB merged export")
     parser.add_argument("--skip-qlora", action="store_true")
     parser.add_argument("--skip-recipes", action="store_true")
-    parser.add_argument("--workdir", help="scratch folder (default: a temporary folder beside --out's workspace)")
+    parser.add_argument("--workdir", help="where the scratch folder goes (default: the course's workspace)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (checkpoints, export)")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a result and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown_table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
+        print(markdown_table(read_result(parser, args.table)))
         return 0
     # launcher settings, before CUDA starts: less allocator fragmentation, no tokenizer fork warnings
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -603,8 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     args.dataset = args.dataset.resolve() if args.dataset else None
     if args.dataset is not None and not args.dataset.is_file():
         parser.error(f"--dataset {args.dataset}: no such file")
-    workdir = Path(args.workdir) if args.workdir else REPO_ROOT / "workspace" / "gpu_check"
+    workdir = Path(args.workdir) if args.workdir else course_workspace(os.environ)
     workdir.mkdir(parents=True, exist_ok=True)
+    # a CPU rehearsal never overwrites the committed GPU result
+    args.out = args.out or str(workdir / "bench" / "gpu_check-tiny.json" if tiny else DEFAULT_OUT)
     args.workdir = str(workdir)
     result = run_check(args)
     print(markdown_table(result))

@@ -358,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.profile != "tiny" and not args.device.startswith("cuda"):   # hours of silence, then out of memory
+        parser.error(f"{args.profile} needs a CUDA GPU and this run has none (--device {args.device}): "
+                     "use --profile tiny for the CPU validation")
     if args.worker:
         result = run_worker(args)
         Path(args.result).write_text(json.dumps(result, default=str), encoding="utf-8")

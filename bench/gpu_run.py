@@ -12,7 +12,7 @@ f. a micro-batch sweep (4, 8, 16, 32 rows, checkpointing) for the speed/memory c
     # on one H100/H200 (random8b = the real Qwen3-8B architecture, random bf16 weights):
     python -m bench.gpu_run --data workspace/data/huanhuan.json --out bench/results/gpu_run.json
     # the CPU rehearsal (tiny model, tiny sizes; tests/test_gpu_run.py runs it):
-    python -m bench.gpu_run --tiny --out workspace/bench/gpu_run-cpu.json
+    python -m bench.gpu_run --tiny          # the CPU rehearsal: <workspace>/bench/gpu_run-tiny.json
     # the results as a markdown table, and as the measurements helpers/recipes.py reads:
     python -m bench.gpu_run --table bench/results/gpu_run.json
     python -m bench.gpu_run --adopt bench/results/gpu_run.json   # writes configs/recipe_measurements.json
@@ -38,7 +38,7 @@ from helpers import recipes as course_recipes
 from helpers.workspace import REPO_ROOT, display_path
 
 from . import common as bench
-from .common import real_dataset_path
+from .common import course_workspace, read_result, real_dataset_path
 
 #: the issue's targets, judged on one H100/H200 in one run
 TARGET_DEFAULT_X = 3.0       # the course's 24 GB-class default, samples/s over the original recipe's
@@ -545,16 +545,18 @@ def main(argv: list[str] | None = None) -> int:
                         "fit are skipped and recorded so)")
     parser.add_argument("--only", nargs="*", help="run only these entries")
     parser.add_argument("--export", action="store_true", help="also write a merged 16 GB model (~6 min of disk)")
-    parser.add_argument("--out", default=None, help="JSON result (default bench/results/gpu_run.json)")
+    parser.add_argument("--out", default=None, help="JSON result (default bench/results/gpu_run.json; --tiny: "
+                        "<workspace>/bench/gpu_run-tiny.json)")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a result and exit")
     parser.add_argument("--adopt", metavar="JSON", help="write a GPU result into configs/recipe_measurements.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown_table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
+        print(markdown_table(read_result(parser, args.table)))
         return 0
     if args.adopt:
+        read_result(parser, args.adopt)
         print(f"written: {display_path(adopt(Path(args.adopt)))}")
         return 0
     tiny = args.tiny or args.profile == "tiny"
@@ -570,10 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not tiny else "cpu")
+    if not tiny and not args.device.startswith("cuda"):   # random8b on a CPU: hours of silence, then out of memory
+        parser.error(f"{args.profile} needs a CUDA GPU and this run has none (--device {args.device}): "
+                     "use --tiny for the CPU rehearsal")
     if args.worker:
         Path(args.result).write_text(json.dumps(run_worker(args), default=str), encoding="utf-8")
         return 0
-    args.out = args.out or str(REPO_ROOT / "bench" / "results" / "gpu_run.json")
+    args.out = args.out or str(course_workspace(os.environ) / "bench" / "gpu_run-tiny.json" if tiny
+                               else REPO_ROOT / "bench" / "results" / "gpu_run.json")
     result = run_all(args)
     out = bench.write_result(result, args.out)
     print(markdown_table(result))

@@ -196,3 +196,50 @@ def test_the_benchmarks_find_the_course_copy_of_the_dataset(tmp_path, monkeypatc
         common.real_dataset_path(env)
     shutil.copyfile(huanhuan_path, course)
     assert common.real_dataset_path(env) == course
+
+
+# --------------------------------------------------------------------------- the GPU scripts' command lines
+
+
+class Stop(Exception):
+    """Raised where a script would start its long work: what it decided before is what the test checks."""
+
+
+@pytest.mark.parametrize("module, argv", [("gpu_run", ["--device", "cpu"]), ("gpu_qwen3_8b", ["--device", "cpu"]),
+                                          ("gpu_run", ["--table", "nope.json"]),
+                                          ("gpu_run", ["--adopt", "nope.json"]),
+                                          ("gpu_check", ["--table", "nope.json"])])
+def test_the_gpu_scripts_refuse_what_cannot_work_in_one_line(module, argv, tmp_path, monkeypatch, capsys):
+    """The 8B architecture on a CPU ran for hours in silence; a missing result file was a traceback."""
+    import importlib
+
+    script = importlib.import_module(f"bench.{module}")
+    monkeypatch.chdir(tmp_path)
+    for name in ("run_all", "run_check"):   # never reached: the refusal comes first
+        if hasattr(script, name):
+            monkeypatch.setattr(script, name, lambda args: pytest.fail("started the run"))
+    with pytest.raises(SystemExit) as stop:
+        script.main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and "Traceback" not in "\n".join(lines)
+    assert ("CUDA" if "--device" in argv else "nope.json") in lines[-1]
+
+
+@pytest.mark.parametrize("module, runner", [("gpu_check", "run_check"), ("gpu_run", "run_all")])
+def test_a_cpu_rehearsal_writes_into_the_workspace_never_over_the_committed_gpu_result(module, runner, tmp_path,
+                                                                                      monkeypatch):
+    import importlib
+
+    script = importlib.import_module(f"bench.{module}")
+    monkeypatch.setenv("QWEN3_TUTORIAL_WORKSPACE", str(tmp_path / "ws"))
+    seen = {}
+
+    def started(args):
+        seen.update(out=args.out, workdir=getattr(args, "workdir", None))
+        raise Stop
+
+    monkeypatch.setattr(script, runner, started)
+    with pytest.raises(Stop):
+        script.main(["--tiny"])
+    assert seen["out"] == str(tmp_path / "ws" / "bench" / f"{module}-tiny.json")
+    assert seen["workdir"] in (None, str(tmp_path / "ws"))
