@@ -38,6 +38,11 @@ def run(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     known = {number for number, _, _ in _EXERCISES}
+    if argv[:1] in (["-h"], ["--help"]):   # what the script offers, nothing run
+        print(f"python {sys.argv[0]} [编号 ...]：做这些练习（不写编号就做全部练习）")
+        for number, title, _ in sorted(_EXERCISES, key=lambda item: item[0]):
+            print(f"  {number}  {title}")
+        return
     numbers = [a for a in argv if a.isascii() and a.isdigit()]   # "①" and "²" are digits to isdigit, not to int
     chosen = {int(a) for a in numbers} or known
     unknown = chosen - known
