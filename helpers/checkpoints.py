@@ -292,13 +292,17 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     if checkpoint is not None and not chosen.exists() and (spec.paths.run_dir / checkpoint).exists():
         chosen = spec.paths.run_dir / checkpoint    # a checkpoint-N of this run, named by itself
     folder = chosen if chosen is not None else spec.paths.run_dir
+    by_setting = checkpoint is None and "adapter_dir" in spec.origin
+    # where a wrong folder named by the setting came from, and the way back to the learner's own adapter
+    setting = (f"（adapter_dir，来自 {spec.origin['adapter_dir']}；改回用自己训练的结果："
+               "python -m helpers.environment setup --adapter-dir \"\"）") if by_setting else ""
     if chosen is not None:
         if not chosen.exists():
-            raise _missing_adapter(spec, chosen, by_setting=checkpoint is None and "adapter_dir" in spec.origin)
+            raise _missing_adapter(spec, chosen, by_setting)
         if chosen.is_file():
             unpack = "（这是压缩包：先解压，例如用 `unzip`，再指定解压出来的文件夹）" \
                 if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""
-            raise MissingArtifactError(f"{display_path(chosen)} 是文件，不是适配器文件夹{unpack}：请指定存有 "
+            raise MissingArtifactError(f"{display_path(chosen)}{setting} 是文件，不是适配器文件夹{unpack}：请指定存有 "
                                        "adapter_config.json 和 adapter_model.safetensors 的文件夹。")
         if (chosen / "adapter_config.json").is_file():
             marked = (chosen / COMPLETE_MARKER).is_file()
@@ -331,7 +335,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
             whole = "这是一个完整的模型（例如合并导出的），用 from_pretrained 或 vLLM 直接加载它，不用当适配器" \
                 if (chosen / "config.json").is_file() else "不是 LoRA 适配器文件夹"
             raise MissingArtifactError(
-                f"{display_path(chosen)} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：{whole}。")
+                f"{display_path(chosen)}{setting} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：{whole}。")
         raise MissingArtifactError(f"{display_path(folder)} 里没有完整的 LoRA 检查点。"
                                    + how_to_train(spec, folder))
     notes = found.notes()

@@ -283,6 +283,17 @@ def test_evaluate_says_a_mistyped_adapter_folder_before_any_model_is_made(arena,
     assert not (empty / "models").exists()
 
 
+@pytest.mark.parametrize("wrong", ["a-file.txt", "empty-folder"])
+def test_a_wrong_adapter_dir_setting_says_where_it_came_from_and_the_way_back(arena, monkeypatch, wrong):
+    (arena / "a-file.txt").write_text("mine", encoding="utf-8")
+    (arena / "empty-folder").mkdir()
+    monkeypatch.setenv("QWEN3_TUTORIAL_ADAPTER_DIR", str(arena / wrong))
+    for command in (("evaluate",), ("inference", "ask", "你好")):
+        result = cli(*command)
+        one_line(result, wrong)
+        assert "QWEN3_TUTORIAL_ADAPTER_DIR" in result.error_lines[0] and '--adapter-dir ""' in result.error_lines[0]
+
+
 @pytest.mark.parametrize("command", [("train",), ("evaluate",), ("inference", "ask", "你好")])
 def test_an_output_dir_that_is_a_file_is_said_at_once(arena, command):
     """evaluate used to offer a train command with the same --output-dir, which then failed."""
