@@ -208,7 +208,9 @@ def adapter_recipe(spec) -> dict:
         "quantization": spec.quantization,
         "lora": {"r": spec.lora.r, "lora_alpha": spec.lora.lora_alpha, "target_modules": list(spec.lora.target_modules),
                  "lora_dropout": spec.lora.lora_dropout},
-        "data": {key: value for key, value in spec.to_dict()["data"].items() if key not in ("system_prompt", "max_length")},
+        "data": {**{key: value for key, value in spec.to_dict()["data"].items() if key not in ("system_prompt", "max_length")},
+                 # the file's content, wherever it was given from (its name alone misses an edit or a same-named file)
+                 **({"sha256": sha256_file(spec.paths.dataset)} if spec.paths.dataset and spec.paths.dataset.is_file() else {})},
         "training": {key: spec.training[key] for key in RESUMED_TRAINING if key in spec.training},
     }
 
@@ -228,7 +230,8 @@ def refuse_other_recipe(spec, checkpoint: Path) -> None:
         elif saved[key] != value:
             changed.append((key, saved[key], value))
     if changed:
-        shown = "；".join(f"{name}: {old!r} → {new!r}" for name, old, new in changed[:4])
+        shown = "；".join(f"{name}: {old!r} → {new!r}" if not name.endswith("sha256") else
+                         f"数据文件的内容（sha256 {old[:12]}… → {new[:12]}…）" for name, old, new in changed[:4])
         raise CheckpointError(
             f"{display_path(checkpoint)} 是用另一套设置训练的（{shown}{'……' if len(changed) > 4 else ''}），"
             "接着它训练会把两套设置混在同一次运行里。要用新设置从头训练：命令行加 --no-resume（第 04 课设 START_FRESH = True）；"

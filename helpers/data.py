@@ -329,9 +329,12 @@ def training_data(spec, tokenizer, verbose: bool = True) -> tuple[list[dict], li
     """
     source = data_files.course_dataset_path(spec, progress=verbose)
     stamp = data_files.spec_stamp(spec, source)
-    records = validation.load_records(source, fix_hint=(
+    loaded = validation.load_records(source, fix_hint=(
         f"请修正 {display_path(source)} 里的这些行，然后重新训练（`python -m helpers.data check "
-        f"{shell_path(source)}` 会列出它们）。")).records
+        f"{shell_path(source)}` 会列出它们）。"))
+    if verbose and is_main_process() and loaded.report.warnings:   # an ignored field (history) is never silent
+        print(loaded.report.warnings_line(f"python -m helpers.data check {shell_path(source)}"))
+    records = loaded.records
     train_records, eval_records, split = data_files.split_records(spec, records)
     if split is not None and is_main_process():  # one writer per launch
         data_files.save_split(split, spec.paths.split_dir, source=source)

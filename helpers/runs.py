@@ -251,13 +251,15 @@ def data_notes(spec, checkpoint: Path) -> list[str]:
     differing = [f"{k}={data[k]!r}" for k in SPLIT_KEYS if k in data and data[k] != wanted[k]]
     if saved.get("dataset_sha256"):     # the file itself, wherever it was given from
         if spec.paths.dataset.is_file() and sha256_file(spec.paths.dataset) != saved["dataset_sha256"]:
-            differing.insert(0, f"数据文件不是 {display_path(spec.paths.dataset)}")
+            differing.insert(0, f"数据文件 {display_path(spec.paths.dataset)} 和它训练时的不是同一份（sha256 不同）")
     elif "source" in data and data["source"] != wanted["source"]:   # a summary from before the hash was kept
         differing.insert(0, f"source={data['source']!r}")
     if not differing:
         return []
-    return [f"训练这个适配器的那次运行用了不同的数据设置（{'，'.join(differing)}）："
-            "留出集里可能有些数据已经被训练过"]
+    own = data.get("source") not in (None, "course", wanted["source"])   # it trained on a file of the learner's
+    return [f"训练这个适配器的那次运行用了不同的数据设置（{'，'.join(differing)}）：留出集里可能有些数据已经被训练过"
+            + (f"。要在它自己的留出集上评估：加上 --set data.source=<它训练时的数据文件，名叫 {data['source']}>"
+               if own else "")]
 
 
 def load_run_summary(spec) -> dict:

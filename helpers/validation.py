@@ -20,6 +20,8 @@ from .workspace import display_path
 REQUIRED_FIELDS = ("instruction", "output")
 #: ``input`` may be missing (read as ""), as in many Alpaca-style files.
 FIELDS = ("instruction", "input", "output")
+#: what other datasets call the required fields (a row with one of these names gets the rename as its fix)
+FIELD_ALIASES = {"instruction": ("prompt", "query", "question"), "output": ("response", "answer", "completion")}
 #: how many problems an error message (and ``helpers.data split``) lists; ``DataValidationError.report`` has all
 SHOWN_PROBLEMS = 10
 
@@ -86,6 +88,16 @@ class ValidationReport:
         if self.skipped:
             text += f"；跳过 {len(self.skipped)} 条无效数据（{list_numbers(self.skipped, self.unit)}）"
         return text
+
+    def warnings_line(self, full_list: str) -> str:
+        """One line for a command that goes on despite warnings: how many per field, with the first of each;
+        ``full_list``: the command that lists them all."""
+        by_field: dict[str, list[Problem]] = {}
+        for p in self.warnings:
+            by_field.setdefault(p.field, []).append(p)
+        kinds = "；".join(f"{name} {len(found)} 个，例如{f'第 {found[0].row} {self.unit}' if found[0].row else '整个文件'}："
+                         f"{found[0].reason}" for name, found in by_field.items())
+        return f"{self.source}：{len(self.warnings)} 个数据警告（{kinds}），照常继续；全部列出：{full_list}"
 
     def format(self, limit: int | None = None) -> str:
         """The summary, then one line per problem (all of them unless ``limit``)."""
@@ -239,14 +251,17 @@ def _check_row(value) -> tuple[dict | None, list[tuple[str, str, str]]]:
     if not isinstance(value, dict):
         return None, [("(row)", f"应当是含 instruction/input/output 的对象，实际是 {_json_type(value)}",
                        "error")]
-    if "messages" in value and "instruction" not in value:
-        return None, [("messages", "不支持对话（messages）格式：本课程训练单轮的 instruction/input/output 数据，"
-                       "系统提示由配置统一给出；请把每段对话转换成 {instruction, input, output}", "error")]
+    for chat in ("messages", "conversations"):   # the chat format, and ShareGPT's
+        if chat in value and "instruction" not in value:
+            return None, [(chat, f"不支持对话（{chat}）格式：本课程训练单轮的 instruction/input/output 数据，"
+                           "系统提示由配置统一给出；请把每段对话转换成 {instruction, input, output}", "error")]
     problems = []
     for name in FIELDS:
         if name not in value:
             if name in REQUIRED_FIELDS:
-                problems.append((name, "缺少这个字段", "error"))
+                alias = next((a for a in FIELD_ALIASES[name] if a in value), None)
+                problems.append((name, "缺少这个字段" + (f"（这一行有 {alias}：意思相同的话，把它改名为 {name}）"
+                                                         if alias else ""), "error"))
             continue
         item = value[name]
         if not isinstance(item, str):

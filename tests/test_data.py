@@ -18,7 +18,7 @@ from bench.common import expected_padded_tokens
 from helpers import data, data_files, models, padding, validation
 from helpers import original as tutorial
 from helpers.spec import DEFAULT_MAX_LENGTH, DEFAULT_SYSTEM_PROMPT
-from helpers.workspace import REPO_ROOT, record_made
+from helpers.workspace import REPO_ROOT, record_made, shell_path
 from tests.cli_runner import run_cli
 from tests.conftest import tiny_spec_for
 
@@ -276,6 +276,41 @@ def test_records_wrapped_in_an_object_on_one_line_are_named_as_such(tmp_path):
     with pytest.raises(validation.DataValidationError) as refused:
         validation.load_records(chat, skip_invalid=True)
     assert [(p.row, p.field) for p in refused.value.report.errors] == [(1, "messages")]
+
+
+def test_other_datasets_field_names_get_the_rename_as_their_fix(tmp_path):
+    """prompt/response (and ShareGPT's conversations) are the commonest own-data shapes: each row's error says
+    which field to rename, not only that instruction and output are missing."""
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in (
+        {"prompt": "你是谁？", "response": "臣妾甄嬛。"},
+        {"instruction": "你是谁？", "answer": "臣妾甄嬛。"},
+        {"conversations": [{"from": "human", "value": "你是谁？"}]},
+    )) + "\n", encoding="utf-8")
+    with pytest.raises(validation.DataValidationError) as refused:
+        validation.load_records(path)
+    errors = [(p.row, p.field, p.reason) for p in refused.value.report.errors]
+    assert [(row, name) for row, name, _ in errors] == [(1, "instruction"), (1, "output"), (2, "output"),
+                                                        (3, "conversations")]
+    assert "prompt" in errors[0][2] and "response" in errors[1][2] and "answer" in errors[2][2]
+
+
+def test_training_says_what_the_data_check_warns_about(stamped_workspace, tokenizer, capsys, monkeypatch):
+    """A multi-turn history field is ignored: training goes on, but never silently."""
+    workspace, make = stamped_workspace
+    rows = json.loads(data_files.SAMPLE_PATH.read_text(encoding="utf-8"))
+    for row in rows[:3]:
+        row["history"] = [["皇上", "臣妾在"]]
+    mine = workspace / "with-history.json"
+    mine.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    report = validation.load_records(mine).report
+    assert [(p.row, p.field) for p in report.warnings] == [(1, "(row)"), (2, "(row)"), (3, "(row)")]
+    data.training_data(make(f"data.source={mine}"), tokenizer)
+    assert report.warnings_line(f"python -m helpers.data check {shell_path(mine)}") in capsys.readouterr().out
+    said = []
+    monkeypatch.setattr(validation.ValidationReport, "warnings_line", lambda report, _: said.append(report) or "")
+    data.training_data(make(), tokenizer)    # the course's sample: nothing to warn about
+    assert said == []
 
 
 @pytest.mark.parametrize("between", ["\n", ",\n"])

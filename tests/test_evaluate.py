@@ -464,6 +464,9 @@ def test_the_adapter_data_warning_compares_the_data_file_itself(tmp_path):
     assert display_path(other) in runs.data_notes(changed, checkpoint)[0]
     resplit = tiny_spec_for(tmp_path / "run", overrides=[f"data.source={mine}", "data.split_seed=7"])
     assert "split_seed=42" in runs.data_notes(resplit, checkpoint)[0]
+    # the course's data for an adapter trained on a file of the learner's: the way to its own held-out set
+    assert "--set data.source=" in runs.data_notes(tiny_spec_for(tmp_path / "run"), checkpoint)[0]
+    assert "--set data.source=" not in runs.data_notes(resplit, checkpoint)[0]
     # the same file: the held-out set is cut as that run cut it (another run may have saved the split last)
     adopted, notes = runs.split_as_trained(resplit, checkpoint)
     assert adopted.data == trained.data and "split_seed=42" in notes[0] and runs.data_notes(adopted, checkpoint) == []

@@ -167,6 +167,22 @@ def test_resuming_with_other_settings_stops_before_training(run_with_two_checkpo
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-4", "checkpoint-9"]
 
 
+def test_resuming_on_other_data_content_stops_before_training(run_with_two_checkpoints, tmp_path):
+    """The data's name alone misses an edited file, a same-named file elsewhere, or another file given by
+    QWEN3_TUTORIAL_DATASET (its name stays "course"): one run would be trained on two datasets."""
+    run = run_with_two_checkpoints
+    rows = json.loads((REPO_ROOT / "data" / "huanhuan_sample.json").read_text(encoding="utf-8"))
+    rows[0]["output"] += "。"
+    edited = tmp_path / "huanhuan_sample.json"
+    edited.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    spec = tiny_spec_for(run, QWEN3_TUTORIAL_DATASET=str(edited))
+    assert spec.to_dict()["data"] == tiny_spec_for(run).to_dict()["data"]   # the same settings by name
+    for resume in (True, run / "checkpoint-4"):
+        with pytest.raises(checkpoints.CheckpointError, match=r"数据文件的内容（sha256 [0-9a-f]{12}… → [0-9a-f]{12}…）"):
+            runs.resume_point(spec, resume)
+    assert runs.resume_point(tiny_spec_for(run), True) == run / "checkpoint-9"   # the same content resumes
+
+
 # --------------------------------------------------------------------------- the recipe's switches
 
 
