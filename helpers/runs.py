@@ -351,17 +351,24 @@ def finished_summary(spec, checkpoint: Path | None, args) -> dict | None:
     None otherwise (the Trainer decides)."""
     from types import SimpleNamespace
 
+    state = trained_to_end(checkpoint, args)
+    if state is None:
+        return None
+    summary = _summary_at(spec, SimpleNamespace(state=state, args=args))   # the Trainer's state and arguments
+    _say_finished(spec, state.global_step)
+    return summary
+
+
+def trained_to_end(checkpoint: Path | None, args):
+    """The checkpoint's ``TrainerState`` when it is the end these ``TrainingArguments`` train to (resuming it trains
+    nothing, and the Trainer reports a training loss of 0.0), else None."""
     from transformers import TrainerState
 
     state_file = Path(checkpoint) / "trainer_state.json" if checkpoint is not None else None
     if state_file is None or not state_file.is_file():
         return None
     state = TrainerState.load_from_json(str(state_file))
-    if not reached_end(state, args.max_steps, args.num_train_epochs):
-        return None
-    summary = _summary_at(spec, SimpleNamespace(state=state, args=args))   # the Trainer's state and arguments
-    _say_finished(spec, state.global_step)
-    return summary
+    return state if reached_end(state, args.max_steps, args.num_train_epochs) else None
 
 
 def reached_end(state, max_steps: int, num_train_epochs: float) -> bool:

@@ -167,6 +167,16 @@ def test_resuming_with_other_settings_stops_before_training(run_with_two_checkpo
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-4", "checkpoint-9"]
 
 
+def test_a_checkpoint_at_the_runs_last_step_is_trained_to_end(tiny_checkpoint, tmp_path):
+    """Notebook 04 says so before trainer.train, which then trains nothing and reports a training loss of 0.0."""
+    spec = tiny_spec_for(tmp_path / "run")
+    state = runs.trained_to_end(tiny_checkpoint, train.training_arguments(spec))
+    assert state is not None and state.epoch == spec.training["num_train_epochs"]   # tiny trains by epochs
+    longer = tiny_spec_for(tmp_path / "run", overrides=[f"training.max_steps={state.global_step + 1}"])
+    assert runs.trained_to_end(tiny_checkpoint, train.training_arguments(longer)) is None
+    assert runs.trained_to_end(None, train.training_arguments(spec)) is None
+
+
 def test_resuming_on_other_data_content_stops_before_training(run_with_two_checkpoints, tmp_path):
     """The data's name alone misses an edited file, a same-named file elsewhere, or another file given by
     QWEN3_TUTORIAL_DATASET (its name stays "course"): one run would be trained on two datasets."""
