@@ -63,14 +63,19 @@ def course_workspace(env) -> Path:
     return build_spec(REPO_ROOT / "configs" / "train" / "tiny.yaml", profile="tiny", env=env).paths.workspace
 
 
-def read_result(parser, path: str | os.PathLike) -> dict:
-    """A result JSON named on the command line (``--table``, ``--adopt``), or argparse's one-line refusal."""
+def read_result(parser, path: str | os.PathLike, keys: tuple[str, ...]) -> dict:
+    """A result JSON named on the command line (``--table``, ``--adopt``) that holds ``keys``, or argparse's
+    one-line refusal."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         parser.error(f"{path}: {err.strerror}")
     except ValueError as err:
         parser.error(f"{path}: not a result JSON ({err})")
+    missing = [key for key in keys if key not in result] if isinstance(result, dict) else list(keys)
+    if missing:
+        parser.error(f"{path}: not a result of {parser.prog} (no {', '.join(missing)})")
+    return result
 
 
 # --------------------------------------------------------------------------- tokens per epoch: the original vs the course

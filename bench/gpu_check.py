@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a result and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown_table(read_result(parser, args.table)))
+        print(markdown_table(read_result(parser, args.table, ("versions", "device", "profile", "settings", "stages"))))
         return 0
     # launcher settings, before CUDA starts: less allocator fragmentation, no tokenizer fork warnings
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

@@ -485,6 +485,10 @@ def judge(result: dict) -> dict:
     return out
 
 
+#: what a result of this script holds (``--table`` and ``--adopt`` refuse another JSON in one line)
+RESULT_KEYS = ("device", "profile", "settings", "entries")
+
+
 def markdown_table(result: dict) -> str:
     env = result.get("environment", {})
     lines = [f"Run: {env.get('gpu') or result['device']}, profile {result['profile']}, "
@@ -532,7 +536,7 @@ def adopt(path: Path, target: Path = course_recipes.MEASUREMENTS_FILE) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the CPU rehearsal: tiny profile, tiny sizes")
     parser.add_argument("--profile", default=None, help="random8b (default) or tiny")
     parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
@@ -553,10 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown_table(read_result(parser, args.table)))
+        print(markdown_table(read_result(parser, args.table, RESULT_KEYS)))
         return 0
     if args.adopt:
-        read_result(parser, args.adopt)
+        read_result(parser, args.adopt, RESULT_KEYS)
         print(f"written: {display_path(adopt(Path(args.adopt)))}")
         return 0
     tiny = args.tiny or args.profile == "tiny"

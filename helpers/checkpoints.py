@@ -259,14 +259,18 @@ def spec_as_trained(spec, adapter: Path, notes: list[str] = ()) -> tuple:
     return spec.replace(quantization=recipe["quantization"]), notes
 
 
+#: how an adapter_dir setting (settings file or variable) is undone, back to the learner's own adapter
+ADAPTER_WAY_BACK = ("；或改回用你自己训练的结果：python -m helpers.environment setup --adapter-dir \"\"（并取消 "
+                    "QWEN3_TUTORIAL_ADAPTER_DIR）")
+
+
 def _missing_adapter(spec, chosen: Path, by_setting: bool) -> MissingArtifactError:
     """The error for an adapter folder that is not there: named by the adapter_dir setting, or by --checkpoint
     (then the run's own checkpoints are listed)."""
     if by_setting:
         return MissingArtifactError(
-            f"适配器文件夹 {display_path(chosen)}（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径，"
-            "或改回用你自己训练的结果：python -m helpers.environment setup --adapter-dir \"\"（并取消 "
-            "QWEN3_TUTORIAL_ADAPTER_DIR）。")
+            f"适配器文件夹 {display_path(chosen)}（adapter_dir，来自 {spec.origin['adapter_dir']}）不存在。改正路径"
+            f"{ADAPTER_WAY_BACK}。")
     found = "、".join(c.name for c in checkpoints_in(spec.paths.run_dir)) or "还没有"
     return MissingArtifactError(
         f"适配器文件夹 {display_path(chosen)} 不存在。" + (
@@ -297,8 +301,8 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
     folder = chosen if chosen is not None else spec.paths.run_dir
     by_setting = checkpoint is None and "adapter_dir" in spec.origin
     # where a wrong folder named by the setting came from, and the way back to the learner's own adapter
-    setting = (f"（adapter_dir，来自 {spec.origin['adapter_dir']}；改回用自己训练的结果："
-               "python -m helpers.environment setup --adapter-dir \"\"）") if by_setting else ""
+    setting = f"（adapter_dir，来自 {spec.origin['adapter_dir']}）" if by_setting else ""
+    way_back = ADAPTER_WAY_BACK if by_setting else ""
     if chosen is not None:
         if not chosen.exists():
             raise _missing_adapter(spec, chosen, by_setting)
@@ -306,7 +310,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
             unpack = "（这是压缩包：先解压，例如用 `unzip`，再指定解压出来的文件夹）" \
                 if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""
             raise MissingArtifactError(f"{display_path(chosen)}{setting} 是文件，不是适配器文件夹{unpack}：请指定存有 "
-                                       "adapter_config.json 和 adapter_model.safetensors 的文件夹。")
+                                       f"adapter_config.json 和 adapter_model.safetensors 的文件夹{way_back}。")
         if (chosen / "adapter_config.json").is_file():
             marked = (chosen / COMPLETE_MARKER).is_file()
             if not (marked or is_checkpoint_name(chosen)):   # a plain adapter folder (shared, copied): its files
@@ -338,7 +342,7 @@ def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path
             whole = "这是一个完整的模型（例如合并导出的），用 from_pretrained 或 vLLM 直接加载它，不用当适配器" \
                 if (chosen / "config.json").is_file() else "不是 LoRA 适配器文件夹"
             raise MissingArtifactError(
-                f"{display_path(chosen)}{setting} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：{whole}。")
+                f"{display_path(chosen)}{setting} 里既没有 adapter_config.json，也没有完整的 checkpoint-N：{whole}{way_back}。")
         raise MissingArtifactError(f"{display_path(folder)} 里没有完整的 LoRA 检查点。"
                                    + how_to_train(spec, folder))
     notes = found.notes()

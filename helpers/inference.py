@@ -329,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--cache", choices=CACHES, help="static：预先分配的 KV 缓存（transformers 会在 GPU 上编译"
                      "解码步骤，第一次回答要花编译的时间）")
     export = commands.add_parser("export", parents=[common], help="把适配器合并进基座模型并保存")
-    export.add_argument("--target", help="一个空文件夹，或本课程之前导出的文件夹；相对路径从当前目录算起"
+    export.add_argument("--target", help="一个空文件夹，或本课程之前导出的文件夹；相对路径从当前目录算起（课程打印的、从仓库根目录算起的路径也可以）"
                         "（默认：workspace/export/<profile>-merged）")
-    args = typed_paths(parser, argv, "output_dir", outputs=("target",))
+    args = typed_paths(parser, argv, "output_dir", "target")
     if args.command == "ask" and not args.message.strip():
         parser.error('消息是空的：请写一个问题，例如 python -m helpers.inference ask "你是谁？"')
 

@@ -164,14 +164,15 @@ def weights_present(folder: Path) -> bool:
     return bool(shards) and all((folder / shard).is_file() for shard in shards)
 
 
-def require_model_dir(spec) -> Path:
+def require_model_dir(spec, weights: bool = True) -> Path:
     """The spec's model directory, or a clear error naming what is missing (or which other model it holds) and
-    the fix."""
+    the fix. ``weights=False``: only the tokenizer is needed (notebooks 02 and 03), so a download cut short serves."""
     path = spec.paths.model_dir
     where = f"（来自 {spec.origin['model_dir']}）" if "model_dir" in spec.given else ""
     if (path / "config.json").is_file():
         differs = other_model(spec)
-        if differs is None and (spec.profile.source == "config-only" or weights_present(path)):
+        tokenizer_only = not weights and all((path / name).is_file() for name in TOKENIZER_FILES[:2])
+        if differs is None and (spec.profile.source == "config-only" or tokenizer_only or weights_present(path)):
             return path
         if differs is None:   # a download cut short, or a folder of the config (and tokenizer) only
             also = [name for name in TOKENIZER_FILES[:2] if not (path / name).is_file()]

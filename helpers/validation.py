@@ -90,14 +90,16 @@ class ValidationReport:
         return text
 
     def warnings_line(self, full_list: str) -> str:
-        """One line for a command that goes on despite warnings: how many per field, with the first of each;
+        """One line for a command that goes on despite warnings: each kind once, with how many and their first rows;
         ``full_list``: the command that lists them all."""
-        by_field: dict[str, list[Problem]] = {}
-        for p in self.warnings:
-            by_field.setdefault(p.field, []).append(p)
-        kinds = "；".join(f"{name} {len(found)} 个，例如{f'第 {found[0].row} {self.unit}' if found[0].row else '整个文件'}："
-                         f"{found[0].reason}" for name, found in by_field.items())
-        return f"{self.source}：{len(self.warnings)} 个数据警告（{kinds}），照常继续；全部列出：{full_list}"
+        kinds: dict[tuple[str, str], list[Problem]] = {}
+        for p in self.warnings:   # a kind: the field and the reason up to its details (row numbers, characters)
+            kinds.setdefault((p.field, re.sub(r"U\+[0-9A-F]+|\d+", "#", p.reason.split("：")[0])), []).append(p)
+        parts = "；".join(
+            ("" if name == "(row)" else f"{name} ") + found[0].reason + (f" 等 {len(found)} 个" if len(found) > 1 else "")
+            + (f"（{list_numbers(rows, self.unit, limit=3)}）" if (rows := [p.row for p in found if p.row]) else "")
+            for (name, _), found in kinds.items())
+        return f"{self.source}：{len(self.warnings)} 个数据警告，照常继续：{parts}。全部列出：{full_list}"
 
     def format(self, limit: int | None = None) -> str:
         """The summary, then one line per problem (all of them unless ``limit``)."""

@@ -208,13 +208,17 @@ class Stop(Exception):
 @pytest.mark.parametrize("module, argv", [("gpu_run", ["--device", "cpu"]), ("gpu_qwen3_8b", ["--device", "cpu"]),
                                           ("gpu_run", ["--table", "nope.json"]),
                                           ("gpu_run", ["--adopt", "nope.json"]),
-                                          ("gpu_check", ["--table", "nope.json"])])
+                                          ("gpu_check", ["--table", "nope.json"]),
+                                          ("gpu_run", ["--table", "other.json"]),
+                                          ("gpu_run", ["--adopt", "other.json"]),
+                                          ("gpu_check", ["--table", "other.json"])])
 def test_the_gpu_scripts_refuse_what_cannot_work_in_one_line(module, argv, tmp_path, monkeypatch, capsys):
     """The 8B architecture on a CPU ran for hours in silence; a missing result file was a traceback."""
     import importlib
 
     script = importlib.import_module(f"bench.{module}")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "other.json").write_text('{"global_step": 60}', encoding="utf-8")   # a JSON, but no result
     for name in ("run_all", "run_check"):   # never reached: the refusal comes first
         if hasattr(script, name):
             monkeypatch.setattr(script, name, lambda args: pytest.fail("started the run"))
@@ -222,7 +226,7 @@ def test_the_gpu_scripts_refuse_what_cannot_work_in_one_line(module, argv, tmp_p
         script.main(argv)
     lines = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and "Traceback" not in "\n".join(lines)
-    assert ("CUDA" if "--device" in argv else "nope.json") in lines[-1]
+    assert ("CUDA" if "--device" in argv else argv[-1]) in lines[-1]
 
 
 @pytest.mark.parametrize("module, runner", [("gpu_check", "run_check"), ("gpu_run", "run_all")])

@@ -307,6 +307,11 @@ def test_training_says_what_the_data_check_warns_about(stamped_workspace, tokeni
     assert [(p.row, p.field) for p in report.warnings] == [(1, "(row)"), (2, "(row)"), (3, "(row)")]
     data.training_data(make(f"data.source={mine}"), tokenizer)
     assert report.warnings_line(f"python -m helpers.data check {shell_path(mine)}") in capsys.readouterr().out
+    # each kind once, however many rows: 3,000 duplicates are not filed under the ignored field
+    mine.write_text(json.dumps(rows + [rows[5]] * 3000, ensure_ascii=False), encoding="utf-8")
+    line = validation.load_records(mine).report.warnings_line("check")
+    assert "\n" not in line and len(line) < 300
+    assert re.search(r"history 等 3 个（第 1、2、3 条）", line) and re.search(r"等 3000 个（第 49、50、51 条，另有 2997 条）", line)
     said = []
     monkeypatch.setattr(validation.ValidationReport, "warnings_line", lambda report, _: said.append(report) or "")
     data.training_data(make(), tokenizer)    # the course's sample: nothing to warn about

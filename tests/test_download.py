@@ -186,6 +186,11 @@ def test_a_model_folder_with_missing_shards_is_refused_before_loading(tmp_path):
     shutil.copytree(own, course.paths.model_dir)
     with pytest.raises(workspace.MissingArtifactError, match="权重不全.*python -m helpers.download --profile full"):
         models.require_model_dir(course)          # what training and inference call before from_pretrained
+    # notebooks 02 and 03 need only the tokenizer: a download cut short serves them, a folder without one does not
+    assert models.require_model_dir(course, weights=False) == course.paths.model_dir
+    (course.paths.model_dir / "tokenizer.json").unlink()
+    with pytest.raises(workspace.MissingArtifactError, match="权重不全.*tokenizer.json"):
+        models.require_model_dir(course, weights=False)
     (own / shards[1]).write_bytes(b"w")
     assert download.prepare_model(given) == own
 

@@ -173,7 +173,7 @@ def test_the_two_adapter_files_in_a_folder_named_checkpoint_n_are_loaded(tiny_ch
         inf.resolve_checkpoint(spec)
     archive = shutil.make_archive(str(tmp_path / "teacher-adapter"), "zip", tmp_path / "teacher-adapter")
     zipped = build_spec(profile="tiny", env={ADAPTER_DIR_ENV: archive}, settings_file=None, cuda=False)
-    with pytest.raises(MissingArtifactError, match=r"teacher-adapter\.zip .*unzip.*adapter_config\.json"):
+    with pytest.raises(MissingArtifactError, match=r"teacher-adapter\.zip\W.*unzip.*adapter_config\.json"):
         inf.resolve_checkpoint(zipped)
 
 
