@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import checkpoints
 from .data_files import HUANHUAN_PINNED_URL
 from .download import BUDGET_TOTAL, disk_budget_gb, weights_gb
 from .errors import ArgumentParser, CourseError, run_cli
@@ -143,7 +144,10 @@ def write_settings(values: dict, path: Path = SETTINGS_FILE) -> Path:
     if unknown:
         raise SpecError(f"没有 {unknown[0]!r} 这个设置；可用的设置：{', '.join(SETTINGS_KEYS)}。")
     choices = {"profile": (*PROFILES, "auto"), "swanlab_mode": SWANLAB_MODES}
+    values = dict(values)
     for key, known in choices.items():
+        if isinstance(values.get(key), str):   # written as every reader reads it: " TINY " is tiny
+            values[key] = values[key].strip().lower()
         if values.get(key) and values[key] not in known:
             raise SpecError(f"--{key.replace('_', '-')} {values[key]!r} 不是 {', '.join(known)} 之一"
                             f"{suggest(values[key], known)}；什么都没有写入。")
@@ -232,6 +236,13 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         "把工作目录放到数据盘上：python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace" + and_unset("workspace")))
     checks += _files_checks(spec, model_present, dataset_reachable)
+    if spec.paths.adapter_dir is not None:   # a classmate's adapter, the fallback of a failed training: found now
+        try:
+            found = checkpoints.resolve_checkpoint(spec)[0]
+        except CourseError as err:
+            checks.append(Check("adapter", False, str(err), "改正 adapter_dir 的路径" + checkpoints.ADAPTER_WAY_BACK))
+        else:
+            checks.append(Check("adapter", True, f"adapter_dir {display_path(found)}"))
     keyless = spec.swanlab.mode == "online" and not (has_swanlab_key(os.environ) if swanlab_key is None else swanlab_key)
     checks.append(Check("swanlab", not keyless, "模式 online，但没有 API key：训练会在开始前停下" if keyless else
                         f"模式 {spec.swanlab.mode}"

@@ -246,6 +246,31 @@ def test_setup_writes_a_path_that_is_not_there_yet_and_says_so(tmp_path, monkeyp
     assert done.code == 0 and "unset QWEN3_TUTORIAL_ADAPTER_DIR" in done.stdout
 
 
+def test_the_preflight_checks_an_adapter_dir_setting(tmp_path, tiny_checkpoint):
+    """The teacher's fallback for a failed training (docs/teaching.md): a typo in it fails here, not in lesson 05."""
+    checks = {}
+    for name, adapter in (("nowhere", tmp_path / "nowhere"), ("given", tiny_checkpoint)):
+        spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_ADAPTER_DIR": str(adapter)}, settings_file=None,
+                          cuda=False)
+        checks[name] = by_name(env.preflight(spec, kernel=True, dataset_reachable=lambda: True))["adapter"]
+    assert not checks["nowhere"].ok and "nowhere" in checks["nowhere"].detail
+    assert "QWEN3_TUTORIAL_ADAPTER_DIR" in checks["nowhere"].fix
+    assert checks["given"].ok
+    assert "adapter" not in by_name(env.preflight(build_spec(profile="tiny", env={}, settings_file=None, cuda=False),
+                                                  kernel=True, dataset_reachable=lambda: True))
+
+
+def test_setup_takes_a_profile_and_mode_as_every_reader_does(tmp_path):
+    """--profile TINY works for download, check and the variable: setup refused it (and suggested 'tiny' for ' tiny ')."""
+    from helpers.settings import read_settings_file
+
+    settings = tmp_path / "course-settings.yaml"
+    env.write_settings({"profile": " TINY ", "swanlab_mode": "OFFLINE"}, settings)
+    assert read_settings_file(settings) == {"profile": "tiny", "swanlab_mode": "offline"}
+    with pytest.raises(env.SpecError, match="'tinny'"):
+        env.write_settings({"profile": "tinny"}, settings)
+
+
 def test_setup_refuses_a_path_that_is_not_utf8_in_one_line(tmp_path, monkeypatch):
     """A terminal in another encoding (GBK) hands undecodable bytes over: one line, and no settings file written."""
     settings = tmp_path / "course-settings.yaml"
