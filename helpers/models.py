@@ -156,12 +156,27 @@ def weights_present(folder: Path) -> bool:
     if not (folder / "config.json").is_file():
         return False
     if not index.is_file():
-        return (folder / "model.safetensors").is_file()
+        return safetensors_whole(folder / "model.safetensors")
     try:
         shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):   # a half-written index: not complete either
         return False
-    return bool(shards) and all((folder / shard).is_file() for shard in shards)
+    return bool(shards) and all(safetensors_whole(folder / shard) for shard in shards)
+
+
+def safetensors_whole(path: Path) -> bool:
+    """Whether a safetensors file is whole: its header parses and its last tensor ends where the file ends (a copy
+    cut short, or a file of zeros, is not). Only the header is read."""
+    try:
+        with open(path, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            if not 2 <= size <= 100 * 2**20:
+                return False
+            header = json.loads(file.read(size))
+        end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
+        return Path(path).stat().st_size == 8 + size + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
 
 
 def require_model_dir(spec, weights: bool = True) -> Path:
@@ -177,7 +192,7 @@ def require_model_dir(spec, weights: bool = True) -> Path:
         if differs is None:   # a download cut short, or a folder of the config (and tokenizer) only
             also = [name for name in TOKENIZER_FILES[:2] if not (path / name).is_file()]
             raise MissingArtifactError(
-                f"模型目录 {display_path(path)}{where} 里的 *.safetensors 权重不全（分片缺了，或者没有权重文件）"
+                f"模型目录 {display_path(path)}{where} 里的 *.safetensors 权重不全（分片缺了、文件不完整，或者没有权重文件）"
                 + (f"，也没有 {'、'.join(also)}。" if also else "。")
                 + (f"把它指向完整的 {spec.profile.model} 文件夹，或者取消这个设置，让课程下载模型。" if where else
                    "再下载一次会接着下载缺的文件。"

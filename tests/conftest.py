@@ -22,6 +22,16 @@ from helpers import runs
 from helpers.workspace import REPO_ROOT, record_made
 
 
+def stand_in_weights(path: Path) -> Path:
+    """A whole one-tensor safetensors file, for a test whose model folder must count as downloaded
+    (``models.weights_present`` reads each file's header) while ``from_pretrained`` is faked or never reached."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"stand_in": np.zeros(1, dtype=np.float32)}, str(path))
+    return path
+
+
 def tiny_spec_for(run_dir: Path | None = None, config: str | None = None, overrides=(), **env):
     """A tiny-profile spec from an explicit environment (``env`` may relocate the workspace)."""
     from helpers.settings import SWANLAB_MODE_ENV

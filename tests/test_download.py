@@ -7,6 +7,7 @@ import torch
 from helpers import download, models, workspace
 from helpers.settings import WORKSPACE_ENV
 from helpers.workspace import REPO_ROOT
+from tests.conftest import stand_in_weights
 
 
 def test_offline_tokenizer_files_match_pinned_sha256():
@@ -157,6 +158,9 @@ def test_an_interrupted_download_is_not_a_model(tmp_path):
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}), encoding="utf-8")
     assert not download.weights_present(folder)                   # one shard of two
     (folder / "model-00002-of-00002.safetensors").write_bytes(b"w")
+    assert not download.weights_present(folder)                   # a shard that is not whole
+    stand_in_weights(folder / "model-00001-of-00002.safetensors")
+    stand_in_weights(folder / "model-00002-of-00002.safetensors")
     assert download.weights_present(folder)
     (folder / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-0', encoding="utf-8")
     assert not download.weights_present(folder)                   # a half-written index
@@ -192,6 +196,10 @@ def test_a_model_folder_with_missing_shards_is_refused_before_loading(tmp_path):
     with pytest.raises(workspace.MissingArtifactError, match="权重不全.*tokenizer.json"):
         models.require_model_dir(course, weights=False)
     (own / shards[1]).write_bytes(b"w")
+    with pytest.raises(workspace.MissingArtifactError, match="权重不全"):   # every shard there, none whole
+        download.prepare_model(given)
+    for shard in shards:
+        stand_in_weights(own / shard)
     assert download.prepare_model(given) == own
 
 
@@ -211,7 +219,7 @@ def test_the_model_folder_is_ready_only_when_complete(tmp_path):
     full = build_spec(profile="full", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "full")}, settings_file=None,
                       cuda=True).paths.model_dir
     (full / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "m-1.safetensors"}}))
-    (full / "m-1.safetensors").write_bytes(b"w")
+    stand_in_weights(full / "m-1.safetensors")
     spec = build_spec(profile="full", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "full")}, settings_file=None,
                       cuda=True)
     assert not download.model_ready(spec)                        # the weights, but no tokenizer yet
@@ -240,8 +248,9 @@ def test_the_notebook_download_cell_leaves_a_folder_that_reset_all_removes(tmp_p
     def fake_snapshot_download(model_id, local_dir, revision):
         folder = Path(local_dir)
         folder.mkdir(parents=True, exist_ok=True)   # as ModelScope does: it does not need the folder to exist
-        for name in ("config.json", "model.safetensors", *download.TOKENIZER_FILES):
+        for name in ("config.json", *download.TOKENIZER_FILES):
             (folder / name).write_text("{}", encoding="utf-8")
+        stand_in_weights(folder / "model.safetensors")
         return str(folder)
 
     monkeypatch.setattr(modelscope, "snapshot_download", fake_snapshot_download)

@@ -29,6 +29,7 @@ from helpers.settings import SETTINGS_FILE, WORKSPACE_ENV, SpecError
 from helpers.spec import build_spec
 from helpers.workspace import REPO_ROOT
 from tests.cli_runner import run_cli
+from tests.conftest import stand_in_weights
 
 GOOD_GPU = {"index": 0, "name": "NVIDIA GeForce RTX 4090", "memory_gb": 24.0, "free_gb": 23.5,
             "capability": "8.9", "bf16": True}
@@ -65,7 +66,7 @@ def full_spec(tmp_path):
     spec = build_spec(profile="full", env={WORKSPACE_ENV: str(workspace)}, settings_file=None, cuda=False)
     spec.paths.model_dir.mkdir(parents=True)
     (spec.paths.model_dir / "config.json").write_text("{}", encoding="utf-8")
-    (spec.paths.model_dir / "model.safetensors").write_bytes(b"")
+    stand_in_weights(spec.paths.model_dir / "model.safetensors")
     spec.paths.dataset.parent.mkdir(parents=True)
     spec.paths.dataset.write_text("[]", encoding="utf-8")
     return spec
@@ -172,7 +173,7 @@ def test_a_model_folder_of_another_qwen3_size_or_architecture_fails_the_check_an
     assert not model.ok and "model_type='llama'" in model.detail and "setup --model-dir" in model.fix
     with pytest.raises(MissingArtifactError, match="hidden_size=4096"):
         models.require_model_dir(given)
-    (llama / "model.safetensors").write_bytes(b"")
+    stand_in_weights(llama / "model.safetensors")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (llama / name).write_text("{}", encoding="utf-8")
     with pytest.raises(MissingArtifactError, match="Qwen3-0.6B"):
@@ -184,7 +185,7 @@ def test_a_model_folder_of_another_qwen3_size_or_architecture_fails_the_check_an
     model = by_name(env.preflight(own, **full_fakes()))["model"]
     assert not model.ok and "hidden_size=4096" in model.detail and "download --profile small" in model.fix
     (own.paths.model_dir / "config.json").write_text(json.dumps(models.qwen3_config("Qwen3-0.6B")), encoding="utf-8")
-    (own.paths.model_dir / "model.safetensors").write_bytes(b"")
+    stand_in_weights(own.paths.model_dir / "model.safetensors")
     assert by_name(env.preflight(own, **full_fakes()))["model"].ok
     assert models.require_model_dir(own) == own.paths.model_dir
 
@@ -205,6 +206,9 @@ def test_an_interrupted_download_fails_the_model_check_and_counts_its_weights_in
     assert not checks["disk"].ok and f"需要 {full:.1f} GB" in checks["disk"].detail
     for shard in shards[1:]:
         (folder / shard).write_bytes(b"x")
+    assert not by_name(env.preflight(full_spec, **full_fakes(free_gb=full - 1)))["model"].ok   # all there, none whole
+    for shard in shards:
+        stand_in_weights(folder / shard)
     checks = by_name(env.preflight(full_spec, **full_fakes(free_gb=full - 1)))
     assert checks["model"].ok and checks["disk"].ok
 

@@ -16,6 +16,7 @@ import torch
 
 from helpers import hardware, models
 from helpers.spec import build_spec
+from tests.conftest import stand_in_weights
 
 
 def full_spec(tmp_path, *overrides):
@@ -82,7 +83,7 @@ def test_the_export_keeps_the_models_bf16_on_a_gpu_without_bf16(tmp_path, fake_g
     spec = full_spec(tmp_path)
     spec.paths.model_dir.mkdir(parents=True)
     (spec.paths.model_dir / "config.json").write_text("{}", encoding="utf-8")
-    (spec.paths.model_dir / "model.safetensors").write_bytes(b"")     # a stand-in: from_pretrained is faked
+    stand_in_weights(spec.paths.model_dir / "model.safetensors")     # a stand-in: from_pretrained is faked
     seen = []
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda path, dtype: seen.append(dtype))
     export._base_for_merge(spec)
@@ -146,7 +147,7 @@ def _fake_model_dir(tmp_path):
     folder = tmp_path / "models" / "modelscope" / "Qwen" / "Qwen3-8B"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(models.qwen3_config()), encoding="utf-8")
-    (folder / "model.safetensors").write_bytes(b"")     # a stand-in: from_pretrained is faked
+    stand_in_weights(folder / "model.safetensors")     # a stand-in: from_pretrained is faked
     return folder
 
 

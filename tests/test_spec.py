@@ -19,6 +19,7 @@ from helpers.profiles import PROFILES
 from helpers.settings import SpecError
 from helpers.spec import build_spec
 from helpers.workspace import REPO_ROOT, MissingArtifactError, display_path
+from tests.conftest import stand_in_weights
 
 TINY = "configs/train/tiny.yaml"
 FULL = "configs/train/qwen3-8b.yaml"
@@ -327,7 +328,7 @@ def test_a_model_dir_variable_without_a_model_names_the_variable(tmp_path, state
     if state != "does not exist":
         local.mkdir()
     if state == "holds no config.json":
-        (local / "model.safetensors").write_bytes(b"")
+        stand_in_weights(local / "model.safetensors")
     spec = spec_of(env={course_settings_module.PROFILE_ENV: "full", course_settings_module.MODEL_DIR_ENV: str(local)})
     for step in (prepare_model, load_tokenizer):  # never a download over the user's folder
         with pytest.raises(MissingArtifactError) as caught:

@@ -19,7 +19,7 @@ import torch
 from helpers import checkpoints, models, runs, train
 from helpers.workspace import REPO_ROOT, sha256_file
 from tests.cli_runner import run_cli
-from tests.conftest import tiny_spec_for
+from tests.conftest import stand_in_weights, tiny_spec_for
 from tests.memorised import MEMORISED_ANSWER as MEMORISED
 
 
@@ -432,7 +432,7 @@ def test_another_rank_waits_for_the_whole_model_folder(tmp_path, monkeypatch):
     (spec.paths.model_dir / "config.json").write_text("{}", encoding="utf-8")   # not the whole folder yet
     with pytest.raises(CourseError, match=r"tiny-qwen3.*python -m helpers\.download"):
         train._wait_for_model(spec, timeout=0.3, poll=0.1)
-    (spec.paths.model_dir / "model.safetensors").write_bytes(b"w")
+    stand_in_weights(spec.paths.model_dir / "model.safetensors")
     train._wait_for_model(spec, timeout=0.3, poll=0.1)
 
 
