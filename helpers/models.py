@@ -15,7 +15,7 @@ from .errors import CourseError
 from .hardware import cuda_available, default_device, free_gpu_gb
 from .settings import SpecError, suggest
 from .spec import LoraSpec
-from .workspace import MissingArtifactError, display_path, how_to_make, sha256_file
+from .workspace import MissingArtifactError, display_path, how_to_make, safetensors_whole, sha256_file
 
 #: What every Qwen3 dense model's published config.json shares.
 QWEN3_COMMON = {
@@ -162,21 +162,6 @@ def weights_present(folder: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):   # a half-written index: not complete either
         return False
     return bool(shards) and all(safetensors_whole(folder / shard) for shard in shards)
-
-
-def safetensors_whole(path: Path) -> bool:
-    """Whether a safetensors file is whole: its header parses and its last tensor ends where the file ends (a copy
-    cut short, or a file of zeros, is not). Only the header is read."""
-    try:
-        with open(path, "rb") as file:
-            size = int.from_bytes(file.read(8), "little")
-            if not 2 <= size <= 100 * 2**20:
-                return False
-            header = json.loads(file.read(size))
-        end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
-        return Path(path).stat().st_size == 8 + size + end
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return False
 
 
 def require_model_dir(spec, weights: bool = True) -> Path:

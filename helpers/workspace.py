@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -168,6 +169,21 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def safetensors_whole(path: str | os.PathLike) -> bool:
+    """Whether a safetensors file is whole: its header parses and its last tensor ends where the file ends (a copy
+    cut short, or a file of zeros, is not). Only the header is read."""
+    try:
+        with open(path, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            if not 2 <= size <= 100 * 2**20:
+                return False
+            header = json.loads(file.read(size))
+        end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
+        return Path(path).stat().st_size == 8 + size + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
 
 
 def _umask_mode() -> int:
