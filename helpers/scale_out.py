@@ -75,11 +75,11 @@ def per_gpu_memory_gb(strategy: str, gpus: int, model: str = "Qwen3-8B") -> dict
     return out
 
 
-def memory_table(model: str = "Qwen3-8B") -> str:
-    """A text table: estimated GB per GPU for each strategy on 2, 4 and 8 GPUs."""
+def memory_table(model: str = "Qwen3-8B", gpus: int | None = None) -> str:
+    """A text table: estimated GB per GPU for each strategy on 2, 4 and 8 GPUs, and on ``gpus`` (the count asked for)."""
     from .padding import pad_text
 
-    gpu_counts = (2, 4, 8)
+    gpu_counts = tuple(sorted({2, 4, 8} | ({gpus} if gpus and gpus > 1 else set())))
     head = pad_text("做法", 16) + "".join(pad_text(f"{n} 块 GPU", 12, right=True) for n in gpu_counts)
     lines = [f"{model} LoRA：每块 GPU 的显存，估计值（ESTIMATED，GB，未实测）", head]
     for key, strategy in STRATEGIES.items():
@@ -156,8 +156,9 @@ def run_cpu_demo(spec, *overrides: str) -> tuple[Path, str]:
     root = demo_workspace(spec)
     out = root / "checkpoints" / "tiny-2proc"
     with lock_run(out, elsewhere=""):   # a demo still training there (another cell, a terminal) keeps its run
-        if out.exists():
+        if out.exists():   # a demo starts over (a resume is notebook 07's own lesson): say where the old one went
             shutil.rmtree(out)
+            print(f"删除了上一次的演示运行 {display_path(out)}：演示每次从头训练")
     proc = cpu_launch(out, *overrides, env={"QWEN3_TUTORIAL_WORKSPACE": str(root), "QWEN3_TUTORIAL_PROFILE": "tiny"})
     try:
         log, _ = proc.communicate(timeout=600)
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         spec = build_spec()
         model = args.model or spec.profile.model
-        print(memory_table(model))
+        print(memory_table(model, args.gpus))
         trained = model if model in TRAIN_CONFIGS else "Qwen3-8B"
         if trained != model:
             print(f"\n课程没有 {model} 的训练配置（只有 {'、'.join(TRAIN_CONFIGS)} 的）：上面的表格只是估算，"
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{TRAIN_PROFILES[trained]} 档位的配置，两者矛盾时训练会拒绝开始。在 GPU 机器上先运行 python -m "
                   f"helpers.environment setup --profile {TRAIN_PROFILES[trained]}，并取消（或改掉）QWEN3_TUTORIAL_PROFILE。")
         for key, strategy in STRATEGIES.items():
-            print(f"\n# {strategy.name}: {strategy.summary}")
+            print(f"\n# {strategy.name}: {strategy.summary}"
+                  + ("（先 pip install deepspeed：课程的依赖里没有它）" if strategy.config.startswith("zero") else ""))
             print(launch_command(key, gpus=None if key == "single-gpu" else args.gpus, model=trained))
         if args.demo:
             out, _ = run_cpu_demo(spec, "data.max_rows=10", "training.per_device_train_batch_size=2",

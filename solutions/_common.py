@@ -38,7 +38,7 @@ def run(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     known = {number for number, _, _ in _EXERCISES}
-    if argv[:1] in (["-h"], ["--help"]):   # what the script offers, nothing run
+    if {"-h", "--help"} & set(argv):   # what the script offers, nothing run (also after an exercise number)
         print(f"python {sys.argv[0]} [编号 ...]：做这些练习（不写编号就做全部练习）")
         for number, title, _ in sorted(_EXERCISES, key=lambda item: item[0]):
             print(f"  {number}  {title}")

@@ -288,6 +288,10 @@ def test_per_gpu_memory_follows_what_each_strategy_shards():
     assert scale_out.per_gpu_memory_gb("fsdp", 8)["total"] < scale_out.per_gpu_memory_gb("fsdp", 2)["total"]
     table = scale_out.memory_table()
     assert "ESTIMATED" in table and "FSDP2" in table and "DeepSpeed ZeRO-3" in table
+    # --gpus 3: the count asked for gets its own column, with its own estimate
+    fsdp_row = next(line for line in scale_out.memory_table(gpus=3).splitlines() if line.startswith("FSDP2"))
+    numbers = [float(x) for x in fsdp_row.split()[1:]]
+    assert numbers == [round(scale_out.per_gpu_memory_gb("fsdp", n)["total"], 1) for n in (2, 3, 4, 8)]
 
 
 def test_launch_commands_name_shipped_configs():

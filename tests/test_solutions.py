@@ -198,8 +198,9 @@ def test_a_script_runs_the_exercises_it_is_asked_for(capsys):
     assert ran == [2] and PASSED.findall(capsys.readouterr().out) == ["2"]
     common.run([])
     assert ran == [2, 1, 2]
-    common.run(["--help"])   # lists the exercises and runs none
-    assert ran == [2, 1, 2] and re.findall(r"^  (\d+)  ", capsys.readouterr().out, flags=re.M) == ["1", "2"]
+    for asked in (["--help"], ["2", "-h"]):   # lists the exercises and runs none
+        common.run(asked)
+        assert ran == [2, 1, 2] and re.findall(r"^  (\d+)  ", capsys.readouterr().out, flags=re.M) == ["1", "2"]
     capsys.readouterr()
     for wrong in (["9"], ["two"], ["①"], ["1", "²"]):   # isdigit says yes to "①" and "²", int() says no
         with pytest.raises(SystemExit) as stop:
