@@ -22,10 +22,11 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import ipywidgets as widgets
 
-from .export import export_recipe
+from .export import EXPORT_MARKER
 from .inference import (
     QWEN3_SAMPLING,
     THINKING_BUDGET,
@@ -77,7 +78,7 @@ def merged_in(model) -> bool:
     """Whether ``model`` holds a merged LoRA: merged in memory (``inference.merged_in_memory``) or loaded from an
     export folder (its ``course_export.json``)."""
     folder = getattr(model, "name_or_path", "") or ""
-    return getattr(model, "course_merged", False) or (bool(folder) and bool(export_recipe(folder)))
+    return getattr(model, "course_merged", False) or (bool(folder) and (Path(folder) / EXPORT_MARKER).is_file())
 
 
 def _escape(text: str) -> str:
