@@ -289,28 +289,41 @@ def how_to_train(spec, run_dir: Path | None = None) -> str:
                        f"python -m helpers.train --config {shell_path(spec.config_file)}{own}")
 
 
+def _named_by_setting(spec, checkpoint) -> tuple[str, str]:
+    """("（adapter_dir，来自 …）", the way back) when the adapter_dir setting named the folder, else ("", ""):
+    where a wrong folder came from, and how to return to the learner's own adapter."""
+    if checkpoint is None and "adapter_dir" in spec.origin:
+        return f"（adapter_dir，来自 {spec.origin['adapter_dir']}）", ADAPTER_WAY_BACK
+    return "", ""
+
+
+def named_adapter_folder(spec, checkpoint: str | Path | None = None) -> Path | None:
+    """The adapter folder ``checkpoint`` or the adapter_dir setting names (None: neither), refused at once when it is
+    missing or a file; nothing is read or hashed, so a command can check it before a model download."""
+    chosen = named_path(checkpoint) if checkpoint is not None else spec.paths.adapter_dir
+    if checkpoint is not None and not chosen.exists() and (spec.paths.run_dir / checkpoint).exists():
+        chosen = spec.paths.run_dir / checkpoint    # a checkpoint-N of this run, named by itself
+    setting, way_back = _named_by_setting(spec, checkpoint)
+    if chosen is not None and not chosen.exists():
+        raise _missing_adapter(spec, chosen, bool(setting))
+    if chosen is not None and chosen.is_file():
+        unpack = "（这是压缩包：先解压，例如用 `unzip`，再指定解压出来的文件夹）" \
+            if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""
+        raise MissingArtifactError(f"{display_path(chosen)}{setting} 是文件，不是适配器文件夹{unpack}：请指定存有 "
+                                   f"adapter_config.json 和 adapter_model.safetensors 的文件夹{way_back}。")
+    return chosen
+
+
 def resolve_checkpoint(spec, checkpoint: str | Path | None = None) -> tuple[Path, list[str]]:
     """The adapter to load and any notes: ``checkpoint``, else the spec's adapter folder, else the run's latest.
 
     A given folder may be a ``checkpoint-N`` or a run folder holding several (its latest good one is
     used). A damaged checkpoint is named with its damaged file and the previous complete one is used.
     """
-    chosen = named_path(checkpoint) if checkpoint is not None else spec.paths.adapter_dir
-    if checkpoint is not None and not chosen.exists() and (spec.paths.run_dir / checkpoint).exists():
-        chosen = spec.paths.run_dir / checkpoint    # a checkpoint-N of this run, named by itself
+    chosen = named_adapter_folder(spec, checkpoint)
     folder = chosen if chosen is not None else spec.paths.run_dir
-    by_setting = checkpoint is None and "adapter_dir" in spec.origin
-    # where a wrong folder named by the setting came from, and the way back to the learner's own adapter
-    setting = f"（adapter_dir，来自 {spec.origin['adapter_dir']}）" if by_setting else ""
-    way_back = ADAPTER_WAY_BACK if by_setting else ""
+    setting, way_back = _named_by_setting(spec, checkpoint)
     if chosen is not None:
-        if not chosen.exists():
-            raise _missing_adapter(spec, chosen, by_setting)
-        if chosen.is_file():
-            unpack = "（这是压缩包：先解压，例如用 `unzip`，再指定解压出来的文件夹）" \
-                if chosen.suffix in (".zip", ".gz", ".tar", ".tgz") else ""
-            raise MissingArtifactError(f"{display_path(chosen)}{setting} 是文件，不是适配器文件夹{unpack}：请指定存有 "
-                                       f"adapter_config.json 和 adapter_model.safetensors 的文件夹{way_back}。")
         if (chosen / "adapter_config.json").is_file():
             marked = (chosen / COMPLETE_MARKER).is_file()
             if not (marked or is_checkpoint_name(chosen)):   # a plain adapter folder (shared, copied): its files

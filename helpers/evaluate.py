@@ -124,10 +124,10 @@ def prepare(spec, checkpoint: str | Path | None = None) -> None:
         raise MissingArtifactError(
             f"{display_path(spec.config_file)}：data.eval_fraction 是 0，没有留出任何数据。"
             "请设置它（例如 --set data.eval_fraction=0.05），再重新训练。")
-    named = checkpoint is not None or spec.paths.adapter_dir is not None
-    if named:   # a mistyped adapter folder is said at once, never after a download of the base model
-        checkpoints.resolve_checkpoint(spec, checkpoint)
-    elif checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is None:
+    # a mistyped adapter folder is said at once, never after a download of the base model (load_finetuned checks the
+    # adapter inside it, once)
+    named = checkpoints.named_adapter_folder(spec, checkpoint) is not None
+    if not named and checkpoints.latest_good_checkpoint(spec.paths.run_dir).checkpoint is None:
         raise MissingArtifactError(f"{display_path(spec.paths.run_dir)} 里还没有训练好的 LoRA 适配器。"
                                    + checkpoints.how_to_train(spec))
     data_files.require_given_dataset(spec)   # before the model is built or downloaded
