@@ -238,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n注意：你的设置选的是 {spec.profile.name} 档位（{spec.origin['profile']}），下面的命令用的是 "
                   f"{TRAIN_PROFILES[trained]} 档位的配置，两者矛盾时训练会拒绝开始。在 GPU 机器上先运行 python -m "
                   f"helpers.environment setup --profile {TRAIN_PROFILES[trained]}，并取消（或改掉）QWEN3_TUTORIAL_PROFILE。")
+        if args.gpus == 1:   # the multi-GPU ways need two GPUs at least: a launch with 1 process is the single GPU run
+            print("\n只有 1 块 GPU：DDP、ZeRO 和 FSDP 都要 2 块以上，用单卡的命令（有几块就用 --gpus 几）。")
         for key, strategy in STRATEGIES.items():
+            if args.gpus == 1 and key != "single-gpu":
+                continue
             print(f"\n# {strategy.name}: {strategy.summary}"
                   + ("（先 pip install deepspeed：课程的依赖里没有它）" if strategy.config.startswith("zero") else ""))
             print(launch_command(key, gpus=None if key == "single-gpu" else args.gpus, model=trained))

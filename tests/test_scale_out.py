@@ -332,6 +332,13 @@ def test_the_command_line_prints_every_strategy_command():
     assert "Qwen3-14B" in done.stdout.splitlines()[0]
 
 
+def test_one_gpu_gets_the_single_gpu_command_only(capsys):
+    """A multi-GPU launch with ``--num_processes 1`` is the single-GPU run at best: one GPU gets that command."""
+    assert scale_out.main(["--gpus", "1"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("accelerate launch")]
+    assert commands == [scale_out.launch_command("single-gpu")]
+
+
 def test_the_demo_keeps_a_run_still_training_and_reports_its_ranks_error_in_one_line(tmp_path, monkeypatch):
     """A second demo (another cell, a terminal) never deletes the run a first one trains into; a course error in the
     ranks (here: the dataset) is their one line, a CourseError, not accelerate's pages of traceback."""
