@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CourseError
-from .workspace import display_path
+from .workspace import display_path, shell_path
 
 REQUIRED_FIELDS = ("instruction", "output")
 #: ``input`` may be missing (read as ""), as in many Alpaca-style files.
 FIELDS = ("instruction", "input", "output")
 #: what other datasets call the required fields (a row with one of these names gets the rename as its fix)
 FIELD_ALIASES = {"instruction": ("prompt", "query", "question"), "output": ("response", "answer", "completion")}
-#: how many problems an error message (and ``helpers.data split``) lists; ``DataValidationError.report`` has all
+#: how many problems an error message (and ``helpers.data split``) lists one by one; ``DataValidationError.report``
+#: has all
 SHOWN_PROBLEMS = 10
 
 
@@ -31,7 +32,9 @@ class DataValidationError(CourseError, ValueError):
 
     def __init__(self, report: ValidationReport, hint: str = ""):
         self.report = report
-        text = report.format(limit=SHOWN_PROBLEMS) if report.problems else ""
+        # a few problems one per line; a file in another format (the same errors in every row) each kind once
+        text = (report.format() if len(report.problems) <= SHOWN_PROBLEMS else
+                f"{report.summary(skipped=False)}：{report.grouped(report.errors)}") if report.problems else ""
         super().__init__("\n".join(part for part in (text, hint) if part))
 
 
@@ -79,27 +82,33 @@ class ValidationReport:
     def unit(self) -> str:
         return "行" if self.file_format == "jsonl" else "条"
 
-    def summary(self) -> str:
+    def summary(self, skipped: bool = True) -> str:
+        """How many rows were read, kept, and had problems; ``skipped``: which rows were left out."""
         kept = self.rows_read - len(self.invalid_rows)
         text = (
             f"{self.source}（{self.file_format}）：读到 {self.rows_read} 条，有效 {kept} 条；"
             f"错误 {len(self.errors)} 个，警告 {len(self.warnings)} 个"
         )
-        if self.skipped:
+        if self.skipped and skipped:
             text += f"；跳过 {len(self.skipped)} 条无效数据（{list_numbers(self.skipped, self.unit)}）"
         return text
 
-    def warnings_line(self, full_list: str) -> str:
-        """One line for a command that goes on despite warnings: each kind once, with how many and their first rows;
-        ``full_list``: the command that lists them all."""
+    def grouped(self, problems: list[Problem]) -> str:
+        """``problems`` in one line: each kind once, with how many and their first rows (a file of 3,000 rows in
+        another format is one kind, not 3,000 lines)."""
         kinds: dict[tuple[str, str], list[Problem]] = {}
-        for p in self.warnings:   # a kind: the field and the reason up to its details (row numbers, characters)
+        for p in problems:   # a kind: the field and the reason up to its details (row numbers, characters)
             kinds.setdefault((p.field, re.sub(r"U\+[0-9A-F]+|\d+", "#", p.reason.split("：")[0])), []).append(p)
-        parts = "；".join(
-            ("" if name == "(row)" else f"{name} ") + found[0].reason + (f" 等 {len(found)} 个" if len(found) > 1 else "")
+        return "；".join(
+            ("" if name.startswith("(") else f"{name} ") + found[0].reason
+            + (f" 等 {len(found)} 个" if len(found) > 1 else "")
             + (f"（{list_numbers(rows, self.unit, limit=3)}）" if (rows := [p.row for p in found if p.row]) else "")
             for (name, _), found in kinds.items())
-        return f"{self.source}：{len(self.warnings)} 个数据警告，照常继续：{parts}。全部列出：{full_list}"
+
+    def warnings_line(self, full_list: str) -> str:
+        """One line for a command that goes on despite warnings; ``full_list``: the command that lists them all."""
+        return (f"{self.source}：{len(self.warnings)} 个数据警告，照常继续：{self.grouped(self.warnings)}。"
+                f"全部列出：{full_list}")
 
     def format(self, limit: int | None = None) -> str:
         """The summary, then one line per problem (all of them unless ``limit``)."""
@@ -358,5 +367,6 @@ def load_records(
                 "python -m helpers.data encode 加 --skip-invalid；Python：skip_invalid=True）。"))
         report.skipped = report.invalid_rows
         if not records:
-            raise DataValidationError(report, "没有一条有效数据：请先修正上面列出的问题。")
+            raise DataValidationError(report, "没有一条有效数据：请先修正前面列出的问题（"
+                                              f"python -m helpers.data check {shell_path(path)} 逐条列出）。")
     return LoadResult(records=records, report=report, rows=rows)
