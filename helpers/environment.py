@@ -284,7 +284,8 @@ def _files_checks(spec, model_present: bool, dataset_reachable) -> list[Check]:
     elif "model_dir" in spec.given and spec.profile.source == "modelscope":
         out.append(Check("model", False, f"{display_path(spec.paths.model_dir)}（来自 {spec.origin['model_dir']}）"
                          + (f"不是 {spec.profile.model}：{differs}" if differs else
-                            "里的 *.safetensors 权重不全" if has_config else "里没有 config.json"),
+                            "里的 *.safetensors 权重不全" if has_config else
+                            "是文件，不是文件夹" if spec.paths.model_dir.is_file() else "里没有 config.json"),
                          f"把 model_dir 指向存有 {spec.profile.model} 的文件夹，或者取消这个设置、由课程下载："
                          "python -m helpers.environment setup --model-dir \"\"" + and_unset("model_dir")))
     elif spec.profile.source == "modelscope":
@@ -349,8 +350,11 @@ def _setup(args) -> int:
         named, folder = (expand_home(values[key]) if values.get(key) else None), key != "dataset"
         if named is None or (named.exists() and named.is_dir() == folder):   # a data file, or a folder
             continue
-        what = "还不存在" if not named.exists() else "不是文件夹" if folder else "是文件夹，不是数据文件"
-        print(f"注意：{key} 指向的 {display_path(named)} {what}。之后把它放到那里，或者改正路径再运行一次 setup。")
+        if not named.exists():
+            print(f"注意：{key} 指向的 {display_path(named)} 还不存在。之后把它放到那里，或者改正路径再运行一次 setup。")
+        else:   # something else is there: only another path helps
+            what = "是文件，不是文件夹" if folder else "是文件夹，不是数据文件（请指向其中的 .json 或 .jsonl 文件）"
+            print(f"注意：{key} 指向的 {display_path(named)} {what}：请改正路径，再运行一次 setup。")
     return 0
 
 

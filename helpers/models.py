@@ -187,7 +187,7 @@ def require_model_dir(spec, weights: bool = True) -> Path:
             + (f"把它指向 {spec.profile.model} 的文件夹，或者取消这个设置，让课程下载模型。" if where else
                f"删掉这个文件夹，重新下载：python -m helpers.download --profile {spec.profile.name}"))
     contents = "是空的" if path.is_dir() and not any(path.iterdir()) else (
-        "不存在" if not path.exists() else "里没有 config.json")
+        "不存在" if not path.exists() else "是文件，不是文件夹" if not path.is_dir() else "里没有 config.json")
     if where:
         raise MissingArtifactError(
             f"模型目录 {display_path(path)}{where}{contents}。把它指向存有 {spec.profile.model} 的 "
