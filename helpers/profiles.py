@@ -11,6 +11,10 @@ tokenizer, so later notebooks load it the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import PROFILE_ENV, SpecError
+from .workspace import display_path
 
 
 @dataclass(frozen=True)
@@ -89,3 +93,27 @@ PROFILES: dict[str, Profile] = {
         needs_gpu=True,
     ),
 }
+
+
+def choose_profile(requested: str | None, file_profile: str | None, *, cuda: bool,
+                   requested_origin: str = PROFILE_ENV, config_file: Path | None = None) -> tuple[Profile, str]:
+    """The precedence rule for the profile. Returns (profile, why)."""
+    requested = (requested or "").strip().lower() or None
+    if requested is not None and requested != "auto" and requested not in PROFILES:
+        raise SpecError(f"{requested_origin}={requested!r} 不是已知的 profile。可选：{'、'.join([*PROFILES, 'auto'])}。")
+    if file_profile is not None:
+        if file_profile not in PROFILES:
+            raise SpecError(f"{display_path(config_file)}：未知的 profile {file_profile!r}。可选：{'、'.join(PROFILES)}。")
+        if requested in (None, "auto") or requested == file_profile:
+            return PROFILES[file_profile], f"由训练配置 {display_path(config_file)} 指定"
+        if PROFILES[requested].recipe == file_profile:
+            return PROFILES[requested], (f"{requested_origin}={requested}（使用 {file_profile} 的训练配方 "
+                                         f"{display_path(config_file)}）")
+        raise SpecError(f"{requested_origin}={requested} 与 {display_path(config_file)} 矛盾：这个文件写的是 profile: "
+                        f"{file_profile}。请改用为 {requested} 准备的配置 configs/train/"
+                        f"{PROFILES[requested].train_config}.yaml，或者取消 {requested_origin}。")
+    if requested in (None, "auto"):
+        profile = PROFILES["full" if cuda else "tiny"]
+        why = "auto: 找到 CUDA GPU" if cuda else "auto: 没有 CUDA GPU，tiny 档位在 CPU 上运行同样的代码"
+        return profile, why
+    return PROFILES[requested], f"由 {requested_origin}={requested} 指定"

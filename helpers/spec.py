@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .hardware import cuda_available, liger_installed
-from .profiles import PROFILES, Profile
+from .profiles import Profile, choose_profile
 from .settings import (
     PROFILE_ENV,
     SETTINGS_FILE,
@@ -159,7 +160,7 @@ class RunSpec:
         return self.replace(paths=dataclasses.replace(self.paths, run_dir=expand_home(run_dir).resolve()))
 
 
-# --------------------------------------------------------------------------- the precedence rule
+# --------------------------------------------------------------------------- optional kernels
 
 
 def check_kernels(kernels: str | None, cuda: bool, source: str = "config") -> str | None:
@@ -174,30 +175,6 @@ def check_kernels(kernels: str | None, cuda: bool, source: str = "config") -> st
         raise SpecError(f"{source}：kernels: liger 需要 liger-kernel 包，但它没有安装：请运行 "
                         "pip install liger-kernel==0.8.5（或者设置 kernels: null）")
     return kernels
-
-
-def choose_profile(requested: str | None, file_profile: str | None, *, cuda: bool,
-                   requested_origin: str = PROFILE_ENV, config_file: Path | None = None) -> tuple[Profile, str]:
-    """The precedence rule for the profile. Returns (profile, why)."""
-    requested = (requested or "").strip().lower() or None
-    if requested is not None and requested != "auto" and requested not in PROFILES:
-        raise SpecError(f"{requested_origin}={requested!r} 不是已知的 profile。可选：{'、'.join([*PROFILES, 'auto'])}。")
-    if file_profile is not None:
-        if file_profile not in PROFILES:
-            raise SpecError(f"{display_path(config_file)}：未知的 profile {file_profile!r}。可选：{'、'.join(PROFILES)}。")
-        if requested in (None, "auto") or requested == file_profile:
-            return PROFILES[file_profile], f"由训练配置 {display_path(config_file)} 指定"
-        if PROFILES[requested].recipe == file_profile:
-            return PROFILES[requested], (f"{requested_origin}={requested}（使用 {file_profile} 的训练配方 "
-                                         f"{display_path(config_file)}）")
-        raise SpecError(f"{requested_origin}={requested} 与 {display_path(config_file)} 矛盾：这个文件写的是 profile: "
-                        f"{file_profile}。请改用为 {requested} 准备的配置 configs/train/"
-                        f"{PROFILES[requested].train_config}.yaml，或者取消 {requested_origin}。")
-    if requested in (None, "auto"):
-        profile = PROFILES["full" if cuda else "tiny"]
-        why = "auto: 找到 CUDA GPU" if cuda else "auto: 没有 CUDA GPU，tiny 档位在 CPU 上运行同样的代码"
-        return profile, why
-    return PROFILES[requested], f"由 {requested_origin}={requested} 指定"
 
 
 # --------------------------------------------------------------------------- config validation
@@ -235,13 +212,13 @@ def _coerce(value, action, dotted: str):
             return string_to_bool(value)
         if kind in (int, float):
             number = float(value) if not isinstance(value, bool) else None
-            if number is None or (kind is int and not number.is_integer()):
+            if number is None or not math.isfinite(number) or (kind is int and not number.is_integer()):
                 raise ValueError
             return value if isinstance(value, int) else kind(number)
         if kind is str and not isinstance(value, str):
             raise ValueError
     except (TypeError, ValueError, argparse.ArgumentTypeError):
-        what = {string_to_bool: "布尔值（true 或 false）", int: "整数", float: "数字", str: "文本"}
+        what = {string_to_bool: "布尔值（true 或 false）", int: "整数", float: "有限的数字", str: "文本"}
         raise SpecError(f"{dotted} 应当是{what.get(kind, kind)}，实际是 {value!r}") from None
     return value
 
