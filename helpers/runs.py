@@ -7,10 +7,12 @@ Notebook 04 and ``python -m helpers.train`` write these; notebooks 05-07 and the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import checkpoints, tracking
@@ -82,7 +84,17 @@ def use_chinese_font() -> str | None:
     if found is not None:
         rcParams["font.sans-serif"] = [found, *[n for n in rcParams["font.sans-serif"] if n != found]]
         rcParams["font.family"] = "sans-serif"
+    else:
+        _no_chinese_font()
     return found
+
+
+@functools.cache
+def _no_chinese_font() -> None:
+    """Say once what to install, instead of matplotlib's English warning for every Chinese character drawn."""
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+    print("注意：这台机器没有中文字体，图里的中文会显示成方框。安装一个（Ubuntu / AutoDL："
+          "sudo apt-get install -y fonts-noto-cjk），再重启内核或重新运行命令。", file=sys.stderr)
 
 
 def save_plot(fig, path: Path) -> Path:

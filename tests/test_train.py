@@ -521,3 +521,25 @@ def test_a_run_folder_holding_only_its_marker_is_not_an_earlier_run(tmp_path):
     run = course_folder(tmp_path / "tiny", only=checkpoints.RUN_FILES)
     assert checkpoints.move_aside(run) == (None, [])
     assert run.is_dir() and not list(tmp_path.glob("tiny-previous-*"))
+
+
+def test_a_machine_without_a_chinese_font_gets_one_line_with_the_fix_not_a_warning_per_character(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    """AutoDL's Ubuntu images may have no CJK font: matplotlib then warned once per Chinese glyph (16 pairs of
+    English lines per training); the course says once what to install."""
+    import warnings
+
+    import matplotlib
+
+    monkeypatch.setattr(runs, "CJK_FONTS", ("No Such Font SC",))
+    runs._no_chinese_font.cache_clear()
+    history = [{"step": 1, "loss": 2.0, "learning_rate": 1e-4}, {"step": 2, "loss": 1.0, "learning_rate": 5e-5}]
+    with matplotlib.rc_context({"font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"]}), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for name in ("a.png", "b.png"):
+            runs.plot_history(history, tmp_path / name)
+    assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
+    assert [str(w.message) for w in caught if "missing from font" in str(w.message)] == []
+    notes = [line for line in capsys.readouterr().err.splitlines() if "fonts-noto-cjk" in line]
+    assert len(notes) == 1       # once per process, however many plots
