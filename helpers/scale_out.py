@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -26,6 +27,8 @@ from .spec import build_spec, resolve_paths
 from .workspace import REPO_ROOT, course_folder, display_path, named_path
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
+#: the most GPUs the table and commands take (``--gpus``)
+MAX_GPUS = 1024
 
 
 class DemoError(CourseError, RuntimeError):
@@ -220,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                     "--demo 用 2 个 CPU 进程训练 tiny 模型，并显示每个 rank 训练了哪些数据（notebook 07）。")
     parser.add_argument("--model", choices=list(QWEN3_SHAPES), help="表格用哪个 Qwen3 尺寸（默认：当前档位的模型，"
                         "tiny 档位是 Qwen3-8B）")
-    parser.add_argument("--gpus", type=positive_int, default=4, help="启动命令里的 GPU 数（默认 4）")
+    parser.add_argument("--gpus", type=positive_int, default=4, help=f"启动命令里的 GPU 数（默认 4，最多 {MAX_GPUS}）")
     parser.add_argument("--demo", action="store_true", help="再用 2 个 CPU 进程训练 tiny 模型"
                         "（约一分钟；在 <workspace>/scale-out-demo 里）")
     parser.add_argument("--debug", action="store_true", help="显示完整的 traceback")
     args = parser.parse_args(argv)
+    if args.gpus > MAX_GPUS:
+        parser.error(f"--gpus {args.gpus} 太多了：最多 {MAX_GPUS}（例如 128 台机器 × 8 块 GPU）")
 
     def work() -> int:
         spec = build_spec()
@@ -240,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"helpers.environment setup --profile {TRAIN_PROFILES[trained]}，并取消（或改掉）QWEN3_TUTORIAL_PROFILE。")
         if args.gpus == 1:   # the multi-GPU ways need two GPUs at least: a launch with 1 process is the single GPU run
             print("\n只有 1 块 GPU：DDP、ZeRO 和 FSDP 都要 2 块以上，用单卡的命令（有几块就用 --gpus 几）。")
+        if Path.cwd().resolve() != REPO_ROOT.resolve():   # the commands name configs/ relative to the repository
+            print(f"\n下面的命令要在仓库根目录运行：先 cd {shlex.quote(str(REPO_ROOT))}")
         for key, strategy in STRATEGIES.items():
             if args.gpus == 1 and key != "single-gpu":
                 continue

@@ -339,6 +339,23 @@ def test_one_gpu_gets_the_single_gpu_command_only(capsys):
     assert commands == [scale_out.launch_command("single-gpu")]
 
 
+def test_commands_printed_outside_the_repository_say_where_to_run_them_and_gpus_has_a_ceiling(tmp_path):
+    """The commands name configs/ relative to the repository: printed elsewhere they failed when pasted, so the
+    output names the folder to cd into; a --gpus of 20 digits broke the table and went into the commands."""
+    import shlex
+
+    from tests.cli_runner import run_cli
+
+    env = {"PATH": os.environ["PATH"], "QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "ws")}
+    elsewhere = run_cli("scale_out", ["--gpus", "2"], env=env, cwd=tmp_path)
+    home = run_cli("scale_out", ["--gpus", "2"], env=env, cwd=REPO_ROOT)
+    assert elsewhere.code == home.code == 0
+    cd = [line for line in elsewhere.stdout.splitlines() if f"cd {shlex.quote(str(REPO_ROOT))}" in line]
+    assert len(cd) == 1 and "cd " not in home.stdout
+    too_many = run_cli("scale_out", ["--gpus", str(scale_out.MAX_GPUS + 1)], env=env, cwd=tmp_path)
+    assert too_many.code == 2 and "accelerate launch" not in too_many.stdout
+
+
 def test_the_demo_keeps_a_run_still_training_and_reports_its_ranks_error_in_one_line(tmp_path, monkeypatch):
     """A second demo (another cell, a terminal) never deletes the run a first one trains into; a course error in the
     ranks (here: the dataset) is their one line, a CourseError, not accelerate's pages of traceback."""
