@@ -7,6 +7,7 @@ runs it from a shell.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,6 @@ from .workspace import (
     CREATED,
     atomic_folder,
     blocking_file,
-    claim_folder,
     clear_course_files,
     display_path,
     is_course_made,
@@ -33,6 +33,7 @@ from .workspace import (
     refuse_working_folder,
     repo_path,
     shell_path,
+    write_marker,
 )
 
 EXPORT_MARKER = "course_export.json"
@@ -120,10 +121,13 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
 
 def write_export_marker(folder: Path, checkpoint: Path) -> None:
     """``course_export.json``: which adapter (and recipe) the merged model holds; marks the folder as the
-    course's own, so a later export may replace it and ``make reset`` removes it."""
-    (Path(folder) / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
-                                                         ensure_ascii=False, indent=1), encoding="utf-8")
-    claim_folder(folder)
+    course's, naming what an export writes, so a later export may replace it and ``make reset`` removes it, and
+    a learner's own file beside it (a NOTES.md) stays theirs."""
+    folder = Path(folder)
+    (folder / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
+                                                   ensure_ascii=False, indent=1), encoding="utf-8")
+    written = {p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, name) for name in EXPORT_FILES)}
+    write_marker(folder, {CREATED, *written})
 
 
 def export_recipe(folder: str | Path) -> dict:

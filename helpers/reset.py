@@ -24,7 +24,7 @@ from .errors import ArgumentParser, CourseError, run_cli
 from .profiles import PROFILES
 from .settings import course_settings
 from .spec import resolve_paths
-from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, is_course_made, listed, made_names
+from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, listed, made_names, write_marker
 
 #: folders under the workspace where the course makes things it can make again
 DERIVED_FOLDERS = ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "solutions", "executed")
@@ -104,11 +104,15 @@ def _data_items(data: Path, everything: bool) -> tuple[list[Path], list[Path]]:
     for child in sorted(data.iterdir()):
         if child.name == MADE_MARKER:
             continue
-        derived = _derived_data(child.name)
-        if not (listed(names, child.name) or (child.is_dir() and is_course_made(child))):
-            others.append(child)
-        elif everything or derived:
-            mine.append(child)
+        if listed(names, child.name):
+            found, foreign = [child], []
+        elif child.is_dir() and not child.is_symlink() and made_names(child) is not None:
+            found, foreign = sweep(child)   # a split folder: what its marker names (a learner's note in it stays)
+        else:
+            found, foreign = [], [child]
+        others += foreign
+        if everything or _derived_data(child.name):
+            mine += found
     return mine, others
 
 
@@ -184,12 +188,18 @@ def remove(items: list[Item]) -> int:
 
 
 def _prune_marker(folder: Path) -> None:
-    """Drop a marker that only named entries which are now gone (a learner's folder keeps nothing of ours)."""
+    """Forget the names of entries that are now gone: a marker left with nothing in a learner's folder goes; the
+    marker of a folder the course made keeps ``.`` and its patterns (an export folder left with only a learner's
+    NOTES.md is then an empty course folder, which the next export may use)."""
     names = made_names(folder)
-    if names is None or CREATED in names or WHOLE in names:
+    if names is None or WHOLE in names:
         return
-    if not any((folder / name).exists() or (folder / name).is_symlink() for name in names):
+    left = {name for name in names if name == CREATED or "*" in name
+            or (folder / name).exists() or (folder / name).is_symlink()}
+    if not left:
         (folder / MADE_MARKER).unlink(missing_ok=True)
+    elif left != names:
+        write_marker(folder, left)
 
 
 def confirm(question: str, force: bool) -> bool:
@@ -223,7 +233,7 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
         shown = items.left_alone[:20]
         print(f"不是课程生成的，保持不动（{len(items.left_alone)} 项）：", file=out)
         for path in shown:
-            print(f"  {display_path(path)}", file=out)
+            print(f"  {_shown(path)}", file=out)
         if len(items.left_alone) > len(shown):
             print(f"  ……还有 {len(items.left_alone) - len(shown)} 项", file=out)
     if not items:
@@ -232,7 +242,7 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
     total = sum(item.bytes for item in items)
     print(f"将删除（{human(total)}）：", file=out)
     for item in items:
-        print(f"  {display_path(item.path):<60} {human(item.bytes):>9}  （{item.what}）", file=out)
+        print(f"  {_shown(item.path):<60} {human(item.bytes):>9}  （{item.what}）", file=out)
     kept = [p for p in (workspace / "models", workspace / "data" / "huanhuan.json") if p.exists()]
     if dry_run:
         print(f"演练（dry run）：会释放 {human(total)}；什么都没有删除。", file=out)
@@ -249,6 +259,12 @@ def reset(workspace: Path, *, everything: bool = False, force: bool = False, dry
     if not everything and kept:
         print("保留：" + "，".join(f"{display_path(p)}（{human(size_of(p))}）" for p in kept), file=out)
     return freed
+
+
+def _shown(path: Path) -> str:
+    """A path as the list shows it: a link is the link itself, not the folder it points at (which may be elsewhere,
+    or the very checkpoint this reset deletes)."""
+    return f"{display_path(path.parent)}/{path.name}" if path.is_symlink() else display_path(path)
 
 
 def switch(name: str, value: str | None) -> bool:
@@ -288,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         dry_run = args.dry_run or switch("DRY_RUN", args.dry_run_value)
         force = args.force or switch("FORCE", args.force_value)
+        if args.executed and not Path(args.executed).exists():   # a typo in make's EXECUTED=: say so
+            print(f"注意：--executed {args.executed} 不存在，那里没有要删除的东西", file=sys.stderr)
         reset(workspace, everything=args.everything, force=force, dry_run=dry_run,
               executed=Path(args.executed) if args.executed else None)
         return 0

@@ -277,7 +277,7 @@ def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...]) -> No
     ours = [p for p in entries if listed(names, p.name)]
     for entry in ours:
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    _write_marker(folder, {CREATED})
+    write_marker(folder, {CREATED})
 
 
 def _foreign_entries(path: Path) -> list[Path]:
@@ -334,7 +334,7 @@ def atomic_folder(path: str | os.PathLike):
                                    "请把它移走后再运行一次。没有替换任何文件。")
         for entry in keep:
             entry.rename(partial / entry.name)
-        _write_marker(partial, {CREATED} | made)
+        write_marker(partial, {CREATED} | made)
         if path.exists():
             shutil.rmtree(path)
         partial.rename(path)  # appears complete or not at all
@@ -419,7 +419,8 @@ def unlisted(folder: str | os.PathLike) -> list[Path]:
     return [p for p in Path(folder).iterdir() if p.name != MADE_MARKER and not listed(names, p.name)]
 
 
-def _write_marker(folder: Path, names: set[str]) -> None:
+def write_marker(folder: Path, names: set[str]) -> None:
+    """Write ``folder``'s marker: these lines, and nothing else."""
     marker = folder / MADE_MARKER
     try:
         marker.write_text("".join(f"{name}\n" for name in sorted(names)), encoding="utf-8", errors="surrogateescape")
@@ -456,13 +457,13 @@ def course_folder(path: str | os.PathLike, whole: bool = True, only: tuple[str, 
     except OSError as err:
         _not_writable(err, probe, path)
     for folder in reversed(created):
-        _write_marker(folder, {CREATED, *(only or [WHOLE])} if (whole or only) and folder == path else {CREATED})
+        write_marker(folder, {CREATED, *(only or [WHOLE])} if (whole or only) and folder == path else {CREATED})
     return path
 
 
 def claim_folder(path: str | os.PathLike, only: tuple[str, ...] = ()) -> None:
     """Mark an existing folder as the course's: wholly, or (``only``) what these names and patterns match."""
-    _write_marker(Path(path), {CREATED, *(only or [WHOLE])})
+    write_marker(Path(path), {CREATED, *(only or [WHOLE])})
 
 
 def record_made(path: str | os.PathLike) -> Path:
@@ -472,7 +473,7 @@ def record_made(path: str | os.PathLike) -> Path:
         course_folder(path.parent, whole=False)
     names = made_names(path.parent) or set()
     if not listed(names, path.name):
-        _write_marker(path.parent, names | {path.name})
+        write_marker(path.parent, names | {path.name})
     return path
 
 

@@ -303,3 +303,58 @@ def test_what_the_notebooks_and_solutions_write_is_removed_by_reset(tmp_path):
     callback = train.CheckpointComplete(tiny_spec_for(old, QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws")))
     callback.on_train_begin(SimpleNamespace(output_dir=str(old), world_size=1), state, None)
     assert old / "笔记.md" in reset.plan(workspace).left_alone
+
+
+def test_a_learners_note_in_a_split_folder_is_kept_and_named(tmp_path):
+    """data/split-<profile> is marked by name (``.``, eval.json, split.json, train.json): a note the learner put
+    there was deleted with the folder; now the split's files go and the note is listed as kept."""
+    workspace = tmp_path / "ws"
+    split = course_folder(workspace / "data" / "split-tiny", whole=False)
+    for name in ("eval.json", "split.json", "train.json"):
+        record_made(split / name).write_text("[]", encoding="utf-8")
+    (split / "my-split-note.txt").write_text("why this split", encoding="utf-8")
+    found = reset.plan(workspace)
+    assert sorted(item.path.name for item in found) == ["eval.json", "split.json", "train.json"]
+    assert found.left_alone == [split / "my-split-note.txt"]
+    reset.reset(workspace, out=io.StringIO())
+    assert sorted(p.name for p in split.iterdir() if p.name != MADE_MARKER) == ["my-split-note.txt"]
+
+
+def test_an_export_folder_left_with_a_learners_note_takes_the_next_export(tmp_path):
+    """After a reset that kept a NOTES.md in export/tiny-merged, the marker still named the deleted export files,
+    so the next export (notebook 05, ``inference export``) was refused as a folder the course did not write."""
+    from helpers import export
+    from helpers.workspace import CREATED, made_names
+
+    workspace = tmp_path / "ws"
+    target = course_folder(workspace / "export" / "tiny-merged", whole=False)
+    checkpoint = course_folder(tmp_path / "run" / "checkpoint-2")
+    (target / "NOTES.md").write_text("my export notes", encoding="utf-8")   # the learner's, before the export
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):      # as notebook 05's cell writes them
+        (target / name).write_text("x", encoding="utf-8")
+    export.write_export_marker(target, checkpoint)
+    found = reset.plan(workspace)
+    assert found.left_alone == [target / "NOTES.md"]                 # the export marker does not claim the note
+    reset.reset(workspace, out=io.StringIO())
+    assert [p.name for p in target.iterdir() if p.name != MADE_MARKER] == ["NOTES.md"]
+    assert made_names(target) == {CREATED}
+    export.check_export_target(target, [checkpoint])                 # the next export may use the folder
+
+
+def test_a_link_is_listed_as_itself_not_as_where_it_points(tmp_path):
+    """A learner's link to a checkpoint was listed as kept under the checkpoint's own path, which the same reset
+    listed as deleted."""
+    workspace = make_workspace(tmp_path)
+    (workspace / "plots" / "ckpt-link").symlink_to(workspace / "checkpoints" / "tiny" / "checkpoint-10",
+                                                   target_is_directory=True)
+    out = io.StringIO()
+    reset.reset(workspace, dry_run=True, out=out)
+    kept = out.getvalue().split("将删除")[0]
+    assert display_path(workspace / "checkpoints" / "tiny" / "checkpoint-10") not in kept
+    assert f"{display_path(workspace / 'plots')}/ckpt-link" in kept
+
+
+def test_an_executed_folder_that_does_not_exist_is_named(tmp_path):
+    workspace = make_workspace(tmp_path)
+    done = run_reset(workspace, "--dry-run", "--executed", str(tmp_path / "typo"))
+    assert done.returncode == 0 and str(tmp_path / "typo") in done.stderr
