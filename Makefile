@@ -37,7 +37,7 @@ $(STAMP): requirements.txt $(REQS) pyproject.toml
 run: $(STAMP)
 	@dest='$(EXECUTED)'; \
 	test -n "$$dest" || dest="$$($(PY) -m helpers.reset --print-executed)" || exit 1; \
-	test -d "$$dest" || { mkdir -p "$$dest" && printf '.\n*\n' > "$$dest/.course-made"; } || exit 1; \
+	test -d "$$dest" || { mkdir -p "$$dest" && printf '.\n' > "$$dest/.course-made"; } || exit 1; \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  $(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 $(KERNEL_QUIET) \

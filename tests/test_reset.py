@@ -203,9 +203,14 @@ def test_make_run_writes_into_the_relocated_workspace_and_make_reset_removes_it(
     executed = workspace / "executed" / "00-hello.ipynb"
     assert nbformat.read(executed, as_version=4).cells[0].outputs[0]["text"] == "42\n"
     assert not (REPO_ROOT / "workspace" / "executed" / "00-hello.ipynb").exists()
+    mine = workspace / "executed" / "my copy 我的.ipynb"     # a learner's own copy beside the executed notebooks
+    mine.write_text("{}", encoding="utf-8")
     result = run_reset(workspace, "reset", make=True, EXECUTED="")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert not (workspace / "executed").exists()
+    assert [p.name for p in (workspace / "executed").iterdir() if p.name != MADE_MARKER] == [mine.name]
+    mine.unlink()
+    result = run_reset(workspace, "reset", make=True, EXECUTED="")
+    assert result.returncode == 0 and not (workspace / "executed").exists()
 
 
 def test_a_run_folder_first_made_by_evaluating_a_shared_adapter_is_reset_whole(tmp_path, tiny_model_dir):
