@@ -183,7 +183,7 @@ def run_summary(spec, trainer, metrics: dict, swanlab_folder: Path | None) -> di
                       "checkpoint": best_folder.name if best_folder.is_dir() else None} if best else None,
         "output_dir": spec.paths.run_dir,
         "swanlab_run": swanlab_folder,
-        "swanlab_mode": spec.swanlab.mode,
+        "swanlab_mode": tracking.recorded_mode(swanlab_folder, spec),
         "log_history": trainer.state.log_history,
     }
 

@@ -171,7 +171,18 @@ def finish_run(run=None, error: BaseException | None = None) -> Path | None:
     if not any(folder.glob("run-*.swanlab")):
         return None
     record_made(folder)     # the learner's own swanlog folder keeps what was there before
+    _RECORDED_MODES[folder] = run.mode
     return folder
+
+
+#: the mode each run folder :func:`finish_run` returned was recorded in (``online`` may have become ``offline``)
+_RECORDED_MODES: dict[Path, str] = {}
+
+
+def recorded_mode(run_folder: Path | None, spec) -> str:
+    """The mode the run in ``run_folder`` was recorded in: what :func:`safe_mode` gave swanlab (``offline`` when
+    swanlab.cn could not be reached), else the spec's setting."""
+    return _RECORDED_MODES.get(Path(run_folder).resolve(), spec.swanlab.mode) if run_folder else spec.swanlab.mode
 
 
 def sync_command(run_folder: Path) -> str:

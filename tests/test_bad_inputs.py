@@ -557,6 +557,30 @@ def test_swanlab_online_without_network_falls_back_to_offline(tmp_path, monkeypa
     assert calls[0]["experiment_name"] == spec.swanlab.experiment_name
 
 
+def test_a_run_that_fell_back_to_offline_is_summarised_as_offline_with_its_sync_command(tmp_path, monkeypatch):
+    """online without network records offline: the run summary said "online" and left out the upload command that
+    the fallback line promised, so the run was never uploaded."""
+    from types import SimpleNamespace
+
+    from helpers import runs, tracking
+
+    monkeypatch.setenv("SWANLAB_API_KEY", "dummy")
+    spec = tiny_spec_for(tmp_path / "run", SWANLAB_API_KEY="dummy", QWEN3_TUTORIAL_WORKSPACE=str(tmp_path / "ws"),
+                         QWEN3_TUTORIAL_SWANLAB_MODE="online")
+    run = tracking.start_run(spec, reachable=lambda: False)
+    run.log({"train/loss": 1.0})
+    folder = tracking.finish_run(run)
+    history = [{"step": 1, "loss": 1.0, "learning_rate": 1e-4}]
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=1, log_history=history),
+                              args=SimpleNamespace(process_index=0, per_device_train_batch_size=1,
+                                                   gradient_accumulation_steps=1, world_size=1))
+    summary = runs.record_run(spec, trainer, {"train_loss": 1.0}, folder)
+    assert summary["swanlab_mode"] == "offline"
+    saved = json.loads((spec.paths.run_dir / runs.RUN_SUMMARY).read_text(encoding="utf-8"))
+    assert saved["swanlab_mode"] == "offline"
+    assert tracking.sync_command(folder) in runs.describe_summary(summary)
+
+
 def test_a_token_in_the_git_remote_never_reaches_swanlabs_files(tmp_path, monkeypatch):
     """swanlab's git probe copies the remote URL, token included, into the metadata that ``swanlab sync`` uploads."""
     from helpers import tracking
