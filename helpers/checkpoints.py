@@ -21,6 +21,7 @@ from .workspace import (
     MissingArtifactError,
     UnsafeWriteError,
     atomic_path,
+    blocking_file,
     course_folder,
     display_path,
     how_to_make,
@@ -282,6 +283,10 @@ def how_to_train(spec, run_dir: Path | None = None) -> str:
     """How to train the adapter a command looked for in ``run_dir`` (default: the spec's run folder): the command,
     and notebook 04 only where it trains that very run (the profile's own folder and config)."""
     folder = Path(run_dir if run_dir is not None else spec.paths.run_dir)
+    blocking = blocking_file(folder)
+    if blocking is not None:   # no training can write there either: the folder is what to change
+        return (f"而且 {display_path(blocking)} 是文件，不是文件夹，训练也写不进去：请换一个文件夹作工作目录"
+                "（python -m helpers.environment setup --workspace <文件夹>）或运行目录（--output-dir）。")
     own = "" if folder == spec.own_run_dir else \
         f" --output-dir {shell_path(folder)}"   # a run folder of the learner's: train into that one
     notebook_04 = not own and spec.config_file.resolve() == (CONFIG_DIR / f"{spec.profile.train_config}.yaml").resolve()

@@ -47,6 +47,7 @@ from .workspace import (
     expand_home,
     free_disk_gb,
     named_path,
+    nearest_existing,
 )
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
@@ -229,9 +230,12 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     model_present = weights_present(spec.paths.model_dir)   # an interrupted download has a config and some shards
     need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
     a_file = blocking_file(spec.paths.workspace)
-    checks.append(Check("disk", free >= need and a_file is None,
+    # a read-only disk (a mount, a folder of another user's) takes nothing: training found out at its first write
+    read_only = a_file is None and not os.access(nearest_existing(spec.paths.workspace), os.W_OK)
+    checks.append(Check("disk", free >= need and a_file is None and not read_only,
                         f"工作目录 {display_path(spec.paths.workspace)} 放不下：{display_path(a_file)} 是文件，不是文件夹"
                         if a_file is not None else
+                        f"工作目录 {display_path(spec.paths.workspace)} 不可写（只读的磁盘，或者没有写权限）" if read_only else
                         f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，需要 {need:.1f} GB",
                         "把工作目录放到数据盘上：python -m helpers.environment setup "
                         "--workspace ~/autodl-tmp/qwen3-workspace" + and_unset("workspace")))

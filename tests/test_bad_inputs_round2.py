@@ -568,6 +568,10 @@ def test_a_workspace_that_is_a_file_or_not_writable_is_one_line(arena, monkeypat
     monkeypatch.setenv(settings.WORKSPACE_ENV, str(arena / "file"))
     one_line(cli("download"), "是文件，不是文件夹")
     one_line(cli("train"), "是文件，不是文件夹")
+    for command in (("evaluate",), ("inference", "ask", "你是谁？")):   # they offered a train command that failed
+        result = cli(*command)
+        one_line(result, "是文件，不是文件夹")
+        assert "helpers.train" not in result.err and "environment setup --workspace" in result.err
     assert (arena / "file").read_text(encoding="utf-8") == "x"
     monkeypatch.setenv(settings.WORKSPACE_ENV, str(arena / "locked"))
     monkeypatch.setattr(Path, "mkdir", fail_with(errno.EACCES)(Path.mkdir))   # root ignores modes: refuse the call

@@ -305,6 +305,22 @@ def test_a_workspace_that_is_a_file_is_refused_by_setup_and_fails_the_check(tmp_
     assert not by_name(env.preflight(spec, kernel=True, dataset_reachable=lambda: True))["disk"].ok
 
 
+def test_a_read_only_workspace_fails_the_disk_check(tmp_path, monkeypatch):
+    """A read-only mount passed the check (it only looked at free space); training then failed at its first write.
+    Root ignores folder modes, so the read-only answer is the system's, stood in for."""
+    import os
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_WORKSPACE": str(workspace / "new")}, settings_file=None,
+                      cuda=False)
+    assert by_name(env.preflight(spec, kernel=True, dataset_reachable=lambda: True))["disk"].ok
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == workspace else access(path, mode))
+    disk = by_name(env.preflight(spec, kernel=True, dataset_reachable=lambda: True))["disk"]
+    assert not disk.ok and "setup --workspace" in disk.fix
+
+
 
 def test_a_setup_fix_also_unsets_the_variable_that_would_beat_it(full_spec, tmp_path, monkeypatch):
     """`setup --profile tiny` / `setup --workspace ...` change the settings file; a variable set in the shell beats
