@@ -196,6 +196,22 @@ class Check:
     fix: str = ""
 
 
+def _disk_check(spec, model_present: bool, free_gb: float | None) -> Check:
+    """Room for the model, checkpoints and export on the workspace's disk, and a workspace that takes writes."""
+    free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
+    need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
+    a_file = blocking_file(spec.paths.workspace)
+    # a read-only disk (a mount, a folder of another user's) takes nothing: training found out at its first write
+    read_only = a_file is None and not os.access(nearest_existing(spec.paths.workspace), os.W_OK)
+    return Check("disk", free >= need and a_file is None and not read_only,
+                 f"工作目录 {display_path(spec.paths.workspace)} 放不下：{display_path(a_file)} 是文件，不是文件夹"
+                 if a_file is not None else
+                 f"工作目录 {display_path(spec.paths.workspace)} 不可写（只读的磁盘，或者没有写权限）" if read_only else
+                 f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，需要 {need:.1f} GB",
+                 "把工作目录放到数据盘上：python -m helpers.environment setup "
+                 "--workspace ~/autodl-tmp/qwen3-workspace" + and_unset("workspace"))
+
+
 def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, kernel=None,
               dataset_reachable=None, memory=None, swanlab_key=None) -> list[Check]:
     """Every check of ``make preflight``; the keyword arguments let tests fake each failure.
@@ -226,19 +242,8 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     checks.append(Check("memory", available >= need_memory,
                         f"可用 {available:.1f} GB / 共 {total:.1f} GB，需要 {need_memory:.0f} GB",
                         "关掉其他程序和 notebook 的内核，或者换一台内存更大的机器"))
-    free = free_disk_gb(spec.paths.workspace) if free_gb is None else free_gb
     model_present = weights_present(spec.paths.model_dir)   # an interrupted download has a config and some shards
-    need = disk_budget_gb(model_present, spec.profile.model)[BUDGET_TOTAL] if spec.profile.source == "modelscope" else 1.0
-    a_file = blocking_file(spec.paths.workspace)
-    # a read-only disk (a mount, a folder of another user's) takes nothing: training found out at its first write
-    read_only = a_file is None and not os.access(nearest_existing(spec.paths.workspace), os.W_OK)
-    checks.append(Check("disk", free >= need and a_file is None and not read_only,
-                        f"工作目录 {display_path(spec.paths.workspace)} 放不下：{display_path(a_file)} 是文件，不是文件夹"
-                        if a_file is not None else
-                        f"工作目录 {display_path(spec.paths.workspace)} 不可写（只读的磁盘，或者没有写权限）" if read_only else
-                        f"{display_path(spec.paths.workspace)} 所在磁盘空闲 {free:.1f} GB，需要 {need:.1f} GB",
-                        "把工作目录放到数据盘上：python -m helpers.environment setup "
-                        "--workspace ~/autodl-tmp/qwen3-workspace" + and_unset("workspace")))
+    checks.append(_disk_check(spec, model_present, free_gb))
     checks += _files_checks(spec, model_present, dataset_reachable)
     if spec.paths.adapter_dir is not None:   # a classmate's adapter, the fallback of a failed training: found now
         try:
