@@ -48,6 +48,7 @@ from .workspace import (
     free_disk_gb,
     named_path,
     nearest_existing,
+    repo_command,
 )
 
 #: Packages whose versions matter for the course (what requirements.txt pins).
@@ -232,7 +233,7 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     checks.append(Check("packages", not wrong and not missing,
                         "固定的版本全部已安装" if not wrong and not missing else
                         "；".join(wrong + [f"{m} 没有安装" for m in missing]),
-                        "make venv（或者：pip install -r requirements.txt）"))
+                        repo_command("make venv") + "（或者：pip install -r requirements.txt）"))
     gpu_list = gpus() if gpu_list is None else gpu_list
     gpu_profile = spec.profile.needs_gpu
     checks.append(_gpu_check(spec, gpu_list, gpu_profile))
@@ -261,7 +262,7 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
                         "QWEN3_TUTORIAL_SWANLAB_MODE"))
     problem = kernel_problem() if kernel is None else (None if kernel else "没有注册")
     checks.append(Check("kernel", problem is None, f"Jupyter 内核 {KERNEL_NAME!r} {problem or '已注册'}",
-                        f"make kernel（然后在 JupyterLab 里选 “{KERNEL_DISPLAY}”：Kernel → Change Kernel）"))
+                        f"{repo_command('make kernel')}（然后在 JupyterLab 里选 “{KERNEL_DISPLAY}”：Kernel → Change Kernel）"))
     return [check if not check.ok else Check(check.name, True, check.detail) for check in checks]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from .errors import CourseError
 from .hardware import reachable
 from .settings import SWANLAB_MODE_ENV, has_swanlab_key
-from .workspace import course_folder, display_path, record_made, shell_path
+from .workspace import course_folder, display_path, record_made, repo_command, shell_path
 
 
 class SwanLabSetupError(CourseError, RuntimeError):
@@ -33,7 +33,7 @@ class SwanLabSetupError(CourseError, RuntimeError):
 
 def dashboard_command(swanlog: Path, port: int = 5092) -> str:
     """The local dashboard for runs recorded in ``local`` mode (needs ``swanlab[dashboard]``)."""
-    return f"swanlab watch {shell_path(swanlog)} --host 127.0.0.1 --port {port}"
+    return repo_command(f"swanlab watch {shell_path(swanlog)} --host 127.0.0.1 --port {port}", swanlog)
 
 
 def describe_mode(mode: str) -> str:
@@ -187,7 +187,7 @@ def recorded_mode(run_folder: Path | None, spec) -> str:
 
 def sync_command(run_folder: Path) -> str:
     """The command that uploads an offline run later (after ``swanlab login``)."""
-    return f"swanlab sync {shell_path(run_folder)}"
+    return repo_command(f"swanlab sync {shell_path(run_folder)}", run_folder)
 
 
 def describe_record(run_folder: Path | None, swanlog: Path) -> str:

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -117,8 +118,6 @@ def display_path(path: str | os.PathLike | None) -> str:
 
 def shell_path(path: str | os.PathLike | None) -> str:
     """:func:`display_path` quoted as a shell needs it (spaces, Chinese, quotes); ``~/`` stays expandable."""
-    import shlex
-
     text = display_path(path)
     if text.startswith("~/"):
         rest = text[2:]
@@ -148,6 +147,15 @@ def in_notebook() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
     return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def repo_command(command: str, *paths: str | os.PathLike) -> str:
+    """Another tool's command (make, swanlab) as printed in a terminal: ``cd <repository> &&`` first when it runs
+    elsewhere and needs the repository (a Makefile target: no ``paths``; or one of ``paths`` shown relative to it).
+    A notebook's output stays as it is: it holds no machine paths."""
+    if in_notebook() or Path.cwd().resolve() == REPO_ROOT or any(display_path(p).startswith(("/", "~")) for p in paths):
+        return command
+    return f"cd {shlex.quote(str(REPO_ROOT))} && {command}"
 
 
 def how_to_make(notebook: str | None, command: str) -> str:

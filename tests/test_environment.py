@@ -534,3 +534,24 @@ def test_the_kernel_check_fails_for_a_kernel_that_cannot_start_or_runs_another_p
                                                          "language": "python"}), encoding="utf-8")
         found = env.kernel_problem()
         assert found is None if problem is None else problem in found
+
+
+def test_commands_of_other_tools_printed_outside_the_repository_work_when_pasted(tmp_path, monkeypatch):
+    """swanlab and make take paths from where they run: printed from a terminal elsewhere, `swanlab sync
+    workspace/swanlog/...` and `make kernel` failed when pasted; they now start with the cd that makes them work."""
+    import shlex
+    import subprocess
+
+    from helpers import tracking
+
+    inside = REPO_ROOT / "configs" / "accelerate"      # any folder of the repository stands in for a run folder
+    monkeypatch.chdir(tmp_path)
+    pasted = tracking.sync_command(inside).replace("swanlab sync", "test -d")
+    assert subprocess.run(["bash", "-c", pasted], cwd=tmp_path).returncode == 0
+    assert tracking.sync_command(tmp_path) == f"swanlab sync {tmp_path}"    # a path of its own needs no cd
+    spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "ws")}, settings_file=None,
+                      cuda=False)
+    kernel = by_name(env.preflight(spec, kernel=False, dataset_reachable=lambda: True))["kernel"]
+    assert kernel.fix.startswith(f"cd {shlex.quote(str(REPO_ROOT))} && make kernel")
+    monkeypatch.chdir(REPO_ROOT)
+    assert tracking.sync_command(inside) == "swanlab sync configs/accelerate"
