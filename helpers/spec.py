@@ -117,7 +117,8 @@ class RunSpec:
             f"[档位] {self.profile.name}: {self.profile.description}",
             f"  选择依据: {self.origin.get('profile', '-')}",
             f"  训练配置: {display_path(self.config_file)}",
-            f"  工作目录: {display_path(self.paths.workspace)}",
+            f"  工作目录: {display_path(self.paths.workspace)}"
+            + (f"（来自 {self.origin['workspace']}）" if "workspace" in self.origin else ""),
             f"  模型目录: {display_path(self.paths.model_dir)}",
         ]
         if self.paths.adapter_dir is not None:

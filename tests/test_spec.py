@@ -439,3 +439,16 @@ def test_a_key_without_its_section_names_the_section():
         spec_of(TINY, ["max_steps=4"])
     with pytest.raises(SpecError, match=r"'eval_fraction'（是不是想写 data\.eval_fraction？）"):
         spec_of(TINY, ["eval_fraction=0.1"])
+
+
+def test_the_report_names_where_a_relative_workspace_comes_from_and_what_it_is_relative_to(tmp_path):
+    """QWEN3_TUTORIAL_WORKSPACE=relative/path is taken from the repository root (the same folder from any terminal or
+    kernel): the report's workspace line says so, as the adapter line says where adapter_dir came from."""
+    from helpers.spec import build_spec
+
+    spec = build_spec(profile="tiny", env={"QWEN3_TUTORIAL_WORKSPACE": "relative/path"}, settings_file=None, cuda=False)
+    assert spec.paths.workspace == REPO_ROOT / "relative" / "path"
+    line = next(line for line in spec.describe().splitlines() if "工作目录" in line)
+    assert "QWEN3_TUTORIAL_WORKSPACE" in line and "仓库根目录" in line
+    plain = build_spec(profile="tiny", env={}, settings_file=None, cuda=False)
+    assert "来自" not in next(line for line in plain.describe().splitlines() if "工作目录" in line)
