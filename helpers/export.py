@@ -23,6 +23,7 @@ from .models import (
 )
 from .workspace import (
     CREATED,
+    WHOLE,
     atomic_folder,
     blocking_file,
     clear_course_files,
@@ -60,9 +61,11 @@ def check_export_target(target: Path, protected: list[Path]) -> None:
         below = "" if blocking == target else f"：无法在它下面导出 {display_path(target)}"
         raise ExportTargetError(f"{display_path(blocking)} 是文件，不是文件夹{below}。请另选一个导出文件夹。")
     entries = list(target.iterdir()) if target.exists() else []
-    # a marker that names nothing, beside only the learner's files: an export that failed after the old one was
-    # cleared (a folder that holds other course folders, such as the workspace's export/, is no export)
-    failed_export = made_names(target) == {CREATED} and not any(is_course_made(entry) for entry in entries)
+    # a folder the course made that holds only the learner's files: an export that failed after the old one was
+    # cleared, or one a reset emptied around a NOTES.md (a folder that holds other course folders, such as the
+    # workspace's export/, is no export)
+    names = made_names(target) or set()
+    failed_export = CREATED in names and WHOLE not in names and not any(is_course_made(entry) for entry in entries)
     if entries and not (target / EXPORT_MARKER).is_file() and not failed_export:
         raise ExportTargetError(
             f"{display_path(target)} 不是空的，也不是本课程导出的（没有 {EXPORT_MARKER}）：没有做任何改动。"

@@ -24,7 +24,7 @@ from .errors import ArgumentParser, CourseError, run_cli
 from .profiles import PROFILES
 from .settings import course_settings
 from .spec import resolve_paths
-from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, listed, made_names, write_marker
+from .workspace import CREATED, MADE_MARKER, WHOLE, display_path, listed, made_names
 
 #: folders under the workspace where the course makes things it can make again
 DERIVED_FOLDERS = ("checkpoints", "export", "plots", "swanlog", "scale-out-demo", "solutions", "executed")
@@ -188,18 +188,12 @@ def remove(items: list[Item]) -> int:
 
 
 def _prune_marker(folder: Path) -> None:
-    """Forget the names of entries that are now gone: a marker left with nothing in a learner's folder goes; the
-    marker of a folder the course made keeps ``.`` and its patterns (an export folder left with only a learner's
-    NOTES.md is then an empty course folder, which the next export may use)."""
+    """Drop a marker that only named entries which are now gone (a learner's folder keeps nothing of ours)."""
     names = made_names(folder)
-    if names is None or WHOLE in names:
+    if names is None or CREATED in names or WHOLE in names:
         return
-    left = {name for name in names if name == CREATED or "*" in name
-            or (folder / name).exists() or (folder / name).is_symlink()}
-    if not left:
+    if not any((folder / name).exists() or (folder / name).is_symlink() for name in names):
         (folder / MADE_MARKER).unlink(missing_ok=True)
-    elif left != names:
-        write_marker(folder, left)
 
 
 def confirm(question: str, force: bool) -> bool:

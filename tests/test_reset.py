@@ -342,7 +342,7 @@ def test_an_export_folder_left_with_a_learners_note_takes_the_next_export(tmp_pa
     assert found.left_alone == [target / "NOTES.md"]                 # the export marker does not claim the note
     reset.reset(workspace, out=io.StringIO())
     assert [p.name for p in target.iterdir() if p.name != MADE_MARKER] == ["NOTES.md"]
-    assert made_names(target) == {CREATED}
+    assert CREATED in made_names(target)                            # still the course's folder
     export.check_export_target(target, [checkpoint])                 # the next export may use the folder
 
 
