@@ -339,7 +339,7 @@ def test_a_printed_command_works_in_a_fresh_relocated_workspace(tmp_path):
     assert done.code == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert (workspace / "models" / "tiny-qwen3" / "model.safetensors").is_file(), "the model was built"
-    assert "~/autodl-tmp/ws\n" in out                 # the workspace, as it is pasted into a terminal
+    assert re.search(r"工作目录: ~/autodl-tmp/ws[（\n]", out)   # the workspace, as it is pasted into a terminal
     # the course's own lines: the spec banner (before swanlab starts talking) and the run summary
     course_lines = out.split("swanlab:")[0] + out[out.index("\nprofile "):]
     assert str(tmp_path) not in course_lines, "the course prints paths through ~, never the machine path"
