@@ -23,7 +23,6 @@ from . import validation
 from .errors import CourseError
 from .settings import DATASET_ENV
 from .workspace import (
-    MADE_MARKER,
     REPO_ROOT,
     UnsafeWriteError,
     atomic_folder,
@@ -355,8 +354,8 @@ def save_split(split: Split, out_dir: str | os.PathLike, source: Path | None = N
     if out_dir.is_dir():
         if made_names(out_dir) is None and (_old_split_folder(out_dir) or not any(out_dir.iterdir())):
             claim_folder(out_dir)      # empty, or an older split of the course's own
-        ours = SPLIT_FILES + (MADE_MARKER,) if made_names(out_dir) is not None else ()
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
+        # a folder of the learner's is refused; in the course's own split folder a learner's note is carried over
+        foreign = sorted(p.name for p in out_dir.iterdir()) if made_names(out_dir) is None else []
         if foreign:
             raise UnsafeWriteError(f"{display_path(out_dir)} 里有不是切分生成的文件"
                                    f"（{', '.join(foreign[:3])}）：请指定一个空的或新的文件夹。没有写入任何文件。")

@@ -363,3 +363,29 @@ def test_an_executed_folder_that_does_not_exist_is_named(tmp_path):
     workspace = make_workspace(tmp_path)
     done = run_reset(workspace, "--dry-run", "--executed", str(tmp_path / "typo"))
     assert done.returncode == 0 and str(tmp_path / "typo") in done.stderr
+
+
+def test_training_after_a_reset_that_kept_a_note_in_the_split_folder_carries_the_note(tmp_path):
+    """The reset keeps a learner's note in data/split-<profile>; the next split (chosen by the course, not the
+    learner) must not refuse that folder, and the note stays."""
+    import json
+
+    from helpers import data_files
+
+    workspace = tmp_path / "ws"
+    sample = REPO_ROOT / "data" / "huanhuan_sample.json"
+    split = data_files.grouped_split(json.loads(sample.read_text(encoding="utf-8")), 0.25)
+    folder = workspace / "data" / "split-tiny"
+    data_files.save_split(split, folder, source=sample)
+    (folder / "NOTES.md").write_text("why this split", encoding="utf-8")
+    reset.reset(workspace, out=io.StringIO())
+    assert [p.name for p in folder.iterdir() if p.name != MADE_MARKER] == ["NOTES.md"]
+    written = data_files.save_split(split, folder, source=sample)
+    assert all(path.is_file() for path in written)
+    assert (folder / "NOTES.md").read_text(encoding="utf-8") == "why this split"
+    assert [item.path.name for item in reset.plan(workspace)] == sorted(path.name for path in written)
+    mine = tmp_path / "mine"                        # a folder of the learner's own is still refused
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(data_files.UnsafeWriteError):
+        data_files.save_split(split, mine, source=sample)
