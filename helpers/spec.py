@@ -218,7 +218,7 @@ def _coerce(value, action, dotted: str):
             return value if isinstance(value, int) else kind(number)
         if kind is str and not isinstance(value, str):
             raise ValueError
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
+    except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError):   # OverflowError: 400 digits
         what = {string_to_bool: "布尔值（true 或 false）", int: "整数", float: "有限的数字", str: "文本"}
         raise SpecError(f"{dotted} 应当是{what.get(kind, kind)}，实际是 {value!r}") from None
     return value
@@ -241,7 +241,8 @@ RANGES = (
     ("training.per_device_train_batch_size", lambda v: v >= 1, "至少为 1"),
     ("training.gradient_accumulation_steps", lambda v: v >= 1, "至少为 1"),
     ("training.learning_rate", lambda v: 0 < v < 1, "在 0 和 1 之间（例如 1e-4）"),
-    ("training.num_train_epochs", lambda v: v > 0, "大于 0"),
+    # the Trainer's steps are epochs x steps per epoch: 1e308 epochs overflowed into infinity inside it
+    ("training.num_train_epochs", lambda v: 0 < v <= 10_000, "大于 0，最多 10000"),
     ("training.logging_steps", lambda v: v > 0, "大于 0"),
     ("training.save_steps", lambda v: v > 0, "大于 0"),
     ("training.save_total_limit", lambda v: v is None or v >= 1, "至少为 1，或者为 null（全部保留）"),

@@ -189,6 +189,8 @@ def test_unknown_keys_stop_with_their_dotted_name_and_a_suggestion(tmp_path, tex
     ("training.num_train_epochs=three", ("training.num_train_epochs 应当是有限的数字", "'three'")),
     # 1e999 is infinity in YAML and Python: it passed "> 0" and crashed inside the Trainer; nan too wherever no range
     ("training.num_train_epochs=1e999", ("training.num_train_epochs 应当是有限的数字", "1e999")),
+    ("training.num_train_epochs=1e308", ("training.num_train_epochs", "最多 10000")),
+    ("training.seed=" + "9" * 400, ("training.seed 应当是整数",)),
     ("training.weight_decay=.inf", ("training.weight_decay 应当是有限的数字", "inf")),
     ("training.max_grad_norm=nan", ("training.max_grad_norm 应当是有限的数字", "nan")),
     ("training.per_device_train_batch_size=true", ("training.per_device_train_batch_size 应当是整数", "True")),
