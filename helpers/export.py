@@ -39,9 +39,9 @@ from .workspace import (
 
 EXPORT_MARKER = "course_export.json"
 #: what an export written before the course marked its folders holds (all of it made again by export)
-EXPORT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer*",
-                "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
-                EXPORT_MARKER)
+EXPORT_FILES = ("model*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                "added_tokens.json", "chat_template.jinja", EXPORT_MARKER)
 
 
 class ExportTargetError(CourseError, ValueError):
@@ -114,6 +114,8 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     base = _base_for_merge(spec)
     check_adapter_fits(base, path, read_recipe(path))
     merged = PeftModel.from_pretrained(base, path).merge_and_unload()
+    if WHOLE in (made_names(target) or set()):   # marked whole by an older course: a NOTES.md there is kept
+        write_marker(target, {CREATED, *_export_files(target)})
     clear_course_files(target, legacy=EXPORT_FILES)
     with atomic_folder(target) as partial:
         merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
@@ -129,8 +131,12 @@ def write_export_marker(folder: Path, checkpoint: Path) -> None:
     folder = Path(folder)
     (folder / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
                                                    ensure_ascii=False, indent=1), encoding="utf-8")
-    written = {p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, name) for name in EXPORT_FILES)}
-    write_marker(folder, {CREATED, *written})
+    write_marker(folder, {CREATED, *_export_files(folder)})
+
+
+def _export_files(folder: Path) -> set[str]:
+    """The names in ``folder`` that an export writes (:data:`EXPORT_FILES`)."""
+    return {p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, name) for name in EXPORT_FILES)}
 
 
 def export_recipe(folder: str | Path) -> dict:

@@ -721,6 +721,12 @@ def test_export_keeps_a_learners_file_and_refuses_a_foreign_partial(arena, tiny_
     result = cli("inference", "export", "--checkpoint", str(tiny_checkpoint))
     assert result.code == 0, result
     assert sha(export / "NOTES.md") == notes and (export / "model.safetensors").is_file()
+    (export / workspace.MADE_MARKER).write_text(".\n*\n", encoding="utf-8")   # as an older course marked it
+    (export / "tokenizer-notes.md").write_text("我的笔记", encoding="utf-8")     # a name like an export file's
+    result = cli("inference", "export", "--checkpoint", str(tiny_checkpoint))
+    assert result.code == 0, result
+    assert sha(export / "NOTES.md") == notes and (export / "tokenizer-notes.md").is_file()
+    assert {"NOTES.md", "tokenizer-notes.md"}.isdisjoint(workspace.made_names(export))
 
     (arena / "mymodel.partial").mkdir()
     (arena / "mymodel.partial" / "keep.txt").write_text("mine", encoding="utf-8")
