@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data_files, validation
-from .errors import ArgumentParser, fraction, positive_int, run_cli
+from .errors import ArgumentParser, CourseError, fraction, positive_int, run_cli
 from .hardware import is_main_process
 from .models import course_tokenizer
 from .padding import RECOMMENDED_BATCHING, format_padding_table, length_stats, padding_table
@@ -435,8 +435,9 @@ def _run(args) -> int:
     try:
         result = validation.load_records(args.path, skip_invalid=args.skip_invalid or args.command == "check")
     except validation.DataValidationError as err:
-        if args.command == "check":  # the whole report; the error line names only the first problems
+        if args.command == "check":  # the whole report, then a verdict that does not repeat it
             print(err.report.format())
+            raise CourseError(f"{err.report.summary(skipped=False)}：每个问题都列在上面，修正后再运行。") from None
         raise
     check_lengths(result, tokenizer, args.max_length, system_prompt)
     print(result.report.format())

@@ -511,6 +511,7 @@ def test_a_file_of_chat_records_is_one_bounded_error_line_and_check_lists_every_
     done = _cli("check", chat, env={"QWEN3_TUTORIAL_WORKSPACE": str(tmp_path / "ws")})
     assert done.code == 2 and len(done.stderr.splitlines()) == 2       # the error and the --debug hint
     assert len(done.stderr.replace(str(chat), "F")) < 400             # not one piece per row
+    assert caught.value.report.errors[0].reason not in done.stderr     # check's verdict does not repeat its report
     assert sum(line.startswith("  错误") for line in done.stdout.splitlines()) == rows  # check lists them all
 
 
