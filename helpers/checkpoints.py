@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CourseError
+from .settings import and_unset
 from .spec import CONFIG_DIR
 from .workspace import (
     MADE_MARKER,
@@ -286,7 +287,8 @@ def how_to_train(spec, run_dir: Path | None = None) -> str:
     blocking = blocking_file(folder)
     if blocking is not None:   # no training can write there either: the folder is what to change
         return (f"而且 {display_path(blocking)} 是文件，不是文件夹，训练也写不进去：请换一个文件夹作工作目录"
-                "（python -m helpers.environment setup --workspace <文件夹>）或运行目录（--output-dir）。")
+                f"（python -m helpers.environment setup --workspace <文件夹>{and_unset('workspace')}）"
+                "或运行目录（--output-dir）。")
     own = "" if folder == spec.own_run_dir else \
         f" --output-dir {shell_path(folder)}"   # a run folder of the learner's: train into that one
     notebook_04 = not own and spec.config_file.resolve() == (CONFIG_DIR / f"{spec.profile.train_config}.yaml").resolve()

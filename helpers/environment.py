@@ -233,7 +233,7 @@ def preflight(spec, *, gpu_list=None, free_gb=None, versions=None, pins=None, ke
     checks.append(Check("packages", not wrong and not missing,
                         "固定的版本全部已安装" if not wrong and not missing else
                         "；".join(wrong + [f"{m} 没有安装" for m in missing]),
-                        repo_command("make venv") + "（或者：pip install -r requirements.txt）"))
+                        repo_command("make venv（或者：pip install -r requirements.txt）")))
     gpu_list = gpus() if gpu_list is None else gpu_list
     gpu_profile = spec.profile.needs_gpu
     checks.append(_gpu_check(spec, gpu_list, gpu_profile))

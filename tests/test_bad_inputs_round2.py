@@ -572,6 +572,7 @@ def test_a_workspace_that_is_a_file_or_not_writable_is_one_line(arena, monkeypat
         result = cli(*command)
         one_line(result, "是文件，不是文件夹")
         assert "helpers.train" not in result.err and "environment setup --workspace" in result.err
+        assert f"unset {settings.WORKSPACE_ENV}" in result.err     # the variable would beat what setup writes
     assert (arena / "file").read_text(encoding="utf-8") == "x"
     monkeypatch.setenv(settings.WORKSPACE_ENV, str(arena / "locked"))
     monkeypatch.setattr(Path, "mkdir", fail_with(errno.EACCES)(Path.mkdir))   # root ignores modes: refuse the call
