@@ -114,8 +114,6 @@ def export_merged(spec, checkpoint: str | Path | None = None, target: str | Path
     base = _base_for_merge(spec)
     check_adapter_fits(base, path, read_recipe(path))
     merged = PeftModel.from_pretrained(base, path).merge_and_unload()
-    if WHOLE in (made_names(target) or set()):   # marked whole by an older course: a NOTES.md there is kept
-        write_marker(target, {CREATED, *_export_files(target)})
     clear_course_files(target, legacy=EXPORT_FILES)
     with atomic_folder(target) as partial:
         merged.save_pretrained(partial)   # safetensors, config.json and generation_config.json
@@ -131,12 +129,8 @@ def write_export_marker(folder: Path, checkpoint: Path) -> None:
     folder = Path(folder)
     (folder / EXPORT_MARKER).write_text(json.dumps({"adapter": Path(checkpoint).name, **read_recipe(checkpoint)},
                                                    ensure_ascii=False, indent=1), encoding="utf-8")
-    write_marker(folder, {CREATED, *_export_files(folder)})
-
-
-def _export_files(folder: Path) -> set[str]:
-    """The names in ``folder`` that an export writes (:data:`EXPORT_FILES`)."""
-    return {p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, name) for name in EXPORT_FILES)}
+    written = {p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, name) for name in EXPORT_FILES)}
+    write_marker(folder, {CREATED, *written})
 
 
 def export_recipe(folder: str | Path) -> dict:

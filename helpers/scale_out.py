@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -24,7 +23,7 @@ from .profiles import PROFILES
 from .recipes import estimate_lora_memory_gb
 from .runs import SAMPLE_LOG
 from .spec import build_spec, resolve_paths
-from .workspace import REPO_ROOT, course_folder, display_path, named_path
+from .workspace import REPO_ROOT, away_from_repo, course_folder, display_path, named_path
 
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "configs" / "accelerate"
 #: the most GPUs the table and commands take (``--gpus``)
@@ -245,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"helpers.environment setup --profile {TRAIN_PROFILES[trained]}，并取消（或改掉）QWEN3_TUTORIAL_PROFILE。")
         if args.gpus == 1:   # the multi-GPU ways need two GPUs at least: a launch with 1 process is the single GPU run
             print("\n只有 1 块 GPU：DDP、ZeRO 和 FSDP 都要 2 块以上，用单卡的命令（有几块就用 --gpus 几）。")
-        if Path.cwd().resolve() != REPO_ROOT.resolve():   # the commands name configs/ relative to the repository
-            print(f"\n下面的命令要在仓库根目录运行：先 cd {shlex.quote(str(REPO_ROOT))}")
+        cd = away_from_repo()   # the commands name configs/ relative to the repository
+        if cd is not None:
+            print(f"\n下面的命令要在仓库根目录运行：先 {cd}")
         for key, strategy in STRATEGIES.items():
             if args.gpus == 1 and key != "single-gpu":
                 continue

@@ -149,13 +149,18 @@ def in_notebook() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
+def away_from_repo() -> str | None:
+    """``cd <repository>`` when a command runs in a terminal elsewhere (commands of other tools that name paths
+    relative to the repository fail there when pasted), else None; a notebook's output holds no machine paths."""
+    return None if in_notebook() or Path.cwd().resolve() == REPO_ROOT else f"cd {shlex.quote(str(REPO_ROOT))}"
+
+
 def repo_command(command: str, *paths: str | os.PathLike) -> str:
-    """Another tool's command (make, swanlab) as printed in a terminal: ``cd <repository> &&`` first when it runs
-    elsewhere and needs the repository (a Makefile target: no ``paths``; or one of ``paths`` shown relative to it).
-    A notebook's output stays as it is: it holds no machine paths."""
-    if in_notebook() or Path.cwd().resolve() == REPO_ROOT or any(display_path(p).startswith(("/", "~")) for p in paths):
+    """Another tool's command with :func:`away_from_repo`'s ``cd`` first: a make target, or ``paths`` under the repo."""
+    cd = away_from_repo()
+    if cd is None or any(display_path(p).startswith(("/", "~")) for p in paths):
         return command
-    return f"cd {shlex.quote(str(REPO_ROOT))} && {command}"
+    return f"{cd} && {command}"
 
 
 def how_to_make(notebook: str | None, command: str) -> str:
@@ -270,8 +275,9 @@ def refuse_foreign_partial(path: str | os.PathLike) -> None:
 def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...]) -> None:
     """Remove what the course made in ``folder`` (its marker names it) and keep the rest.
 
-    ``legacy``: name patterns that count as the course's in a folder written before it marked its folders.
-    Frees the room of an old output before its replacement is written (a 16 GB export, say).
+    ``legacy``: name patterns that count as the course's in a folder written before it marked its folders, or that
+    an older course marked whole (a learner's NOTES.md there is kept). Frees the room of an old output before its
+    replacement is written (a 16 GB export, say).
     """
     import fnmatch
 
@@ -280,7 +286,7 @@ def clear_course_files(folder: str | os.PathLike, legacy: tuple[str, ...]) -> No
         return
     names = made_names(folder)
     entries = [p for p in folder.iterdir() if p.name != MADE_MARKER]
-    if names is None:
+    if names is None or WHOLE in names:
         names = {p.name for p in entries if any(fnmatch.fnmatch(p.name, pattern) for pattern in legacy)}
     ours = [p for p in entries if listed(names, p.name)]
     for entry in ours:
